@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""The plant-ID training pipeline: the KFP DAG and its command line.
+
+    python pipeline.py run-local --config config/local.yaml [--records PATH] [--output DIR]
+    python pipeline.py compile   --config config/cluster.yaml --output pipeline.yaml
+
+Everything a phase does lives in shared/; components/ wrap it; this file only
+wires the DAG, with the config's values as pipeline-parameter defaults."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from shared.pipeline_config import load_pipeline_config  # noqa: E402
+
+
+def _import_components(cfg: dict):
+    """Import components after the image registry/tag from the config is in the env."""
+    os.environ["PLANTID_IMAGE_REGISTRY"] = cfg["pipeline"]["images"]["registry"]
+    os.environ["PLANTID_IMAGE_TAG"] = str(cfg["pipeline"]["images"]["tag"])
+    from components import baseline, cache_images, ingest, split  # noqa: F401
+
+    return {"ingest": ingest.ingest, "cache_images": cache_images.cache_images,
+            "split": split.split, "baseline": baseline.baseline}
+
+
+def build_pipeline(cfg: dict):
+    """Return the @dsl.pipeline function for `cfg` (its values are the parameter defaults)."""
+    from kfp import dsl
+
+    c = _import_components(cfg)
+    d, ca, b = cfg["data"], cfg["cache"], cfg["baseline"]
+
+    @dsl.pipeline(name=cfg["pipeline"]["name"], description=cfg["pipeline"]["description"])
+    def plantid_pipeline(
+        source: str = d["source"],
+        records_uri: str = d["records_uri"],
+        snapshot_id: str = d["snapshot_id"],
+        mongo: dict = d["mongo"],
+        license_allow: list = d["license_allow"],
+        min_side: int = d["min_side"],
+        cache_dir: str = ca["dir"],
+        resize: int = ca["resize"],
+        max_fail_rate: float = ca["max_fail_rate"],
+        fetch_policy: dict = ca["fetch"],
+        cache_workers: int = ca["workers"],
+        split_seed: int = cfg["split"]["seed"],
+        baseline_model: str = b["model_name"],
+        baseline_weights: str = b["weights"],
+        baseline_image_size: int = b["image_size"],
+    ):
+        ing = c["ingest"](source=source, records_uri=records_uri, mongo=mongo,
+                          license_allow=license_allow, min_side=min_side, snapshot_id=snapshot_id)
+        ing.set_display_name("ingest (phase 0)")
+        cached = c["cache_images"](records=ing.outputs["records"], cache_dir=cache_dir, resize=resize,
+                                   min_side=min_side, max_fail_rate=max_fail_rate,
+                                   workers=cache_workers, fetch_policy=fetch_policy)
+        cached.set_display_name("cache images (phase 0)")
+        sp = c["split"](cached=cached.outputs["cached"], regions="", seed=split_seed)
+        sp.set_display_name("stratified split (1.0)")
+        base = c["baseline"](train=sp.outputs["train"], test=sp.outputs["test"], cache_dir=cache_dir,
+                             model_name=baseline_model, weights_path=baseline_weights,
+                             image_size=baseline_image_size)
+        base.set_display_name("baseline (phase 0)")
+
+    return plantid_pipeline
+
+
+def compile_pipeline(cfg: dict, output: str) -> str:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(cfg), output)
+    return output
+
+
+def _latest_run_dir(root: Path, name: str) -> Path | None:
+    runs = sorted((p for p in root.glob(f"{name}-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+def run_local(cfg: dict, output: str) -> dict:
+    """Run the whole DAG with kfp.local's SubprocessRunner; return where outputs are."""
+    from kfp import local
+
+    out = Path(output).resolve()
+    root = out / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               raise_on_error=True)
+    t0 = time.time()
+    build_pipeline(cfg)()
+    run_dir = _latest_run_dir(root, cfg["pipeline"]["name"])
+    summary = {"run_dir": str(run_dir), "seconds": round(time.time() - t0, 1), "outputs": {}}
+    if run_dir:
+        for task in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+            summary["outputs"][task.name] = {f.name: str(f) for f in sorted(task.iterdir())
+                                             if f.name != "executor_output.json"}
+    (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run-local", help="run the DAG locally with kfp.local")
+    r.add_argument("--config", default="config/local.yaml")
+    r.add_argument("--records", help="a records JSONL to use instead of the bundled data")
+    r.add_argument("--output", default="outputs/local")
+    c = sub.add_parser("compile", help="compile the DAG to a KFP pipeline YAML")
+    c.add_argument("--config", default="config/cluster.yaml")
+    c.add_argument("--output", default="pipeline.yaml")
+    args = ap.parse_args(argv)
+
+    overrides = {}
+    if getattr(args, "records", None):
+        overrides = {"data.source": "jsonl", "data.records_uri": str(Path(args.records).resolve())}
+    cfg = load_pipeline_config(args.config, overrides)
+    if args.cmd == "compile":
+        print("compiled:", compile_pipeline(cfg, args.output))
+    elif args.cmd == "run-local":
+        summary = run_local(cfg, args.output)
+        print(f"\nLocal run finished in {summary['seconds']} s; outputs under {summary['run_dir']}")
+        for task, files in summary["outputs"].items():
+            for name, path in files.items():
+                print(f"  {task:32s} {name:16s} {path}")
+        print(f"summary: {Path(args.output).resolve() / 'run_summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

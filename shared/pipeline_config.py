@@ -1,0 +1,147 @@
+"""The pipeline's own configuration (config/local.yaml, config/cluster.yaml):
+where data comes from, cache and fetch policy, split, baseline, teachers,
+student, calibration, export gates and cluster settings. Unknown keys are an
+error naming the key; missing keys take the defaults below. Relative paths are
+resolved against the repository root."""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULTS: dict[str, Any] = {
+    "pipeline": {
+        "name": "plantid-training",
+        "description": "Plant-species identifier: teachers -> distilled student -> TF.js",
+        "seed": 42,
+        "images": {"registry": "ghcr.io/plantid", "tag": "0.1.0"},
+    },
+    "data": {
+        "source": "jsonl",  # jsonl | mongo
+        "records_uri": "data/sample/records.jsonl",
+        "snapshot_id": "sample-v1",
+        "mongo": {"uri_env": "MONGO_URI", "database": "", "collection": "", "query": {},
+                  "field_map": {}, "limit": 0},
+        "license_allow": ["CC0", "CC-BY", "CC-BY-SA"],
+        "min_side": 100,
+    },
+    "cache": {
+        "dir": "data/image_cache",
+        "resize": 448,
+        "workers": 16,
+        "max_fail_rate": 0.05,
+        "fetch": {"allow_local_paths": False, "allow_private_networks": False,
+                  "host_allowlist": [], "max_bytes": 30_000_000, "timeout_s": 20.0,
+                  "retries": 4, "per_host_concurrency": 4, "per_host_rate": 10.0},
+    },
+    "split": {"seed": 42},
+    "baseline": {"model_name": "mobilenetv2_100", "weights": "", "image_size": 224},
+    "teachers": {
+        "global_config": "config/teacher_global.yaml",
+        "overrides": {},
+        "regional": [
+            {"name": "EU_SW", "regions": "EU_SW", "config": "config/teacher_regional.yaml",
+             "weight": 0.4},
+            {"name": "EU_CORE", "regions": "EU_NORTH,EU_EAST",
+             "config": "config/teacher_eu_core.yaml", "weight": 0.2},
+        ],
+        "global_weight": 0.4,
+        "logits_top_k": 32,
+        "checkpoint_dir": "data/checkpoints",
+    },
+    "student": {"config": "config/student.yaml", "overrides": {}},
+    "calibration": {"ece_threshold": 0.10, "target_precision": 0.95},
+    "export": {"quantization": "fp16", "gates": {"min_val_top1": 0.70, "max_ece": 0.10},
+               "validation_images": 32},
+    "cluster": {},
+}
+
+PATH_KEYS = {("data", "records_uri"), ("cache", "dir"), ("teachers", "global_config"),
+             ("teachers", "checkpoint_dir"), ("student", "config"), ("baseline", "weights")}
+
+
+class ConfigError(ValueError):
+    """A config file has an unknown key, a wrong type or a bad value."""
+
+
+def merge_checked(defaults: Any, user: Any, path: str = "") -> Any:
+    """Overlay `user` on `defaults`, refusing keys that `defaults` does not have.
+
+    Dicts with no keys in the defaults (e.g. `query`, `overrides`) accept anything."""
+    if isinstance(defaults, dict) and defaults:
+        if user is None:
+            return copy.deepcopy(defaults)
+        if not isinstance(user, dict):
+            raise ConfigError(f"{path or '<root>'}: expected a mapping, got {type(user).__name__}")
+        out = copy.deepcopy(defaults)
+        for key, value in user.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key not in defaults:
+                near = difflib.get_close_matches(str(key), [str(k) for k in defaults], n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise ConfigError(f"{where}: unknown key{hint}")
+            out[key] = merge_checked(defaults[key], value, where)
+        return out
+    if user is None:
+        return copy.deepcopy(defaults)
+    if isinstance(defaults, bool) and not isinstance(user, bool):
+        raise ConfigError(f"{path}: expected true/false, got {user!r}")
+    if isinstance(defaults, (int, float)) and not isinstance(defaults, bool):
+        if isinstance(user, bool) or not isinstance(user, (int, float)):
+            try:
+                user = type(defaults)(user)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{path}: expected a number, got {user!r}") from None
+        return float(user) if isinstance(defaults, float) else user
+    if isinstance(defaults, str) and not isinstance(user, str):
+        raise ConfigError(f"{path}: expected text, got {user!r}")
+    if isinstance(defaults, list) and not isinstance(user, list):
+        raise ConfigError(f"{path}: expected a list, got {user!r}")
+    return copy.deepcopy(user)
+
+
+def resolve_path(value: str, root: Path = REPO_ROOT) -> str:
+    if not value or "://" in value or Path(value).is_absolute():
+        return value
+    return str((root / value).resolve())
+
+
+def load_pipeline_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Load and validate a pipeline config; resolve relative paths to absolute."""
+    raw: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    cfg = merge_checked(DEFAULTS, raw)
+    for dotted, value in (overrides or {}).items():
+        keys = dotted.split(".")
+        node = cfg
+        for k in keys[:-1]:
+            if not isinstance(node, dict) or k not in node:
+                raise ConfigError(f"override {dotted}: unknown key {k}")
+            node = node[k]
+        if keys[-1] not in node:
+            raise ConfigError(f"override {dotted}: unknown key {keys[-1]}")
+        node[keys[-1]] = merge_checked(node[keys[-1]], value, dotted)
+    for section, key in PATH_KEYS:
+        cfg[section][key] = resolve_path(cfg[section][key])
+    for t in cfg["teachers"]["regional"]:
+        unknown = set(t) - {"name", "regions", "config", "weight", "overrides"}
+        if unknown or not {"name", "regions"} <= set(t):
+            raise ConfigError(f"teachers.regional: each entry needs name and regions, optional "
+                              f"config/weight/overrides; got keys {sorted(t)}")
+        if "config" in t:
+            t["config"] = resolve_path(t["config"])
+    if cfg["data"]["source"] not in ("jsonl", "mongo"):
+        raise ConfigError(f"data.source: must be jsonl or mongo, got {cfg['data']['source']!r}")
+    return cfg

@@ -1,0 +1,202 @@
+"""The plan's stratified split (steps 1.0 / 2.0 / 2b.0): per class, 1 image -> train
+only, 2 -> 1 train / 1 val, 3 or more -> 80/10/10; deterministic for a seed; an
+optional region filter for the regional teachers; a leakage check (no image hash
+or observation in two splits, every val/test class present in train); class
+balance statistics and an HTML histogram."""
+from __future__ import annotations
+
+import hashlib
+import html
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+HIST_BUCKETS = ((1, 1), (2, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, 10**12))
+
+
+class LeakageError(ValueError):
+    """The split put the same image or observation in two splits."""
+
+
+@dataclass
+class SplitResult:
+    train: list[dict]
+    val: list[dict]
+    test: list[dict]
+    stats: dict[str, Any]
+
+    def by_name(self) -> dict[str, list[dict]]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def parse_regions(regions: str | Iterable[str] | None) -> set[str] | None:
+    """'EU_NORTH,EU_EAST' -> {'EU_NORTH', 'EU_EAST'}; '' or None -> None (all regions)."""
+    if regions is None:
+        return None
+    items = regions.split(",") if isinstance(regions, str) else list(regions)
+    out = {r.strip() for r in items if r and r.strip()}
+    return out or None
+
+
+def _stable_u64(text: str, seed: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest(), "big")
+
+
+def _groups(records: list[dict]) -> list[int]:
+    """Union-find over observation_id and sha256: images sharing either stay together."""
+    parent = list(range(len(records)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, r in enumerate(records):
+        for key in (("o:" + str(r["observation_id"])) if r.get("observation_id") else None,
+                    ("h:" + r["sha256"]) if r.get("sha256") else None):
+            if key is None:
+                continue
+            j = first.setdefault(key, i)
+            if j != i:
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return [find(i) for i in range(len(records))]
+
+
+def class_counts_for(n: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> tuple[int, int, int]:
+    """How many units of a class go to train/val/test under the plan's rules."""
+    if n <= 0:
+        return 0, 0, 0
+    if n == 1:
+        return 1, 0, 0
+    if n == 2:
+        return 1, 1, 0
+    n_val = max(1, int(round(n * ratios[1])))
+    n_test = max(1, int(round(n * ratios[2])))
+    return n - n_val - n_test, n_val, n_test
+
+
+def stratified_split(records: list[dict], seed: int = 42, regions: str | Iterable[str] | None = None,
+                     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> SplitResult:
+    """Split records per class by the plan's rules; groups (observation / identical
+    image) are the unit, so nothing leaks. Deterministic for (records, seed)."""
+    region_set = parse_regions(regions)
+    pool = [r for r in records if region_set is None or r.get("region") in region_set]
+    # Sort by a stable key so the result does not depend on input order.
+    pool.sort(key=lambda r: (str(r.get("taxon")), str(r.get("image_id"))))
+    group_of = _groups(pool)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(group_of):
+        members[g].append(i)
+    class_groups: dict[str, list[int]] = defaultdict(list)
+    for g in members:  # a group belongs to the class of its first (sorted) record
+        class_groups[pool[g]["taxon"]].append(g)
+
+    assign = np.empty(len(pool), dtype=np.int8)
+    for taxon, groups in class_groups.items():
+        groups.sort(key=lambda g: _stable_u64(f"{taxon}|{pool[g]['image_id']}", seed))
+        n_train, n_val, _ = class_counts_for(len(groups), ratios)
+        for rank, g in enumerate(groups):
+            s = 0 if rank < n_train else (1 if rank < n_train + n_val else 2)
+            assign[members[g]] = s
+    out: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    for i, r in enumerate(pool):
+        name = SPLITS[assign[i]]
+        out[name].append({**r, "split": name})
+    for name in SPLITS:
+        out[name].sort(key=lambda r: str(r.get("image_id")))
+    leakage = check_leakage(out)
+    stats = split_stats(out, leakage, seed=seed, regions=sorted(region_set) if region_set else None,
+                        input_records=len(records))
+    return SplitResult(out["train"], out["val"], out["test"], stats)
+
+
+def check_leakage(splits: dict[str, list[dict]]) -> dict[str, Any]:
+    """No image hash, image id or observation in two splits; val/test classes in train."""
+    owners: dict[str, dict[str, str]] = {"sha256": {}, "observation_id": {}, "image_id": {}}
+    conflicts: list[str] = []
+    for name in SPLITS:
+        for r in splits.get(name, []):
+            for key in owners:
+                v = r.get(key)
+                if not v:
+                    continue
+                prev = owners[key].setdefault(str(v), name)
+                if prev != name and len(conflicts) < 20:
+                    conflicts.append(f"{key}={v} in {prev} and {name}")
+    train_classes = {r["taxon"] for r in splits.get("train", [])}
+    missing = sorted({r["taxon"] for s in ("val", "test") for r in splits.get(s, [])} - train_classes)
+    return {"leak_free": not conflicts, "conflicts": conflicts,
+            "eval_classes_missing_from_train": missing[:50],
+            "eval_classes_missing_from_train_count": len(missing)}
+
+
+def split_stats(splits: dict[str, list[dict]], leakage: dict, **extra: Any) -> dict[str, Any]:
+    per_class_train = Counter(r["taxon"] for r in splits["train"])
+    per_class_all = Counter(r["taxon"] for s in SPLITS for r in splits[s])
+    val_classes = {r["taxon"] for r in splits["val"]}
+    hist = {f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi < 10**12 else f">{lo - 1}"):
+            sum(1 for c in per_class_all.values() if lo <= c <= hi) for lo, hi in HIST_BUCKETS}
+    return {
+        **extra,
+        "images": {s: len(splits[s]) for s in SPLITS},
+        "classes": {s: len({r["taxon"] for r in splits[s]}) for s in SPLITS},
+        "classes_total": len(per_class_all),
+        "per_region": {s: dict(sorted(Counter(r.get("region", "") for r in splits[s]).items()))
+                       for s in SPLITS},
+        "train_val_class_overlap": (len(val_classes & set(per_class_train)) / len(val_classes)
+                                    if val_classes else 1.0),
+        "leakage": leakage,
+        "class_size_histogram": hist,
+        "images_per_class": dict(sorted(per_class_all.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+
+
+def histogram_html(stats: dict[str, Any], title: str = "Class balance") -> str:
+    """A self-contained HTML page: the class-size histogram and the largest classes."""
+    hist = stats["class_size_histogram"]
+    top = list(stats["images_per_class"].items())
+    peak = max(hist.values()) or 1
+    bar_w, gap, h = 60, 12, 200
+    bars = []
+    for i, (label, count) in enumerate(hist.items()):
+        bh = int(h * count / peak)
+        x = i * (bar_w + gap) + 10
+        bars.append(f'<rect x="{x}" y="{h - bh + 20}" width="{bar_w}" height="{bh}" fill="#3a7d44"/>'
+                    f'<text x="{x + bar_w / 2}" y="{h + 38}" text-anchor="middle">{html.escape(label)}</text>'
+                    f'<text x="{x + bar_w / 2}" y="{h - bh + 15}" text-anchor="middle">{count}</text>')
+    width = len(hist) * (bar_w + gap) + 20
+    rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{c}</td></tr>" for t, c in top[:30])
+    counts = " / ".join(f"{s}: {stats['images'][s]} images, {stats['classes'][s]} classes" for s in SPLITS)
+    leak = "no leakage" if stats["leakage"]["leak_free"] else "LEAKAGE: " + "; ".join(stats["leakage"]["conflicts"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:20px}} td{{padding:2px 10px}} text{{font-size:12px}}</style></head>
+<body><h2>{html.escape(title)}</h2><p>{counts}</p><p>{html.escape(leak)}; train/val class overlap
+{stats['train_val_class_overlap']:.1%}</p>
+<h3>Classes by number of images</h3>
+<svg width="{width}" height="{h + 50}">{''.join(bars)}</svg>
+<h3>Largest classes</h3><table><tr><th>taxon</th><th>images</th></tr>{rows}</table></body></html>"""
+
+
+def run_split(cached_path: str, regions: str, seed: int, out_paths: dict[str, str],
+              out_stats: str, out_histogram: str, title: str = "Class balance") -> dict[str, Any]:
+    """The split step over a cached-records JSONL; fails on leakage."""
+    from shared.atomic import write_json, write_text
+    from shared.records import load_jsonl, write_jsonl
+
+    result = stratified_split(load_jsonl(cached_path), seed=seed, regions=regions)
+    if not result.stats["leakage"]["leak_free"]:
+        raise LeakageError("split leaks: " + "; ".join(result.stats["leakage"]["conflicts"]))
+    if not result.train:
+        raise ValueError(f"no cached records for regions {regions!r}: nothing to split")
+    for name, rows in result.by_name().items():
+        write_jsonl(out_paths[name], rows)
+    write_json(out_stats, result.stats)
+    write_text(out_histogram, histogram_html(result.stats, title))
+    return result.stats
