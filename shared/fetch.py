@@ -1,0 +1,258 @@
+"""Fetching image bytes by URL, politely and safely: http(s) with a per-host
+concurrency cap and rate limit, retries with backoff on 5xx/timeouts, 429
+Retry-After honoured; gs:// through google-cloud-storage; file:// and local
+paths only when the policy allows them (local runs). Catalogue URLs are
+untrusted: loopback, link-local (cloud metadata) and private addresses are
+refused unless allowed, checked on the resolved address and after every
+redirect; downloads are capped in size, time and content type."""
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+from urllib.parse import urljoin, urlparse
+
+import requests
+
+
+class FetchError(Exception):
+    """A URL could not be fetched; `reason` is a short stable code."""
+
+    def __init__(self, reason: str, url: str, detail: str = ""):
+        self.reason, self.url, self.detail = reason, url, detail
+        super().__init__(f"{reason}: {url}" + (f" ({detail})" if detail else ""))
+
+
+@dataclass
+class FetchPolicy:
+    allow_local_paths: bool = False
+    allowed_schemes: tuple = ("http", "https", "gs")
+    host_allowlist: list = field(default_factory=list)  # empty: any host
+    allow_private_networks: bool = False
+    max_redirects: int = 3
+    max_bytes: int = 30_000_000
+    content_types: tuple = ("image/",)
+    timeout_s: float = 20.0        # per request (connect and each read)
+    max_seconds_per_image: float = 120.0
+    retries: int = 4
+    backoff_s: float = 0.5
+    max_retry_after_s: float = 30.0
+    per_host_concurrency: int = 4
+    per_host_rate: float = 10.0    # requests per second per host; 0 = unlimited
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "FetchPolicy":
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"cache.fetch: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+        for k in ("allowed_schemes", "content_types"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def check_address(host: str, url: str, allow_private: bool) -> None:
+    """Refuse hosts that resolve to loopback, link-local, private or reserved addresses."""
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as e:
+        raise FetchError("dns_error", url, str(e)) from None
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if (ip.is_loopback or ip.is_link_local or ip.is_private or ip.is_reserved
+                or ip.is_multicast or ip.is_unspecified):
+            raise FetchError("blocked_address", url, f"{host} resolves to {ip}")
+
+
+class _HostGate:
+    """Per-host concurrency cap and minimum interval between request starts."""
+
+    def __init__(self, concurrency: int, rate: float):
+        self.sem = threading.BoundedSemaphore(max(1, concurrency))
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.lock = threading.Lock()
+        self.next_start = 0.0
+        self.blocked_until = 0.0  # set by a 429 Retry-After for the whole host
+
+    def __enter__(self):
+        self.sem.acquire()
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_start, self.blocked_until)
+            self.next_start = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+        return self
+
+    def __exit__(self, *exc):
+        self.sem.release()
+
+
+def parse_retry_after(value: str | None, cap: float) -> float:
+    if not value:
+        return 1.0
+    try:
+        return min(cap, max(0.0, float(value)))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+        if when is None:
+            return 1.0
+        return min(cap, max(0.0, when.timestamp() - time.time()))
+
+
+class Fetcher:
+    """Thread-safe fetcher applying a FetchPolicy."""
+
+    def __init__(self, policy: FetchPolicy | None = None, sleep: Callable[[float], None] = time.sleep):
+        self.policy = policy or FetchPolicy()
+        self.sleep = sleep
+        self._gates: dict[str, _HostGate] = {}
+        self._lock = threading.Lock()
+        self._session = requests.Session()
+        self._gcs = None
+        self.stats = {"requests": 0, "retries": 0}
+
+    def _gate(self, host: str) -> _HostGate:
+        with self._lock:
+            if host not in self._gates:
+                self._gates[host] = _HostGate(self.policy.per_host_concurrency, self.policy.per_host_rate)
+            return self._gates[host]
+
+    def fetch(self, url: str) -> bytes:
+        parsed = urlparse(url)
+        scheme = parsed.scheme.lower()
+        if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+            return self._fetch_local(url, parsed)
+        if scheme not in self.policy.allowed_schemes:
+            raise FetchError("blocked_scheme", url, f"scheme {scheme!r} not in {self.policy.allowed_schemes}")
+        if scheme == "gs":
+            return self._fetch_gcs(url, parsed)
+        return self._fetch_http(url)
+
+    def _fetch_local(self, url: str, parsed) -> bytes:
+        if not self.policy.allow_local_paths:
+            raise FetchError("blocked_scheme", url, "local paths are not allowed by the fetch policy")
+        path = parsed.path if parsed.scheme == "file" else url
+        if not os.path.isfile(path):
+            raise FetchError("not_found", url)
+        size = os.path.getsize(path)
+        if size > self.policy.max_bytes:
+            raise FetchError("too_large", url, f"{size} bytes > {self.policy.max_bytes}")
+        with open(path, "rb") as f:
+            return f.read()
+
+    def _fetch_gcs(self, url: str, parsed) -> bytes:
+        from google.cloud import storage  # lazy: only gs:// catalogues need it
+
+        if self._gcs is None:
+            with self._lock:
+                if self._gcs is None:
+                    if os.environ.get("STORAGE_EMULATOR_HOST"):
+                        from google.auth.credentials import AnonymousCredentials
+
+                        self._gcs = storage.Client(project="local", credentials=AnonymousCredentials())
+                    else:
+                        self._gcs = storage.Client()
+        bucket, blob_name = parsed.netloc, parsed.path.lstrip("/")
+        if not bucket or not blob_name:
+            raise FetchError("bad_url", url, "expected gs://bucket/object")
+        blob = self._gcs.bucket(bucket).get_blob(blob_name)
+        if blob is None:
+            raise FetchError("not_found", url)
+        if blob.size and blob.size > self.policy.max_bytes:
+            raise FetchError("too_large", url, f"{blob.size} bytes > {self.policy.max_bytes}")
+        return blob.download_as_bytes()
+
+    def _fetch_http(self, url: str) -> bytes:
+        p = self.policy
+        deadline = time.monotonic() + p.max_seconds_per_image
+        attempt = 0
+        while True:
+            try:
+                return self._http_once(url, deadline)
+            except FetchError as e:
+                retriable = e.reason in ("timeout", "connection_error") or e.reason.startswith("http_5")
+                if e.reason == "http_429":
+                    if attempt >= p.retries:
+                        raise FetchError("http_429_exhausted", url, e.detail) from None
+                    wait = float(e.detail.split("=")[1]) if e.detail.startswith("retry_after=") else 1.0
+                elif retriable and attempt < p.retries:
+                    wait = p.backoff_s * (2 ** attempt)
+                else:
+                    raise
+                if time.monotonic() + wait > deadline:
+                    raise FetchError("timeout", url, "time budget per image exhausted") from None
+                attempt += 1
+                self.stats["retries"] += 1
+                self.sleep(wait)
+
+    def _http_once(self, url: str, deadline: float) -> bytes:
+        p = self.policy
+        current = url
+        for _ in range(p.max_redirects + 1):
+            parsed = urlparse(current)
+            if parsed.scheme not in ("http", "https") or parsed.scheme not in p.allowed_schemes:
+                raise FetchError("blocked_scheme", url, f"redirect to {current}")
+            host = parsed.hostname or ""
+            if p.host_allowlist and host not in p.host_allowlist:
+                raise FetchError("blocked_host", url, f"{host} not in the host allow-list")
+            check_address(host, url, p.allow_private_networks)
+            gate = self._gate(host)
+            with gate:
+                self.stats["requests"] += 1
+                try:
+                    r = self._session.get(current, stream=True, allow_redirects=False,
+                                          timeout=(p.timeout_s, p.timeout_s))
+                except requests.Timeout:
+                    raise FetchError("timeout", url) from None
+                except requests.RequestException as e:
+                    raise FetchError("connection_error", url, type(e).__name__) from None
+                try:
+                    if r.status_code in (301, 302, 303, 307, 308):
+                        loc = r.headers.get("Location")
+                        if not loc:
+                            raise FetchError("bad_redirect", url)
+                        current = urljoin(current, loc)
+                        continue
+                    if r.status_code == 429:
+                        wait = parse_retry_after(r.headers.get("Retry-After"), p.max_retry_after_s)
+                        gate.blocked_until = time.monotonic() + wait
+                        raise FetchError("http_429", url, f"retry_after={wait}")
+                    if r.status_code != 200:
+                        raise FetchError(f"http_{r.status_code}", url)
+                    ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                    if ctype and not any(ctype.startswith(t) for t in p.content_types) \
+                            and ctype != "application/octet-stream":
+                        raise FetchError("bad_content_type", url, ctype)
+                    declared = r.headers.get("Content-Length")
+                    if declared and declared.isdigit() and int(declared) > p.max_bytes:
+                        raise FetchError("too_large", url, f"{declared} bytes > {p.max_bytes}")
+                    chunks, size = [], 0
+                    try:
+                        for chunk in r.iter_content(65536):
+                            size += len(chunk)
+                            if size > p.max_bytes:
+                                raise FetchError("too_large", url, f"> {p.max_bytes} bytes")
+                            if time.monotonic() > deadline:
+                                raise FetchError("timeout", url, "time budget per image exhausted")
+                            chunks.append(chunk)
+                    except requests.RequestException as e:
+                        raise FetchError("timeout" if "timed out" in str(e).lower() else "connection_error",
+                                         url, type(e).__name__) from None
+                    return b"".join(chunks)
+                finally:
+                    r.close()
+        raise FetchError("too_many_redirects", url, f"> {p.max_redirects}")
+
+
+def fetch_policy_summary(policy: FetchPolicy) -> dict[str, Any]:
+    return {f.name: getattr(policy, f.name) for f in fields(policy)}

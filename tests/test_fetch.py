@@ -1,0 +1,113 @@
+import pytest
+
+from shared.fetch import FetchError, Fetcher, FetchPolicy, parse_retry_after
+from tests.image_server import ImageServer, jpeg_bytes
+
+LOCAL = dict(allow_private_networks=True, backoff_s=0.01, timeout_s=1.0, per_host_rate=0)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ImageServer(slow_seconds=2.0, huge_bytes=300_000) as s:
+        s.add("a.jpg", jpeg_bytes(seed=1))
+        yield s
+
+
+def test_ok_404_and_retries(server):
+    f = Fetcher(FetchPolicy(**LOCAL), sleep=lambda s: None)
+    assert f.fetch(f"{server.base}/img/a.jpg") == server.images["a.jpg"]
+    with pytest.raises(FetchError) as e:
+        f.fetch(f"{server.base}/missing.jpg")
+    assert e.value.reason == "http_404" and server.hits["/missing.jpg"] == 1  # 404 not retried
+    assert f.fetch(f"{server.base}/500once/a.jpg") == server.images["a.jpg"]
+    assert server.hits["/500once/a.jpg"] == 2
+    assert f.fetch(f"{server.base}/redirect/a.jpg") == server.images["a.jpg"]
+
+
+def test_429_honours_retry_after_then_succeeds(server):
+    waits = []
+    f = Fetcher(FetchPolicy(**LOCAL), sleep=waits.append)
+    assert f.fetch(f"{server.base}/429once/a.jpg") == server.images["a.jpg"]
+    assert server.hits["/429once/a.jpg"] == 2 and waits == [1.0]
+    with pytest.raises(FetchError) as e:
+        Fetcher(FetchPolicy(**{**LOCAL, "retries": 2}), sleep=lambda s: None).fetch(f"{server.base}/429always")
+    assert e.value.reason == "http_429_exhausted" and server.hits["/429always"] == 3
+
+
+def test_timeout_size_and_content_type(server):
+    f = Fetcher(FetchPolicy(**{**LOCAL, "retries": 0, "timeout_s": 0.3}))
+    with pytest.raises(FetchError) as e:
+        f.fetch(f"{server.base}/slow")
+    assert e.value.reason == "timeout"
+    with pytest.raises(FetchError) as e:
+        Fetcher(FetchPolicy(**{**LOCAL, "max_bytes": 100_000})).fetch(f"{server.base}/huge")
+    assert e.value.reason == "too_large"
+    with pytest.raises(FetchError) as e:
+        f.fetch(f"{server.base}/html")
+    assert e.value.reason == "bad_content_type"
+
+
+def test_default_policy_refuses_loopback_metadata_and_redirects(server):
+    f = Fetcher(FetchPolicy())
+    before = sum(server.hits.values())
+    for url in (f"{server.base}/img/a.jpg", "http://169.254.169.254/latest/meta-data/",
+                "http://localhost:9/x.jpg", "http://10.0.0.8/x.jpg"):
+        with pytest.raises(FetchError) as e:
+            f.fetch(url)
+        assert e.value.reason == "blocked_address", url
+    assert sum(server.hits.values()) == before  # no connection was made
+
+
+def test_redirect_target_is_checked_after_each_hop(server, monkeypatch):
+    """The first hop is let through (as if public); its redirect to loopback is refused."""
+    import shared.fetch as fetch
+
+    real, calls = fetch.check_address, []
+
+    def first_hop_public(host, url, allow_private):
+        calls.append(host)
+        if len(calls) > 1:
+            real(host, url, allow_private)
+
+    monkeypatch.setattr(fetch, "check_address", first_hop_public)
+    f = Fetcher(FetchPolicy(**{**LOCAL, "allow_private_networks": False}))
+    with pytest.raises(FetchError) as e:
+        f.fetch(f"{server.base}/redirect-loopback")
+    assert e.value.reason == "blocked_address" and len(calls) == 2
+    assert server.hits["/redirect-loopback"] == 1
+
+
+def test_redirect_cap_and_allowlist(server):
+    f = Fetcher(FetchPolicy(**{**LOCAL, "max_redirects": 0}))
+    with pytest.raises(FetchError) as e:
+        f.fetch(f"{server.base}/redirect/a.jpg")
+    assert e.value.reason == "too_many_redirects"
+    f = Fetcher(FetchPolicy(**{**LOCAL, "host_allowlist": ["images.example.org"]}))
+    with pytest.raises(FetchError) as e:
+        f.fetch(f"{server.base}/img/a.jpg")
+    assert e.value.reason == "blocked_host"
+
+
+def test_schemes_and_local_paths(tmp_path):
+    p = tmp_path / "x.jpg"
+    p.write_bytes(b"abc")
+    with pytest.raises(FetchError) as e:
+        Fetcher(FetchPolicy()).fetch(str(p))
+    assert e.value.reason == "blocked_scheme"
+    f = Fetcher(FetchPolicy(allow_local_paths=True))
+    assert f.fetch(str(p)) == b"abc" and f.fetch(f"file://{p}") == b"abc"
+    with pytest.raises(FetchError) as e:
+        f.fetch(str(tmp_path / "nope.jpg"))
+    assert e.value.reason == "not_found"
+    with pytest.raises(FetchError) as e:
+        f.fetch("ftp://example.org/x.jpg")
+    assert e.value.reason == "blocked_scheme"
+    with pytest.raises(ValueError, match="unknown key"):
+        FetchPolicy.from_dict({"max_byte": 1})
+
+
+def test_retry_after_parsing():
+    assert parse_retry_after("3", 30) == 3.0
+    assert parse_retry_after("999", 30) == 30.0
+    assert parse_retry_after(None, 30) == 1.0
+    assert 0.0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 30) <= 30
