@@ -6,7 +6,6 @@
 
 Everything a phase does lives in shared/; components/ wrap it; this file only
 wires the DAG, with the config's values as pipeline-parameter defaults."""
-from __future__ import annotations
 
 import argparse
 import json
@@ -80,7 +79,7 @@ def compile_pipeline(cfg: dict, output: str) -> str:
     return output
 
 
-def _latest_run_dir(root: Path, name: str) -> Path | None:
+def _latest_run_dir(root: Path, name: str) -> "Path | None":
     runs = sorted((p for p in root.glob(f"{name}-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
     return runs[-1] if runs else None
 
