@@ -76,7 +76,8 @@ def smart_crop_box(img: Image.Image, crop_fraction: float = 0.8,
     win_h = max(1, round(side * sh / h))
     win_w = max(1, round(side * sw / w))
     y, x, gain = best_window(sal, min(win_h, sh), min(win_w, sw))
-    if gain < min_gain:
+    flat = float(np.asarray(img.convert("L").resize((sw, sh)), dtype=np.float32).std()) < 2.0
+    if gain < min_gain or flat:  # nothing stands out: the usual centre crop
         left, top = (w - side) // 2, (h - side) // 2
     else:
         left = min(max(0, round(x * w / sw)), w - side)
