@@ -42,7 +42,7 @@ def test_balanced_weights():
 
 
 def test_metrics_hand_computed():
-    logits = np.array([[3, 1, 0, 0, 0, 0], [0, 3, 1, 0, 0, 0], [0, 0, 0, 0, 0, 3], [1, 0, 0, 0, 0, 0]], float)
+    logits = np.array([[3, 1, 0, 0, 0, 0], [0, 3, 1, 0, 0, 0], [4, 3, -1, 2, 1, 5], [1, 0, 0, 0, 0, 0]], float)
     labels = np.array([0, 2, 2, -1])
     m = classification_metrics(logits, labels, list("abcdef"), ["EU_SW", "EU_SW", "EU_NORTH", "EU_NORTH"])
     assert m["top1_accuracy"] == 0.25 and m["top5_accuracy"] == 0.5
