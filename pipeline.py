@@ -24,10 +24,31 @@ def _import_components(cfg: dict):
     """Import components after the image registry/tag from the config is in the env."""
     os.environ["PLANTID_IMAGE_REGISTRY"] = cfg["pipeline"]["images"]["registry"]
     os.environ["PLANTID_IMAGE_TAG"] = str(cfg["pipeline"]["images"]["tag"])
-    from components import baseline, cache_images, ingest, split  # noqa: F401
+    from components import (baseline, cache_images, evaluate_teacher, ingest, split, teacher_logits,
+                            train_teacher)
 
     return {"ingest": ingest.ingest, "cache_images": cache_images.cache_images,
-            "split": split.split, "baseline": baseline.baseline}
+            "split": split.split, "baseline": baseline.baseline,
+            "train_teacher": train_teacher.train_teacher,
+            "evaluate_teacher": evaluate_teacher.evaluate_teacher,
+            "teacher_logits": teacher_logits.teacher_logits}
+
+
+def teacher_parameters(cfg: dict) -> tuple[dict, list[dict]]:
+    """The global teacher config and the regional teacher items (each with its
+    config loaded and validated), as pipeline-parameter defaults."""
+    from shared.teacher_config import load_teacher_config
+
+    t = cfg["teachers"]
+    global_cfg = load_teacher_config(t["global_config"], t["overrides"])
+    regional = []
+    for item in t["regional"]:
+        rc = load_teacher_config(item.get("config") or t["global_config"],
+                                 {**t["overrides"], **item.get("overrides", {})})
+        # "teacher", not "name": a loop item's .name is KFP's own attribute
+        regional.append({"teacher": item["name"], "regions": item["regions"],
+                         "weight": float(item.get("weight", 1.0)), "config": rc})
+    return global_cfg, regional
 
 
 def build_pipeline(cfg: dict):
@@ -35,7 +56,9 @@ def build_pipeline(cfg: dict):
     from kfp import dsl
 
     c = _import_components(cfg)
-    d, ca, b = cfg["data"], cfg["cache"], cfg["baseline"]
+    d, ca, b, t = cfg["data"], cfg["cache"], cfg["baseline"], cfg["teachers"]
+    global_teacher_cfg, regional_teachers_default = teacher_parameters(cfg)
+    gpus_default = int(cfg["cluster"].get("gpus_per_teacher", 1)) if isinstance(cfg["cluster"], dict) else 1
 
     @dsl.pipeline(name=cfg["pipeline"]["name"], description=cfg["pipeline"]["description"])
     def plantid_pipeline(
@@ -54,6 +77,13 @@ def build_pipeline(cfg: dict):
         baseline_model: str = b["model_name"],
         baseline_weights: str = b["weights"],
         baseline_image_size: int = b["image_size"],
+        global_teacher_config: dict = global_teacher_cfg,
+        regional_teachers: list = regional_teachers_default,
+        global_teacher_weight: float = t["global_weight"],
+        teacher_overrides: dict = {},
+        logits_top_k: int = t["logits_top_k"],
+        checkpoint_dir: str = t["checkpoint_dir"],
+        gpus_per_teacher: int = gpus_default,
     ):
         ing = c["ingest"](source=source, records_uri=records_uri, mongo=mongo,
                           license_allow=license_allow, min_side=min_side, snapshot_id=snapshot_id)
@@ -68,6 +98,38 @@ def build_pipeline(cfg: dict):
                              model_name=baseline_model, weights_path=baseline_weights,
                              image_size=baseline_image_size)
         base.set_display_name("baseline (phase 0)")
+
+        # Phase 1: the global teacher.
+        gt = c["train_teacher"](name="global", regions="", train=sp.outputs["train"], val=sp.outputs["val"],
+                                cache_dir=cache_dir, config=global_teacher_config, overrides=teacher_overrides,
+                                checkpoint_dir=checkpoint_dir, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                gpus=gpus_per_teacher)
+        gt.set_display_name("train teacher: global (1.2)")
+        ge = c["evaluate_teacher"](name="global", model=gt.outputs["model"], test=sp.outputs["test"],
+                                   cache_dir=cache_dir, confusion_top_n=20)
+        ge.set_display_name("evaluate teacher: global (1.3)")
+        gl = c["teacher_logits"](name="global", regions="", weight=global_teacher_weight,
+                                 model=gt.outputs["model"], train=sp.outputs["train"], cache_dir=cache_dir,
+                                 top_k=logits_top_k)
+        gl.set_display_name("teacher logits: global (1.5)")
+
+        # Phases 2 / 2b: regional teachers in parallel, each from the global one.
+        with dsl.ParallelFor(items=regional_teachers, name="regional-teachers") as item:
+            rs = c["split"](cached=cached.outputs["cached"], regions=item.regions, seed=split_seed)
+            rs.set_display_name("regional split (2.0)")
+            rt = c["train_teacher"](name=item.teacher, regions=item.regions, train=rs.outputs["train"],
+                                    val=rs.outputs["val"], cache_dir=cache_dir, config=item.config,
+                                    overrides=teacher_overrides, checkpoint_dir=checkpoint_dir,
+                                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, gpus=gpus_per_teacher,
+                                    init_from=gt.outputs["model"])
+            rt.set_display_name("train regional teacher (2.2)")
+            re_ = c["evaluate_teacher"](name=item.teacher, model=rt.outputs["model"], test=rs.outputs["test"],
+                                        cache_dir=cache_dir, confusion_top_n=20)
+            re_.set_display_name("evaluate regional teacher (2.3)")
+            rl = c["teacher_logits"](name=item.teacher, regions=item.regions, weight=item.weight,
+                                     model=rt.outputs["model"], train=sp.outputs["train"],
+                                     cache_dir=cache_dir, top_k=logits_top_k)
+            rl.set_display_name("regional teacher logits (2.5)")
 
     return plantid_pipeline
 
@@ -99,9 +161,12 @@ def run_local(cfg: dict, output: str) -> dict:
     run_dir = _latest_run_dir(root, cfg["pipeline"]["name"])
     summary = {"run_dir": str(run_dir), "seconds": round(time.time() - t0, 1), "outputs": {}}
     if run_dir:
-        for task in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-            summary["outputs"][task.name] = {f.name: str(f) for f in sorted(task.iterdir())
-                                             if f.name != "executor_output.json"}
+        # A task's directory holds executor_output.json; ParallelFor iterations nest them.
+        for marker in sorted(run_dir.rglob("executor_output.json")):
+            task = marker.parent
+            summary["outputs"][str(task.relative_to(run_dir))] = {
+                f.name: str(f) for f in sorted(task.iterdir())
+                if f.name != "executor_output.json" and not f.name.endswith(".sha256")}
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

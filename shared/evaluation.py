@@ -103,3 +103,31 @@ def report_html(metrics: dict[str, Any], title: str) -> str:
 <body><h2>{esc(title)}</h2><p>{metrics.get('samples', 0)} samples, {metrics.get('num_classes_evaluated', 0)} classes</p>
 <table>{head}</table><h3>Top-1 per region</h3><table>{regions}</table>
 <h3>Classes with the lowest recall</h3><table><tr><th>class</th><th>recall</th></tr>{worst_rows}</table></body></html>"""
+
+
+def eval_transform_for(ckpt: dict):
+    """The evaluation preprocessing a checkpoint was trained with."""
+    from shared.augment import build_eval_transform
+
+    size = int(ckpt["image_size"])
+    resize = int(ckpt.get("eval_resize") or round(size * 448 / 384))
+    return build_eval_transform({"resize": resize, "center_crop": size,
+                                 "normalize": {"mean": ckpt["mean"], "std": ckpt["std"]}},
+                                size, bool(ckpt.get("smart_crop", False)))
+
+
+def evaluate_checkpoint(checkpoint_path: str, records: list[dict], cache_dir: str, batch_size: int = 64,
+                        recall_threshold: float = 0.6) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[str]]:
+    """Metrics of a checkpoint on cached records, plus its logits, labels and classes."""
+    from shared.checkpoint import build_model, load_checkpoint
+    from shared.image_dataset import CachedImageDataset
+
+    ckpt = load_checkpoint(checkpoint_path)
+    model = build_model(ckpt)
+    classes = list(ckpt["classes"])
+    ds = CachedImageDataset(records, cache_dir, classes, eval_transform_for(ckpt), label_missing="ignore")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits, labels = predict(model, DataLoader(ds, batch_size=batch_size, num_workers=0), device)
+    m = classification_metrics(logits, labels, classes, [r.get("region", "") for r in records],
+                               recall_threshold)
+    return m, logits, labels, classes

@@ -97,7 +97,13 @@ def merge_checked(defaults: Any, user: Any, path: str = "") -> Any:
                 user = type(defaults)(user)
             except (TypeError, ValueError):
                 raise ConfigError(f"{path}: expected a number, got {user!r}") from None
-        return float(user) if isinstance(defaults, float) else user
+        if isinstance(defaults, float):
+            return float(user)
+        if isinstance(user, float):  # KFP passes dict parameters as JSON: 10 arrives as 10.0
+            if not user.is_integer():
+                raise ConfigError(f"{path}: expected a whole number, got {user!r}")
+            return int(user)
+        return user
     if isinstance(defaults, str) and not isinstance(user, str):
         raise ConfigError(f"{path}: expected text, got {user!r}")
     if isinstance(defaults, list) and not isinstance(user, list):

@@ -42,10 +42,33 @@ def test_local_run_produces_phase0_outputs(local_run):
     assert 0.0 <= report["top1_accuracy"] <= 1.0
 
 
+def test_local_run_trains_teachers(local_run):
+    from shared.teacher_logits import TeacherLogits
+
+    cfg, summary = local_run
+    outs = summary["outputs"]
+    res = json.loads(Path(outs["evaluate-teacher"]["results"]).read_text())
+    n_classes = len(json.loads(Path(outs["split"]["stats"]).read_text())["images_per_class"])
+    assert res["top1_accuracy"] > 4.0 / n_classes  # far above chance
+    loops = [k for k in outs if k.startswith("for-loop")]
+    regional = [json.loads(Path(outs[k]["results"]).read_text())["teacher"]
+                for k in loops if k.endswith("evaluate-teacher-2")]
+    assert sorted(regional) == ["EU_CORE", "EU_SW"]
+    tl = TeacherLogits.load(outs["teacher-logits"]["logits"])
+    assert tl.name == "global" and tl.k == min(16, len(tl.classes)) and len(tl.image_ids) > 100
+    core = [TeacherLogits.load(outs[k]["logits"]) for k in loops if k.endswith("teacher-logits-2")]
+    assert {t.regions for t in core} == {"EU_SW", "EU_NORTH,EU_EAST"}
+
+
 def test_compile_contains_all_components(tmp_path):
     cfg = load_pipeline_config(ROOT / "config" / "local.yaml")
     path = pipeline.compile_pipeline(cfg, str(tmp_path / "p.yaml"))
     spec = yaml.safe_load(Path(path).read_text())
     execs = set(spec["deploymentSpec"]["executors"])
-    for name in ("ingest", "cache-images", "split", "baseline"):
+    for name in ("ingest", "cache-images", "split", "baseline", "train-teacher", "evaluate-teacher",
+                 "teacher-logits"):
         assert f"exec-{name}" in execs, execs
+    # The regional teachers run as one ParallelFor.
+    dag = spec["root"]["dag"]["tasks"]
+    loops = [t for t in dag.values() if "parameterIterator" in t]
+    assert len(loops) == 1 and loops[0]["parameterIterator"]["items"]["inputParameter"]

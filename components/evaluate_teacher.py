@@ -1,0 +1,29 @@
+"""Phases 1.3 / 2.3 / 2b.3: evaluate a teacher on a test split."""
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.images import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def evaluate_teacher(name: str, model: Input[Model], test: Input[Dataset], cache_dir: str,
+                     confusion_top_n: int, metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
+                     report: Output[HTML], results: Output[Artifact]):
+    """Top-1/top-5/loss, per-region top-1, per-class recall; names are stable across
+    runs so the KFP UI can compare them."""
+    from shared.atomic import write_json, write_text
+    from shared.evaluation import confusion_matrix_top, evaluate_checkpoint, report_html
+    from shared.records import load_jsonl
+
+    m, logits, labels, classes = evaluate_checkpoint(model.path, load_jsonl(test.path), cache_dir)
+    write_json(results.path, {"teacher": name, **m})
+    write_text(report.path, report_html(m, f"Teacher {name}: test split"))
+    for key in ("top1_accuracy", "top5_accuracy", "loss", "share_classes_recall_above_threshold"):
+        metrics.log_metric(key, m[key])
+    for region, acc in m["per_region"].items():
+        metrics.log_metric(f"top1_{region}", acc)
+    names, matrix = confusion_matrix_top(logits, labels, classes, confusion_top_n)
+    confusion.log_confusion_matrix(names, matrix)
+    results.metadata.update({"teacher": name, "top1_accuracy": m["top1_accuracy"]})
+    print(f"teacher {name}: test top1={m['top1_accuracy']:.3f} top5={m['top5_accuracy']:.3f} "
+          f"per_region={m['per_region']}")

@@ -1,0 +1,19 @@
+"""Phases 1.5 / 2.5 / 2b.3: a teacher's sparse top-k logits on the train split."""
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.images import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def teacher_logits(name: str, regions: str, weight: float, model: Input[Model], train: Input[Dataset],
+                   cache_dir: str, top_k: int, logits: Output[Artifact], metrics: Output[Metrics]):
+    """Top-k logits of `model` on the train samples of `regions` ("" = all)."""
+    from shared.records import load_jsonl
+    from shared.teacher_logits import run_teacher_logits
+
+    s = run_teacher_logits(model.path, load_jsonl(train.path), cache_dir, logits.path, top_k, name, regions)
+    # combine_soft_labels reads who this teacher is from the artifact's metadata.
+    logits.metadata.update({"teacher": name, "regions": regions, "weight": weight, **s})
+    for key, value in s.items():
+        metrics.log_metric(key, value)

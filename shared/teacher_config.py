@@ -1,0 +1,102 @@
+"""The teacher configs of the plan (config/teacher_global.yaml,
+teacher_regional.yaml, teacher_eu_core.yaml), accepted as written there.
+
+Sections and keys are the plan's; a key that is not below is an error naming
+it (with a suggestion), and a missing key takes the default below (the plan's
+global-teacher values). Keys we add to the plan's, all optional:
+  model.pretrained_path      local weights for `pretrained: true` (no hub here;
+                             without it the run says it trains from scratch)
+  training.grad_accum_steps  micro-batches per optimizer step (the plan's batch
+                             of 4 on a 4 GB GPU x 16 = an effective batch of 64)
+  training.min_lr            floor of the cosine decay
+  training.amp               auto | bf16 | fp16 | off (auto: bf16/fp16 on CUDA, off on CPU)
+  training.channels_last, training.compile, training.seed, training.weighted_sampling
+  training.max_steps_per_epoch  cap for smoke runs (0 = no cap)
+`data.train_jsonl`/`val_jsonl` are the plan's local paths; in the pipeline the
+split step's outputs are used instead, so they need not exist. `data.cache_size_gb`
+sizes the cache volume (manifests) and is checked against the cache's usage.
+`callbacks.checkpoint_dir` is replaced by the pipeline's per-run working directory."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.pipeline_config import ConfigError, merge_checked
+
+_NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+TEACHER_DEFAULTS: dict[str, Any] = {
+    "model": {"name": "vit_base_patch16_384", "pretrained": True, "init_from": "",
+              "pretrained_path": ""},
+    "training": {"learning_rate": 3.0e-5, "batch_size": 4, "epochs": 10, "warmup_epochs": 2,
+                 "optimizer": "adamw", "weight_decay": 0.05, "gradient_clip": 1.0,
+                 "label_smoothing": 0.1, "grad_accum_steps": 1, "min_lr": 1.0e-7, "amp": "auto",
+                 "channels_last": True, "compile": False, "seed": 42, "weighted_sampling": False,
+                 "max_steps_per_epoch": 0},
+    "data": {"train_jsonl": "", "val_jsonl": "", "image_size": 384, "cache_size_gb": 220,
+             "num_workers": 6, "smart_crop": True, "region_filter": ""},
+    "augmentation": {
+        "train": {"resize": 448, "crop": 384, "horizontal_flip": 0.5, "vertical_flip": 0.2,
+                  "rotation": 20, "color_jitter": {"brightness": 0.3, "contrast": 0.3,
+                                                   "saturation": 0.3, "hue": 0.15},
+                  "blur": 0.1, "normalize": _NORMALIZE},
+        "val": {"resize": 448, "center_crop": 384, "normalize": _NORMALIZE},
+    },
+    "regularization": {"dropout": 0.3, "mixup_alpha": 1.0, "cutmix_alpha": 1.2, "mixup_prob": 0.5},
+    "callbacks": {"early_stopping": True, "early_stopping_patience": 3,
+                  "early_stopping_metric": "top1_acc", "save_best": True, "save_checkpoint_every": 1,
+                  "checkpoint_dir": "./checkpoints/teacher"},
+}
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion")
+METRICS = ("top1_acc", "top5_acc", "loss")
+
+
+def load_teacher_config(source: str | Path | dict | None, overrides: dict | None = None) -> dict:
+    """Validated teacher config (a nested dict with every key present)."""
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if not p.is_file():
+            raise ConfigError(f"teacher config not found: {source}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    else:
+        raw = copy.deepcopy(source or {})
+    cfg = merge_checked(TEACHER_DEFAULTS, raw)
+    for dotted, value in (overrides or {}).items():
+        cfg = merge_checked(cfg, _nest(dotted, value))
+    _check_values(cfg)
+    return cfg
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: Any = value
+    for key in reversed(dotted.split(".")):
+        out = {key: out}
+    return out
+
+
+def _check_values(cfg: dict) -> None:
+    t, r, c = cfg["training"], cfg["regularization"], cfg["callbacks"]
+    if t["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"training.optimizer: {t['optimizer']!r} is not one of {OPTIMIZERS}")
+    if c["early_stopping_metric"] not in METRICS:
+        raise ConfigError(f"callbacks.early_stopping_metric: {c['early_stopping_metric']!r} is not one of {METRICS}")
+    if t["amp"] not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"training.amp: {t['amp']!r} is not one of auto, bf16, fp16, off")
+    for where, v, lo, hi in (("training.learning_rate", t["learning_rate"], 0, 1),
+                             ("training.label_smoothing", t["label_smoothing"], 0, 0.99),
+                             ("regularization.dropout", r["dropout"], 0, 0.99),
+                             ("regularization.mixup_prob", r["mixup_prob"], 0, 1)):
+        if not lo <= v <= hi:
+            raise ConfigError(f"{where}: {v} is outside [{lo}, {hi}]")
+    for where, v in (("training.batch_size", t["batch_size"]), ("training.epochs", t["epochs"]),
+                     ("training.grad_accum_steps", t["grad_accum_steps"]),
+                     ("data.image_size", cfg["data"]["image_size"])):
+        if int(v) < 1:
+            raise ConfigError(f"{where}: must be at least 1, got {v}")

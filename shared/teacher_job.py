@@ -1,0 +1,52 @@
+"""One teacher training job as the pipeline runs it: a working directory on the
+persistent checkpoint volume keyed by run and teacher (so a pod restarted by a
+KFP retry resumes from its last checkpoint), one process or torchrun DDP when
+the pod has several GPUs, and the best checkpoint copied to the step's output."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.atomic import write_json
+
+
+def work_dir(checkpoint_dir: str, run_id: str, name: str) -> Path:
+    """<checkpoint_dir>/<run_id>/<name>, with both parts made path-safe."""
+    safe = [re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._") or "x" for s in (run_id, name)]
+    return Path(checkpoint_dir) / safe[0] / safe[1]
+
+
+def run_teacher_job(name: str, config: dict, overrides: dict, train_path: str, val_path: str,
+                    cache_dir: str, checkpoint_dir: str, run_id: str, gpus: int,
+                    init_from: str | None, out_model: str) -> dict[str, Any]:
+    """Train (or resume) a teacher; copy best_model.pt to `out_model`; return its summary."""
+    from shared.trainer import launch
+
+    wd = work_dir(checkpoint_dir, run_id, name)
+    wd.mkdir(parents=True, exist_ok=True)
+    write_json(wd / "job_config.json", {"config": config, "overrides": overrides})
+    args = ["--config-json", str(wd / "job_config.json"), "--train-jsonl", train_path,
+            "--val-jsonl", val_path, "--cache-dir", cache_dir, "--out-dir", str(wd),
+            "--summary-json", str(wd / "summary.json")]
+    if init_from:
+        args += ["--init-from", init_from]
+    launch(args, nproc=max(1, int(gpus)))
+    summary = json.loads((wd / "summary.json").read_text())
+    best = wd / "best_model.pt"
+    if not best.exists():
+        raise RuntimeError(f"teacher {name}: training finished without {best}")
+    Path(out_model).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(best, out_model)
+    shutil.copyfile(str(best) + ".sha256", out_model + ".sha256")
+    logs = wd / "logs"
+    summary["work_dir"] = str(wd)
+    summary["tensorboard_logs"] = str(logs) if logs.exists() else ""
+    return summary
+
+
+if __name__ == "__main__":  # pragma: no cover - used by hand for debugging
+    print(work_dir(*sys.argv[1:4]))

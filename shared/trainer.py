@@ -1,0 +1,371 @@
+"""The training loop shared by teachers and the student, in timm's style:
+AdamW (timm optimizers), warmup then cosine decay stepped per update (timm
+scheduler), mixup/cutmix (timm Mixup), label smoothing, gradient clipping and
+accumulation, AMP, channels_last, optional torch.compile, DDP under torchrun,
+validation every epoch, TensorBoard, a resumable checkpoint every epoch, the
+best checkpoint, early stopping, and a clear stop on a non-finite loss."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
+
+from shared.atomic import atomic_open, verify_checksum, write_json
+from shared.checkpoint import save_checkpoint, unwrap_model
+
+LAST = "last_checkpoint.pt"
+BEST = "best_model.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 10
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-7
+    warmup_epochs: float = 0
+    optimizer: str = "adamw"
+    weight_decay: float = 0.05
+    grad_clip: float = 0.0
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_prob: float = 0.0
+    num_classes: int = 0
+    early_stopping: bool = True
+    patience: int = 3
+    early_stopping_metric: str = "top1_acc"  # top1_acc | top5_acc | loss
+    save_best: bool = True
+    checkpoint_every: int = 1
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 0
+    seed: int = 42
+    weighted_sampling: bool = False
+    max_steps_per_epoch: int = 0  # 0: whole epoch
+
+    @property
+    def mixup_active(self) -> bool:
+        return self.mixup_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int = -1
+    epochs_run: int = 0
+    stopped_early: bool = False
+    global_step: int = 0
+    resumed_from_epoch: int = -1
+    best_path: str = ""
+    last_path: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    rank, world, local = distributed_env()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting == "fp16":
+        return torch.float16
+    if setting == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _better(metric: str, new: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return new < best if metric == "loss" else new > best
+
+
+@torch.no_grad()
+def evaluate_top_k(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+                   dtype: torch.dtype | None, channels_last: bool) -> dict[str, float]:
+    """Validation top-1/top-5 accuracy and CE loss (labels of -1 count as wrong, not in the loss)."""
+    model.eval()
+    n = hit1 = hit5 = 0
+    loss_sum, loss_n = 0.0, 0
+    for x, y, _ in loader:
+        x, y = x.to(device), torch.as_tensor(y).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x).float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit1 += (top[:, 0] == y).sum().item()
+        hit5 += (top == y[:, None]).any(dim=1).sum().item()
+        known = y >= 0
+        if known.any():
+            loss_sum += torch.nn.functional.cross_entropy(logits[known], y[known], reduction="sum").item()
+            loss_n += int(known.sum())
+        n += len(y)
+    return {"top1_acc": hit1 / max(1, n), "top5_acc": hit5 / max(1, n),
+            "loss": loss_sum / loss_n if loss_n else float("nan")}
+
+
+def _save_training_state(path: Path, model, optimizer, scheduler, scaler, epoch: int, step: int,
+                         best: float | None, best_epoch: int, bad_epochs: int, history: list) -> None:
+    state = {"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+             "epoch": epoch, "global_step": step, "best": best, "best_epoch": best_epoch,
+             "bad_epochs": bad_epochs, "history": history,
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                     "python": random.getstate()}}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with atomic_open(path, "wb", checksum=True) as f:
+        f.write(buf.getvalue())
+
+
+def _load_training_state(path: Path, log: Callable) -> dict | None:
+    if not path.exists():
+        return None
+    if not verify_checksum(path):
+        log(f"WARNING: {path} does not match its checksum (truncated?); starting from scratch")
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # unreadable: treat like truncated
+        log(f"WARNING: cannot read {path} ({e}); starting from scratch")
+        return None
+
+
+def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, settings: TrainSettings,
+        out_dir: str | os.PathLike, *, checkpoint_meta: dict,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        sampler_weights: np.ndarray | None = None, log: Callable[[str], None] = print) -> FitResult:
+    """Train `model`; resume from out_dir/last_checkpoint.pt when it is there.
+
+    loss_fn(logits, targets, sample_indices) replaces the classification loss (the
+    student's distillation); mixup is then off. checkpoint_meta holds the
+    save_checkpoint fields (model_name, classes, image_size, ...)."""
+    import timm.optim
+    import timm.scheduler
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    s = settings
+    out = Path(out_dir)
+    rank, world, device = init_distributed()
+    main_proc = rank == 0
+    seed_everything(s.seed + rank)
+    out.mkdir(parents=True, exist_ok=True)
+    say = log if main_proc else (lambda *_: None)
+
+    model.to(device)
+    if s.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = timm.optim.create_optimizer_v2(model, opt=s.optimizer, lr=s.lr, weight_decay=s.weight_decay)
+
+    if world > 1:
+        sampler = DistributedSampler(train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=s.seed)
+    elif s.weighted_sampling and sampler_weights is not None:
+        sampler = WeightedRandomSampler(torch.as_tensor(sampler_weights, dtype=torch.double),
+                                        num_samples=len(train_dataset), replacement=True,
+                                        generator=torch.Generator().manual_seed(s.seed))
+    else:
+        sampler = None
+    drop_last = len(train_dataset) // world > s.batch_size
+    loader_kw = dict(num_workers=s.num_workers, pin_memory=device.type == "cuda",
+                     persistent_workers=s.num_workers > 0)
+    train_loader = DataLoader(train_dataset, batch_size=s.batch_size, sampler=sampler,
+                              shuffle=sampler is None, drop_last=drop_last,
+                              generator=torch.Generator().manual_seed(s.seed), **loader_kw)
+    val_loader = DataLoader(val_dataset, batch_size=s.batch_size * 2, shuffle=False, **loader_kw)
+    batches = len(train_loader) if not s.max_steps_per_epoch else min(len(train_loader), s.max_steps_per_epoch)
+    updates_per_epoch = max(1, math.ceil(batches / s.grad_accum_steps))
+    total_updates = updates_per_epoch * s.epochs
+    scheduler = timm.scheduler.CosineLRScheduler(
+        optimizer, t_initial=total_updates, lr_min=s.min_lr, warmup_t=int(s.warmup_epochs * updates_per_epoch),
+        warmup_lr_init=s.lr * 0.01, warmup_prefix=True, t_in_epochs=False)
+
+    dtype = amp_dtype(s.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    mixup = None
+    if loss_fn is None and s.mixup_active:
+        mixup = Mixup(mixup_alpha=s.mixup_alpha, cutmix_alpha=s.cutmix_alpha, prob=s.mixup_prob,
+                      label_smoothing=s.label_smoothing, num_classes=s.num_classes)
+        criterion: Callable = SoftTargetCrossEntropy()
+    elif s.label_smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(s.label_smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+
+    result = FitResult(last_path=str(out / LAST), best_path=str(out / BEST))
+    start_epoch, best, bad_epochs = 0, None, 0
+    state = _load_training_state(out / LAST, say)
+    if state is not None:
+        unwrap_model(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, result.global_step = state["epoch"] + 1, state["global_step"]
+        best, result.best_epoch, bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+        result.history = state["history"]
+        result.resumed_from_epoch = state["epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        say(f"resumed from {out / LAST}: epoch {state['epoch']} done, step {result.global_step}")
+        if bad_epochs >= s.patience and s.early_stopping:
+            start_epoch = s.epochs  # it had already stopped early
+            result.stopped_early = True
+
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if s.compile:
+        train_model = torch.compile(train_model)
+    writer = None
+    if main_proc:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "logs"))
+
+    for epoch in range(start_epoch, s.epochs):
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        train_loader.generator.manual_seed(s.seed + epoch) if train_loader.generator else None
+        train_model.train()
+        t0, seen, loss_sum, correct, n_loss = time.time(), 0, 0.0, 0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for i, (x, y, idx) in enumerate(train_loader):
+            if i >= batches:
+                break
+            x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
+            if s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = y
+            if mixup is not None and len(x) % 2 == 0:
+                x, target = mixup(x, y)
+            elif mixup is not None:  # odd last batch: one-hot targets for the soft CE
+                target = torch.nn.functional.one_hot(y, s.num_classes).float()
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = train_model(x)
+                loss = loss_fn(logits.float(), y, idx) if loss_fn else criterion(logits.float(), target)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at epoch {epoch} step {result.global_step} (batch {i}); "
+                    f"stopped, the last good checkpoint {out / LAST} is kept. Try a lower learning "
+                    "rate, a longer warmup, or check the inputs/soft labels.")
+            (scaler.scale(loss / s.grad_accum_steps) if scaler else loss / s.grad_accum_steps).backward()
+            last_micro = (i + 1) % s.grad_accum_steps == 0 or i + 1 == batches
+            if last_micro:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                if s.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                result.global_step += 1
+                scheduler.step_update(result.global_step)
+            loss_sum += loss.item() * len(x)
+            n_loss += len(x)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(x)
+        train_metrics = {"train_loss": loss_sum / max(1, n_loss), "train_top1": correct / max(1, seen),
+                         "images_per_s": seen * world / max(1e-9, time.time() - t0),
+                         "lr": optimizer.param_groups[0]["lr"]}
+        val = evaluate_top_k(model, val_loader, device, dtype, s.channels_last)
+        metric = val[s.early_stopping_metric]
+        improved = _better(s.early_stopping_metric, metric, best)
+        if improved:
+            best, result.best_epoch, bad_epochs = metric, epoch, 0
+        else:
+            bad_epochs += 1
+        row = {"epoch": epoch, "step": result.global_step, **train_metrics,
+               **{f"val_{k}": v for k, v in val.items()}}
+        result.history.append(row)
+        say(f"epoch {epoch + 1}/{s.epochs} step {result.global_step} loss {row['train_loss']:.4f} "
+            f"train_top1 {row['train_top1']:.3f} val_top1 {val['top1_acc']:.3f} "
+            f"val_top5 {val['top5_acc']:.3f} val_loss {val['loss']:.4f} ({row['images_per_s']:.1f} img/s)")
+        if main_proc:
+            for k, v in row.items():
+                if k not in ("epoch", "step"):
+                    writer.add_scalar(k, v, epoch)
+            writer.flush()
+            if improved and s.save_best:
+                save_checkpoint(out / BEST, model, metrics={**val, "epoch": epoch}, **checkpoint_meta)
+            stop = s.early_stopping and bad_epochs >= s.patience
+            if (epoch + 1) % max(1, s.checkpoint_every) == 0 or epoch + 1 == s.epochs or stop:
+                _save_training_state(out / LAST, model, optimizer, scheduler, scaler, epoch,
+                                     result.global_step, best, result.best_epoch, bad_epochs, result.history)
+            write_json(out / "history.json", result.history)
+        if s.early_stopping and bad_epochs >= s.patience:
+            say(f"early stopping: no {s.early_stopping_metric} improvement for {bad_epochs} epochs")
+            result.stopped_early = True
+            break
+        if world > 1:
+            dist.barrier()
+    result.epochs_run = len(result.history)
+    result.best_metric = best
+    if main_proc and not (out / BEST).exists() and s.save_best is False:
+        save_checkpoint(out / BEST, model, metrics=result.history[-1] if result.history else {}, **checkpoint_meta)
+    if writer:
+        writer.close()
+    return result
+
+
+def launch(args: list[str], nproc: int, module: str = "shared.teacher_training") -> None:
+    """Run `module`'s main(args): in-process for one device, torchrun DDP for several."""
+    if nproc <= 1:
+        import importlib
+
+        importlib.import_module(module).main(args)
+        return
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", module, *args]
+    print("launching:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
