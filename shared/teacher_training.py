@@ -18,7 +18,7 @@ from shared.checkpoint import load_checkpoint
 from shared.image_dataset import CachedImageDataset, class_balanced_sample_weights, class_list
 from shared.records import load_jsonl
 from shared.teacher_config import load_teacher_config
-from shared.trainer import TrainSettings, distributed_env, fit
+from shared.trainer import TrainSettings, distributed_env, fit, seed_everything
 
 
 def classifier_prefix(model: torch.nn.Module) -> str:
@@ -130,6 +130,7 @@ def train_teacher(config: dict, train_records: list[dict], val_records: list[dic
         raise ValueError(f"no training records (region_filter={region!r})")
     classes = classes or class_list(train_records)
     size = d["image_size"]
+    seed_everything(cfg["training"]["seed"])  # the same seed gives the same initial weights
     model = create_model(m["name"], len(classes), cfg["regularization"]["dropout"], size)
     from_scratch = True
     init = init_from or m["init_from"]
