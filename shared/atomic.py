@@ -85,3 +85,29 @@ def write_text(path: str | os.PathLike, text: str, checksum: bool = False) -> No
 
 def write_json(path: str | os.PathLike, obj: Any, checksum: bool = False) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", checksum)
+
+
+def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
+    """np.savez written atomically with a checksum beside it."""
+    import numpy as np
+
+    buf = __import__("io").BytesIO()
+    np.savez(buf, **arrays)
+    with atomic_open(path, "wb", checksum=True) as f:
+        f.write(buf.getvalue())
+
+
+def load_npz(path: str | os.PathLike, what: str) -> dict:
+    """Load every array of an npz written by save_npz; clear errors for a missing,
+    truncated (checksum) or unreadable file. `what` names the artifact in errors."""
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if not verify_checksum(path):
+        raise ValueError(f"{what} {path} does not match its checksum (truncated?); regenerate it")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{what} {path} is not readable: {e}") from e

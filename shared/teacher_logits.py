@@ -5,7 +5,6 @@ top-1 confidence, the true label, and the teacher's class list. Never a dense
 N x C array: at the plan's 850k x 9,000 that would be 30 GB of float32."""
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from typing import Iterable
@@ -13,7 +12,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from shared.atomic import atomic_open, verify_checksum
+from shared.atomic import load_npz, save_npz
 
 
 @dataclass
@@ -45,29 +44,21 @@ class TeacherLogits:
         return int(self.indices.shape[1])
 
     def save(self, path: str | os.PathLike) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, image_ids=np.asarray(self.image_ids, dtype=str), indices=self.indices.astype(np.int32),
+        save_npz(path, image_ids=np.asarray(self.image_ids, dtype=str), indices=self.indices.astype(np.int32),
                  values=self.values.astype(np.float16), logsumexp=self.logsumexp.astype(np.float32),
                  confidences=self.confidences.astype(np.float32), labels=self.labels.astype(np.int32),
                  classes=np.asarray(self.classes, dtype=str), name=np.asarray(self.name),
                  regions=np.asarray(self.regions))
-        with atomic_open(path, "wb", checksum=True) as f:
-            f.write(buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TeacherLogits":
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"teacher logits not found: {path}")
-        if not verify_checksum(path):
-            raise ValueError(f"teacher logits {path} do not match their checksum (truncated?); regenerate them")
+        z = load_npz(path, "teacher logits")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                return cls(image_ids=z["image_ids"], indices=z["indices"], values=z["values"],
-                           logsumexp=z["logsumexp"], confidences=z["confidences"], labels=z["labels"],
-                           classes=[str(c) for c in z["classes"]], name=str(z["name"]),
-                           regions=str(z["regions"]))
-        except (KeyError, ValueError, OSError) as e:
-            raise ValueError(f"teacher logits {path} are not readable: {e}") from e
+            return cls(image_ids=z["image_ids"], indices=z["indices"], values=z["values"],
+                       logsumexp=z["logsumexp"], confidences=z["confidences"], labels=z["labels"],
+                       classes=[str(c) for c in z["classes"]], name=str(z["name"]), regions=str(z["regions"]))
+        except KeyError as e:
+            raise ValueError(f"teacher logits {path} lack the array {e}") from None
 
 
 def sparsify(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

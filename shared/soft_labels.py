@@ -1,0 +1,143 @@
+"""Phase 3: combine several teachers' sparse logits into soft labels for the student.
+
+Teachers have different class sets: the union class space is built (sorted class
+names) and every teacher is aligned to it by name. Each teacher has a weight
+and optionally the regions it speaks for; a sample gets, at temperature T,
+
+    q = sum_t w_t softmax(z_t / T) / sum_t w_t
+
+over the teachers that apply to it (the teacher scored the sample and the
+sample's region is one of the teacher's), i.e. the weights are renormalised per
+sample. Averaging probabilities (not logits) is what makes teachers with
+different class sets combinable. q keeps its top-k classes, renormalised to sum
+to 1, stored fp16. Work is done in chunks: never a dense N x C matrix."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.atomic import load_npz, save_npz
+from shared.teacher_logits import TeacherLogits, topk_probs
+
+
+@dataclass
+class TeacherSpec:
+    logits: TeacherLogits
+    weight: float
+    regions: set[str] | None = None  # None: every region
+
+
+@dataclass
+class SoftLabels:
+    image_ids: np.ndarray   # (N,) str
+    indices: np.ndarray     # (N, k) int32 into classes
+    values: np.ndarray      # (N, k) float16 probabilities, rows sum to 1
+    classes: list[str]
+    temperature: float
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_npz(path, image_ids=np.asarray(self.image_ids, dtype=str), indices=self.indices.astype(np.int32),
+                 values=self.values.astype(np.float16), classes=np.asarray(self.classes, dtype=str),
+                 temperature=np.asarray(self.temperature, dtype=np.float32))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SoftLabels":
+        z = load_npz(path, "soft labels")
+        try:
+            return cls(z["image_ids"], z["indices"], z["values"], [str(c) for c in z["classes"]],
+                       float(z["temperature"]))
+        except KeyError as e:
+            raise ValueError(f"soft labels {path} lack the array {e}") from None
+
+    def bytes_per_sample(self) -> float:
+        return self.indices.shape[1] * (4 + 2)
+
+
+def union_classes(teachers: list[TeacherSpec]) -> list[str]:
+    return sorted(set().union(*(t.logits.classes for t in teachers)))
+
+
+def combine_soft_labels(teachers: list[TeacherSpec], sample_ids: list[str], sample_regions: list[str],
+                        temperature: float, k: int = 32, chunk: int = 1024) -> SoftLabels:
+    """Soft labels for `sample_ids` (see the module docstring). A sample no teacher
+    covers is an error naming it: the global teacher should cover every train sample."""
+    if not teachers:
+        raise ValueError("no teachers to combine")
+    for t in teachers:
+        if t.weight < 0:
+            raise ValueError(f"teacher {t.logits.name!r}: negative weight {t.weight}")
+    classes = union_classes(teachers)
+    pos = {c: i for i, c in enumerate(classes)}
+    n, c_union = len(sample_ids), len(classes)
+    k = min(k, c_union)
+    sample_pos = {s: i for i, s in enumerate(sample_ids)}
+    # Per teacher: for each sample, its row in the teacher's logits (-1: not scored / not applicable).
+    rows, probs, maps = [], [], []
+    for t in teachers:
+        tl = t.logits
+        class_map = np.array([pos[c] for c in tl.classes], dtype=np.int64)
+        r = np.full(n, -1, dtype=np.int64)
+        for j, sid in enumerate(tl.image_ids):
+            i = sample_pos.get(str(sid))
+            if i is not None and (t.regions is None or sample_regions[i] in t.regions):
+                r[i] = j
+        idx, p = topk_probs(tl, temperature)
+        rows.append(r)
+        probs.append(p.astype(np.float32))
+        maps.append(class_map[idx])
+    weights = np.array([t.weight for t in teachers], dtype=np.float32)
+    covered = np.stack([r >= 0 for r in rows])  # (T, N)
+    wsum = (covered * weights[:, None]).sum(0)
+    missing = np.flatnonzero(wsum <= 0)
+    if len(missing):
+        ex = ", ".join(str(sample_ids[i]) for i in missing[:5])
+        raise ValueError(f"{len(missing)} samples have no applicable teacher (e.g. {ex}); the global "
+                         "teacher's logits must cover every train sample")
+    out_idx = np.zeros((n, k), np.int32)
+    out_val = np.zeros((n, k), np.float16)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        dense = np.zeros((stop - start, c_union), np.float32)
+        for t, r in enumerate(rows):
+            sel = np.flatnonzero(r[start:stop] >= 0)
+            if not len(sel):
+                continue
+            src = r[start:stop][sel]
+            np.add.at(dense, (sel[:, None], maps[t][src]), weights[t] * probs[t][src])
+        dense /= wsum[start:stop, None]
+        top = np.argpartition(-dense, k - 1, axis=1)[:, :k] if k < c_union else np.tile(np.arange(c_union), (stop - start, 1))
+        vals = np.take_along_axis(dense, top, axis=1)
+        order = np.argsort(-vals, axis=1)
+        top, vals = np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
+        vals /= vals.sum(axis=1, keepdims=True)
+        out_idx[start:stop], out_val[start:stop] = top, vals.astype(np.float16)
+    return SoftLabels(np.asarray(sample_ids, dtype=str), out_idx, out_val, classes, float(temperature))
+
+
+def soft_label_metrics(sl: SoftLabels, teachers: list[TeacherSpec], sample_regions: list[str]) -> dict:
+    """Samples, classes, mean entropy, teacher agreement (share of samples covered by
+    2+ teachers whose top-1 classes agree) and how many samples each teacher covers."""
+    v = sl.values.astype(np.float64)
+    entropy = float(-(v * np.log(np.clip(v, 1e-12, None))).sum(1).mean())
+    row_sums = v.sum(1)
+    sample_pos = {str(s): i for i, s in enumerate(sl.image_ids)}
+    top1 = np.full((len(teachers), len(sl.image_ids)), "", dtype=object)
+    coverage = {}
+    for t_i, t in enumerate(teachers):
+        tl = t.logits
+        n_cov = 0
+        for j, sid in enumerate(tl.image_ids):
+            i = sample_pos.get(str(sid))
+            if i is not None and (t.regions is None or sample_regions[i] in t.regions):
+                top1[t_i, i] = tl.classes[tl.indices[j, 0]]
+                n_cov += 1
+        coverage[tl.name or f"teacher{t_i}"] = n_cov
+    multi = [(col[col != ""]) for col in top1.T]
+    multi = [m for m in multi if len(m) >= 2]
+    agree = float(np.mean([len(set(m)) == 1 for m in multi])) if multi else 1.0
+    return {"samples": len(sl.image_ids), "classes": len(sl.classes), "k": int(sl.indices.shape[1]),
+            "mean_entropy": entropy, "teacher_agreement": agree, "samples_with_2plus_teachers": len(multi),
+            "max_row_sum_error": float(np.abs(row_sums - 1).max()) if len(row_sums) else 0.0,
+            "coverage": coverage, "bytes_per_sample": sl.bytes_per_sample()}

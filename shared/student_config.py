@@ -1,0 +1,105 @@
+"""The student config of the plan (config/student.yaml), accepted as written
+there: model (name mobilenetv2, width multiplier `alpha`, num_classes,
+dropout_rate), distillation (temperature, loss_weights kl_divergence /
+cross_entropy), teachers (path, weight, region_filter), training (learning_rate,
+batch_size, epochs, warmup_epochs, optimizer). Unknown keys are errors naming
+the key; numeric strings ("1e-4", which YAML reads as text) are accepted.
+
+Keys we add, all optional (defaults below): model.image_size; training
+distillation_epochs / finetune_epochs (the plan's 10 + 10; default: half of
+`epochs` each), weight_decay, gradient_clip, grad_accum_steps, amp, seed,
+channels_last, num_workers, early_stopping_patience; finetune.learning_rate
+(5e-5), finetune.augmentation (aggressive | standard), finetune.label_smoothing;
+augmentation train/val sections as in the teacher configs; data.smart_crop.
+
+`model.num_classes` is the plan's expected class count: the real count is the
+soft labels' union class space, which wins (the difference is logged)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.pipeline_config import ConfigError, merge_checked
+from shared.teacher_config import TEACHER_DEFAULTS
+
+MOBILENETV2_WIDTHS = {0.5: "mobilenetv2_050", 0.75: "mobilenetv2_075", 1.0: "mobilenetv2_100",
+                      1.1: "mobilenetv2_110d", 1.2: "mobilenetv2_120d", 1.4: "mobilenetv2_140"}
+
+STUDENT_DEFAULTS: dict[str, Any] = {
+    "model": {"name": "mobilenetv2", "alpha": 1.0, "num_classes": 9000, "dropout_rate": 0.2,
+              "image_size": 224},
+    "distillation": {"temperature": 3.0, "loss_weights": {"kl_divergence": 0.7, "cross_entropy": 0.3}},
+    "teachers": [],
+    "training": {"learning_rate": 1e-4, "batch_size": 128, "epochs": 20, "warmup_epochs": 1,
+                 "optimizer": "adam", "distillation_epochs": 0, "finetune_epochs": 0,
+                 "weight_decay": 0.0, "gradient_clip": 0.0, "grad_accum_steps": 1, "amp": "auto",
+                 "seed": 42, "channels_last": True, "num_workers": 6, "early_stopping_patience": 5},
+    "finetune": {"learning_rate": 5e-5, "augmentation": "aggressive", "label_smoothing": 0.0},
+    "augmentation": {
+        "train": {"resize": 256, "crop": 224, "horizontal_flip": 0.5, "vertical_flip": 0.0,
+                  "rotation": 10, "color_jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2,
+                                                   "hue": 0.05},
+                  "blur": 0.0, "normalize": copy.deepcopy(TEACHER_DEFAULTS["augmentation"]["val"]["normalize"])},
+        "val": {"resize": 256, "center_crop": 224,
+                "normalize": copy.deepcopy(TEACHER_DEFAULTS["augmentation"]["val"]["normalize"])},
+    },
+    "data": {"smart_crop": False},
+}
+TEACHER_ENTRY = {"path": "", "weight": 1.0, "region_filter": ""}
+
+
+def load_student_config(source: str | Path | dict | None, overrides: dict | None = None) -> dict:
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if not p.is_file():
+            raise ConfigError(f"student config not found: {source}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    else:
+        raw = copy.deepcopy(source or {})
+    teachers = raw.pop("teachers", None) if isinstance(raw, dict) else None
+    cfg = merge_checked({k: v for k, v in STUDENT_DEFAULTS.items() if k != "teachers"}, raw)
+    for dotted, value in (overrides or {}).items():
+        node: Any = value
+        for key in reversed(dotted.split(".")):
+            node = {key: node}
+        cfg = merge_checked(cfg, node)
+    if teachers is not None and not isinstance(teachers, list):
+        raise ConfigError("teachers: expected a list of {path, weight, region_filter}")
+    cfg["teachers"] = [merge_checked(TEACHER_ENTRY, t, f"teachers[{i}]") for i, t in enumerate(teachers or [])]
+    t = cfg["training"]
+    if not t["distillation_epochs"] and not t["finetune_epochs"]:
+        t["distillation_epochs"] = (t["epochs"] + 1) // 2
+        t["finetune_epochs"] = t["epochs"] - t["distillation_epochs"]
+    if cfg["finetune"]["augmentation"] not in ("aggressive", "standard"):
+        raise ConfigError("finetune.augmentation: must be aggressive or standard")
+    if cfg["distillation"]["temperature"] <= 0:
+        raise ConfigError("distillation.temperature: must be positive")
+    return cfg
+
+
+def timm_model_name(model: dict) -> str:
+    """mobilenetv2 + alpha -> timm's name (mobilenetv2_100 for 1.0); other names as is."""
+    name = model["name"]
+    if name.replace("_", "").lower() != "mobilenetv2":
+        return name
+    alpha = float(model["alpha"])
+    if alpha not in MOBILENETV2_WIDTHS:
+        raise ConfigError(f"model.alpha: {alpha} has no timm MobileNetV2; use one of {sorted(MOBILENETV2_WIDTHS)}")
+    return MOBILENETV2_WIDTHS[alpha]
+
+
+def teacher_weight(cfg: dict, regions: str, fallback: float) -> float:
+    """The weight student.yaml gives the teacher for `regions` ("" = the global one);
+    teachers are matched by their region_filter as a set of regions."""
+    want = frozenset(r.strip() for r in regions.split(",") if r.strip())
+    for entry in cfg["teachers"]:
+        have = frozenset(r.strip() for r in entry["region_filter"].split(",") if r.strip())
+        if have == want:
+            return float(entry["weight"])
+    return float(fallback)

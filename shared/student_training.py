@@ -1,0 +1,113 @@
+"""Phase 4: the student, in two stages through the shared trainer.
+
+Stage 1, distillation: the plan's KD loss against the teachers' soft labels
+(read on the fly by sample index). Stage 2, fine-tuning: cross-entropy only, a
+lower learning rate and aggressive augmentation, from stage 1's best
+checkpoint. With no soft labels the same two stages run on CE alone: the
+control that shows what distillation adds."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from shared.augment import aggressive_train_aug, build_eval_transform, build_train_transform
+from shared.checkpoint import load_checkpoint
+from shared.distillation import SoftLabelLookup, make_kd_loss_fn
+from shared.image_dataset import CachedImageDataset, class_list
+from shared.soft_labels import SoftLabels
+from shared.student_config import load_student_config, timm_model_name
+from shared.teacher_training import create_model
+from shared.trainer import TrainSettings, fit, seed_everything
+
+
+def model_size(model: torch.nn.Module) -> dict[str, float]:
+    params = sum(p.numel() for p in model.parameters())
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return {"parameters": params, "size_mb_fp32": nbytes / 1e6, "size_mb_fp16": nbytes / 2e6}
+
+
+def stage_settings(cfg: dict, stage: str, num_classes: int) -> TrainSettings:
+    t = cfg["training"]
+    distill = stage == "distillation"
+    return TrainSettings(
+        epochs=t["distillation_epochs"] if distill else t["finetune_epochs"], batch_size=t["batch_size"],
+        grad_accum_steps=t["grad_accum_steps"],
+        lr=t["learning_rate"] if distill else cfg["finetune"]["learning_rate"],
+        warmup_epochs=t["warmup_epochs"] if distill else 0, optimizer=t["optimizer"],
+        weight_decay=t["weight_decay"], grad_clip=t["gradient_clip"],
+        label_smoothing=0.0 if distill else cfg["finetune"]["label_smoothing"], num_classes=num_classes,
+        patience=t["early_stopping_patience"], amp=t["amp"], channels_last=t["channels_last"],
+        num_workers=t["num_workers"], seed=t["seed"])
+
+
+def train_student(config: dict, train_records: list[dict], val_records: list[dict], cache_dir: str,
+                  out_dir: str, soft_labels_path: str | None, *, classes: list[str] | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Both stages; returns per-stage metrics, size and the final checkpoint path."""
+    cfg = load_student_config(config)
+    out = Path(out_dir)
+    soft = SoftLabels.load(soft_labels_path) if soft_labels_path else None
+    classes = list(soft.classes) if soft else (classes or class_list(train_records))
+    if cfg["model"]["num_classes"] != len(classes):
+        log(f"student: {len(classes)} classes from the data (config model.num_classes="
+            f"{cfg['model']['num_classes']} is the plan's expectation)")
+    name = timm_model_name(cfg["model"])
+    size = cfg["model"]["image_size"]
+    aug, smart = cfg["augmentation"], cfg["data"]["smart_crop"]
+    seed_everything(cfg["training"]["seed"])
+    model = create_model(name, len(classes), cfg["model"]["dropout_rate"], size)
+    meta = {"model_name": name, "classes": classes, "image_size": size,
+            "model_kwargs": {"drop_rate": cfg["model"]["dropout_rate"]},
+            "mean": aug["val"]["normalize"]["mean"], "std": aug["val"]["normalize"]["std"],
+            "config": cfg, "smart_crop": smart, "eval_resize": aug["val"]["resize"]}
+    val_ds = CachedImageDataset(val_records, cache_dir, classes, build_eval_transform(aug["val"], size, smart),
+                                label_missing="ignore")
+    result: dict[str, Any] = {"model_name": name, "num_classes": len(classes), "image_size": size,
+                              "distilled": soft is not None, **model_size(model)}
+    stages = []
+    if cfg["training"]["distillation_epochs"] > 0:
+        stages.append("distillation")
+    if cfg["training"]["finetune_epochs"] > 0:
+        stages.append("finetuning")
+    final = None
+    for stage in stages:
+        if stage == "distillation":
+            tf = build_train_transform(aug["train"], size, smart)
+        elif cfg["finetune"]["augmentation"] == "aggressive":
+            tf = aggressive_train_aug(size, aug["train"]["normalize"], smart)
+        else:
+            tf = build_train_transform(aug["train"], size, smart)
+        train_ds = CachedImageDataset(train_records, cache_dir, classes, tf, label_missing="ignore")
+        loss_fn = None
+        if stage == "distillation" and soft is not None:
+            lookup = SoftLabelLookup(soft, [r["image_id"] for r in train_records], classes)
+            w = cfg["distillation"]["loss_weights"]
+            loss_fn = make_kd_loss_fn(lookup, cfg["distillation"]["temperature"], w["kl_divergence"],
+                                      w["cross_entropy"])
+            result["soft_label_coverage"] = lookup.coverage
+        if final is not None:  # fine-tuning starts from the distilled student's best weights
+            model.load_state_dict(load_checkpoint(final)["state_dict"])
+        r = fit(model, train_ds, val_ds, stage_settings(cfg, stage, len(classes)), out / stage,
+                checkpoint_meta={**meta, "stage": stage}, loss_fn=loss_fn, log=log)
+        best = next((h for h in r.history if h["epoch"] == r.best_epoch), r.history[-1])
+        result[stage] = {"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
+                         "val_top1": best["val_top1_acc"], "val_top5": best["val_top5_acc"],
+                         "val_loss": best["val_loss"], "train_top1": best["train_top1"],
+                         "stopped_early": r.stopped_early}
+        final = r.best_path
+    if final is None:
+        raise ValueError("student: training.distillation_epochs and finetune_epochs are both 0")
+    # The shipped student is the best on val over both stages: fine-tuning is kept only
+    # when it adds points (on small data aggressive augmentation can cost some).
+    chosen = max(stages, key=lambda st: (result[st]["val_top1"], stages.index(st)))
+    src = out / chosen / "best_model.pt"
+    shutil.copyfile(src, out / "best_model.pt")
+    shutil.copyfile(str(src) + ".sha256", str(out / "best_model.pt") + ".sha256")
+    best = result[chosen]
+    result.update({"final_checkpoint": str(out / "best_model.pt"), "final_stage": chosen,
+                   "val_top1": best["val_top1"], "val_top5": best["val_top5"], "val_loss": best["val_loss"],
+                   "train_top1": best["train_top1"]})
+    return result
