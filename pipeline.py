@@ -24,14 +24,16 @@ def _import_components(cfg: dict):
     """Import components after the image registry/tag from the config is in the env."""
     os.environ["PLANTID_IMAGE_REGISTRY"] = cfg["pipeline"]["images"]["registry"]
     os.environ["PLANTID_IMAGE_TAG"] = str(cfg["pipeline"]["images"]["tag"])
-    from components import (baseline, cache_images, evaluate_teacher, ingest, split, teacher_logits,
-                            train_teacher)
+    from components import (baseline, cache_images, combine_soft_labels, evaluate_teacher, ingest, split,
+                            teacher_logits, train_student, train_teacher)
 
     return {"ingest": ingest.ingest, "cache_images": cache_images.cache_images,
             "split": split.split, "baseline": baseline.baseline,
             "train_teacher": train_teacher.train_teacher,
             "evaluate_teacher": evaluate_teacher.evaluate_teacher,
-            "teacher_logits": teacher_logits.teacher_logits}
+            "teacher_logits": teacher_logits.teacher_logits,
+            "combine_soft_labels": combine_soft_labels.combine_soft_labels,
+            "train_student": train_student.train_student}
 
 
 def teacher_parameters(cfg: dict) -> tuple[dict, list[dict]]:
@@ -58,6 +60,9 @@ def build_pipeline(cfg: dict):
     c = _import_components(cfg)
     d, ca, b, t = cfg["data"], cfg["cache"], cfg["baseline"], cfg["teachers"]
     global_teacher_cfg, regional_teachers_default = teacher_parameters(cfg)
+    from shared.student_config import load_student_config
+
+    student_cfg = load_student_config(cfg["student"]["config"], cfg["student"]["overrides"])
     gpus_default = int(cfg["cluster"].get("gpus_per_teacher", 1)) if isinstance(cfg["cluster"], dict) else 1
 
     @dsl.pipeline(name=cfg["pipeline"]["name"], description=cfg["pipeline"]["description"])
@@ -84,6 +89,8 @@ def build_pipeline(cfg: dict):
         logits_top_k: int = t["logits_top_k"],
         checkpoint_dir: str = t["checkpoint_dir"],
         gpus_per_teacher: int = gpus_default,
+        student_config: dict = student_cfg,
+        train_ce_control: bool = cfg["student"]["train_ce_control"],
     ):
         ing = c["ingest"](source=source, records_uri=records_uri, mongo=mongo,
                           license_allow=license_allow, min_side=min_side, snapshot_id=snapshot_id)
@@ -130,6 +137,18 @@ def build_pipeline(cfg: dict):
                                      model=rt.outputs["model"], train=sp.outputs["train"],
                                      cache_dir=cache_dir, top_k=logits_top_k)
             rl.set_display_name("regional teacher logits (2.5)")
+
+        # Phase 3: soft labels from every teacher (the Collected consumer stays outside any If).
+        sl = c["combine_soft_labels"](global_logits=gl.outputs["logits"],
+                                      regional_logits=dsl.Collected(rl.outputs["logits"]),
+                                      train=sp.outputs["train"], student_config=student_config,
+                                      top_k=logits_top_k)
+        sl.set_display_name("combine soft labels (3.2)")
+        # Phase 4: the student.
+        st = c["train_student"](train=sp.outputs["train"], val=sp.outputs["val"], soft_labels=sl.outputs["soft_labels"],
+                                cache_dir=cache_dir, student_config=student_config, checkpoint_dir=checkpoint_dir,
+                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, train_ce_control=train_ce_control)
+        st.set_display_name("train student: distillation + fine-tuning (4)")
 
     return plantid_pipeline
 

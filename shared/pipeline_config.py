@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "logits_top_k": 32,
         "checkpoint_dir": "data/checkpoints",
     },
-    "student": {"config": "config/student.yaml", "overrides": {}},
+    "student": {"config": "config/student.yaml", "overrides": {}, "train_ce_control": False},
     "calibration": {"ece_threshold": 0.10, "target_precision": 0.95},
     "export": {"quantization": "fp16", "gates": {"min_val_top1": 0.70, "max_ece": 0.10},
                "validation_images": 32},

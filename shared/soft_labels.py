@@ -141,3 +141,25 @@ def soft_label_metrics(sl: SoftLabels, teachers: list[TeacherSpec], sample_regio
             "mean_entropy": entropy, "teacher_agreement": agree, "samples_with_2plus_teachers": len(multi),
             "max_row_sum_error": float(np.abs(row_sums - 1).max()) if len(row_sums) else 0.0,
             "coverage": coverage, "bytes_per_sample": sl.bytes_per_sample()}
+
+
+def run_combine(teacher_paths: list[tuple[str, float]], train_records: list[dict], student_cfg: dict,
+                out_path: str, k: int = 32) -> dict:
+    """The combine step: load each teacher's logits (with the pipeline's fallback
+    weight), take its weight from student.yaml when it names the teacher's regions,
+    combine at the configured temperature and save. Returns metrics and weights."""
+    from shared.split import parse_regions
+    from shared.student_config import load_student_config, teacher_weight
+
+    cfg = load_student_config(student_cfg)
+    specs = []
+    for path, fallback in teacher_paths:
+        tl = TeacherLogits.load(path)
+        specs.append(TeacherSpec(tl, teacher_weight(cfg, tl.regions, fallback), parse_regions(tl.regions)))
+    ids = [r["image_id"] for r in train_records]
+    regions = [r.get("region", "") for r in train_records]
+    sl = combine_soft_labels(specs, ids, regions, cfg["distillation"]["temperature"], k)
+    sl.save(out_path)
+    m = soft_label_metrics(sl, specs, regions)
+    m["weights"] = {(s.logits.name or f"teacher{i}"): s.weight for i, s in enumerate(specs)}
+    return m

@@ -60,13 +60,32 @@ def test_local_run_trains_teachers(local_run):
     assert {t.regions for t in core} == {"EU_SW", "EU_NORTH,EU_EAST"}
 
 
+def test_local_run_distils_student(local_run):
+    from shared.checkpoint import load_checkpoint
+    from shared.soft_labels import SoftLabels
+
+    cfg, summary = local_run
+    outs = summary["outputs"]
+    sl = SoftLabels.load(outs["combine-soft-labels"]["soft_labels"])
+    assert abs(sl.values.astype(float).sum(1) - 1).max() < 1e-3
+    s = json.loads(Path(outs["train-student"]["summary"]).read_text())
+    d = s["distilled"]
+    assert d["distilled"] and d["soft_label_coverage"] == 1.0
+    assert {"distillation", "finetuning"} <= set(d) and d["size_mb_fp32"] < 20
+    n_classes = len(sl.classes)
+    assert d["val_top1"] > 4.0 / n_classes
+    assert "ce_control" in s
+    ck = load_checkpoint(outs["train-student"]["model"])
+    assert ck["classes"] == sl.classes
+
+
 def test_compile_contains_all_components(tmp_path):
     cfg = load_pipeline_config(ROOT / "config" / "local.yaml")
     path = pipeline.compile_pipeline(cfg, str(tmp_path / "p.yaml"))
     spec = yaml.safe_load(Path(path).read_text())
     execs = set(spec["deploymentSpec"]["executors"])
     for name in ("ingest", "cache-images", "split", "baseline", "train-teacher", "evaluate-teacher",
-                 "teacher-logits"):
+                 "teacher-logits", "combine-soft-labels", "train-student"):
         assert f"exec-{name}" in execs, execs
     # The regional teachers run as one ParallelFor.
     dag = spec["root"]["dag"]["tasks"]

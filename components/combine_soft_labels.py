@@ -1,0 +1,26 @@
+"""Phase 3: combine the global and regional teachers' logits into soft labels."""
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
+
+from components.images import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def combine_soft_labels(global_logits: Input[Artifact], regional_logits: Input[List[Artifact]],
+                        train: Input[Dataset], student_config: dict, top_k: int,
+                        soft_labels: Output[Artifact], metrics: Output[Metrics]):
+    """Union class space, per-teacher weights (student.yaml) renormalised per sample."""
+    from shared.records import load_jsonl
+    from shared.soft_labels import run_combine
+
+    teachers = [(a.path, float(a.metadata.get("weight", 1.0))) for a in [global_logits, *regional_logits]]
+    m = run_combine(teachers, load_jsonl(train.path), student_config, soft_labels.path, top_k)
+    soft_labels.metadata.update({"classes": m["classes"], "samples": m["samples"], "weights": m["weights"]})
+    for key in ("samples", "classes", "mean_entropy", "teacher_agreement", "max_row_sum_error",
+                "bytes_per_sample"):
+        metrics.log_metric(key, m[key])
+    for name, n in m["coverage"].items():
+        metrics.log_metric(f"coverage_{name}", n)
+    print("soft labels:", {k: v for k, v in m.items() if k != "coverage"})

@@ -1,0 +1,42 @@
+"""Phase 4: the student, distillation then fine-tuning (and, optionally, the same
+student on CE alone as a control, so runs show what distillation adds)."""
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.images import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def train_student(train: Input[Dataset], val: Input[Dataset], soft_labels: Input[Artifact], cache_dir: str,
+                  student_config: dict, checkpoint_dir: str, run_id: str, train_ce_control: bool,
+                  model: Output[Model], metrics: Output[Metrics], summary: Output[Artifact]):
+    """Two-stage student; resumes from its checkpoints when the pod is retried."""
+    import shutil
+
+    from shared.atomic import write_json
+    from shared.records import load_jsonl
+    from shared.student_training import train_student as run
+    from shared.teacher_job import work_dir
+
+    tr, va = load_jsonl(train.path), load_jsonl(val.path)
+    wd = work_dir(checkpoint_dir, run_id, "student")
+    r = run(student_config, tr, va, cache_dir, str(wd / "distilled"), soft_labels.path)
+    shutil.copyfile(r["final_checkpoint"], model.path)
+    shutil.copyfile(r["final_checkpoint"] + ".sha256", model.path + ".sha256")
+    out = {"distilled": r}
+    for key in ("val_top1", "val_top5", "val_loss", "train_top1", "parameters", "size_mb_fp32"):
+        metrics.log_metric(key, r[key])
+    for stage in ("distillation", "finetuning"):
+        if stage in r:
+            metrics.log_metric(f"{stage}_val_top1", r[stage]["val_top1"])
+    if train_ce_control:
+        from shared.soft_labels import SoftLabels
+
+        classes = SoftLabels.load(soft_labels.path).classes  # same output units as the distilled one
+        c = run(student_config, tr, va, cache_dir, str(wd / "ce_control"), None, classes=classes)
+        out["ce_control"] = c
+        metrics.log_metric("ce_control_val_top1", c["val_top1"])
+        metrics.log_metric("distillation_gain_top1", r["val_top1"] - c["val_top1"])
+    write_json(summary.path, out)
+    model.metadata.update({"model_name": r["model_name"], "classes": r["num_classes"],
+                           "image_size": r["image_size"], "val_top1": r["val_top1"]})
