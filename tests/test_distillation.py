@@ -1,0 +1,158 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shared.distillation import SoftLabelLookup, dense_targets, kd_loss, make_kd_loss_fn
+from shared.pipeline_config import ConfigError
+from shared.soft_labels import SoftLabels, TeacherSpec, combine_soft_labels, soft_label_metrics
+from shared.student_config import load_student_config, teacher_weight, timm_model_name
+from shared.teacher_logits import TeacherLogits, sparsify
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tl(name, classes, ids, logits, regions=""):
+    idx, val, lse, conf = sparsify(torch.tensor(logits, dtype=torch.float32), k=len(classes))
+    return TeacherLogits(np.array(ids), idx, val, lse, conf, np.zeros(len(ids), np.int32), classes, name, regions)
+
+
+def _softmax(z, t=1.0):
+    z = np.asarray(z, float) / t
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_union_alignment_disjoint_and_overlapping():
+    a = _tl("a", ["x", "y"], ["s1", "s2"], [[2.0, 0.0], [0.0, 1.0]])
+    b = _tl("b", ["z", "w"], ["s1", "s2"], [[1.0, 0.0], [0.0, 3.0]])  # disjoint classes
+    sl = combine_soft_labels([TeacherSpec(a, 1.0), TeacherSpec(b, 1.0)], ["s1", "s2"], ["R", "R"], 1.0, k=4)
+    assert sl.classes == ["w", "x", "y", "z"]
+    dense = np.zeros((2, 4))
+    np.put_along_axis(dense, sl.indices, sl.values.astype(float), 1)
+    pa, pb = _softmax([[2, 0], [0, 1]]), _softmax([[1, 0], [0, 3]])
+    expect = np.zeros((2, 4))
+    expect[:, [1, 2]] += 0.5 * pa
+    expect[:, [3, 0]] += 0.5 * pb
+    assert np.allclose(dense, expect, atol=2e-3)
+    c = _tl("c", ["y", "x"], ["s1", "s2"], [[0.0, 2.0], [1.0, 0.0]])  # overlapping, other order
+    sl2 = combine_soft_labels([TeacherSpec(a, 1.0), TeacherSpec(c, 3.0)], ["s1", "s2"], ["R", "R"], 1.0, k=2)
+    assert sl2.classes == ["x", "y"]
+    d2 = np.zeros((2, 2))
+    np.put_along_axis(d2, sl2.indices, sl2.values.astype(float), 1)
+    assert np.allclose(d2, pa, atol=2e-3)  # c says the same as a, aligned by name
+
+
+def test_region_filter_and_per_sample_renormalisation():
+    g = _tl("global", ["x", "y"], ["s1", "s2", "s3"], [[2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
+    r = _tl("EU_SW", ["x", "y"], ["s1", "s2", "s3"], [[0.0, 2.0], [0.0, 2.0], [0.0, 2.0]], "EU_SW")
+    specs = [TeacherSpec(g, 0.4), TeacherSpec(r, 0.4, {"EU_SW"})]
+    sl = combine_soft_labels(specs, ["s1", "s2", "s3"], ["EU_SW", "EU_NORTH", "OTHER"], 1.0, k=2)
+    d = np.zeros((3, 2))
+    np.put_along_axis(d, sl.indices, sl.values.astype(float), 1)
+    pg, pr = _softmax([2, 0]), _softmax([0, 2])
+    assert np.allclose(d[0], 0.5 * pg + 0.5 * pr, atol=2e-3)  # both apply: 0.4/0.8 each
+    assert np.allclose(d[1], pg, atol=2e-3) and np.allclose(d[2], pg, atol=2e-3)  # only the global one
+    m = soft_label_metrics(sl, specs, ["EU_SW", "EU_NORTH", "OTHER"])
+    assert m["coverage"] == {"global": 3, "EU_SW": 1} and m["samples_with_2plus_teachers"] == 1
+    assert m["teacher_agreement"] == 0.0
+    with pytest.raises(ValueError, match="no applicable teacher .*s9"):
+        combine_soft_labels([TeacherSpec(r, 1.0, {"EU_SW"})], ["s1", "s9"], ["EU_SW", "EU_SW"], 1.0)
+
+
+def test_rows_sum_to_one_at_scale_and_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    n, c = 500, 300
+    classes = [f"c{i}" for i in range(c)]
+    ids = [f"s{i}" for i in range(n)]
+    a = _tl("a", classes, ids, rng.normal(0, 3, (n, c)))
+    a.indices, a.values = a.indices[:, :32], a.values[:, :32]  # keep top-32 like the pipeline
+    b = _tl("b", classes[100:], ids[:200], rng.normal(0, 3, (200, c - 100)), "EU_SW")
+    b.indices, b.values = b.indices[:, :32], b.values[:, :32]
+    sl = combine_soft_labels([TeacherSpec(a, 0.5), TeacherSpec(b, 0.5, {"EU_SW"})], ids, ["EU_SW"] * n, 3.0, k=32)
+    assert np.abs(sl.values.astype(np.float64).sum(1) - 1).max() < 1e-3
+    sl.save(tmp_path / "sl.npz")
+    back = SoftLabels.load(tmp_path / "sl.npz")
+    assert np.array_equal(back.indices, sl.indices) and back.classes == sl.classes and back.temperature == 3.0
+    (tmp_path / "sl.npz").write_bytes((tmp_path / "sl.npz").read_bytes()[:-100])
+    with pytest.raises(ValueError, match="checksum"):
+        SoftLabels.load(tmp_path / "sl.npz")
+
+
+def test_kd_loss_matches_direct_computation_with_t_squared():
+    torch.manual_seed(0)
+    s = torch.randn(4, 6)
+    q = torch.softmax(torch.randn(4, 6) * 2, 1)
+    idx = q.argsort(1, descending=True)
+    vals = torch.gather(q, 1, idx)
+    y = torch.tensor([0, 3, -1, 5])
+    T = 3.0
+    got = kd_loss(s, idx, vals, y, T, 0.7, 0.3)
+    log_p = F.log_softmax(s / T, 1)
+    kl = (q * (q.log() - log_p)).sum(1).mean()
+    assert torch.allclose(kl, F.kl_div(log_p, q, reduction="batchmean"))
+    ce = F.cross_entropy(s[[0, 1, 3]], y[[0, 1, 3]])
+    assert torch.allclose(got, 0.7 * kl * T * T + 0.3 * ce, atol=1e-5)
+    assert not torch.allclose(got, 0.7 * kl + 0.3 * ce)  # the T^2 factor is there
+
+
+def test_sparse_lookup_gives_dense_reference_loss():
+    rng = np.random.default_rng(1)
+    n, c = 20, 12
+    classes = [f"c{i}" for i in range(c)]
+    dense_q = _softmax(rng.normal(0, 2, (n, c)))
+    idx = np.argsort(-dense_q, 1).astype(np.int32)
+    sl = SoftLabels(np.array([f"s{i}" for i in range(n)]), idx, np.take_along_axis(dense_q, idx, 1).astype(np.float16),
+                    classes, 2.0)
+    # the dataset lists the samples in another order, and the student orders classes differently
+    order = rng.permutation(n)
+    student_classes = classes[::-1]
+    lookup = SoftLabelLookup(sl, [f"s{i}" for i in order], student_classes)
+    loss_fn = make_kd_loss_fn(lookup, 2.0, 0.7, 0.3)
+    logits = torch.randn(5, c)
+    batch = torch.tensor([0, 3, 7, 8, 19])
+    labels = torch.tensor([1, 2, 3, 4, 5])
+    got = loss_fn(logits, labels, batch)
+    q_student = torch.tensor(dense_q[order[batch.numpy()]][:, ::-1].copy(), dtype=torch.float32)
+    log_p = F.log_softmax(logits / 2.0, 1)
+    ref = 0.7 * F.kl_div(log_p, q_student, reduction="batchmean") * 4 + 0.3 * F.cross_entropy(logits, labels)
+    assert torch.allclose(got, ref, atol=2e-3)
+    assert torch.allclose(dense_targets(torch.tensor([[0, -1]]), torch.tensor([[0.5, 0.5]]), 3),
+                          torch.tensor([[1.0, 0.0, 0.0]]))
+
+
+def test_student_config_as_in_plan():
+    cfg = load_student_config(ROOT / "config" / "student.yaml")
+    assert cfg["training"]["learning_rate"] == 1e-4  # "1e-4" is text to YAML
+    assert timm_model_name(cfg["model"]) == "mobilenetv2_100"
+    assert cfg["training"]["distillation_epochs"] == 10 and cfg["training"]["finetune_epochs"] == 10
+    assert teacher_weight(cfg, "", 0.1) == 0.5 and teacher_weight(cfg, "EU_SW", 0.1) == 0.5
+    assert teacher_weight(cfg, "EU_NORTH,EU_EAST", 0.2) == 0.2  # not in the plan's file: pipeline weight
+    with pytest.raises(ConfigError, match=r"distillation.temperatur: unknown key"):
+        load_student_config({"distillation": {"temperatur": 2}})
+    with pytest.raises(ConfigError, match=r"teachers\[0\].wieght: unknown key"):
+        load_student_config({"teachers": [{"wieght": 1}]})
+    with pytest.raises(ConfigError, match="alpha"):
+        timm_model_name({"name": "mobilenetv2", "alpha": 0.3})
+
+
+def test_plan_student_one_distillation_step():
+    """The real student (mobilenetv2_100, 9,000 classes) takes one KD step on a tiny batch."""
+    import timm
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=9000, drop_rate=0.2)
+    params = sum(p.numel() for p in model.parameters())
+    # ~55 MB fp32, the 9,000-class head (11.5M weights) dominating; ~27 MB fp16, ~14 MB uint8
+    assert params * 4 / 1e6 < 60
+    x = torch.randn(2, 3, 96, 96)
+    idx = torch.randint(0, 9000, (2, 32))
+    vals = torch.softmax(torch.randn(2, 32), 1)
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    loss = kd_loss(model(x), idx, vals, torch.tensor([1, 2]), 3.0)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
