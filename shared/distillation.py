@@ -56,7 +56,7 @@ class SoftLabelLookup:
         pos = {str(s): i for i, s in enumerate(soft_labels.image_ids)}
         self.row = torch.tensor([pos.get(str(s), -1) for s in dataset_image_ids], dtype=torch.long)
         student_pos = {c: i for i, c in enumerate(student_classes)}
-        class_map = np.array([student_pos.get(c, -1) for c in soft_labels.classes], dtype=np.int64)
+        class_map = np.array([student_pos.get(c, -1) for c in soft_labels.classes], dtype=np.int32)
         mapped = class_map[soft_labels.indices]
         self.indices = torch.from_numpy(mapped)
         self.values = torch.from_numpy(soft_labels.values.astype(np.float16))
@@ -66,7 +66,7 @@ class SoftLabelLookup:
         rows = self.row[sample_indices.cpu().long()]
         has = rows >= 0
         safe = rows.clamp(min=0)
-        idx = torch.where(has[:, None], self.indices[safe], torch.full_like(self.indices[safe], -1))
+        idx = torch.where(has[:, None], self.indices[safe].long(), torch.full_like(self.indices[safe].long(), -1))
         return idx, self.values[safe].float(), has.float()
 
 
