@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 CHECKSUM_SUFFIX = ".sha256"
+# mkstemp creates 0600 files; published artifacts (a TF.js bundle served over HTTP)
+# need the usual permissions, so atomic files get 0666 minus the umask.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 class OutputWriteError(OSError):
@@ -39,6 +44,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", checksum: bool = False
     except OSError as e:
         raise OutputWriteError(f"cannot write {path}: {e.strerror or e}") from e
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()

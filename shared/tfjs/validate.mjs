@@ -1,0 +1,35 @@
+// node validate.mjs BUNDLE_DIR INPUT.bin N,H,W,C OUTPUT.bin [REPEATS]
+// Runs the bundle on float32 NHWC inputs (already preprocessed) with the real TF.js
+// runtime, writes the logits as float32, prints {"backend", "median_ms"} as JSON.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { loadBundle, tf } from './load_bundle.mjs';
+
+const [dir, inputPath, shapeText, outputPath, repeatsText] = process.argv.slice(2);
+const shape = shapeText.split(',').map(Number);
+const repeats = Number(repeatsText || 20);
+await tf.setBackend('cpu');
+const model = await loadBundle(dir);
+const buf = readFileSync(inputPath);
+const data = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
+const [n, h, w, c] = shape;
+const per = h * w * c;
+const out = [];
+for (let i = 0; i < n; i++) {
+  const x = tf.tensor4d(data.slice(i * per, (i + 1) * per), [1, h, w, c]);
+  const y = model.predict(x);
+  out.push(...(await y.data()));
+  tf.dispose([x, y]);
+}
+writeFileSync(outputPath, Buffer.from(new Float32Array(out).buffer));
+const x = tf.tensor4d(data.slice(0, per), [1, h, w, c]);
+for (let i = 0; i < 3; i++) tf.dispose(model.predict(x));  // warm-up
+const times = [];
+for (let i = 0; i < repeats; i++) {
+  const t0 = performance.now();
+  const y = model.predict(x);
+  await y.data();
+  times.push(performance.now() - t0);
+  tf.dispose(y);
+}
+times.sort((a, b) => a - b);
+console.log(JSON.stringify({ backend: tf.getBackend(), median_ms: times[Math.floor(times.length / 2)] }));
