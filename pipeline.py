@@ -10,6 +10,7 @@ wires the DAG, with the config's values as pipeline-parameter defaults."""
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,9 @@ def _import_components(cfg: dict):
     """Import components after the image registry/tag from the config is in the env."""
     os.environ["PLANTID_IMAGE_REGISTRY"] = cfg["pipeline"]["images"]["registry"]
     os.environ["PLANTID_IMAGE_TAG"] = str(cfg["pipeline"]["images"]["tag"])
-    from components import (baseline, cache_images, combine_soft_labels, evaluate_teacher, ingest, split,
-                            teacher_logits, train_student, train_teacher)
+    from components import (baseline, cache_images, calibrate, combine_soft_labels, evaluate_teacher, export_tfjs,
+                            ingest, split, teacher_logits, train_student, train_teacher, training_manifest,
+                            validate_export)
 
     return {"ingest": ingest.ingest, "cache_images": cache_images.cache_images,
             "split": split.split, "baseline": baseline.baseline,
@@ -33,7 +35,10 @@ def _import_components(cfg: dict):
             "evaluate_teacher": evaluate_teacher.evaluate_teacher,
             "teacher_logits": teacher_logits.teacher_logits,
             "combine_soft_labels": combine_soft_labels.combine_soft_labels,
-            "train_student": train_student.train_student}
+            "train_student": train_student.train_student, "calibrate": calibrate.calibrate,
+            "export_tfjs": export_tfjs.export_tfjs, "export_skipped": export_tfjs.export_skipped,
+            "validate_export": validate_export.validate_export,
+            "training_manifest": training_manifest.training_manifest}
 
 
 def teacher_parameters(cfg: dict) -> tuple[dict, list[dict]]:
@@ -91,6 +96,16 @@ def build_pipeline(cfg: dict):
         gpus_per_teacher: int = gpus_default,
         student_config: dict = student_cfg,
         train_ce_control: bool = cfg["student"]["train_ce_control"],
+        ece_threshold: float = cfg["calibration"]["ece_threshold"],
+        target_precision: float = cfg["calibration"]["target_precision"],
+        gate_min_val_top1: float = cfg["export"]["gates"]["min_val_top1"],
+        gate_max_ece: float = cfg["export"]["gates"]["max_ece"],
+        quantization: str = cfg["export"]["quantization"],
+        export_images: int = cfg["export"]["validation_images"],
+        min_parity_correlation: float = cfg["export"]["min_correlation"],
+        max_model_size_mb: float = cfg["export"]["max_size_mb"],
+        seed: int = cfg["pipeline"]["seed"],
+        pipeline_settings: dict = {k: cfg[k] for k in ("data", "cache", "split", "calibration", "export")},
     ):
         ing = c["ingest"](source=source, records_uri=records_uri, mongo=mongo,
                           license_allow=license_allow, min_side=min_side, snapshot_id=snapshot_id)
@@ -150,6 +165,40 @@ def build_pipeline(cfg: dict):
                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, train_ce_control=train_ce_control)
         st.set_display_name("train student: distillation + fine-tuning (4)")
 
+        # Phase 5: calibration and the export gate.
+        cal = c["calibrate"](model=st.outputs["model"], val=sp.outputs["val"], test=sp.outputs["test"],
+                             cache_dir=cache_dir, ece_threshold=ece_threshold, target_precision=target_precision,
+                             min_val_top1=gate_min_val_top1, max_ece=gate_max_ece)
+        cal.set_display_name("calibrate + quality gate (5)")
+        # Phase 6: only a blessed student is exported (TFX-style: blessed, then pushed).
+        with dsl.If(cal.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (a KFP condition)
+            ex = c["export_tfjs"](model=cal.outputs["calibrated"], calibration=cal.outputs["calibration"],
+                                  test=sp.outputs["test"], cache_dir=cache_dir, quantization=quantization,
+                                  sample_images=export_images)
+            ex.set_display_name("export to TF.js (6.2)")
+            va = c["validate_export"](bundle=ex.outputs["bundle"], model=cal.outputs["calibrated"],
+                                      test=sp.outputs["test"], cache_dir=cache_dir, images=export_images,
+                                      min_correlation=min_parity_correlation, max_size_mb=max_model_size_mb)
+            va.set_display_name("validate TF.js vs PyTorch (6.3)")
+        with dsl.Else(name="not-blessed"):
+            sk = c["export_skipped"](reason=cal.outputs["reason"])
+            sk.set_display_name("export skipped: not blessed")
+
+        # Phase 7: the reproducibility manifest.
+        mf = c["training_manifest"](
+            seed=seed, git_commit="", snapshot_id=snapshot_id, global_teacher_config=global_teacher_config,
+            regional_teachers=regional_teachers, student_config=student_config,
+            pipeline_settings=pipeline_settings, ingest_audit=ing.outputs["audit"],
+            split_stats=sp.outputs["stats"], cache_report=cached.outputs["report"],
+            baseline_report=base.outputs["report"], global_teacher_results=ge.outputs["results"],
+            global_teacher_model=gt.outputs["model"],
+            regional_teacher_results=dsl.Collected(re_.outputs["results"]),
+            regional_teacher_models=dsl.Collected(rt.outputs["model"]),
+            soft_labels=sl.outputs["soft_labels"], student_model=st.outputs["model"],
+            student_metrics=st.outputs["metrics"], calibration=cal.outputs["calibration"],
+            export_summary=dsl.OneOf(va.outputs["Output"], sk.output))
+        mf.set_display_name("training manifest (7)")
+
     return plantid_pipeline
 
 
@@ -186,6 +235,19 @@ def run_local(cfg: dict, output: str) -> dict:
             summary["outputs"][str(task.relative_to(run_dir))] = {
                 f.name: str(f) for f in sorted(task.iterdir())
                 if f.name != "executor_output.json" and not f.name.endswith(".sha256")}
+    # The two things a user wants from a run, copied to a stable place under --output.
+    for task, files in summary["outputs"].items():
+        name = task.rsplit("/", 1)[-1]
+        if name == "training-manifest" and "manifest" in files:
+            src = Path(files["manifest"]) / "TRAINING_MANIFEST.yaml"
+            shutil.copyfile(src, out / "TRAINING_MANIFEST.yaml")
+            summary["training_manifest"] = str(out / "TRAINING_MANIFEST.yaml")
+        if name == "export-tfjs" and "bundle" in files:
+            dst = out / "tfjs_model"
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.copytree(files["bundle"], dst)
+            summary["tfjs_model"] = str(dst)
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -215,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in files.items():
                 print(f"  {task:32s} {name:16s} {path}")
         print(f"summary: {Path(args.output).resolve() / 'run_summary.json'}")
+        print(f"TRAINING_MANIFEST.yaml: {summary.get('training_manifest', 'not written')}")
+        print(f"TF.js model: {summary.get('tfjs_model', 'not exported (the student was not blessed; see the manifest)')}")
     return 0
 
 

@@ -210,3 +210,24 @@ def validate_tfjs_bundle(bundle_dir: str, checkpoint_path: str, image_paths: lis
             "top1_agreement": agree, "max_abs_diff": float(np.abs(ref - got).max()), "model_size_mb": size,
             "node_backend": info["backend"], "node_latency_ms_median": info["median_ms"],
             "pytorch_top1": [ckpt["classes"][i] for i in ref.argmax(1)]}
+
+
+def sample_image_paths(records: list[dict], cache_dir: str, n: int) -> list[str]:
+    """A fixed, class-spread set of cached test images (sorted by image id)."""
+    from shared.image_cache import resolve
+
+    picked, seen = [], set()
+    ordered = sorted(records, key=lambda r: str(r["image_id"]))
+    for r in ordered:  # one per class first, then fill up
+        if r["taxon"] not in seen:
+            seen.add(r["taxon"])
+            picked.append(r)
+    picked += [r for r in ordered if r not in picked]
+    return [str(resolve(cache_dir, r)) for r in picked[:n]]
+
+
+def run_export(checkpoint_path: str, calibration_json: str, test_records: list[dict], cache_dir: str,
+               out_dir: str, quantization: str, n_images: int = 16) -> dict[str, Any]:
+    cal = json.loads(Path(calibration_json).read_text())
+    return export_tfjs_bundle(checkpoint_path, out_dir, sample_image_paths(test_records, cache_dir, n_images),
+                              quantization, cal)

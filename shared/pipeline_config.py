@@ -57,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "student": {"config": "config/student.yaml", "overrides": {}, "train_ce_control": False},
     "calibration": {"ece_threshold": 0.10, "target_precision": 0.95},
     "export": {"quantization": "fp16", "gates": {"min_val_top1": 0.70, "max_ece": 0.10},
-               "validation_images": 32},
+               "validation_images": 32, "min_correlation": 0.995, "max_size_mb": 150.0},
     "cluster": {},
 }
 

@@ -1,0 +1,27 @@
+"""Phase 6: the blessed, calibrated student to a TF.js bundle (fp16 or uint8)."""
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.images import EXPORT_IMAGE
+
+
+@dsl.component(base_image=EXPORT_IMAGE, install_kfp_package=False)
+def export_tfjs(model: Input[Model], calibration: Input[Artifact], test: Input[Dataset], cache_dir: str,
+                quantization: str, sample_images: int, bundle: Output[Artifact], metrics: Output[Metrics]):
+    """PyTorch -> ONNX (checked with onnxruntime) -> SavedModel -> TF.js graph model + demo page."""
+    from shared.export import run_export
+    from shared.records import load_jsonl
+
+    r = run_export(model.path, calibration.path, load_jsonl(test.path), cache_dir, bundle.path, quantization,
+                   sample_images)
+    bundle.metadata.update({k: v for k, v in r.items() if k != "bundle"})
+    for key in ("model_size_mb", "onnx_max_abs_diff", "export_seconds"):
+        metrics.log_metric(key, r[key])
+    print("exported:", r)
+
+
+@dsl.component(base_image=EXPORT_IMAGE, install_kfp_package=False)
+def export_skipped(reason: str) -> dict:
+    """The gate's Else branch: no export, and why (the run still ends green)."""
+    print("export skipped:", reason)
+    return {"status": "skipped", "reason": reason}

@@ -1,0 +1,464 @@
+"""Phase 7: the reproducibility manifest (TRAINING_MANIFEST.yaml) in the shape of
+the plan's section 7.1: when and from which commit, the data snapshot and split
+sizes, each phase's status and figures (with the plan's success criteria checked),
+the software environment, the seed and every hyperparameter of the configs.
+
+A phase without a result is `status: skipped` with the reason (e.g. the export
+was not blessed by the quality gates); nothing is invented."""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import math
+import numbers
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.atomic import write_text
+
+# The plan's success criteria (sections 0.2, 1.4, 2.4, 4.3, 5.4, 6.4); the
+# pipeline config's gates replace the ones it also defines.
+PLAN_CRITERIA = {
+    "max_fetch_fail_rate": 0.05,
+    "teacher_min_top1": 0.70, "teacher_min_top5": 0.85,
+    "regional_min_top1": 0.80, "regional_min_gain_vs_global": 0.10,
+    "student_min_top1": 0.70,
+    "max_ece": 0.10, "min_coverage": 0.80, "min_precision_at_threshold": 0.95,
+    "max_model_size_mb": 150.0, "min_parity_correlation": 0.995,
+}
+
+MANIFEST_NAME = "TRAINING_MANIFEST.yaml"
+
+PACKAGES = ("torch", "torchvision", "timm", "kfp", "kfp-kubernetes", "numpy", "pillow", "onnx",
+            "onnxruntime", "tensorflow", "tensorflowjs", "onnx2tf")
+
+PHASES = ("baseline", "global_teacher", "regional_teachers", "soft_labels", "student",
+          "calibration", "export", "export_validation")
+
+
+class ManifestError(ValueError):
+    """The inputs of the manifest are malformed (named in the message)."""
+
+
+def environment_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
+    """Python, platform, installed package versions (None when absent), and the GPU
+    as torch sees it (only when torch is installed)."""
+    env: dict[str, Any] = {"python_version": platform.python_version(), "platform": platform.platform()}
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    env["packages"] = versions
+    env["gpu"] = "none"
+    if versions.get("torch"):
+        import torch
+
+        env["cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            env["gpu"] = ", ".join(sorted({torch.cuda.get_device_name(i)
+                                           for i in range(torch.cuda.device_count())}))
+            env["gpu_count"] = torch.cuda.device_count()
+    return env
+
+
+def git_commit(repo: str | os.PathLike | None = None) -> str | None:
+    """The checked-out commit (env GIT_COMMIT first, as images bake it in), or None."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def _num(d: dict | None, *keys: str) -> float | None:
+    """The first of `keys` in `d` holding a finite number."""
+    for k in keys:
+        v = (d or {}).get(k)
+        # numbers.Real: numpy scalars too (np.float32 is no float subclass)
+        if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v)
+    return None
+
+
+def _count(v: Any) -> Any:
+    """A count that crossed KFP's JSON (where 10 arrives as 10.0) back to an int."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _get(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _first(d: Any, *paths: str) -> Any:
+    for p in paths:
+        v = _get(d, p)
+        if v is not None:
+            return v
+    return None
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _plain(x: Any) -> Any:
+    """Numpy scalars/arrays, tuples and paths -> YAML-safe Python values."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if hasattr(x, "tolist"):
+        return _plain(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def _skipped(result: Any, default_reason: str) -> dict | None:
+    """The skipped/failed record for an absent or explicitly skipped result, else None."""
+    if result is None or result == {} or result == []:
+        return {"status": "skipped", "reason": default_reason}
+    if isinstance(result, dict) and result.get("status") in ("skipped", "failed"):
+        return {"status": result["status"], "reason": result.get("reason") or default_reason}
+    return None
+
+
+def _check(value: float | None, op: str, bound: float) -> bool | None:
+    if value is None:
+        return None
+    return value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
+
+
+def _criteria(config: dict) -> dict[str, float]:
+    c = dict(PLAN_CRITERIA)
+    p = config.get("pipeline") or {}
+    gates = _get(p, "export.gates") or {}
+    for ours, theirs in (("student_min_top1", "min_val_top1"), ("max_ece", "max_ece")):
+        if isinstance(gates.get(theirs), (int, float)):
+            c[ours] = float(gates[theirs])
+    for ours, path in (("max_ece", "calibration.ece_threshold"),
+                       ("min_precision_at_threshold", "calibration.target_precision"),
+                       ("max_fetch_fail_rate", "cache.max_fail_rate")):
+        v = _get(p, path)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            c[ours] = float(v)
+    return c
+
+
+def _data_section(data_stats: dict) -> dict:
+    for name in ("split", "ingest", "cache"):
+        part = data_stats.get(name)
+        if part is not None and not isinstance(part, dict):
+            raise ManifestError(f"data_stats.{name}: expected a mapping, got {type(part).__name__}")
+    split = data_stats.get("split") or {}
+    images = split.get("images") or {}
+    classes = split.get("classes") or {}
+    audit = data_stats.get("ingest") or {}
+    cache = data_stats.get("cache") or {}
+    total = sum(int(images[s]) for s in ("train", "val", "test") if s in images) if images else None
+    out = {
+        "snapshot": data_stats.get("snapshot_id"),
+        "source": audit.get("source") or data_stats.get("source"),
+        "total_samples": total,
+        "total_species": split.get("classes_total", audit.get("classes")),
+        "train_samples": images.get("train"), "val_samples": images.get("val"),
+        "test_samples": images.get("test"),
+        "train_species": classes.get("train"), "val_species": classes.get("val"),
+        "test_species": classes.get("test"),
+        "records_read": audit.get("records_read"), "records_kept": audit.get("records_kept"),
+        "permissive_license_share": audit.get("permissive_share_of_valid"),
+        "train_val_class_overlap": split.get("train_val_class_overlap"),
+        "leak_free": _get(split, "leakage.leak_free"),
+    }
+    if cache:
+        out["cached_images"] = cache.get("cached")
+        out["fetch_fail_rate"] = cache.get("fail_rate")
+    return {k: _count(v) for k, v in out.items() if v is not None}
+
+
+def _teacher_entry(r: dict, cfg: dict | None) -> dict:
+    return {
+        "teacher": r.get("model_name") or _get(cfg, "model.name"),
+        "regions": r.get("regions", ""),
+        "top1": _num(r, "top1_accuracy", "top1"),
+        "top5": _num(r, "top5_accuracy", "top5"),
+        "loss": _num(r, "loss"),
+        "per_region": r.get("per_region") or {},
+        "share_classes_recall_above_threshold": _num(r, "share_classes_recall_above_threshold"),
+        "checkpoint": r.get("checkpoint"),
+    }
+
+
+def build_training_manifest(*, config: dict, phase_results: dict, data_stats: dict, seed: int,
+                            git_commit: str | None, environment: dict | None,
+                            timestamp: _dt.datetime | None = None) -> dict:
+    """The manifest as a dict (see module doc).
+
+    config: {"global_teacher": teacher config, "regional_teachers": [{"teacher",
+        "regions", "weight", "config"}], "student": student config, "pipeline": the
+        pipeline config (calibration/export gates, cache, teachers ...)}; all optional.
+    phase_results: keys in PHASES, each a step's result dict (its JSON output merged
+        with its artifact metadata, plus "checkpoint"/"uri"), a list for
+        "regional_teachers", None when the step did not run, or
+        {"status": "skipped"|"failed", "reason": ...}.
+    data_stats: {"snapshot_id", "ingest": audit, "split": split stats, "cache": cache report}.
+    environment: versions (environment_versions()); None collects them here."""
+    unknown = set(phase_results) - set(PHASES)
+    if unknown:
+        raise ManifestError(f"phase_results: unknown phase(s) {sorted(unknown)}; known: {list(PHASES)}")
+    for key, value in phase_results.items():
+        if value is not None and not isinstance(value, (list if key == "regional_teachers" else dict)):
+            raise ManifestError(f"phase_results.{key}: expected "
+                                f"{'a list' if key == 'regional_teachers' else 'a mapping'}, "
+                                f"got {type(value).__name__}")
+    crit = _criteria(config)
+    ts = (timestamp or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
+    data = _data_section(data_stats)
+    pr = {k: phase_results.get(k) for k in PHASES}
+    phases: dict[str, dict] = {}
+
+    # Phase 0: data audit + baseline.
+    base = pr["baseline"]
+    p0 = _skipped(base, "baseline step produced no report") or {
+        "status": "completed", "baseline_model": base.get("model_name"),
+        "baseline_weights": base.get("weights"),
+        "baseline_top1": _num(base, "top1_accuracy", "top1"),
+        "baseline_top5": _num(base, "top5_accuracy", "top5")}
+    p0["criteria"] = {"fetch_fail_rate_below_max": _check(data.get("fetch_fail_rate"), "<", crit["max_fetch_fail_rate"]),
+                      "split_leak_free": data.get("leak_free")}
+    phases["phase_0"] = p0
+
+    # Phase 1: global teacher.
+    g = pr["global_teacher"]
+    gcfg = config.get("global_teacher")
+    p1 = _skipped(g, "global teacher was not evaluated")
+    if p1 is None:
+        p1 = {"status": "completed", **_teacher_entry(g, gcfg)}
+        p1["criteria"] = {f"top1>={crit['teacher_min_top1']}": _check(p1["top1"], ">=", crit["teacher_min_top1"]),
+                          f"top5>={crit['teacher_min_top5']}": _check(p1["top5"], ">=", crit["teacher_min_top5"])}
+    phases["phase_1"] = p1
+    global_per_region = (g or {}).get("per_region") or {}
+
+    # Phase 2 / 2b: regional teachers.
+    regional = pr["regional_teachers"]
+    p2 = _skipped(regional, "no regional teacher was evaluated")
+    if p2 is None:
+        cfg_by_name = {t.get("teacher"): t for t in config.get("regional_teachers") or []}
+        teachers = {}
+        for i, r in enumerate(regional):
+            if not isinstance(r, dict):
+                raise ManifestError(f"phase_results.regional_teachers[{i}]: expected a mapping")
+            name = r.get("teacher") or f"regional_{i}"
+            if name in teachers:  # two results under one name: keep both, visibly
+                name = f"{name}#{i}"
+            item = cfg_by_name.get(name, {})
+            e = _teacher_entry(r, item.get("config"))
+            e["regions"] = e["regions"] or item.get("regions", "")
+            e["weight"] = item.get("weight")
+            gains = {}
+            for region in [x for x in str(e["regions"]).split(",") if x]:
+                mine = _num(e["per_region"], region)
+                theirs = _num(global_per_region, region)
+                e[f"top1_{region.lower()}"] = mine
+                if mine is not None and theirs is not None:
+                    gains[region] = round(mine - theirs, 6)
+            e["gain_vs_global"] = gains
+            e["criteria"] = {f"top1>={crit['regional_min_top1']}": _check(e["top1"], ">=", crit["regional_min_top1"]),
+                             f"gain_vs_global>={crit['regional_min_gain_vs_global']}":
+                                 (all(v >= crit["regional_min_gain_vs_global"] for v in gains.values())
+                                  if gains else None)}
+            teachers[name] = e
+        p2 = {"status": "completed", "teachers": teachers}
+    phases["phase_2"] = p2
+
+    # Phase 3: student architecture + soft labels.
+    scfg = config.get("student") or {}
+    sl = pr["soft_labels"]
+    p3 = _skipped(sl, "soft labels were not combined")
+    arch = _first(scfg, "model.name")
+    alpha = _first(scfg, "model.alpha")
+    if p3 is None:
+        p3 = {"status": "completed",
+              "samples": sl.get("samples", sl.get("n_samples")),
+              "classes": sl.get("classes", sl.get("n_classes")),
+              "temperature": _num(sl, "temperature"),
+              "teacher_weights": sl.get("teacher_weights") or sl.get("weights"),
+              "uri": sl.get("uri")}
+    p3["student_architecture"] = f"{arch}_{alpha}" if arch and alpha is not None else arch
+    phases["phase_3"] = p3
+
+    # Phase 4: student (distillation + fine-tuning).
+    st = pr["student"]
+    p4 = _skipped(st, "student was not trained")
+    if p4 is None:
+        p4 = {"status": "completed",
+              # What ran (the results) before what was configured (shared/student_config.py).
+              "distillation_epochs": _count(_first(st, "distillation_epochs", "epochs_distillation")),
+              "finetuning_epochs": _count(_first(st, "finetune_epochs", "finetuning_epochs")),
+              "final_top1": _num(st, "final_top1", "top1_accuracy", "val_top1_accuracy", "val_top1", "top1"),
+              "final_top5": _num(st, "final_top5", "top5_accuracy", "val_top5_accuracy", "val_top5", "top5"),
+              "checkpoint": st.get("checkpoint")}
+        for key, path in (("distillation_epochs", "training.distillation_epochs"),
+                          ("finetuning_epochs", "training.finetune_epochs")):
+            if p4[key] is None:
+                p4[key] = _get(scfg, path)
+        p4["criteria"] = {f"top1>={crit['student_min_top1']}":
+                          _check(p4["final_top1"], ">=", crit["student_min_top1"])}
+    phases["phase_4"] = p4
+
+    # Phase 5: calibration.
+    cal = pr["calibration"]
+    p5 = _skipped(cal, "student was not calibrated")
+    if p5 is None:
+        ece = _num(cal, "ece_after", "ece")
+        p5 = {"status": "completed", "ece": ece, "ece_before": _num(cal, "ece_before"),
+              "mce": _num(cal, "mce_after", "mce"), "temperature": _num(cal, "temperature"),
+              "confidence_threshold": _num(cal, "threshold", "confidence_threshold"),
+              "threshold_reached": cal.get("threshold_reached"),
+              "coverage": _num(cal, "coverage"),
+              "precision_at_threshold": _num(cal, "precision_at_threshold")}
+        p5["criteria"] = {f"ece<{crit['max_ece']}": _check(ece, "<", crit["max_ece"]),
+                          f"coverage>={crit['min_coverage']}": _check(p5["coverage"], ">=", crit["min_coverage"]),
+                          f"precision_at_threshold>={crit['min_precision_at_threshold']}":
+                              _check(p5["precision_at_threshold"], ">=", crit["min_precision_at_threshold"])}
+    phases["phase_5"] = p5
+
+    # Phase 6: TF.js export; absent = the quality gates did not bless it.
+    ex, val = pr["export"], pr["export_validation"]
+    p6 = _skipped(ex, _not_blessed_reason(p4, p5, crit))
+    if p6 is None:
+        size_mb = _num(ex, "model_size_mb")
+        if size_mb is None and _num(ex, "size_bytes") is not None:
+            size_mb = round(_num(ex, "size_bytes") / 1e6, 3)
+        p6 = {"status": "completed", "quantization": ex.get("quantization"),
+              "model_size_mb": size_mb, "tfjs_export": ex.get("uri") or ex.get("tfjs_export")}
+        parity_skip = _skipped(val, "export was not validated")
+        parity = parity_skip or {
+            "status": "completed",
+            "correlation": _num(val, "correlation", "pearson"),
+            "max_abs_diff": _num(val, "max_abs_diff"),
+            "top1_agreement": _num(val, "top1_agreement"),
+            "passed": val.get("passed")}
+        p6["parity"] = parity
+        p6["criteria"] = {f"model_size_mb<={crit['max_model_size_mb']}":
+                          _check(size_mb, "<=", crit["max_model_size_mb"]),
+                          f"parity_correlation>={crit['min_parity_correlation']}":
+                          _check(parity.get("correlation"), ">=", crit["min_parity_correlation"])}
+    phases["phase_6"] = p6
+
+    manifest = {
+        "timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": git_commit,
+        "seed": int(seed),
+        "data": data,
+        "phases": phases,
+        "environment": environment if environment is not None else environment_versions(),
+        "hyperparameters": collect_hyperparameters(config),
+    }
+    return _plain(manifest)
+
+
+def _not_blessed_reason(p4: dict, p5: dict, crit: dict) -> str:
+    """Why the export step did not run, from the gate figures the manifest has."""
+    if p4.get("status") != "completed":
+        return "export not run: no trained student"
+    failed = []
+    top1 = p4.get("final_top1")
+    if top1 is not None and top1 < crit["student_min_top1"]:
+        failed.append(f"student top1 {top1:.4f} < {crit['student_min_top1']}")
+    ece = p5.get("ece") if p5.get("status") == "completed" else None
+    if ece is not None and ece > crit["max_ece"]:
+        failed.append(f"ECE {ece:.4f} > {crit['max_ece']}")
+    if failed:
+        return "export not blessed by the quality gates: " + "; ".join(failed)
+    return "export not run (no export bundle was passed to the manifest step)"
+
+
+def collect_hyperparameters(config: dict) -> dict:
+    """The plan's summary keys (7.1) plus every config value, flattened by config."""
+    g = config.get("global_teacher") or {}
+    s = config.get("student") or {}
+    hp: dict[str, Any] = {
+        "teacher_global_lr": _get(g, "training.learning_rate"),
+        "student_distill_lr": _first(s, "training.learning_rate"),
+        "student_finetune_lr": _first(s, "finetune.learning_rate"),
+        "distillation_temperature": _first(s, "distillation.temperature"),
+        "kl_weight": _first(s, "distillation.loss_weights.kl_divergence", "distillation.kl_weight"),
+        "ce_weight": _first(s, "distillation.loss_weights.cross_entropy", "distillation.ce_weight"),
+    }
+    configs: dict[str, Any] = {}
+    if g:
+        configs["teacher_global"] = _flatten(g)
+    for item in config.get("regional_teachers") or []:
+        name = str(item.get("teacher", "regional")).lower()
+        hp[f"teacher_{name}_lr"] = _get(item.get("config"), "training.learning_rate")
+        hp[f"teacher_{name}_weight"] = item.get("weight")
+        configs[f"teacher_{name}"] = _flatten(item.get("config") or {})
+    if s:
+        configs["student"] = _flatten(s)
+    if config.get("pipeline"):
+        configs["pipeline"] = _flatten(config["pipeline"])
+    hp = {k: v for k, v in hp.items() if v is not None}
+    hp["configs"] = configs
+    return hp
+
+
+def write_manifest(path: str | os.PathLike, manifest: dict) -> str:
+    """Write the manifest as YAML, atomically; return the path."""
+    text = yaml.safe_dump(_plain(manifest), sort_keys=False, allow_unicode=True, width=100)
+    write_text(path, text)
+    return str(path)
+
+
+def read_result(path: str | os.PathLike | None, metadata: dict | None = None,
+                uri: str | None = None) -> dict | None:
+    """A step's result for build_training_manifest: its JSON file merged with its
+    artifact metadata and URI. A TF.js bundle directory (model.json + shards) gives
+    its size. None without a path (the step did not run)."""
+    if path is None:
+        return None
+    out: dict[str, Any] = {}
+    p = Path(path)
+    if p.is_file() and p.stat().st_size < 50_000_000:
+        try:
+            loaded = json.loads(p.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            loaded = None  # a binary artifact (a checkpoint): its metadata says enough
+        if isinstance(loaded, dict):
+            out.update(loaded)
+    elif p.is_dir() and (p / "model.json").is_file():
+        files = [p / "model.json", *sorted(p.glob("*.bin"))]
+        out["model_size_mb"] = round(sum(f.stat().st_size for f in files) / 1e6, 3)
+        out["weight_shards"] = len(files) - 1
+    out.update(metadata or {})
+    if uri:
+        out.setdefault("uri", uri)
+    return out
