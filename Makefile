@@ -4,18 +4,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 CONFIG ?= config/local.yaml
+CLUSTER_CONFIG ?= config/cluster.yaml
 OUTPUT ?= outputs/local
+HOST ?=
+PARAMS ?=
 
-.PHONY: setup run test compile submit images bench sample-data manifests clean
+.PHONY: setup export-env run test compile submit images bench sample-data manifests clean
 
-setup: $(VENV)/.stamp
+setup: $(VENV)/.stamp export-env
 
 $(VENV)/.stamp: requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	touch $@
 
-sample-data: setup
+# The converter environment (.venv-export), TF.js for Node and Chromium for the browser test.
+export-env:
+	bash scripts/setup_export_env.sh
+
+sample-data: $(VENV)/.stamp
 	$(PY) -m shared.sample_data --output data/sample
 
 run: setup sample-data
@@ -24,8 +31,8 @@ run: setup sample-data
 test: setup
 	$(PY) -m pytest tests
 
-compile: setup
-	$(PY) pipeline.py compile --config $(CONFIG) --output pipeline.yaml
+compile: $(VENV)/.stamp
+	$(PY) pipeline.py compile --config $(CLUSTER_CONFIG) --output pipeline.yaml
 
 bench: setup
 	$(PY) -m bench.run --output bench/results.json

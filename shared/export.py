@@ -68,6 +68,7 @@ def check_onnx(model: torch.nn.Module, onnx_path: str | os.PathLike, sample: np.
     """Max abs difference between onnxruntime and PyTorch on `sample` (N x 3 x H x W)."""
     import onnxruntime as ort
 
+    model = model.eval()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     with torch.no_grad():
