@@ -6,7 +6,7 @@ export PYTHONPATH := $(CURDIR)
 CONFIG ?= config/local.yaml
 CLUSTER_CONFIG ?= config/cluster.yaml
 OUTPUT ?= outputs/local
-HOST ?=
+KFP_HOST ?=
 PARAMS ?=
 
 .PHONY: setup export-env run test compile submit images bench sample-data manifests clean
@@ -36,6 +36,18 @@ compile: $(VENV)/.stamp
 
 bench: setup
 	$(PY) -m bench.run --output bench/results.json
+
+# GitOps: regenerate manifests/ (Pipeline + PipelineVersion from the compiled DAG, configs).
+manifests: $(VENV)/.stamp
+	$(PY) scripts/render_manifests.py --config $(CLUSTER_CONFIG)
+
+# Build (and with PUSH=1 push) the data, train and export images; needs a Docker engine.
+images:
+	bash scripts/build_images.sh $(if $(PUSH),--push) $(if $(TAG),--tag $(TAG))
+
+# make submit KFP_HOST=https://.../pipeline [EXPERIMENT=...] [PARAMS="regional_teachers=[...] quantization=uint8"]
+submit: $(VENV)/.stamp
+	$(PY) pipeline.py submit --config $(CLUSTER_CONFIG) --host $(KFP_HOST) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(foreach p,$(PARAMS),--param $(p))
 
 clean:
 	rm -rf outputs data/sample

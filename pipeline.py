@@ -63,6 +63,7 @@ def build_pipeline(cfg: dict):
     from kfp import dsl
 
     c = _import_components(cfg)
+    from components.platform import apply_platform_to_pipeline
     d, ca, b, t = cfg["data"], cfg["cache"], cfg["baseline"], cfg["teachers"]
     global_teacher_cfg, regional_teachers_default = teacher_parameters(cfg)
     from shared.student_config import load_student_config
@@ -199,6 +200,10 @@ def build_pipeline(cfg: dict):
             export_summary=dsl.OneOf(va.outputs["Output"], sk.output))
         mf.set_display_name("training manifest (7)")
 
+        # Kubernetes settings of every task (resources, GPUs, node pools, PVC, secrets,
+        # caching, retries); the pod's GPU count follows the torchrun process count.
+        apply_platform_to_pipeline(cfg["cluster"], accelerator_limits={"train_teacher": gpus_per_teacher})
+
     return plantid_pipeline
 
 
@@ -262,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compile", help="compile the DAG to a KFP pipeline YAML")
     c.add_argument("--config", default="config/cluster.yaml")
     c.add_argument("--output", default="pipeline.yaml")
+    s = sub.add_parser("submit", help="compile and submit a run to a KFP server")
+    s.add_argument("--config", default="config/cluster.yaml")
+    s.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.org/pipeline")
+    s.add_argument("--experiment", default="plantid")
+    s.add_argument("--run-name")
+    s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a pipeline parameter (JSON values allowed); repeatable")
+    s.add_argument("--namespace", help="the KFP profile namespace (multi-user installs only)")
+    s.add_argument("--package", default="pipeline.yaml")
     args = ap.parse_args(argv)
 
     overrides = {}
@@ -270,6 +284,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_pipeline_config(args.config, overrides)
     if args.cmd == "compile":
         print("compiled:", compile_pipeline(cfg, args.output))
+    elif args.cmd == "submit":
+        from components.submission import parse_params, submit_run
+        from shared.cluster_config import cluster_problems
+
+        problems = cluster_problems(cfg)
+        if problems:
+            raise SystemExit("config not fit for the cluster:\n  " + "\n  ".join(problems))
+        compile_pipeline(cfg, args.package)
+        run_id = submit_run(args.host, args.package, experiment=args.experiment,
+                            run_name=args.run_name or f"{cfg['pipeline']['name']} {time.strftime('%Y-%m-%d %H:%M')}",
+                            params=parse_params(args.param), namespace=args.namespace,
+                            service_account=cfg["cluster"]["service_account"])
+        print("submitted run:", run_id)
     elif args.cmd == "run-local":
         summary = run_local(cfg, args.output)
         print(f"\nLocal run finished in {summary['seconds']} s; outputs under {summary['run_dir']}")

@@ -4,7 +4,13 @@ ECE/MCE over 15 equal-width bins of top-1 confidence; temperature scaling (one
 temperature fit on val logits by minimising NLL with LBFGS) applied when ECE is
 above the plan's 0.10; the lowest confidence threshold at which the covered
 samples reach the target precision (95%) and the coverage there; a reliability
-diagram as HTML (inline SVG) and PNG."""
+diagram as HTML (inline SVG) and PNG.
+
+Threshold candidates are the distinct top-1 confidences (exact: no grid step can
+miss the lowest admissible threshold); the accuracy/coverage curve reported
+beside it is sampled on a 0.00, 0.01, ..., 1.00 grid. When no threshold reaches
+the target the threshold is 1.0 (every prediction "no concluyente") and
+threshold_reached is False, with a message saying so."""
 from __future__ import annotations
 
 import html
@@ -16,6 +22,9 @@ import torch
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature (float64, numerically stable)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     z = np.asarray(logits, np.float64) / temperature
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -44,6 +53,24 @@ def ece_mce(confidences: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> t
         bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n, "accuracy": acc,
                      "confidence": avg})
     return float(ece), float(mce), bins
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated probabilities: softmax(logits / temperature)."""
+    return softmax(logits, temperature)
+
+
+def _check_logits_labels(logits: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if logits.ndim != 2:
+        raise ValueError(f"{what} logits must be N x classes, got shape {logits.shape}")
+    if labels.shape != (len(logits),):
+        raise ValueError(f"{what} labels have shape {labels.shape}, expected ({len(logits)},) to match the logits")
+    if labels.size and labels.max() >= logits.shape[1]:
+        raise ValueError(f"{what} label {int(labels.max())} is out of range for {logits.shape[1]} classes")
+    if not np.isfinite(logits).all():
+        raise ValueError(f"{what} logits contain NaN or inf")
+    return logits, labels.astype(np.int64)
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -107,7 +134,10 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.nd
               target_precision: float = 0.95, n_bins: int = 15) -> dict[str, Any]:
     """The calibration.json content: temperature (1.0 unless ECE > ece_threshold),
     ECE/MCE before/after on val (and test), the threshold and its coverage."""
-    known = val_labels >= 0
+    val_logits, val_labels = _check_logits_labels(val_logits, val_labels, "val")
+    known = val_labels >= 0  # -1: a class the student does not have
+    if not known.any():
+        raise ValueError("val has no sample with a label among the model's classes: nothing to calibrate on")
     vl, vy = val_logits[known], val_labels[known]
     p0 = softmax(vl)
     ece0, mce0, bins0 = ece_mce(p0.max(1), p0.argmax(1) == vy, n_bins)
@@ -117,7 +147,7 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.nd
     ece1, mce1, bins1 = ece_mce(p1.max(1), p1.argmax(1) == vy, n_bins)
     thr = threshold_search(p1.max(1), p1.argmax(1) == vy, target_precision)
     out: dict[str, Any] = {
-        "temperature": t, "temperature_applied": bool(applied), "ece_threshold": ece_threshold,
+        "temperature": t, "applied": bool(applied), "ece_threshold": ece_threshold,
         "val_samples": int(len(vy)), "val_top1": float((p0.argmax(1) == vy).mean()),
         "ece_before": ece0, "ece_after": ece1, "mce_before": mce0, "mce_after": mce1,
         "nll_before": nll(vl, vy), "nll_after": nll(vl, vy, t),
@@ -126,6 +156,8 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.nd
         "target_precision": target_precision, "threshold_message": thr["message"], "curve": thr["curve"],
         "bins_before": bins0, "bins_after": bins1, "n_bins": n_bins,
     }
+    if test_logits is not None and test_labels is not None:
+        test_logits, test_labels = _check_logits_labels(test_logits, test_labels, "test")
     if test_logits is not None and test_labels is not None and (test_labels >= 0).any():
         k = test_labels >= 0
         tl, ty = test_logits[k], test_labels[k]
@@ -159,9 +191,35 @@ def reliability_diagram_svg(bins: list[dict], title: str, size: int = 260) -> st
     return "".join(parts)
 
 
+def reliability_diagram_html(bins: list[dict], title: str = "Reliability diagram",
+                             bins_after: list[dict] | None = None, temperature: float | None = None) -> str:
+    """A self-contained HTML page: the reliability diagram (inline SVG, bars = accuracy
+    per confidence bin, dashed = perfect calibration) and the per-bin table; with
+    bins_after, a second diagram after temperature scaling."""
+    ece, mce = _ece_mce_of_bins(bins)
+    svgs = reliability_diagram_svg(bins, f"before (ECE {ece:.3f}, MCE {mce:.3f})" if bins_after else
+                                   f"ECE {ece:.3f}, MCE {mce:.3f}")
+    if bins_after is not None:
+        ea, ma = _ece_mce_of_bins(bins_after)
+        t = "" if temperature is None else f"T={temperature:.2f}, "
+        svgs += reliability_diagram_svg(bins_after, f"after ({t}ECE {ea:.3f}, MCE {ma:.3f})")
+    rows = "".join(f"<tr><td>{b['lo']:.2f}-{b['hi']:.2f}</td><td>{b['count']}</td><td>{b['confidence']:.3f}</td>"
+                   f"<td>{b['accuracy']:.3f}</td></tr>" for b in bins)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+            f"<body style='font-family:sans-serif'><h2>{html.escape(title)}</h2>{svgs}"
+            f"<table><tr><th>bin</th><th>n</th><th>confidence</th><th>accuracy</th></tr>{rows}</table>"
+            f"</body></html>")
+
+
+def _ece_mce_of_bins(bins: list[dict]) -> tuple[float, float]:
+    n = sum(b["count"] for b in bins)
+    gaps = [(b["count"], abs(b["accuracy"] - b["confidence"])) for b in bins if b["count"]]
+    return (sum(c * g for c, g in gaps) / n if n else 0.0), max((g for _, g in gaps), default=0.0)
+
+
 def report_html(cal: dict[str, Any]) -> str:
     rows = "".join(f"<tr><td>{k}</td><td>{cal[k]}</td></tr>" for k in
-                   ("temperature", "temperature_applied", "ece_before", "ece_after", "mce_before", "mce_after",
+                   ("temperature", "applied", "ece_before", "ece_after", "mce_before", "mce_after",
                     "threshold", "threshold_reached", "coverage", "precision_at_threshold", "threshold_message")
                    if k in cal)
     curve = "".join(f"<tr><td>{c['threshold']:.2f}</td><td>{c['coverage']:.3f}</td><td>"
@@ -175,13 +233,15 @@ def report_html(cal: dict[str, Any]) -> str:
             f"<th>accuracy</th></tr>{curve}</table></body></html>")
 
 
-def reliability_diagram_png(bins_before: list[dict], bins_after: list[dict]) -> bytes:
+def reliability_diagram_png(bins_before: list[dict], bins_after: list[dict] | None = None) -> bytes:
+    """The reliability diagram(s) as PNG bytes (Pillow): one panel, or before | after."""
     from PIL import Image, ImageDraw
 
     w, pad = 260, 20
-    img = Image.new("RGB", (2 * w, w), "white")
+    panels = [bins_before] if bins_after is None else [bins_before, bins_after]
+    img = Image.new("RGB", (len(panels) * w, w), "white")
     d = ImageDraw.Draw(img)
-    for panel, bins in enumerate((bins_before, bins_after)):
+    for panel, bins in enumerate(panels):
         ox = panel * w
         d.rectangle([ox + pad, pad, ox + w - pad, w - pad], outline="black")
         d.line([ox + pad, w - pad, ox + w - pad, pad], fill=(150, 150, 150))

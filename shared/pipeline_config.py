@@ -128,7 +128,10 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    from shared.cluster_config import load_cluster_config
+
     cfg = merge_checked(DEFAULTS, raw)
+    cfg["cluster"] = load_cluster_config(cfg["cluster"])
     for dotted, value in (overrides or {}).items():
         keys = dotted.split(".")
         node = cfg
@@ -139,6 +142,7 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
         if keys[-1] not in node:
             raise ConfigError(f"override {dotted}: unknown key {keys[-1]}")
         node[keys[-1]] = merge_checked(node[keys[-1]], value, dotted)
+    cfg["cluster"] = load_cluster_config(cfg["cluster"])  # again: cluster.* overrides are checked too
     for section, key in PATH_KEYS:
         cfg[section][key] = resolve_path(cfg[section][key])
     for t in cfg["teachers"]["regional"]:

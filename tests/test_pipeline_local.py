@@ -22,6 +22,9 @@ def local_run(sample_catalogue, tmp_path_factory):
     cfg = load_pipeline_config(ROOT / "config" / "local.yaml", {
         "data.records_uri": str(sample_catalogue / "records.jsonl"),
         "cache.dir": str(out / "cache"),
+        # 24 val images of 12 species make ECE noisy: this run tests the blessed path
+        # (the gate's other side is strict_gate_run below).
+        "export.gates.max_ece": 0.5,
     })
     return cfg, pipeline.run_local(cfg, str(out))
 
@@ -79,13 +82,62 @@ def test_local_run_distils_student(local_run):
     assert ck["classes"] == sl.classes
 
 
+def test_local_run_exports_blessed_student_and_writes_manifest(local_run):
+    cfg, summary = local_run
+    bundle = Path(summary["tfjs_model"])
+    assert (bundle / "model.json").exists() and (bundle / "index.html").exists()
+    cal = json.loads((bundle / "calibration.json").read_text())
+    assert cal["label_below_threshold"] == "no concluyente" and cal["temperature"] > 0
+    m = yaml.safe_load(Path(summary["training_manifest"]).read_text())
+    assert m["seed"] == 42 and m["data"]["leak_free"] is True
+    assert {p["status"] for p in m["phases"].values()} == {"completed"}
+    p6 = m["phases"]["phase_6"]
+    assert p6["model_size_mb"] > 0 and p6["correlation"] > 0.995
+    assert m["environment"]["packages"]["kfp"].startswith("2.17")
+
+
+@pytest.fixture(scope="module")
+def strict_gate_run(sample_catalogue, tmp_path_factory, local_run):
+    """A quick second run (1 epoch each) whose student cannot pass a 99% gate."""
+    out = tmp_path_factory.mktemp("run_strict")
+    cfg = load_pipeline_config(ROOT / "config" / "local.yaml", {
+        "data.records_uri": str(sample_catalogue / "records.jsonl"),
+        "cache.dir": local_run[0]["cache"]["dir"],  # shared cache: nothing is fetched again
+        "teachers.overrides": {"training.epochs": 1},
+        "student.overrides": {"training.distillation_epochs": 1, "training.finetune_epochs": 1},
+        "student.train_ce_control": False,
+        "export.gates.min_val_top1": 0.99,
+    })
+    return pipeline.run_local(cfg, str(out))
+
+
+def test_failed_gate_ends_green_without_export(strict_gate_run):
+    outs = strict_gate_run["outputs"]
+    assert not any(k.endswith("export-tfjs") for k in outs)
+    assert any(k.endswith("export-skipped") for k in outs)
+    assert "tfjs_model" not in strict_gate_run
+    m = yaml.safe_load(Path(strict_gate_run["training_manifest"]).read_text())
+    p6 = m["phases"]["phase_6"]
+    assert p6["status"] == "skipped" and "not blessed" in p6["reason"] and "0.99" in p6["reason"]
+
+
+def test_same_seed_same_splits(local_run, strict_gate_run):
+    a, b = local_run[1]["outputs"], strict_gate_run["outputs"]
+    for name in ("train", "val", "test"):
+        assert Path(a["split"][name]).read_bytes() == Path(b["split"][name]).read_bytes()
+    cache_a = json.loads(Path(a["cache-images"]["report"]).read_text())
+    cache_b = json.loads(Path(b["cache-images"]["report"]).read_text())
+    assert cache_b["fetched"] == 0 and cache_b["cached"] == cache_a["cached"]
+
+
 def test_compile_contains_all_components(tmp_path):
     cfg = load_pipeline_config(ROOT / "config" / "local.yaml")
     path = pipeline.compile_pipeline(cfg, str(tmp_path / "p.yaml"))
     spec = yaml.safe_load(Path(path).read_text())
     execs = set(spec["deploymentSpec"]["executors"])
     for name in ("ingest", "cache-images", "split", "baseline", "train-teacher", "evaluate-teacher",
-                 "teacher-logits", "combine-soft-labels", "train-student"):
+                 "teacher-logits", "combine-soft-labels", "train-student", "calibrate", "export-tfjs",
+                 "validate-export", "export-skipped", "training-manifest"):
         assert f"exec-{name}" in execs, execs
     # The regional teachers run as one ParallelFor.
     dag = spec["root"]["dag"]["tasks"]

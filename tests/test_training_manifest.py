@@ -1,0 +1,300 @@
+"""Phase 7: the training manifest (shared/training_manifest.py) and its component,
+run through kfp.local with fake upstream steps."""
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared import training_manifest as tm  # noqa: E402
+from shared.student_config import load_student_config  # noqa: E402
+from shared.teacher_config import load_teacher_config  # noqa: E402
+
+TS = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def plan_config():
+    """The plan's configs as the pipeline loads them."""
+    c = ROOT / "config"
+    return {
+        "global_teacher": load_teacher_config(str(c / "teacher_global.yaml"), {}),
+        "regional_teachers": [
+            {"teacher": "EU_SW", "regions": "EU_SW", "weight": 0.4,
+             "config": load_teacher_config(str(c / "teacher_regional.yaml"), {})},
+            {"teacher": "EU_CORE", "regions": "EU_NORTH,EU_EAST", "weight": 0.2,
+             "config": load_teacher_config(str(c / "teacher_eu_core.yaml"), {})}],
+        "student": load_student_config(str(c / "student.yaml")),
+        "pipeline": {"export": {"gates": {"min_val_top1": 0.70, "max_ece": 0.10}},
+                     "calibration": {"ece_threshold": 0.10, "target_precision": 0.95}},
+    }
+
+
+DATA = {"snapshot_id": "catalogue-2025-12-20",
+        "ingest": {"source": "mongo", "records_read": 200, "records_kept": 171, "classes": 12,
+                   "permissive_share_of_valid": 0.924},
+        "split": {"images": {"train": 136, "val": 17, "test": 18}, "classes": {"train": 12, "val": 9, "test": 9},
+                  "classes_total": 12, "train_val_class_overlap": 1.0, "leakage": {"leak_free": True}},
+        "cache": {"cached": 171, "fail_rate": 0.02}}
+
+
+def full_results():
+    return {
+        "baseline": {"model_name": "mobilenetv2_100", "weights": "random", "top1_accuracy": 0.35,
+                     "top5_accuracy": 0.6},
+        "global_teacher": {"teacher": "global", "model_name": "vit_base_patch16_384", "top1_accuracy": 0.72,
+                           "top5_accuracy": 0.84, "loss": 0.98, "checkpoint": "gs://b/global/model",
+                           "per_region": {"EU_SW": 0.70, "EU_NORTH": 0.66, "EU_EAST": 0.71}},
+        "regional_teachers": [
+            {"teacher": "EU_SW", "regions": "EU_SW", "top1_accuracy": 0.85, "top5_accuracy": 0.95,
+             "per_region": {"EU_SW": 0.85}, "checkpoint": "gs://b/eu_sw/model"},
+            {"teacher": "EU_CORE", "regions": "EU_NORTH,EU_EAST", "top1_accuracy": 0.78,
+             "per_region": {"EU_NORTH": 0.80, "EU_EAST": 0.75}, "checkpoint": "gs://b/eu_core/model"}],
+        "soft_labels": {"samples": 136, "classes": 12, "temperature": 3.0, "uri": "gs://b/soft"},
+        "student": {"val_top1": 0.74, "val_top5": 0.88, "checkpoint": "gs://b/student/model"},
+        "calibration": {"temperature": 1.4, "threshold": 0.75, "threshold_reached": True, "ece_before": 0.12,
+                        "ece_after": 0.06, "mce_after": 0.2, "coverage": 0.78, "precision_at_threshold": 0.96},
+        "export": {"uri": "gs://b/tfjs", "quantization": "fp16", "size_bytes": 7_200_000},
+        "export_validation": {"correlation": 0.9991, "max_abs_diff": 0.015, "top1_agreement": 1.0,
+                              "passed": True},
+    }
+
+
+def build(config, results, **kw):
+    args = dict(config=config, phase_results=results, data_stats=DATA, seed=42, git_commit="abc1234",
+                environment={"python_version": "3.11"}, timestamp=TS)
+    args.update(kw)
+    return tm.build_training_manifest(**args)
+
+
+def test_full_manifest_has_the_plan_shape_and_checks_the_criteria(plan_config):
+    m = build(plan_config, full_results())
+    assert list(m)[:4] == ["timestamp", "git_commit", "seed", "data"]
+    assert m["timestamp"] == "2026-01-02T03:04:05Z" and m["git_commit"] == "abc1234" and m["seed"] == 42
+    d = m["data"]
+    assert (d["snapshot"], d["total_samples"], d["total_species"]) == ("catalogue-2025-12-20", 171, 12)
+    assert (d["train_samples"], d["val_samples"], d["test_samples"]) == (136, 17, 18)
+    assert d["fetch_fail_rate"] == 0.02 and d["source"] == "mongo"
+    ph = m["phases"]
+    assert [ph[f"phase_{i}"]["status"] for i in range(7)] == ["completed"] * 7
+    assert ph["phase_0"]["baseline_top1"] == 0.35
+    assert ph["phase_0"]["criteria"] == {"fetch_fail_rate_below_max": True, "split_leak_free": True}
+    p1 = ph["phase_1"]
+    assert (p1["teacher"], p1["top1"], p1["top5"], p1["checkpoint"]) == (
+        "vit_base_patch16_384", 0.72, 0.84, "gs://b/global/model")
+    assert p1["criteria"] == {"top1>=0.7": True, "top5>=0.85": False}  # 0.84 misses the plan's 85 %
+    sw, core = ph["phase_2"]["teachers"]["EU_SW"], ph["phase_2"]["teachers"]["EU_CORE"]
+    assert sw["top1_eu_sw"] == 0.85 and sw["gain_vs_global"] == {"EU_SW": pytest.approx(0.15)}
+    assert sw["criteria"] == {"top1>=0.8": True, "gain_vs_global>=0.1": True}
+    assert sw["teacher"] == "vit_base_patch16_384" and sw["weight"] == 0.4
+    assert core["gain_vs_global"] == {"EU_NORTH": pytest.approx(0.14), "EU_EAST": pytest.approx(0.04)}
+    assert core["criteria"] == {"top1>=0.8": False, "gain_vs_global>=0.1": False}
+    assert ph["phase_3"]["student_architecture"] == "mobilenetv2_1.0"
+    p4 = ph["phase_4"]
+    assert (p4["final_top1"], p4["final_top5"]) == (0.74, 0.88)
+    # the run did not report its epochs: the config's split of 20 epochs (10 + 10) is used
+    assert (p4["distillation_epochs"], p4["finetuning_epochs"]) == (10, 10)
+    p5 = ph["phase_5"]
+    assert (p5["ece"], p5["confidence_threshold"], p5["temperature"]) == (0.06, 0.75, 1.4)
+    assert p5["criteria"] == {"ece<0.1": True, "coverage>=0.8": False, "precision_at_threshold>=0.95": True}
+    p6 = ph["phase_6"]
+    assert (p6["model_size_mb"], p6["tfjs_export"], p6["quantization"]) == (7.2, "gs://b/tfjs", "fp16")
+    assert p6["parity"]["correlation"] == 0.9991
+    assert p6["criteria"] == {"model_size_mb<=150.0": True, "parity_correlation>=0.995": True}
+    hp = m["hyperparameters"]
+    assert hp["teacher_global_lr"] == 3e-5 and hp["teacher_eu_sw_lr"] == 2e-5
+    assert (hp["student_distill_lr"], hp["student_finetune_lr"]) == (1e-4, 5e-5)
+    assert (hp["distillation_temperature"], hp["kl_weight"], hp["ce_weight"]) == (3.0, 0.7, 0.3)
+    # every config value, flattened
+    assert hp["configs"]["teacher_global"]["augmentation.train.color_jitter.hue"] == 0.15
+    assert hp["configs"]["teacher_global"]["model.name"] == "vit_base_patch16_384"
+    assert hp["configs"]["student"]["training.batch_size"] == 128
+    assert hp["configs"]["pipeline"]["export.gates.min_val_top1"] == 0.7
+
+
+def test_export_not_blessed_is_skipped_with_the_gate_that_failed(plan_config):
+    r = full_results()
+    r["student"]["val_top1"] = 0.62
+    r["calibration"]["ece_after"] = 0.13
+    r["export"] = r["export_validation"] = None
+    p6 = build(plan_config, r)["phases"]["phase_6"]
+    assert p6["status"] == "skipped"
+    assert "student top1 0.6200 < 0.7" in p6["reason"] and "ECE 0.1300 > 0.1" in p6["reason"]
+
+
+def test_gates_come_from_the_pipeline_config(plan_config):
+    cfg = {**plan_config, "pipeline": {"export": {"gates": {"min_val_top1": 0.80, "max_ece": 0.10}}}}
+    r = full_results()
+    r["export"] = None
+    m = build(cfg, r)
+    assert m["phases"]["phase_4"]["criteria"] == {"top1>=0.8": False}
+    assert "student top1 0.7400 < 0.8" in m["phases"]["phase_6"]["reason"]
+
+
+def test_absent_and_explicitly_skipped_phases(plan_config):
+    m = build(plan_config, {"baseline": None, "global_teacher": full_results()["global_teacher"],
+                            "student": {"status": "failed", "reason": "NaN loss at epoch 3"}})
+    ph = m["phases"]
+    assert ph["phase_0"]["status"] == "skipped" and "baseline" in ph["phase_0"]["reason"]
+    assert ph["phase_1"]["status"] == "completed"
+    assert ph["phase_2"] == {"status": "skipped", "reason": "no regional teacher was evaluated"}
+    assert ph["phase_4"] == {"status": "failed", "reason": "NaN loss at epoch 3"}
+    assert ph["phase_6"]["reason"] == "export not run: no trained student"
+
+
+def test_bad_inputs_name_what_is_wrong(plan_config):
+    with pytest.raises(tm.ManifestError, match=r"unknown phase\(s\) \['teacher'\]"):
+        build(plan_config, {"teacher": {}})
+    with pytest.raises(tm.ManifestError, match="phase_results.regional_teachers: expected a list"):
+        build(plan_config, {"regional_teachers": {"EU_SW": {}}})
+    with pytest.raises(tm.ManifestError, match=r"regional_teachers\[1\]: expected a mapping"):
+        build(plan_config, {"regional_teachers": [{"teacher": "a"}, 0.8]})
+    with pytest.raises(tm.ManifestError, match="data_stats.split"):
+        build(plan_config, {}, data_stats={"split": [1, 2]})
+
+
+def test_numpy_values_and_nan_become_plain_yaml(plan_config, tmp_path):
+    r = full_results()
+    r["global_teacher"]["top1_accuracy"] = np.float32(0.75)
+    r["global_teacher"]["loss"] = float("nan")
+    r["global_teacher"]["per_region"] = {"EU_SW": np.float64(0.7)}
+    m = build(plan_config, r)
+    path = tm.write_manifest(tmp_path / "out" / tm.MANIFEST_NAME, m)
+    text = Path(path).read_text()
+    assert "!!python" not in text and "numpy" not in text
+    back = yaml.safe_load(text)
+    assert back["phases"]["phase_1"]["top1"] == pytest.approx(0.75)
+    assert back["phases"]["phase_1"]["loss"] is None
+    assert back == yaml.safe_load(yaml.safe_dump(m))
+    assert not list((tmp_path / "out").glob("*.tmp*"))  # atomic: no temporary left behind
+
+
+def test_environment_versions_and_git_commit(monkeypatch):
+    import torch
+
+    env = tm.environment_versions()
+    assert env["python_version"].startswith("3.")
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert env["packages"]["kfp"] == "2.17.3"
+    assert env["packages"]["tensorflowjs"] is None  # lives in the converter venv, not here
+    assert env["gpu"] == ("none" if not torch.cuda.is_available() else env["gpu"])
+    monkeypatch.setenv("GIT_COMMIT", "feedbeef")
+    assert tm.git_commit() == "feedbeef"
+    monkeypatch.delenv("GIT_COMMIT")
+    commit = tm.git_commit(ROOT)
+    assert commit is None or len(commit) == 40
+
+
+def test_read_result_merges_file_metadata_and_bundle_size(tmp_path):
+    f = tmp_path / "results"
+    f.write_text(json.dumps({"top1_accuracy": 0.5}))
+    assert tm.read_result(f, {"teacher": "x"}, uri="gs://u") == {"top1_accuracy": 0.5, "teacher": "x",
+                                                                 "uri": "gs://u"}
+    (tmp_path / "bin").write_bytes(b"\x80\x02binary")
+    assert tm.read_result(tmp_path / "bin", {"model_name": "m"}) == {"model_name": "m"}
+    b = tmp_path / "bundle"
+    b.mkdir()
+    (b / "model.json").write_text("{}")
+    (b / "group1-shard1of2.bin").write_bytes(b"0" * 1_500_000)
+    (b / "group1-shard2of2.bin").write_bytes(b"0" * 500_000)
+    r = tm.read_result(b)
+    assert r["weight_shards"] == 2 and r["model_size_mb"] == pytest.approx(2.000002)
+    assert tm.read_result(None) is None
+
+
+# --- the component through the local runner ------------------------------------------
+
+def test_component_writes_the_manifest_locally(tmp_path, monkeypatch):
+    from kfp import dsl, local
+    from kfp.dsl import Artifact, Metrics, Model, Output
+
+    from components.training_manifest import training_manifest
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+
+    @dsl.component(base_image="python:3.11")
+    def fake_json(payload: str, out: Output[Artifact]):
+        import json
+        open(out.path, "w").write(payload)
+        out.metadata["teacher"] = json.loads(payload).get("teacher", "")
+
+    @dsl.component(base_image="python:3.11")
+    def fake_model(name: str, model: Output[Model]):
+        open(model.path, "wb").write(b"\x80checkpoint")
+        model.metadata.update({"teacher": name, "model_name": "test_vit",
+                               "environment": {"packages": {"torch": "2.14.1"}, "gpu": "NVIDIA L4"}})
+
+    @dsl.component(base_image="python:3.11")
+    def fake_student(model: Output[Model], metrics: Output[Metrics]):
+        open(model.path, "wb").write(b"\x80student")
+        metrics.log_metric("val_top1", 0.55)
+        metrics.log_metric("val_top5", 0.8)
+
+    @dsl.component(base_image="python:3.11")
+    def gates(top1: float) -> bool:
+        return top1 >= 0.70
+
+    @dsl.component(base_image="python:3.11")
+    def export_figures() -> dict:
+        return {"uri": "gs://b/tfjs", "model_size_mb": 7.0, "correlation": 0.999}
+
+    @dsl.component(base_image="python:3.11")
+    def export_skipped(reason: str) -> dict:
+        return {"status": "skipped", "reason": reason}
+
+    teachers = [{"teacher": "EU_SW", "regions": "EU_SW", "weight": 0.4, "config": {}},
+                {"teacher": "EU_CORE", "regions": "EU_NORTH,EU_EAST", "weight": 0.2, "config": {}}]
+
+    @dsl.pipeline(name="manifest-local")
+    def p(regional: list = teachers, student_top1: float = 0.55):
+        audit = fake_json(payload=json.dumps(DATA["ingest"]))
+        stats = fake_json(payload=json.dumps(DATA["split"]))
+        ge = fake_json(payload=json.dumps({"teacher": "global", "top1_accuracy": 0.72, "top5_accuracy": 0.9,
+                                           "per_region": {"EU_SW": 0.7}}))
+        gm = fake_model(name="global")
+        with dsl.ParallelFor(regional) as item:
+            re_ = fake_json(payload=json.dumps({"teacher": "EU_SW", "regions": "EU_SW", "top1_accuracy": 0.85,
+                                                "per_region": {"EU_SW": 0.85}}))
+            rm = fake_model(name="EU_SW")
+        st = fake_student()
+        g = gates(top1=student_top1)
+        with dsl.If(g.output == True):  # noqa: E712 - a KFP condition, not a Python comparison
+            ex = export_figures()
+        with dsl.Else():
+            sk = export_skipped(reason="export not blessed: student top1 below 0.70")
+        training_manifest(
+            seed=7, git_commit="", snapshot_id="snap-1", global_teacher_config={"training": {"learning_rate": 3e-5}},
+            regional_teachers=regional, student_config={"model": {"name": "mobilenetv2", "alpha": 1.0}},
+            pipeline_settings={}, ingest_audit=audit.outputs["out"], split_stats=stats.outputs["out"],
+            global_teacher_results=ge.outputs["out"], global_teacher_model=gm.outputs["model"],
+            regional_teacher_results=dsl.Collected(re_.outputs["out"]),
+            regional_teacher_models=dsl.Collected(rm.outputs["model"]),
+            student_model=st.outputs["model"], student_metrics=st.outputs["metrics"],
+            export_summary=dsl.OneOf(ex.output, sk.output))
+
+    monkeypatch.setenv("GIT_COMMIT", "c0ffee")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=True)
+    p()
+    found = sorted((tmp_path / "root").rglob(tm.MANIFEST_NAME))
+    assert len(found) == 1
+    m = yaml.safe_load(found[0].read_text())
+    assert m["git_commit"] == "c0ffee" and m["seed"] == 7
+    assert m["data"]["snapshot"] == "snap-1" and m["data"]["total_samples"] == 171
+    ph = m["phases"]
+    assert ph["phase_1"]["checkpoint"].endswith("fake-model/model") and ph["phase_1"]["teacher"] == "test_vit"
+    # regional results matched to their checkpoints by teacher name (both fake iterations say EU_SW)
+    assert set(ph["phase_2"]["teachers"]) == {"EU_SW", "EU_SW#1"}
+    assert ph["phase_2"]["teachers"]["EU_SW"]["checkpoint"].endswith("/model")
+    assert ph["phase_2"]["teachers"]["EU_SW"]["gain_vs_global"] == {"EU_SW": pytest.approx(0.15)}
+    assert ph["phase_4"]["final_top1"] == 0.55 and ph["phase_4"]["criteria"] == {"top1>=0.7": False}
+    assert ph["phase_6"] == {"status": "skipped", "reason": "export not blessed: student top1 below 0.70"}
+    assert ph["phase_3"]["status"] == "skipped" and ph["phase_5"]["status"] == "skipped"
+    assert m["environment"]["training"] == {"packages": {"torch": "2.14.1"}, "gpu": "NVIDIA L4"}
+    assert m["hyperparameters"]["teacher_global_lr"] == 3e-5
