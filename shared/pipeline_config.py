@@ -111,6 +111,29 @@ def merge_checked(defaults: Any, user: Any, path: str = "") -> Any:
     return copy.deepcopy(user)
 
 
+def read_config_source(source: "str | Path | dict | None", what: str) -> Any:
+    """A config given as a YAML file path or as an already parsed mapping."""
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if not p.is_file():
+            raise ConfigError(f"{what} not found: {source}")
+        try:
+            return yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    return copy.deepcopy(source or {})
+
+
+def merge_dotted(cfg: dict, overrides: dict | None) -> dict:
+    """Apply {"section.key": value} overrides through merge_checked (so they are checked too)."""
+    for dotted, value in (overrides or {}).items():
+        node: Any = value
+        for key in reversed(str(dotted).split(".")):
+            node = {key: node}
+        cfg = merge_checked(cfg, node)
+    return cfg
+
+
 def resolve_path(value: str, root: Path = REPO_ROOT) -> str:
     if not value or "://" in value or Path(value).is_absolute():
         return value
@@ -119,15 +142,7 @@ def resolve_path(value: str, root: Path = REPO_ROOT) -> str:
 
 def load_pipeline_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     """Load and validate a pipeline config; resolve relative paths to absolute."""
-    raw: Any = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_config_source(path, "config file")
     from shared.cluster_config import load_cluster_config
 
     cfg = merge_checked(DEFAULTS, raw)

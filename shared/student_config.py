@@ -20,9 +20,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from shared.pipeline_config import ConfigError, merge_checked
+from shared.pipeline_config import ConfigError, merge_checked, merge_dotted, read_config_source
 from shared.teacher_config import TEACHER_DEFAULTS
 
 MOBILENETV2_WIDTHS = {0.5: "mobilenetv2_050", 0.75: "mobilenetv2_075", 1.0: "mobilenetv2_100",
@@ -52,23 +50,10 @@ TEACHER_ENTRY = {"path": "", "weight": 1.0, "region_filter": ""}
 
 
 def load_student_config(source: str | Path | dict | None, overrides: dict | None = None) -> dict:
-    if isinstance(source, (str, Path)):
-        p = Path(source)
-        if not p.is_file():
-            raise ConfigError(f"student config not found: {source}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from None
-    else:
-        raw = copy.deepcopy(source or {})
+    raw = read_config_source(source, "student config")
     teachers = raw.pop("teachers", None) if isinstance(raw, dict) else None
-    cfg = merge_checked({k: v for k, v in STUDENT_DEFAULTS.items() if k != "teachers"}, raw)
-    for dotted, value in (overrides or {}).items():
-        node: Any = value
-        for key in reversed(dotted.split(".")):
-            node = {key: node}
-        cfg = merge_checked(cfg, node)
+    cfg = merge_dotted(merge_checked({k: v for k, v in STUDENT_DEFAULTS.items() if k != "teachers"}, raw),
+                       overrides)
     if teachers is not None and not isinstance(teachers, list):
         raise ConfigError("teachers: expected a list of {path, weight, region_filter}")
     cfg["teachers"] = [merge_checked(TEACHER_ENTRY, t, f"teachers[{i}]") for i, t in enumerate(teachers or [])]

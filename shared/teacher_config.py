@@ -18,13 +18,10 @@ sizes the cache volume (manifests) and is checked against the cache's usage.
 `callbacks.checkpoint_dir` is replaced by the pipeline's per-run working directory."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from shared.pipeline_config import ConfigError, merge_checked
+from shared.pipeline_config import ConfigError, merge_checked, merge_dotted, read_config_source
 
 _NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -57,28 +54,9 @@ METRICS = ("top1_acc", "top5_acc", "loss")
 
 def load_teacher_config(source: str | Path | dict | None, overrides: dict | None = None) -> dict:
     """Validated teacher config (a nested dict with every key present)."""
-    if isinstance(source, (str, Path)):
-        p = Path(source)
-        if not p.is_file():
-            raise ConfigError(f"teacher config not found: {source}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from None
-    else:
-        raw = copy.deepcopy(source or {})
-    cfg = merge_checked(TEACHER_DEFAULTS, raw)
-    for dotted, value in (overrides or {}).items():
-        cfg = merge_checked(cfg, _nest(dotted, value))
+    cfg = merge_dotted(merge_checked(TEACHER_DEFAULTS, read_config_source(source, "teacher config")), overrides)
     _check_values(cfg)
     return cfg
-
-
-def _nest(dotted: str, value: Any) -> dict:
-    out: Any = value
-    for key in reversed(dotted.split(".")):
-        out = {key: out}
-    return out
 
 
 def _check_values(cfg: dict) -> None:
