@@ -1,27 +1,46 @@
 #!/usr/bin/env bash
-# Builds the converter environment (.venv-export: onnx2tf + tensorflowjs_converter) and
-# the Node side (shared/tfjs/node_modules: @tensorflow/tfjs, playwright-core), and
-# installs Debian's chromium for the browser test when it is missing and we are root.
-# Idempotent: a stamp file skips work already done. Nothing is downloaded at run time.
+# Builds what the export phase needs beside the main .venv:
+#  - .venv-export: the converters (onnx2tf, tensorflowjs_converter). TensorFlow 2.19 needs
+#    protobuf < 6 and kfp 2.17 needs >= 6.31, so they live in a venv of their own, installed
+#    in two steps as ../shared/notes/export-toolchain-constraints.txt says (pins in
+#    requirements-export.txt; onnx2tf and tensorflowjs with --no-deps: their own pins break
+#    the chain);
+#  - shared/tfjs/node_modules: @tensorflow/tfjs, the WASM backend, playwright-core (npm ci);
+#  - Debian's chromium for the browser test and benchmark, when missing and we are root.
+# Idempotent: stamp files skip what is already done (a re-run takes well under a second).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
 VENV=.venv-export
 STAMP=$VENV/.stamp
+
 if [ ! -f "$STAMP" ] || [ requirements-export.txt -nt "$STAMP" ]; then
-  python3 -m venv "$VENV"
+  echo "setup_export_env: building $VENV (TensorFlow, onnx2tf, tensorflowjs; about a minute)"
+  "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r requirements-export.txt
   "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps onnx2tf==1.29.24 tensorflowjs==4.22.0
+  "$VENV/bin/onnx2tf" -h >/dev/null && "$VENV/bin/tensorflowjs_converter" --version >/dev/null
   touch "$STAMP"
 fi
-if [ ! -f shared/tfjs/node_modules/.stamp ] || [ shared/tfjs/package.json -nt shared/tfjs/node_modules/.stamp ]; then
-  (cd shared/tfjs && npm install --no-audit --no-fund --loglevel=error)
-  touch shared/tfjs/node_modules/.stamp
+
+NM=shared/tfjs/node_modules
+if [ ! -f "$NM/.stamp" ] || [ shared/tfjs/package-lock.json -nt "$NM/.stamp" ]; then
+  if ! command -v npm >/dev/null; then
+    echo "setup_export_env: npm not found: install Node.js 20 (e.g. apt-get install nodejs npm)" >&2
+    exit 1
+  fi
+  (cd shared/tfjs && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$NM/.stamp"
 fi
+
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
-      || echo "setup_export_env: could not install chromium; the browser test will be skipped" >&2
+    echo "setup_export_env: installing Debian's chromium (browser test and benchmark)"
+    { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } \
+      || echo "setup_export_env: could not install chromium; tests/test_demo_page.py will be skipped" >&2
   else
-    echo "setup_export_env: /usr/bin/chromium missing (install Debian's chromium for the browser test)" >&2
+    echo "setup_export_env: /usr/bin/chromium missing and not root: install Debian's chromium" \
+         "(apt-get install chromium) or tests/test_demo_page.py will be skipped" >&2
   fi
 fi
+echo "setup_export_env: ready ($VENV/bin: onnx2tf, tensorflowjs_converter; $NM; /usr/bin/chromium)"

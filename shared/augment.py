@@ -30,10 +30,34 @@ def _check(section: dict, allowed: set, where: str) -> None:
             raise ValueError(f"{where}.{key}: unknown key (known: {', '.join(sorted(allowed))})")
 
 
+def _number(section: dict, key: str, where: str, default: float, lo: float, hi: float = float("inf")) -> float:
+    """section[key] as a float in [lo, hi]; the error names the key."""
+    v = section.get(key, default)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}.{key}: expected a number, got {v!r}") from None
+    if not lo <= f <= hi:
+        raise ValueError(f"{where}.{key}: {f} is outside [{lo}, {hi}]")
+    return f
+
+
 def _normalize(aug: dict, where: str) -> T.Normalize:
     norm = aug.get("normalize") or IMAGENET
     _check(norm, {"mean", "std"}, f"{where}.normalize")
-    return T.Normalize(mean=list(norm.get("mean", IMAGENET["mean"])), std=list(norm.get("std", IMAGENET["std"])))
+    mean, std = list(norm.get("mean", IMAGENET["mean"])), list(norm.get("std", IMAGENET["std"]))
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"{where}.normalize: need 3 means and 3 positive stds, got mean={mean} std={std}")
+    return T.Normalize(mean=mean, std=std)
+
+
+def _sizes(aug: dict, where: str, crop_key: str, image_size: int) -> tuple[int, int]:
+    """(resize, crop); resize scales the short side and must leave room for the crop."""
+    crop = int(_number(aug, crop_key, where, image_size, 1))
+    resize = int(_number(aug, "resize", where, _resize_for(crop), 1))
+    if resize < crop:
+        raise ValueError(f"{where}.resize: {resize} is smaller than {where}.{crop_key} {crop}")
+    return resize, crop
 
 
 def _resize_for(size: int) -> int:
@@ -43,23 +67,31 @@ def _resize_for(size: int) -> int:
 def build_train_transform(aug: dict | None, image_size: int, smart_crop: bool = False
                           ) -> Callable[[Image.Image], torch.Tensor]:
     aug = dict(aug or {})
-    _check(aug, TRAIN_KEYS, "augmentation.train")
-    crop = int(aug.get("crop", image_size))
+    where = "augmentation.train"
+    _check(aug, TRAIN_KEYS, where)
+    resize, crop = _sizes(aug, where, "crop", image_size)
+    hflip = _number(aug, "horizontal_flip", where, 0, 0, 1)
+    vflip = _number(aug, "vertical_flip", where, 0, 0, 1)
+    rotation = _number(aug, "rotation", where, 0, 0, 180)
+    blur = _number(aug, "blur", where, 0, 0, 1)
     steps: list = [SmartCrop()] if smart_crop else []
-    steps += [T.Resize(int(aug.get("resize", _resize_for(crop)))), T.RandomCrop(crop)]
-    if float(aug.get("horizontal_flip", 0)) > 0:
-        steps.append(T.RandomHorizontalFlip(float(aug["horizontal_flip"])))
-    if float(aug.get("vertical_flip", 0)) > 0:
-        steps.append(T.RandomVerticalFlip(float(aug["vertical_flip"])))
-    if float(aug.get("rotation", 0)) > 0:
-        steps.append(T.RandomRotation(float(aug["rotation"])))
+    steps += [T.Resize(resize), T.RandomCrop(crop)]
+    if hflip > 0:
+        steps.append(T.RandomHorizontalFlip(hflip))
+    if vflip > 0:
+        steps.append(T.RandomVerticalFlip(vflip))
+    if rotation > 0:
+        steps.append(T.RandomRotation(rotation))
     cj = aug.get("color_jitter")
     if cj:
-        _check(cj, JITTER_KEYS, "augmentation.train.color_jitter")
-        steps.append(T.ColorJitter(**{k: float(v) for k, v in cj.items()}))
-    if float(aug.get("blur", 0)) > 0:
+        _check(cj, JITTER_KEYS, f"{where}.color_jitter")
+        jitter = {k: _number(cj, k, f"{where}.color_jitter", 0, 0, 0.5 if k == "hue" else float("inf"))
+                  for k in cj}
+        steps.append(T.ColorJitter(**jitter))
+    if blur > 0:
         k = max(3, (crop // 32) | 1)  # odd kernel that scales with the crop
-        steps.append(T.RandomApply([T.GaussianBlur(k, sigma=(0.1, 2.0))], p=float(aug["blur"])))
+        # sigma from 0.5: below that a 'blurred' image is barely changed
+        steps.append(T.RandomApply([T.GaussianBlur(k, sigma=(0.5, 2.0))], p=blur))
     steps += [T.ToTensor(), _normalize(aug, "augmentation.train")]
     return T.Compose(steps)
 
@@ -68,9 +100,9 @@ def build_eval_transform(aug: dict | None, image_size: int, smart_crop: bool = F
                          ) -> Callable[[Image.Image], torch.Tensor]:
     aug = dict(aug or {})
     _check(aug, VAL_KEYS, "augmentation.val")
-    crop = int(aug.get("center_crop", image_size))
+    resize, crop = _sizes(aug, "augmentation.val", "center_crop", image_size)
     steps: list = [SmartCrop()] if smart_crop else []
-    steps += [T.Resize(int(aug.get("resize", _resize_for(crop)))), T.CenterCrop(crop), T.ToTensor(),
+    steps += [T.Resize(resize), T.CenterCrop(crop), T.ToTensor(),
               _normalize(aug, "augmentation.val")]
     return T.Compose(steps)
 

@@ -38,6 +38,10 @@ def ece_mce(confidences: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> t
     corr = np.asarray(correct, np.float64)
     if len(conf) == 0:
         raise ValueError("no samples to calibrate on")
+    if conf.shape != corr.shape or conf.ndim != 1:
+        raise ValueError(f"confidences {conf.shape} and correct {corr.shape} must be equal-length 1-D arrays")
+    if conf.min() < 0 or conf.max() > 1:
+        raise ValueError(f"confidences must lie in [0, 1]; got [{conf.min():.3g}, {conf.max():.3g}]")
     edges = np.linspace(0, 1, n_bins + 1)
     which = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
     bins, ece, mce = [], 0.0, 0.0
@@ -102,6 +106,9 @@ def threshold_search(confidences: np.ndarray, correct: np.ndarray, target_precis
     confidences; the curve lists accuracy and coverage at each of 101 grid points."""
     conf = np.asarray(confidences, np.float64)
     corr = np.asarray(correct, bool)
+    if conf.shape != corr.shape or conf.ndim != 1 or len(conf) == 0:
+        raise ValueError(f"threshold_search needs two equal-length, non-empty 1-D arrays; got confidences "
+                         f"{conf.shape} and correct {corr.shape}")
     order = np.argsort(-conf, kind="stable")
     c_sorted, ok_sorted = conf[order], corr[order]
     cum_ok = np.cumsum(ok_sorted)
@@ -116,9 +123,9 @@ def threshold_search(confidences: np.ndarray, correct: np.ndarray, target_precis
         if cum_ok[i] / covered >= target_precision:
             best = (float(c_sorted[i]), covered / n, float(cum_ok[i] / covered))
     curve = []
-    for t in np.linspace(0, 1, 101):
+    for t in (i / 100 for i in range(101)):  # exact grid values (linspace gives 0.7000000000000001)
         m = conf >= t
-        curve.append({"threshold": round(float(t), 2), "coverage": float(m.mean()),
+        curve.append({"threshold": t, "coverage": float(m.mean()),
                       "accuracy": float(corr[m].mean()) if m.any() else None})
     if best is None:
         return {"threshold_reached": False, "threshold": 1.0, "coverage": 0.0, "precision_at_threshold": None,
@@ -250,7 +257,8 @@ def reliability_diagram_png(bins_before: list[dict], bins_after: list[dict] | No
             if b["count"]:
                 h = (w - 2 * pad) * b["accuracy"]
                 d.rectangle([ox + pad + i * bar, w - pad - h, ox + pad + (i + 1) * bar - 1, w - pad], fill=(58, 125, 68))
-        d.text((ox + pad, 4), "before" if panel == 0 else "after", fill="black")
+        if len(panels) == 2:
+            d.text((ox + pad, 4), "before" if panel == 0 else "after", fill="black")
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()

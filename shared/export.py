@@ -8,8 +8,16 @@ incompatible protobufs): `.venv-export/bin` here (scripts/setup_export_env.sh),
 baked into the export image there; PLANTID_EXPORT_BIN points elsewhere. Nothing
 is downloaded: onnx2tf's calibration sample is written from our own images.
 
-The bundle: model.json + weight shards, labels.json, calibration.json,
-preprocessing.json, index.html (the demo page) and tf.min.js."""
+The bundle: model.json + weight shards, labels.json (index -> taxon),
+calibration.json (temperature, threshold, figures), preprocessing.json (input
+size, resize/crop, mean/std, NHWC, value range), index.html (the demo page),
+tf.min.js and the WASM backend (tf-backend-wasm.min.js + .wasm): the page needs
+no CDN.
+
+Quantization (tensorflowjs_converter weight quantization; activations stay
+float32): fp16 (default, --quantize_float16), uint8 (--quantize_uint8, affine
+8-bit weights); "int8" is accepted as an alias of uint8 since TF.js has no
+signed 8-bit weight format; "none" keeps float32."""
 from __future__ import annotations
 
 import json
@@ -32,6 +40,11 @@ WEB_DIR = REPO / "shared" / "web"
 QUANTIZATIONS = {"fp16": "--quantize_float16", "float16": "--quantize_float16", "uint8": "--quantize_uint8",
                  "int8": "--quantize_uint8", "none": None}
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+TFJS_MIN = TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs" / "dist" / "tf.min.js"
+WASM_DIST = TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs-backend-wasm" / "dist"
+WASM_FILES = ("tf-backend-wasm.min.js", "tfjs-backend-wasm.wasm", "tfjs-backend-wasm-simd.wasm",
+              "tfjs-backend-wasm-threaded-simd.wasm")
+NODE_SETUP_HINT = "run `make setup` (scripts/setup_export_env.sh: npm ci in shared/tfjs)"
 
 
 class ExportError(RuntimeError):
@@ -39,6 +52,7 @@ class ExportError(RuntimeError):
 
 
 def export_bin() -> Path:
+    """Where onnx2tf and tensorflowjs_converter live (PLANTID_EXPORT_BIN or .venv-export/bin)."""
     return Path(os.environ.get("PLANTID_EXPORT_BIN", REPO / ".venv-export" / "bin"))
 
 
@@ -65,28 +79,34 @@ def export_onnx(model: torch.nn.Module, image_size: int, path: str | os.PathLike
 
 
 def check_onnx(model: torch.nn.Module, onnx_path: str | os.PathLike, sample: np.ndarray, tol: float = 1e-3) -> float:
-    """Max abs difference between onnxruntime and PyTorch on `sample` (N x 3 x H x W)."""
+    """Max abs difference between onnxruntime and PyTorch on `sample` (N x 3 x H x W);
+    ExportError when it exceeds tol x max(1, largest |logit|)."""
     import onnxruntime as ort
 
     model = model.eval()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    worst, scale = 0.0, 1.0
     with torch.no_grad():
-        for x in sample:
+        for x in np.asarray(sample, np.float32):
             ref = model(torch.from_numpy(x[None])).numpy()
-            got = sess.run(None, {"input": x[None].astype(np.float32)})[0]
+            got = sess.run(None, {"input": x[None]})[0]
             worst = max(worst, float(np.abs(ref - got).max()))
-    scale = max(1.0, float(np.abs(ref).max()))
+            scale = max(scale, float(np.abs(ref).max()))
     if worst > tol * scale:
         raise ExportError(f"ONNX output differs from PyTorch by {worst:.3g} (tolerance {tol * scale:.3g})")
     return worst
 
 
-def onnx_to_saved_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, calib_nhwc: np.ndarray) -> None:
-    """onnx2tf in a temp working dir holding the calibration sample it would otherwise download."""
+def onnx_to_saved_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, calib_images: np.ndarray) -> None:
+    """onnx2tf (NHWC SavedModel) in a temp working dir holding the calibration sample it
+    would otherwise download: 20 x 128 x 128 x 3 RGB in [0, 1] (its own format), made
+    from `calib_images` (N x H x W x 3 in [0, 1], repeated up to 20)."""
+    calib = np.asarray(calib_images, np.float32)
+    if calib.ndim != 4 or calib.shape[-1] != 3 or len(calib) == 0:
+        raise ValueError(f"calibration images must be N x H x W x 3, got shape {calib.shape}")
     with tempfile.TemporaryDirectory() as work:
         sample = np.zeros((20, 128, 128, 3), np.float32)
-        src = torch.nn.functional.interpolate(torch.from_numpy(calib_nhwc).permute(0, 3, 1, 2), size=(128, 128),
+        src = torch.nn.functional.interpolate(torch.from_numpy(calib).permute(0, 3, 1, 2), size=(128, 128),
                                               mode="bilinear", align_corners=False).permute(0, 2, 3, 1).numpy()
         for i in range(20):
             sample[i] = src[i % len(src)]
@@ -95,42 +115,115 @@ def onnx_to_saved_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike
               "-n"], cwd=work, what="onnx2tf")
 
 
-def saved_model_to_tfjs(saved_dir: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "fp16") -> None:
+def check_quantization(quantization: str) -> str:
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"export.quantization: {quantization!r} is not one of {sorted(QUANTIZATIONS)}")
+        raise ValueError(f"export.quantization: {quantization!r} is not one of {sorted(QUANTIZATIONS)} "
+                         "(int8 = uint8 weight quantization)")
+    return quantization
+
+
+def saved_model_to_tfjs(saved_dir: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "fp16") -> None:
+    """tensorflowjs_converter: SavedModel -> TF.js graph model (model.json + shards)."""
+    check_quantization(quantization)
     cmd = [_tool("tensorflowjs_converter"), "--input_format=tf_saved_model", "--output_format=tfjs_graph_model"]
     if QUANTIZATIONS[quantization]:
         cmd.append(f"{QUANTIZATIONS[quantization]}=*")
     _run(cmd + [str(saved_dir), str(out_dir)], what="tensorflowjs_converter")
 
 
-def preprocess(ckpt: dict, paths: list[str]) -> np.ndarray:
-    """N x 3 x H x W float32: the checkpoint's own evaluation preprocessing."""
-    from PIL import Image
+def preprocess(ckpt: dict, images: list[str] | np.ndarray) -> np.ndarray:
+    """N x 3 x H x W float32 model input: image paths through the checkpoint's own evaluation
+    preprocessing, or an array that already is that (checked against the checkpoint)."""
+    from PIL import Image, UnidentifiedImageError
 
     from shared.evaluation import eval_transform_for
 
+    size = int(ckpt["image_size"])
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[1:] != (3, size, size):
+            raise ValueError(f"sample images array has shape {images.shape}; expected N x 3 x {size} x {size} "
+                             "(preprocessed model input)")
+        return images.astype(np.float32)
+    if len(images) == 0:
+        raise ValueError("no sample images given")
     tf = eval_transform_for(ckpt)
-    return np.stack([tf(Image.open(p).convert("RGB")).numpy() for p in paths]).astype(np.float32)
+    out = []
+    for p in images:
+        try:
+            with Image.open(p) as im:
+                out.append(tf(im.convert("RGB")).numpy())
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"sample image {p} cannot be read: {e}") from e
+    return np.stack(out).astype(np.float32)
+
+
+def unnormalize(ckpt: dict, x: np.ndarray) -> np.ndarray:
+    """Model input (N x 3 x H x W, normalised) back to N x H x W x 3 RGB in [0, 1]."""
+    mean = np.asarray(ckpt["mean"], np.float32)[None, :, None, None]
+    std = np.asarray(ckpt["std"], np.float32)[None, :, None, None]
+    return np.clip(x * std + mean, 0, 1).transpose(0, 2, 3, 1)
 
 
 def bundle_size_mb(bundle: str | os.PathLike) -> float:
+    """The model's download size: model.json + weight shards, in MB (10^6 bytes)."""
     b = Path(bundle)
     return sum(p.stat().st_size for p in b.iterdir() if p.suffix == ".bin" or p.name == "model.json") / 1e6
 
 
-def export_tfjs_bundle(checkpoint_path: str, out_dir: str, image_paths: list[str], quantization: str = "fp16",
-                       calibration: dict | None = None) -> dict[str, Any]:
-    """Build the whole bundle in a temp dir next to out_dir, then move it into place."""
+def bundle_calibration(calibration: dict | None, ckpt: dict) -> dict[str, Any]:
+    """calibration.json for the bundle: the calibration step's figures (bulky per-bin
+    lists left out) with the temperature and threshold the page applies; without one,
+    the values recorded in the checkpoint (1.0 and 0.0 when none)."""
+    cal = dict(calibration) if calibration else {"temperature": float(ckpt.get("temperature", 1.0)),
+                                                   "threshold": float(ckpt.get("threshold", 0.0))}
+    for key in ("bins_before", "bins_after"):
+        cal.pop(key, None)
+    t, thr = cal.get("temperature", 1.0), cal.get("threshold", 0.0)
+    if not isinstance(t, (int, float)) or not t > 0:
+        raise ValueError(f"calibration: temperature must be a number > 0, got {t!r}")
+    if not isinstance(thr, (int, float)) or not 0 <= thr <= 1:
+        raise ValueError(f"calibration: threshold must be a probability in [0, 1], got {thr!r}")
+    cal.update({"temperature": float(t), "threshold": float(thr), "label_below_threshold": "no concluyente"})
+    return cal
+
+
+def write_bundle_assets(bundle_dir: str | os.PathLike, ckpt: dict, calibration: dict | None,
+                        quantization: str) -> None:
+    """Everything beside the converted model: labels.json, calibration.json,
+    preprocessing.json, the demo page, tf.min.js and the WASM backend."""
+    d = Path(bundle_dir)
+    missing = [str(f) for f in [TFJS_MIN] + [WASM_DIST / n for n in WASM_FILES] if not f.exists()]
+    if missing:
+        raise ExportError(f"TF.js runtime files missing ({', '.join(missing)}): {NODE_SETUP_HINT}")
+    size = int(ckpt["image_size"])
+    write_json(d / "labels.json", list(ckpt["classes"]))
+    write_json(d / "calibration.json", bundle_calibration(calibration, ckpt))
+    write_json(d / "preprocessing.json", {
+        "input_size": size, "resize_short_side": int(ckpt.get("eval_resize") or round(size * 448 / 384)),
+        "crop": "center", "smart_crop_in_training": bool(ckpt.get("smart_crop", False)),
+        "layout": "NHWC", "input_shape": [1, size, size, 3], "value_range": [0, 1],
+        "mean": list(ckpt["mean"]), "std": list(ckpt["std"]), "output": "logits",
+        "apply": "softmax(logits / temperature)", "model_name": ckpt["model_name"], "quantization": quantization})
+    shutil.copyfile(WEB_DIR / "index.html", d / "index.html")
+    shutil.copyfile(TFJS_MIN, d / "tf.min.js")
+    for name in WASM_FILES:
+        shutil.copyfile(WASM_DIST / name, d / name)
+
+
+def export_tfjs_bundle(checkpoint_path: str, out_dir: str, sample_images: list[str] | np.ndarray,
+                       quantization: str = "fp16", calibration: dict | None = None) -> dict[str, Any]:
+    """The checkpoint to a complete TF.js bundle in out_dir, built in a temp dir beside it
+    and renamed into place (a failed export leaves no partial bundle). sample_images:
+    image paths or an N x 3 x H x W array of model input, used for the ONNX check and
+    onnx2tf's calibration sample. Returns sizes and checks."""
     from shared.checkpoint import build_model, load_checkpoint
 
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"export.quantization: {quantization!r} is not one of {sorted(QUANTIZATIONS)}")
-    if not image_paths:
-        raise ValueError("export needs sample images (for the ONNX check and onnx2tf's calibration sample)")
+    check_quantization(quantization)
     ckpt = load_checkpoint(checkpoint_path)
     model = build_model(ckpt)
+    sample = preprocess(ckpt, sample_images[:8])  # enough for the checks; keeps export fast
     size = int(ckpt["image_size"])
+    cal = bundle_calibration(calibration, ckpt)  # bad values fail before the slow part
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
@@ -140,76 +233,86 @@ def export_tfjs_bundle(checkpoint_path: str, out_dir: str, image_paths: list[str
         with tempfile.TemporaryDirectory() as work:
             onnx_path = Path(work) / "model.onnx"
             export_onnx(model, size, onnx_path)
-            sample = preprocess(ckpt, image_paths[:8])
             onnx_diff = check_onnx(model, onnx_path, sample)
-            onnx_to_saved_model(onnx_path, Path(work) / "saved_model", sample.transpose(0, 2, 3, 1))
+            onnx_to_saved_model(onnx_path, Path(work) / "saved_model", unnormalize(ckpt, sample))
             saved_model_to_tfjs(Path(work) / "saved_model", stage, quantization)
-        cal = calibration or {"temperature": float(ckpt.get("temperature", 1.0)),
-                              "threshold": float(ckpt.get("threshold", 0.0))}
-        write_json(stage / "labels.json", list(ckpt["classes"]))
-        write_json(stage / "calibration.json", {"temperature": float(cal.get("temperature", 1.0)),
-                                                "threshold": float(cal.get("threshold", 0.0)),
-                                                "label_below_threshold": "no concluyente",
-                                                **{k: cal[k] for k in ("ece_after", "coverage", "precision_at_threshold")
-                                                   if k in cal}})
-        write_json(stage / "preprocessing.json", {
-            "input_size": size, "resize_short_side": int(ckpt.get("eval_resize") or round(size * 448 / 384)),
-            "crop": "center", "layout": "NHWC", "input_shape": [1, size, size, 3], "value_range": [0, 1],
-            "mean": list(ckpt["mean"]), "std": list(ckpt["std"]), "output": "logits",
-            "apply": "softmax(logits / temperature)", "model_name": ckpt["model_name"], "quantization": quantization})
-        shutil.copyfile(WEB_DIR / "index.html", stage / "index.html")
-        tfjs_min = TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs" / "dist" / "tf.min.js"
-        if tfjs_min.exists():  # the page loads TF.js from the bundle: no CDN
-            shutil.copyfile(tfjs_min, stage / "tf.min.js")
+        write_bundle_assets(stage, ckpt, cal, quantization)
         if out.exists():
             shutil.rmtree(out)
         os.replace(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return {"bundle": str(out), "quantization": quantization, "model_size_mb": round(bundle_size_mb(out), 3),
-            "onnx_max_abs_diff": onnx_diff, "classes": len(ckpt["classes"]), "image_size": size,
+    size_mb = bundle_size_mb(out)
+    return {"bundle": str(out), "quantization": quantization, "model_size_mb": round(size_mb, 3),
+            "shards": len(list(out.glob("*.bin"))), "onnx_max_abs_diff": onnx_diff, "classes": len(ckpt["classes"]),
+            "image_size": size, "temperature": cal["temperature"], "threshold": cal["threshold"],
             "export_seconds": round(time.time() - t0, 1)}
 
 
-def validate_tfjs_bundle(bundle_dir: str, checkpoint_path: str, image_paths: list[str], min_corr: float = 0.995,
-                         min_agreement: float = 0.99, max_size_mb: float = 150.0, repeats: int = 20) -> dict[str, Any]:
-    """Run the bundle with the real @tensorflow/tfjs in Node on `image_paths` and compare
-    with the PyTorch model: logits correlation, top-1 agreement, size and latency."""
-    from shared.checkpoint import build_model, load_checkpoint
-
-    node_modules = TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs"
-    if not node_modules.exists():
-        raise ExportError(f"{node_modules} missing: run `make setup` (npm install in shared/tfjs)")
-    ckpt = load_checkpoint(checkpoint_path)
-    model = build_model(ckpt)
-    x = preprocess(ckpt, image_paths)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
+def run_tfjs_node(bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str = "cpu",
+                  repeats: int = 20) -> tuple[np.ndarray, dict[str, Any]]:
+    """Logits of the bundle on N x H x W x 3 inputs with @tensorflow/tfjs in Node
+    (shared/tfjs/validate.mjs), and its latency: median ms of `repeats` single-image
+    runs after warm-up. backend: cpu (pure JS) or wasm."""
+    if backend not in ("cpu", "wasm"):
+        raise ValueError(f"TF.js Node backend must be cpu or wasm, got {backend!r}")
+    if not (TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs").exists() or shutil.which("node") is None:
+        raise ExportError(f"Node or {TFJS_DIR / 'node_modules'} missing: {NODE_SETUP_HINT}")
+    nhwc = np.ascontiguousarray(nhwc, np.float32)
     with tempfile.TemporaryDirectory() as work:
-        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         nhwc.tofile(os.path.join(work, "input.bin"))
         r = subprocess.run(["node", str(TFJS_DIR / "validate.mjs"), str(Path(bundle_dir).resolve()),
                             os.path.join(work, "input.bin"), ",".join(map(str, nhwc.shape)),
-                            os.path.join(work, "out.bin"), str(repeats)],
+                            os.path.join(work, "out.bin"), str(repeats), backend],
                            capture_output=True, text=True, cwd=TFJS_DIR)
         if r.returncode != 0:
-            raise ExportError(f"TF.js validation in Node failed: {r.stderr[-3000:]}")
+            raise ExportError(f"TF.js in Node failed on {bundle_dir}: {r.stderr[-3000:]}")
         info = json.loads(r.stdout.strip().splitlines()[-1])
-        got = np.fromfile(os.path.join(work, "out.bin"), dtype=np.float32).reshape(ref.shape)
+        logits = np.fromfile(os.path.join(work, "out.bin"), dtype=np.float32).reshape(len(nhwc), -1)
+    return logits, info
+
+
+def validate_tfjs_bundle(bundle_dir: str, checkpoint_path: str, images: list[str] | np.ndarray,
+                         min_corr: float = 0.995, min_agreement: float = 0.99, max_size_mb: float = 150.0,
+                         repeats: int = 20, backend: str = "cpu") -> dict[str, Any]:
+    """Run the bundle with the real @tensorflow/tfjs in Node on `images` (paths, or an
+    N x 3 x H x W array of model input) and compare with the PyTorch model: logits
+    correlation (> min_corr), top-1 agreement (>= min_agreement), max abs difference,
+    size (<= max_size_mb; under 20 MB reported for the student), Node latency, and
+    that labels.json / preprocessing.json match the checkpoint. `passed` + `reasons`."""
+    from shared.checkpoint import build_model, load_checkpoint
+
+    bundle = Path(bundle_dir)
+    for name in ("model.json", "labels.json", "preprocessing.json", "calibration.json"):
+        if not (bundle / name).exists():
+            raise ExportError(f"{bundle} is not a complete TF.js bundle: {name} missing")
+    ckpt = load_checkpoint(checkpoint_path)
+    model = build_model(ckpt)
+    x = preprocess(ckpt, images)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got, info = run_tfjs_node(bundle, x.transpose(0, 2, 3, 1), backend, repeats)
+    if got.shape != ref.shape:
+        raise ExportError(f"TF.js logits have shape {got.shape}, PyTorch {ref.shape}: the bundle is not this model")
     corr = float(np.corrcoef(ref.ravel(), got.ravel())[0, 1])
     agree = float((ref.argmax(1) == got.argmax(1)).mean())
-    size = bundle_size_mb(bundle_dir)
+    size = bundle_size_mb(bundle)
     reasons = []
-    if corr <= min_corr:
+    if not corr > min_corr:
         reasons.append(f"logits correlation {corr:.5f} <= {min_corr}")
     if agree < min_agreement:
         reasons.append(f"top-1 agreement {agree:.3f} < {min_agreement}")
     if size > max_size_mb:
         reasons.append(f"model size {size:.1f} MB > {max_size_mb} MB")
-    return {"passed": not reasons, "reasons": reasons, "images": len(image_paths), "logits_correlation": corr,
+    if json.loads((bundle / "labels.json").read_text()) != list(ckpt["classes"]):
+        reasons.append("labels.json does not match the checkpoint's class list")
+    if json.loads((bundle / "preprocessing.json").read_text()).get("input_size") != int(ckpt["image_size"]):
+        reasons.append("preprocessing.json input_size does not match the checkpoint's image_size")
+    return {"passed": not reasons, "reasons": reasons, "images": len(x), "logits_correlation": corr,
             "top1_agreement": agree, "max_abs_diff": float(np.abs(ref - got).max()), "model_size_mb": size,
-            "node_backend": info["backend"], "node_latency_ms_median": info["median_ms"],
+            "student_under_20mb": size < 20.0, "node_backend": info["backend"],
+            "node_latency_ms_median": info["median_ms"], "node_latency_repeats": repeats,
             "pytorch_top1": [ckpt["classes"][i] for i in ref.argmax(1)]}
 
 
@@ -229,6 +332,9 @@ def sample_image_paths(records: list[dict], cache_dir: str, n: int) -> list[str]
 
 def run_export(checkpoint_path: str, calibration_json: str, test_records: list[dict], cache_dir: str,
                out_dir: str, quantization: str, n_images: int = 16) -> dict[str, Any]:
+    """The export step: the bundle from a checkpoint, its calibration.json and test images."""
+    if not Path(calibration_json).is_file():
+        raise FileNotFoundError(f"calibration file not found: {calibration_json}")
     cal = json.loads(Path(calibration_json).read_text())
     return export_tfjs_bundle(checkpoint_path, out_dir, sample_image_paths(test_records, cache_dir, n_images),
                               quantization, cal)

@@ -56,7 +56,14 @@ class CachedImageDataset(Dataset):
 
 def class_balanced_sample_weights(records: list[dict], classes: list[str] | None = None) -> np.ndarray:
     """Per-sample weights 1/count(class), for a WeightedRandomSampler (the plan's
-    mitigation for extreme class imbalance)."""
+    mitigation for extreme class imbalance): every class is drawn equally often.
+    With `classes`, samples whose taxon the model does not know get weight 0.
+    Normalised to mean 1 over the samples kept."""
+    known = set(classes) if classes is not None else None
     counts = Counter(r["taxon"] for r in records)
-    w = np.array([1.0 / counts[r["taxon"]] for r in records], dtype=np.float64)
-    return w / w.sum() * len(w) if len(w) else w
+    w = np.array([0.0 if known is not None and r["taxon"] not in known else 1.0 / counts[r["taxon"]]
+                  for r in records], dtype=np.float64)
+    if len(w) and w.sum() == 0:
+        raise ValueError(f"class_balanced_sample_weights: none of the {len(records)} records has a taxon "
+                         f"among the {len(known or ())} classes")
+    return w / w.sum() * np.count_nonzero(w) if len(w) else w

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 _WORK = 64  # saliency is computed on a small copy: cheap and smooth enough
+_FLAT = 0.5 / 255  # variation below half a grey level is no structure
 
 
 def _box_blur(a: np.ndarray, k: int) -> np.ndarray:
@@ -22,7 +23,8 @@ def _box_blur(a: np.ndarray, k: int) -> np.ndarray:
 
 
 def saliency_map(img: Image.Image) -> np.ndarray:
-    """A saliency map in [0, 1] at a working size of about 64 px on the long side."""
+    """A saliency map in [0, 1] at a working size of about 64 px on the long side
+    (shape (h, w) of that small copy); all zeros for a flat image."""
     w, h = img.size
     scale = _WORK / max(w, h)
     small = img.convert("RGB").resize((max(8, round(w * scale)), max(8, round(h * scale))), Image.BILINEAR)
@@ -34,8 +36,10 @@ def saliency_map(img: Image.Image) -> np.ndarray:
     sr = np.abs(np.fft.ifft2(np.exp(residual + 1j * np.angle(f)))) ** 2
     sr = _box_blur(sr, 5)
     colour = np.linalg.norm(_box_blur_rgb(rgb, 3) - rgb.reshape(-1, 3).mean(0), axis=2)
-    sal = _norm(sr) + _norm(colour)
-    return _norm(_box_blur(sal, 5))
+    # On a (near) flat image both terms are rounding noise; normalising would blow it up to [0, 1].
+    sr_term = _norm(sr) if gray.std() > _FLAT else np.zeros_like(sr)
+    colour_term = _norm(colour) if np.ptp(colour) > _FLAT else np.zeros_like(colour)
+    return _norm(_box_blur(sr_term + colour_term, 5))
 
 
 def _box_blur_rgb(rgb: np.ndarray, k: int) -> np.ndarray:
@@ -69,6 +73,8 @@ def smart_crop(img: Image.Image, crop_fraction: float = 0.8, min_gain: float = 1
 def smart_crop_box(img: Image.Image, crop_fraction: float = 0.8,
                    min_gain: float = 1.05) -> tuple[int, int, int, int]:
     """The (left, top, right, bottom) box that smart_crop takes."""
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"smart_crop: crop_fraction must be in (0, 1], got {crop_fraction}")
     w, h = img.size
     side = max(1, int(round(min(w, h) * crop_fraction)))
     sal = saliency_map(img)
@@ -89,6 +95,8 @@ class SmartCrop:
     """torchvision-style transform wrapper."""
 
     def __init__(self, crop_fraction: float = 0.8):
+        if not 0.0 < crop_fraction <= 1.0:
+            raise ValueError(f"SmartCrop: crop_fraction must be in (0, 1], got {crop_fraction}")
         self.crop_fraction = crop_fraction
 
     def __call__(self, img: Image.Image) -> Image.Image:

@@ -6,6 +6,7 @@ N x C array: at the plan's 850k x 9,000 that would be 30 GB of float32."""
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -33,11 +34,18 @@ class TeacherLogits:
             a = getattr(self, field_name)
             if a.ndim != 2 or a.shape[0] != n:
                 raise ValueError(f"teacher logits: {field_name} has shape {a.shape}, expected ({n}, k)")
+        if self.indices.shape != self.values.shape:
+            raise ValueError(f"teacher logits: indices {self.indices.shape} and values {self.values.shape} differ")
         for field_name in ("logsumexp", "confidences", "labels"):
             if getattr(self, field_name).shape != (n,):
                 raise ValueError(f"teacher logits: {field_name} has shape {getattr(self, field_name).shape}")
         if n and (self.indices.min() < 0 or self.indices.max() >= len(self.classes)):
             raise ValueError("teacher logits: class index out of range of the class list")
+        unsorted = (np.diff(self.values.astype(np.float32), axis=1) > 0).any(axis=1) if n else []
+        if np.any(unsorted):
+            row = int(np.flatnonzero(unsorted)[0])
+            raise ValueError(f"teacher logits: values of sample {self.image_ids[row]} are not sorted "
+                             "in descending order")
 
     @property
     def k(self) -> int:
@@ -52,13 +60,18 @@ class TeacherLogits:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TeacherLogits":
-        z = load_npz(path, "teacher logits")
+        try:
+            z = load_npz(path, "teacher logits")
+        except zipfile.BadZipFile as e:  # a damaged file whose checksum was rewritten, or none recorded
+            raise ValueError(f"teacher logits {path} is not readable: {e}") from e
         try:
             return cls(image_ids=z["image_ids"], indices=z["indices"], values=z["values"],
                        logsumexp=z["logsumexp"], confidences=z["confidences"], labels=z["labels"],
                        classes=[str(c) for c in z["classes"]], name=str(z["name"]), regions=str(z["regions"]))
         except KeyError as e:
             raise ValueError(f"teacher logits {path} lack the array {e}") from None
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 def sparsify(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -91,6 +104,14 @@ def compute_teacher_logits(model: torch.nn.Module, loader: Iterable, image_ids: 
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=amp):
             out = model(x.to(device))
         i = np.asarray(idx)
+        if out.ndim != 2 or out.shape[1] != len(classes):
+            raise ValueError(f"teacher logits: the model gives {tuple(out.shape)} outputs for "
+                             f"{len(classes)} classes")
+        if len(i) and (i.min() < 0 or i.max() >= n):
+            raise ValueError(f"teacher logits: the loader gave sample index {int(i.max())} for {n} image_ids")
+        finite = torch.isfinite(out).all(dim=1).cpu().numpy()
+        if not finite.all():
+            raise ValueError(f"teacher logits: non-finite logits for image {image_ids[int(i[~finite][0])]}")
         indices[i], values[i], lse[i], conf[i] = sparsify(out.cpu(), k)
         labels[i] = np.asarray(y)
         seen[i] = True
@@ -105,6 +126,8 @@ def topk_probs(tl: TeacherLogits, temperature: float = 1.0) -> tuple[np.ndarray,
     classes, via logsumexp; they sum to <= 1). At T != 1 only the top-k logits
     are known, so this is softmax(top-k / T) renormalised over the kept classes:
     an approximation that ignores the tail (small for k=32 on peaked teachers)."""
+    if not temperature > 0:
+        raise ValueError(f"topk_probs: temperature must be > 0, got {temperature}")
     v = tl.values.astype(np.float32)
     if temperature == 1.0:
         return tl.indices, np.exp(v - tl.logsumexp[:, None])

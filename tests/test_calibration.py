@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from shared.calibration import (calibrate, ece_mce, fit_temperature, nll, reliability_diagram_png, report_html,
-                                softmax, threshold_search)
+from shared.calibration import (apply_temperature, calibrate, ece_mce, fit_temperature, nll,
+                                reliability_diagram_html, reliability_diagram_png, report_html, softmax,
+                                threshold_search)
 
 
 def test_ece_mce_hand_computed():
@@ -17,6 +18,13 @@ def test_ece_mce_hand_computed():
     assert [b["count"] for b in bins] == [2, 3]
     ece, mce, _ = ece_mce(np.array([0.95, 0.95]), np.array([1, 1]), 15)
     assert ece == pytest.approx(0.05) and mce == pytest.approx(0.05)
+    # 15 bins: 0.2 is the right edge of bin 2 ((2/15, 3/15]); 0.21 falls in bin 3
+    _, _, bins = ece_mce(np.array([0.2, 0.21]), np.array([0, 1]), 15)
+    assert bins[2]["count"] == 1 and bins[3]["count"] == 1 and bins[3]["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="equal-length"):
+        ece_mce(np.array([0.5, 0.6]), np.array([1]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ece_mce(np.array([1.5]), np.array([1]))
 
 
 def _overconfident(n=4000, c=10, seed=0):
@@ -32,11 +40,30 @@ def test_temperature_scaling_lowers_nll_and_ece():
     t = fit_temperature(logits, labels)
     assert t > 2.0  # it undoes most of the x4 scaling
     assert nll(logits, labels, t) < nll(logits, labels) - 0.3
+    # the fitted T is the NLL minimum: nearby temperatures do no better
+    assert nll(logits, labels, t) <= min(nll(logits, labels, t * 0.9), nll(logits, labels, t * 1.1))
+    np.testing.assert_allclose(apply_temperature(logits[:3], t), softmax(logits[:3] / t), rtol=1e-9)
     cal = calibrate(logits, labels, *_overconfident(seed=1))
-    assert cal["temperature_applied"] and cal["ece_before"] > 0.1 and cal["ece_after"] < cal["ece_before"] / 2
-    assert cal["test_ece_after"] < cal["test_ece_before"]
+    assert cal["applied"] and cal["ece_before"] > 0.1 and cal["ece_after"] < cal["ece_before"] / 2
+    assert cal["test_ece_after"] < cal["test_ece_before"] and cal["temperature"] == pytest.approx(t, rel=1e-3)
     well = calibrate(logits / t, labels)
-    assert not well["temperature_applied"] and well["temperature"] == 1.0
+    assert not well["applied"] and well["temperature"] == 1.0
+    # the rule's ECE limit is configurable: with 0.9 nothing is applied even on the over-confident model
+    assert not calibrate(logits, labels, ece_threshold=0.9)["applied"]
+
+
+def test_calibrate_ignores_unknown_labels_and_rejects_bad_shapes():
+    logits, labels = _overconfident(600)
+    labels = labels.copy()
+    labels[:100] = -1  # a class the student lacks
+    cal = calibrate(logits, labels)
+    assert cal["val_samples"] == 500
+    with pytest.raises(ValueError, match="val labels have shape"):
+        calibrate(logits, labels[:10])
+    with pytest.raises(ValueError, match="out of range for 10 classes"):
+        calibrate(logits, np.full(600, 12))
+    with pytest.raises(ValueError, match="nothing to calibrate"):
+        calibrate(logits, np.full(600, -1))
 
 
 def test_threshold_search_constructed_case():
@@ -47,9 +74,15 @@ def test_threshold_search_constructed_case():
     assert r["precision_at_threshold"] == 1.0
     r = threshold_search(conf, correct, 0.8)  # 6 of 7 down to 0.5 is 85.7%
     assert r["threshold"] == 0.5 and r["coverage"] == pytest.approx(7 / 8)
+    assert len(r["curve"]) == 101
+    at_07 = next(c for c in r["curve"] if c["threshold"] == 0.7)
+    assert at_07["coverage"] == pytest.approx(5 / 8) and at_07["accuracy"] == 1.0
+    # ties: both 0.6 samples are covered together (one wrong): 0.6 gives 5/7 < 0.95
+    tied = threshold_search(np.array([0.9, 0.6, 0.6]), np.array([1, 1, 0], bool), 0.95)
+    assert tied["threshold"] == 0.9 and tied["coverage"] == pytest.approx(1 / 3)
     none = threshold_search(np.array([0.9, 0.8]), np.array([0, 0], bool), 0.95)
     assert not none["threshold_reached"] and "no confidence threshold reaches 95%" in none["message"]
-    assert len(r["curve"]) == 101
+    assert none["threshold"] == 1.0 and none["coverage"] == 0.0
 
 
 def test_reports_render():
@@ -57,6 +90,15 @@ def test_reports_render():
     cal = calibrate(logits, labels)
     page = report_html(cal)
     assert page.count("<svg") == 2 and "threshold" in page
-    assert reliability_diagram_png(cal["bins_before"], cal["bins_after"])[:4] == b"\x89PNG"
-    p = softmax(np.array([[1.0, 2.0, 3.0]]), 2.0)
-    assert p.sum() == pytest.approx(1.0)
+    one = reliability_diagram_html(cal["bins_before"], "val")
+    assert one.startswith("<!doctype html>") and one.count("<svg") == 1
+    assert f"ECE {cal['ece_before']:.3f}" in one  # recomputed from the bins: the same figure
+    two = reliability_diagram_html(cal["bins_before"], "val", cal["bins_after"], cal["temperature"])
+    assert two.count("<svg") == 2 and f"ECE {cal['ece_after']:.3f}" in two
+    from io import BytesIO
+
+    from PIL import Image
+
+    png = reliability_diagram_png(cal["bins_before"], cal["bins_after"])
+    assert png[:4] == b"\x89PNG" and Image.open(BytesIO(png)).size == (520, 260)
+    assert Image.open(BytesIO(reliability_diagram_png(cal["bins_before"]))).size == (260, 260)

@@ -1,18 +1,23 @@
-// node validate.mjs BUNDLE_DIR INPUT.bin N,H,W,C OUTPUT.bin [REPEATS]
+// node validate.mjs BUNDLE_DIR INPUT.bin N,H,W,C OUTPUT.bin [REPEATS] [BACKEND]
 // Runs the bundle on float32 NHWC inputs (already preprocessed) with the real TF.js
-// runtime, writes the logits as float32, prints {"backend", "median_ms"} as JSON.
+// runtime (BACKEND: cpu = pure JS, the default; wasm = @tensorflow/tfjs-backend-wasm),
+// writes the logits as float32, prints {"backend", "median_ms", "warmup", "repeats"} as JSON.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { loadBundle, tf } from './load_bundle.mjs';
 
-const [dir, inputPath, shapeText, outputPath, repeatsText] = process.argv.slice(2);
+const [dir, inputPath, shapeText, outputPath, repeatsText, backendName] = process.argv.slice(2);
 const shape = shapeText.split(',').map(Number);
 const repeats = Number(repeatsText || 20);
-await tf.setBackend('cpu');
+const backend = backendName || 'cpu';
+if (backend === 'wasm') await import('@tensorflow/tfjs-backend-wasm');
+if (!(await tf.setBackend(backend))) throw new Error(`TF.js backend ${backend} could not be initialised`);
+await tf.ready();
 const model = await loadBundle(dir);
 const buf = readFileSync(inputPath);
 const data = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
 const [n, h, w, c] = shape;
 const per = h * w * c;
+if (data.length !== n * per) throw new Error(`input has ${data.length} floats, expected ${n}x${h}x${w}x${c}`);
 const out = [];
 for (let i = 0; i < n; i++) {
   const x = tf.tensor4d(data.slice(i * per, (i + 1) * per), [1, h, w, c]);
@@ -22,7 +27,8 @@ for (let i = 0; i < n; i++) {
 }
 writeFileSync(outputPath, Buffer.from(new Float32Array(out).buffer));
 const x = tf.tensor4d(data.slice(0, per), [1, h, w, c]);
-for (let i = 0; i < 3; i++) tf.dispose(model.predict(x));  // warm-up
+const warmup = 3;
+for (let i = 0; i < warmup; i++) { const y = model.predict(x); await y.data(); tf.dispose(y); }
 const times = [];
 for (let i = 0; i < repeats; i++) {
   const t0 = performance.now();
@@ -32,4 +38,4 @@ for (let i = 0; i < repeats; i++) {
   tf.dispose(y);
 }
 times.sort((a, b) => a - b);
-console.log(JSON.stringify({ backend: tf.getBackend(), median_ms: times[Math.floor(times.length / 2)] }));
+console.log(JSON.stringify({ backend: tf.getBackend(), median_ms: times[Math.floor(times.length / 2)], warmup, repeats }));

@@ -1,0 +1,103 @@
+"""The bundle's demo page in headless Chromium (Debian's chromium driven by playwright-core):
+served over localhost, a photo loaded through the file input, the page must show PyTorch's
+top-1 with the temperature-calibrated probability, and "no concluyente" below the threshold."""
+import json
+import shutil
+import subprocess
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shared.checkpoint import build_model, load_checkpoint, save_checkpoint
+from shared.export import TFJS_DIR, export_bin, export_tfjs_bundle, preprocess
+from shared.sample_data import render_species_image
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium missing (scripts/setup_export_env.sh "
+                                                     "installs Debian's chromium when run as root)"),
+    pytest.mark.skipif(not (TFJS_DIR / "node_modules" / "playwright-core").exists(),
+                       reason="shared/tfjs/node_modules missing (scripts/setup_export_env.sh runs npm ci)"),
+    pytest.mark.skipif(not (export_bin() / "onnx2tf").exists(),
+                       reason="converter environment missing (scripts/setup_export_env.sh)"),
+]
+CLASSES = [f"Species {i}" for i in range(6)]
+TEMPERATURE = 1.5
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A bundle (threshold 0.3) and a copy with threshold 0.99, served over localhost."""
+    import timm
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("demo")
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=len(CLASSES))
+    save_checkpoint(d / "student.pt", model, model_name="test_efficientnet", classes=CLASSES, image_size=32,
+                    eval_resize=36)
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(8):  # already at the resize size: the page only centre-crops, like PyTorch
+        p = d / f"photo{i}.png"
+        render_species_image(i % 6, rng, (36, 36)).save(p)
+        paths.append(str(p))
+    root = d / "www"
+    export_tfjs_bundle(str(d / "student.pt"), str(root / "low"), paths, "fp16",
+                       {"temperature": TEMPERATURE, "threshold": 0.3})
+    shutil.copytree(root / "low", root / "high")
+    cal = json.loads((root / "high" / "calibration.json").read_text())
+    (root / "high" / "calibration.json").write_text(json.dumps({**cal, "threshold": 0.99}))
+    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    ck = load_checkpoint(d / "student.pt")
+    with torch.no_grad():
+        logits = build_model(ck)(torch.from_numpy(preprocess(ck, paths))).numpy().astype(np.float64)
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", paths, logits
+    httpd.shutdown()
+
+
+def _page(url: str, images: list[str]) -> list[dict]:
+    r = subprocess.run(["node", "page_check.mjs", url, *images], cwd=TFJS_DIR, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _calibrated(logits: np.ndarray) -> np.ndarray:
+    z = logits / TEMPERATURE
+    p = np.exp(z - z.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("backend", ["wasm", "cpu"])
+def test_page_shows_pytorch_top1_with_calibrated_probability(site, backend):
+    base, paths, logits = site
+    probs = _calibrated(logits)
+    picks = [0, 3, 5]
+    results = _page(f"{base}/low/index.html?backend={backend}", [paths[i] for i in picks])
+    for i, page in zip(picks, results):
+        assert page["state"] == "done" and not page["errors"], page
+        assert page["backend"] == backend
+        assert page["top1"] == CLASSES[int(logits[i].argmax())], (page, logits[i])
+        assert page["probability"] == pytest.approx(probs[i].max(), abs=0.01)  # softmax(logits / T)
+        assert page["top5"] == [CLASSES[j] for j in np.argsort(-probs[i])[:5]]
+        assert page["conclusive"] == (probs[i].max() >= 0.3)
+        assert page["label"] == (page["top1"] if page["conclusive"] else "no concluyente")
+
+
+def test_page_says_no_concluyente_below_threshold(site):
+    base, paths, logits = site
+    assert _calibrated(logits).max() < 0.99  # a random 6-class head is never that sure
+    [page] = _page(f"{base}/high/index.html", [paths[1]])
+    assert page["state"] == "done" and not page["errors"], page
+    assert not page["conclusive"] and page["label"] == "no concluyente"
+    assert page["text"].lower().startswith("no concluyente")
+    assert page["top1"] == CLASSES[int(logits[1].argmax())]  # still named as the best candidate
