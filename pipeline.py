@@ -99,6 +99,7 @@ def build_pipeline(cfg: dict):
         train_ce_control: bool = cfg["student"]["train_ce_control"],
         ece_threshold: float = cfg["calibration"]["ece_threshold"],
         target_precision: float = cfg["calibration"]["target_precision"],
+        calibration_objective: str = cfg["calibration"]["objective"],
         gate_min_val_top1: float = cfg["export"]["gates"]["min_val_top1"],
         gate_max_ece: float = cfg["export"]["gates"]["max_ece"],
         quantization: str = cfg["export"]["quantization"],
@@ -169,6 +170,7 @@ def build_pipeline(cfg: dict):
         # Phase 5: calibration and the export gate.
         cal = c["calibrate"](model=st.outputs["model"], val=sp.outputs["val"], test=sp.outputs["test"],
                              cache_dir=cache_dir, ece_threshold=ece_threshold, target_precision=target_precision,
+                             calibration_objective=calibration_objective,
                              min_val_top1=gate_min_val_top1, max_ece=gate_max_ece)
         cal.set_display_name("calibrate + quality gate (5)")
         # Phase 6: only a blessed student is exported (TFX-style: blessed, then pushed).

@@ -10,7 +10,8 @@ from components.images import TRAIN_IMAGE
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def calibrate(model: Input[Model], val: Input[Dataset], test: Input[Dataset], cache_dir: str,
-              ece_threshold: float, target_precision: float, min_val_top1: float, max_ece: float,
+              ece_threshold: float, target_precision: float, calibration_objective: str,
+              min_val_top1: float, max_ece: float,
               calibrated: Output[Model], calibration: Output[Artifact], reliability: Output[HTML],
               reliability_png: Output[Artifact], metrics: Output[Metrics]
               ) -> NamedTuple("Outputs", [("blessed", bool), ("reason", str)]):
@@ -22,7 +23,7 @@ def calibrate(model: Input[Model], val: Input[Dataset], test: Input[Dataset], ca
     from shared.records import load_jsonl
 
     cal = run_calibrate(model.path, load_jsonl(val.path), load_jsonl(test.path), cache_dir, calibrated.path,
-                        calibration.path, ece_threshold, target_precision)
+                        calibration.path, ece_threshold, target_precision, calibration_objective)
     write_text(reliability.path, report_html(cal))
     write_bytes(reliability_png.path, reliability_diagram_png(cal["bins_before"], cal["bins_after"]))
     blessed, reason = export_gate(cal, min_val_top1, max_ece)

@@ -17,9 +17,10 @@ def combine_soft_labels(global_logits: Input[Artifact], regional_logits: Input[L
 
     teachers = [(a.path, float(a.metadata.get("weight", 1.0))) for a in [global_logits, *regional_logits]]
     m = run_combine(teachers, load_jsonl(train.path), student_config, soft_labels.path, top_k)
-    soft_labels.metadata.update({"classes": m["classes"], "samples": m["samples"], "weights": m["weights"]})
+    soft_labels.metadata.update({"classes": m["classes"], "samples": m["samples"], "weights": m["weights"],
+                                 "temperature": m["temperature"]})
     for key in ("samples", "classes", "mean_entropy", "teacher_agreement", "max_row_sum_error",
-                "bytes_per_sample"):
+                "bytes_per_sample", "temperature"):
         metrics.log_metric(key, m[key])
     for name, n in m["coverage"].items():
         metrics.log_metric(f"coverage_{name}", n)

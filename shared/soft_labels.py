@@ -162,4 +162,5 @@ def run_combine(teacher_paths: list[tuple[str, float]], train_records: list[dict
     sl.save(out_path)
     m = soft_label_metrics(sl, specs, regions)
     m["weights"] = {(s.logits.name or f"teacher{i}"): s.weight for i, s in enumerate(specs)}
+    m["temperature"] = float(cfg["distillation"]["temperature"])
     return m

@@ -106,6 +106,11 @@ def _get(d: Any, dotted: str) -> Any:
     return d
 
 
+def _count(v: Any) -> Any:
+    """A count read back from KFP metadata (where it may come as 348.0) as an int."""
+    return int(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer() else v
+
+
 def _first(d: Any, *paths: str) -> Any:
     for p in paths:
         v = _get(d, p)
@@ -307,8 +312,8 @@ def build_training_manifest(*, config: dict, phase_results: dict, data_stats: di
     alpha = _first(scfg, "model.alpha")
     if p3 is None:
         p3 = {"status": "completed",
-              "samples": sl.get("samples", sl.get("n_samples")),
-              "classes": sl.get("classes", sl.get("n_classes")),
+              "samples": _count(sl.get("samples", sl.get("n_samples"))),
+              "classes": _count(sl.get("classes", sl.get("n_classes"))),
               "temperature": _num(sl, "temperature"),
               "teacher_weights": sl.get("teacher_weights") or sl.get("weights"),
               "uri": sl.get("uri")}

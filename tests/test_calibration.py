@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shared.calibration import (apply_temperature, calibrate, ece_mce, fit_temperature, nll,
+from shared.calibration import (apply_temperature, calibrate, ece_mce, fit_temperature, fit_temperature_ece, nll,
                                 reliability_diagram_html, reliability_diagram_png, report_html, softmax,
                                 threshold_search)
 
@@ -43,9 +43,13 @@ def test_temperature_scaling_lowers_nll_and_ece():
     # the fitted T is the NLL minimum: nearby temperatures do no better
     assert nll(logits, labels, t) <= min(nll(logits, labels, t * 0.9), nll(logits, labels, t * 1.1))
     np.testing.assert_allclose(apply_temperature(logits[:3], t), softmax(logits[:3] / t), rtol=1e-9)
-    cal = calibrate(logits, labels, *_overconfident(seed=1))
+    cal = calibrate(logits, labels, *_overconfident(seed=1), objective="nll")
     assert cal["applied"] and cal["ece_before"] > 0.1 and cal["ece_after"] < cal["ece_before"] / 2
     assert cal["test_ece_after"] < cal["test_ece_before"] and cal["temperature"] == pytest.approx(t, rel=1e-3)
+    # the plan's objective (the default): the ECE-minimising temperature, close to the NLL one here
+    by_ece = calibrate(logits, labels, *_overconfident(seed=1))
+    assert by_ece["objective"] == "ece" and by_ece["ece_after"] <= cal["ece_after"] + 1e-12
+    assert by_ece["temperature"] == pytest.approx(t, rel=0.25) and by_ece["test_ece_after"] < cal["test_ece_before"] / 2
     well = calibrate(logits / t, labels)
     assert not well["applied"] and well["temperature"] == 1.0
     # the rule's ECE limit is configurable: with 0.9 nothing is applied even on the over-confident model
@@ -102,3 +106,23 @@ def test_reports_render():
     png = reliability_diagram_png(cal["bins_before"], cal["bins_after"])
     assert png[:4] == b"\x89PNG" and Image.open(BytesIO(png)).size == (520, 260)
     assert Image.open(BytesIO(reliability_diagram_png(cal["bins_before"]))).size == (260, 260)
+
+
+def test_ece_objective_never_raises_ece_and_finds_the_grid_minimum():
+    # A small, noisy val set: the NLL-optimal temperature can raise ECE; the ECE objective cannot.
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, (60, 8))
+    labels = np.where(rng.random(60) < 0.5, logits.argmax(1), rng.integers(0, 8, 60))
+    p = softmax(logits)
+    ece1 = ece_mce(p.max(1), p.argmax(1) == labels)[0]
+    t = fit_temperature_ece(logits, labels)
+    q = softmax(logits, t)
+    ece_t = ece_mce(q.max(1), q.argmax(1) == labels)[0]
+    assert ece_t <= ece1
+    for other in np.geomspace(0.05, 20, 97):  # no temperature on a finer independent grid does clearly better
+        r = softmax(logits, other)
+        assert ece_mce(r.max(1), r.argmax(1) == labels)[0] >= ece_t - 0.02
+    cal = calibrate(logits, labels, ece_threshold=0.0)
+    assert cal["applied"] and cal["temperature"] == pytest.approx(t) and cal["ece_after"] <= cal["ece_before"]
+    with pytest.raises(ValueError, match="calibration.objective"):
+        calibrate(logits, labels, objective="brier")
