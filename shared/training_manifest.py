@@ -93,7 +93,7 @@ def _num(d: dict | None, *keys: str) -> float | None:
 
 def _count(v: Any) -> Any:
     """A count that crossed KFP's JSON (where 10 arrives as 10.0) back to an int."""
-    if isinstance(v, float) and v.is_integer():
+    if isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer():  # numpy scalars too
         return int(v)
     return v
 
@@ -104,11 +104,6 @@ def _get(d: Any, dotted: str) -> Any:
             return None
         d = d[part]
     return d
-
-
-def _count(v: Any) -> Any:
-    """A count read back from KFP metadata (where it may come as 348.0) as an int."""
-    return int(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer() else v
 
 
 def _first(d: Any, *paths: str) -> Any:
@@ -334,7 +329,7 @@ def build_training_manifest(*, config: dict, phase_results: dict, data_stats: di
         for key, path in (("distillation_epochs", "training.distillation_epochs"),
                           ("finetuning_epochs", "training.finetune_epochs")):
             if p4[key] is None:
-                p4[key] = _get(scfg, path)
+                p4[key] = _count(_get(scfg, path))
         p4["criteria"] = {f"top1>={crit['student_min_top1']}":
                           _check(p4["final_top1"], ">=", crit["student_min_top1"])}
     phases["phase_4"] = p4
