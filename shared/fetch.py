@@ -68,9 +68,25 @@ def check_address(host: str, url: str, allow_private: bool) -> None:
         raise FetchError("dns_error", url, str(e)) from None
     for info in infos:
         ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        if (ip.is_loopback or ip.is_link_local or ip.is_private or ip.is_reserved
-                or ip.is_multicast or ip.is_unspecified):
+        if not is_public_address(ip):
             raise FetchError("blocked_address", url, f"{host} resolves to {ip}")
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True only for globally routable unicast addresses. Not just private ranges:
+    shared/CGNAT space (100.64/10 holds some clouds' metadata services), and IPv6
+    forms that carry an IPv4 address (mapped, 6to4, Teredo, NAT64) are judged by the
+    address they carry, so ::ffff:127.0.0.1 or 64:ff9b::a9fe:a9fe are refused too."""
+    if ip.is_multicast or not ip.is_global:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        carried = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None,
+                   ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None]
+        return all(is_public_address(v4) for v4 in carried if v4 is not None)
+    return True
 
 
 class _HostGate:
@@ -237,6 +253,12 @@ class Fetcher:
                     if declared and declared.isdigit() and int(declared) > p.max_bytes:
                         raise FetchError("too_large", url, f"{declared} bytes > {p.max_bytes}")
                     chunks, size = [], 0
+                    # A read blocks until its chunk is full: a server dripping a byte a second
+                    # never trips the per-read timeout, so a watchdog cuts the socket at the
+                    # image's deadline.
+                    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (r,))
+                    watchdog.daemon = True
+                    watchdog.start()
                     try:
                         for chunk in r.iter_content(65536):
                             size += len(chunk)
@@ -245,13 +267,34 @@ class Fetcher:
                             if time.monotonic() > deadline:
                                 raise FetchError("timeout", url, "time budget per image exhausted")
                             chunks.append(chunk)
-                    except requests.RequestException as e:
+                    except (requests.RequestException, OSError, ValueError, AttributeError) as e:
+                        # a cut socket surfaces as any of these, depending on where the read was
+                        if time.monotonic() >= deadline:
+                            raise FetchError("timeout", url, "time budget per image exhausted") from None
                         raise FetchError("timeout" if "timed out" in str(e).lower() else "connection_error",
                                          url, type(e).__name__) from None
+                    finally:
+                        watchdog.cancel()
                     return b"".join(chunks)
                 finally:
                     r.close()
         raise FetchError("too_many_redirects", url, f"> {p.max_redirects}")
+
+
+def _cut(response: requests.Response) -> None:
+    """Shut the response's socket down so that a read blocked on it returns at once."""
+    # urllib3 hands the socket to http.client's response once headers are read; there
+    # is no public handle to it, so look where either library keeps it.
+    for path in (("connection", "sock"), ("_fp", "fp", "raw", "_sock")):
+        obj: Any = response.raw
+        for attr in path:
+            obj = getattr(obj, attr, None)
+        if isinstance(obj, socket.socket):
+            try:
+                obj.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
 
 
 def fetch_policy_summary(policy: FetchPolicy) -> dict[str, Any]:
