@@ -119,9 +119,14 @@ def read_config_source(source: "str | Path | dict | None", what: str) -> Any:
         if not p.is_file():
             raise ConfigError(f"{what} not found: {source}")
         try:
-            return yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a {what} must be a mapping of sections, got {type(data).__name__}")
+        return data
     return copy.deepcopy(source or {})
 
 
@@ -161,11 +166,21 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     cfg["cluster"] = load_cluster_config(cfg["cluster"])  # again: cluster.* overrides are checked too
     for section, key in PATH_KEYS:
         cfg[section][key] = resolve_path(cfg[section][key])
-    for t in cfg["teachers"]["regional"]:
+    for i, t in enumerate(cfg["teachers"]["regional"]):
+        if not isinstance(t, dict):
+            raise ConfigError(f"teachers.regional[{i}]: expected a mapping with name and regions, got {t!r}")
         unknown = set(t) - {"name", "regions", "config", "weight", "overrides"}
         if unknown or not {"name", "regions"} <= set(t):
-            raise ConfigError(f"teachers.regional: each entry needs name and regions, optional "
-                              f"config/weight/overrides; got keys {sorted(t)}")
+            raise ConfigError(f"teachers.regional[{i}]: each entry needs name and regions, optional "
+                              f"config/weight/overrides; got keys {sorted(map(str, t))}")
+        for key in ("name", "regions", "config"):
+            if key in t and not (isinstance(t[key], str) and t[key].strip()):
+                raise ConfigError(f"teachers.regional[{i}].{key}: expected non-empty text, got {t[key]!r}")
+        if "weight" in t and (isinstance(t["weight"], bool) or not isinstance(t["weight"], (int, float))
+                              or not t["weight"] > 0):
+            raise ConfigError(f"teachers.regional[{i}].weight: expected a number > 0, got {t['weight']!r}")
+        if not isinstance(t.get("overrides", {}), dict):
+            raise ConfigError(f"teachers.regional[{i}].overrides: expected a mapping, got {t['overrides']!r}")
         if "config" in t:
             t["config"] = resolve_path(t["config"])
     if cfg["calibration"]["objective"] not in ("ece", "nll"):
