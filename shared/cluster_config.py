@@ -210,6 +210,13 @@ def load_cluster_config(section: dict | None) -> dict:
             kind.pop("shm_size")
     if cfg["kinds"]["gpu"]["accelerator_type"] == "":
         raise _error("cluster.kinds.gpu.accelerator_type: must name the GPU resource, e.g. nvidia.com/gpu")
+    sec = cfg["security"]
+    # Least privilege is not a setting: the images' USER is non-root and so must the pods be.
+    if not sec["run_as_non_root"]:
+        raise _error("cluster.security.run_as_non_root: must stay true (the pipeline's pods never run as root)")
+    for key in ("run_as_user", "run_as_group"):
+        if sec[key] < 1:
+            raise _error(f"cluster.security.{key}: must be a non-root id (>= 1), got {sec[key]}")
     for key in ("gpus_per_teacher", "gpus_per_student"):
         if cfg[key] < 1:
             raise _error(f"cluster.{key}: must be >= 1, got {cfg[key]}")
