@@ -96,7 +96,9 @@ def parse_record(raw: Any) -> Record:
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield (line_number, parsed JSON) for every non-blank line; a line that is not
     JSON yields (line_number, JSONDecodeError) so callers can reject it by line."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    # newline="\n": JSONL lines end at \n only, so line numbers match what editors show
+    # even when a record carries a stray \r (CRLF files still parse: \r is JSON whitespace).
+    with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -21,7 +21,10 @@ from shared.student_config import load_student_config
 from shared.teacher_config import load_teacher_config
 
 TRIED: Counter = Counter()
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: CI sees the same examples every run (a new find must not turn an unrelated change red);
+# set derandomize=False locally to explore beyond them.
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 REQUIRED = ("image_id", "image_url", "taxon", "region", "license")
 
 
@@ -115,7 +118,7 @@ def _check_config_outcome(which, cfg, key_hint=None):
         assert msg and len(msg) < 2000
         if key_hint:
             last = key_hint.split(".")[-1]
-            assert last in msg or key_hint in msg or "config" in msg.lower(), (key_hint, msg)
+            assert last in msg or key_hint in msg, (key_hint, msg)
         return "rejected"
     return "accepted"
 
