@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -115,5 +116,5 @@ def load_npz(path: str | os.PathLike, what: str) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # BadZipFile: truncated, no checksum
         raise ValueError(f"{what} {path} is not readable: {e}") from e

@@ -161,6 +161,12 @@ def _check_tolerations(tols: Any, where: str) -> None:
         unknown = set(t) - TOLERATION_KEYS
         if unknown:
             raise _error(f"{where}[{i}]: unknown key(s) {sorted(unknown)}; known: {sorted(TOLERATION_KEYS)}")
+        for key in ("key", "value"):
+            if key in t and t[key] is not None and not isinstance(t[key], str):
+                raise _error(f"{where}[{i}].{key}: expected text, got {t[key]!r}")
+        secs = t.get("toleration_seconds")
+        if secs is not None and (isinstance(secs, bool) or not isinstance(secs, int) or secs < 0):
+            raise _error(f"{where}[{i}].toleration_seconds: expected whole seconds >= 0, got {secs!r}")
         if t.get("operator", "Equal") not in ("Equal", "Exists"):
             raise _error(f"{where}[{i}].operator: must be Equal or Exists, got {t['operator']!r}")
         if t.get("effect") not in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"):
@@ -202,8 +208,9 @@ def load_cluster_config(section: dict | None) -> dict:
         # A node selector or toleration list given by the user replaces the default one.
         for key in _FREE_FORM:
             kind[key] = copy.deepcopy(given[key] if key in given else CLUSTER_DEFAULTS["kinds"][name][key])
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in kind["node_selector"].items()):
-            raise _error(f"{where}.node_selector: keys and values must be text")
+        if not isinstance(kind["node_selector"], dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in kind["node_selector"].items()):
+            raise _error(f"{where}.node_selector: expected a mapping whose keys and values are text")
         _check_tolerations(kind["tolerations"], f"{where}.tolerations")
         _check_resources(kind, where)
         if name == "cpu" and kind.get("shm_size") == "":
@@ -220,6 +227,9 @@ def load_cluster_config(section: dict | None) -> dict:
     for key in ("gpus_per_teacher", "gpus_per_student"):
         if cfg[key] < 1:
             raise _error(f"cluster.{key}: must be >= 1, got {cfg[key]}")
+    for key in ("steps", "caching"):
+        if not isinstance(cfg[key], dict):
+            raise _error(f"cluster.{key}: expected a mapping of step names, got {cfg[key]!r}")
     for step, over in cfg["steps"].items():
         where = f"cluster.steps.{step}"
         _known_step(step, where)
@@ -252,6 +262,8 @@ def load_cluster_config(section: dict | None) -> dict:
     if gcs["enabled"] and cfg["gcp_service_account"]:
         raise _error("cluster.secrets.gcs_credentials.enabled: a key file and Workload Identity "
                      "(cluster.gcp_service_account) exclude each other; turn one off")
+    if not all(isinstance(s, str) and _DNS_SUBDOMAIN.match(s) for s in cfg["image_pull_secrets"]):
+        raise _error(f"cluster.image_pull_secrets: expected Secret names, got {cfg['image_pull_secrets']!r}")
     if cfg["image_pull_policy"] not in ("Always", "IfNotPresent", "Never"):
         raise _error(f"cluster.image_pull_policy: must be Always, IfNotPresent or Never, "
                      f"got {cfg['image_pull_policy']!r}")
@@ -259,7 +271,7 @@ def load_cluster_config(section: dict | None) -> dict:
 
 
 def _known_step(step: str, where: str) -> None:
-    if step not in STEPS:
+    if not isinstance(step, str) or step not in STEPS:
         raise _error(f"{where}: unknown step {step!r}; steps: {sorted(STEPS)}")
 
 

@@ -55,6 +55,12 @@ class FetchPolicy:
         for k in ("allowed_schemes", "content_types"):
             if k in d:
                 d[k] = tuple(d[k])
+        for f in fields(cls):  # KFP passes dict parameters as JSON: a byte cap of 64 arrives as 64.0
+            v = d.get(f.name)
+            if isinstance(f.default, int) and not isinstance(f.default, bool) and isinstance(v, float):
+                if not v.is_integer():
+                    raise ValueError(f"cache.fetch.{f.name}: expected a whole number, got {v!r}")
+                d[f.name] = int(v)
         return cls(**d)
 
 
@@ -163,8 +169,14 @@ class Fetcher:
         size = os.path.getsize(path)
         if size > self.policy.max_bytes:
             raise FetchError("too_large", url, f"{size} bytes > {self.policy.max_bytes}")
-        with open(path, "rb") as f:
-            return f.read()
+        try:  # bounded read: a file that grows, or a /proc file that claims 0 bytes
+            with open(path, "rb") as f:
+                data = f.read(self.policy.max_bytes + 1)
+        except OSError as e:  # unreadable: this record's failure, not the cache's
+            raise FetchError("not_readable", url, e.strerror or type(e).__name__) from None
+        if len(data) > self.policy.max_bytes:
+            raise FetchError("too_large", url, f"> {self.policy.max_bytes} bytes")
+        return data
 
     def _fetch_gcs(self, url: str, parsed) -> bytes:
         from google.cloud import storage  # lazy: only gs:// catalogues need it

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,10 @@ def merge_checked(defaults: Any, user: Any, path: str = "") -> Any:
                 user = type(defaults)(user)
             except (TypeError, ValueError):
                 raise ConfigError(f"{path}: expected a number, got {user!r}") from None
+        # NaN compares false with everything (a NaN threshold silently turns its check off);
+        # an int too big for a float would overflow deep inside
+        if (isinstance(user, float) and not math.isfinite(user)) or abs(user) > 1e300:
+            raise ConfigError(f"{path}: expected a finite number, got {user!r}")
         if isinstance(defaults, float):
             return float(user)
         if isinstance(user, float):  # KFP passes dict parameters as JSON: 10 arrives as 10.0
@@ -112,6 +117,23 @@ def merge_checked(defaults: Any, user: Any, path: str = "") -> Any:
     return copy.deepcopy(user)
 
 
+MAX_CONFIG_VALUES = 100_000
+
+
+def _expanded_size(obj: Any, limit: int = MAX_CONFIG_VALUES) -> int:
+    """How many values `obj` holds with every YAML alias expanded (counting stops past `limit`,
+    so a self-referencing anchor or a billion-laughs file is cut short)."""
+    n, stack = 0, [obj]
+    while stack and n <= limit:
+        o = stack.pop()
+        n += 1
+        if isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+    return n
+
+
 def read_config_source(source: "str | Path | dict | None", what: str) -> Any:
     """A config given as a YAML file path or as an already parsed mapping."""
     if isinstance(source, (str, Path)):
@@ -124,6 +146,11 @@ def read_config_source(source: "str | Path | dict | None", what: str) -> Any:
             raise ConfigError(f"{source}: not valid YAML: {e}") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except (ValueError, RecursionError) as e:  # a 5000-digit number; nesting too deep to parse
+            raise ConfigError(f"{source}: not usable YAML: {type(e).__name__}: {str(e)[:120]}") from None
+        if _expanded_size(data) > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{source}: more than {MAX_CONFIG_VALUES} values once YAML aliases are "
+                              "expanded (recursive or exponential anchors)")
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: a {what} must be a mapping of sections, got {type(data).__name__}")
         return data

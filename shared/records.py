@@ -55,6 +55,10 @@ def _text(raw: dict, name: str, required: bool) -> str | None:
         raise RecordError("missing_field", name)
     if "\x00" in v or len(v) > 4096:
         raise RecordError("malformed_field", name, "control characters or too long")
+    try:  # a JSON escape like "\\ud800" decodes to a lone surrogate, which no UTF-8 file can hold
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordError("malformed_field", name, "not valid Unicode (lone surrogate)") from None
     return v or None
 
 
@@ -103,9 +107,12 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield n, json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
-                yield n, e
+                obj = e
+            except (ValueError, RecursionError) as e:  # a 5000-digit number; nesting too deep to parse
+                obj = json.JSONDecodeError(f"{type(e).__name__}: {str(e)[:120]}", line[:80], 0)
+            yield n, obj
 
 
 def load_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -65,7 +65,32 @@ def load_student_config(source: str | Path | dict | None, overrides: dict | None
         raise ConfigError("finetune.augmentation: must be aggressive or standard")
     if cfg["distillation"]["temperature"] <= 0:
         raise ConfigError("distillation.temperature: must be positive")
+    _check_values(cfg)
     return cfg
+
+
+def _check_values(cfg: dict) -> None:
+    """Ranges the trainer relies on: out of them a run would crash late or train wrongly."""
+    t, f, m, w = cfg["training"], cfg["finetune"], cfg["model"], cfg["distillation"]["loss_weights"]
+    for where, v, lo, hi in (("training.learning_rate", t["learning_rate"], 0, 1),
+                             ("finetune.learning_rate", f["learning_rate"], 0, 1),
+                             ("finetune.label_smoothing", f["label_smoothing"], 0, 0.99),
+                             ("model.dropout_rate", m["dropout_rate"], 0, 0.99)):
+        if not lo <= v <= hi:
+            raise ConfigError(f"{where}: {v} is outside [{lo}, {hi}]")
+    at_least = [(f"training.{k}", t[k], 1) for k in ("batch_size", "grad_accum_steps", "early_stopping_patience")]
+    at_least += [(f"model.{k}", m[k], 1) for k in ("image_size", "num_classes")]
+    at_least += [(f"training.{k}", t[k], 0) for k in ("distillation_epochs", "finetune_epochs", "warmup_epochs",
+                                                       "num_workers", "weight_decay", "gradient_clip")]
+    at_least += [(f"distillation.loss_weights.{k}", w[k], 0) for k in ("kl_divergence", "cross_entropy")]
+    at_least += [(f"teachers[{i}].weight", e["weight"], 0) for i, e in enumerate(cfg["teachers"])]
+    for where, v, least in at_least:
+        if v < least:
+            raise ConfigError(f"{where}: must be at least {least}, got {v}")
+    if t["distillation_epochs"] + t["finetune_epochs"] < 1:
+        raise ConfigError("training.epochs: no epoch to train (distillation_epochs + finetune_epochs is 0)")
+    if w["kl_divergence"] + w["cross_entropy"] <= 0:
+        raise ConfigError("distillation.loss_weights: kl_divergence and cross_entropy are both 0")
 
 
 def timm_model_name(model: dict) -> str:

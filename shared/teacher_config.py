@@ -78,3 +78,10 @@ def _check_values(cfg: dict) -> None:
                      ("data.image_size", cfg["data"]["image_size"])):
         if int(v) < 1:
             raise ConfigError(f"{where}: must be at least 1, got {v}")
+    non_negative = [(f"training.{k}", t[k]) for k in ("min_lr", "weight_decay", "gradient_clip", "warmup_epochs",
+                                                      "max_steps_per_epoch")]
+    non_negative += [(f"regularization.{k}", r[k]) for k in ("mixup_alpha", "cutmix_alpha")]
+    non_negative.append(("data.num_workers", cfg["data"]["num_workers"]))
+    for where, v in non_negative:
+        if v < 0:
+            raise ConfigError(f"{where}: must be at least 0, got {v}")

@@ -131,7 +131,9 @@ def test_student_killed_mid_distillation_resumes_to_the_same_steps(cached_splits
     ref = json.loads((tmp_path / "full.result.json").read_text())
     out = tmp_path / "killed"
     p = _student(cached_splits, tmp_path, out)
-    ckpt = out / "distillation" / "last_checkpoint.pt.sha256"
+    # history.json is written after the epoch's checkpoint and its .sha256: waiting for the
+    # .sha256 alone lets the kill land before history.json exists (seen on 2 cores)
+    ckpt = out / "distillation" / "history.json"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.02)
