@@ -193,12 +193,25 @@ class Fetcher:
         bucket, blob_name = parsed.netloc, parsed.path.lstrip("/")
         if not bucket or not blob_name:
             raise FetchError("bad_url", url, "expected gs://bucket/object")
-        blob = self._gcs.bucket(bucket).get_blob(blob_name)
-        if blob is None:
-            raise FetchError("not_found", url)
-        if blob.size and blob.size > self.policy.max_bytes:
-            raise FetchError("too_large", url, f"{blob.size} bytes > {self.policy.max_bytes}")
-        return blob.download_as_bytes()
+        from google.api_core import exceptions as gexc
+
+        try:  # the client retries transient errors itself (its default retry policy)
+            blob = self._gcs.bucket(bucket).get_blob(blob_name)
+            if blob is None:
+                raise FetchError("not_found", url)
+            if blob.size and blob.size > self.policy.max_bytes:
+                raise FetchError("too_large", url, f"{blob.size} bytes > {self.policy.max_bytes}")
+            # ranged read: an object replaced by a bigger one after get_blob is still cut at the cap
+            data = blob.download_as_bytes(start=0, end=self.policy.max_bytes)
+        except gexc.GoogleAPICallError as e:  # one object's failure, not the run's
+            code = getattr(e, "code", None)
+            raise FetchError("not_found" if code == 404 else f"http_{code}" if code else "gcs_error",
+                             url, str(e)[:200]) from None
+        except (ConnectionError, TimeoutError, gexc.RetryError) as e:
+            raise FetchError("connection_error", url, str(e)[:200]) from None
+        if len(data) > self.policy.max_bytes:
+            raise FetchError("too_large", url, f"> {self.policy.max_bytes} bytes")
+        return data
 
     def _fetch_http(self, url: str) -> bytes:
         p = self.policy

@@ -111,3 +111,56 @@ def test_retry_after_parsing():
     assert parse_retry_after("999", 30) == 30.0
     assert parse_retry_after(None, 30) == 1.0
     assert 0.0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 30) <= 30
+
+
+class _FakeBlob:
+    def __init__(self, data: bytes, size=None):
+        self.data, self.size = data, len(data) if size is None else size
+
+    def download_as_bytes(self, start=0, end=None):
+        return self.data[start:None if end is None else end + 1]  # GCS ranges are inclusive
+
+
+class _FakeGCS:
+    """google.cloud.storage.Client over a dict {bucket: {name: blob or exception}}."""
+
+    def __init__(self, objects):
+        self.objects = objects
+
+    def bucket(self, name):
+        client = self
+
+        class _Bucket:
+            def get_blob(self, blob_name):
+                got = client.objects.get(name, {}).get(blob_name)
+                if isinstance(got, Exception):
+                    raise got
+                return got
+        return _Bucket()
+
+
+def test_gcs_objects_fetched_capped_and_failures_named(monkeypatch):
+    from google.api_core import exceptions as gexc
+    from google.cloud import storage
+
+    img = jpeg_bytes(200, 150, seed=2)
+    fake = _FakeGCS({"plants": {"a.jpg": _FakeBlob(img), "big.jpg": _FakeBlob(b"x" * (len(img) + 1)),
+                                "lying.jpg": _FakeBlob(b"x" * 100, size=10),
+                                "denied.jpg": gexc.Forbidden("no access to plants/denied.jpg"),
+                                "busy.jpg": gexc.ServiceUnavailable("try later")}})
+    monkeypatch.setattr(storage, "Client", lambda *a, **k: fake)
+    f = Fetcher(FetchPolicy(max_bytes=len(img)))
+    assert f.fetch("gs://plants/a.jpg") == img
+    reasons = {}
+    for name in ("missing.jpg", "big.jpg", "denied.jpg", "busy.jpg"):
+        with pytest.raises(FetchError) as e:
+            f.fetch(f"gs://plants/{name}")
+        reasons[name] = e.value.reason
+    assert reasons == {"missing.jpg": "not_found", "big.jpg": "too_large", "denied.jpg": "http_403",
+                       "busy.jpg": "http_503"}
+    small = Fetcher(FetchPolicy(max_bytes=50))
+    small._gcs = fake
+    with pytest.raises(FetchError, match="too_large"):  # metadata said 10 bytes: the ranged read still cuts
+        small.fetch("gs://plants/lying.jpg")
+    with pytest.raises(FetchError, match="bad_url"):
+        f.fetch("gs://plants")
