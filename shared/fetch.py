@@ -3,8 +3,8 @@ concurrency cap and rate limit, retries with backoff on 5xx/timeouts, 429
 Retry-After honoured; gs:// through google-cloud-storage; file:// and local
 paths only when the policy allows them (local runs). Catalogue URLs are
 untrusted: loopback, link-local (cloud metadata) and private addresses are
-refused unless allowed, checked on the resolved address and after every
-redirect; downloads are capped in size, time and content type."""
+refused unless allowed, checked on the resolved address, again on the address
+the socket actually connected to (DNS rebinding), and after every redirect; downloads are capped in size, time and content type."""
 from __future__ import annotations
 
 import email.utils
@@ -18,6 +18,9 @@ from typing import Any, Callable
 from urllib.parse import urljoin, urlparse
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 
 class FetchError(Exception):
@@ -95,6 +98,48 @@ def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
     return True
 
 
+class BlockedPeer(Exception):
+    """The socket connected to a non-public address (raised before any byte is sent)."""
+
+
+class _PeerCheck:
+    """Connection mixin: once TCP is connected, and before the request (or the TLS hello)
+    is sent, the address actually connected to must be public. `check_address` resolves
+    the name separately from the connect, so a DNS answer that changes in between
+    (rebinding) would otherwise reach an internal address."""
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        if self.proxy is None:  # through a proxy the peer is the proxy; check_address judged the target
+            peer = ipaddress.ip_address(sock.getpeername()[0].split("%")[0])
+            if not is_public_address(peer):
+                sock.close()
+                raise BlockedPeer(f"{self.host} connected to {peer}")
+        return sock
+
+
+class _CheckedHTTPConnection(_PeerCheck, HTTPConnection):
+    pass
+
+
+class _CheckedHTTPSConnection(_PeerCheck, HTTPSConnection):
+    pass
+
+
+class _CheckedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _CheckedHTTPConnection
+
+
+class _CheckedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _CheckedHTTPSConnection
+
+
+class _PeerCheckedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _CheckedHTTPPool, "https": _CheckedHTTPSPool}
+
+
 class _HostGate:
     """Per-host concurrency cap and minimum interval between request starts."""
 
@@ -140,6 +185,9 @@ class Fetcher:
         self._gates: dict[str, _HostGate] = {}
         self._lock = threading.Lock()
         self._session = requests.Session()
+        if not self.policy.allow_private_networks:
+            for prefix in ("http://", "https://"):
+                self._session.mount(prefix, _PeerCheckedAdapter())
         self._gcs = None
         self.stats = {"requests": 0, "retries": 0}
 
@@ -253,6 +301,8 @@ class Fetcher:
                 try:
                     r = self._session.get(current, stream=True, allow_redirects=False,
                                           timeout=(p.timeout_s, p.timeout_s))
+                except BlockedPeer as e:
+                    raise FetchError("blocked_address", url, str(e)) from None
                 except requests.Timeout:
                     raise FetchError("timeout", url) from None
                 except requests.RequestException as e:

@@ -1,4 +1,5 @@
 import pytest
+import requests
 
 from shared.fetch import FetchError, Fetcher, FetchPolicy, parse_retry_after
 from tests.image_server import ImageServer, jpeg_bytes
@@ -70,6 +71,8 @@ def test_redirect_target_is_checked_after_each_hop(server, monkeypatch):
             real(host, url, allow_private)
 
     monkeypatch.setattr(fetch, "check_address", first_hop_public)
+    # the server is on loopback: the connect-time peer check would stop the first hop itself
+    monkeypatch.setattr(fetch, "_PeerCheckedAdapter", requests.adapters.HTTPAdapter)
     f = Fetcher(FetchPolicy(**{**LOCAL, "allow_private_networks": False}))
     with pytest.raises(FetchError) as e:
         f.fetch(f"{server.base}/redirect-loopback")

@@ -186,3 +186,35 @@ def test_cache_names_come_from_content_hashes_only(tmp_path):
     # a tampered index entry cannot point outside the cache either
     with pytest.raises(ValueError, match="escapes the cache"):
         resolve(cache, {**entry, "cache_path": "../../etc/passwd"})
+
+
+def test_dns_rebinding_is_caught_at_connect_before_a_byte_is_sent(monkeypatch):
+    """The name check passes (DNS said public), then the connect lands on loopback: the
+    socket's peer address is judged before the request goes out, so the server sees nothing."""
+    import shared.fetch as fetch
+
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(fetch, "check_address", lambda host, url, allow_private: None)  # first answer: public
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/internal-admin"
+        with pytest.raises(FetchError) as e:
+            Fetcher(FetchPolicy(retries=0)).fetch(url)
+        assert e.value.reason == "blocked_address" and "connected to 127.0.0.1" in str(e.value)
+        assert hits == []
+        # the same fetch with private networks allowed (local runs) does connect
+        assert Fetcher(FetchPolicy(retries=0, allow_private_networks=True)).fetch(url) == b""
+        assert hits == ["/internal-admin"]
+    finally:
+        httpd.shutdown()
