@@ -69,7 +69,8 @@ def build_pipeline(cfg: dict):
     from shared.student_config import load_student_config
 
     student_cfg = load_student_config(cfg["student"]["config"], cfg["student"]["overrides"])
-    gpus_default = int(cfg["cluster"].get("gpus_per_teacher", 1)) if isinstance(cfg["cluster"], dict) else 1
+    cl = cfg["cluster"] if isinstance(cfg["cluster"], dict) else {}
+    gpus_default, student_gpus_default = int(cl.get("gpus_per_teacher", 1)), int(cl.get("gpus_per_student", 1))
 
     @dsl.pipeline(name=cfg["pipeline"]["name"], description=cfg["pipeline"]["description"])
     def plantid_pipeline(
@@ -96,6 +97,7 @@ def build_pipeline(cfg: dict):
         checkpoint_dir: str = t["checkpoint_dir"],
         gpus_per_teacher: int = gpus_default,
         student_config: dict = student_cfg,
+        gpus_per_student: int = student_gpus_default,
         train_ce_control: bool = cfg["student"]["train_ce_control"],
         ece_threshold: float = cfg["calibration"]["ece_threshold"],
         target_precision: float = cfg["calibration"]["target_precision"],
@@ -164,7 +166,8 @@ def build_pipeline(cfg: dict):
         # Phase 4: the student.
         st = c["train_student"](train=sp.outputs["train"], val=sp.outputs["val"], soft_labels=sl.outputs["soft_labels"],
                                 cache_dir=cache_dir, student_config=student_config, checkpoint_dir=checkpoint_dir,
-                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, train_ce_control=train_ce_control)
+                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, train_ce_control=train_ce_control,
+                                gpus=gpus_per_student)
         st.set_display_name("train student: distillation + fine-tuning (4)")
 
         # Phase 5: calibration and the export gate.
@@ -204,7 +207,8 @@ def build_pipeline(cfg: dict):
 
         # Kubernetes settings of every task (resources, GPUs, node pools, PVC, secrets,
         # caching, retries); the pod's GPU count follows the torchrun process count.
-        apply_platform_to_pipeline(cfg["cluster"], accelerator_limits={"train_teacher": gpus_per_teacher})
+        apply_platform_to_pipeline(cfg["cluster"], accelerator_limits={"train_teacher": gpus_per_teacher,
+                                                                       "train_student": gpus_per_student})
 
     return plantid_pipeline
 

@@ -8,19 +8,19 @@ from components.images import TRAIN_IMAGE
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def train_student(train: Input[Dataset], val: Input[Dataset], soft_labels: Input[Artifact], cache_dir: str,
-                  student_config: dict, checkpoint_dir: str, run_id: str, train_ce_control: bool,
+                  student_config: dict, checkpoint_dir: str, run_id: str, train_ce_control: bool, gpus: int,
                   model: Output[Model], metrics: Output[Metrics], summary: Output[Artifact]):
-    """Two-stage student; resumes from its checkpoints when the pod is retried."""
+    """Two-stage student; resumes from its checkpoints when the pod is retried; torchrun
+    DDP when the pod has several GPUs."""
     import shutil
 
     from shared.atomic import write_json
-    from shared.records import load_jsonl
-    from shared.student_training import train_student as run
+    from shared.student_training import run_student_job
     from shared.teacher_job import work_dir
 
-    tr, va = load_jsonl(train.path), load_jsonl(val.path)
     wd = work_dir(checkpoint_dir, run_id, "student")
-    r = run(student_config, tr, va, cache_dir, str(wd / "distilled"), soft_labels.path)
+    r = run_student_job(student_config, train.path, val.path, cache_dir, str(wd / "distilled"), soft_labels.path,
+                        gpus)
     shutil.copyfile(r["final_checkpoint"], model.path)
     shutil.copyfile(r["final_checkpoint"] + ".sha256", model.path + ".sha256")
     out = {"distilled": r}
@@ -33,7 +33,8 @@ def train_student(train: Input[Dataset], val: Input[Dataset], soft_labels: Input
         from shared.soft_labels import SoftLabels
 
         classes = SoftLabels.load(soft_labels.path).classes  # same output units as the distilled one
-        c = run(student_config, tr, va, cache_dir, str(wd / "ce_control"), None, classes=classes)
+        c = run_student_job(student_config, train.path, val.path, cache_dir, str(wd / "ce_control"), None, gpus,
+                            classes=list(classes))
         out["ce_control"] = c
         metrics.log_metric("ce_control_val_top1", c["val_top1"])
         metrics.log_metric("distillation_gain_top1", r["val_top1"] - c["val_top1"])

@@ -7,6 +7,8 @@ checkpoint. With no soft labels the same two stages run on CE alone: the
 control that shows what distillation adds."""
 from __future__ import annotations
 
+import argparse
+import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +22,9 @@ from shared.image_dataset import CachedImageDataset, class_list
 from shared.soft_labels import SoftLabels
 from shared.student_config import load_student_config, timm_model_name
 from shared.teacher_training import create_model
-from shared.trainer import TrainSettings, fit, seed_everything
+from shared.atomic import write_json
+from shared.records import load_jsonl
+from shared.trainer import TrainSettings, distributed_env, fit, launch, seed_everything
 
 
 def model_size(model: torch.nn.Module) -> dict[str, float]:
@@ -49,6 +53,8 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
     """Both stages; returns per-stage metrics, size and the final checkpoint path."""
     cfg = load_student_config(config)
     out = Path(out_dir)
+    main_proc = distributed_env()[0] == 0
+    log = log if main_proc else (lambda *_: None)
     soft = SoftLabels.load(soft_labels_path) if soft_labels_path else None
     classes = list(soft.classes) if soft else (classes or class_list(train_records))
     if cfg["model"]["num_classes"] != len(classes):
@@ -104,10 +110,48 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
     # when it adds points (on small data aggressive augmentation can cost some).
     chosen = max(stages, key=lambda st: (result[st]["val_top1"], stages.index(st)))
     src = out / chosen / "best_model.pt"
-    shutil.copyfile(src, out / "best_model.pt")
-    shutil.copyfile(str(src) + ".sha256", str(out / "best_model.pt") + ".sha256")
+    if main_proc:  # under torchrun every rank holds the same weights; one copy is shipped
+        shutil.copyfile(src, out / "best_model.pt")
+        shutil.copyfile(str(src) + ".sha256", str(out / "best_model.pt") + ".sha256")
     best = result[chosen]
     result.update({"final_checkpoint": str(out / "best_model.pt"), "final_stage": chosen,
                    "val_top1": best["val_top1"], "val_top5": best["val_top5"], "val_loss": best["val_loss"],
                    "train_top1": best["train_top1"]})
     return result
+
+
+def run_student_job(config: dict, train_path: str, val_path: str, cache_dir: str, out_dir: str,
+                    soft_labels_path: str | None, gpus: int = 1, classes: list[str] | None = None) -> dict[str, Any]:
+    """The student as the pipeline runs it: in this process on one device, torchrun DDP
+    (one process per GPU) on several; returns train_student's summary either way."""
+    if int(gpus) <= 1:
+        return train_student(config, load_jsonl(train_path), load_jsonl(val_path), cache_dir, out_dir,
+                             soft_labels_path, classes=classes)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "job.json", {"config": config, "soft_labels": soft_labels_path, "classes": classes})
+    launch(["--job-json", str(out / "job.json"), "--train-jsonl", train_path, "--val-jsonl", val_path,
+            "--cache-dir", cache_dir, "--out-dir", out_dir, "--summary-json", str(out / "summary.json")],
+           nproc=int(gpus), module="shared.student_training")
+    return json.loads((out / "summary.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description="train the student (launched in-process or by torchrun)")
+    ap.add_argument("--job-json", required=True, help="{config: {...}, soft_labels: path|null, classes: [...]|null}")
+    ap.add_argument("--train-jsonl", required=True)
+    ap.add_argument("--val-jsonl", required=True)
+    ap.add_argument("--cache-dir", required=True)
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--summary-json")
+    a = ap.parse_args(argv)
+    job = json.loads(Path(a.job_json).read_text())
+    summary = train_student(job["config"], load_jsonl(a.train_jsonl), load_jsonl(a.val_jsonl), a.cache_dir,
+                            a.out_dir, job.get("soft_labels"), classes=job.get("classes"))
+    if a.summary_json and distributed_env()[0] == 0:
+        write_json(a.summary_json, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -353,6 +353,8 @@ def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, se
     result.best_metric = best
     if main_proc and not (out / BEST).exists() and s.save_best is False:
         save_checkpoint(out / BEST, model, metrics=result.history[-1] if result.history else {}, **checkpoint_meta)
+    if world > 1:  # every rank sees the best checkpoint before the caller reads it (the next stage loads it)
+        dist.barrier()
     if writer:
         writer.close()
     return result

@@ -82,28 +82,12 @@ def test_cache_killed_half_way_resumes_without_refetching(tmp_path):
 
 STUDENT_SCRIPT = """
 import json, sys
-import numpy as np
 from shared.records import load_jsonl
-from shared.soft_labels import TeacherSpec, combine_soft_labels
 from shared.student_training import train_student
-from shared.teacher_logits import TeacherLogits
+from tests.test_student_training import noisy_teacher_soft_labels
 
 train, val = load_jsonl(sys.argv[1]), load_jsonl(sys.argv[2])
-classes = sorted({r["taxon"] for r in train})
-rng = np.random.default_rng(0)
-logits = rng.normal(0, 1, (len(train), len(classes))).astype(np.float32)
-labels = np.array([classes.index(r["taxon"]) for r in train])
-logits[np.arange(len(train)), labels] += 3.0   # a teacher that knows the labels, noisily
-idx = np.argsort(-logits, axis=1)[:, :8]
-vals = np.take_along_axis(logits, idx, 1)
-lse = np.log(np.exp(logits).sum(1))
-tl = TeacherLogits(image_ids=np.array([r["image_id"] for r in train]), indices=idx.astype(np.int32),
-                   values=vals.astype(np.float16), logsumexp=lse.astype(np.float32),
-                   confidences=np.exp(vals[:, 0] - lse).astype(np.float32), labels=labels.astype(np.int32),
-                   classes=classes, name="global", regions="")
-sl = combine_soft_labels([TeacherSpec(tl, 1.0, None)], [r["image_id"] for r in train],
-                         [r["region"] for r in train], 3.0, 8)
-sl.save(sys.argv[4] + ".soft.npz")
+classes = noisy_teacher_soft_labels(train, sys.argv[4] + ".soft.npz")
 cfg = {"model": {"name": "test_efficientnet", "num_classes": len(classes), "image_size": 32, "dropout_rate": 0.0},
        "training": {"learning_rate": 3e-3, "batch_size": 16, "distillation_epochs": 4, "finetune_epochs": 1,
                     "warmup_epochs": 0, "optimizer": "adam", "channels_last": False, "num_workers": 0,

@@ -1,0 +1,60 @@
+"""The student job as the pipeline runs it: in-process on one device, torchrun DDP on
+several (two gloo CPU processes here), distillation then fine-tuning either way."""
+import json
+
+import numpy as np
+import pytest
+
+from shared.checkpoint import load_checkpoint
+from shared.records import write_jsonl
+from shared.soft_labels import TeacherSpec, combine_soft_labels
+from shared.student_training import run_student_job
+from shared.teacher_logits import TeacherLogits
+
+TINY_STUDENT = {
+    "model": {"name": "test_efficientnet", "num_classes": 12, "image_size": 32, "dropout_rate": 0.0},
+    "training": {"learning_rate": 3e-3, "batch_size": 16, "distillation_epochs": 2, "finetune_epochs": 1,
+                 "warmup_epochs": 0, "optimizer": "adam", "channels_last": False, "num_workers": 0},
+    "augmentation": {"train": {"resize": 36, "crop": 32}, "val": {"resize": 36, "center_crop": 32}},
+    "data": {"smart_crop": False},
+}
+
+
+def noisy_teacher_soft_labels(train: list[dict], path) -> list[str]:
+    """Soft labels from a teacher that knows the labels, noisily; returns its classes."""
+    classes = sorted({r["taxon"] for r in train})
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (len(train), len(classes))).astype(np.float32)
+    labels = np.array([classes.index(r["taxon"]) for r in train])
+    logits[np.arange(len(train)), labels] += 3.0
+    idx = np.argsort(-logits, axis=1)[:, :8]
+    vals = np.take_along_axis(logits, idx, 1)
+    lse = np.log(np.exp(logits).sum(1))
+    tl = TeacherLogits(image_ids=np.array([r["image_id"] for r in train]), indices=idx.astype(np.int32),
+                       values=vals.astype(np.float16), logsumexp=lse.astype(np.float32),
+                       confidences=np.exp(vals[:, 0] - lse).astype(np.float32), labels=labels.astype(np.int32),
+                       classes=classes, name="global", regions="")
+    combine_soft_labels([TeacherSpec(tl, 1.0, None)], [r["image_id"] for r in train],
+                        [r["region"] for r in train], 3.0, 8).save(path)
+    return classes
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_student_job_one_process_or_torchrun(cached_splits, tmp_path, gpus):
+    write_jsonl(tmp_path / "train.jsonl", cached_splits["train"])
+    write_jsonl(tmp_path / "val.jsonl", cached_splits["val"])
+    soft = tmp_path / "soft.npz"
+    classes = noisy_teacher_soft_labels(cached_splits["train"], soft)
+    out = tmp_path / "student"
+    r = run_student_job(TINY_STUDENT, str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl"),
+                        cached_splits["cache_dir"], str(out), str(soft), gpus=gpus)
+    assert r["distilled"] and r["soft_label_coverage"] == 1.0
+    assert r["distillation"]["epochs_run"] == 2 and r["finetuning"]["epochs_run"] == 1
+    assert 0.0 <= r["val_top1"] <= 1.0 and r["final_stage"] in ("distillation", "finetuning")
+    ckpt = load_checkpoint(r["final_checkpoint"])
+    assert ckpt["classes"] == classes and ckpt["stage"] == r["final_stage"]
+    if gpus > 1:  # what torchrun's rank 0 wrote is what the caller got back
+        assert json.loads((out / "summary.json").read_text())["val_top1"] == r["val_top1"]
+        steps = json.loads((out / "distillation" / "history.json").read_text())[-1]["step"]
+        one_proc_steps = 2 * (len(cached_splits["train"]) // 16)
+        assert steps < one_proc_steps  # each rank took half the batches per epoch
