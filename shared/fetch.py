@@ -22,6 +22,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from shared import gcs
+
 
 class FetchError(Exception):
     """A URL could not be fetched; `reason` is a short stable code."""
@@ -227,20 +229,11 @@ class Fetcher:
         return data
 
     def _fetch_gcs(self, url: str, parsed) -> bytes:
-        from google.cloud import storage  # lazy: only gs:// catalogues need it
-
-        if self._gcs is None:
-            with self._lock:
-                if self._gcs is None:
-                    if os.environ.get("STORAGE_EMULATOR_HOST"):
-                        from google.auth.credentials import AnonymousCredentials
-
-                        self._gcs = storage.Client(project="local", credentials=AnonymousCredentials())
-                    else:
-                        self._gcs = storage.Client()
         bucket, blob_name = parsed.netloc, parsed.path.lstrip("/")
         if not bucket or not blob_name:
             raise FetchError("bad_url", url, "expected gs://bucket/object")
+        if self._gcs is None:
+            self._gcs = gcs.client()
         from google.api_core import exceptions as gexc
 
         try:  # the client retries transient errors itself (its default retry policy)

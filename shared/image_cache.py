@@ -22,9 +22,14 @@ from PIL import Image, ImageOps
 
 from shared.atomic import write_bytes, write_json
 from shared.fetch import FetchError, Fetcher, FetchPolicy
+from shared.gcs import is_gs_uri
+from shared.remote_cache import RemoteCache, RemoteCacheError, remote_cache
 from shared.records import Record, load_jsonl, write_jsonl
 
 INDEX_NAME = "index.jsonl"
+# How often a gs:// cache's index is uploaded while caching (and once at the end):
+# a pod killed in between refetches at most this long's worth of images.
+INDEX_PUSH_SECONDS = 120.0
 # Failures that count against the plan's "all URLs downloadable (< 5% failing)".
 NOT_FAILURES = {"too_small", "duplicate_content"}
 
@@ -79,12 +84,14 @@ def cache_path_for(sha256: str) -> str:
 
 
 def resolve(cache_dir: str | os.PathLike, rec: dict) -> Path:
-    """The cached file of a cached record; refuses paths that escape the cache."""
-    root = Path(cache_dir).resolve()
+    """The cached file of a cached record; refuses paths that escape the cache.
+    For a gs:// cache, the local copy (downloaded on first use)."""
+    remote = remote_cache(str(cache_dir)) if is_gs_uri(str(cache_dir)) else None
+    root = (remote.local if remote else Path(cache_dir)).resolve()
     p = (root / str(rec["cache_path"])).resolve()
     if root not in p.parents:
         raise ValueError(f"record {rec.get('image_id')}: cache_path {rec['cache_path']!r} escapes the cache")
-    return p
+    return remote.fetch(p.relative_to(root).as_posix()) if remote else p
 
 
 def process_image(data: bytes, resize: int, min_side: int, max_pixels: int) -> tuple[bytes, int, int]:
@@ -161,9 +168,11 @@ class CacheIndex:
             self._fh = None
 
 
-def _entry_valid(cache_dir: Path, e: dict, resize: int) -> bool:
+def _entry_valid(cache_dir: Path, e: dict, resize: int, remote_sizes: dict[str, int] | None = None) -> bool:
     if e.get("resize") != resize:
         return False
+    if remote_sizes is not None:  # a gs:// cache: the bucket holds the truth
+        return remote_sizes.get(e["cache_path"]) == e.get("bytes")
     p = cache_dir / e["cache_path"]
     if not p.is_file() or p.stat().st_size != e.get("bytes"):
         return False
@@ -178,9 +187,14 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
     """Cache every record's image; see the module docstring. Raises
     CacheFailRateError (after the index is written) when too many fail."""
     t0 = time.monotonic()
-    root = Path(cache_dir)
+    remote = RemoteCache(str(cache_dir)) if is_gs_uri(str(cache_dir)) else None
+    root = remote.local if remote else Path(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     recs = [r.to_dict() if isinstance(r, Record) else dict(r) for r in records]
+    remote_sizes = None
+    if remote:
+        remote.pull_index()
+        remote_sizes = remote.sizes()
     index = CacheIndex(root)
     fetcher = fetcher or Fetcher(policy)
     results: list[Any] = [None] * len(recs)
@@ -194,7 +208,7 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
         url = rec.get("image_url", "")
         try:
             e = index.get(url)
-            if e and "error" not in e and _entry_valid(root, e, resize):
+            if e and "error" not in e and _entry_valid(root, e, resize, remote_sizes):
                 results[i] = ("ok", e, "reused")
             else:
                 data = fetcher.fetch(url)
@@ -202,16 +216,20 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
                 jpeg, w, h = process_image(data, resize, min_side, max_pixels)
                 rel = cache_path_for(sha)
                 write_bytes(root / rel, jpeg)
+                if remote:  # the file is in the bucket before the index names it
+                    remote.upload(rel)
                 e = {"url": url, "sha256": sha, "cache_path": rel, "cached_width": w,
                      "cached_height": h, "bytes": len(jpeg), "resize": resize}
                 index.add(e)
+                if remote:
+                    remote.push_index(every_seconds=INDEX_PUSH_SECONDS)
                 results[i] = ("ok", e, "fetched")
         except FetchError as err:
             results[i] = ("fail", err.reason, str(err))
         except ImageRejected as err:
             results[i] = ("fail", err.reason, f"{url}: {err.detail}")
-        except OSError as err:  # disk full / read-only cache: not the record's fault
-            raise RuntimeError(f"cannot write to the image cache {root}: {err}") from err
+        except (OSError, RemoteCacheError) as err:  # disk full / read-only cache: not the record's fault
+            raise RuntimeError(f"cannot write to the image cache {cache_dir}: {err}") from err
         with lock:
             done[0] += 1
             progress(done[0], len(recs))
@@ -221,6 +239,8 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
             list(pool.map(work, range(len(recs))))
     finally:
         index.close()
+        if remote:
+            remote.push_index()
     report = CacheReport()
     seen: dict[str, str] = {}
     for rec, res in zip(recs, results):

@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from shared.image_cache import resolve
+from shared.remote_cache import RemoteCacheError
 
 
 def class_list(records: list[dict]) -> list[str]:
@@ -44,13 +45,17 @@ class CachedImageDataset(Dataset):
         return resolve(self.cache_dir, self.records[i])
 
     def __getitem__(self, i: int):
-        p = self.path(i)
+        rid = self.records[i].get("image_id")
+        try:  # a cache_path escaping the cache stays a ValueError; a gs:// cache downloads here
+            p = self.path(i)
+        except (OSError, RemoteCacheError) as e:
+            raise RuntimeError(f"record {rid}: cannot fetch cached image {self.records[i]['cache_path']}: "
+                               f"{e}") from e
         try:
             with Image.open(p) as im:
                 img = im.convert("RGB")
         except (OSError, ValueError) as e:
-            raise RuntimeError(f"record {self.records[i].get('image_id')}: cannot read cached image "
-                               f"{p}: {e}") from e
+            raise RuntimeError(f"record {rid}: cannot read cached image {p}: {e}") from e
         return self.transform(img), int(self.labels[i]), i
 
 

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+from shared import gcs
 from shared.licenses import DEFAULT_ALLOWED, allowed_set, normalize_license
 from shared.records import Record, RecordError, parse_record, read_jsonl
 
@@ -188,12 +189,17 @@ def dumps_rejections(rejections: list[Rejection]) -> Iterator[str]:
 
 def fetch_records_file(uri: str, workdir: str | os.PathLike) -> str:
     """A records JSONL given as a local path, file:// or gs:// URI -> local path."""
-    if uri.startswith("gs://"):
-        from google.cloud import storage  # lazy: only cluster runs read from GCS
+    if gcs.is_gs_uri(uri):
+        from google.api_core import exceptions as gexc
 
-        bucket, _, blob = uri[5:].partition("/")
+        bucket, blob = gcs.parse_gs_uri(uri)
         local = os.path.join(str(workdir), os.path.basename(blob) or "records.jsonl")
-        storage.Client().bucket(bucket).blob(blob).download_to_filename(local)
+        try:
+            gcs.client().bucket(bucket).blob(blob).download_to_filename(local)
+        except gexc.NotFound:
+            raise FileNotFoundError(f"records file not found: {uri}") from None
+        except gexc.GoogleAPICallError as e:
+            raise OSError(f"cannot read the records file {uri}: {e}") from None
         return local
     path = uri[7:] if uri.startswith("file://") else uri
     if not os.path.isfile(path):

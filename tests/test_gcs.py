@@ -1,0 +1,117 @@
+"""gs:// against a real GCS API server (gcp-storage-emulator over HTTP): image
+fetches, the records file, and the image cache kept in a bucket instead of on a
+volume (uploaded by cache_images, resumed from the bucket by a fresh pod, read on
+demand by the training datasets)."""
+import json
+
+import pytest
+
+from shared import gcs
+from shared.fetch import FetchError, Fetcher, FetchPolicy
+from shared.image_cache import INDEX_NAME, cache_images, resolve
+from shared.image_dataset import CachedImageDataset
+from shared.ingest import fetch_records_file
+from tests.gcs_emulator import gcs_emulator
+from tests.image_server import jpeg_bytes
+
+
+@pytest.fixture(scope="module")
+def bucket():
+    with gcs_emulator("plants"):
+        yield gcs.client().bucket("plants")
+
+
+def test_fetch_images_from_bucket(bucket):
+    img = jpeg_bytes(200, 150, seed=3)
+    bucket.blob("photos/a.jpg").upload_from_string(img)
+    assert Fetcher(FetchPolicy()).fetch("gs://plants/photos/a.jpg") == img
+    with pytest.raises(FetchError) as e:
+        Fetcher(FetchPolicy()).fetch("gs://plants/photos/missing.jpg")
+    assert e.value.reason == "not_found"
+    with pytest.raises(FetchError) as e:
+        Fetcher(FetchPolicy(max_bytes=len(img) - 1)).fetch("gs://plants/photos/a.jpg")
+    assert e.value.reason == "too_large"
+
+
+def test_records_file_from_bucket(bucket, tmp_path):
+    lines = [json.dumps({"image_id": "x1", "image_url": "gs://plants/photos/a.jpg", "taxon": "Quercus ilex"})]
+    bucket.blob("catalogue/records.jsonl").upload_from_string("\n".join(lines) + "\n")
+    local = fetch_records_file("gs://plants/catalogue/records.jsonl", tmp_path)
+    assert open(local, encoding="utf-8").read().splitlines() == lines
+    with pytest.raises(FileNotFoundError, match="gs://plants/catalogue/nope.jsonl"):
+        fetch_records_file("gs://plants/catalogue/nope.jsonl", tmp_path)
+
+
+class _NoFetch:
+    def fetch(self, url):
+        raise AssertionError(f"fetched {url} again although the bucket has it")
+
+
+def _records(n):
+    imgs = {f"gs://plants/src/{i}.jpg": jpeg_bytes(240, 180, seed=100 + i) for i in range(n)}
+    return imgs, [{"image_id": f"g{i}", "image_url": u, "taxon": f"t{i % 2}", "region": "EU_SW",
+                   "license": "CC0"} for i, u in enumerate(imgs)]
+
+
+def test_cache_in_bucket_resumes_on_a_fresh_pod_and_is_read_on_demand(bucket, tmp_path, monkeypatch):
+    imgs, recs = _records(6)
+    for u, data in imgs.items():
+        bucket.blob(u.removeprefix("gs://plants/")).upload_from_string(data)
+    uri = "gs://plants/cache"
+
+    monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod1"))
+    first = cache_images(recs, uri, resize=120, min_side=100, workers=3, progress=lambda d, t: None)
+    assert (first.fetched, first.reused, len(first.cached)) == (6, 0, 6)
+    objects = {b.name: b.size for b in gcs.client().list_blobs("plants", prefix="cache/")}
+    for r in first.cached:  # every file and the index are in the bucket, with the local sizes
+        local = tmp_path / "pod1" / "plants" / "cache" / r["cache_path"]
+        assert objects["cache/" + r["cache_path"]] == local.stat().st_size
+    assert f"cache/{INDEX_NAME}" in objects
+
+    # a new pod (empty local copy): nothing fetched again, the same cached records
+    monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod2"))
+    second = cache_images(recs, uri, resize=120, min_side=100, fetcher=_NoFetch(), progress=lambda d, t: None)
+    assert (second.fetched, second.reused) == (0, 6)
+    assert [r["cache_path"] for r in second.cached] == [r["cache_path"] for r in first.cached]
+
+    # a lost object in the bucket is fetched again, not trusted from the index
+    gone = first.cached[0]
+    bucket.blob("cache/" + gone["cache_path"]).delete()
+    monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod3"))
+    third = cache_images(recs, uri, resize=120, min_side=100, workers=2, progress=lambda d, t: None)
+    assert (third.fetched, third.reused) == (1, 5)
+
+    # a training pod reads through the bucket: files arrive on first use, byte for byte
+    monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "trainer"))
+    ds = CachedImageDataset(third.cached, uri, ["t0", "t1"], transform=lambda im: im.size)
+    assert [ds[i][0] for i in range(len(ds))] == [(r["cached_width"], r["cached_height"]) for r in third.cached]
+    p = resolve(uri, third.cached[1])
+    assert p.read_bytes() == bucket.blob("cache/" + third.cached[1]["cache_path"]).download_as_bytes()
+    assert p.is_relative_to(tmp_path / "trainer")
+    with pytest.raises(ValueError, match="escapes the cache"):
+        resolve(uri, {"image_id": "evil", "cache_path": "../../etc/passwd"})
+
+    # an object missing from the bucket: the record is named, nothing half-written stays
+    missing = dict(third.cached[2], image_id="lost-1", cache_path="ff/" + "f" * 64 + ".jpg")
+    with pytest.raises(RuntimeError, match=r"record lost-1: .*not in the cache bucket"):
+        CachedImageDataset([missing], uri, ["t0", "t1"], transform=lambda im: im)[0]
+    assert not list((tmp_path / "trainer").rglob("*.part"))
+
+
+def test_a_bucket_cache_is_fit_for_the_cluster_and_compiles(tmp_path):
+    """cache.dir: gs://... needs no volume: the cluster checks accept it and it becomes
+    the pipeline's cache_dir default."""
+    import yaml
+    from kfp import compiler
+
+    import pipeline
+    from shared.cluster_config import cluster_problems
+    from shared.pipeline_config import load_pipeline_config
+    from tests.conftest import ROOT
+
+    cfg = load_pipeline_config(ROOT / "config" / "cluster.yaml", {"cache.dir": "gs://plants/cache"})
+    assert cluster_problems(cfg) == []
+    out = tmp_path / "p.yaml"
+    compiler.Compiler().compile(pipeline.build_pipeline(cfg), str(out))
+    spec = next(yaml.safe_load_all(out.read_text()))
+    assert spec["root"]["inputDefinitions"]["parameters"]["cache_dir"]["defaultValue"] == "gs://plants/cache"
