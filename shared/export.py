@@ -64,6 +64,28 @@ def _tool(name: str) -> str:
     return str(p)
 
 
+# The converter environment's packages, recorded with every bundle (that environment
+# is a separate venv/image, so the pipeline's own package list cannot see them).
+TOOLCHAIN = ("tensorflow", "tf-keras", "tensorflowjs", "onnx2tf", "onnx")
+_VERSIONS_SCRIPT = """import importlib.metadata as m, json, sys
+v = {}
+for n in sys.argv[1:]:
+    try:
+        v[n] = m.version(n)
+    except m.PackageNotFoundError:
+        v[n] = None
+print(json.dumps(v))"""
+
+
+def toolchain_versions() -> dict[str, str | None]:
+    """Versions of TOOLCHAIN in the converter environment (None where not installed)."""
+    r = subprocess.run([_tool("python"), "-c", _VERSIONS_SCRIPT, *TOOLCHAIN], capture_output=True,
+                       text=True, timeout=120)
+    if r.returncode != 0:
+        raise ExportError(f"cannot read the converter environment's versions: {r.stderr[-500:]}")
+    return json.loads(r.stdout)
+
+
 def _run(cmd: list[str], cwd: str | None = None, what: str = "") -> None:
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -247,7 +269,7 @@ def export_tfjs_bundle(checkpoint_path: str, out_dir: str, sample_images: list[s
     return {"bundle": str(out), "quantization": quantization, "model_size_mb": round(size_mb, 3),
             "shards": len(list(out.glob("*.bin"))), "onnx_max_abs_diff": onnx_diff, "classes": len(ckpt["classes"]),
             "image_size": size, "temperature": cal["temperature"], "threshold": cal["threshold"],
-            "export_seconds": round(time.time() - t0, 1)}
+            "export_seconds": round(time.time() - t0, 1), "toolchain": toolchain_versions()}
 
 
 def run_tfjs_node(bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str = "cpu",

@@ -368,19 +368,26 @@ def build_training_manifest(*, config: dict, phase_results: dict, data_stats: di
             "top1_agreement": _num(val, "top1_agreement"),
             "passed": val.get("passed")}
         p6["parity"] = parity
+        if isinstance(ex.get("toolchain"), dict):  # the converter environment's versions
+            p6["toolchain"] = {str(k): v for k, v in ex["toolchain"].items()}
         p6["criteria"] = {f"model_size_mb<={crit['max_model_size_mb']}":
                           _check(size_mb, "<=", crit["max_model_size_mb"]),
                           f"parity_correlation>={crit['min_parity_correlation']}":
                           _check(parity.get("correlation"), ">=", crit["min_parity_correlation"])}
     phases["phase_6"] = p6
 
+    env = dict(environment if environment is not None else environment_versions())
+    env["packages"] = dict(env.get("packages") or {})
+    for name, version in (p6.get("toolchain") or {}).items():  # packages the export step ran with
+        if env.get("packages", {}).get(name, "absent") is None:
+            env["packages"][name] = version
     manifest = {
         "timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit,
         "seed": int(seed),
         "data": data,
         "phases": phases,
-        "environment": environment if environment is not None else environment_versions(),
+        "environment": env,
         "hyperparameters": collect_hyperparameters(config),
     }
     return _plain(manifest)

@@ -95,6 +95,8 @@ def test_bundles_fp16_and_uint8(bundles):
     assert _weight_dtypes(b) == {"float16"} and _weight_dtypes(Path(u8["bundle"])) == {"uint8"}
     assert u8["model_size_mb"] < fp16["model_size_mb"]
     assert not list(b.parent.glob(".bundle-*"))  # the staging dirs are gone
+    # the converter environment's versions travel with the bundle (for the training manifest)
+    assert fp16["toolchain"]["tensorflowjs"] and fp16["toolchain"]["onnx2tf"] and fp16["toolchain"]["tensorflow"]
 
 
 @needs_tools

@@ -107,6 +107,7 @@ def test_full_manifest_has_the_plan_shape_and_checks_the_criteria(plan_config):
     assert (p6["model_size_mb"], p6["tfjs_export"], p6["quantization"]) == (7.2, "gs://b/tfjs", "fp16")
     assert p6["parity"]["correlation"] == 0.9991
     assert p6["criteria"] == {"model_size_mb<=150.0": True, "parity_correlation>=0.995": True}
+    assert "toolchain" not in p6  # the export did not report its converter versions
     hp = m["hyperparameters"]
     assert hp["teacher_global_lr"] == 3e-5 and hp["teacher_eu_sw_lr"] == 2e-5
     assert (hp["student_distill_lr"], hp["student_finetune_lr"]) == (1e-4, 5e-5)
@@ -173,6 +174,21 @@ def test_numpy_values_and_nan_become_plain_yaml(plan_config, tmp_path):
     assert back["phases"]["phase_1"]["loss"] is None
     assert back == yaml.safe_load(yaml.safe_dump(m))
     assert not list((tmp_path / "out").glob("*.tmp*"))  # atomic: no temporary left behind
+
+
+def test_converter_versions_from_the_export_fill_the_environment(plan_config):
+    """The converters run in their own environment: the export step reports their
+    versions, and the manifest's package list takes them where it has none."""
+    res = full_results()
+    res["export"]["toolchain"] = {"tensorflow": "2.19.0", "tensorflowjs": "4.22.0", "onnx": "1.17.0"}
+    env = {"python_version": "3.11", "packages": {"torch": "2.14.1", "tensorflow": None,
+                                                   "tensorflowjs": None, "onnx": "1.23.2"}}
+    m = build(plan_config, res, environment=env)
+    assert m["phases"]["phase_6"]["toolchain"]["tensorflowjs"] == "4.22.0"
+    pk = m["environment"]["packages"]
+    assert (pk["tensorflow"], pk["tensorflowjs"]) == ("2.19.0", "4.22.0")
+    assert pk["onnx"] == "1.23.2" and pk["torch"] == "2.14.1"  # the pipeline's own stay
+    assert env["packages"]["tensorflow"] is None  # the caller's dict is not changed
 
 
 def test_environment_versions_and_git_commit(monkeypatch):
