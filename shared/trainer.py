@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, WeightedRandomSampler
 
 from shared.atomic import atomic_open, verify_checksum, write_json
 from shared.checkpoint import save_checkpoint, unwrap_model
@@ -126,8 +126,9 @@ def _better(metric: str, new: float, best: float | None) -> bool:
 
 @torch.no_grad()
 def evaluate_top_k(model: torch.nn.Module, loader: DataLoader, device: torch.device,
-                   dtype: torch.dtype | None, channels_last: bool) -> dict[str, float]:
-    """Validation top-1/top-5 accuracy and CE loss (labels of -1 count as wrong, not in the loss)."""
+                   dtype: torch.dtype | None, channels_last: bool, all_reduce: bool = False) -> dict[str, float]:
+    """Validation top-1/top-5 accuracy and CE loss (labels of -1 count as wrong, not in the loss).
+    all_reduce: the loader holds this rank's shard; the counts are summed over ranks."""
     model.eval()
     n = hit1 = hit5 = 0
     loss_sum, loss_n = 0.0, 0
@@ -146,6 +147,11 @@ def evaluate_top_k(model: torch.nn.Module, loader: DataLoader, device: torch.dev
             loss_sum += torch.nn.functional.cross_entropy(logits[known], y[known], reduction="sum").item()
             loss_n += int(known.sum())
         n += len(y)
+    if all_reduce:
+        sums = torch.tensor([n, hit1, hit5, loss_sum, loss_n], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        n, hit1, hit5, loss_sum, loss_n = (int(sums[0]), int(sums[1]), int(sums[2]), float(sums[3]),
+                                           int(sums[4]))
     return {"top1_acc": hit1 / max(1, n), "top5_acc": hit5 / max(1, n),
             "loss": loss_sum / loss_n if loss_n else float("nan")}
 
@@ -218,7 +224,10 @@ def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, se
     train_loader = DataLoader(train_dataset, batch_size=s.batch_size, sampler=sampler,
                               shuffle=sampler is None, drop_last=drop_last,
                               generator=torch.Generator().manual_seed(s.seed), **loader_kw)
-    val_loader = DataLoader(val_dataset, batch_size=s.batch_size * 2, shuffle=False, **loader_kw)
+    # under DDP each rank scores every world-th val image and the counts are summed:
+    # the same figures as one process, in 1/world of the time
+    val_shard = Subset(val_dataset, range(rank, len(val_dataset), world)) if world > 1 else val_dataset
+    val_loader = DataLoader(val_shard, batch_size=s.batch_size * 2, shuffle=False, **loader_kw)
     batches = len(train_loader) if not s.max_steps_per_epoch else min(len(train_loader), s.max_steps_per_epoch)
     updates_per_epoch = max(1, math.ceil(batches / s.grad_accum_steps))
     total_updates = updates_per_epoch * s.epochs
@@ -318,7 +327,7 @@ def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, se
         train_metrics = {"train_loss": loss_sum / max(1, n_loss), "train_top1": correct / max(1, seen),
                          "images_per_s": seen * world / max(1e-9, time.time() - t0),
                          "lr": optimizer.param_groups[0]["lr"]}
-        val = evaluate_top_k(model, val_loader, device, dtype, s.channels_last)
+        val = evaluate_top_k(model, val_loader, device, dtype, s.channels_last, all_reduce=world > 1)
         metric = val[s.early_stopping_metric]
         improved = _better(s.early_stopping_metric, metric, best)
         if improved:

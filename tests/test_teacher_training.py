@@ -235,3 +235,36 @@ if not dist.is_initialized() or dist.get_rank() == 0:
     # Epoch 1 averages the first, largest losses and depends on the shuffle; after it the
     # two curves coincide.
     assert np.allclose(l1[1:], l2[1:], rtol=0.3) and l2[-1] == pytest.approx(l1[-1], rel=0.1)
+
+
+def test_ddp_validation_shards_sum_to_the_full_set(tmp_path):
+    """Under DDP each rank scores every world-th val image; the summed counts give the
+    same top-1/top-5/loss as one process over the whole set (an odd size: uneven shards)."""
+    script = tmp_path / "val.py"
+    script.write_text(f"""
+import json, sys, torch
+sys.path.insert(0, {str(ROOT)!r})
+from torch.utils.data import DataLoader, Subset
+from shared.trainer import evaluate_top_k, init_distributed
+from tests.test_teacher_training import _toy
+rank, world, device = init_distributed()
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
+ds = _toy(33, seed=1)
+shard = Subset(ds, range(rank, len(ds), world)) if world > 1 else ds
+m = evaluate_top_k(model, DataLoader(shard, batch_size=4), device, None, False, all_reduce=world > 1)
+if rank == 0:
+    json.dump(m, open(sys.argv[1], "w"))
+""")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path / "two.json")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1, m2 = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert m1["top1_acc"] == m2["top1_acc"] and m1["top5_acc"] == m2["top5_acc"]
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-6)
+    assert 0 < m1["top5_acc"] and m1["top1_acc"] * 33 == round(m1["top1_acc"] * 33)  # counts over all 33
