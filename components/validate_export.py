@@ -26,4 +26,5 @@ def validate_export(bundle: Input[Artifact], model: Input[Model], test: Input[Da
     return {"status": "completed", "uri": bundle.uri, "quantization": bundle.metadata.get("quantization", ""),
             "model_size_mb": r["model_size_mb"], "correlation": r["logits_correlation"],
             "top1_agreement": r["top1_agreement"], "max_abs_diff": r["max_abs_diff"], "passed": r["passed"],
-            "node_latency_ms_median": r["node_latency_ms_median"]}
+            "node_latency_ms_median": r["node_latency_ms_median"],
+            "toolchain": dict(bundle.metadata.get("toolchain") or {})}  # the converters' versions

@@ -94,6 +94,8 @@ def test_local_run_exports_blessed_student_and_writes_manifest(local_run):
     p6 = m["phases"]["phase_6"]
     assert p6["model_size_mb"] > 0 and p6["parity"]["correlation"] > 0.995 and p6["parity"]["passed"]
     assert m["environment"]["packages"]["kfp"].startswith("2.17")
+    # the converters ran in their own environment; their versions reach the manifest
+    assert p6["toolchain"]["tensorflowjs"] and m["environment"]["packages"]["onnx2tf"] == p6["toolchain"]["onnx2tf"]
 
 
 @pytest.fixture(scope="module")
