@@ -210,6 +210,11 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
             raise ConfigError(f"teachers.regional[{i}].overrides: expected a mapping, got {t['overrides']!r}")
         if "config" in t:
             t["config"] = resolve_path(t["config"])
+    if "://" in cfg["teachers"]["checkpoint_dir"]:
+        raise ConfigError(f"teachers.checkpoint_dir: must be a path (on the checkpoint volume), got "
+                          f"{cfg['teachers']['checkpoint_dir']!r}")
+    if "://" in cfg["cache"]["dir"] and not cfg["cache"]["dir"].startswith("gs://"):
+        raise ConfigError(f"cache.dir: a local path or gs://bucket/prefix, got {cfg['cache']['dir']!r}")
     if cfg["calibration"]["objective"] not in ("ece", "nll"):
         raise ConfigError(f"calibration.objective: must be ece or nll, got {cfg['calibration']['objective']!r}")
     if cfg["data"]["source"] not in ("jsonl", "mongo"):

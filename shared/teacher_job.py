@@ -16,6 +16,9 @@ from shared.atomic import write_json
 
 def work_dir(checkpoint_dir: str, run_id: str, name: str) -> Path:
     """<checkpoint_dir>/<run_id>/<name>, with both parts made path-safe."""
+    if "://" in str(checkpoint_dir):  # Path("gs://b/x") would quietly become a local dir "gs:/b/x"
+        raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: must be a mounted path (the checkpoint "
+                         "volume), not a URI; resumable checkpoints are not kept in object storage")
     safe = [re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._") or "x" for s in (run_id, name)]
     return Path(checkpoint_dir) / safe[0] / safe[1]
 

@@ -115,3 +115,18 @@ def test_a_bucket_cache_is_fit_for_the_cluster_and_compiles(tmp_path):
     compiler.Compiler().compile(pipeline.build_pipeline(cfg), str(out))
     spec = next(yaml.safe_load_all(out.read_text()))
     assert spec["root"]["inputDefinitions"]["parameters"]["cache_dir"]["defaultValue"] == "gs://plants/cache"
+
+
+def test_uris_where_only_paths_work_are_refused():
+    """Checkpoints resume from a mounted volume; a URI would quietly become a local
+    directory named 'gs:'. Only gs:// is a cache location."""
+    from shared.pipeline_config import ConfigError, load_pipeline_config
+    from shared.teacher_job import work_dir
+    from tests.conftest import ROOT
+
+    with pytest.raises(ConfigError, match="teachers.checkpoint_dir"):
+        load_pipeline_config(ROOT / "config" / "cluster.yaml", {"teachers.checkpoint_dir": "gs://plants/ckpt"})
+    with pytest.raises(ConfigError, match="cache.dir"):
+        load_pipeline_config(ROOT / "config" / "cluster.yaml", {"cache.dir": "s3://plants/cache"})
+    with pytest.raises(ValueError, match="checkpoint_dir 'gs://plants/ckpt'"):
+        work_dir("gs://plants/ckpt", "run-1", "global")
