@@ -193,7 +193,7 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
     recs = [r.to_dict() if isinstance(r, Record) else dict(r) for r in records]
     remote_sizes = None
     if remote:
-        remote.pull_index()
+        remote.refresh(INDEX_NAME)
         remote_sizes = remote.sizes()
     index = CacheIndex(root)
     fetcher = fetcher or Fetcher(policy)
@@ -222,7 +222,7 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
                      "cached_height": h, "bytes": len(jpeg), "resize": resize}
                 index.add(e)
                 if remote:
-                    remote.push_index(every_seconds=INDEX_PUSH_SECONDS)
+                    remote.upload(INDEX_NAME, at_most_every=INDEX_PUSH_SECONDS)
                 results[i] = ("ok", e, "fetched")
         except FetchError as err:
             results[i] = ("fail", err.reason, str(err))
@@ -239,8 +239,8 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
             list(pool.map(work, range(len(recs))))
     finally:
         index.close()
-        if remote:
-            remote.push_index()
+        if remote and (root / INDEX_NAME).exists():
+            remote.upload(INDEX_NAME)
     report = CacheReport()
     seen: dict[str, str] = {}
     for rec, res in zip(recs, results):

@@ -15,8 +15,6 @@ from pathlib import Path
 
 from shared import gcs
 
-INDEX_NAME = "index.jsonl"
-
 
 class RemoteCacheError(RuntimeError):
     """The bucket could not be read or written (not a record's fault)."""
@@ -34,8 +32,8 @@ class RemoteCache:
         self.bucket_name, prefix = gcs.parse_gs_uri(self.uri, object_required=False)
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.local = Path(local_root or local_cache_root()) / self.bucket_name / self.prefix
-        self._last_index_push = time.monotonic()
-        self._push_lock = threading.Lock()
+        self._last_upload: dict[str, float] = {}
+        self._upload_lock = threading.Lock()
 
     def _blob(self, rel: str):
         return gcs.client().bucket(self.bucket_name).blob(self.prefix + rel)
@@ -74,39 +72,31 @@ class RemoteCache:
                 os.unlink(tmp)
         return dest
 
-    def upload(self, rel: str) -> None:
+    def upload(self, rel: str, *, at_most_every: float = 0.0) -> None:
+        """Upload the local copy of `rel`; with at_most_every, skipped when the last upload
+        of it is more recent (for the index, rewritten after every image)."""
         from google.cloud.storage.retry import DEFAULT_RETRY
 
-        try:  # content-addressed, so retrying a write is safe
+        with self._upload_lock:
+            now = time.monotonic()
+            if at_most_every and now - self._last_upload.get(rel, now - at_most_every) < at_most_every:
+                return
+            self._last_upload[rel] = now
+        try:  # content-addressed files and a whole-file index: retrying a write is safe
             self._blob(rel).upload_from_filename(str(self.local / rel), retry=DEFAULT_RETRY)
         except Exception as e:  # noqa: BLE001
             raise self._fail("upload", rel, e) from None
 
-    def pull_index(self) -> None:
-        """Replace the local index with the bucket's (the bucket is the truth)."""
-        local = self.local / INDEX_NAME
+    def refresh(self, rel: str) -> None:
+        """Replace the local copy of `rel` with the bucket's (the bucket is the truth);
+        no local copy when the bucket has none."""
+        local = self.local / rel
+        if local.exists():
+            local.unlink()
         try:
-            self.fetch_fresh(INDEX_NAME)
+            self.fetch(rel)
         except FileNotFoundError:
-            if local.exists():
-                local.unlink()
-
-    def fetch_fresh(self, rel: str) -> Path:
-        """Like fetch, but always downloads (for the one mutable object, the index)."""
-        p = self.local / rel
-        if p.exists():
-            p.unlink()
-        return self.fetch(rel)
-
-    def push_index(self, every_seconds: float = 0.0) -> None:
-        """Upload the local index; with every_seconds, only if that long since the last push
-        (so a killed pod loses at most that much of the index, never files)."""
-        with self._push_lock:
-            if every_seconds and time.monotonic() - self._last_index_push < every_seconds:
-                return
-            if (self.local / INDEX_NAME).exists():
-                self.upload(INDEX_NAME)
-            self._last_index_push = time.monotonic()
+            pass
 
 
 def remote_cache(uri: str) -> RemoteCache:
