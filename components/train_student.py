@@ -17,6 +17,7 @@ def train_student(train: Input[Dataset], val: Input[Dataset], soft_labels: Input
     from shared.atomic import write_json
     from shared.student_training import run_student_job
     from shared.teacher_job import work_dir
+    from shared.training_manifest import environment_versions
 
     wd = work_dir(checkpoint_dir, run_id, "student")
     r = run_student_job(student_config, train.path, val.path, cache_dir, str(wd / "distilled"), soft_labels.path,
@@ -40,4 +41,5 @@ def train_student(train: Input[Dataset], val: Input[Dataset], soft_labels: Input
         metrics.log_metric("distillation_gain_top1", r["val_top1"] - c["val_top1"])
     write_json(summary.path, out)
     model.metadata.update({"model_name": r["model_name"], "classes": r["num_classes"],
-                           "image_size": r["image_size"], "val_top1": r["val_top1"]})
+                           "image_size": r["image_size"], "val_top1": r["val_top1"],
+                           "environment": environment_versions()})  # the training image's, for the manifest

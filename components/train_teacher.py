@@ -16,11 +16,13 @@ def train_teacher(name: str, regions: str, train: Input[Dataset], val: Input[Dat
     import shutil
 
     from shared.teacher_job import run_teacher_job
+    from shared.training_manifest import environment_versions
 
     s = run_teacher_job(name, config, overrides, train.path, val.path, cache_dir, checkpoint_dir,
                         run_id, gpus, init_from.path if init_from is not None else None, model.path)
     model.metadata.update({"teacher": name, "regions": regions, "model_name": s.get("model_name", ""),
-                           "classes": s.get("num_classes", 0)})
+                           "classes": s.get("num_classes", 0),
+                           "environment": environment_versions()})  # the training image's, for the manifest
     for key, value in sorted(s.get("best_metrics", {}).items()):
         if isinstance(value, (int, float)):
             metrics.log_metric(f"val_{key}", value)

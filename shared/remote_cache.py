@@ -78,8 +78,8 @@ class RemoteCache:
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         with self._upload_lock:
-            now = time.monotonic()
-            if at_most_every and now - self._last_upload.get(rel, now - at_most_every) < at_most_every:
+            now, last = time.monotonic(), self._last_upload.get(rel)
+            if at_most_every and last is not None and now - last < at_most_every:
                 return
             self._last_upload[rel] = now
         try:  # content-addressed files and a whole-file index: retrying a write is safe

@@ -376,11 +376,8 @@ def build_training_manifest(*, config: dict, phase_results: dict, data_stats: di
                           _check(parity.get("correlation"), ">=", crit["min_parity_correlation"])}
     phases["phase_6"] = p6
 
-    env = dict(environment if environment is not None else environment_versions())
-    env["packages"] = dict(env.get("packages") or {})
-    for name, version in (p6.get("toolchain") or {}).items():  # packages the export step ran with
-        if env.get("packages", {}).get(name, "absent") is None:
-            env["packages"][name] = version
+    env = fill_from_reported(environment if environment is not None else environment_versions(),
+                             p6.get("toolchain"))
     manifest = {
         "timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit,
@@ -391,6 +388,28 @@ def build_training_manifest(*, config: dict, phase_results: dict, data_stats: di
         "hyperparameters": collect_hyperparameters(config),
     }
     return _plain(manifest)
+
+
+# Where the steps that ran in other images report their own environment (artifact metadata).
+REPORTED_ENVIRONMENTS = ("training", "student_training", "export")
+
+
+def fill_from_reported(env: dict, toolchain: dict | None = None) -> dict:
+    """The manifest step runs in the small CPU image: the packages it lacks (None) and
+    the GPU come from the environments the training steps reported (env["training"] ...)
+    and the export's converter versions (toolchain). Returns a new dict."""
+    env = dict(env)
+    env["packages"] = dict(env.get("packages") or {})
+    reported = [env[k] for k in REPORTED_ENVIRONMENTS if isinstance(env.get(k), dict)]
+    sources = [r.get("packages") or {} for r in reported] + [toolchain or {}]
+    for name, version in env["packages"].items():
+        if version is None:
+            env["packages"][name] = next((src[name] for src in sources if src.get(name)), None)
+    if env.get("gpu", "none") == "none":
+        gpu_env = next((r for r in reported if r.get("gpu") not in (None, "none")), None)
+        if gpu_env:
+            env.update({k: gpu_env[k] for k in ("gpu", "gpu_count", "cuda") if k in gpu_env})
+    return env
 
 
 def _not_blessed_reason(p4: dict, p5: dict, crit: dict) -> str:

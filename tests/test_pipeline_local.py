@@ -96,6 +96,8 @@ def test_local_run_exports_blessed_student_and_writes_manifest(local_run):
     assert m["environment"]["packages"]["kfp"].startswith("2.17")
     # the converters ran in their own environment; their versions reach the manifest
     assert p6["toolchain"]["tensorflowjs"] and m["environment"]["packages"]["onnx2tf"] == p6["toolchain"]["onnx2tf"]
+    # the training steps report their own image's versions (the manifest step's image has no torch)
+    assert m["environment"]["training"]["packages"]["timm"] and m["environment"]["student_training"]["packages"]["torch"]
 
 
 @pytest.fixture(scope="module")

@@ -191,6 +191,21 @@ def test_converter_versions_from_the_export_fill_the_environment(plan_config):
     assert env["packages"]["tensorflow"] is None  # the caller's dict is not changed
 
 
+def test_training_steps_report_what_the_manifest_image_lacks(plan_config):
+    """On the cluster the manifest step runs in the CPU data image (no torch, no GPU):
+    torch, timm and the GPU come from the environment the training step reported."""
+    env = {"python_version": "3.11", "gpu": "none",
+           "packages": {"torch": None, "timm": None, "kfp": "2.17.3", "tensorflow": None},
+           "training": {"packages": {"torch": "2.14.1", "timm": "1.0.31", "kfp": "2.17.0"},
+                        "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 4, "cuda": "13.0"}}
+    m = build(plan_config, full_results(), environment=env)
+    e = m["environment"]
+    assert (e["packages"]["torch"], e["packages"]["timm"]) == ("2.14.1", "1.0.31")
+    assert e["packages"]["kfp"] == "2.17.3" and e["packages"]["tensorflow"] is None  # own values stay
+    assert (e["gpu"], e["gpu_count"], e["cuda"]) == ("NVIDIA H100 80GB HBM3", 4, "13.0")
+    assert e["training"]["gpu_count"] == 4 and env["packages"]["torch"] is None
+
+
 def test_environment_versions_and_git_commit(monkeypatch):
     import torch
 
