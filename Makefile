@@ -9,7 +9,7 @@ OUTPUT ?= outputs/local
 KFP_HOST ?=
 PARAMS ?=
 
-.PHONY: setup export-env run test compile submit images bench sample-data manifests clean
+.PHONY: setup export-env run test compile submit images bench sample-data manifests stage-weights clean
 
 setup: $(VENV)/.stamp export-env
 
@@ -33,6 +33,12 @@ test: setup
 
 compile: $(VENV)/.stamp
 	$(PY) pipeline.py compile --config $(CLUSTER_CONFIG) --output pipeline.yaml
+
+# Download every model's pretrained weights into the weights cache (WEIGHTS_CACHE, default: the
+# config's weights.cache_dir); for an air-gapped cluster run it where the hub is reachable, copy
+# the directory onto the cluster's volume (or bucket), and pin the printed sha256 values.
+stage-weights: $(VENV)/.stamp
+	$(PY) pipeline.py stage-weights --config $(CLUSTER_CONFIG) $(if $(WEIGHTS_CACHE),--cache $(WEIGHTS_CACHE))
 
 bench: setup
 	$(PY) -m bench.run --output bench/results.json

@@ -3,6 +3,7 @@
 
     python pipeline.py run-local --config config/local.yaml [--records PATH] [--output DIR]
     python pipeline.py compile   --config config/cluster.yaml --output pipeline.yaml
+    python pipeline.py stage-weights --config config/cluster.yaml [--cache DIR]
 
 Everything a phase does lives in shared/; components/ wrap it; this file only
 wires the DAG, with the config's values as pipeline-parameter defaults."""
@@ -26,11 +27,11 @@ def _import_components(cfg: dict):
     os.environ["PLANTID_IMAGE_REGISTRY"] = cfg["pipeline"]["images"]["registry"]
     os.environ["PLANTID_IMAGE_TAG"] = str(cfg["pipeline"]["images"]["tag"])
     from components import (baseline, cache_images, calibrate, combine_soft_labels, evaluate_teacher, export_tfjs,
-                            ingest, split, teacher_logits, train_student, train_teacher, training_manifest,
-                            validate_export)
+                            ingest, split, stage_weights, teacher_logits, train_student, train_teacher,
+                            training_manifest, validate_export)
 
     return {"ingest": ingest.ingest, "cache_images": cache_images.cache_images,
-            "split": split.split, "baseline": baseline.baseline,
+            "split": split.split, "baseline": baseline.baseline, "stage_weights": stage_weights.stage_weights,
             "train_teacher": train_teacher.train_teacher,
             "evaluate_teacher": evaluate_teacher.evaluate_teacher,
             "teacher_logits": teacher_logits.teacher_logits,
@@ -86,9 +87,10 @@ def build_pipeline(cfg: dict):
         fetch_policy: dict = ca["fetch"],
         cache_workers: int = ca["workers"],
         split_seed: int = cfg["split"]["seed"],
-        baseline_model: str = b["model_name"],
-        baseline_weights: str = b["weights"],
-        baseline_image_size: int = b["image_size"],
+        baseline_settings: dict = b,
+        weights_cache: str = cfg["weights"]["cache_dir"],
+        hub_endpoint: str = cfg["weights"]["hub_endpoint"],
+        weights_offline: bool = cfg["weights"]["offline"],
         global_teacher_config: dict = global_teacher_cfg,
         regional_teachers: list = regional_teachers_default,
         global_teacher_weight: float = t["global_weight"],
@@ -109,7 +111,7 @@ def build_pipeline(cfg: dict):
         min_parity_correlation: float = cfg["export"]["min_correlation"],
         max_model_size_mb: float = cfg["export"]["max_size_mb"],
         seed: int = cfg["pipeline"]["seed"],
-        pipeline_settings: dict = {k: cfg[k] for k in ("data", "cache", "split", "calibration", "export")},
+        pipeline_settings: dict = {k: cfg[k] for k in ("data", "cache", "split", "calibration", "export", "weights")},
     ):
         ing = c["ingest"](source=source, records_uri=records_uri, mongo=mongo,
                           license_allow=license_allow, min_side=min_side, snapshot_id=snapshot_id)
@@ -120,16 +122,25 @@ def build_pipeline(cfg: dict):
         cached.set_display_name("cache images (phase 0)")
         sp = c["split"](cached=cached.outputs["cached"], regions="", seed=split_seed)
         sp.set_display_name("stratified split (1.0)")
+        # Pretrained weights of every model, staged once (before any GPU pod) into the weights cache.
+        def stage(role: str, kind: str, config, overrides):
+            task = c["stage_weights"](role=role, kind=kind, config=config, overrides=overrides,
+                                      weights_cache=weights_cache, hub_endpoint=hub_endpoint, offline=weights_offline)
+            task.set_display_name(f"stage weights: {role}")
+            return task.outputs["weights"]
+
+        teacher_weights = stage("global teacher", "teacher", global_teacher_config, teacher_overrides)
+        student_weights = stage("student", "student", student_config, {})
+        baseline_weights = stage("baseline", "baseline", baseline_settings, {})
         base = c["baseline"](train=sp.outputs["train"], test=sp.outputs["test"], cache_dir=cache_dir,
-                             model_name=baseline_model, weights_path=baseline_weights,
-                             image_size=baseline_image_size)
+                             settings=baseline_settings, weights=baseline_weights)
         base.set_display_name("baseline (phase 0)")
 
         # Phase 1: the global teacher.
         gt = c["train_teacher"](name="global", regions="", train=sp.outputs["train"], val=sp.outputs["val"],
                                 cache_dir=cache_dir, config=global_teacher_config, overrides=teacher_overrides,
                                 checkpoint_dir=checkpoint_dir, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                gpus=gpus_per_teacher)
+                                gpus=gpus_per_teacher, weights=teacher_weights)
         gt.set_display_name("train teacher: global (1.2)")
         ge = c["evaluate_teacher"](name="global", model=gt.outputs["model"], test=sp.outputs["test"],
                                    cache_dir=cache_dir, confusion_top_n=20)
@@ -167,7 +178,7 @@ def build_pipeline(cfg: dict):
         st = c["train_student"](train=sp.outputs["train"], val=sp.outputs["val"], soft_labels=sl.outputs["soft_labels"],
                                 cache_dir=cache_dir, student_config=student_config, checkpoint_dir=checkpoint_dir,
                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, train_ce_control=train_ce_control,
-                                gpus=gpus_per_student)
+                                gpus=gpus_per_student, weights=student_weights)
         st.set_display_name("train student: distillation + fine-tuning (4)")
 
         # Phase 5: calibration and the export gate.
@@ -202,7 +213,9 @@ def build_pipeline(cfg: dict):
             regional_teacher_models=dsl.Collected(rt.outputs["model"]),
             soft_labels=sl.outputs["soft_labels"], student_model=st.outputs["model"],
             student_metrics=st.outputs["metrics"], calibration=cal.outputs["calibration"],
-            export_summary=dsl.OneOf(va.outputs["Output"], sk.output))
+            export_summary=dsl.OneOf(va.outputs["Output"], sk.output),
+            global_teacher_weights=teacher_weights, student_weights=student_weights,
+            baseline_weights=baseline_weights)
         mf.set_display_name("training manifest (7)")
 
         # Kubernetes settings of every task (resources, GPUs, node pools, PVC, secrets,
@@ -273,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compile", help="compile the DAG to a KFP pipeline YAML")
     c.add_argument("--config", default="config/cluster.yaml")
     c.add_argument("--output", default="pipeline.yaml")
+    w = sub.add_parser("stage-weights", help="download and cache every model's pretrained weights (air-gapped "
+                                             "clusters: run where the hub is reachable, then copy the cache)")
+    w.add_argument("--config", default="config/cluster.yaml")
+    w.add_argument("--cache", help="the weights cache to fill (default: the config's weights.cache_dir)")
     s = sub.add_parser("submit", help="compile and submit a run to a KFP server")
     s.add_argument("--config", default="config/cluster.yaml")
     s.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.org/pipeline")
@@ -290,6 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_pipeline_config(args.config, overrides)
     if args.cmd == "compile":
         print("compiled:", compile_pipeline(cfg, args.output))
+    elif args.cmd == "stage-weights":
+        from shared.pretrained import stage_run
+
+        for r in stage_run(cfg, args.cache):
+            if r["pretrained"]:
+                print(f"{r['role']:15s} {r['model_id']}: sha256 {r['sha256']}  (pin it as model.sha256 for an "
+                      f"offline cluster; {r['cache']}/{r['file']})")
+            else:
+                print(f"{r['role']:15s} {r['model_id']}: {r['source']}")
     elif args.cmd == "submit":
         from components.submission import parse_params, submit_run
         from shared.cluster_config import cluster_problems

@@ -52,6 +52,10 @@ def apply_platform(task: Any, step: str, cluster: dict, *, accelerator_limit: An
         m = s["mongo_secret"]
         kubernetes.use_secret_as_env(task, secret_name=m["name"], secret_key_to_env={m["key"]: m["env"]},
                                      optional=m["optional"])
+    if s["hub_secret"]:
+        h = s["hub_secret"]
+        kubernetes.use_secret_as_env(task, secret_name=h["name"], secret_key_to_env={h["key"]: h["env"]},
+                                     optional=h["optional"])
     if s["gcs_credentials"]:
         g = s["gcs_credentials"]
         kubernetes.use_secret_as_volume(task, secret_name=g["name"], mount_path=g["mount_path"])

@@ -11,17 +11,39 @@ from components.images import TRAIN_IMAGE
 def train_teacher(name: str, regions: str, train: Input[Dataset], val: Input[Dataset],
                   cache_dir: str, config: dict, overrides: dict, checkpoint_dir: str, run_id: str,
                   gpus: int, model: Output[Model], metrics: Output[Metrics], logs: Output[Artifact],
-                  init_from: Input[Model] = None):
-    """Fine-tune a teacher; resumes from its last checkpoint when the pod is retried."""
+                  init_from: Input[Model] = None, weights: Input[Model] = None):
+    """Fine-tune a teacher; resumes from its last checkpoint when the pod is retried.
+
+    Args:
+        name: The teacher's name ("global", or the regional teacher's name).
+        regions: Its regions, comma-separated ("" for the global teacher).
+        train: The train split (JSONL records).
+        val: The val split (early stopping, best checkpoint).
+        cache_dir: The image cache (volume path or gs://).
+        config: The teacher config (the plan's teacher_*.yaml, loaded).
+        overrides: Dotted overrides applied on top of `config` (e.g. training.epochs).
+        checkpoint_dir: Where resumable checkpoints live (on the volume), per run and teacher.
+        run_id: The pipeline run id (keys the checkpoint directory).
+        gpus: GPUs of the pod; more than 1 runs torchrun DDP.
+        init_from: Another teacher's checkpoint to start from (regional teachers: the global one).
+        weights: The staged pretrained weights (stage_weights) when model.pretrained is true.
+
+    Returns:
+        model: The best checkpoint (weights, classes, preprocessing, config, metrics).
+        metrics: Best val figures, epochs run, and whether it trained from scratch.
+        logs: TensorBoard logs.
+    """
     import shutil
 
     from shared.teacher_job import run_teacher_job
     from shared.training_manifest import environment_versions
 
     s = run_teacher_job(name, config, overrides, train.path, val.path, cache_dir, checkpoint_dir,
-                        run_id, gpus, init_from.path if init_from is not None else None, model.path)
+                        run_id, gpus, init_from.path if init_from is not None else None, model.path,
+                        weights_path=weights.path if weights is not None else None)
     model.metadata.update({"teacher": name, "regions": regions, "model_name": s.get("model_name", ""),
                            "classes": s.get("num_classes", 0),
+                           **{f"pretrained_{k}": str(v) for k, v in s.get("pretrained", {}).items()},
                            "environment": environment_versions()})  # the training image's, for the manifest
     for key, value in sorted(s.get("best_metrics", {}).items()):
         if isinstance(value, (int, float)):

@@ -29,6 +29,9 @@ def training_manifest(
     export_bundle: Input[Artifact] = None,
     export_validation: Input[Artifact] = None,
     export_summary: dict = {},
+    global_teacher_weights: Input[Model] = None,
+    student_weights: Input[Model] = None,
+    baseline_weights: Input[Model] = None,
 ):
     """Write the reproducibility manifest (plan 7.1); absent phases are 'skipped' with the reason.
 
@@ -85,6 +88,11 @@ def training_manifest(
             phase_results["export_validation"] = dict(export_summary)
     data_stats = {"snapshot_id": snapshot_id, "ingest": load(ingest_audit), "split": load(split_stats),
                   "cache": load(cache_report)}
+    from shared.pretrained import read_staged
+
+    staged = {role: read_staged(art.path) for role, art in (
+        ("global_teacher", global_teacher_weights), ("student", student_weights), ("baseline", baseline_weights))
+        if art is not None}
     env = tm.environment_versions()
     # The training and export images report their own versions in their artifacts' metadata.
     for key, art in (("training", global_teacher_model), ("student_training", student_model),
@@ -95,7 +103,7 @@ def training_manifest(
         config={"global_teacher": global_teacher_config, "regional_teachers": regional_teachers,
                 "student": student_config, "pipeline": pipeline_settings},
         phase_results=phase_results, data_stats=data_stats, seed=seed,
-        git_commit=git_commit or tm.git_commit(), environment=env)
+        git_commit=git_commit or tm.git_commit(), environment=env, staged_weights=staged)
     # A directory holding TRAINING_MANIFEST.yaml, so the file keeps its name when downloaded.
     os.makedirs(manifest.path, exist_ok=True)
     tm.write_manifest(os.path.join(manifest.path, tm.MANIFEST_NAME), m)

@@ -28,6 +28,7 @@ class StepNeeds:
         "one" (a single GPU) or None (no GPU).
     cache_pvc: mounts the image/checkpoint volume (reads or writes images there).
     mongo_secret: gets the MongoDB URI as an env variable.
+    hub_secret: gets the Hugging Face token (HF_TOKEN) as an env variable.
     deterministic: its output is a function of its inputs (KFP caching safe)."""
 
     kind: str
@@ -35,6 +36,7 @@ class StepNeeds:
     cache_pvc: bool
     mongo_secret: bool = False
     deterministic: bool = False
+    hub_secret: bool = False
 
 
 # Every step of the DAG by its component function name.
@@ -44,6 +46,8 @@ STEPS: dict[str, StepNeeds] = {
     # Network fetches: the result depends on what the hosts answer today.
     "cache_images": StepNeeds("cpu", None, cache_pvc=True),
     "split": StepNeeds("cpu", None, cache_pvc=False, deterministic=True),
+    # Weights for a model id + revision (+ pinned sha256) are the same bytes: cached by KFP.
+    "stage_weights": StepNeeds("cpu", None, cache_pvc=True, deterministic=True, hub_secret=True),
     "baseline": StepNeeds("gpu", "one", cache_pvc=True),
     "train_teacher": StepNeeds("gpu", "teacher", cache_pvc=True),
     "evaluate_teacher": StepNeeds("gpu", "one", cache_pvc=True),
@@ -89,6 +93,8 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
     "cache_pvc": {"name": "plantid-cache", "mount_path": "/mnt/plantid"},
     "secrets": {
         "mongo_uri": {"name": "plantid-mongo", "key": "uri", "env": "MONGO_URI", "optional": True},
+        # A Hugging Face token for gated or private weights (stage_weights only); optional.
+        "hf_token": {"name": "plantid-hf-token", "key": "token", "env": "HF_TOKEN", "optional": True},
         # A JSON key mounted as a file; leave off with Workload Identity.
         "gcs_credentials": {"enabled": False, "name": "plantid-gcs-key", "key_file": "key.json",
                             "mount_path": "/var/secrets/google"},
@@ -296,6 +302,7 @@ def step_settings(step: str, cluster: dict) -> dict:
                   if step in r["steps"] and r["num_retries"] > 0 else None),
         "cache_pvc": dict(cluster["cache_pvc"]) if needs.cache_pvc else None,
         "mongo_secret": dict(cluster["secrets"]["mongo_uri"]) if needs.mongo_secret else None,
+        "hub_secret": dict(cluster["secrets"]["hf_token"]) if needs.hub_secret else None,
         "gcs_credentials": (dict(cluster["secrets"]["gcs_credentials"])
                             if cluster["secrets"]["gcs_credentials"]["enabled"] else None),
         "security": dict(cluster["security"]),
@@ -309,7 +316,7 @@ def cluster_problems(cfg: dict) -> list[str]:
     cl = load_cluster_config(cfg.get("cluster"))
     mount = cl["cache_pvc"]["mount_path"].rstrip("/") + "/"
     problems = []
-    for section, key in (("cache", "dir"), ("teachers", "checkpoint_dir")):
+    for section, key in (("cache", "dir"), ("teachers", "checkpoint_dir"), ("weights", "cache_dir")):
         value = str(cfg.get(section, {}).get(key, ""))
         if value and "://" not in value and not value.startswith(mount):
             problems.append(f"{section}.{key} = {value!r} is not on the cache volume ({mount}); "
@@ -324,4 +331,8 @@ def cluster_problems(cfg: dict) -> list[str]:
         problems.append("cache.fetch.allow_local_paths is true: pods must not read local paths named by records")
     if fetch.get("allow_private_networks"):
         problems.append("cache.fetch.allow_private_networks is true: record URLs could reach cluster services")
+    if "weights" in cfg and "teachers" in cfg:
+        from shared.pretrained import offline_problems
+
+        problems += offline_problems(cfg)
     return problems

@@ -225,7 +225,10 @@ def write_bundle_assets(bundle_dir: str | os.PathLike, ckpt: dict, calibration: 
         "crop": "center", "smart_crop_in_training": bool(ckpt.get("smart_crop", False)),
         "layout": "NHWC", "input_shape": [1, size, size, 3], "value_range": [0, 1],
         "mean": list(ckpt["mean"]), "std": list(ckpt["std"]), "output": "logits",
-        "apply": "softmax(logits / temperature)", "model_name": ckpt["model_name"], "quantization": quantization})
+        "apply": "softmax(logits / temperature)", "model_name": ckpt["model_name"], "quantization": quantization,
+        # mean/std above are what training used; where the student started from (its weights' own
+        # preprocessing may differ: stage_weights warned then)
+        "initial_weights": dict(ckpt.get("pretrained") or {"pretrained": False})})
     shutil.copyfile(WEB_DIR / "index.html", d / "index.html")
     shutil.copyfile(TFJS_MIN, d / "tf.min.js")
     for name in WASM_FILES:

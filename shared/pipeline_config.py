@@ -41,7 +41,13 @@ DEFAULTS: dict[str, Any] = {
                   "retries": 4, "per_host_concurrency": 4, "per_host_rate": 10.0},
     },
     "split": {"seed": 42},
-    "baseline": {"model_name": "mobilenetv2_100", "weights": "", "image_size": 224},
+    # weights: a file instead of the hub (path, gs:// or http(s) URL with sha256), as model.pretrained_path
+    "baseline": {"model_name": "mobilenetv2_100", "pretrained": True, "revision": "", "weights": "",
+                 "sha256": "", "image_size": 224},
+    # Pretrained weights (shared/pretrained.py): the content-addressed cache the stage_weights
+    # step fills and the training pods read (a path on the volume or gs://), the hub mirror
+    # ("" = HF_ENDPOINT or huggingface.co), and offline: true where the hub cannot be reached.
+    "weights": {"cache_dir": "data/weights_cache", "hub_endpoint": "", "offline": False},
     "teachers": {
         "global_config": "config/teacher_global.yaml",
         "overrides": {},
@@ -64,7 +70,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 PATH_KEYS = {("data", "records_uri"), ("cache", "dir"), ("teachers", "global_config"),
-             ("teachers", "checkpoint_dir"), ("student", "config"), ("baseline", "weights")}
+             ("teachers", "checkpoint_dir"), ("student", "config"), ("baseline", "weights"),
+             ("weights", "cache_dir")}
 
 
 class ConfigError(ValueError):
@@ -215,6 +222,16 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
                           f"{cfg['teachers']['checkpoint_dir']!r}")
     if "://" in cfg["cache"]["dir"] and not cfg["cache"]["dir"].startswith("gs://"):
         raise ConfigError(f"cache.dir: a local path or gs://bucket/prefix, got {cfg['cache']['dir']!r}")
+    from shared.pretrained import request_from_section
+
+    try:
+        request_from_section("baseline", cfg["baseline"], cfg["baseline"]["model_name"]).check()
+    except ValueError as e:
+        raise ConfigError(str(e).replace("model.pretrained_path", "baseline.weights")
+                          .replace("model.", "baseline.")) from None
+    wc = cfg["weights"]["cache_dir"]
+    if not wc or ("://" in wc and not wc.startswith("gs://")):
+        raise ConfigError(f"weights.cache_dir: a path (on the cache volume) or gs://bucket/prefix, got {wc!r}")
     if cfg["calibration"]["objective"] not in ("ece", "nll"):
         raise ConfigError(f"calibration.objective: must be ece or nll, got {cfg['calibration']['objective']!r}")
     if cfg["data"]["source"] not in ("jsonl", "mongo"):

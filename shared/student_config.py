@@ -5,7 +5,9 @@ cross_entropy), teachers (path, weight, region_filter), training (learning_rate,
 batch_size, epochs, warmup_epochs, optimizer). Unknown keys are errors naming
 the key; numeric strings ("1e-4", which YAML reads as text) are accepted.
 
-Keys we add, all optional (defaults below): model.image_size; training
+Keys we add, all optional (defaults below): model.image_size; model.pretrained
+(true: an ImageNet MobileNetV2 from timm/the hub, staged by stage_weights), model.revision,
+pretrained_path, sha256, class_names (as in the teacher configs); training
 distillation_epochs / finetune_epochs (the plan's 10 + 10; default: half of
 `epochs` each), weight_decay, gradient_clip, grad_accum_steps, amp, seed,
 channels_last, num_workers, early_stopping_patience; finetune.learning_rate
@@ -28,7 +30,8 @@ MOBILENETV2_WIDTHS = {0.5: "mobilenetv2_050", 0.75: "mobilenetv2_075", 1.0: "mob
 
 STUDENT_DEFAULTS: dict[str, Any] = {
     "model": {"name": "mobilenetv2", "alpha": 1.0, "num_classes": 9000, "dropout_rate": 0.2,
-              "image_size": 224},
+              "image_size": 224, "pretrained": True, "revision": "", "pretrained_path": "", "sha256": "",
+              "class_names": ""},
     "distillation": {"temperature": 3.0, "loss_weights": {"kl_divergence": 0.7, "cross_entropy": 0.3}},
     "teachers": [],
     "training": {"learning_rate": 1e-4, "batch_size": 128, "epochs": 20, "warmup_epochs": 1,
@@ -71,6 +74,12 @@ def load_student_config(source: str | Path | dict | None, overrides: dict | None
 
 def _check_values(cfg: dict) -> None:
     """Ranges the trainer relies on: out of them a run would crash late or train wrongly."""
+    from shared.pretrained import request_from_section
+
+    try:
+        request_from_section("student", cfg["model"]).check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     t, f, m, w = cfg["training"], cfg["finetune"], cfg["model"], cfg["distillation"]["loss_weights"]
     for where, v, lo, hi in (("training.learning_rate", t["learning_rate"], 0, 1),
                              ("finetune.learning_rate", f["learning_rate"], 0, 1),
@@ -97,7 +106,7 @@ def timm_model_name(model: dict) -> str:
     """mobilenetv2 + alpha -> timm's name (mobilenetv2_100 for 1.0); other names as is."""
     name = model["name"]
     if name.replace("_", "").lower() != "mobilenetv2":
-        return name
+        return name  # a timm name as is, pretrained tag included (mobilenetv2_100.ra_in1k)
     alpha = float(model["alpha"])
     if alpha not in MOBILENETV2_WIDTHS:
         raise ConfigError(f"model.alpha: {alpha} has no timm MobileNetV2; use one of {sorted(MOBILENETV2_WIDTHS)}")

@@ -21,7 +21,7 @@ from shared.distillation import SoftLabelLookup, make_kd_loss_fn
 from shared.image_dataset import CachedImageDataset, class_list
 from shared.soft_labels import SoftLabels
 from shared.student_config import load_student_config, timm_model_name
-from shared.teacher_training import create_model
+from shared.pretrained import create_model, preprocessing_mismatches, read_staged, require_staged, staged_summary
 from shared.atomic import write_json
 from shared.records import load_jsonl
 from shared.trainer import TrainSettings, distributed_env, fit, launch, seed_everything
@@ -49,8 +49,9 @@ def stage_settings(cfg: dict, stage: str, num_classes: int) -> TrainSettings:
 
 def train_student(config: dict, train_records: list[dict], val_records: list[dict], cache_dir: str,
                   out_dir: str, soft_labels_path: str | None, *, classes: list[str] | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Both stages; returns per-stage metrics, size and the final checkpoint path."""
+                  weights: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Both stages; returns per-stage metrics, size and the final checkpoint path.
+    `weights`: the staged pretrained weights (needed when model.pretrained is true)."""
     cfg = load_student_config(config)
     out = Path(out_dir)
     main_proc = distributed_env()[0] == 0
@@ -64,15 +65,28 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
     size = cfg["model"]["image_size"]
     aug, smart = cfg["augmentation"], cfg["data"]["smart_crop"]
     seed_everything(cfg["training"]["seed"])
-    model = create_model(name, len(classes), cfg["model"]["dropout_rate"], size)
-    meta = {"model_name": name, "classes": classes, "image_size": size,
-            "model_kwargs": {"drop_rate": cfg["model"]["dropout_rate"]},
+    dropout = cfg["model"]["dropout_rate"]
+    if cfg["model"]["pretrained"]:
+        weights = require_staged(weights, name, "student")
+        model = create_model(name, len(classes), dropout, size, weights=weights, classes=classes, log=log)
+        arch, model_args = weights["architecture"], dict(weights.get("model_args") or {})
+        for w in preprocessing_mismatches(weights, aug["val"]["normalize"]["mean"], aug["val"]["normalize"]["std"],
+                                          size):
+            log(f"WARNING: {w}")
+    else:
+        model = create_model(name, len(classes), dropout, size)
+        arch, model_args = name, {}
+        log(f"student {name}: training from scratch (model.pretrained: false)")
+    meta = {"model_name": arch, "model_id": name, "classes": classes, "image_size": size,
+            "model_kwargs": {**model_args, "drop_rate": dropout},
             "mean": aug["val"]["normalize"]["mean"], "std": aug["val"]["normalize"]["std"],
             "config": cfg, "smart_crop": smart, "eval_resize": aug["val"]["resize"]}
     val_ds = CachedImageDataset(val_records, cache_dir, classes, build_eval_transform(aug["val"], size, smart),
                                 label_missing="ignore")
     result: dict[str, Any] = {"model_name": name, "num_classes": len(classes), "image_size": size,
-                              "distilled": soft is not None, **model_size(model)}
+                              "distilled": soft is not None, "trained_from_scratch": not cfg["model"]["pretrained"],
+                              "pretrained": staged_summary(weights) if cfg["model"]["pretrained"] else {},
+                              **model_size(model)}
     stages = []
     if cfg["training"]["distillation_epochs"] > 0:
         stages.append("distillation")
@@ -121,15 +135,17 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
 
 
 def run_student_job(config: dict, train_path: str, val_path: str, cache_dir: str, out_dir: str,
-                    soft_labels_path: str | None, gpus: int = 1, classes: list[str] | None = None) -> dict[str, Any]:
+                    soft_labels_path: str | None, gpus: int = 1, classes: list[str] | None = None,
+                    weights_path: str | None = None) -> dict[str, Any]:
     """The student as the pipeline runs it: in this process on one device, torchrun DDP
     (one process per GPU) on several; returns train_student's summary either way."""
     if int(gpus) <= 1:
         return train_student(config, load_jsonl(train_path), load_jsonl(val_path), cache_dir, out_dir,
-                             soft_labels_path, classes=classes)
+                             soft_labels_path, classes=classes, weights=read_staged(weights_path))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "job.json", {"config": config, "soft_labels": soft_labels_path, "classes": classes})
+    write_json(out / "job.json", {"config": config, "soft_labels": soft_labels_path, "classes": classes,
+                                  "weights": weights_path})
     launch(["--job-json", str(out / "job.json"), "--train-jsonl", train_path, "--val-jsonl", val_path,
             "--cache-dir", cache_dir, "--out-dir", out_dir, "--summary-json", str(out / "summary.json")],
            nproc=int(gpus), module="shared.student_training")
@@ -147,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     job = json.loads(Path(a.job_json).read_text())
     summary = train_student(job["config"], load_jsonl(a.train_jsonl), load_jsonl(a.val_jsonl), a.cache_dir,
-                            a.out_dir, job.get("soft_labels"), classes=job.get("classes"))
+                            a.out_dir, job.get("soft_labels"), classes=job.get("classes"),
+                            weights=read_staged(job.get("weights")))
     if a.summary_json and distributed_env()[0] == 0:
         write_json(a.summary_json, summary)
     return summary

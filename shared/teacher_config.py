@@ -4,8 +4,16 @@ teacher_regional.yaml, teacher_eu_core.yaml), accepted as written there.
 Sections and keys are the plan's; a key that is not below is an error naming
 it (with a suggestion), and a missing key takes the default below (the plan's
 global-teacher values). Keys we add to the plan's, all optional:
-  model.pretrained_path      local weights for `pretrained: true` (no hub here;
-                             without it the run says it trains from scratch)
+  model.name                 a timm name, optionally with its pretrained tag
+                             (vit_base_patch16_384.augreg_in21k_ft_in1k), or hf-hub:org/repo
+  model.revision             hub branch, tag or commit of the weights ("" = default)
+  model.pretrained_path      the weights file instead of the hub: a volume path, gs:// URI
+                             or http(s) URL (then model.sha256 is required)
+  model.sha256               the weights file's sha256 (pins any source; offline clusters)
+  model.class_names          the weights' head class names (one per line), so rows of
+                             species we share are copied (a plant checkpoint)
+  `pretrained: true` weights are staged by the stage_weights step (shared/pretrained.py)
+  and a run fails when they cannot be had; `pretrained: false` trains from scratch.
   training.grad_accum_steps  micro-batches per optimizer step (the plan's batch
                              of 4 on a 4 GB GPU x 16 = an effective batch of 64)
   training.min_lr            floor of the cosine decay
@@ -27,7 +35,7 @@ _NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 TEACHER_DEFAULTS: dict[str, Any] = {
     "model": {"name": "vit_base_patch16_384", "pretrained": True, "init_from": "",
-              "pretrained_path": ""},
+              "revision": "", "pretrained_path": "", "sha256": "", "class_names": ""},
     "training": {"learning_rate": 3.0e-5, "batch_size": 4, "epochs": 10, "warmup_epochs": 2,
                  "optimizer": "adamw", "weight_decay": 0.05, "gradient_clip": 1.0,
                  "label_smoothing": 0.1, "grad_accum_steps": 1, "min_lr": 1.0e-7, "amp": "auto",
@@ -60,6 +68,12 @@ def load_teacher_config(source: str | Path | dict | None, overrides: dict | None
 
 
 def _check_values(cfg: dict) -> None:
+    from shared.pretrained import request_from_section
+
+    try:
+        request_from_section("teacher", cfg["model"]).check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     t, r, c = cfg["training"], cfg["regularization"], cfg["callbacks"]
     if t["optimizer"] not in OPTIMIZERS:
         raise ConfigError(f"training.optimizer: {t['optimizer']!r} is not one of {OPTIMIZERS}")

@@ -25,8 +25,10 @@ def work_dir(checkpoint_dir: str, run_id: str, name: str) -> Path:
 
 def run_teacher_job(name: str, config: dict, overrides: dict, train_path: str, val_path: str,
                     cache_dir: str, checkpoint_dir: str, run_id: str, gpus: int,
-                    init_from: str | None, out_model: str) -> dict[str, Any]:
-    """Train (or resume) a teacher; copy best_model.pt to `out_model`; return its summary."""
+                    init_from: str | None, out_model: str, weights_path: str | None = None) -> dict[str, Any]:
+    """Train (or resume) a teacher; copy best_model.pt to `out_model`; return its summary.
+    `weights_path`: the stage_weights record of its pretrained weights (none for a
+    teacher initialised from another)."""
     from shared.trainer import launch
 
     wd = work_dir(checkpoint_dir, run_id, name)
@@ -37,6 +39,8 @@ def run_teacher_job(name: str, config: dict, overrides: dict, train_path: str, v
             "--summary-json", str(wd / "summary.json")]
     if init_from:
         args += ["--init-from", init_from]
+    if weights_path:
+        args += ["--weights-json", weights_path]
     launch(args, nproc=max(1, int(gpus)))
     summary = json.loads((wd / "summary.json").read_text())
     best = wd / "best_model.pt"

@@ -1,12 +1,12 @@
 """Teacher training (phases 1, 2, 2b): build the timm model a teacher config
-names, optionally start from local pretrained weights or from another teacher
-(`init_from`, head rows mapped by class name), and train it with the shared
-loop. `python -m shared.teacher_training ...` is what torchrun launches."""
+names, start it from the staged pretrained weights (shared/pretrained.py) or from
+another teacher (`init_from`, head rows mapped by class name), or from scratch only
+when the config says `pretrained: false`, and train it with the shared loop.
+`python -m shared.teacher_training ...` is what torchrun launches."""
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,49 +16,12 @@ from shared.atomic import write_json
 from shared.augment import build_eval_transform, build_train_transform
 from shared.checkpoint import load_checkpoint
 from shared.image_dataset import CachedImageDataset, class_balanced_sample_weights, class_list
+from shared.pretrained import (WeightsUnavailable, classifier_prefix, copy_head_rows, create_model,
+                               model_kwargs_for, preprocessing_mismatches, read_staged, require_staged,
+                               staged_summary)
 from shared.records import load_jsonl
 from shared.teacher_config import load_teacher_config
 from shared.trainer import TrainSettings, distributed_env, fit, seed_everything
-
-
-def classifier_prefix(model: torch.nn.Module) -> str:
-    """State-dict prefix of the classifier head ('head', 'classifier', 'head.fc', ...)."""
-    name = getattr(model, "pretrained_cfg", {}).get("classifier") or "head"
-    return name if isinstance(name, str) else name[0]
-
-
-def create_model(name: str, num_classes: int, dropout: float = 0.0, image_size: int | None = None
-                 ) -> torch.nn.Module:
-    """A timm model by name, never downloading weights; ViTs get the image size."""
-    import timm
-
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": dropout}
-    if image_size and ("vit" in name or "deit" in name or "eva" in name):
-        kwargs["img_size"] = image_size
-    return timm.create_model(name, pretrained=False, **kwargs)
-
-
-def model_kwargs_for(name: str, dropout: float, image_size: int) -> dict:
-    kw: dict[str, Any] = {"drop_rate": dropout}
-    if "vit" in name or "deit" in name or "eva" in name:
-        kw["img_size"] = image_size
-    return kw
-
-
-def load_pretrained_weights(model: torch.nn.Module, path: str, log: Callable = print) -> None:
-    """Local pretrained weights (a state dict or a checkpoint); a head of another
-    size is left at its fresh initialisation."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"model.pretrained_path: file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(state) - set(usable))
-    model.load_state_dict(usable, strict=False)
-    log(f"loaded pretrained weights {path}: {len(usable)} tensors"
-        + (f", skipped {len(skipped)} (e.g. {skipped[:3]})" if skipped else ""))
 
 
 def map_head_by_class(model: torch.nn.Module, src_state: dict, src_classes: list[str],
@@ -68,30 +31,14 @@ def map_head_by_class(model: torch.nn.Module, src_state: dict, src_classes: list
     source does not know keep their fresh rows. Returns counts."""
     prefix = classifier_prefix(model)
     own = model.state_dict()
-    new_state = {}
-    for k, v in src_state.items():
-        if k.startswith(prefix + "."):
-            continue
-        if k in own and own[k].shape == v.shape:
-            new_state[k] = v
-    src_pos = {c: i for i, c in enumerate(src_classes)}
-    mapped = 0
-    for suffix in ("weight", "bias"):
-        key = f"{prefix}.{suffix}"
-        if key not in own or key not in src_state:
-            continue
-        rows = own[key].clone()
-        for j, c in enumerate(dst_classes):
-            i = src_pos.get(c)
-            if i is not None:
-                rows[j] = src_state[key][i]
-                mapped += suffix == "weight"
-        new_state[key] = rows
-    missing_body = [k for k in own if not k.startswith(prefix + ".") and k not in new_state]
+    body = {k: v for k, v in src_state.items()
+            if not k.startswith(prefix + ".") and k in own and own[k].shape == v.shape}
+    missing_body = [k for k in own if not k.startswith(prefix + ".") and k not in body]
     if missing_body:
         raise ValueError(f"init_from: the checkpoint's architecture does not match: {len(missing_body)} "
                          f"tensors missing, e.g. {missing_body[:3]}")
-    model.load_state_dict(new_state, strict=False)
+    model.load_state_dict(body, strict=False)
+    mapped = copy_head_rows(model, src_state, src_classes, dst_classes)
     return {"head_rows_mapped": mapped, "head_rows_new": len(dst_classes) - mapped}
 
 
@@ -115,10 +62,19 @@ def cache_usage_gb(cache_dir: str) -> float:
     return total / 1e9
 
 
+def create_arch(name: str) -> str:
+    """The timm name to build for a model id trained from scratch (hf-hub ids need their staged config)."""
+    if name.startswith("hf-hub:"):
+        raise WeightsUnavailable(f"{name}: an hf-hub model id needs its staged config.json even with "
+                                 "pretrained: false; use the timm architecture name instead")
+    return name
+
+
 def train_teacher(config: dict, train_records: list[dict], val_records: list[dict], cache_dir: str,
                   out_dir: str, *, init_from: str | None = None, classes: list[str] | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train one teacher; returns a summary (best metrics, epochs, checkpoint paths)."""
+                  weights: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train one teacher; returns a summary (best metrics, epochs, checkpoint paths).
+    `weights` is the staged record of model.name (needed when model.pretrained is true)."""
     cfg = load_teacher_config(config)
     m, d, aug = cfg["model"], cfg["data"], cfg["augmentation"]
     region = d["region_filter"]
@@ -131,21 +87,30 @@ def train_teacher(config: dict, train_records: list[dict], val_records: list[dic
     classes = classes or class_list(train_records)
     size = d["image_size"]
     seed_everything(cfg["training"]["seed"])  # the same seed gives the same initial weights
-    model = create_model(m["name"], len(classes), cfg["regularization"]["dropout"], size)
-    from_scratch = True
+    dropout = cfg["regularization"]["dropout"]
     init = init_from or m["init_from"]
     init_info: dict[str, Any] = {}
-    if init:
+    mean, std = aug["val"]["normalize"]["mean"], aug["val"]["normalize"]["std"]
+    warnings: list[str] = []
+    if init:  # a regional teacher: the global teacher's architecture and weights, no download
         src = load_checkpoint(init)
+        arch, model_args = src["model_name"], {k: v for k, v in src.get("model_kwargs", {}).items()
+                                               if k not in ("drop_rate", "img_size")}
+        model = create_model(arch, len(classes), dropout, size, model_args=model_args)
         init_info = map_head_by_class(model, src["state_dict"], src["classes"], classes)
-        from_scratch = False
         log(f"initialised from {init}: {init_info}")
-    elif m["pretrained"] and m["pretrained_path"]:
-        load_pretrained_weights(model, m["pretrained_path"], log)
-        from_scratch = False
     elif m["pretrained"]:
-        log("no local pretrained weights configured (model.pretrained_path) and no hub access: "
-            "training from scratch")
+        weights = require_staged(weights, m["name"], "teacher")
+        arch, model_args = weights["architecture"], dict(weights.get("model_args") or {})
+        model = create_model(m["name"], len(classes), dropout, size, weights=weights, classes=classes, log=log)
+        warnings = preprocessing_mismatches(weights, mean, std, size)
+    else:
+        arch, model_args = create_arch(m["name"]), {}
+        model = create_model(arch, len(classes), dropout, size)
+        log(f"{m['name']}: training from scratch (model.pretrained: false)")
+    for w in warnings:
+        log(f"WARNING: {w}")
+    pretrained_info = staged_summary(weights) if m["pretrained"] and not init else {}
     used = cache_usage_gb(cache_dir) if Path(cache_dir).is_dir() else 0.0
     if used > d["cache_size_gb"]:
         log(f"WARNING: the image cache uses {used:.1f} GB, more than data.cache_size_gb={d['cache_size_gb']}")
@@ -154,19 +119,21 @@ def train_teacher(config: dict, train_records: list[dict], val_records: list[dic
     val_ds = CachedImageDataset(val_records, cache_dir, classes,
                                 build_eval_transform(aug["val"], size, d["smart_crop"]), label_missing="ignore")
     settings = settings_from_config(cfg, len(classes))
-    meta = {"model_name": m["name"], "classes": classes, "image_size": size,
-            "model_kwargs": model_kwargs_for(m["name"], cfg["regularization"]["dropout"], size),
-            "mean": aug["val"]["normalize"]["mean"], "std": aug["val"]["normalize"]["std"],
+    meta = {"model_name": arch, "model_id": m["name"], "classes": classes, "image_size": size,
+            "model_kwargs": {**model_args, **model_kwargs_for(arch, dropout, size)},
+            "mean": mean, "std": std, "pretrained": pretrained_info,
             "config": cfg, "smart_crop": d["smart_crop"], "eval_resize": aug["val"]["resize"]}
-    weights = class_balanced_sample_weights(train_records, classes) if settings.weighted_sampling else None
+    sample_weights = class_balanced_sample_weights(train_records, classes) if settings.weighted_sampling else None
     result = fit(model, train_ds, val_ds, settings, out_dir, checkpoint_meta=meta,
-                 sampler_weights=weights, log=log)
+                 sampler_weights=sample_weights, log=log)
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
     return {"model_name": m["name"], "num_classes": len(classes), "train_images": len(train_records),
             "val_images": len(val_records), "epochs_run": result.epochs_run,
             "stopped_early": result.stopped_early, "best_epoch": result.best_epoch,
             "global_step": result.global_step, "resumed_from_epoch": result.resumed_from_epoch,
-            "trained_from_scratch": from_scratch, "init": init_info,
+            "trained_from_scratch": not init and not m["pretrained"], "init": init_info,
+            "pretrained": pretrained_info,
+            "preprocessing_warnings": warnings,
             "best_metrics": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
             "history": result.history, "best_checkpoint": result.best_path,
             "last_checkpoint": result.last_path}
@@ -181,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache-dir", required=True)
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--init-from")
+    ap.add_argument("--weights-json", help="the staged weights record (stage_weights)")
     ap.add_argument("--override", action="append", default=[], help="dotted.key=value (YAML value)")
     ap.add_argument("--summary-json")
     a = ap.parse_args(argv)
@@ -193,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         cfg = load_teacher_config(a.config, overrides)
     summary = train_teacher(cfg, load_jsonl(a.train_jsonl), load_jsonl(a.val_jsonl), a.cache_dir,
-                            a.out_dir, init_from=a.init_from)
+                            a.out_dir, init_from=a.init_from, weights=read_staged(a.weights_json))
     if a.summary_json and distributed_env()[0] == 0:
         write_json(a.summary_json, summary)
     return summary

@@ -7,7 +7,6 @@ best checkpoint, early stopping, and a clear stop on a non-finite loss."""
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import random
@@ -16,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch

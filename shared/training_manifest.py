@@ -219,7 +219,7 @@ def _teacher_entry(r: dict, cfg: dict | None) -> dict:
 
 def build_training_manifest(*, config: dict, phase_results: dict, data_stats: dict, seed: int,
                             git_commit: str | None, environment: dict | None,
-                            timestamp: _dt.datetime | None = None) -> dict:
+                            timestamp: _dt.datetime | None = None, staged_weights: dict | None = None) -> dict:
     """The manifest as a dict (see module doc).
 
     config: {"global_teacher": teacher config, "regional_teachers": [{"teacher",
@@ -230,7 +230,8 @@ def build_training_manifest(*, config: dict, phase_results: dict, data_stats: di
         "regional_teachers", None when the step did not run, or
         {"status": "skipped"|"failed", "reason": ...}.
     data_stats: {"snapshot_id", "ingest": audit, "split": split stats, "cache": cache report}.
-    environment: versions (environment_versions()); None collects them here."""
+    environment: versions (environment_versions()); None collects them here.
+    staged_weights: role -> the stage_weights record of that model's pretrained weights."""
     unknown = set(phase_results) - set(PHASES)
     if unknown:
         raise ManifestError(f"phase_results: unknown phase(s) {sorted(unknown)}; known: {list(PHASES)}")
@@ -385,9 +386,27 @@ def build_training_manifest(*, config: dict, phase_results: dict, data_stats: di
         "data": data,
         "phases": phases,
         "environment": env,
+        "models": _models_section(staged_weights, config),
         "hyperparameters": collect_hyperparameters(config),
     }
     return _plain(manifest)
+
+
+def _models_section(staged: dict | None, config: dict) -> dict:
+    """Every model's starting weights: id, revision, sha256, source (plan 7.1's reproducibility)."""
+    from shared.pretrained import staged_summary
+
+    out = {}
+    for role, record in sorted((staged or {}).items()):
+        if not isinstance(record, dict):
+            raise ManifestError(f"staged_weights.{role}: expected a mapping, got {type(record).__name__}")
+        out[role] = staged_summary(record)
+    for t in config.get("regional_teachers") or []:
+        if isinstance(t, dict) and t.get("teacher"):
+            out[f"regional_teacher_{t['teacher']}"] = {
+                "init_from": "the global teacher's best checkpoint (head rows mapped by species name)",
+                "weights_downloaded": False}
+    return out
 
 
 # Where the steps that ran in other images report their own environment (artifact metadata).

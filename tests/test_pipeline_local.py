@@ -41,8 +41,14 @@ def test_local_run_produces_phase0_outputs(local_run):
     assert stats["images"]["train"] > stats["images"]["val"] > 0
     assert "<svg" in Path(outs["split"]["histogram"]).read_text()
     report = json.loads(Path(outs["baseline"]["report"]).read_text())
-    assert "random initialisation" in report["weights"]
+    # the local config says baseline.pretrained: false (no hub here): the report says what that means
+    assert report["pretrained"] is False and report["versus_plan"] == "not comparable: random weights"
+    assert "says nothing about a pretrained model" in report["weights"]
     assert 0.0 <= report["top1_accuracy"] <= 1.0
+    staged = [json.loads((Path(o["weights"]) / "staged_weights.json").read_text())
+              for k, o in outs.items() if k.startswith("stage-weights")]
+    assert sorted(s["role"] for s in staged) == ["baseline", "global teacher", "student"]
+    assert all(s["pretrained"] is False and "trained from scratch" in s["source"] for s in staged)
 
 
 def test_local_run_trains_teachers(local_run):
@@ -98,6 +104,13 @@ def test_local_run_exports_blessed_student_and_writes_manifest(local_run):
     assert p6["toolchain"]["tensorflowjs"] and m["environment"]["packages"]["onnx2tf"] == p6["toolchain"]["onnx2tf"]
     # the training steps report their own image's versions (the manifest step's image has no torch)
     assert m["environment"]["training"]["packages"]["timm"] and m["environment"]["student_training"]["packages"]["torch"]
+    # every model's starting weights: the local configs train from scratch on purpose, and say so
+    models = m["models"]
+    assert {models[r]["model_id"] for r in ("global_teacher", "student", "baseline")} == {"test_resnet",
+                                                                                       "test_efficientnet"}
+    assert all(models[r]["pretrained"] is False and "model.pretrained is false" in models[r]["source"]
+               for r in ("global_teacher", "student", "baseline"))
+    assert models["regional_teacher_EU_SW"]["weights_downloaded"] is False
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +152,7 @@ def test_compile_contains_all_components(tmp_path):
     path = pipeline.compile_pipeline(cfg, str(tmp_path / "p.yaml"))
     spec = next(yaml.safe_load_all(Path(path).read_text()))  # then the Kubernetes platform spec
     execs = set(spec["deploymentSpec"]["executors"])
-    for name in ("ingest", "cache-images", "split", "baseline", "train-teacher", "evaluate-teacher",
+    for name in ("ingest", "cache-images", "split", "stage-weights", "baseline", "train-teacher", "evaluate-teacher",
                  "teacher-logits", "combine-soft-labels", "train-student", "calibrate", "export-tfjs",
                  "validate-export", "export-skipped", "training-manifest"):
         assert f"exec-{name}" in execs, execs

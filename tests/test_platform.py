@@ -161,7 +161,7 @@ def test_every_step_gets_its_platform_settings(tmp_path):
         if needs.cache_pvc:
             assert k8s["pvcMount"][0]["mountPath"] == "/mnt/plantid"
             assert k8s["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "plantid-cache"
-        assert ("secretAsEnv" in k8s) == needs.mongo_secret, step
+        assert ("secretAsEnv" in k8s) == (needs.mongo_secret or needs.hub_secret), step
         # the GCS key (when enabled) goes to every pod: the KFP launcher uploads artifacts from each one
         assert k8s["secretAsVolume"][0]["mountPath"] == "/var/secrets/google"
         env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][execs[step]]["container"]["env"]}

@@ -12,7 +12,8 @@ from shared.student_training import run_student_job
 from shared.teacher_logits import TeacherLogits
 
 TINY_STUDENT = {
-    "model": {"name": "test_efficientnet", "num_classes": 12, "image_size": 32, "dropout_rate": 0.0},
+    "model": {"name": "test_efficientnet", "num_classes": 12, "image_size": 32, "dropout_rate": 0.0,
+              "pretrained": False},
     "training": {"learning_rate": 3e-3, "batch_size": 16, "distillation_epochs": 2, "finetune_epochs": 1,
                  "warmup_epochs": 0, "optimizer": "adam", "channels_last": False, "num_workers": 0},
     "augmentation": {"train": {"resize": 36, "crop": 32}, "val": {"resize": 36, "center_crop": 32}},

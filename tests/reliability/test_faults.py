@@ -88,7 +88,8 @@ from tests.test_student_training import noisy_teacher_soft_labels
 
 train, val = load_jsonl(sys.argv[1]), load_jsonl(sys.argv[2])
 classes = noisy_teacher_soft_labels(train, sys.argv[4] + ".soft.npz")
-cfg = {"model": {"name": "test_efficientnet", "num_classes": len(classes), "image_size": 32, "dropout_rate": 0.0},
+cfg = {"model": {"name": "test_efficientnet", "num_classes": len(classes), "image_size": 32, "dropout_rate": 0.0,
+                 "pretrained": False},
        "training": {"learning_rate": 3e-3, "batch_size": 16, "distillation_epochs": 4, "finetune_epochs": 1,
                     "warmup_epochs": 0, "optimizer": "adam", "channels_last": False, "num_workers": 0,
                     "early_stopping_patience": 10},

@@ -41,10 +41,14 @@ def test_every_pod_of_the_real_pipeline_runs_as_non_root(compiled):
         assert int(sc.get("runAsGroup", 0)) > 0, label
 
 
-def test_only_ingest_gets_the_database_secret(compiled):
+def test_only_ingest_gets_the_database_secret_and_only_stage_weights_the_hub_token(compiled):
     _, _, platform = compiled
-    with_secret = sorted(label for label, k8s in platform.items() if "secretAsEnv" in k8s)
-    assert with_secret == ["exec-ingest"]
+    with_secret = {label: [e["secretNameParameter"]["runtimeValue"]["constant"] for e in k8s["secretAsEnv"]]
+                   for label, k8s in platform.items() if "secretAsEnv" in k8s}
+    assert with_secret.pop("exec-ingest") == ["plantid-mongo"]
+    assert len(with_secret) == 3  # the three stage_weights tasks (teacher, student, baseline)
+    assert all(label.startswith("exec-stage-weights") and names == ["plantid-hf-token"]
+               for label, names in with_secret.items())
 
 
 SECRET_LOOKING = [r"mongodb(\+srv)?://", r"-----BEGIN [A-Z ]*PRIVATE KEY", r"\"private_key\"",
