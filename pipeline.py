@@ -47,8 +47,13 @@ def teacher_parameters(cfg: dict) -> tuple[dict, list[dict]]:
     config loaded and validated), as pipeline-parameter defaults."""
     from shared.teacher_config import load_teacher_config
 
+    from shared.pipeline_config import ConfigError
+
     t = cfg["teachers"]
     global_cfg = load_teacher_config(t["global_config"], t["overrides"])
+    if global_cfg["data"]["region_filter"].strip():  # it would quietly narrow the teacher of every region
+        raise ConfigError(f"{t['global_config']}: data.region_filter {global_cfg['data']['region_filter']!r} "
+                          "would narrow the global teacher; regional teachers go under teachers.regional")
     regional = []
     for item in t["regional"]:
         rc = load_teacher_config(item.get("config") or t["global_config"],

@@ -26,7 +26,9 @@ def _given_tests() -> int:
 def fuzz_counts(tmp: Path) -> dict:
     counts = tmp / "fuzz_counts.json"
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "tests/reliability/test_fuzz_inputs.py", "tests/reliability/test_fuzz_edges.py"], cwd=ROOT, capture_output=True, text=True,
+                        "tests/reliability/test_fuzz_inputs.py", "tests/reliability/test_fuzz_edges.py",
+                        "tests/reliability/test_ingest_hostile.py", "tests/reliability/test_licenses_hostile.py",
+                        "tests/reliability/test_url_parsing.py"], cwd=ROOT, capture_output=True, text=True,
                        env={**ENV, "PLANTID_FUZZ_COUNTS": str(counts)})
     if r.returncode != 0:
         raise RuntimeError(f"fuzz tests failed:\n{r.stdout[-2000:]}")

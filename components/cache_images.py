@@ -18,5 +18,5 @@ def cache_images(records: Input[Dataset], cache_dir: str, resize: int, min_side:
                          out_cached=cached.path, out_report=report.path)
     cached.metadata.update({"cache_dir": cache_dir, "images": r["cached"]})
     for key in ("cached", "fetched", "reused", "failed", "fail_rate", "too_small",
-                "duplicates", "images_per_second"):
+                "duplicates", "label_conflicts", "images_per_second"):
         metrics.log_metric(key, r[key])

@@ -4,6 +4,7 @@ preprocessing, config, metrics). Written atomically with a checksum beside it.""
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,23 +29,34 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, model_na
                     **extra: Any) -> None:
     """Save `model` (unwrapped from DDP/compile) with its metadata, atomically."""
     model = unwrap_model(model)
+    # Metadata as plain JSON types (a numpy float in the metrics would make the file unreadable
+    # with torch.load(weights_only=True), which is how every checkpoint is read).
+    plain = json.loads(json.dumps({"model_kwargs": dict(model_kwargs or {}), "config": config or {},
+                                   "metrics": metrics or {}, "extra": extra}, default=_json_value))
     payload = {
         "format_version": FORMAT_VERSION,
         "model_name": model_name,
-        "model_kwargs": dict(model_kwargs or {}),
+        "model_kwargs": plain["model_kwargs"],
         "classes": list(classes),
         "image_size": int(image_size),
         "mean": list(mean),
         "std": list(std),
-        "config": config or {},
-        "metrics": metrics or {},
+        "config": plain["config"],
+        "metrics": plain["metrics"],
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **extra,
+        **plain["extra"],
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
     with atomic_open(path, "wb", checksum=True) as f:
         f.write(buf.getvalue())
+
+
+def _json_value(x: Any) -> Any:
+    """numpy scalars/arrays and tuples in metadata -> plain values."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"checkpoint metadata value of type {type(x).__name__} is not plain data: {x!r}"[:200])
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -61,8 +73,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not verify_checksum(path):
         raise CheckpointError(f"checkpoint {path} does not match its recorded sha256 "
                               "(truncated or corrupt); re-create it")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: a checkpoint is data; one that needs pickled code (a planted payload) is refused
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file
         raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
     for key in ("model_name", "classes", "state_dict", "image_size"):

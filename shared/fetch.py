@@ -4,23 +4,36 @@ Retry-After honoured; gs:// through google-cloud-storage; file:// and local
 paths only when the policy allows them (local runs). Catalogue URLs are
 untrusted: loopback, link-local (cloud metadata) and private addresses are
 refused unless allowed, checked on the resolved address, again on the address
-the socket actually connected to (DNS rebinding), and after every redirect; downloads are capped in size, time and content type."""
+the socket actually connected to (DNS rebinding), and after every redirect; downloads are capped in size, time and content type.
+
+An http(s) URL is judged on the host the HTTP client will connect to, not on a
+second parser's reading of it (`judge_http_url`): a URL that urllib.parse and
+urllib3 (the parser requests uses) read differently, or that carries userinfo,
+a backslash, whitespace, control characters or percent-encoding in its host,
+is refused as `ambiguous_url`; what is sent is the URL re-serialised from the
+judged parse. `host_allowlist` matches the normalised host (lowercase, no
+trailing dot, IDNA): an entry is that host exactly, `*.example.org` its
+subdomains at a dot boundary, never a substring."""
 from __future__ import annotations
 
 import email.utils
 import ipaddress
 import os
+import re
 import socket
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
-from urllib.parse import urljoin, urlparse
+from typing import Any, Callable, Iterable
+from urllib.parse import urljoin, urlparse, urlsplit
 
+import idna
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util import Url, parse_url
 
 from shared import gcs
 
@@ -49,6 +62,9 @@ class FetchPolicy:
     max_retry_after_s: float = 30.0
     per_host_concurrency: int = 4
     per_host_rate: float = 10.0    # requests per second per host; 0 = unlimited
+
+    def __post_init__(self) -> None:
+        HostAllowlist(self.host_allowlist)  # a bad entry fails here, naming it, not per URL later
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "FetchPolicy":
@@ -98,6 +114,190 @@ def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
                    ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None]
         return all(is_public_address(v4) for v4 in carried if v4 is not None)
     return True
+
+
+# Hosts are compared as DNS names: letters, digits, '-' and '_' per label (after IDNA).
+_LABEL_RE = re.compile(r"[a-z0-9_-]{1,63}")
+# Characters some parsers delete or split on while others keep them: C0, DEL and C1 controls
+# (urllib.parse silently drops tab, CR and LF anywhere in a URL) and the backslash (a path
+# separator to WHATWG and to urllib3's authority rule, part of the host to urllib.parse).
+_CONFUSING_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+_SCHEME_AUTHORITY_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(//)?([^/?#]*)")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_host(host: str) -> str:
+    """The form hosts are compared in: an IP literal compressed (IPv6 without brackets),
+    a name lowercased, IDNA-encoded label by label as urllib3 does, one trailing dot
+    removed. ValueError for anything that is not a plain host name or address."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return ipaddress.ip_address(bare).compressed
+    except ValueError:
+        if bare != host:
+            raise ValueError(f"{host!r}: brackets around something that is not an IPv6 address") from None
+    name = host.removesuffix(".")
+    labels = []
+    for label in name.split("."):
+        if not label.isascii():
+            try:  # the same call urllib3 makes for a non-ASCII label
+                label = idna.encode(label.lower(), strict=True, std3_rules=True).decode("ascii")
+            except idna.IDNAError as e:
+                raise ValueError(f"{host!r}: not a valid IDNA label ({e})") from None
+        label = label.lower()
+        if not _LABEL_RE.fullmatch(label):
+            raise ValueError(f"{host!r}: label {label!r} is empty or not letters, digits, '-', '_'")
+        labels.append(label)
+    normal = ".".join(labels)
+    if len(normal) > 253:
+        raise ValueError(f"{host!r}: longer than 253 characters")
+    return normal
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+class HostAllowlist:
+    """FetchPolicy.host_allowlist, normalised like the hosts it is matched against. An
+    entry names that host exactly (as before this class existed); `*.example.org` or
+    `.example.org` names the subdomains of example.org, matched at a dot boundary, so
+    neither `evilexample.org` nor `example.org.evil.com` matches. An empty list allows
+    any host (the FetchPolicy default)."""
+
+    def __init__(self, entries: Iterable[str]):
+        if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
+            raise ValueError(f"cache.fetch.host_allowlist: expected a list of host names, got {entries!r}")
+        self.exact: set[str] = set()
+        self.parents: set[str] = set()
+        for entry in entries:
+            if not isinstance(entry, str) or not entry.strip():
+                raise ValueError(f"cache.fetch.host_allowlist: {entry!r} is not a host name")
+            text = entry.strip()
+            wildcard = text.startswith(("*.", "."))
+            try:
+                host = normalise_host(text[2:] if text.startswith("*.") else text[1:] if wildcard else text)
+            except ValueError as e:
+                raise ValueError(f"cache.fetch.host_allowlist: {entry!r} is not a host name "
+                                 f"(no scheme, port or path): {e}") from None
+            if wildcard and _is_ip(host):
+                raise ValueError(f"cache.fetch.host_allowlist: {entry!r}: an address has no subdomains")
+            (self.parents if wildcard else self.exact).add(host)
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.parents)
+
+    def allows(self, host: str) -> bool:
+        """`host` must already be normalised (normalise_host)."""
+        if host in self.exact:
+            return True
+        if _is_ip(host):  # 1.2.3.4 is no subdomain of "3.4"
+            return False
+        return any(host.endswith("." + parent) for parent in self.parents)
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """An http(s) URL as the HTTP client will use it: `host` (normalised) and `port` are
+    where requests connects, `url` is what is handed to requests (re-serialised from the
+    parse that was judged, so no later parser reads the original text)."""
+    scheme: str
+    host: str
+    port: int
+    url: str
+
+
+_POOL_KEY_ADAPTER = HTTPAdapter()
+
+
+def judge_http_url(url: str, client: requests.Session | None = None) -> HttpTarget:
+    """Parse an http(s) URL the way requests will and return where it connects. Refuses
+    (FetchError `ambiguous_url`) a URL that urllib.parse and urllib3 read differently
+    (scheme, host or port), one with userinfo, a backslash, a control character, or
+    whitespace or percent-encoding in its authority, and checks that the URL sent leads
+    requests' own adapter (the session's, when `client` is given) to the judged host."""
+    def ambiguous(detail: str) -> FetchError:
+        return FetchError("ambiguous_url", url, detail)
+
+    if not isinstance(url, str):
+        raise FetchError("bad_url", repr(url), "not text")
+    bad = _CONFUSING_RE.search(url)
+    if bad:
+        what = ("a backslash (a '/' to some parsers, part of the host to others)" if bad.group() == "\\"
+                else f"control character U+{ord(bad.group()):04X} (deleted by some parsers, refused by others)")
+        raise ambiguous(f"{what} at position {bad.start()}")
+    if url != url.strip():
+        raise ambiguous("leading or trailing whitespace")
+    m = _SCHEME_AUTHORITY_RE.match(url)
+    if not m:
+        raise FetchError("bad_url", url, "no scheme")
+    scheme = m.group(1).lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise FetchError("blocked_scheme", url, f"scheme {scheme!r} is not http(s)")
+    # the authority as the longest reading sees it (up to the first '/', '?' or '#')
+    authority = m.group(3)
+    if not m.group(2) or not authority:
+        raise FetchError("bad_url", url, "no host")
+    if "@" in authority:
+        raise ambiguous(f"userinfo ('@') in the authority {authority!r}: the host is what follows "
+                        "the last '@' to some readers and credentials are never sent")
+    odd = [c for c in authority if c.isspace() or unicodedata.category(c) in ("Zs", "Zl", "Zp", "Cf")]
+    if odd:
+        raise ambiguous(f"whitespace or invisible character U+{ord(odd[0]):04X} in the authority")
+    if "%" in authority:
+        raise ambiguous(f"percent-encoding in the authority {authority!r}")
+
+    try:
+        split = urlsplit(url)
+        split_host, split_port = split.hostname, split.port
+    except ValueError as e:
+        raise ambiguous(f"urllib.parse cannot read it: {e}") from None
+    try:
+        parsed = parse_url(url)
+    except ValueError as e:  # urllib3's LocationParseError is a ValueError
+        raise ambiguous(f"urllib3 cannot read it: {e}") from None
+    if split.username is not None or split.password is not None or parsed.auth is not None:
+        raise ambiguous("userinfo in the URL")
+    if split.scheme != parsed.scheme or split.scheme != scheme:
+        raise ambiguous(f"parsers disagree on the scheme: {split.scheme!r} / {parsed.scheme!r}")
+    if not split_host or not parsed.host:
+        raise FetchError("bad_url", url, "no host")
+    try:
+        host = normalise_host(parsed.host)
+        split_normal = normalise_host(split_host)
+    except ValueError as e:
+        raise ambiguous(f"not a valid host: {e}") from None
+    if host != split_normal:
+        raise ambiguous(f"parsers disagree on the host: urllib.parse reads {split_normal!r}, "
+                        f"urllib3 (requests) reads {host!r}")
+    if split_port != parsed.port:
+        raise ambiguous(f"parsers disagree on the port: {split_port!r} / {parsed.port!r}")
+    port = parsed.port if parsed.port is not None else _DEFAULT_PORTS[scheme]
+
+    send = Url(scheme=scheme, host=f"[{host}]" if ":" in host else host, port=parsed.port,
+               path=parsed.path or "/", query=parsed.query).url
+    # Ask requests itself where it would connect for the URL we send: its adapter derives
+    # the connection pool's host and port from the prepared URL.
+    adapter = client.get_adapter(send) if client is not None else _POOL_KEY_ADAPTER
+    try:
+        prepared = requests.Request("GET", send).prepare()
+        pool_key = getattr(adapter, "build_connection_pool_key_attributes", None)
+        if pool_key is not None:
+            target = pool_key(prepared, True)[0]
+        else:
+            sent = urlparse(prepared.url)
+            target = {"scheme": sent.scheme, "host": sent.hostname, "port": sent.port}
+    except (requests.RequestException, ValueError) as e:
+        raise ambiguous(f"requests cannot prepare it: {e}") from None
+    got = (target["scheme"], target["host"], target["port"] if target["port"] is not None else
+           _DEFAULT_PORTS.get(target["scheme"]))
+    if got != (scheme, host, port):
+        raise ambiguous(f"requests would connect to {got[1]}:{got[2]}, the URL reads {host}:{port}")
+    return HttpTarget(scheme, host, port, send)
 
 
 class BlockedPeer(Exception):
@@ -190,6 +390,7 @@ class Fetcher:
         if not self.policy.allow_private_networks:
             for prefix in ("http://", "https://"):
                 self._session.mount(prefix, _PeerCheckedAdapter())
+        self._allowlist = HostAllowlist(self.policy.host_allowlist)
         self._gcs = None
         self.stats = {"requests": 0, "retries": 0}
 
@@ -200,7 +401,11 @@ class Fetcher:
             return self._gates[host]
 
     def fetch(self, url: str) -> bytes:
-        parsed = urlparse(url)
+        try:
+            parsed = urlparse(url)
+        except ValueError as e:  # brackets around a name, an NFKC '/' in the host: one record's failure
+            reason = "ambiguous_url" if re.match(r"\s*https?:", url, re.IGNORECASE) else "bad_url"
+            raise FetchError(reason, url, f"urllib.parse cannot read it: {e}") from None
         scheme = parsed.scheme.lower()
         if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
             return self._fetch_local(url, parsed)
@@ -280,19 +485,23 @@ class Fetcher:
     def _http_once(self, url: str, deadline: float) -> bytes:
         p = self.policy
         current = url
-        for _ in range(p.max_redirects + 1):
-            parsed = urlparse(current)
-            if parsed.scheme not in ("http", "https") or parsed.scheme not in p.allowed_schemes:
+        for hop in range(p.max_redirects + 1):
+            try:  # every hop judged on the host requests will connect to
+                target = judge_http_url(current, self._session)
+            except FetchError as e:  # reported against the record's URL, naming the hop
+                raise FetchError(e.reason, url, e.detail if hop == 0 else
+                                 f"redirect to {current!r}: {e.detail}") from None
+            if target.scheme not in p.allowed_schemes:
                 raise FetchError("blocked_scheme", url, f"redirect to {current}")
-            host = parsed.hostname or ""
-            if p.host_allowlist and host not in p.host_allowlist:
+            host = target.host
+            if self._allowlist and not self._allowlist.allows(host):
                 raise FetchError("blocked_host", url, f"{host} not in the host allow-list")
             check_address(host, url, p.allow_private_networks)
             gate = self._gate(host)
             with gate:
                 self.stats["requests"] += 1
                 try:
-                    r = self._session.get(current, stream=True, allow_redirects=False,
+                    r = self._session.get(target.url, stream=True, allow_redirects=False,
                                           timeout=(p.timeout_s, p.timeout_s))
                 except BlockedPeer as e:
                     raise FetchError("blocked_address", url, str(e)) from None
@@ -305,7 +514,10 @@ class Fetcher:
                         loc = r.headers.get("Location")
                         if not loc:
                             raise FetchError("bad_redirect", url)
-                        current = urljoin(current, loc)
+                        if _CONFUSING_RE.search(loc):  # urljoin would drop a tab or CR before we saw it
+                            raise FetchError("ambiguous_url", url, f"redirect to {loc!r}: control "
+                                             "character or backslash in the Location header")
+                        current = urljoin(target.url, loc)
                         continue
                     if r.status_code == 429:
                         wait = parse_retry_after(r.headers.get("Retry-After"), p.max_retry_after_s)

@@ -2,9 +2,21 @@
 it decodes, reject tiny images and decompression bombs, deduplicate by content
 hash, and store a resized JPEG named only by the sha256 of the original bytes.
 Resumable: an append-only index in the cache maps URL -> cached file, so a
-re-run (or a pod restarted mid-way) fetches nothing already cached."""
+re-run (or a pod restarted mid-way) fetches nothing already cached.
+
+Catalogue data is hostile, and one record never stops the step: an image that
+cannot be rendered (wider than JPEG can store, an unsupported mode, NaN pixels)
+is rejected with its reason; only the cache's own storage failing (disk full,
+read-only, I/O error, bucket unreachable) stops it. High-bit-depth and float
+images are scaled to 8 bits, never clipped. The same bytes under two taxa are a
+label conflict: neither record is trained on. Each index entry records the
+settings it was made under, the source size it was judged on and the cached
+file's checksums, so a re-run with other settings re-judges or re-renders it and
+a replaced file is refetched, not reused."""
 from __future__ import annotations
 
+import base64
+import errno
 import hashlib
 import io
 import json
@@ -12,15 +24,16 @@ import os
 import threading
 import time
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 from PIL import Image, ImageOps
 
-from shared.atomic import write_bytes, write_json
+from shared.atomic import sha256_file, write_bytes, write_json
 from shared.fetch import FetchError, Fetcher, FetchPolicy
 from shared.gcs import is_gs_uri
 from shared.remote_cache import RemoteCache, RemoteCacheError, remote_cache
@@ -30,12 +43,32 @@ INDEX_NAME = "index.jsonl"
 # How often a gs:// cache's index is uploaded while caching (and once at the end):
 # a pod killed in between refetches at most this long's worth of images.
 INDEX_PUSH_SECONDS = 120.0
-# Failures that count against the plan's "all URLs downloadable (< 5% failing)".
-NOT_FAILURES = {"too_small", "duplicate_content"}
+JPEG_QUALITY = 90
+# libjpeg stores at most 65,500 pixels on a side; a wider image fails at encode time.
+JPEG_MAX_SIDE = 65_500
+# Bump whenever the same bytes and settings would give another stored rendition
+# (decoding, conversion or encoding changed): older entries are then re-rendered.
+# 2: high-bit-depth and float images scaled instead of saturated.
+RENDITION_VERSION = 2
+INDEX_VERSION = 2
+# Settings that decide the stored bytes: an entry made under others is re-rendered.
+RENDITION_KEYS = ("resize", "jpeg_quality", "rendition")
+# Settings that only decide acceptance: re-judged from the source size the entry records.
+ACCEPTANCE_KEYS = ("min_side", "max_pixels")
+# Rejections that do not count against the plan's "all URLs downloadable (< 5% failing)":
+# the image was downloaded and decodes, it is just not usable as training data.
+NOT_FAILURES = {"too_small", "duplicate_content", "too_wide_for_jpeg", "label_conflict"}
+# Unsigned 16-bit -> 8-bit over the type's whole range (0 -> 0, 65535 -> 255), rounded.
+_LUT16 = np.rint(np.arange(65536, dtype=np.float64) / 257.0).astype(np.uint8)
 
 
 class CacheFailRateError(RuntimeError):
     """Too many images could not be fetched or decoded."""
+
+
+class CacheWriteError(RuntimeError):
+    """The cache itself could not be written (disk full, read-only, I/O error,
+    bucket unreachable): no record's fault, so the step stops."""
 
 
 class ImageRejected(Exception):
@@ -51,6 +84,15 @@ class CacheReport:
     fetched: int = 0
     reused: int = 0
     seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+    # How each index entry found for a record was checked: "stat" (size, mtime, ctime and
+    # inode as recorded: trusted without reading), "listing" (gs://: size and md5 from
+    # the bucket's listing), "rehashed" (stat changed, sha256 still matches), or why it
+    # was redone: unknown_settings, settings_changed, missing_file, size_mismatch,
+    # checksum_mismatch, unreadable_file, bad_entry.
+    index_checks: dict[str, int] = field(default_factory=dict)
+    # Cached records whose source was scaled down to 8 bits (16-bit, 32-bit, float), per mode.
+    high_bit_depth: dict[str, int] = field(default_factory=dict)
 
     @property
     def fail_counts(self) -> dict[str, int]:
@@ -73,6 +115,9 @@ class CacheReport:
         return {"attempted": self.attempted, "cached": len(self.cached), "fetched": self.fetched,
                 "reused": self.reused, "failed": self.failed, "fail_rate": round(self.fail_rate, 4),
                 "too_small": counts.get("too_small", 0), "duplicates": counts.get("duplicate_content", 0),
+                "label_conflicts": counts.get("label_conflict", 0),
+                "high_bit_depth": self.high_bit_depth, "settings": self.settings,
+                "index_checks": self.index_checks,
                 "fail_counts": counts, "seconds": round(self.seconds, 2),
                 "images_per_second": round(self.attempted / self.seconds, 2) if self.seconds else 0.0,
                 "failures": self.failures}
@@ -94,46 +139,157 @@ def resolve(cache_dir: str | os.PathLike, rec: dict) -> Path:
     return remote.fetch(p.relative_to(root).as_posix()) if remote else p
 
 
-def process_image(data: bytes, resize: int, min_side: int, max_pixels: int) -> tuple[bytes, int, int]:
-    """Decode, check and resize image bytes; return (jpeg bytes, width, height)."""
+def cache_settings(resize: int, min_side: int, max_pixels: int) -> dict[str, Any]:
+    """Everything that decides whether an image is accepted and what is stored for it."""
+    return {"resize": resize, "min_side": min_side, "max_pixels": max_pixels,
+            "jpeg_quality": JPEG_QUALITY, "rendition": RENDITION_VERSION}
+
+
+def judge_size(width: int, height: int, min_side: int, max_pixels: int) -> None:
+    """The acceptance rule on a source size (after EXIF rotation); the same rule
+    re-judges a cached entry from the size its index entry records."""
+    if width * height > max_pixels:
+        raise ImageRejected("decompression_bomb", f"{width}x{height} > {max_pixels} pixels")
+    if min(width, height) < min_side:
+        raise ImageRejected("too_small", f"{width}x{height} < {min_side}px")
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """What is stored for one source image, and what it was made from."""
+    jpeg: bytes
+    width: int
+    height: int
+    source_width: int
+    source_height: int
+    source_mode: str
+    value_range: tuple[float, float] | None = None  # the source values mapped to 0..255
+
+
+def _is_unsigned32_tiff(img: Image.Image) -> bool:
+    """PIL opens unsigned 32-bit TIFFs as signed mode I: values >= 2**31 come out negative."""
+    if img.mode != "I" or img.format != "TIFF":
+        return False
+    tags = getattr(img, "tag_v2", None) or {}
+    bits, sample_format = tags.get(258), tags.get(339, 1)  # BitsPerSample, SampleFormat (1: unsigned)
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    sample_format = sample_format[0] if isinstance(sample_format, tuple) and sample_format else sample_format
+    return bits == 32 and sample_format == 1
+
+
+def _stretch(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] linearly onto 0..255, a block of rows at a time (a 89 MP float
+    image would need 700 MB as one float64 array)."""
+    out = np.empty(arr.shape, np.uint8)
+    scale = 255.0 / (hi - lo)
+    step = max(1, (1 << 20) // max(1, arr.shape[1]))
+    for r in range(0, arr.shape[0], step):
+        block = (arr[r:r + step].astype(np.float64) - lo) * scale
+        np.clip(block, 0.0, 255.0, out=block)  # float rounding only: every value lies in [lo, hi]
+        out[r:r + step] = np.rint(block)
+    return out
+
+
+def to_8bit(img: Image.Image, unsigned32: bool = False) -> tuple[Image.Image, tuple[float, float] | None]:
+    """A high-bit-depth greyscale image as mode L, scaled and never clipped; other
+    modes unchanged (PIL already reduces 16-bit RGB(A) PNGs and TIFFs to 8 bits by
+    their high byte). Returns the image and the source range mapped to 0..255:
+
+    - unsigned 16-bit (I;16, I;16B, ...): the type's range, 0..65535 (a dark photo stays dark);
+    - 32-bit integer (I): no white point to speak of, so its actual min..max;
+    - float (F): 0..1 when every value lies there (the usual convention), else its
+      actual min..max; NaN or infinite pixels are rejected (`non_finite_pixels`).
+    A flat I or F image (one value everywhere) has no range to scale: `flat_image`."""
+    mode = img.mode
+    if mode.startswith("I;16"):
+        return Image.fromarray(_LUT16[np.asarray(img)]), (0.0, 65535.0)
+    if mode not in ("I", "F"):
+        return img, None
+    arr = np.asarray(img)
+    if mode == "I":
+        if unsigned32:
+            arr = arr.view(np.uint32)
+        lo, hi = int(arr.min()), int(arr.max())
+    else:
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = arr.size - int(np.count_nonzero(finite))
+            raise ImageRejected("non_finite_pixels", f"mode F: {bad} of {arr.size} pixels are NaN or "
+                                                     f"infinite ({int(np.isnan(arr).sum())} NaN)")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= 0.0 and hi <= 1.0:
+            lo, hi = 0.0, 1.0
+    if hi == lo:
+        raise ImageRejected("flat_image", f"mode {mode}: every pixel is {lo}, no range to scale to 8 bits")
+    return Image.fromarray(_stretch(arr, lo, hi)), (lo, hi)
+
+
+def render_image(data: bytes, resize: int, min_side: int, max_pixels: int) -> Rendition:
+    """Decode, check, convert and resize image bytes into the JPEG the cache stores.
+    Every way this can fail is an ImageRejected naming the reason: nothing here
+    touches the disk, so no error from it may pass for a cache-disk problem."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
-            if w * h > max_pixels:
+            if w * h > max_pixels:  # before decoding: the header is the weapon
                 raise ImageRejected("decompression_bomb", f"{w}x{h} > {max_pixels} pixels")
             img.load()
+            unsigned32 = _is_unsigned32_tiff(img)
+            img = ImageOps.exif_transpose(img)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageRejected("decompression_bomb", str(e)) from None
-    except Exception as e:  # PIL raises many types for a corrupt file
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a corrupt file or EXIF block
         raise ImageRejected("decode_error", f"{type(e).__name__}: {e}") from None
-    img = ImageOps.exif_transpose(img)
-    if min(img.size) < min_side:
-        raise ImageRejected("too_small", f"{img.width}x{img.height} < {min_side}px")
-    if img.mode in ("RGBA", "LA", "P"):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.split()[-1])
-        img = bg
-    img = img.convert("RGB")
-    short = min(img.size)
-    if resize and short > resize:  # never upscale: a small image stays as it is
-        scale = resize / short
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.BICUBIC)
+    source_mode, (sw, sh) = img.mode, img.size
+    judge_size(sw, sh, min_side, max_pixels)
+    try:
+        img, value_range = to_8bit(img, unsigned32)
+        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P") or "transparency" in img.info:
+            rgba = img.convert("RGBA")  # transparent areas onto white, not black
+            img = Image.new("RGB", rgba.size, (255, 255, 255))
+            img.paste(rgba, mask=rgba.split()[-1])
+        img = img.convert("RGB")
+        short = min(img.size)
+        if resize and short > resize:  # never upscale: a small image stays as it is
+            scale = resize / short
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                             Image.BICUBIC)
+    except ImageRejected:
+        raise
+    except Exception as e:  # noqa: BLE001 - an exotic mode PIL cannot convert
+        raise ImageRejected("unsupported_mode", f"mode {source_mode}: {type(e).__name__}: {e}") from None
+    if max(img.size) > JPEG_MAX_SIDE:
+        raise ImageRejected("too_wide_for_jpeg", f"{img.width}x{img.height} after resizing; JPEG stores at "
+                                                 f"most {JPEG_MAX_SIDE} pixels a side (source {sw}x{sh})")
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue(), img.width, img.height
+    try:
+        img.save(buf, "JPEG", quality=JPEG_QUALITY)
+    except Exception as e:  # noqa: BLE001 - into memory: an OSError is the encoder's, never the disk's
+        raise ImageRejected("encode_error", f"{img.width}x{img.height} mode {source_mode}: "
+                                            f"{type(e).__name__}: {e}") from None
+    return Rendition(buf.getvalue(), img.width, img.height, sw, sh, source_mode, value_range)
+
+
+def process_image(data: bytes, resize: int, min_side: int, max_pixels: int) -> tuple[bytes, int, int]:
+    """Decode, check and resize image bytes; return (jpeg bytes, width, height)."""
+    r = render_image(data, resize, min_side, max_pixels)
+    return r.jpeg, r.width, r.height
 
 
 class CacheIndex:
-    """Append-only JSONL in the cache dir: URL -> {sha256, cache_path, size, params}.
+    """Append-only JSONL in the cache dir: URL -> entry; the last line for a URL wins.
 
-    A truncated last line (a kill mid-write) is ignored; entries whose file is
-    missing or does not match its hash are refetched."""
+    An entry (INDEX_VERSION 2): url, sha256 (of the source bytes), cache_path, bytes,
+    cached_width, cached_height, resize (also kept at the top level for older readers),
+    settings (cache_settings() it was made under), source_width, source_height,
+    source_mode, value_range (high-bit-depth sources), file_sha256 and file_md5 (base64,
+    as GCS lists it) of the cached file, and for a local cache stat = [size, mtime_ns,
+    ctime_ns, inode] of that file when last verified. Entries of version 1 (no settings)
+    are re-rendered once. A truncated last line (a kill mid-write) is ignored."""
 
     def __init__(self, cache_dir: Path):
         self.path = cache_dir / INDEX_NAME
@@ -168,15 +324,76 @@ class CacheIndex:
             self._fh = None
 
 
-def _entry_valid(cache_dir: Path, e: dict, resize: int, remote_sizes: dict[str, int] | None = None) -> bool:
-    if e.get("resize") != resize:
-        return False
-    if remote_sizes is not None:  # a gs:// cache: the bucket holds the truth
-        return remote_sizes.get(e["cache_path"]) == e.get("bytes")
+def _stat_key(st: os.stat_result) -> list[int]:
+    """What changes when a file is rewritten, replaced or copied: its size, mtime,
+    ctime (which no tool can set back) and inode."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")  # GCS lists md5s
+
+
+def _entry_valid(cache_dir: Path, e: dict, settings: dict[str, Any],
+                 remote_objects: dict[str, tuple[int, str | None]] | None = None) -> tuple[bool, str]:
+    """Whether an index entry's cached file can be reused as it is, and how that was
+    decided (or why not). The file is read only when its stat changed since it was
+    verified, so an unchanged re-run reads no cached file; the one edit a stat cannot
+    show is one that keeps size and inode within the filesystem's timestamp tick
+    (milliseconds) of our own write. A gs:// cache is checked against the bucket's
+    listing (size and md5), as a fresh pod has no local files to stat."""
+    s = e.get("settings")
+    if not isinstance(s, dict) or not all(k in e for k in ("file_sha256", "source_width", "source_height")):
+        return False, "unknown_settings"  # an index written before settings were recorded
+    if any(s.get(k) != settings[k] for k in RENDITION_KEYS):
+        return False, "settings_changed"
+    if e.get("cache_path") != cache_path_for(str(e.get("sha256"))):
+        return False, "bad_entry"  # never follow a path the index did not derive from the hash
+    if remote_objects is not None:  # a gs:// cache: the bucket holds the truth
+        obj = remote_objects.get(e["cache_path"])
+        if obj is None:
+            return False, "missing_file"
+        if obj[0] != e.get("bytes") or obj[1] != e.get("file_md5"):
+            return False, "checksum_mismatch"
+        return True, "listing"
     p = cache_dir / e["cache_path"]
-    if not p.is_file() or p.stat().st_size != e.get("bytes"):
-        return False
-    return True
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return False, "missing_file"
+    except OSError:
+        return False, "unreadable_file"
+    if st.st_size != e.get("bytes"):
+        return False, "size_mismatch"
+    if e.get("stat") == _stat_key(st):
+        return True, "stat"
+    try:
+        digest = sha256_file(p)
+    except OSError:
+        return False, "unreadable_file"
+    return (True, "rehashed") if digest == e["file_sha256"] else (False, "checksum_mismatch")
+
+
+def _write_if_changed(path: Path, data: bytes) -> os.stat_result:
+    """Write `data` atomically unless the file already holds exactly it (a duplicate
+    image): rewriting would change its inode and send other entries to a rehash."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return path.stat()
+    except FileNotFoundError:
+        pass
+    write_bytes(path, data)
+    return path.stat()
+
+
+def _describe_os_error(err: BaseException) -> str:
+    """The error and, for an OSError anywhere in its chain, its errno name (ENOSPC, EROFS, EIO)."""
+    e: BaseException | None = err
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in errno.errorcode:
+            return f"{errno.errorcode[e.errno]}: {err}"
+        e = e.__cause__
+    return str(err)
 
 
 def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike, *, resize: int = 448,
@@ -184,52 +401,83 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
                  workers: int = 8, max_fail_rate: float = 0.05,
                  progress: Callable[[int, int], None] | None = None,
                  fetcher: Fetcher | None = None) -> CacheReport:
-    """Cache every record's image; see the module docstring. Raises
-    CacheFailRateError (after the index is written) when too many fail."""
+    """Cache every record's image; see the module docstring. A record whose image
+    cannot be fetched, decoded or rendered is reported and skipped; raises
+    CacheWriteError when the cache itself cannot be written. The caller enforces
+    the fail rate (check_fail_rate), after writing its outputs."""
     t0 = time.monotonic()
     remote = RemoteCache(str(cache_dir)) if is_gs_uri(str(cache_dir)) else None
     root = remote.local if remote else Path(cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CacheWriteError(f"cannot write to the image cache {cache_dir}: {_describe_os_error(err)}") from err
     recs = [r.to_dict() if isinstance(r, Record) else dict(r) for r in records]
-    remote_sizes = None
+    settings = cache_settings(resize, min_side, max_pixels)
+    remote_objects = None
     if remote:
         remote.refresh(INDEX_NAME)
-        remote_sizes = remote.sizes()
+        remote_objects = remote.objects()
     index = CacheIndex(root)
     fetcher = fetcher or Fetcher(policy)
     results: list[Any] = [None] * len(recs)
-    counters = Counter()
+    counters: Counter = Counter()
+    checks: Counter = Counter()
     done = [0]
     lock = threading.Lock()
     progress = progress or _log_progress(len(recs))
 
-    def work(i: int) -> None:
-        rec = recs[i]
-        url = rec.get("image_url", "")
+    def store(write: Callable[[], Any]) -> Any:
+        """Writes to the cache: their failures are the cache's, and stop the step."""
         try:
-            e = index.get(url)
-            if e and "error" not in e and _entry_valid(root, e, resize, remote_sizes):
-                results[i] = ("ok", e, "reused")
-            else:
-                data = fetcher.fetch(url)
-                sha = hashlib.sha256(data).hexdigest()
-                jpeg, w, h = process_image(data, resize, min_side, max_pixels)
-                rel = cache_path_for(sha)
-                write_bytes(root / rel, jpeg)
-                if remote:  # the file is in the bucket before the index names it
-                    remote.upload(rel)
-                e = {"url": url, "sha256": sha, "cache_path": rel, "cached_width": w,
-                     "cached_height": h, "bytes": len(jpeg), "resize": resize}
-                index.add(e)
-                if remote:
-                    remote.upload(INDEX_NAME, at_most_every=INDEX_PUSH_SECONDS)
-                results[i] = ("ok", e, "fetched")
+            return write()
+        except (OSError, RemoteCacheError) as err:
+            raise CacheWriteError(f"cannot write to the image cache {cache_dir}: "
+                                  f"{_describe_os_error(err)}") from err
+
+    def cache_one(url: str) -> tuple[str, dict, str]:
+        e = index.get(url)
+        if e and "error" not in e:
+            ok, how = _entry_valid(root, e, settings, remote_objects)
+            with lock:
+                checks[how] += 1
+            if ok:
+                if how == "rehashed":  # verified by content: record the new stat, the next run trusts it
+                    e = {**e, "stat": _stat_key(store(lambda: (root / e["cache_path"]).stat()))}
+                    store(lambda: index.add(e))
+                try:  # min_side / max_pixels may have changed since the entry was made
+                    judge_size(e["source_width"], e["source_height"], min_side, max_pixels)
+                except ImageRejected as err:
+                    raise ImageRejected(err.reason, f"{err.detail} (source size from the cache index)") from None
+                return "ok", e, "reused"
+        data = fetcher.fetch(url)
+        sha = hashlib.sha256(data).hexdigest()
+        r = render_image(data, resize, min_side, max_pixels)
+        rel = cache_path_for(sha)
+        e = {"url": url, "sha256": sha, "cache_path": rel, "cached_width": r.width, "cached_height": r.height,
+             "bytes": len(r.jpeg), "resize": resize, "v": INDEX_VERSION, "settings": settings,
+             "source_width": r.source_width, "source_height": r.source_height, "source_mode": r.source_mode,
+             "file_sha256": hashlib.sha256(r.jpeg).hexdigest(), "file_md5": _md5_b64(r.jpeg)}
+        if r.value_range is not None:
+            e["value_range"] = list(r.value_range)
+        st = store(lambda: _write_if_changed(root / rel, r.jpeg))
+        if remote:  # the file is in the bucket before the index names it
+            store(lambda: remote.upload(rel))
+        else:
+            e["stat"] = _stat_key(st)
+        store(lambda: index.add(e))
+        if remote:
+            store(lambda: remote.upload(INDEX_NAME, at_most_every=INDEX_PUSH_SECONDS))
+        return "ok", e, "fetched"
+
+    def work(i: int) -> None:
+        url = str(recs[i].get("image_url", ""))
+        try:
+            results[i] = cache_one(url)
         except FetchError as err:
             results[i] = ("fail", err.reason, str(err))
         except ImageRejected as err:
             results[i] = ("fail", err.reason, f"{url}: {err.detail}")
-        except (OSError, RemoteCacheError) as err:  # disk full / read-only cache: not the record's fault
-            raise RuntimeError(f"cannot write to the image cache {cache_dir}: {err}") from err
         with lock:
             done[0] += 1
             progress(done[0], len(recs))
@@ -241,26 +489,46 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
         index.close()
         if remote and (root / INDEX_NAME).exists():
             remote.upload(INDEX_NAME)
-    report = CacheReport()
+    report = CacheReport(settings=settings, index_checks=dict(sorted(checks.items())))
+    conflicts = _label_conflicts(recs, results)
     seen: dict[str, str] = {}
+    deep: Counter = Counter()
     for rec, res in zip(recs, results):
+        failure = {"image_id": rec.get("image_id"), "image_url": rec.get("image_url"), "field": "image_url"}
         if res[0] == "fail":
-            report.failures.append({"image_id": rec.get("image_id"), "image_url": rec.get("image_url"),
-                                    "reason": res[1], "detail": res[2]})
+            report.failures.append({**failure, "reason": res[1], "detail": res[2]})
             continue
         e, how = res[1], res[2]
         counters[how] += 1
-        if e["sha256"] in seen:  # same bytes as an earlier record: keep the first
-            report.failures.append({"image_id": rec.get("image_id"), "image_url": rec.get("image_url"),
-                                    "reason": "duplicate_content",
+        group = conflicts.get(e["sha256"])
+        if group:  # one image, two names: which is right is for a curator, not for input order
+            report.failures.append({
+                **failure, "field": "taxon", "reason": "label_conflict", "conflict": group,
+                "detail": f"the same image (sha256 {e['sha256'][:12]}) is labelled "
+                          + ", ".join(f"{g['taxon']!r} in {g['image_id']}" for g in group)})
+            continue
+        if e["sha256"] in seen:  # same bytes and taxon as an earlier record: keep the first
+            report.failures.append({**failure, "reason": "duplicate_content",
                                     "detail": f"same image as {seen[e['sha256']]}"})
             continue
         seen[e["sha256"]] = str(rec.get("image_id"))
         report.cached.append({**rec, "sha256": e["sha256"], "cache_path": e["cache_path"],
                               "cached_width": e["cached_width"], "cached_height": e["cached_height"]})
+        if e.get("value_range") is not None:
+            deep[str(e.get("source_mode"))] += 1
     report.fetched, report.reused = counters["fetched"], counters["reused"]
+    report.high_bit_depth = dict(sorted(deep.items()))
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _label_conflicts(recs: list[dict], results: list[Any]) -> dict[str, list[dict]]:
+    """sha256 -> every record with those bytes, for bytes cached under more than one taxon."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for rec, res in zip(recs, results):
+        if res[0] == "ok":
+            groups[res[1]["sha256"]].append({"image_id": rec.get("image_id"), "taxon": rec.get("taxon")})
+    return {sha: g for sha, g in groups.items() if len({str(x["taxon"]) for x in g}) > 1}
 
 
 def _log_progress(total: int, every: int = 0) -> Callable[[int, int], None]:
@@ -285,10 +553,10 @@ def check_fail_rate(report: CacheReport, max_fail_rate: float) -> None:
 
 def run_cache_images(records_path: str, cache_dir: str, *, resize: int, min_side: int,
                      max_fail_rate: float, workers: int, fetch_policy: dict, out_cached: str,
-                     out_report: str) -> dict[str, Any]:
+                     out_report: str, max_pixels: int = 89_478_485) -> dict[str, Any]:
     """The cache step: cache, write cached records + report, then enforce the fail rate."""
     report = cache_images(load_jsonl(records_path), cache_dir, resize=resize, min_side=min_side,
-                          policy=FetchPolicy.from_dict(fetch_policy), workers=workers)
+                          max_pixels=max_pixels, policy=FetchPolicy.from_dict(fetch_policy), workers=workers)
     write_jsonl(out_cached, report.cached)
     summary = report.to_dict()
     write_json(out_report, summary)

@@ -1,6 +1,9 @@
 """Phase 0 ingestion: read image records from MongoDB or a records JSONL, map
-field names, validate, keep only allowed licences, drop exact duplicates, and
-audit the result. Bad records are counted and reported by reason, never fatal."""
+field names, validate (species names normalised, see shared/records.py), keep only
+allowed licences, drop exact duplicates, and audit the result. A bad record is
+counted and reported by reason and line (a line that is not UTF-8 also by byte
+offset), never fatal on its own; a run that keeps no record at all fails with
+NothingKeptError naming how many were read and the reasons that dominated."""
 from __future__ import annotations
 
 import json
@@ -10,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from shared import gcs
-from shared.licenses import DEFAULT_ALLOWED, allowed_set, normalize_license
-from shared.records import Record, RecordError, parse_record, read_jsonl
+from shared.licenses import DEFAULT_ALLOWED, allowed_set, parse_license
+from shared.records import NotUtf8Error, Record, RecordError, parse_record, read_jsonl
 
 # Map from our field names to the catalogue's (dotted paths reach into sub-documents).
 DEFAULT_FIELD_MAP = {
@@ -21,16 +24,30 @@ DEFAULT_FIELD_MAP = {
 }
 
 
+# What to check first when a reason empties a whole run.
+_HINTS = {
+    "not_utf8": "is the file in another encoding (Latin-1, UTF-16)? convert it to UTF-8",
+    "invalid_json": "is it JSON Lines, one object a line?",
+    "license_not_allowed": "check data.license_allow",
+    "missing_field": "check the field names (data.mongo.field_map for MongoDB)",
+    "too_small": "check data.min_side",
+}
+
+
 @dataclass
 class Rejection:
     locator: str  # "file.jsonl:12" or "mongo:_id=..."
     reason: str
     field: str
     detail: str = ""
+    byte_offset: int | None = None  # of the first bad byte in the file (not_utf8)
 
     def to_dict(self) -> dict:
-        return {"locator": self.locator, "reason": self.reason, "field": self.field,
-                "detail": self.detail}
+        d = {"locator": self.locator, "reason": self.reason, "field": self.field,
+             "detail": self.detail}
+        if self.byte_offset is not None:
+            d["byte_offset"] = self.byte_offset
+        return d
 
 
 @dataclass
@@ -38,6 +55,37 @@ class IngestResult:
     records: list[Record]
     rejections: list[Rejection]
     audit: dict[str, Any] = field(default_factory=dict)
+
+
+class IngestError(ValueError):
+    """The ingest step cannot produce a usable records file."""
+
+
+class NothingKeptError(IngestError):
+    """Every record was rejected (or none was read). `result` holds the full account
+    (rejections, audit) so the step can still write it for inspection."""
+
+    def __init__(self, result: IngestResult):
+        self.result = result
+        read = result.audit.get("records_read", 0)
+        if not read:
+            msg = ("ingest kept no records: the source is empty (0 records read; "
+                   "check the records file or the Mongo query)")
+        else:
+            by = Counter(r.reason for r in result.rejections)
+            first: dict[str, Rejection] = {}
+            for r in result.rejections:
+                first.setdefault(r.reason, r)
+            parts: list[str] = []
+            for reason, count in by.most_common(3):
+                ex = first[reason]
+                detail = ex.detail.removeprefix(f"{reason}: field '{ex.field}' ")[:160]
+                hint = f"; hint: {_HINTS[reason]}" if reason in _HINTS else ""
+                parts.append(f"{reason}={count} (e.g. {ex.locator} field '{ex.field}': {detail}{hint})")
+            more = f"; {len(by) - 3} other reason(s)" if len(by) > 3 else ""
+            msg = (f"ingest kept no records: all {read} records read were rejected; "
+                   f"top reasons: {'; '.join(parts)}{more}")
+        super().__init__(msg)
 
 
 def _get_path(doc: dict, dotted: str) -> Any:
@@ -73,7 +121,9 @@ def iter_jsonl_source(path: str | os.PathLike, field_map: dict | None = None
     name = os.path.basename(str(path))
     for n, obj in read_jsonl(path):
         loc = f"{name}:{n}"
-        if isinstance(obj, Exception):
+        if isinstance(obj, NotUtf8Error):
+            yield loc, RecordError("not_utf8", "<line>", str(obj), byte_offset=obj.byte_offset)
+        elif isinstance(obj, Exception):
             yield loc, RecordError("invalid_json", "<line>", str(obj))
         elif not isinstance(obj, dict):
             yield loc, RecordError("not_an_object", "<record>", type(obj).__name__)
@@ -109,7 +159,10 @@ def mongo_collection(uri_env: str, database: str, collection: str,
 
 def ingest(source: Iterable[tuple[str, Any]], allowed_licenses: Iterable[str] | None = DEFAULT_ALLOWED,
            min_side: int = 0) -> IngestResult:
-    """Validate, licence-filter and de-duplicate records from a source iterator."""
+    """Validate, licence-filter and de-duplicate records from a source iterator.
+
+    Raises NothingKeptError when no record is kept: an empty records file would only
+    fail later, in split, with a message that says nothing about why."""
     allowed = allowed_set(allowed_licenses)
     kept: list[Record] = []
     rejections: list[Rejection] = []
@@ -120,18 +173,20 @@ def ingest(source: Iterable[tuple[str, Any]], allowed_licenses: Iterable[str] | 
     for loc, raw in source:
         read += 1
         if isinstance(raw, RecordError):
-            rejections.append(Rejection(loc, raw.reason, raw.field, str(raw)))
+            rejections.append(Rejection(loc, raw.reason, raw.field, str(raw), raw.byte_offset))
             continue
         try:
             rec = parse_record(raw)
         except RecordError as e:
             rejections.append(Rejection(loc, e.reason, e.field, str(e)))
             continue
-        canon = normalize_license(rec.license)
+        lic = parse_license(rec.license)
+        canon = lic.family
         license_counts_all[canon] += 1
         if canon not in allowed:
+            why = f": {lic.reason}" if lic.reason else ""
             rejections.append(Rejection(loc, "license_not_allowed", "license",
-                                        f"{rec.license!r} ({canon}) not in {sorted(allowed)}"))
+                                        f"{rec.license!r} ({canon}{why}) not in {sorted(allowed)}"))
             continue
         if min_side and rec.width and rec.height and min(rec.width, rec.height) < min_side:
             rejections.append(Rejection(loc, "too_small", "width",
@@ -147,7 +202,10 @@ def ingest(source: Iterable[tuple[str, Any]], allowed_licenses: Iterable[str] | 
         seen_urls.add(rec.image_url)
         rec.extra["license_family"] = canon
         kept.append(rec)
-    return IngestResult(kept, rejections, audit_records(kept, rejections, read, license_counts_all))
+    result = IngestResult(kept, rejections, audit_records(kept, rejections, read, license_counts_all))
+    if not kept:
+        raise NothingKeptError(result)
+    return result
 
 
 def audit_records(kept: list[Record], rejections: list[Rejection], read: int,
@@ -157,6 +215,7 @@ def audit_records(kept: list[Record], rejections: list[Rejection], read: int,
     valid = sum(license_counts_all.values())
     permissive = sum(c for lic, c in license_counts_all.items() if lic in allowed_set(DEFAULT_ALLOWED))
     sizes = sorted(per_class.values())
+    renamed = [r for r in kept if r.taxon_raw is not None]
     return {
         "records_read": read,
         "records_valid": valid,
@@ -172,6 +231,9 @@ def audit_records(kept: list[Record], rejections: list[Rejection], read: int,
         "permissive_share_of_valid": round(permissive / valid, 4) if valid else 0.0,
         "dropped_by_reason": dict(sorted(Counter(r.reason for r in rejections).items())),
         "dropped_by_field": dict(sorted(Counter(f"{r.reason}:{r.field}" for r in rejections).items())),
+        # species names rewritten to their canonical form (records.normalize_taxon), with examples
+        "records_taxon_normalised": len(renamed),
+        "taxon_normalised_examples": dict(list({r.taxon_raw: r.taxon for r in renamed}.items())[:10]),
     }
 
 
@@ -211,7 +273,8 @@ def run_ingest(source: str, records_uri: str, mongo: dict | None, license_allow:
                min_side: int, out_records: str, out_audit: str, out_rejections: str,
                workdir: str = "/tmp") -> dict[str, Any]:
     """The ingest step: read from `source` ('jsonl' or 'mongo'), write records,
-    audit JSON and rejections JSONL; return the audit."""
+    audit JSON and rejections JSONL; return the audit. When no record is kept, the
+    audit and rejections are still written, then NothingKeptError is raised."""
     from shared.atomic import atomic_open, write_json
     from shared.records import write_jsonl
 
@@ -229,11 +292,19 @@ def run_ingest(source: str, records_uri: str, mongo: dict | None, license_allow:
         it = iter_mongo_source(coll, m.get("query") or {}, m.get("field_map"), int(m.get("limit") or 0))
     else:
         raise ValueError(f"data.source must be 'jsonl' or 'mongo', got {source!r}")
-    result = ingest(it, license_allow, min_side)
-    write_jsonl(out_records, result.records)
+    failed: NothingKeptError | None = None
+    try:
+        result = ingest(it, license_allow, min_side)
+    except NothingKeptError as e:
+        failed, result = e, e.result
+    if failed is None:  # no records file when nothing was kept: no later step may read an empty one
+        write_jsonl(out_records, result.records)
+    # the rejections and audit are written either way: they say why nothing was kept
     with atomic_open(out_rejections, "w", encoding="utf-8") as f:
         for line in dumps_rejections(result.rejections):
             f.write(line + "\n")
     result.audit["source"] = source
     write_json(out_audit, result.audit)
+    if failed is not None:
+        raise failed
     return result.audit

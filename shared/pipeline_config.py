@@ -180,6 +180,53 @@ def resolve_path(value: str, root: Path = REPO_ROOT) -> str:
     return str((root / value).resolve())
 
 
+# Names the pipeline gives its own working directories beside the regional teachers'.
+RESERVED_TEACHER_DIRS = ("global", "student")
+
+
+def path_safe_name(name: str) -> str:
+    """A name made safe as one path component (checkpoint directories per run and teacher)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "x"
+
+
+def _check_teacher_names(regional: list[dict]) -> None:
+    """Regional teacher names: unique, not the global teacher's or the student's, and mapping
+    to distinct checkpoint directories (two teachers sharing one would resume each other)."""
+    seen: dict[str, str] = {}
+    for i, t in enumerate(regional):
+        d = path_safe_name(t["name"])
+        if d.lower() in RESERVED_TEACHER_DIRS:
+            raise ConfigError(f"teachers.regional[{i}].name: {t['name']!r} is reserved (the pipeline's own "
+                              f"{d.lower()} checkpoints)")
+        if d.lower() in seen:
+            raise ConfigError(f"teachers.regional[{i}].name: {t['name']!r} shares its checkpoint directory "
+                              f"{d!r} with {seen[d.lower()]!r}; teacher names must differ")
+        seen[d.lower()] = t["name"]
+
+
+def _check_ranges(cfg: dict) -> None:
+    """Values that would change a run silently: out of range is an error naming the key."""
+    checks = [("cache.resize", cfg["cache"]["resize"], 1, None), ("cache.workers", cfg["cache"]["workers"], 1, None),
+              ("cache.max_fail_rate", cfg["cache"]["max_fail_rate"], 0, 1),
+              ("data.min_side", cfg["data"]["min_side"], 1, None),
+              ("teachers.logits_top_k", cfg["teachers"]["logits_top_k"], 1, None),
+              ("baseline.image_size", cfg["baseline"]["image_size"], 1, None),
+              ("calibration.ece_threshold", cfg["calibration"]["ece_threshold"], 0, 1),
+              ("calibration.target_precision", cfg["calibration"]["target_precision"], 0, 1),
+              ("export.gates.min_val_top1", cfg["export"]["gates"]["min_val_top1"], 0, 1),
+              ("export.gates.max_ece", cfg["export"]["gates"]["max_ece"], 0, 1),
+              ("export.validation_images", cfg["export"]["validation_images"], 1, None),
+              ("export.min_correlation", cfg["export"]["min_correlation"], -1, 1),
+              ("export.max_size_mb", cfg["export"]["max_size_mb"], 0, None)]
+    for key, v, lo, hi in checks:
+        if v < lo or (hi is not None and v > hi):
+            raise ConfigError(f"{key}: {v} is outside [{lo}, {hi if hi is not None else 'inf'}]")
+    if not cfg["teachers"]["global_weight"] > 0:  # 0 silences the global teacher; < 0 inverts it
+        raise ConfigError(f"teachers.global_weight: must be > 0, got {cfg['teachers']['global_weight']}")
+
+
 def load_pipeline_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     """Load and validate a pipeline config; resolve relative paths to absolute."""
     raw = read_config_source(path, "config file")
@@ -217,6 +264,10 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
             raise ConfigError(f"teachers.regional[{i}].overrides: expected a mapping, got {t['overrides']!r}")
         if "config" in t:
             t["config"] = resolve_path(t["config"])
+        if not [r for r in t["regions"].split(",") if r.strip()]:
+            raise ConfigError(f"teachers.regional[{i}].regions: {t['regions']!r} names no region")
+    _check_teacher_names(cfg["teachers"]["regional"])
+    _check_ranges(cfg)
     if "://" in cfg["teachers"]["checkpoint_dir"]:
         raise ConfigError(f"teachers.checkpoint_dir: must be a path (on the checkpoint volume), got "
                           f"{cfg['teachers']['checkpoint_dir']!r}")
@@ -229,6 +280,12 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     except ValueError as e:
         raise ConfigError(str(e).replace("model.pretrained_path", "baseline.weights")
                           .replace("model.", "baseline.")) from None
+    from shared.licenses import allowed_set
+
+    try:  # a typo in the allow-list would otherwise surface only when ingest starts
+        allowed_set(cfg["data"]["license_allow"])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"data.license_allow: {e}") from None
     wc = cfg["weights"]["cache_dir"]
     if not wc or ("://" in wc and not wc.startswith("gs://")):
         raise ConfigError(f"weights.cache_dir: a path (on the cache volume) or gs://bucket/prefix, got {wc!r}")

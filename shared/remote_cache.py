@@ -41,10 +41,11 @@ class RemoteCache:
     def _fail(self, what: str, rel: str, e: Exception) -> RemoteCacheError:
         return RemoteCacheError(f"cannot {what} {self.uri}/{rel}: {type(e).__name__}: {str(e)[:200]}")
 
-    def sizes(self) -> dict[str, int]:
-        """Every object under the prefix: relative name -> bytes (one listing)."""
+    def objects(self) -> dict[str, tuple[int, str | None]]:
+        """Every object under the prefix: relative name -> (bytes, base64 md5), one listing
+        (the md5 tells a same-size replacement apart)."""
         try:
-            return {b.name[len(self.prefix):]: int(b.size or 0)
+            return {b.name[len(self.prefix):]: (int(b.size or 0), b.md5_hash)
                     for b in gcs.client().list_blobs(self.bucket_name, prefix=self.prefix)}
         except Exception as e:  # noqa: BLE001 - auth, network or API errors: all the bucket's fault
             raise self._fail("list", "", e) from None

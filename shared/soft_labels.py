@@ -13,6 +13,7 @@ different class sets combinable. q keeps its top-k classes, renormalised to sum
 to 1, stored fp16. Work is done in chunks: never a dense N x C matrix."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -36,23 +37,57 @@ class SoftLabels:
     values: np.ndarray      # (N, k) float16 probabilities, rows sum to 1
     classes: list[str]
     temperature: float
+    records_digest: str = ""  # records_digest() of the train records they were made for
 
     def save(self, path: str | os.PathLike) -> None:
         save_npz(path, image_ids=np.asarray(self.image_ids, dtype=str), indices=self.indices.astype(np.int32),
                  values=self.values.astype(np.float16), classes=np.asarray(self.classes, dtype=str),
-                 temperature=np.asarray(self.temperature, dtype=np.float32))
+                 temperature=np.asarray(self.temperature, dtype=np.float32),
+                 records_digest=np.asarray(self.records_digest, dtype=str),
+                 classes_digest=np.asarray(classes_digest(self.classes), dtype=str))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SoftLabels":
         z = load_npz(path, "soft labels")
         try:
-            return cls(z["image_ids"], z["indices"], z["values"], [str(c) for c in z["classes"]],
-                       float(z["temperature"]))
+            sl = cls(z["image_ids"], z["indices"], z["values"], [str(c) for c in z["classes"]],
+                     float(z["temperature"]), str(z["records_digest"]))
+            stored = str(z["classes_digest"])
         except KeyError as e:
-            raise ValueError(f"soft labels {path} lack the array {e}") from None
+            raise ValueError(f"soft labels {path} lack the array {e} (made by an older version? "
+                             "re-run combine_soft_labels)") from None
+        if stored != classes_digest(sl.classes):
+            raise ValueError(f"soft labels {path}: the class list does not match its recorded digest")
+        return sl
+
+    def check_made_for(self, records: list[dict], what: str = "soft labels") -> None:
+        """Refuse soft labels made for other train records or another class list: a student would
+        otherwise report distillation with no sample covered, or ship the wrong classes."""
+        if self.records_digest != records_digest(records):
+            ids = {str(r["image_id"]) for r in records}
+            mine = {str(s) for s in self.image_ids}
+            raise ValueError(f"{what} were made for other train records ({len(mine & ids)} of {len(ids)} train "
+                             f"images in common, digest {self.records_digest[:12] or 'none'} vs "
+                             f"{records_digest(records)[:12]}): re-run combine_soft_labels on this split")
+        missing = sorted({str(r["taxon"]) for r in records} - set(self.classes))
+        if missing:
+            raise ValueError(f"{what}: {len(missing)} species of the train records are not in their class list, "
+                             f"e.g. {missing[:3]}")
 
     def bytes_per_sample(self) -> float:
         return self.indices.shape[1] * (4 + 2)
+
+
+def records_digest(records: list[dict]) -> str:
+    """sha256 over the train records' (image_id, taxon) pairs, order-independent."""
+    h = hashlib.sha256()
+    for line in sorted(f"{r['image_id']}\t{r['taxon']}" for r in records):
+        h.update(line.encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()
+
+
+def classes_digest(classes: list[str]) -> str:
+    return hashlib.sha256("\n".join(classes).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def union_classes(teachers: list[TeacherSpec]) -> list[str]:
@@ -159,6 +194,7 @@ def run_combine(teacher_paths: list[tuple[str, float]], train_records: list[dict
     ids = [r["image_id"] for r in train_records]
     regions = [r.get("region", "") for r in train_records]
     sl = combine_soft_labels(specs, ids, regions, cfg["distillation"]["temperature"], k)
+    sl.records_digest = records_digest(train_records)
     sl.save(out_path)
     m = soft_label_metrics(sl, specs, regions)
     m["weights"] = {(s.logits.name or f"teacher{i}"): s.weight for i, s in enumerate(specs)}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.pipeline_config import ConfigError, merge_checked, merge_dotted, read_config_source
-from shared.teacher_config import TEACHER_DEFAULTS
+from shared.teacher_config import TEACHER_DEFAULTS, check_augmentation
 
 MOBILENETV2_WIDTHS = {0.5: "mobilenetv2_050", 0.75: "mobilenetv2_075", 1.0: "mobilenetv2_100",
                       1.1: "mobilenetv2_110d", 1.2: "mobilenetv2_120d", 1.4: "mobilenetv2_140"}
@@ -92,7 +92,9 @@ def _check_values(cfg: dict) -> None:
     at_least += [(f"training.{k}", t[k], 0) for k in ("distillation_epochs", "finetune_epochs", "warmup_epochs",
                                                        "num_workers", "weight_decay", "gradient_clip")]
     at_least += [(f"distillation.loss_weights.{k}", w[k], 0) for k in ("kl_divergence", "cross_entropy")]
-    at_least += [(f"teachers[{i}].weight", e["weight"], 0) for i, e in enumerate(cfg["teachers"])]
+    for i, e in enumerate(cfg["teachers"]):
+        if not e["weight"] > 0:  # a 0 weight silences a teacher; a negative one inverts it
+            raise ConfigError(f"teachers[{i}].weight: must be > 0, got {e['weight']}")
     for where, v, least in at_least:
         if v < least:
             raise ConfigError(f"{where}: must be at least {least}, got {v}")
@@ -100,6 +102,7 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError("training.epochs: no epoch to train (distillation_epochs + finetune_epochs is 0)")
     if w["kl_divergence"] + w["cross_entropy"] <= 0:
         raise ConfigError("distillation.loss_weights: kl_divergence and cross_entropy are both 0")
+    check_augmentation(cfg["augmentation"], m["image_size"])
 
 
 def timm_model_name(model: dict) -> str:

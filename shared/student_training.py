@@ -57,6 +57,8 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
     main_proc = distributed_env()[0] == 0
     log = log if main_proc else (lambda *_: None)
     soft = SoftLabels.load(soft_labels_path) if soft_labels_path else None
+    if soft is not None:
+        soft.check_made_for(train_records, f"soft labels {soft_labels_path}")
     classes = list(soft.classes) if soft else (classes or class_list(train_records))
     if cfg["model"]["num_classes"] != len(classes):
         log(f"student: {len(classes)} classes from the data (config model.num_classes="
@@ -104,6 +106,9 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
         loss_fn = None
         if stage == "distillation" and soft is not None:
             lookup = SoftLabelLookup(soft, [r["image_id"] for r in train_records], classes)
+            if lookup.coverage < 1.0:  # combine_soft_labels covers every train record or fails
+                raise ValueError(f"soft labels cover {lookup.coverage:.1%} of the train records: distillation "
+                                 "would run partly or wholly on CE alone; re-run combine_soft_labels")
             w = cfg["distillation"]["loss_weights"]
             loss_fn = make_kd_loss_fn(lookup, cfg["distillation"]["temperature"], w["kl_divergence"],
                                       w["cross_entropy"])

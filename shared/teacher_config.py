@@ -67,6 +67,37 @@ def load_teacher_config(source: str | Path | dict | None, overrides: dict | None
     return cfg
 
 
+def check_augmentation(aug: dict, image_size: int, where: str = "augmentation") -> None:
+    """Augmentation values in their ranges, and crops equal to the model's input size (a ViT
+    is built for data.image_size; a different crop fails or trains at a size nobody asked for).
+    Shared by the teacher and student loaders."""
+    tr, va = aug["train"], aug["val"]
+    ranges = [(f"{where}.train.{k}", tr[k], 0, 1) for k in ("horizontal_flip", "vertical_flip", "blur")]
+    ranges += [(f"{where}.train.rotation", tr["rotation"], 0, 180),
+               (f"{where}.train.color_jitter.hue", tr["color_jitter"]["hue"], 0, 0.5)]
+    ranges += [(f"{where}.train.color_jitter.{k}", tr["color_jitter"][k], 0, 10)
+               for k in ("brightness", "contrast", "saturation")]
+    for part, sec in (("train", tr), ("val", va)):
+        norm = sec["normalize"]
+        for key in ("mean", "std"):
+            v = norm[key]
+            if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+                raise ConfigError(f"{where}.{part}.normalize.{key}: expected 3 numbers (RGB), got {v!r}")
+        ranges += [(f"{where}.{part}.normalize.mean", min(norm["mean"]), 0, 1),
+                   (f"{where}.{part}.normalize.mean", max(norm["mean"]), 0, 1),
+                   (f"{where}.{part}.normalize.std", max(norm["std"]), 1e-6, 10),
+                   (f"{where}.{part}.normalize.std", min(norm["std"]), 1e-6, 10)]
+    for key, v, lo, hi in ranges:
+        if not lo <= v <= hi:
+            raise ConfigError(f"{key}: {v} is outside [{lo}, {hi}]")
+    for key, crop, resize in ((f"{where}.train.crop", tr["crop"], tr["resize"]),
+                              (f"{where}.val.center_crop", va["center_crop"], va["resize"])):
+        if int(crop) != int(image_size):
+            raise ConfigError(f"{key}: {crop} differs from the model's image size {image_size}; they must match")
+        if int(resize) < int(crop):
+            raise ConfigError(f"{key}: {crop} is larger than its resize {resize}")
+
+
 def _check_values(cfg: dict) -> None:
     from shared.pretrained import request_from_section
 
@@ -89,7 +120,10 @@ def _check_values(cfg: dict) -> None:
             raise ConfigError(f"{where}: {v} is outside [{lo}, {hi}]")
     for where, v in (("training.batch_size", t["batch_size"]), ("training.epochs", t["epochs"]),
                      ("training.grad_accum_steps", t["grad_accum_steps"]),
-                     ("data.image_size", cfg["data"]["image_size"])):
+                     ("data.image_size", cfg["data"]["image_size"]),
+                     ("callbacks.early_stopping_patience", c["early_stopping_patience"]),
+                     ("callbacks.save_checkpoint_every", c["save_checkpoint_every"]),
+                     ("data.cache_size_gb", cfg["data"]["cache_size_gb"])):
         if int(v) < 1:
             raise ConfigError(f"{where}: must be at least 1, got {v}")
     non_negative = [(f"training.{k}", t[k]) for k in ("min_lr", "weight_decay", "gradient_clip", "warmup_epochs",
@@ -99,3 +133,7 @@ def _check_values(cfg: dict) -> None:
     for where, v in non_negative:
         if v < 0:
             raise ConfigError(f"{where}: must be at least 0, got {v}")
+    region = cfg["data"]["region_filter"]
+    if region.strip() and not [r for r in region.split(",") if r.strip()]:
+        raise ConfigError(f"data.region_filter: {region!r} names no region")
+    check_augmentation(cfg["augmentation"], cfg["data"]["image_size"])

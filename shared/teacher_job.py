@@ -5,13 +5,13 @@ the pod has several GPUs, and the best checkpoint copied to the step's output.""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from shared.atomic import write_json
+from shared.pipeline_config import path_safe_name
 
 
 def work_dir(checkpoint_dir: str, run_id: str, name: str) -> Path:
@@ -19,7 +19,7 @@ def work_dir(checkpoint_dir: str, run_id: str, name: str) -> Path:
     if "://" in str(checkpoint_dir):  # Path("gs://b/x") would quietly become a local dir "gs:/b/x"
         raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: must be a mounted path (the checkpoint "
                          "volume), not a URI; resumable checkpoints are not kept in object storage")
-    safe = [re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._") or "x" for s in (run_id, name)]
+    safe = [path_safe_name(s) for s in (run_id, name)]
     return Path(checkpoint_dir) / safe[0] / safe[1]
 
 

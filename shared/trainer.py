@@ -161,12 +161,24 @@ def _save_training_state(path: Path, model, optimizer, scheduler, scaler, epoch:
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
              "epoch": epoch, "global_step": step, "best": best, "best_epoch": best_epoch,
              "bad_epochs": bad_epochs, "history": history,
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(),
                      "python": random.getstate()}}
     buf = io.BytesIO()
     torch.save(state, buf)
     with atomic_open(path, "wb", checksum=True) as f:
         f.write(buf.getvalue())
+
+
+def _numpy_rng_state() -> tuple:
+    """numpy's RNG state with its key array as a tensor: the training state then holds only
+    types torch.load(weights_only=True) reads (no numpy pickles)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+
+
+def _numpy_rng_from(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, gauss = state
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)
 
 
 def _load_training_state(path: Path, log: Callable) -> dict | None:
@@ -175,8 +187,8 @@ def _load_training_state(path: Path, log: Callable) -> dict | None:
     if not verify_checksum(path):
         log(f"WARNING: {path} does not match its checksum (truncated?); starting from scratch")
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+    try:  # data, never code: a training state that needs pickled code is refused like a truncated one
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unreadable: treat like truncated
         log(f"WARNING: cannot read {path} ({e}); starting from scratch")
         return None
@@ -260,7 +272,7 @@ def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, se
         result.history = state["history"]
         result.resumed_from_epoch = state["epoch"]
         torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
+        np.random.set_state(_numpy_rng_from(state["rng"]["numpy"]))
         random.setstate(state["rng"]["python"])
         say(f"resumed from {out / LAST}: epoch {state['epoch']} done, step {result.global_step}")
         if bad_epochs >= s.patience and s.early_stopping:

@@ -1,7 +1,8 @@
 import pytest
 import requests
 
-from shared.fetch import FetchError, Fetcher, FetchPolicy, parse_retry_after
+from shared.fetch import (FetchError, Fetcher, FetchPolicy, HostAllowlist, judge_http_url, normalise_host,
+                          parse_retry_after)
 from tests.image_server import ImageServer, jpeg_bytes
 
 LOCAL = dict(allow_private_networks=True, backoff_s=0.01, timeout_s=1.0, per_host_rate=0)
@@ -89,6 +90,44 @@ def test_redirect_cap_and_allowlist(server):
     with pytest.raises(FetchError) as e:
         f.fetch(f"{server.base}/img/a.jpg")
     assert e.value.reason == "blocked_host"
+
+
+def test_allowlist_matches_normalised_hosts_exactly_or_at_a_dot_boundary():
+    allow = HostAllowlist(["Images.Example.org.", "*.cdn.example", ".static.example", "bücher.example",
+                           "10.0.0.1", "[::1]"])
+    for host in ("images.example.org", "a.cdn.example", "a.b.cdn.example", "x.static.example",
+                 "xn--bcher-kva.example", "10.0.0.1", "::1"):
+        assert allow.allows(normalise_host(host)), host
+    for host in ("example.org", "evilimages.example.org", "images.example.org.evil.com", "cdn.example",
+                 "evilcdn.example", "cdn.example.evil", "bucher.example", "10.0.0.10", "0.0.0.1"):
+        assert not allow.allows(normalise_host(host)), host
+    assert normalise_host("IMAGES.example.ORG.") == "images.example.org"
+    assert normalise_host("[0:0::1]") == "::1" and normalise_host("BÜCHER.example") == "xn--bcher-kva.example"
+    for bad in ("a..b", ".a", "a b", "[a.org]", "a%2eb", "a" * 64 + ".org", "a/b", "a:80"):
+        with pytest.raises(ValueError):
+            normalise_host(bad)
+
+
+@pytest.mark.parametrize("entries", [["https://images.example.org"], ["images.example.org:443"],
+                                     ["images.example.org/photos"], ["*.10.0.0.1"], [""], [None],
+                                     "images.example.org"])
+def test_allowlist_entries_that_are_not_hosts_fail_when_the_policy_is_built(entries):
+    with pytest.raises(ValueError, match="host_allowlist"):
+        FetchPolicy.from_dict({"host_allowlist": entries})
+
+
+def test_judged_host_is_where_requests_connects(monkeypatch):
+    """The judge asks requests' own adapter where the URL it sends connects; should a
+    future requests or urllib3 read it differently, the URL is refused, not fetched."""
+    assert judge_http_url("HTTP://Allowed.Example.:8080/a.jpg#x").url == "http://allowed.example:8080/a.jpg"
+    session = requests.Session()
+    adapter = session.get_adapter("http://allowed.example/")
+    monkeypatch.setattr(adapter, "build_connection_pool_key_attributes",
+                        lambda request, verify, cert=None: ({"scheme": "http", "host": "evil.example",
+                                                              "port": None}, {}))
+    with pytest.raises(FetchError) as e:
+        judge_http_url("http://allowed.example/a.jpg", session)
+    assert e.value.reason == "ambiguous_url" and "evil.example" in e.value.detail
 
 
 def test_schemes_and_local_paths(tmp_path):

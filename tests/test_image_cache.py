@@ -90,6 +90,23 @@ def test_process_image_modes_bombs_and_no_upscale():
     assert e.value.reason == "decode_error"
 
 
+def test_index_records_settings_source_size_and_checksums(server, tmp_path):
+    from shared.atomic import sha256_file
+    from shared.image_cache import INDEX_NAME, cache_settings
+
+    url = server.add("s.jpg", jpeg_bytes(300, 220, seed=5))
+    (rec,) = cache_images([_rec(0, url)], tmp_path, resize=100, min_side=100, max_pixels=10**7,
+                          policy=POLICY).cached
+    (e,) = [json.loads(line) for line in (tmp_path / INDEX_NAME).read_text().splitlines()]
+    assert e["settings"] == cache_settings(100, 100, 10**7) == {
+        "resize": 100, "min_side": 100, "max_pixels": 10**7, "jpeg_quality": 90, "rendition": 2}
+    assert (e["source_width"], e["source_height"], e["source_mode"]) == (300, 220, "RGB")
+    assert (e["cached_width"], e["cached_height"], e["resize"]) == (136, 100, 100)  # old readers' keys kept
+    path = resolve(tmp_path, rec)
+    assert e["file_sha256"] == sha256_file(path) and e["bytes"] == path.stat().st_size
+    assert e["stat"][:2] == [path.stat().st_size, path.stat().st_mtime_ns]
+
+
 def test_resolve_refuses_escape(tmp_path):
     with pytest.raises(ValueError, match="escapes the cache"):
         resolve(tmp_path, {"image_id": "x", "cache_path": "../../etc/passwd"})

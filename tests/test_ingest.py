@@ -87,3 +87,31 @@ def test_run_ingest_writes_outputs(tmp_path, monkeypatch):
     monkeypatch.delenv("MONGO_URI", raising=False)
     with pytest.raises(RuntimeError, match="MONGO_URI"):
         run_ingest("mongo", "", {"database": "d", "collection": "c"}, None, 0, *out.values())
+
+
+@pytest.mark.parametrize("raw, canonical", [
+    ("QUERCUS ILEX", "Quercus ilex"),
+    ("quercus ilex subsp. BALLOTA", "Quercus ilex subsp. ballota"),
+    ("Quercus ilex VAR. Rotundifolia", "Quercus ilex var. rotundifolia"),
+    ("Mentha ×piperita", "Mentha \u00d7 piperita"),
+    ("mentha X piperita", "Mentha \u00d7 piperita"),
+    ("×cupressocyparis LEYLANDII", "\u00d7 Cupressocyparis leylandii"),
+    ("x Cupressocyparis leylandii", "\u00d7 Cupressocyparis leylandii"),
+    ("salix alba x salix fragilis", "Salix alba \u00d7 Salix fragilis"),
+    ("Salix alba × FRAGILIS", "Salix alba \u00d7 fragilis"),
+    ("Xanthium strumarium", "Xanthium strumarium"),
+    ("prunus \u2018KANZAN\u2019", "Prunus 'Kanzan'"),
+    ("Rosa 'gloire de dijon'", "Rosa 'Gloire De Dijon'"),
+    ("Quercus (cerris) SUBER", "Quercus (Cerris) suber"),
+    ("Quercus sp.", "Quercus sp."),
+    ("ROSACEAE", "Rosaceae"),
+    ("Iso\u0065\u0308tes\u00a0lacustris", "Iso\u00ebtes lacustris"),
+    ("\u200bRosa\u2060 \u00a0canina\ufeff ", "Rosa canina"),
+])
+def test_taxon_normalisation_policy(raw, canonical):
+    """The documented policy (shared/records.py), example by example."""
+    from shared.records import normalize_taxon, parse_record
+
+    assert normalize_taxon(raw) == canonical and normalize_taxon(canonical) == canonical
+    rec = parse_record(_rec(1, taxon=raw))
+    assert (rec.taxon, rec.to_dict().get("taxon_raw")) == (canonical, raw if raw != canonical else None)

@@ -94,6 +94,8 @@ def test_local_run_exports_blessed_student_and_writes_manifest(local_run):
     assert (bundle / "model.json").exists() and (bundle / "index.html").exists()
     cal = json.loads((bundle / "calibration.json").read_text())
     assert cal["label_below_threshold"] == "no concluyente" and cal["temperature"] > 0
+    prep = json.loads((bundle / "preprocessing.json").read_text())
+    assert prep["initial_weights"] == {"pretrained": False}  # the local student trained from scratch, on purpose
     m = yaml.safe_load(Path(summary["training_manifest"]).read_text())
     assert m["seed"] == 42 and m["data"]["leak_free"] is True
     assert {p["status"] for p in m["phases"].values()} == {"completed"}

@@ -7,7 +7,7 @@ import pytest
 
 from shared.checkpoint import load_checkpoint
 from shared.records import write_jsonl
-from shared.soft_labels import TeacherSpec, combine_soft_labels
+from shared.soft_labels import TeacherSpec, combine_soft_labels, records_digest
 from shared.student_training import run_student_job
 from shared.teacher_logits import TeacherLogits
 
@@ -35,8 +35,10 @@ def noisy_teacher_soft_labels(train: list[dict], path) -> list[str]:
                        values=vals.astype(np.float16), logsumexp=lse.astype(np.float32),
                        confidences=np.exp(vals[:, 0] - lse).astype(np.float32), labels=labels.astype(np.int32),
                        classes=classes, name="global", regions="")
-    combine_soft_labels([TeacherSpec(tl, 1.0, None)], [r["image_id"] for r in train],
-                        [r["region"] for r in train], 3.0, 8).save(path)
+    sl = combine_soft_labels([TeacherSpec(tl, 1.0, None)], [r["image_id"] for r in train],
+                             [r["region"] for r in train], 3.0, 8)
+    sl.records_digest = records_digest(train)  # as run_combine records it
+    sl.save(path)
     return classes
 
 

@@ -1,5 +1,5 @@
 """Hostile image bytes through the whole cache step: decompression bombs (pixel and
-gzip), truncated and fake images, too-small images. Each is rejected with a named
+gzip), truncated and fake images, too-small images, an image wider than JPEG stores. Each is rejected with a named
 reason and leaves nothing in the cache; the good images beside them are cached."""
 import gzip
 import io
@@ -28,6 +28,12 @@ def png_declaring(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
 
 
+def _png_l(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 120).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def _rec(i, url):
     return {"image_id": f"b{i}", "image_url": url, "taxon": "t", "region": "EU_SW", "license": "CC0"}
 
@@ -43,6 +49,7 @@ def files(tmp_path):
         "html_as_jpg.jpg": b"<!doctype html><html><body>not an image</body></html>",
         "empty.jpg": b"",
         "tiny.jpg": jpeg_bytes(90, 60, seed=1),
+        "too_wide.png": _png_l(70_000, 100),                 # 7 MP, under every cap, but JPEG stores 65,500 px a side
     }
     src = tmp_path / "src"
     src.mkdir()
@@ -53,7 +60,7 @@ def files(tmp_path):
 
 EXPECTED = {"pixel_bomb.png": "decompression_bomb", "moderate_bomb.png": "decompression_bomb",
             "truncated.jpg": "decode_error", "html_as_jpg.jpg": "decode_error", "empty.jpg": "decode_error",
-            "tiny.jpg": "too_small"}
+            "tiny.jpg": "too_small", "too_wide.png": "too_wide_for_jpeg"}
 
 
 def test_hostile_images_are_rejected_by_reason_and_never_cached(files, tmp_path):

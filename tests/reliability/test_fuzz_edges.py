@@ -12,42 +12,35 @@ import json
 import math
 import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.atomic import load_npz, save_npz
 from shared.cluster_config import CLUSTER_DEFAULTS, STEPS, load_cluster_config, step_settings
 from shared.fetch import FetchPolicy
 from shared.image_cache import cache_images
-from shared.ingest import ingest, iter_jsonl_source, run_ingest
+from shared.ingest import NothingKeptError, ingest, iter_jsonl_source, run_ingest
 from shared.pipeline_config import DEFAULTS, ConfigError, load_pipeline_config
 from shared.records import load_jsonl
 from shared.soft_labels import SoftLabels
 from shared.student_config import STUDENT_DEFAULTS, load_student_config
 from shared.teacher_config import TEACHER_DEFAULTS, load_teacher_config
 from tests.image_server import jpeg_bytes
+from tests.reliability.fuzzing import fuzz_settings, write_counts  # noqa: E402
 
 TRIED: Counter = Counter()
 # CI runs a fixed 150 examples per test; PLANTID_FUZZ_EXAMPLES=5000 fuzzes deeper with fresh draws
-FUZZ = settings(max_examples=int(os.environ.get("PLANTID_FUZZ_EXAMPLES", 150)), deadline=None,
-                derandomize="PLANTID_FUZZ_EXAMPLES" not in os.environ,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = fuzz_settings()
 OK_FIELDS = '"image_url": "http://img.example/%s.jpg", "taxon": "Rosa canina", "region": "EU_SW", "license": "CC0"'
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
-    target = os.environ.get("PLANTID_FUZZ_COUNTS")
-    if target:
-        p = Path(target)
-        old = json.loads(p.read_text()) if p.exists() else {}
-        old.update({f"edge_{k}": v for k, v in TRIED.items()})
-        p.write_text(json.dumps(old, indent=1))
+    write_counts(TRIED, "edge_")
 
 
 def _line(i, image_id_json):
@@ -113,16 +106,25 @@ def test_fuzzed_edge_jsonl_never_crashes_ingest(tmp_path_factory, lines):
     d = tmp_path_factory.mktemp("edge")
     src = d / "records.jsonl"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    res = ingest(iter_jsonl_source(src), min_side=100)
+    try:
+        res = ingest(iter_jsonl_source(src), min_side=100)
+    except NothingKeptError as e:  # every line rejected: a named error carrying the full account
+        res = e.result
     assert len(res.records) + len(res.rejections) == len(lines)
     for rej in res.rejections:
         assert rej.locator.startswith("records.jsonl:") and rej.reason and rej.field
     for rec in res.records:  # what is kept can be written back as UTF-8
         json.dumps(rec.to_dict(), ensure_ascii=False).encode("utf-8")
-    # and the step's outputs are written whatever came in
+    # and the step's audit and rejections are written whatever came in; records only when some
+    # were kept (nothing kept fails the step, naming the reasons, instead of failing split later)
     out = [str(d / n) for n in ("r.jsonl", "audit.json", "rej.jsonl")]
-    run_ingest("jsonl", str(src), None, None, 100, *out)
-    assert len(load_jsonl(out[0])) == len(res.records) and len(load_jsonl(out[2])) == len(res.rejections)
+    if res.records:
+        run_ingest("jsonl", str(src), None, None, 100, *out)
+        assert len(load_jsonl(out[0])) == len(res.records)
+    else:
+        with pytest.raises(NothingKeptError, match="kept no records"):
+            run_ingest("jsonl", str(src), None, None, 100, *out)
+    assert len(load_jsonl(out[2])) == len(res.rejections) and os.path.exists(out[1])
 
 
 # --- YAML config files ----------------------------------------------------------------
