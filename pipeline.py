@@ -31,7 +31,7 @@ def _import_components(cfg: dict):
                             training_manifest, validate_export)
 
     return {"ingest": ingest.ingest, "cache_images": cache_images.cache_images,
-            "split": split.split, "baseline": baseline.baseline, "stage_weights": stage_weights.stage_weights,
+            "split": split.split, "regional_split": split.regional_split, "baseline": baseline.baseline, "stage_weights": stage_weights.stage_weights,
             "train_teacher": train_teacher.train_teacher,
             "evaluate_teacher": evaluate_teacher.evaluate_teacher,
             "teacher_logits": teacher_logits.teacher_logits,
@@ -43,25 +43,10 @@ def _import_components(cfg: dict):
 
 
 def teacher_parameters(cfg: dict) -> tuple[dict, list[dict]]:
-    """The global teacher config and the regional teacher items (each with its
-    config loaded and validated), as pipeline-parameter defaults."""
-    from shared.teacher_config import load_teacher_config
+    """The global teacher config and the regional teacher items, as pipeline-parameter defaults."""
+    from shared.teacher_set import teacher_set
 
-    from shared.pipeline_config import ConfigError
-
-    t = cfg["teachers"]
-    global_cfg = load_teacher_config(t["global_config"], t["overrides"])
-    if global_cfg["data"]["region_filter"].strip():  # it would quietly narrow the teacher of every region
-        raise ConfigError(f"{t['global_config']}: data.region_filter {global_cfg['data']['region_filter']!r} "
-                          "would narrow the global teacher; regional teachers go under teachers.regional")
-    regional = []
-    for item in t["regional"]:
-        rc = load_teacher_config(item.get("config") or t["global_config"],
-                                 {**t["overrides"], **item.get("overrides", {})})
-        # "teacher", not "name": a loop item's .name is KFP's own attribute
-        regional.append({"teacher": item["name"], "regions": item["regions"],
-                         "weight": float(item.get("weight", 1.0)), "config": rc})
-    return global_cfg, regional
+    return teacher_set(cfg)
 
 
 def build_pipeline(cfg: dict):
@@ -111,10 +96,14 @@ def build_pipeline(cfg: dict):
         calibration_objective: str = cfg["calibration"]["objective"],
         gate_min_val_top1: float = cfg["export"]["gates"]["min_val_top1"],
         gate_max_ece: float = cfg["export"]["gates"]["max_ece"],
+        gate_min_coverage: float = cfg["export"]["gates"]["min_coverage"],
+        gate_min_precision: float = cfg["export"]["gates"]["min_precision"],
         quantization: str = cfg["export"]["quantization"],
         export_images: int = cfg["export"]["validation_images"],
         min_parity_correlation: float = cfg["export"]["min_correlation"],
-        max_model_size_mb: float = cfg["export"]["max_size_mb"],
+        gate_max_bundle_mb: float = cfg["export"]["gates"]["max_bundle_mb"],
+        gate_max_latency_ms: float = cfg["export"]["gates"]["max_latency_ms"],
+        latency_runtime: str = cfg["export"]["latency_runtime"],
         seed: int = cfg["pipeline"]["seed"],
         pipeline_settings: dict = {k: cfg[k] for k in ("data", "cache", "split", "calibration", "export", "weights")},
     ):
@@ -157,15 +146,18 @@ def build_pipeline(cfg: dict):
 
         # Phases 2 / 2b: regional teachers in parallel, each from the global one.
         with dsl.ParallelFor(items=regional_teachers, name="regional-teachers") as item:
-            rs = c["split"](cached=cached.outputs["cached"], regions=item.regions, seed=split_seed)
-            rs.set_display_name("regional split (2.0)")
+            rs = c["regional_split"](global_train=sp.outputs["train"], global_val=sp.outputs["val"],
+                                     global_test=sp.outputs["test"], regions=item.regions)
+            rs.set_display_name("regional split, nested in the global one (2.0)")
             rt = c["train_teacher"](name=item.teacher, regions=item.regions, train=rs.outputs["train"],
                                     val=rs.outputs["val"], cache_dir=cache_dir, config=item.config,
                                     overrides=teacher_overrides, checkpoint_dir=checkpoint_dir,
                                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, gpus=gpus_per_teacher,
                                     init_from=gt.outputs["model"])
             rt.set_display_name("train regional teacher (2.2)")
-            re_ = c["evaluate_teacher"](name=item.teacher, model=rt.outputs["model"], test=rs.outputs["test"],
+            # Every teacher is scored on the one global test set (per region too): the gain of a
+            # regional teacher over the global one is measured on the same images (plan 2.3 / 2.4).
+            re_ = c["evaluate_teacher"](name=item.teacher, model=rt.outputs["model"], test=sp.outputs["test"],
                                         cache_dir=cache_dir, confusion_top_n=20)
             re_.set_display_name("evaluate regional teacher (2.3)")
             rl = c["teacher_logits"](name=item.teacher, regions=item.regions, weight=item.weight,
@@ -180,7 +172,8 @@ def build_pipeline(cfg: dict):
                                       top_k=logits_top_k)
         sl.set_display_name("combine soft labels (3.2)")
         # Phase 4: the student.
-        st = c["train_student"](train=sp.outputs["train"], val=sp.outputs["val"], soft_labels=sl.outputs["soft_labels"],
+        st = c["train_student"](train=sp.outputs["train"], val=sp.outputs["val"], test=sp.outputs["test"],
+                                soft_labels=sl.outputs["soft_labels"],
                                 cache_dir=cache_dir, student_config=student_config, checkpoint_dir=checkpoint_dir,
                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, train_ce_control=train_ce_control,
                                 gpus=gpus_per_student, weights=student_weights)
@@ -190,17 +183,19 @@ def build_pipeline(cfg: dict):
         cal = c["calibrate"](model=st.outputs["model"], val=sp.outputs["val"], test=sp.outputs["test"],
                              cache_dir=cache_dir, ece_threshold=ece_threshold, target_precision=target_precision,
                              calibration_objective=calibration_objective,
-                             min_val_top1=gate_min_val_top1, max_ece=gate_max_ece)
+                             min_val_top1=gate_min_val_top1, max_ece=gate_max_ece,
+                             min_coverage=gate_min_coverage, min_precision=gate_min_precision)
         cal.set_display_name("calibrate + quality gate (5)")
         # Phase 6: only a blessed student is exported (TFX-style: blessed, then pushed).
         with dsl.If(cal.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (a KFP condition)
             ex = c["export_tfjs"](model=cal.outputs["calibrated"], calibration=cal.outputs["calibration"],
                                   test=sp.outputs["test"], cache_dir=cache_dir, quantization=quantization,
-                                  sample_images=export_images)
+                                  sample_images=export_images, max_size_mb=gate_max_bundle_mb)
             ex.set_display_name("export to TF.js (6.2)")
             va = c["validate_export"](bundle=ex.outputs["bundle"], model=cal.outputs["calibrated"],
                                       test=sp.outputs["test"], cache_dir=cache_dir, images=export_images,
-                                      min_correlation=min_parity_correlation, max_size_mb=max_model_size_mb)
+                                      min_correlation=min_parity_correlation, max_size_mb=gate_max_bundle_mb,
+                                      max_latency_ms=gate_max_latency_ms, latency_runtime=latency_runtime)
             va.set_display_name("validate TF.js vs PyTorch (6.3)")
         with dsl.Else(name="not-blessed"):
             sk = c["export_skipped"](reason=cal.outputs["reason"])

@@ -1,4 +1,4 @@
-"""Phase 6: the blessed, calibrated student to a TF.js bundle (fp16 or uint8)."""
+"""Phase 6: the blessed, calibrated student to a TF.js bundle (fp16, uint8, or auto)."""
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -7,16 +7,22 @@ from components.images import DATA_IMAGE, EXPORT_IMAGE
 
 @dsl.component(base_image=EXPORT_IMAGE, install_kfp_package=False)
 def export_tfjs(model: Input[Model], calibration: Input[Artifact], test: Input[Dataset], cache_dir: str,
-                quantization: str, sample_images: int, bundle: Output[Artifact], metrics: Output[Metrics]):
-    """PyTorch -> ONNX (checked with onnxruntime) -> SavedModel -> TF.js graph model + demo page."""
+                quantization: str, sample_images: int, bundle: Output[Artifact], metrics: Output[Metrics],
+                max_size_mb: float = 150.0):
+    """PyTorch -> ONNX (checked with onnxruntime) -> SavedModel -> TF.js graph model + demo page.
+    quantization fp16 / uint8 (int8 = uint8) / none, or auto: fp16 if its bundle is < max_size_mb,
+    else uint8 (then validate_export's size gate decides). The bundle's metadata records the
+    quantization used, quantization_reason and the size of every bundle built."""
     from shared.export import run_export
     from shared.records import load_jsonl
 
     r = run_export(model.path, calibration.path, load_jsonl(test.path), cache_dir, bundle.path, quantization,
-                   sample_images)
+                   sample_images, max_size_mb)
     bundle.metadata.update({k: v for k, v in r.items() if k != "bundle"})
-    for key in ("model_size_mb", "onnx_max_abs_diff", "export_seconds"):
-        metrics.log_metric(key, r[key])
+    for key in ("model_size_mb", "fp16_size_mb", "uint8_size_mb", "onnx_max_abs_diff", "export_seconds"):
+        if key in r:
+            metrics.log_metric(key, r[key])
+    print(f"quantization: {r['quantization']} ({r['quantization_reason']})")
     print("exported:", r)
 
 

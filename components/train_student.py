@@ -1,22 +1,24 @@
 """Phase 4: the student, distillation then fine-tuning (and, optionally, the same
 student on CE alone as a control, so runs show what distillation adds)."""
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components.images import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def train_student(train: Input[Dataset], val: Input[Dataset], soft_labels: Input[Artifact], cache_dir: str,
-                  student_config: dict, checkpoint_dir: str, run_id: str, train_ce_control: bool, gpus: int,
-                  model: Output[Model], metrics: Output[Metrics], summary: Output[Artifact],
-                  weights: Input[Model] = None):
+def train_student(train: Input[Dataset], val: Input[Dataset], test: Input[Dataset], soft_labels: Input[Artifact],
+                  cache_dir: str, student_config: dict, checkpoint_dir: str, run_id: str, train_ce_control: bool,
+                  gpus: int, model: Output[Model], metrics: Output[Metrics], summary: Output[Artifact],
+                  confusion: Output[ClassificationMetrics], logs: Output[Artifact], weights: Input[Model] = None):
     """Two-stage student; resumes from its checkpoints when the pod is retried; torchrun
     DDP when the pod has several GPUs.
 
     Args:
         train: The train split (JSONL records).
         val: The val split (early stopping, the shipped stage).
+        test: The held-out test split (the common test set): each stage, the shipped student and the
+            CE control are scored on it.
         soft_labels: The combined teachers' soft labels (phase 3).
         cache_dir: The image cache (volume path or gs://).
         student_config: The student config (the plan's student.yaml, loaded).
@@ -29,39 +31,62 @@ def train_student(train: Input[Dataset], val: Input[Dataset], soft_labels: Input
 
     Returns:
         model: The shipped student checkpoint.
-        metrics: Val figures per stage, size, the CE control and the distillation gain.
-        summary: Both runs' full summaries (JSON).
+        metrics: Val and test figures per stage and of the shipped student, final_stage_finetuning
+            (1 when the fine-tuned stage shipped, 0 for the distilled one), per-region test top-1, size,
+            the CE control and the distillation gain.
+        summary: Both runs' full summaries (JSON), with final_stage.
+        confusion: The shipped student's confusion matrix on test (the most frequent classes).
+        logs: TensorBoard logs of both stages (plan 4.4).
     """
+    import os
     import shutil
 
     from shared.atomic import write_json
-    from shared.student_training import run_student_job
+    from shared.evaluation import confusion_matrix_top
+    from shared.records import load_jsonl
+    from shared.student_training import evaluate_on_test, run_student_job, tensorboard_dirs
     from shared.teacher_job import work_dir
     from shared.training_manifest import environment_versions
 
     wd = work_dir(checkpoint_dir, run_id, "student")
     weights_path = weights.path if weights is not None else None
+    test_records = load_jsonl(test.path)
     r = run_student_job(student_config, train.path, val.path, cache_dir, str(wd / "distilled"), soft_labels.path,
                         gpus, weights_path=weights_path)
+    final, logits, labels, classes = evaluate_on_test(r, test_records, cache_dir, str(wd / "distilled"))
     shutil.copyfile(r["final_checkpoint"], model.path)
     shutil.copyfile(r["final_checkpoint"] + ".sha256", model.path + ".sha256")
     out = {"distilled": r}
-    for key in ("val_top1", "val_top5", "val_loss", "train_top1", "parameters", "size_mb_fp32"):
+    for key in ("val_top1", "val_top5", "val_loss", "test_top1", "test_top5", "train_top1", "parameters",
+                "size_mb_fp32"):
         metrics.log_metric(key, r[key])
+    metrics.log_metric("final_stage_finetuning", float(r["final_stage"] == "finetuning"))
     for stage in ("distillation", "finetuning"):
         if stage in r:
             metrics.log_metric(f"{stage}_val_top1", r[stage]["val_top1"])
+            metrics.log_metric(f"{stage}_test_top1", r[stage]["test_top1"])
+    for region, acc in r["test_per_region"].items():
+        metrics.log_metric(f"test_top1_{region}", acc)
+    names, matrix = confusion_matrix_top(logits, labels, classes, 20)
+    confusion.log_confusion_matrix(names, matrix)
     if train_ce_control:
         from shared.soft_labels import SoftLabels
 
-        classes = SoftLabels.load(soft_labels.path).classes  # same output units as the distilled one
+        soft_classes = SoftLabels.load(soft_labels.path).classes  # same output units as the distilled one
         c = run_student_job(student_config, train.path, val.path, cache_dir, str(wd / "ce_control"), None, gpus,
-                            classes=list(classes), weights_path=weights_path)
+                            classes=list(soft_classes), weights_path=weights_path)
+        evaluate_on_test(c, test_records, cache_dir, str(wd / "ce_control"))
         out["ce_control"] = c
         metrics.log_metric("ce_control_val_top1", c["val_top1"])
+        metrics.log_metric("ce_control_test_top1", c["test_top1"])
         metrics.log_metric("distillation_gain_top1", r["val_top1"] - c["val_top1"])
+        metrics.log_metric("distillation_gain_test_top1", r["test_top1"] - c["test_top1"])
+    os.makedirs(logs.path, exist_ok=True)
+    for stage, d in tensorboard_dirs(str(wd / "distilled")).items():
+        shutil.copytree(d, os.path.join(logs.path, stage), dirs_exist_ok=True)
     write_json(summary.path, out)
     model.metadata.update({"model_name": r["model_name"], "classes": r["num_classes"],
-                           "image_size": r["image_size"], "val_top1": r["val_top1"],
+                           "image_size": r["image_size"], "val_top1": r["val_top1"], "test_top1": r["test_top1"],
+                           "final_stage": r["final_stage"],
                            **{f"pretrained_{k}": str(v) for k, v in r.get("pretrained", {}).items()},
                            "environment": environment_versions()})  # the training image's, for the manifest

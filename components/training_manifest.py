@@ -6,7 +6,7 @@ If/Else, or leave them out) and, for partial pipelines, the later phases."""
 from typing import List
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
 
 from components.images import DATA_IMAGE
 
@@ -15,7 +15,7 @@ from components.images import DATA_IMAGE
 def training_manifest(
     seed: int, git_commit: str, snapshot_id: str,
     global_teacher_config: dict, regional_teachers: list, student_config: dict, pipeline_settings: dict,
-    ingest_audit: Input[Artifact], split_stats: Input[Artifact], manifest: Output[Artifact],
+    ingest_audit: Input[Artifact], split_stats: Input[Artifact], manifest: Output[Artifact], summary: Output[Markdown],
     cache_report: Input[Artifact] = None,
     baseline_report: Input[Artifact] = None,
     global_teacher_results: Input[Artifact] = None,
@@ -107,6 +107,9 @@ def training_manifest(
     # A directory holding TRAINING_MANIFEST.yaml, so the file keeps its name when downloaded.
     os.makedirs(manifest.path, exist_ok=True)
     tm.write_manifest(os.path.join(manifest.path, tm.MANIFEST_NAME), m)
+    from shared.atomic import write_text
+
+    write_text(summary.path, tm.summary_markdown(m))  # the table a team compares across runs (KFP renders it)
     statuses = {k: v["status"] for k, v in m["phases"].items()}
     manifest.metadata.update({"git_commit": m["git_commit"] or "", "timestamp": m["timestamp"], **statuses})
     print("training manifest:", statuses)

@@ -330,13 +330,34 @@ def run_calibrate(checkpoint_path: str, val_records: list[dict], test_records: l
     return cal
 
 
-def export_gate(cal: dict[str, Any], min_val_top1: float, max_ece: float) -> tuple[bool, str]:
-    """Bless the student for export only when it passes the quality gates."""
-    reasons = []
-    if cal["val_top1"] < min_val_top1:
-        reasons.append(f"val top-1 {cal['val_top1']:.3f} < {min_val_top1}")
-    if cal["ece_after"] > max_ece:
-        reasons.append(f"ECE {cal['ece_after']:.3f} > {max_ece}")
-    if reasons:
-        return False, "not blessed: " + "; ".join(reasons)
-    return True, f"blessed: val top-1 {cal['val_top1']:.3f} >= {min_val_top1}, ECE {cal['ece_after']:.3f} <= {max_ece}"
+def gate_table(cal: dict[str, Any], min_val_top1: float, max_ece: float, min_coverage: float,
+               min_precision: float) -> list[dict[str, Any]]:
+    """The plan's phase 4/5 criteria on val (where temperature and threshold were fitted) and on
+    the held-out test set, with the plan's own inequalities (ECE < 0.10 is strict)."""
+    rows = [("val_top1", "val", cal.get("val_top1"), ">=", min_val_top1)]
+    for split, prefix in (("val", ""), ("test", "test_")):
+        rows += [(f"{prefix}ece_after", split, cal.get(f"{prefix}ece_after"), "<", max_ece),
+                 (f"{prefix}coverage", split, cal.get(f"{prefix}coverage"), ">=", min_coverage),
+                 (f"{prefix}precision_at_threshold", split, cal.get(f"{prefix}precision_at_threshold"), ">=",
+                  min_precision)]
+    table = []
+    for name, split, value, op, bound in rows:
+        ok = value is not None and (value >= bound if op == ">=" else value < bound)
+        table.append({"name": name, "split": split, "value": value, "op": op, "bound": bound, "passed": bool(ok)})
+    return table
+
+
+def export_gate(cal: dict[str, Any], min_val_top1: float, max_ece: float, min_coverage: float = 0.80,
+                min_precision: float = 0.95) -> tuple[bool, str, list[dict[str, Any]]]:
+    """Bless the student for export only when every gate passes on val and on test;
+    returns (blessed, reason naming each failed gate, the gate table)."""
+    table = gate_table(cal, min_val_top1, max_ece, min_coverage, min_precision)
+    failed = [g for g in table if not g["passed"]]
+
+    def show(g: dict) -> str:
+        v = "missing" if g["value"] is None else f"{g['value']:.3f}"
+        return f"{g['name']} {v} (needs {g['op']} {g['bound']})"
+
+    if failed:
+        return False, "not blessed: " + "; ".join(show(g) for g in failed), table
+    return True, "blessed: " + ", ".join(show(g) for g in table), table

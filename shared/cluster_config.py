@@ -46,6 +46,7 @@ STEPS: dict[str, StepNeeds] = {
     # Network fetches: the result depends on what the hosts answer today.
     "cache_images": StepNeeds("cpu", None, cache_pvc=True),
     "split": StepNeeds("cpu", None, cache_pvc=False, deterministic=True),
+    "regional_split": StepNeeds("cpu", None, cache_pvc=False, deterministic=True),
     # Weights for a model id + revision (+ pinned sha256) are the same bytes: cached by KFP.
     "stage_weights": StepNeeds("cpu", None, cache_pvc=True, deterministic=True, hub_secret=True),
     "baseline": StepNeeds("gpu", "one", cache_pvc=True),

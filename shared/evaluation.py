@@ -89,11 +89,13 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
     for c, cnt in support.items():
         per_class[classes[c]] = float(hit1[labels == c].sum() / cnt)
     per_region: dict[str, float] = {}
+    per_region_samples: dict[str, int] = {}
     if regions is not None:
         groups: dict[str, list[int]] = defaultdict(list)
         for i, r in enumerate(regions):
             groups[r].append(i)
         per_region = {r: float(hit1[idx].mean()) for r, idx in sorted(groups.items())}
+        per_region_samples = {r: len(idx) for r, idx in sorted(groups.items())}
     above = sum(1 for v in per_class.values() if v > recall_threshold)
     return {
         "samples": n,
@@ -101,6 +103,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
         "top5_accuracy": float(hit5.mean()),
         "loss": loss,
         "per_region": per_region,
+        "per_region_samples": per_region_samples,
         "per_class_recall": dict(sorted(per_class.items())),
         "num_classes_evaluated": len(per_class),
         "share_classes_recall_above_threshold": above / len(per_class) if per_class else 0.0,

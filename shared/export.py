@@ -17,17 +17,32 @@ no CDN.
 Quantization (tensorflowjs_converter weight quantization; activations stay
 float32): fp16 (default, --quantize_float16), uint8 (--quantize_uint8, affine
 8-bit weights); "int8" is accepted as an alias of uint8 since TF.js has no
-signed 8-bit weight format; "none" keeps float32."""
+signed 8-bit weight format; "none" keeps float32; "auto" picks the smallest-loss
+one that meets the size limit: fp16 when its bundle is < max_size_mb, else uint8
+(converted only then), recorded with the reason and both sizes.
+
+The plan's 6.4 gates (validate_tfjs_bundle, all strict like the plan): logits
+correlation > min_corr, bundle size < max_size_mb, single-image latency median
+< max_latency_ms (5 s: a CPU-only browser), measured in headless Chromium with
+the WASM backend (browser_latency) or, only when asked for, with TF.js WASM in
+Node (labelled as Node); plus top-1 agreement >= min_agreement and the bundle's
+labels / input size. Every gate is reported with its value, operator and bound."""
 from __future__ import annotations
 
 import json
+import operator
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -39,6 +54,8 @@ TFJS_DIR = REPO / "shared" / "tfjs"
 WEB_DIR = REPO / "shared" / "web"
 QUANTIZATIONS = {"fp16": "--quantize_float16", "float16": "--quantize_float16", "uint8": "--quantize_uint8",
                  "int8": "--quantize_uint8", "none": None}
+CANONICAL_QUANTIZATION = {"fp16": "fp16", "float16": "fp16", "uint8": "uint8", "int8": "uint8", "none": "none"}
+AUTO = "auto"  # fp16 if its bundle is under the size limit, else uint8
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 TFJS_MIN = TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs" / "dist" / "tf.min.js"
 WASM_DIST = TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs-backend-wasm" / "dist"
@@ -137,10 +154,11 @@ def onnx_to_saved_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike
               "-n"], cwd=work, what="onnx2tf")
 
 
-def check_quantization(quantization: str) -> str:
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"export.quantization: {quantization!r} is not one of {sorted(QUANTIZATIONS)} "
-                         "(int8 = uint8 weight quantization)")
+def check_quantization(quantization: str, allow_auto: bool = False) -> str:
+    allowed = sorted(QUANTIZATIONS) + ([AUTO] if allow_auto else [])
+    if quantization not in allowed:
+        raise ValueError(f"export.quantization: {quantization!r} is not one of {allowed} "
+                         "(int8 = uint8 weight quantization; auto = fp16 if under the size limit, else uint8)")
     return quantization
 
 
@@ -235,15 +253,46 @@ def write_bundle_assets(bundle_dir: str | os.PathLike, ckpt: dict, calibration: 
         shutil.copyfile(WASM_DIST / name, d / name)
 
 
+def choose_quantization(convert: Callable[[str], float], max_size_mb: float) -> dict[str, Any]:
+    """quantization "auto": the smallest-loss weight quantization whose bundle is under the
+    size limit. convert(q) builds the q bundle and returns its size in MB (model.json +
+    shards); fp16 is built first, uint8 only when fp16 is not < max_size_mb. When even
+    uint8 is not under the limit, uint8 (the smallest) is still picked: the size gate of
+    validate_tfjs_bundle then fails with the figures. Returns quantization,
+    quantization_reason and the size of every bundle built (fp16_size_mb, uint8_size_mb)."""
+    if not max_size_mb > 0:
+        raise ValueError(f"quantization auto needs a size limit > 0 MB, got {max_size_mb!r}")
+    fp16 = convert("fp16")
+    if fp16 < max_size_mb:
+        return {"quantization": "fp16", "fp16_size_mb": fp16,
+                "quantization_reason": f"auto: the fp16 bundle ({fp16} MB) is < the {max_size_mb} MB limit; "
+                                       "fp16 loses less than uint8, so uint8 was not built"}
+    u8 = convert("uint8")
+    if u8 < max_size_mb:
+        why = (f"auto: the fp16 bundle ({fp16} MB) is not < the {max_size_mb} MB limit; "
+               f"the uint8 bundle ({u8} MB) is")
+    else:
+        why = (f"auto: neither bundle is < the {max_size_mb} MB limit (fp16 {fp16} MB, uint8 {u8} MB); "
+               "kept uint8, the smallest: the size gate of validate_export fails")
+    return {"quantization": "uint8", "quantization_reason": why, "fp16_size_mb": fp16, "uint8_size_mb": u8}
+
+
 def export_tfjs_bundle(checkpoint_path: str, out_dir: str, sample_images: list[str] | np.ndarray,
-                       quantization: str = "fp16", calibration: dict | None = None) -> dict[str, Any]:
+                       quantization: str = "fp16", calibration: dict | None = None,
+                       max_size_mb: float | None = None) -> dict[str, Any]:
     """The checkpoint to a complete TF.js bundle in out_dir, built in a temp dir beside it
     and renamed into place (a failed export leaves no partial bundle). sample_images:
     image paths or an N x 3 x H x W array of model input, used for the ONNX check and
-    onnx2tf's calibration sample. Returns sizes and checks."""
+    onnx2tf's calibration sample. quantization "auto" needs max_size_mb (choose_quantization;
+    the SavedModel is converted once, then to TF.js fp16, and uint8 only if needed).
+    Returns sizes and checks: quantization is the one used (canonical: fp16 / uint8 / none),
+    quantization_requested what was asked, quantization_reason why, and
+    <quantization>_size_mb for every bundle built."""
     from shared.checkpoint import build_model, load_checkpoint
 
-    check_quantization(quantization)
+    check_quantization(quantization, allow_auto=True)
+    if quantization == AUTO and (max_size_mb is None or not max_size_mb > 0):
+        raise ValueError(f"quantization auto needs max_size_mb > 0 (the size limit it picks against), got {max_size_mb!r}")
     ckpt = load_checkpoint(checkpoint_path)
     model = build_model(ckpt)
     sample = preprocess(ckpt, sample_images[:8])  # enough for the checks; keeps export fast
@@ -259,9 +308,23 @@ def export_tfjs_bundle(checkpoint_path: str, out_dir: str, sample_images: list[s
             onnx_path = Path(work) / "model.onnx"
             export_onnx(model, size, onnx_path)
             onnx_diff = check_onnx(model, onnx_path, sample)
-            onnx_to_saved_model(onnx_path, Path(work) / "saved_model", unnormalize(ckpt, sample))
-            saved_model_to_tfjs(Path(work) / "saved_model", stage, quantization)
-        write_bundle_assets(stage, ckpt, cal, quantization)
+            saved = Path(work) / "saved_model"
+            onnx_to_saved_model(onnx_path, saved, unnormalize(ckpt, sample))
+
+            def convert(q: str) -> float:
+                d = Path(work) / f"tfjs_{CANONICAL_QUANTIZATION[q]}"
+                saved_model_to_tfjs(saved, d, q)
+                return round(bundle_size_mb(d), 6)  # 6 decimals: exact bytes
+
+            if quantization == AUTO:
+                choice = choose_quantization(convert, float(max_size_mb))
+            else:
+                q = CANONICAL_QUANTIZATION[quantization]
+                choice = {"quantization": q, f"{q}_size_mb": convert(quantization),
+                          "quantization_reason": f"{quantization} as configured (export.quantization)"}
+            for f in (Path(work) / f"tfjs_{choice['quantization']}").iterdir():
+                shutil.move(str(f), stage / f.name)
+        write_bundle_assets(stage, ckpt, cal, choice["quantization"])
         if out.exists():
             shutil.rmtree(out)
         os.replace(stage, out)
@@ -269,17 +332,23 @@ def export_tfjs_bundle(checkpoint_path: str, out_dir: str, sample_images: list[s
         shutil.rmtree(stage, ignore_errors=True)
         raise
     size_mb = bundle_size_mb(out)
-    return {"bundle": str(out), "quantization": quantization, "model_size_mb": round(size_mb, 3),
-            "shards": len(list(out.glob("*.bin"))), "onnx_max_abs_diff": onnx_diff, "classes": len(ckpt["classes"]),
-            "image_size": size, "temperature": cal["temperature"], "threshold": cal["threshold"],
-            "export_seconds": round(time.time() - t0, 1), "toolchain": toolchain_versions()}
+    r = {"bundle": str(out), "quantization": choice["quantization"], "quantization_requested": quantization,
+         "quantization_reason": choice["quantization_reason"], "model_size_mb": round(size_mb, 6),
+         **{k: v for k, v in choice.items() if k.endswith("_size_mb")}}
+    if max_size_mb is not None:
+        r["max_size_mb"] = float(max_size_mb)
+    return {**r, "shards": len(list(out.glob("*.bin"))), "onnx_max_abs_diff": onnx_diff,
+            "classes": len(ckpt["classes"]), "image_size": size, "temperature": cal["temperature"],
+            "threshold": cal["threshold"], "export_seconds": round(time.time() - t0, 1),
+            "toolchain": toolchain_versions()}
 
 
 def run_tfjs_node(bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str = "cpu",
-                  repeats: int = 20) -> tuple[np.ndarray, dict[str, Any]]:
+                  repeats: int = 20, warmup: int = 3) -> tuple[np.ndarray, dict[str, Any]]:
     """Logits of the bundle on N x H x W x 3 inputs with @tensorflow/tfjs in Node
     (shared/tfjs/validate.mjs), and its latency: median ms of `repeats` single-image
-    runs after warm-up. backend: cpu (pure JS) or wasm."""
+    runs after `warmup` runs (info: backend, median_ms, times_ms, warmup, repeats).
+    backend: cpu (pure JS) or wasm."""
     if backend not in ("cpu", "wasm"):
         raise ValueError(f"TF.js Node backend must be cpu or wasm, got {backend!r}")
     if not (TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs").exists() or shutil.which("node") is None:
@@ -289,7 +358,7 @@ def run_tfjs_node(bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str 
         nhwc.tofile(os.path.join(work, "input.bin"))
         r = subprocess.run(["node", str(TFJS_DIR / "validate.mjs"), str(Path(bundle_dir).resolve()),
                             os.path.join(work, "input.bin"), ",".join(map(str, nhwc.shape)),
-                            os.path.join(work, "out.bin"), str(repeats), backend],
+                            os.path.join(work, "out.bin"), str(repeats), backend, str(warmup)],
                            capture_output=True, text=True, cwd=TFJS_DIR)
         if r.returncode != 0:
             raise ExportError(f"TF.js in Node failed on {bundle_dir}: {r.stderr[-3000:]}")
@@ -298,16 +367,143 @@ def run_tfjs_node(bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str 
     return logits, info
 
 
+# Where the latency gate's figure comes from: a real browser (the plan's "< 5 s on CPU
+# (browser)"), or, only when asked for, TF.js WASM in Node (not a browser figure).
+LATENCY_RUNTIMES = {"chromium-wasm": "headless Chromium, TF.js WASM backend",
+                    "node-wasm": "Node (not a browser), TF.js WASM backend"}
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+
+
+def chromium_path(chromium: str | os.PathLike | None = None) -> Path:
+    """The Chromium binary: `chromium`, else $CHROMIUM, else Debian's /usr/bin/chromium."""
+    return Path(chromium or os.environ.get("CHROMIUM") or DEFAULT_CHROMIUM)
+
+
+class _BundleHandler(SimpleHTTPRequestHandler):
+    """Serves the bundle read-only, plus the latency page at /__latency__.html (from
+    shared/tfjs: the bundle itself is never written to)."""
+    extensions_map: ClassVar[dict[str, str]] = {**SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm",
+                      ".js": "text/javascript", ".json": "application/json"}
+
+    def translate_path(self, path: str) -> str:
+        if urlsplit(path).path == "/__latency__.html":
+            return str(TFJS_DIR / "bench_page.html")
+        return super().translate_path(path)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def browser_latency(bundle_dir: str | os.PathLike, runs: int = 20, warmup: int = 3, backend: str = "wasm",
+                    chromium: str | os.PathLike | None = None, timeout_s: float = 600) -> dict[str, Any]:
+    """Single-image latency of the bundle in headless Chromium (playwright-core driving the
+    system Chromium: shared/tfjs/bench_page.mjs + bench_page.html), the bundle served over
+    localhost with its own tf.min.js and WASM files: `warmup` runs, then the median ms of
+    `runs` (predict + read back of a 1 x H x W x 3 input). backend: wasm (a CPU-only
+    browser; the default) or cpu / webgl. ExportError naming what is missing when Chromium,
+    Node or playwright-core is not there, or when the page fails.
+    Returns median_ms, times_ms, runs, warmup, backend, runtime, browser, tfjs, simd, threads."""
+    exe = chromium_path(chromium)
+    bundle = Path(bundle_dir)
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"latency runs must be >= 1 and warm-up >= 0, got {runs} / {warmup}")
+    if not exe.is_file():
+        raise ExportError(f"Chromium not found at {exe}: the browser latency (latency_runtime='chromium-wasm') "
+                          "needs a Chromium binary (Debian's chromium package; set CHROMIUM to another path). "
+                          "The export image has none unless images/export/Dockerfile installs it; "
+                          "latency_runtime='node-wasm' measures TF.js WASM in Node instead (reported as Node)")
+    if shutil.which("node") is None or not (TFJS_DIR / "node_modules" / "playwright-core").exists():
+        raise ExportError(f"Node or {TFJS_DIR / 'node_modules' / 'playwright-core'} missing (the browser latency "
+                          f"drives Chromium with playwright-core): {NODE_SETUP_HINT}")
+    missing = [n for n in ("model.json", "preprocessing.json", "tf.min.js") + WASM_FILES if not (bundle / n).exists()]
+    if missing:
+        raise ExportError(f"{bundle} cannot run in a browser: {', '.join(missing)} missing")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_BundleHandler, directory=str(bundle.resolve())))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = (f"http://127.0.0.1:{httpd.server_address[1]}/__latency__.html"
+               f"?backend={backend}&runs={int(runs)}&warmup={int(warmup)}")
+        env = {**os.environ, "CHROMIUM": str(exe), "BENCH_TIMEOUT_MS": str(int(timeout_s * 1000))}
+        try:
+            r = subprocess.run(["node", "bench_page.mjs", url], cwd=TFJS_DIR, capture_output=True, text=True,
+                               timeout=timeout_s + 60, env=env)
+        except subprocess.TimeoutExpired as e:
+            raise ExportError(f"the browser latency run took over {timeout_s + 60:.0f} s on {bundle}") from e
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    if r.returncode != 0:
+        raise ExportError(f"the browser latency run failed on {bundle} (Chromium {exe}): {r.stderr[-2000:]}")
+    try:
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as e:
+        raise ExportError(f"the browser latency run printed no result on {bundle}: "
+                          f"{(r.stdout + r.stderr)[-2000:]}") from e
+    if res.get("error"):
+        raise ExportError(f"the latency page failed in Chromium on {bundle}: {res['error']}")
+    if res.get("backend") != backend:
+        raise ExportError(f"Chromium ran TF.js on {res.get('backend')!r}, not the {backend!r} backend asked for")
+    return {**res, "median_ms": float(np.median(res["times_ms"])), "runtime": f"chromium-{backend}"}
+
+
+def measure_latency(bundle_dir: str | os.PathLike, nhwc: np.ndarray, runtime: str = "chromium-wasm",
+                    runs: int = 20, warmup: int = 3, chromium: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The latency gate's figure: single-image median ms after warm-up, in headless Chromium
+    with the WASM backend (runtime chromium-wasm) or, only when the caller asks for it, TF.js
+    WASM in Node (node-wasm: on nhwc's first image). The result says which
+    runtime measured it (runtime, runtime_label, browser)."""
+    if runtime not in LATENCY_RUNTIMES:
+        raise ValueError(f"latency_runtime must be one of {sorted(LATENCY_RUNTIMES)}, got {runtime!r}")
+    if runtime == "chromium-wasm":
+        res = browser_latency(bundle_dir, runs, warmup, "wasm", chromium)
+    else:
+        _, info = run_tfjs_node(bundle_dir, np.asarray(nhwc, np.float32)[:1], "wasm", runs, warmup)
+        res = {**info, "median_ms": float(np.median(info["times_ms"])), "runs": runs, "runtime": "node-wasm",
+               "browser": None}
+    return {**res, "runtime_label": LATENCY_RUNTIMES[runtime]}
+
+
+_OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}
+
+
+def gate(name: str, label: str, value: Any, op: str, bound: Any, unit: str = "",
+         note: str | None = None) -> dict[str, Any]:
+    """One row of the gate table: {gate, value, operator, bound, unit, passed, reason}.
+    passed = value <op> bound; a value of None (not measured) fails. reason (None when
+    passed) reads "<label> <value> is not <op> <bound> (<note>)", or "<label>: not measured
+    (<note>)", or for a yes/no check "<note>"."""
+    passed = value is not None and bool(_OPERATORS[op](value, bound))
+    reason = None
+    if not passed:
+        u = f" {unit}" if unit else ""
+        if value is None:
+            reason = f"{label}: not measured ({note})"
+        elif isinstance(value, bool):
+            reason = note or f"{label}: {value} is not {op} {bound}"
+        else:
+            reason = f"{label} {value:.6g}{u} is not {op} {bound:g}{u}" + (f" ({note})" if note else "")
+    return {"gate": name, "value": value, "operator": op, "bound": bound, "unit": unit, "passed": passed,
+            "reason": reason}
+
+
 def validate_tfjs_bundle(bundle_dir: str, checkpoint_path: str, images: list[str] | np.ndarray,
                          min_corr: float = 0.995, min_agreement: float = 0.99, max_size_mb: float = 150.0,
-                         repeats: int = 20, backend: str = "cpu") -> dict[str, Any]:
+                         repeats: int = 20, backend: str = "cpu", max_latency_ms: float = 5000.0,
+                         latency_runtime: str = "chromium-wasm", latency_runs: int = 20, latency_warmup: int = 3,
+                         chromium: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run the bundle with the real @tensorflow/tfjs in Node on `images` (paths, or an
-    N x 3 x H x W array of model input) and compare with the PyTorch model: logits
-    correlation (> min_corr), top-1 agreement (>= min_agreement), max abs difference,
-    size (<= max_size_mb; under 20 MB reported for the student), Node latency, and
-    that labels.json / preprocessing.json match the checkpoint. `passed` + `reasons`."""
+    N x 3 x H x W array of model input) and compare with the PyTorch model, then gate it
+    (plan 6.4; strict like the plan): logits correlation > min_corr, top-1 agreement
+    >= min_agreement, model size < max_size_mb, single-image latency median < max_latency_ms
+    (measure_latency: headless Chromium + WASM by default; latency_runtime="node-wasm" only
+    when asked; a latency that cannot be measured fails its gate with the reason), labels.json
+    and preprocessing.json matching the checkpoint. `gates` is the table (gate, value,
+    operator, bound, unit, passed, reason), `passed` + `reasons` the verdict. The Node
+    parity run's own latency (backend, `repeats` runs) stays as node_latency_ms_median."""
     from shared.checkpoint import build_model, load_checkpoint
 
+    if latency_runtime not in LATENCY_RUNTIMES:
+        raise ValueError(f"latency_runtime must be one of {sorted(LATENCY_RUNTIMES)}, got {latency_runtime!r}")
     bundle = Path(bundle_dir)
     for name in ("model.json", "labels.json", "preprocessing.json", "calibration.json"):
         if not (bundle / name).exists():
@@ -317,28 +513,64 @@ def validate_tfjs_bundle(bundle_dir: str, checkpoint_path: str, images: list[str
     x = preprocess(ckpt, images)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
-    got, info = run_tfjs_node(bundle, x.transpose(0, 2, 3, 1), backend, repeats)
+    nhwc = x.transpose(0, 2, 3, 1)
+    got, info = run_tfjs_node(bundle, nhwc, backend, repeats)
     if got.shape != ref.shape:
         raise ExportError(f"TF.js logits have shape {got.shape}, PyTorch {ref.shape}: the bundle is not this model")
     corr = float(np.corrcoef(ref.ravel(), got.ravel())[0, 1])
     agree = float((ref.argmax(1) == got.argmax(1)).mean())
     size = bundle_size_mb(bundle)
-    reasons = []
-    if not corr > min_corr:
-        reasons.append(f"logits correlation {corr:.5f} <= {min_corr}")
-    if agree < min_agreement:
-        reasons.append(f"top-1 agreement {agree:.3f} < {min_agreement}")
-    if size > max_size_mb:
-        reasons.append(f"model size {size:.1f} MB > {max_size_mb} MB")
-    if json.loads((bundle / "labels.json").read_text()) != list(ckpt["classes"]):
-        reasons.append("labels.json does not match the checkpoint's class list")
-    if json.loads((bundle / "preprocessing.json").read_text()).get("input_size") != int(ckpt["image_size"]):
-        reasons.append("preprocessing.json input_size does not match the checkpoint's image_size")
-    return {"passed": not reasons, "reasons": reasons, "images": len(x), "logits_correlation": corr,
-            "top1_agreement": agree, "max_abs_diff": float(np.abs(ref - got).max()), "model_size_mb": size,
-            "student_under_20mb": size < 20.0, "node_backend": info["backend"],
-            "node_latency_ms_median": info["median_ms"], "node_latency_repeats": repeats,
-            "pytorch_top1": [ckpt["classes"][i] for i in ref.argmax(1)]}
+    try:
+        lat, lat_error = measure_latency(bundle, nhwc, latency_runtime, latency_runs, latency_warmup, chromium), None
+    except ExportError as e:
+        lat, lat_error = None, str(e)
+    latency = lat["median_ms"] if lat else None
+    labels_ok = json.loads((bundle / "labels.json").read_text()) == list(ckpt["classes"])
+    size_ok = json.loads((bundle / "preprocessing.json").read_text()).get("input_size") == int(ckpt["image_size"])
+    gates = [
+        gate("logits_correlation", "logits correlation", corr, ">", float(min_corr), note="TF.js vs PyTorch"),
+        gate("top1_agreement", "top-1 agreement", agree, ">=", float(min_agreement), note="TF.js vs PyTorch"),
+        gate("model_size_mb", "model size", size, "<", float(max_size_mb), "MB", note="model.json + weight shards"),
+        gate("latency_ms_median", "latency median", latency, "<", float(max_latency_ms), "ms",
+             note=lat_error or f"{LATENCY_RUNTIMES[latency_runtime]}, median of {latency_runs} single-image runs "
+                               f"after {lat['warmup']} warm-up"),
+        gate("labels_match_checkpoint", "labels.json", labels_ok, "==", True,
+             note="labels.json does not match the checkpoint's class list"),
+        gate("input_size_matches_checkpoint", "preprocessing.json", size_ok, "==", True,
+             note="preprocessing.json input_size does not match the checkpoint's image_size"),
+    ]
+    reasons = [g["reason"] for g in gates if not g["passed"]]
+    return {"passed": not reasons, "reasons": reasons, "gates": gates, "images": len(x),
+            "logits_correlation": corr, "top1_agreement": agree, "max_abs_diff": float(np.abs(ref - got).max()),
+            "model_size_mb": size, "max_size_mb": float(max_size_mb), "student_under_20mb": size < 20.0,
+            "latency_ms_median": latency, "max_latency_ms": float(max_latency_ms),
+            "latency_runtime": latency_runtime, "latency_runtime_label": LATENCY_RUNTIMES[latency_runtime],
+            "latency_backend": lat["backend"] if lat else None, "latency_runs": latency_runs,
+            "latency_warmup": lat["warmup"] if lat else latency_warmup, "latency_times_ms": lat["times_ms"] if lat else None,
+            "latency_browser": lat.get("browser") if lat else None,
+            "latency_wasm_simd": lat.get("simd") if lat else None,
+            "latency_wasm_threads": lat.get("threads") if lat else None, "latency_error": lat_error,
+            "node_backend": info["backend"], "node_latency_ms_median": info["median_ms"],
+            "node_latency_repeats": repeats, "pytorch_top1": [ckpt["classes"][i] for i in ref.argmax(1)]}
+
+
+def validation_summary(report: dict[str, Any], uri: str, bundle_metadata: dict | None = None) -> dict[str, Any]:
+    """What validate_export returns (the training manifest's export figures): the bundle's
+    uri and quantization choice (from the export step's metadata), the parity figures, the
+    latency with the runtime that measured it, and the gate table."""
+    meta = dict(bundle_metadata or {})
+    out = {"status": "completed", "uri": uri, "quantization": meta.get("quantization", ""),
+           "quantization_reason": meta.get("quantization_reason", "")}
+    out.update({k: meta[k] for k in ("quantization_requested", "fp16_size_mb", "uint8_size_mb") if k in meta})
+    out.update({"model_size_mb": report["model_size_mb"], "max_size_mb": report["max_size_mb"],
+                "correlation": report["logits_correlation"], "top1_agreement": report["top1_agreement"],
+                "max_abs_diff": report["max_abs_diff"], "passed": report["passed"],
+                "latency_ms_median": report["latency_ms_median"], "max_latency_ms": report["max_latency_ms"],
+                "latency_runtime": report["latency_runtime"], "latency_backend": report["latency_backend"],
+                "latency_browser": report["latency_browser"],
+                "node_latency_ms_median": report["node_latency_ms_median"], "gates": report["gates"],
+                "toolchain": dict(meta.get("toolchain") or {})})  # the converters' versions
+    return out
 
 
 def sample_image_paths(records: list[dict], cache_dir: str, n: int) -> list[str]:
@@ -356,10 +588,12 @@ def sample_image_paths(records: list[dict], cache_dir: str, n: int) -> list[str]
 
 
 def run_export(checkpoint_path: str, calibration_json: str, test_records: list[dict], cache_dir: str,
-               out_dir: str, quantization: str, n_images: int = 16) -> dict[str, Any]:
-    """The export step: the bundle from a checkpoint, its calibration.json and test images."""
+               out_dir: str, quantization: str, n_images: int = 16,
+               max_size_mb: float | None = None) -> dict[str, Any]:
+    """The export step: the bundle from a checkpoint, its calibration.json and test images
+    (max_size_mb: the limit quantization "auto" picks against)."""
     if not Path(calibration_json).is_file():
         raise FileNotFoundError(f"calibration file not found: {calibration_json}")
     cal = json.loads(Path(calibration_json).read_text())
     return export_tfjs_bundle(checkpoint_path, out_dir, sample_image_paths(test_records, cache_dir, n_images),
-                              quantization, cal)
+                              quantization, cal, max_size_mb)

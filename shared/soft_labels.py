@@ -180,17 +180,17 @@ def soft_label_metrics(sl: SoftLabels, teachers: list[TeacherSpec], sample_regio
 
 def run_combine(teacher_paths: list[tuple[str, float]], train_records: list[dict], student_cfg: dict,
                 out_path: str, k: int = 32) -> dict:
-    """The combine step: load each teacher's logits (with the pipeline's fallback
-    weight), take its weight from student.yaml when it names the teacher's regions,
-    combine at the configured temperature and save. Returns metrics and weights."""
+    """The combine step: load each teacher's logits with its weight (the pipeline's
+    parameter, shared/teacher_set.py: one source of truth), combine at the student
+    config's temperature and save. Returns metrics and the effective weights."""
     from shared.split import parse_regions
-    from shared.student_config import load_student_config, teacher_weight
+    from shared.student_config import load_student_config
 
     cfg = load_student_config(student_cfg)
     specs = []
-    for path, fallback in teacher_paths:
+    for path, weight in teacher_paths:
         tl = TeacherLogits.load(path)
-        specs.append(TeacherSpec(tl, teacher_weight(cfg, tl.regions, fallback), parse_regions(tl.regions)))
+        specs.append(TeacherSpec(tl, float(weight), parse_regions(tl.regions)))
     ids = [r["image_id"] for r in train_records]
     regions = [r.get("region", "") for r in train_records]
     sl = combine_soft_labels(specs, ids, regions, cfg["distillation"]["temperature"], k)

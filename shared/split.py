@@ -200,3 +200,88 @@ def run_split(cached_path: str, regions: str, seed: int, out_paths: dict[str, st
     write_json(out_stats, result.stats)
     write_text(out_histogram, histogram_html(result.stats, title))
     return result.stats
+
+
+def nested_regional_split(global_splits: dict[str, list[dict]], regions: str | Iterable[str]) -> SplitResult:
+    """A regional teacher's split as the region's part of the global split (plan 2.0 / 2b.0,
+    nested): its train/val/test are the region's records of the global train/val/test, so no
+    image the global teacher or the student holds out is ever trained on, and every teacher
+    can be scored on the one global test set.
+
+    The plan's 1 / 2 / 3+ rule is applied once, globally; the region needs its own minimum
+    only where the global split put all of a species' regional images in val or test: that
+    species cannot be learnt from the region, so those images leave the regional val/test
+    (they stay in the global test set, where every teacher is scored) and are counted in
+    stats["unlearnable_in_region"]. Every regional val/test class is thus in regional train."""
+    region_set = parse_regions(regions)
+    if region_set is None:
+        raise ValueError(f"regions {regions!r}: names no region")
+    part = {name: [r for r in global_splits[name] if r.get("region") in region_set] for name in SPLITS}
+    train_classes = {r["taxon"] for r in part["train"]}
+    dropped = {name: [r for r in part[name] if r["taxon"] not in train_classes] for name in ("val", "test")}
+    for name in ("val", "test"):
+        part[name] = [r for r in part[name] if r["taxon"] in train_classes]
+    leakage = check_leakage(part)
+    nesting = check_nesting(global_splits, part)
+    leakage["leak_free"] = leakage["leak_free"] and nesting["nested"]
+    leakage["conflicts"] += nesting["conflicts"]
+    stats = split_stats(part, leakage, seed=None, regions=sorted(region_set), nested_in="global split",
+                        input_records=sum(len(v) for v in global_splits.values()),
+                        unlearnable_in_region={k: len(v) for k, v in dropped.items()},
+                        unlearnable_classes=sorted({r["taxon"] for v in dropped.values() for r in v})[:50])
+    return SplitResult(part["train"], part["val"], part["test"], stats)
+
+
+def check_nesting(global_splits: dict[str, list[dict]], part: dict[str, list[dict]]) -> dict[str, Any]:
+    """Every image, identical image (sha256) and observation of a regional split has the same
+    role (train/val/test) in the global split: across all teachers nothing is held out for
+    one and trained on by another."""
+    role: dict[str, str] = {}
+    for name in SPLITS:
+        for r in global_splits.get(name, []):
+            for key in ("image_id", "sha256", "observation_id"):
+                if r.get(key):
+                    role.setdefault(f"{key}={r[key]}", name)
+    conflicts = []
+    for name in SPLITS:
+        for r in part.get(name, []):
+            for key in ("image_id", "sha256", "observation_id"):
+                if r.get(key):
+                    g = role.get(f"{key}={r[key]}")
+                    if g is not None and g != name and len(conflicts) < 20:
+                        conflicts.append(f"{key}={r[key]} is {name} for the regional teacher but {g} globally")
+            if not r.get("image_id") or f"image_id={r['image_id']}" not in role:
+                if len(conflicts) < 20:
+                    conflicts.append(f"image_id={r.get('image_id')} is not in the global split")
+    return {"nested": not conflicts, "conflicts": conflicts}
+
+
+def run_regional_split(global_paths: dict[str, str], regions: str, out_paths: dict[str, str], out_stats: str,
+                       out_histogram: str, title: str = "Class balance") -> dict[str, Any]:
+    """The regional split step: the region's part of the global split; fails on leakage."""
+    from shared.atomic import write_json, write_text
+    from shared.records import load_jsonl, write_jsonl
+
+    result = nested_regional_split({name: load_jsonl(p) for name, p in global_paths.items()}, regions)
+    if not result.stats["leakage"]["leak_free"]:
+        raise LeakageError("regional split leaks: " + "; ".join(result.stats["leakage"]["conflicts"]))
+    if not result.train:
+        raise ValueError(f"the global train split has no record of regions {regions!r}: nothing to train on")
+    for name, rows in result.by_name().items():
+        write_jsonl(out_paths[name], rows)
+    write_json(out_stats, result.stats)
+    write_text(out_histogram, histogram_html(result.stats, title))
+    return result.stats
+
+
+def split_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """The KFP Metrics of a split step (stable names)."""
+    out: dict[str, float] = {}
+    for name in SPLITS:
+        out[f"{name}_images"] = stats["images"][name]
+        out[f"{name}_classes"] = stats["classes"][name]
+    out["train_val_class_overlap"] = stats["train_val_class_overlap"]
+    out["leak_free"] = float(stats["leakage"]["leak_free"])
+    for name, n in (stats.get("unlearnable_in_region") or {}).items():
+        out[f"unlearnable_in_region_{name}"] = n
+    return out

@@ -10,7 +10,9 @@ Keys we add, all optional (defaults below): model.image_size; model.pretrained
 pretrained_path, sha256, class_names (as in the teacher configs); training
 distillation_epochs / finetune_epochs (the plan's 10 + 10; default: half of
 `epochs` each), weight_decay, gradient_clip, grad_accum_steps, amp, seed,
-channels_last, num_workers, early_stopping_patience; finetune.learning_rate
+channels_last, num_workers, early_stopping_patience, deterministic (false; true: the
+same seed gives the same weights bit for bit, as training.deterministic in the teacher
+configs); finetune.learning_rate
 (5e-5), finetune.augmentation (aggressive | standard), finetune.label_smoothing;
 augmentation train/val sections as in the teacher configs; data.smart_crop.
 
@@ -37,7 +39,8 @@ STUDENT_DEFAULTS: dict[str, Any] = {
     "training": {"learning_rate": 1e-4, "batch_size": 128, "epochs": 20, "warmup_epochs": 1,
                  "optimizer": "adam", "distillation_epochs": 0, "finetune_epochs": 0,
                  "weight_decay": 0.0, "gradient_clip": 0.0, "grad_accum_steps": 1, "amp": "auto",
-                 "seed": 42, "channels_last": True, "num_workers": 6, "early_stopping_patience": 5},
+                 "seed": 42, "channels_last": True, "num_workers": 6, "early_stopping_patience": 5,
+                 "deterministic": False},
     "finetune": {"learning_rate": 5e-5, "augmentation": "aggressive", "label_smoothing": 0.0},
     "augmentation": {
         "train": {"resize": 256, "crop": 224, "horizontal_flip": 0.5, "vertical_flip": 0.0,

@@ -44,7 +44,7 @@ def stage_settings(cfg: dict, stage: str, num_classes: int) -> TrainSettings:
         weight_decay=t["weight_decay"], grad_clip=t["gradient_clip"],
         label_smoothing=0.0 if distill else cfg["finetune"]["label_smoothing"], num_classes=num_classes,
         patience=t["early_stopping_patience"], amp=t["amp"], channels_last=t["channels_last"],
-        num_workers=t["num_workers"], seed=t["seed"])
+        num_workers=t["num_workers"], seed=t["seed"], deterministic=t["deterministic"])
 
 
 def train_student(config: dict, train_records: list[dict], val_records: list[dict], cache_dir: str,
@@ -177,3 +177,31 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def evaluate_on_test(result: dict[str, Any], test_records: list[dict], cache_dir: str,
+                     out_dir: str) -> tuple[dict[str, Any], Any, Any, list[str]]:
+    """Score each stage's best checkpoint and the shipped one on the held-out test set (the
+    common test set every teacher is scored on); adds test_top1/test_top5 per stage, the shipped
+    student's per-region top-1 and says which stage shipped. Returns (figures, logits, labels,
+    classes) of the shipped student, for its confusion matrix."""
+    from shared.evaluation import evaluate_checkpoint
+
+    out = Path(out_dir)
+    for stage in ("distillation", "finetuning"):
+        if stage in result:
+            m = evaluate_checkpoint(str(out / stage / "best_model.pt"), test_records, cache_dir)[0]
+            result[stage].update({"test_top1": m["top1_accuracy"], "test_top5": m["top5_accuracy"]})
+    final, logits, labels, classes = evaluate_checkpoint(result["final_checkpoint"], test_records, cache_dir)
+    result.update({"test_top1": final["top1_accuracy"], "test_top5": final["top5_accuracy"],
+                   "test_per_region": final["per_region"], "test_per_region_samples": final["per_region_samples"],
+                   "test_samples": final["samples"],
+                   "shipped": f"the {result['final_stage']} stage's best checkpoint (best val top-1 of the stages)"})
+    return final, logits, labels, classes
+
+
+def tensorboard_dirs(out_dir: str) -> dict[str, str]:
+    """Each stage's TensorBoard log directory under a student run."""
+    out = Path(out_dir)
+    return {stage: str(out / stage / "logs") for stage in ("distillation", "finetuning")
+            if (out / stage / "logs").is_dir()}

@@ -18,8 +18,14 @@ global-teacher values). Keys we add to the plan's, all optional:
                              of 4 on a 4 GB GPU x 16 = an effective batch of 64)
   training.min_lr            floor of the cosine decay
   training.amp               auto | bf16 | fp16 | off (auto: bf16/fp16 on CUDA, off on CPU)
-  training.channels_last, training.compile, training.seed, training.weighted_sampling
+  training.channels_last, training.compile, training.seed
+  training.weighted_sampling class-balanced sampling (each class drawn about equally often),
+                             one global weighted draw per epoch shared out between DDP ranks
   training.max_steps_per_epoch  cap for smoke runs (0 = no cap)
+  training.deterministic     true: the same seed gives the same weights bit for bit (same
+                             hardware and versions): torch deterministic algorithms, cuDNN
+                             benchmark off, RNGs seeded per epoch and per sample (augmentation
+                             independent of data.num_workers); slower on GPU. Default false
 `data.train_jsonl`/`val_jsonl` are the plan's local paths; in the pipeline the
 split step's outputs are used instead, so they need not exist. `data.cache_size_gb`
 sizes the cache volume (manifests) and is checked against the cache's usage.
@@ -40,7 +46,7 @@ TEACHER_DEFAULTS: dict[str, Any] = {
                  "optimizer": "adamw", "weight_decay": 0.05, "gradient_clip": 1.0,
                  "label_smoothing": 0.1, "grad_accum_steps": 1, "min_lr": 1.0e-7, "amp": "auto",
                  "channels_last": True, "compile": False, "seed": 42, "weighted_sampling": False,
-                 "max_steps_per_epoch": 0},
+                 "max_steps_per_epoch": 0, "deterministic": False},
     "data": {"train_jsonl": "", "val_jsonl": "", "image_size": 384, "cache_size_gb": 220,
              "num_workers": 6, "smart_crop": True, "region_filter": ""},
     "augmentation": {

@@ -54,7 +54,8 @@ def settings_from_config(cfg: dict, num_classes: int) -> TrainSettings:
         early_stopping_metric=c["early_stopping_metric"], save_best=c["save_best"],
         checkpoint_every=c["save_checkpoint_every"], amp=t["amp"], channels_last=t["channels_last"],
         compile=t["compile"], num_workers=cfg["data"]["num_workers"], seed=t["seed"],
-        weighted_sampling=t["weighted_sampling"], max_steps_per_epoch=t["max_steps_per_epoch"])
+        weighted_sampling=t["weighted_sampling"], max_steps_per_epoch=t["max_steps_per_epoch"],
+        deterministic=t["deterministic"])
 
 
 def cache_usage_gb(cache_dir: str) -> float:

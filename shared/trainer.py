@@ -3,7 +3,14 @@ AdamW (timm optimizers), warmup then cosine decay stepped per update (timm
 scheduler), mixup/cutmix (timm Mixup), label smoothing, gradient clipping and
 accumulation, AMP, channels_last, optional torch.compile, DDP under torchrun,
 validation every epoch, TensorBoard, a resumable checkpoint every epoch, the
-best checkpoint, early stopping, and a clear stop on a non-finite loss."""
+best checkpoint, early stopping, and a clear stop on a non-finite loss.
+
+Also: class-balanced sampling that works under DDP (DistributedWeightedSampler), and
+a deterministic mode (settings.deterministic) in which the same seed gives the same
+weights bit for bit on the same hardware and software: torch's deterministic kernels,
+RNGs reseeded from (seed, epoch, rank) every epoch, and each sample's augmentation
+drawn from its own (seed, epoch, sample index) stream, whatever the worker count,
+the rank or a resume."""
 from __future__ import annotations
 
 import io
@@ -13,14 +20,15 @@ import random
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, Subset
 
 from shared.atomic import atomic_open, verify_checksum, write_json
 from shared.checkpoint import save_checkpoint, unwrap_model
@@ -61,6 +69,7 @@ class TrainSettings:
     seed: int = 42
     weighted_sampling: bool = False
     max_steps_per_epoch: int = 0  # 0: whole epoch
+    deterministic: bool = False  # bitwise-reproducible runs (slower kernels on GPU)
 
     @property
     def mixup_active(self) -> bool:
@@ -87,6 +96,144 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def derived_seed(*parts: int) -> int:
+    """A seed in [0, 2**63) mixed from several integers (run seed, epoch, rank, sample index):
+    SeedSequence hashes them, so neighbouring tuples give unrelated streams."""
+    ss = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """torch's deterministic mode (PyTorch's reproducibility notes) while the block runs, restored
+    after it: the student's two stages, tests and notebooks share one process.
+
+    Ops torch has no deterministic kernel for warn (torch names them) instead of failing: on
+    CUDA that includes adaptive_avg_pool2d's backward, which every timm CNN head uses and
+    which with a 1x1 output still sums each gradient once."""
+    if not enabled:
+        yield
+        return
+    if torch.cuda.is_available():  # read when cuBLAS first runs; a value set by the user is kept
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              cudnn.deterministic, cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        cudnn.deterministic, cudnn.benchmark = before[2], before[3]
+
+
+@contextmanager
+def _seeded_rngs(seed: int) -> Iterator[None]:
+    """Python's, numpy's and torch's CPU RNGs seeded from `seed` inside the block and given back
+    their states after it (only the CPU generator: reseeding CUDA would reset GPU dropout)."""
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+
+
+class SeededSamples(Dataset):
+    """A training dataset whose random augmentation is reproducible: item (epoch, i) is
+    dataset[i] drawn with torchvision's (torch), timm RandAugment's (python) and any numpy
+    randomness seeded from (seed, epoch, i). A sample is then augmented the same way whichever
+    worker loads it, with 0 or 8 workers, on any rank, and after a resume."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, i = key
+        with _seeded_rngs(derived_seed(self.seed, epoch, i)):
+            return self.dataset[i]
+
+
+class EpochTaggedSampler(Sampler):
+    """Yields (epoch, index) pairs from another sampler, for SeededSamples: the epoch travels
+    with each index, so worker processes (persistent ones too) need no other message."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+
+class DistributedWeightedSampler(Sampler[int]):
+    """Weighted sampling with replacement that also works under DDP (DistributedSampler
+    ignores weights). Every rank draws the same global sample of total_size indices, with
+    probabilities proportional to `weights`, from a generator seeded with (seed, epoch), so
+    the ranks agree without communicating; rank r keeps draws r, r + R, r + 2R... The shards
+    are thus disjoint parts of one multinomial draw and hold num_samples each. Call
+    set_epoch(epoch) before each epoch, as with DistributedSampler. num_replicas=1 is the
+    single-process case (resumable: an epoch's draw depends on the epoch alone)."""
+
+    def __init__(self, weights: Sequence[float] | np.ndarray | torch.Tensor, num_samples: int | None = None,
+                 num_replicas: int | None = None, rank: int | None = None, seed: int = 0):
+        w = np.asarray(weights.detach().cpu() if isinstance(weights, torch.Tensor) else weights, dtype=np.float64)
+        if w.ndim != 1 or len(w) == 0:
+            raise ValueError(f"DistributedWeightedSampler: weights must be a non-empty 1-D sequence, got shape {w.shape}")
+        if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("DistributedWeightedSampler: weights must be finite, non-negative and not all 0")
+        dist_on = dist.is_available() and dist.is_initialized()
+        self.num_replicas = int(num_replicas if num_replicas is not None else dist.get_world_size() if dist_on else 1)
+        self.rank = int(rank if rank is not None else dist.get_rank() if dist_on else 0)
+        if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"DistributedWeightedSampler: rank {self.rank} is not in [0, {self.num_replicas})")
+        total = len(w) if num_samples is None else int(num_samples)
+        if total < 1:
+            raise ValueError(f"DistributedWeightedSampler: num_samples must be at least 1, got {total}")
+        self.p = w / w.sum()
+        self.num_samples = math.ceil(total / self.num_replicas)  # per rank: every rank takes as many steps
+        self.total_size = self.num_samples * self.num_replicas
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_draw(self) -> np.ndarray:
+        """This epoch's draw over all ranks (what the shards are cut from)."""
+        # numpy's Generator.choice: no category limit (torch.multinomial stops at 2**24 samples)
+        rng = np.random.default_rng(np.random.SeedSequence([int(self.seed) & 0xFFFFFFFFFFFFFFFF, int(self.epoch)]))
+        return rng.choice(len(self.p), size=self.total_size, replace=True, p=self.p)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.global_draw()[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn (PyTorch's reproducibility notes): numpy and python seeded from
+    the worker's torch seed, which derives from the loader's seeded generator."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -202,14 +349,22 @@ def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, se
 
     loss_fn(logits, targets, sample_indices) replaces the classification loss (the
     student's distillation); mixup is then off. checkpoint_meta holds the
-    save_checkpoint fields (model_name, classes, image_size, ...)."""
+    save_checkpoint fields (model_name, classes, image_size, ...). sampler_weights
+    (one per train sample) are used when settings.weighted_sampling is on."""
+    with deterministic_algorithms(settings.deterministic):
+        return _fit(model, train_dataset, val_dataset, settings, Path(out_dir), checkpoint_meta=checkpoint_meta,
+                    loss_fn=loss_fn, sampler_weights=sampler_weights, log=log)
+
+
+def _fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, settings: TrainSettings,
+         out: Path, *, checkpoint_meta: dict, loss_fn: Callable | None, sampler_weights: np.ndarray | None,
+         log: Callable[[str], None]) -> FitResult:
     import timm.optim
     import timm.scheduler
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     s = settings
-    out = Path(out_dir)
     rank, world, device = init_distributed()
     main_proc = rank == 0
     seed_everything(s.seed + rank)
@@ -221,20 +376,33 @@ def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, se
         model.to(memory_format=torch.channels_last)
     optimizer = timm.optim.create_optimizer_v2(model, opt=s.optimizer, lr=s.lr, weight_decay=s.weight_decay)
 
-    if world > 1:
+    # Both reseeded every epoch, so an epoch's shuffle does not depend on the epochs before it and
+    # a resumed run draws what the full one did. Two generators: the loader draws its workers' base
+    # seed from its own when it starts them, every epoch or (persistent workers) the first only.
+    shuffle_gen, loader_gen = torch.Generator().manual_seed(s.seed), torch.Generator().manual_seed(s.seed)
+    if s.weighted_sampling and sampler_weights is None:
+        say("WARNING: training.weighted_sampling is on but no sample weights were given; sampling uniformly")
+    sampler: Sampler
+    if s.weighted_sampling and sampler_weights is not None:
+        if len(sampler_weights) != len(train_dataset):
+            raise ValueError(f"sampler_weights: {len(sampler_weights)} weights for {len(train_dataset)} samples")
+        # one global weighted draw per epoch, each rank its share (DistributedSampler would drop the weights)
+        sampler = DistributedWeightedSampler(sampler_weights, num_samples=len(train_dataset), num_replicas=world,
+                                             rank=rank, seed=s.seed)
+    elif world > 1:
         sampler = DistributedSampler(train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=s.seed)
-    elif s.weighted_sampling and sampler_weights is not None:
-        sampler = WeightedRandomSampler(torch.as_tensor(sampler_weights, dtype=torch.double),
-                                        num_samples=len(train_dataset), replacement=True,
-                                        generator=torch.Generator().manual_seed(s.seed))
-    else:
-        sampler = None
+    else:  # what shuffle=True builds, made explicit so that it can be wrapped below
+        sampler = RandomSampler(train_dataset, generator=shuffle_gen)
+    train_items: Dataset = train_dataset
+    if s.deterministic:
+        sampler, train_items = EpochTaggedSampler(sampler), SeededSamples(train_dataset, s.seed)
+        say("deterministic: torch deterministic algorithms on, RNGs seeded per epoch and per sample")
     drop_last = len(train_dataset) // world > s.batch_size
     loader_kw = dict(num_workers=s.num_workers, pin_memory=device.type == "cuda",
                      persistent_workers=s.num_workers > 0)
-    train_loader = DataLoader(train_dataset, batch_size=s.batch_size, sampler=sampler,
-                              shuffle=sampler is None, drop_last=drop_last,
-                              generator=torch.Generator().manual_seed(s.seed), **loader_kw)
+    train_loader = DataLoader(train_items, batch_size=s.batch_size, sampler=sampler, drop_last=drop_last,
+                              generator=loader_gen, worker_init_fn=_seed_worker if s.deterministic else None,
+                              **loader_kw)
     # under DDP each rank scores every world-th val image and the counts are summed:
     # the same figures as one process, in 1/world of the time
     val_shard = Subset(val_dataset, range(rank, len(val_dataset), world)) if world > 1 else val_dataset
@@ -291,9 +459,12 @@ def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, se
         writer = SummaryWriter(str(out / "logs"))
 
     for epoch in range(start_epoch, s.epochs):
-        if isinstance(sampler, DistributedSampler):
+        if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        train_loader.generator.manual_seed(s.seed + epoch) if train_loader.generator else None
+        shuffle_gen.manual_seed(s.seed + epoch)
+        loader_gen.manual_seed(derived_seed(s.seed, epoch))
+        if s.deterministic:  # dropout, mixup/cutmix (numpy) etc. of this epoch: a function of (seed, epoch, rank)
+            seed_everything(derived_seed(s.seed, epoch, rank))
         train_model.train()
         t0, seen, loss_sum, correct, n_loss = time.time(), 0, 0.0, 0, 0
         optimizer.zero_grad(set_to_none=True)

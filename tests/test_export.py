@@ -1,6 +1,7 @@
 """The export chain with the real tools: ONNX (onnxruntime), onnx2tf, tensorflowjs_converter
 and @tensorflow/tfjs in Node (cpu and wasm backends). One tiny model, converted once per
-module (fp16 and uint8). The demo page in Chromium is tests/test_demo_page.py."""
+module (fp16 and uint8). The demo page in Chromium is tests/test_demo_page.py; the phase 6.4
+gates (auto quantization, size, browser latency) tests/test_export_gate.py."""
 import json
 from pathlib import Path
 
@@ -94,6 +95,11 @@ def test_bundles_fp16_and_uint8(bundles):
     # the weights really are quantized as asked
     assert _weight_dtypes(b) == {"float16"} and _weight_dtypes(Path(u8["bundle"])) == {"uint8"}
     assert u8["model_size_mb"] < fp16["model_size_mb"]
+    # the quantization used, canonical (int8 is uint8), with what was asked and why
+    assert (u8["quantization"], u8["quantization_requested"]) == ("uint8", "int8")
+    assert u8["quantization_reason"] == "int8 as configured (export.quantization)"
+    assert fp16["fp16_size_mb"] == fp16["model_size_mb"] and "uint8_size_mb" not in fp16
+    assert json.loads((Path(u8["bundle"]) / "preprocessing.json").read_text())["quantization"] == "uint8"
     assert not list(b.parent.glob(".bundle-*"))  # the staging dirs are gone
     # the converter environment's versions travel with the bundle (for the training manifest)
     assert fp16["toolchain"]["tensorflowjs"] and fp16["toolchain"]["onnx2tf"] and fp16["toolchain"]["tensorflow"]
@@ -103,9 +109,11 @@ def test_bundles_fp16_and_uint8(bundles):
 @pytest.mark.parametrize("q,backend", [("fp16", "cpu"), ("uint8", "wasm")])
 def test_tfjs_in_node_matches_pytorch(bundles, tiny_checkpoint, q, backend):
     d, paths = tiny_checkpoint
-    r = validate_tfjs_bundle(bundles[q]["bundle"], str(d / "student.pt"), paths, repeats=5, backend=backend)
+    r = validate_tfjs_bundle(bundles[q]["bundle"], str(d / "student.pt"), paths, repeats=5, backend=backend,
+                             latency_runtime="node-wasm", latency_runs=3)
     assert r["logits_correlation"] > 0.995 and r["top1_agreement"] >= 0.99, r
     assert r["passed"] and not r["reasons"] and r["node_backend"] == backend
+    assert r["latency_runtime"] == "node-wasm" and 0 < r["latency_ms_median"] < 5000
     assert r["node_latency_ms_median"] > 0 and r["student_under_20mb"] and r["images"] == 12
     assert r["max_abs_diff"] < (0.02 if q == "fp16" else 0.5)
 
@@ -115,10 +123,12 @@ def test_validation_fails_for_another_model(bundles, tiny_checkpoint, tmp_path):
     d, paths = tiny_checkpoint
     save_checkpoint(tmp_path / "other.pt", _tiny_model(7), model_name="test_efficientnet",
                     classes=[c.upper() for c in CLASSES], image_size=32, eval_resize=36)
-    r = validate_tfjs_bundle(bundles["fp16"]["bundle"], str(tmp_path / "other.pt"), paths, repeats=1)
+    r = validate_tfjs_bundle(bundles["fp16"]["bundle"], str(tmp_path / "other.pt"), paths, repeats=1,
+                             latency_runtime="node-wasm", latency_runs=1)
     assert not r["passed"] and r["logits_correlation"] < 0.995
     assert any("correlation" in x for x in r["reasons"]) and any("labels.json" in x for x in r["reasons"])
-    r = validate_tfjs_bundle(bundles["fp16"]["bundle"], str(d / "student.pt"), paths, repeats=1, max_size_mb=1e-4)
+    r = validate_tfjs_bundle(bundles["fp16"]["bundle"], str(d / "student.pt"), paths, repeats=1, max_size_mb=1e-4,
+                             latency_runtime="node-wasm", latency_runs=1)
     assert not r["passed"] and any("model size" in x for x in r["reasons"])
 
 
@@ -147,3 +157,5 @@ def test_bad_inputs_give_clear_errors(tiny_checkpoint, tmp_path, monkeypatch):
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".bundle-*"))
     with pytest.raises(ExportError, match="model.json missing"):
         validate_tfjs_bundle(str(tmp_path), ckpt, paths)
+    with pytest.raises(ValueError, match="latency_runtime must be one of"):
+        validate_tfjs_bundle(str(tmp_path), ckpt, paths, latency_runtime="firefox")

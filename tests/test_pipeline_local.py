@@ -84,6 +84,12 @@ def test_local_run_distils_student(local_run):
     n_classes = len(sl.classes)
     assert d["val_top1"] > 4.0 / n_classes
     assert "ce_control" in s
+    # which student shipped, and its figures on the held-out test set too
+    assert d["final_stage"] in ("distillation", "finetuning") and 0.0 <= d["test_top1"] <= 1.0
+    assert all("test_top1" in d[stage] for stage in ("distillation", "finetuning"))
+    assert "test_top1" in s["ce_control"] and set(d["test_per_region"]) <= {"EU_SW", "EU_NORTH", "EU_EAST", "OTHER"}
+    assert Path(outs["train-student"]["confusion"]).exists()
+    assert any(Path(outs["train-student"]["logs"]).rglob("events.out.tfevents*"))  # both stages' TensorBoard logs
     ck = load_checkpoint(outs["train-student"]["model"])
     assert ck["classes"] == sl.classes
 
@@ -106,6 +112,13 @@ def test_local_run_exports_blessed_student_and_writes_manifest(local_run):
     assert p6["toolchain"]["tensorflowjs"] and m["environment"]["packages"]["onnx2tf"] == p6["toolchain"]["onnx2tf"]
     # the training steps report their own image's versions (the manifest step's image has no torch)
     assert m["environment"]["training"]["packages"]["timm"] and m["environment"]["student_training"]["packages"]["torch"]
+    # the student's test figures beside the val ones; local gate thresholds labelled as local
+    p4, p5 = m["phases"]["phase_4"], m["phases"]["phase_5"]
+    assert p4["final_stage"] and p4["final_test_top1"] is not None and p4["stages"]["finetuning"]["test_top1"] >= 0
+    assert p5["test_ece"] is not None and "test_coverage>=0.8" in p5["criteria"]
+    assert p5["gate"]["profile"] == "local" and "not the plan's criteria" in p5["gate"]["label"]
+    summary_md = Path(summary["outputs"]["training-manifest"]["summary"]).read_text()
+    assert "| 4 student | test top-1 |" in summary_md and "LOCAL smoke-test thresholds" in summary_md
     # every model's starting weights: the local configs train from scratch on purpose, and say so
     models = m["models"]
     assert {models[r]["model_id"] for r in ("global_teacher", "student", "baseline")} == {"test_resnet",
@@ -154,7 +167,8 @@ def test_compile_contains_all_components(tmp_path):
     path = pipeline.compile_pipeline(cfg, str(tmp_path / "p.yaml"))
     spec = next(yaml.safe_load_all(Path(path).read_text()))  # then the Kubernetes platform spec
     execs = set(spec["deploymentSpec"]["executors"])
-    for name in ("ingest", "cache-images", "split", "stage-weights", "baseline", "train-teacher", "evaluate-teacher",
+    for name in ("ingest", "cache-images", "split", "regional-split", "stage-weights", "baseline", "train-teacher",
+                 "evaluate-teacher",
                  "teacher-logits", "combine-soft-labels", "train-student", "calibrate", "export-tfjs",
                  "validate-export", "export-skipped", "training-manifest"):
         assert f"exec-{name}" in execs, execs

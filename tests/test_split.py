@@ -97,3 +97,73 @@ def test_histogram_reports_leakage():
     stats = stratified_split(_records({"a": 5})).stats
     stats["leakage"] = {"leak_free": False, "conflicts": ["sha256=x in train and val"]}
     assert "LEAKAGE" in histogram_html(stats)
+
+
+def _mixed_catalogue():
+    recs = _records({"A": 30, "B": 12, "C": 3, "D": 2}, region="EU_SW")
+    recs += _records({"A": 20, "E": 9, "F": 1}, region="EU_NORTH", start=1000)
+    recs += _records({"B": 15, "E": 6}, region="EU_EAST", start=2000)
+    return recs
+
+
+def test_regional_splits_are_the_regions_part_of_the_global_split():
+    from shared.split import nested_regional_split
+
+    g = stratified_split(_mixed_catalogue(), seed=3)
+    role = {r["image_id"]: name for name, rows in g.by_name().items() for r in rows}
+    for regions in ("EU_SW", "EU_NORTH,EU_EAST"):
+        r = nested_regional_split(g.by_name(), regions)
+        assert r.stats["leakage"]["leak_free"]
+        wanted = set(regions.split(","))
+        for name, rows in r.by_name().items():
+            assert all(role[x["image_id"]] == name and x["region"] in wanted for x in rows), (regions, name)
+        train_classes = {x["taxon"] for x in r.train}
+        assert {x["taxon"] for x in r.val + r.test} <= train_classes  # every eval class learnable
+        # nothing of the region is lost except images of species it cannot learn (counted)
+        in_region = [x for rows in g.by_name().values() for x in rows if x["region"] in wanted]
+        kept = len(r.train) + len(r.val) + len(r.test)
+        assert kept + sum(r.stats["unlearnable_in_region"].values()) == len(in_region)
+
+
+def test_a_species_whose_regional_images_are_all_held_out_leaves_the_regional_eval_sets():
+    from shared.split import nested_regional_split
+
+    # "Q" has 3 images: globally 1 train / 1 val / 1 test; only the val one is in EU_EAST
+    recs = _records({"Q": 3}, region="EU_SW")
+    g = stratified_split(recs, seed=1)
+    held = dict(g.val[0], region="EU_EAST")
+    splits = {"train": g.train, "val": [held], "test": g.test}
+    r = nested_regional_split(splits, "EU_EAST,EU_SW")
+    assert r.stats["unlearnable_in_region"] == {"val": 0, "test": 0}  # EU_SW's train image teaches Q
+    r = nested_regional_split({"train": [], "val": [held], "test": []}, "EU_EAST")
+    assert r.val == [] and r.stats["unlearnable_in_region"]["val"] == 1 and r.stats["unlearnable_classes"] == ["Q"]
+
+
+def test_nesting_check_catches_a_role_change_and_a_stranger():
+    from shared.split import check_nesting
+
+    g = stratified_split(_mixed_catalogue(), seed=3).by_name()
+    moved = {"train": g["train"] + [g["val"][0]], "val": [], "test": []}
+    out = check_nesting(g, moved)
+    assert not out["nested"] and "is train for the regional teacher but val globally" in out["conflicts"][0]
+    stranger = {"train": [{"image_id": "zzz", "taxon": "A", "region": "EU_SW"}], "val": [], "test": []}
+    assert "not in the global split" in check_nesting(g, stranger)["conflicts"][0]
+
+
+def test_run_regional_split_fails_on_leakage_and_on_an_empty_region(tmp_path):
+    from shared.split import run_regional_split
+
+    g = stratified_split(_mixed_catalogue(), seed=3).by_name()
+    paths = {}
+    for name, rows in g.items():
+        paths[name] = str(tmp_path / f"g_{name}.jsonl")
+        write_jsonl(paths[name], rows)
+    outs = {n: str(tmp_path / f"r_{n}.jsonl") for n in g}
+    s = run_regional_split(paths, "EU_NORTH,EU_EAST", outs, str(tmp_path / "s.json"), str(tmp_path / "h.html"))
+    assert s["leakage"]["leak_free"] and s["nested_in"] == "global split"
+    assert {r["region"] for r in load_jsonl(outs["train"])} == {"EU_NORTH", "EU_EAST"}
+    with pytest.raises(ValueError, match="no record of regions 'EU_WEST'"):
+        run_regional_split(paths, "EU_WEST", outs, str(tmp_path / "s.json"), str(tmp_path / "h.html"))
+    write_jsonl(paths["val"], g["val"] + [g["train"][0]])  # an image in two roles of the global split
+    with pytest.raises(LeakageError):
+        run_regional_split(paths, "EU_SW,EU_NORTH,EU_EAST", outs, str(tmp_path / "s.json"), str(tmp_path / "h.html"))

@@ -13,11 +13,12 @@ import torch
 import yaml
 
 from shared.checkpoint import build_model, load_checkpoint
+from shared.image_dataset import class_balanced_sample_weights
 from shared.pipeline_config import ConfigError
 from shared.records import write_jsonl
 from shared.teacher_config import load_teacher_config
 from shared.teacher_training import create_model, map_head_by_class, train_teacher
-from shared.trainer import NonFiniteLossError, TrainSettings, fit
+from shared.trainer import DistributedWeightedSampler, NonFiniteLossError, TrainSettings, fit
 from tests.conftest import TINY_TEACHER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +178,10 @@ def test_resume_after_kill_same_step_count(cached_splits, tmp_path):
     out = tmp_path / "killed"
     p = _run_cli(_cli_args(cached_splits, tmp_path, out, 5))
     deadline = time.time() + 120
-    while not (out / "last_checkpoint.pt.sha256").exists() and time.time() < deadline:
+    # the epoch's history is written just after its checkpoint: wait for both (on a loaded machine
+    # a kill can land between the two)
+    while not ((out / "last_checkpoint.pt.sha256").exists() and (out / "history.json").exists()) \
+            and time.time() < deadline:
         time.sleep(0.02)
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -268,3 +272,105 @@ if rank == 0:
     assert m1["top1_acc"] == m2["top1_acc"] and m1["top5_acc"] == m2["top5_acc"]
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-6)
     assert 0 < m1["top5_acc"] and m1["top1_acc"] * 33 == round(m1["top1_acc"] * 33)  # counts over all 33
+
+
+def _imbalanced_labels() -> np.ndarray:
+    """Classes of 900, 90 and 10 samples: an unweighted draw gives the rare class 1% of the draws."""
+    return np.repeat([0, 1, 2], [900, 90, 10])
+
+
+def test_distributed_weighted_sampler_shards_one_weighted_draw():
+    labels = _imbalanced_labels()
+    w = class_balanced_sample_weights([{"taxon": f"c{y}"} for y in labels])
+    ranks = [DistributedWeightedSampler(w, num_samples=30001, num_replicas=2, rank=r, seed=7) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(3)
+    shards = [list(s) for s in ranks]
+    # equal shards (30001 rounded up to 2 x 15001): every rank takes as many steps
+    assert len(shards[0]) == len(shards[1]) == len(ranks[0]) == 15001
+    # interleaved, the shards are exactly one global draw, cut into disjoint parts
+    merged = np.empty(30002, dtype=np.int64)
+    merged[0::2], merged[1::2] = shards
+    assert np.array_equal(merged, ranks[1].global_draw())
+    # class-balanced weights: each class about a third of the draws, rare ones included
+    # (chi-square, 2 degrees of freedom, p = 0.001), over the union and in each shard
+    for draw in (merged, np.array(shards[0]), np.array(shards[1])):
+        counts = np.bincount(labels[draw], minlength=3)
+        expected = len(draw) / 3
+        assert ((counts - expected) ** 2 / expected).sum() < 13.8, counts
+    # set_epoch: the same epoch draws the same again (a fresh sampler, as a resumed run builds),
+    # another epoch or seed draws differently
+    again = DistributedWeightedSampler(w, num_samples=30001, num_replicas=2, rank=0, seed=7)
+    again.set_epoch(3)
+    assert list(again) == shards[0]
+    again.set_epoch(4)
+    assert list(again) != shards[0]
+    other = DistributedWeightedSampler(w, num_samples=30001, num_replicas=2, rank=0, seed=8)
+    other.set_epoch(3)
+    assert list(other) != shards[0]
+
+
+def test_distributed_weighted_sampler_edges():
+    s = DistributedWeightedSampler([0.0, 1.0, 0.0, 3.0], num_samples=1000, num_replicas=3, rank=2)
+    assert len(s) == 334 and set(s) <= {1, 3}  # a zero weight is never drawn
+    assert len(DistributedWeightedSampler(np.ones(10))) == 10  # no process group: one replica
+    for bad in ([], [1.0, -1.0], [0.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="weights"):
+            DistributedWeightedSampler(bad)
+    with pytest.raises(ValueError, match="rank 2"):
+        DistributedWeightedSampler(np.ones(4), num_replicas=2, rank=2)
+
+
+def test_ddp_two_gloo_processes_weighted_sampling(tmp_path):
+    """training.weighted_sampling under torchrun: each rank trains on its share of one global
+    class-balanced draw per epoch (DistributedSampler used to drop the weights)."""
+    script = tmp_path / "weighted.py"
+    script.write_text(f"""
+import json, sys, torch
+sys.path.insert(0, {str(ROOT)!r})
+import numpy as np
+from shared.trainer import TrainSettings, fit
+from tests.test_teacher_training import _toy
+rank = int(__import__("os").environ.get("RANK", 0))
+labels = np.repeat([0, 1, 2, 3], [200, 40, 12, 4])
+
+class Recording(torch.utils.data.Dataset):
+    def __init__(self):
+        base = _toy(256)
+        self.x, self.seen = base.tensors[0], []
+    def __len__(self):
+        return len(labels)
+    def __getitem__(self, i):
+        self.seen.append(int(i))
+        return self.x[i] + float(labels[i]), int(labels[i]), i
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
+train = Recording()
+weights = 1.0 / np.bincount(labels)[labels]
+r = fit(model, train, _toy(32, seed=1), TrainSettings(epochs=3, batch_size=8, lr=0.02, early_stopping=False,
+        weighted_sampling=True, seed=5), sys.argv[1], sampler_weights=weights,
+        checkpoint_meta={{"model_name": "toy", "classes": list("abcd"), "image_size": 8}}, log=lambda m: None)
+json.dump({{"seen": train.seen, "losses": [h["train_loss"] for h in r.history]}},
+          open(sys.argv[1] + f"/rank{{rank}}.json", "w"))
+""")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    runs = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(np.isfinite(run["losses"]).all() and len(run["losses"]) == 3 for run in runs)
+    labels = np.repeat([0, 1, 2, 3], [200, 40, 12, 4])
+    weights = 1.0 / np.bincount(labels)[labels]
+    union = []
+    for epoch in range(3):  # 128 draws per rank per epoch: 16 batches of 8, none dropped
+        s = DistributedWeightedSampler(weights, num_samples=256, num_replicas=2, rank=0, seed=5)
+        s.set_epoch(epoch)
+        draw = s.global_draw()
+        for rank, run in enumerate(runs):
+            assert run["seen"][epoch * 128:(epoch + 1) * 128] == draw[rank::2].tolist()
+        union += draw.tolist()
+    counts = np.bincount(labels[union], minlength=4)  # 768 draws, 192 expected per class
+    assert ((counts - 192) ** 2 / 192).sum() < 16.3, counts  # chi-square, 3 dof, p = 0.001
+    assert counts[3] > 100  # an unweighted draw would give the 4-sample class about 12

@@ -1,11 +1,13 @@
-// node validate.mjs BUNDLE_DIR INPUT.bin N,H,W,C OUTPUT.bin [REPEATS] [BACKEND]
+// node validate.mjs BUNDLE_DIR INPUT.bin N,H,W,C OUTPUT.bin [REPEATS] [BACKEND] [WARMUP]
 // Runs the bundle on float32 NHWC inputs (already preprocessed) with the real TF.js
 // runtime (BACKEND: cpu = pure JS, the default; wasm = @tensorflow/tfjs-backend-wasm),
-// writes the logits as float32, prints {"backend", "median_ms", "warmup", "repeats"} as JSON.
+// writes the logits as float32, prints {"backend", "median_ms", "warmup", "repeats", "times_ms",
+// "runtime": "node", "tfjs", "node"} as JSON (latency: the first image, REPEATS runs after WARMUP
+// warm-up runs, default 20 and 3).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { loadBundle, tf } from './load_bundle.mjs';
 
-const [dir, inputPath, shapeText, outputPath, repeatsText, backendName] = process.argv.slice(2);
+const [dir, inputPath, shapeText, outputPath, repeatsText, backendName, warmupText] = process.argv.slice(2);
 const shape = shapeText.split(',').map(Number);
 const repeats = Number(repeatsText || 20);
 const backend = backendName || 'cpu';
@@ -27,7 +29,7 @@ for (let i = 0; i < n; i++) {
 }
 writeFileSync(outputPath, Buffer.from(new Float32Array(out).buffer));
 const x = tf.tensor4d(data.slice(0, per), [1, h, w, c]);
-const warmup = 3;
+const warmup = Number(warmupText || 3);
 for (let i = 0; i < warmup; i++) { const y = model.predict(x); await y.data(); tf.dispose(y); }
 const times = [];
 for (let i = 0; i < repeats; i++) {
@@ -37,5 +39,8 @@ for (let i = 0; i < repeats; i++) {
   times.push(performance.now() - t0);
   tf.dispose(y);
 }
-times.sort((a, b) => a - b);
-console.log(JSON.stringify({ backend: tf.getBackend(), median_ms: times[Math.floor(times.length / 2)], warmup, repeats }));
+const sorted = [...times].sort((a, b) => a - b);
+const mid = Math.floor(sorted.length / 2);
+const median = sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+console.log(JSON.stringify({ backend: tf.getBackend(), median_ms: median, warmup, repeats, times_ms: times,
+                             runtime: 'node', tfjs: tf.version.tfjs, node: process.version }));

@@ -1,0 +1,246 @@
+"""The plan's phase 6 gates (6.4), strict like the plan: quantization "auto" (fp16 if its
+bundle is under the size limit, else uint8), the bundle size gate (<), the latency gate
+(median single-image ms < bound) measured in headless Chromium with the WASM backend
+(or, only when asked, TF.js WASM in Node, labelled as Node), the gate table, and the
+validate_export component failing with every reason. The tiny model and images are
+tests/test_export.py's; two real exports (auto under a generous limit, auto under a
+limit between the fp16 and uint8 sizes)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.export import (ExportError, browser_latency, check_quantization, choose_quantization, export_tfjs_bundle,
+                           gate, saved_model_to_tfjs, validate_tfjs_bundle, validation_summary)
+from tests import test_export
+from tests.test_export import CALIBRATION, HAVE_CONVERTERS, HAVE_TFJS, _weight_dtypes
+
+tiny_checkpoint = test_export.tiny_checkpoint  # the same tiny model and images (a module-scoped fixture here too)
+
+CHROMIUM = Path("/usr/bin/chromium")
+needs_tools = pytest.mark.skipif(not (HAVE_CONVERTERS and HAVE_TFJS),
+                                 reason="converter env or shared/tfjs/node_modules missing: run scripts/setup_export_env.sh")
+STRICT = {"logits_correlation": ">", "top1_agreement": ">=", "model_size_mb": "<", "latency_ms_median": "<",
+          "labels_match_checkpoint": "==", "input_size_matches_checkpoint": "=="}
+
+
+# --- fast: the selection rule and the gate rows -------------------------------------------
+
+def _fake_convert(sizes: dict):
+    built = []
+
+    def convert(q):
+        built.append(q)
+        return sizes[q]
+    return convert, built
+
+
+def test_auto_rule_prefers_fp16_and_builds_uint8_only_when_needed():
+    convert, built = _fake_convert({"fp16": 12.0, "uint8": 6.5})
+    c = choose_quantization(convert, 20.0)
+    assert (c["quantization"], built, "uint8_size_mb" in c) == ("fp16", ["fp16"], False)
+    assert c["fp16_size_mb"] == 12.0 and "is < the 20.0 MB limit" in c["quantization_reason"]
+    convert, built = _fake_convert({"fp16": 20.0, "uint8": 10.5})  # equal is not under: strict
+    c = choose_quantization(convert, 20.0)
+    assert (c["quantization"], built) == ("uint8", ["fp16", "uint8"])
+    assert (c["fp16_size_mb"], c["uint8_size_mb"]) == (20.0, 10.5)
+    assert "fp16 bundle (20.0 MB) is not < the 20.0 MB limit; the uint8 bundle (10.5 MB) is" in c["quantization_reason"]
+    convert, built = _fake_convert({"fp16": 60.0, "uint8": 30.0})  # even uint8 too big: still uint8
+    c = choose_quantization(convert, 20.0)
+    assert c["quantization"] == "uint8" and c["uint8_size_mb"] == 30.0
+    assert "neither bundle is < the 20.0 MB limit" in c["quantization_reason"]
+    assert "size gate of validate_export fails" in c["quantization_reason"]
+    with pytest.raises(ValueError, match="size limit > 0"):
+        choose_quantization(convert, 0.0)
+
+
+def test_auto_is_an_export_choice_not_a_converter_flag(tiny_checkpoint, tmp_path):
+    d, paths = tiny_checkpoint
+    assert check_quantization("auto", allow_auto=True) == "auto"
+    with pytest.raises(ValueError, match="quantization"):
+        saved_model_to_tfjs(tmp_path, tmp_path / "out", "auto")
+    with pytest.raises(ValueError, match="auto needs max_size_mb"):  # before any slow step
+        export_tfjs_bundle(str(d / "student.pt"), str(tmp_path / "b"), paths, "auto")
+    assert not (tmp_path / "b").exists()
+
+
+def test_gate_rows_are_strict_and_say_why():
+    assert gate("model_size_mb", "model size", 20.0, "<", 20.0, "MB")["passed"] is False  # equal fails "<"
+    assert gate("logits_correlation", "logits correlation", 0.995, ">", 0.995)["passed"] is False
+    row = gate("model_size_mb", "model size", 21.5, "<", 20.0, "MB", note="model.json + weight shards")
+    assert row == {"gate": "model_size_mb", "value": 21.5, "operator": "<", "bound": 20.0, "unit": "MB",
+                   "passed": False, "reason": "model size 21.5 MB is not < 20 MB (model.json + weight shards)"}
+    row = gate("latency_ms_median", "latency median", None, "<", 5000.0, "ms", note="Chromium not found at /x")
+    assert not row["passed"] and row["reason"] == "latency median: not measured (Chromium not found at /x)"
+    assert gate("top1_agreement", "top-1 agreement", 0.99, ">=", 0.99)["passed"] is True
+    assert gate("latency_ms_median", "latency median", 12.0, "<", 5000.0, "ms")["reason"] is None
+
+
+# --- real exports ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def auto_bundles(tiny_checkpoint):
+    """auto under a generous limit (fp16), then under a limit equal to that fp16 size (not
+    under it: strict), so uint8 (smaller) is picked."""
+    if not (HAVE_CONVERTERS and HAVE_TFJS):
+        pytest.skip("converter environment not built")
+    d, paths = tiny_checkpoint
+    ck = str(d / "student.pt")
+    roomy = export_tfjs_bundle(ck, str(d / "auto_roomy"), paths, "auto", CALIBRATION, max_size_mb=150.0)
+    tight = export_tfjs_bundle(ck, str(d / "auto_tight"), paths, "auto", CALIBRATION,
+                               max_size_mb=roomy["fp16_size_mb"])
+    return {"roomy": roomy, "tight": tight}
+
+
+@needs_tools
+def test_auto_picks_fp16_under_a_generous_limit(auto_bundles):
+    r = auto_bundles["roomy"]
+    b = Path(r["bundle"])
+    assert r["quantization"] == "fp16" and r["quantization_requested"] == "auto" and r["max_size_mb"] == 150.0
+    assert r["quantization_reason"] == (f"auto: the fp16 bundle ({r['fp16_size_mb']} MB) is < the 150.0 MB limit; "
+                                        "fp16 loses less than uint8, so uint8 was not built")
+    assert "uint8_size_mb" not in r and r["model_size_mb"] == r["fp16_size_mb"]
+    assert _weight_dtypes(b) == {"float16"}
+    assert json.loads((b / "preprocessing.json").read_text())["quantization"] == "fp16"
+
+
+@needs_tools
+def test_auto_picks_uint8_under_a_limit_between_the_two_sizes(auto_bundles):
+    r, limit = auto_bundles["tight"], auto_bundles["roomy"]["fp16_size_mb"]
+    b = Path(r["bundle"])
+    print(f"fp16 {r['fp16_size_mb']} MB, uint8 {r['uint8_size_mb']} MB, limit {limit} MB")
+    assert r["uint8_size_mb"] < limit == r["fp16_size_mb"]  # fp16 at the limit is not under it
+    assert r["quantization"] == "uint8" and r["model_size_mb"] == r["uint8_size_mb"]
+    assert r["quantization_reason"] == (f"auto: the fp16 bundle ({limit} MB) is not < the {limit} MB limit; "
+                                        f"the uint8 bundle ({r['uint8_size_mb']} MB) is")
+    assert _weight_dtypes(b) == {"uint8"}
+    assert json.loads((b / "preprocessing.json").read_text())["quantization"] == "uint8"
+    assert not list(b.parent.glob(".bundle-*"))
+
+
+@pytest.fixture(scope="module")
+def chromium_report(auto_bundles, tiny_checkpoint):
+    if not CHROMIUM.exists():
+        print(f"SKIP: {CHROMIUM} absent on this machine (Debian's chromium package)")
+        pytest.skip(f"{CHROMIUM} absent on this machine")
+    d, paths = tiny_checkpoint
+    return validate_tfjs_bundle(auto_bundles["roomy"]["bundle"], str(d / "student.pt"), paths, repeats=1)
+
+
+@needs_tools
+def test_latency_is_measured_in_chromium_with_wasm(chromium_report):
+    r = chromium_report
+    print("Chromium WASM latency median ms:", r["latency_ms_median"], "times:", r["latency_times_ms"])
+    assert r["passed"] and not r["reasons"], r["reasons"]
+    assert r["latency_runtime"] == "chromium-wasm" and r["latency_backend"] == "wasm"
+    assert r["latency_runtime_label"] == "headless Chromium, TF.js WASM backend"
+    assert r["latency_browser"].startswith("Chromium ") and r["latency_error"] is None
+    assert len(r["latency_times_ms"]) == r["latency_runs"] == 20 and r["latency_warmup"] == 3
+    assert r["latency_ms_median"] == pytest.approx(float(np.median(r["latency_times_ms"])))
+    assert 0 < r["latency_ms_median"] < r["max_latency_ms"] == 5000.0
+    assert r["node_latency_ms_median"] > 0  # kept for continuity (the Node parity run)
+
+
+@needs_tools
+def test_gate_table_lists_every_gate_with_strict_operators(chromium_report):
+    rows = {g["gate"]: g for g in chromium_report["gates"]}
+    assert {k: g["operator"] for k, g in rows.items()} == STRICT
+    for g in rows.values():
+        assert set(g) == {"gate", "value", "operator", "bound", "unit", "passed", "reason"}
+        assert g["passed"] and g["reason"] is None
+    assert rows["model_size_mb"]["bound"] == 150.0 and rows["model_size_mb"]["unit"] == "MB"
+    assert rows["latency_ms_median"]["value"] == chromium_report["latency_ms_median"]
+    assert rows["latency_ms_median"]["bound"] == 5000.0 and rows["latency_ms_median"]["unit"] == "ms"
+    assert rows["logits_correlation"]["bound"] == 0.995
+
+
+@needs_tools
+def test_summary_for_the_manifest_carries_the_choice_latency_and_gates(chromium_report, auto_bundles):
+    meta = {k: v for k, v in auto_bundles["roomy"].items() if k != "bundle"}
+    s = validation_summary(chromium_report, "gs://b/tfjs", meta)
+    assert s["status"] == "completed" and s["uri"] == "gs://b/tfjs" and s["passed"]
+    assert (s["quantization"], s["quantization_requested"]) == ("fp16", "auto")
+    assert s["quantization_reason"] == meta["quantization_reason"] and "uint8_size_mb" not in s
+    assert s["latency_runtime"] == "chromium-wasm" and s["latency_ms_median"] == chromium_report["latency_ms_median"]
+    assert s["gates"] == chromium_report["gates"] and s["toolchain"]["tensorflowjs"]
+    assert (s["max_size_mb"], s["max_latency_ms"]) == (150.0, 5000.0)
+    json.dumps(s)  # a KFP parameter: plain JSON
+
+
+@needs_tools
+def test_missing_chromium_fails_the_latency_gate_clearly(auto_bundles, tiny_checkpoint, tmp_path):
+    d, paths = tiny_checkpoint
+    nowhere = tmp_path / "no-such-chromium"
+    with pytest.raises(ExportError, match=f"Chromium not found at {nowhere}.*latency_runtime='node-wasm'"):
+        browser_latency(auto_bundles["roomy"]["bundle"], chromium=nowhere)
+    r = validate_tfjs_bundle(auto_bundles["roomy"]["bundle"], str(d / "student.pt"), paths[:4], repeats=1,
+                             chromium=nowhere)
+    assert not r["passed"] and len(r["reasons"]) == 1, r["reasons"]
+    assert r["reasons"][0].startswith(f"latency median: not measured (Chromium not found at {nowhere}")
+    lat = next(g for g in r["gates"] if g["gate"] == "latency_ms_median")
+    assert lat["value"] is None and not lat["passed"]
+    assert all(g["passed"] for g in r["gates"] if g["gate"] != "latency_ms_median")  # never a silent skip
+    assert r["latency_runtime"] == "chromium-wasm" and r["latency_ms_median"] is None
+    assert f"Chromium not found at {nowhere}" in r["latency_error"]
+
+
+@needs_tools
+def test_a_latency_bound_of_a_microsecond_fails_the_latency_gate(auto_bundles, tiny_checkpoint):
+    d, paths = tiny_checkpoint
+    r = validate_tfjs_bundle(auto_bundles["roomy"]["bundle"], str(d / "student.pt"), paths[:4], repeats=1,
+                             max_latency_ms=0.001, latency_runtime="node-wasm", latency_runs=5)
+    assert not r["passed"] and len(r["reasons"]) == 1, r["reasons"]
+    assert r["reasons"][0].startswith(f"latency median {r['latency_ms_median']:.6g} ms is not < 0.001 ms (Node")
+    assert r["latency_runtime"] == "node-wasm" and r["latency_browser"] is None  # labelled Node, not a browser
+    assert r["latency_runtime_label"].startswith("Node (not a browser)") and r["latency_backend"] == "wasm"
+    assert len(r["latency_times_ms"]) == 5
+    lat = next(g for g in r["gates"] if g["gate"] == "latency_ms_median")
+    assert (lat["operator"], lat["bound"], lat["passed"]) == ("<", 0.001, False) and lat["value"] > 0.001
+
+
+@needs_tools
+def test_a_bundle_at_or_over_the_size_limit_fails_the_size_gate(auto_bundles, tiny_checkpoint):
+    d, paths = tiny_checkpoint
+    u8 = auto_bundles["tight"]
+    # exactly the bundle's size is not under it (strict, like the plan's "< 20MB")
+    r = validate_tfjs_bundle(u8["bundle"], str(d / "student.pt"), paths[:4], repeats=1,
+                             max_size_mb=u8["uint8_size_mb"], latency_runtime="node-wasm", latency_runs=3)
+    assert not r["passed"] and r["reasons"] == [
+        f"model size {u8['uint8_size_mb']:.6g} MB is not < {u8['uint8_size_mb']:g} MB (model.json + weight shards)"]
+    size = next(g for g in r["gates"] if g["gate"] == "model_size_mb")
+    assert (size["value"], size["operator"], size["bound"], size["passed"]) == (
+        pytest.approx(u8["uint8_size_mb"]), "<", u8["uint8_size_mb"], False)
+
+
+@needs_tools
+def test_validate_export_component_reports_every_gate_and_raises_with_every_reason(
+        auto_bundles, tiny_checkpoint, tmp_path):
+    from kfp.dsl import Artifact, Dataset, Metrics, Model
+
+    from components.validate_export import validate_export
+    from shared.records import write_jsonl
+
+    d, paths = tiny_checkpoint
+    spec = validate_export.component_spec.inputs
+    assert (spec["max_latency_ms"].default, spec["latency_runtime"].default) == (5000.0, "node-wasm")
+    write_jsonl(tmp_path / "test.jsonl", [{"image_id": f"i{i:02d}", "taxon": f"Species {i % 6}",
+                                           "cache_path": Path(p).name} for i, p in enumerate(paths)])
+    meta = {k: v for k, v in auto_bundles["roomy"].items() if k != "bundle"}
+
+    def run(tag, **kw):
+        return validate_export.python_func(
+            bundle=Artifact(uri=auto_bundles["roomy"]["bundle"], metadata=dict(meta)),
+            model=Model(uri=str(d / "student.pt")), test=Dataset(uri=str(tmp_path / "test.jsonl")),
+            cache_dir=str(d), images=6, min_correlation=0.995, report=Artifact(uri=str(tmp_path / f"{tag}.json")),
+            metrics=Metrics(uri=str(tmp_path / f"{tag}.metrics")), latency_runs=3, **kw)
+
+    s = run("ok", max_size_mb=20.0)  # the student budget (plan 3.3); defaults: 5000 ms, node-wasm
+    assert s["passed"] and s["latency_runtime"] == "node-wasm" and s["quantization"] == "fp16"
+    assert {g["gate"]: g["operator"] for g in s["gates"]} == STRICT
+    with pytest.raises(RuntimeError) as e:
+        run("bad", max_size_mb=0.01, max_latency_ms=0.001)
+    assert "model size" in str(e.value) and "latency median" in str(e.value) and "(Node" in str(e.value)
+    report = json.loads((tmp_path / "bad.json").read_text())
+    failed = {g["gate"] for g in report["gates"] if not g["passed"]}
+    assert failed == {"model_size_mb", "latency_ms_median"} and len(report["reasons"]) == 2
