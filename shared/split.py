@@ -187,14 +187,23 @@ def histogram_html(stats: dict[str, Any], title: str = "Class balance") -> str:
 def run_split(cached_path: str, regions: str, seed: int, out_paths: dict[str, str],
               out_stats: str, out_histogram: str, title: str = "Class balance") -> dict[str, Any]:
     """The split step over a cached-records JSONL; fails on leakage."""
-    from shared.atomic import write_json, write_text
-    from shared.records import load_jsonl, write_jsonl
+    from shared.records import load_jsonl
 
     result = stratified_split(load_jsonl(cached_path), seed=seed, regions=regions)
+    return write_split(result, out_paths, out_stats, out_histogram, title, what="split",
+                       empty=f"no cached records for regions {regions!r}: nothing to split")
+
+
+def write_split(result: SplitResult, out_paths: dict[str, str], out_stats: str, out_histogram: str, title: str,
+                *, what: str, empty: str) -> dict[str, Any]:
+    """Refuse a leaking or empty split (naming why), else write its JSONLs, stats and histogram."""
+    from shared.atomic import write_json, write_text
+    from shared.records import write_jsonl
+
     if not result.stats["leakage"]["leak_free"]:
-        raise LeakageError("split leaks: " + "; ".join(result.stats["leakage"]["conflicts"]))
+        raise LeakageError(f"{what} leaks: " + "; ".join(result.stats["leakage"]["conflicts"]))
     if not result.train:
-        raise ValueError(f"no cached records for regions {regions!r}: nothing to split")
+        raise ValueError(empty)
     for name, rows in result.by_name().items():
         write_jsonl(out_paths[name], rows)
     write_json(out_stats, result.stats)
@@ -259,19 +268,11 @@ def check_nesting(global_splits: dict[str, list[dict]], part: dict[str, list[dic
 def run_regional_split(global_paths: dict[str, str], regions: str, out_paths: dict[str, str], out_stats: str,
                        out_histogram: str, title: str = "Class balance") -> dict[str, Any]:
     """The regional split step: the region's part of the global split; fails on leakage."""
-    from shared.atomic import write_json, write_text
-    from shared.records import load_jsonl, write_jsonl
+    from shared.records import load_jsonl
 
     result = nested_regional_split({name: load_jsonl(p) for name, p in global_paths.items()}, regions)
-    if not result.stats["leakage"]["leak_free"]:
-        raise LeakageError("regional split leaks: " + "; ".join(result.stats["leakage"]["conflicts"]))
-    if not result.train:
-        raise ValueError(f"the global train split has no record of regions {regions!r}: nothing to train on")
-    for name, rows in result.by_name().items():
-        write_jsonl(out_paths[name], rows)
-    write_json(out_stats, result.stats)
-    write_text(out_histogram, histogram_html(result.stats, title))
-    return result.stats
+    return write_split(result, out_paths, out_stats, out_histogram, title, what="regional split",
+                       empty=f"the global train split has no record of regions {regions!r}: nothing to train on")
 
 
 def split_metrics(stats: dict[str, Any]) -> dict[str, float]:
