@@ -9,7 +9,7 @@ OUTPUT ?= outputs/local
 KFP_HOST ?=
 PARAMS ?=
 
-.PHONY: setup export-env run test compile submit images bench sample-data manifests stage-weights clean
+.PHONY: setup export-env run test compile submit images bench bench-scale sample-data manifests stage-weights clean
 
 setup: $(VENV)/.stamp export-env
 
@@ -33,6 +33,11 @@ test: setup
 
 compile: $(VENV)/.stamp
 	$(PY) pipeline.py compile --config $(CLUSTER_CONFIG) --output pipeline.yaml
+
+# The pipeline's CPU steps at the plan's size (741,533 records, 9,000 species) and a quarter of it:
+# seconds and peak RSS per step -> bench/results.json (key "scale"). About 5 minutes on 2 cores.
+bench-scale: $(VENV)/.stamp
+	$(PY) -m bench.bench_scale --output bench/results.json
 
 # Download every model's pretrained weights into the weights cache (WEIGHTS_CACHE, default: the
 # config's weights.cache_dir); for an air-gapped cluster run it where the hub is reachable, copy

@@ -151,15 +151,20 @@ def _describe(restrictions: Iterable[str]) -> str:
 
 
 def parse_license(raw: object) -> License:
-    """Parse one licence string into its family, version and NC/ND terms.
+    """Parse one licence string into its family, version and NC/ND terms (cached: a catalogue
+    of 741k records holds a few dozen distinct strings; License is frozen, so sharing is safe).
 
     Anything that cannot be classified unambiguously is UNKNOWN, with the reason:
     an unrecognised word, a version Creative Commons never published, two versions,
     contradictory terms (CC0 with NC, ND with SA, all rights reserved with CC),
     licence terms without a Creative Commons marker ("by-nc", "Attribution")."""
-    if raw is None:
+    return _parse_license(None if raw is None else str(raw))
+
+
+@lru_cache(maxsize=65536)
+def _parse_license(raw_text: str | None) -> License:
+    if raw_text is None:
         return License("", reason="no licence given")
-    raw_text = str(raw)
     if not raw_text.strip():
         return License("", reason="no licence given")
     if len(raw_text) > MAX_LENGTH:

@@ -134,21 +134,47 @@ def combine_soft_labels(teachers: list[TeacherSpec], sample_ids: list[str], samp
     out_val = np.zeros((n, k), np.float16)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        dense = np.zeros((stop - start, c_union), np.float32)
-        for t, r in enumerate(rows):
-            sel = np.flatnonzero(r[start:stop] >= 0)
-            if not len(sel):
-                continue
-            src = r[start:stop][sel]
-            np.add.at(dense, (sel[:, None], maps[t][src]), weights[t] * probs[t][src])
-        dense /= wsum[start:stop, None]
-        top = np.argpartition(-dense, k - 1, axis=1)[:, :k] if k < c_union else np.tile(np.arange(c_union), (stop - start, 1))
-        vals = np.take_along_axis(dense, top, axis=1)
-        order = np.argsort(-vals, axis=1)
-        top, vals = np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
-        vals /= vals.sum(axis=1, keepdims=True)
-        out_idx[start:stop], out_val[start:stop] = top, vals.astype(np.float16)
+        out_idx[start:stop], out_val[start:stop] = _combine_chunk(rows, maps, probs, weights, start, stop, c_union, k)
     return SoftLabels(np.asarray(sample_ids, dtype=str), out_idx, out_val, classes, float(temperature))
+
+
+def _combine_chunk(rows: list[np.ndarray], maps: list[np.ndarray], probs: list[np.ndarray], weights: np.ndarray,
+                   start: int, stop: int, c_union: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows start..stop of the combined soft labels, sparsely: each row has at most
+    (teachers x teacher k) candidate classes, so work and memory grow with records, never
+    with records x classes. Repeated classes are summed, the top k kept (descending) and
+    renormalised (which also divides out the row's weight sum)."""
+    m = stop - start
+    r_parts, c_parts, v_parts = [], [], []
+    for t, r in enumerate(rows):
+        sel = np.flatnonzero(r[start:stop] >= 0)
+        if not len(sel):
+            continue
+        src = r[start:stop][sel]
+        kt = maps[t].shape[1]
+        r_parts.append(np.repeat(sel, kt))
+        c_parts.append(maps[t][src].ravel())
+        v_parts.append((weights[t] * probs[t][src]).ravel())
+    key = np.concatenate(r_parts).astype(np.int64) * c_union + np.concatenate(c_parts)
+    uniq, inverse = np.unique(key, return_inverse=True)
+    val = np.bincount(inverse, weights=np.concatenate(v_parts)).astype(np.float32)
+    row, cls = uniq // c_union, (uniq % c_union).astype(np.int32)
+    counts = np.bincount(row, minlength=m)
+    offset = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    width = max(int(counts.max()), k)
+    pv = np.full((m, width), -1.0, np.float32)  # -1: no candidate there
+    pc = np.zeros((m, width), np.int32)
+    col = np.arange(len(uniq)) - offset[row]
+    pv[row, col], pc[row, col] = val, cls
+    top = np.argpartition(-pv, k - 1, axis=1)[:, :k] if k < width else np.tile(np.arange(width), (m, 1))[:, :k]
+    vals, idx = np.take_along_axis(pv, top, 1), np.take_along_axis(pc, top, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    vals, idx = np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
+    short = vals < 0  # rows with fewer than k candidates: pad with probability 0 on their top class
+    vals[short] = 0.0
+    idx[short] = np.broadcast_to(idx[:, :1], idx.shape)[short]
+    vals /= vals.sum(axis=1, keepdims=True)
+    return idx, vals.astype(np.float16)
 
 
 def soft_label_metrics(sl: SoftLabels, teachers: list[TeacherSpec], sample_regions: list[str]) -> dict:
