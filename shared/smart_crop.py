@@ -12,23 +12,40 @@ from PIL import Image
 
 _WORK = 64  # saliency is computed on a small copy: cheap and smooth enough
 _FLAT = 0.5 / 255  # variation below half a grey level is no structure
+# The small copy is made by an integer box reduction first, then bilinear resampling
+# by at most this factor (PIL's reducing_gap: "indistinguishable from fair
+# resampling in most cases" from 3 on), instead of one bilinear pass over every
+# source pixel: a third of the time on a 448 px cached photo.
+_REDUCING_GAP = 3.0
 
 
 def _box_blur(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean over a k x k window (edges repeated), over the first two axes of a 2-D
+    or 3-D (h, w, channels) array."""
     pad = k // 2
-    p = np.pad(a, pad, mode="edge")
+    spatial = ((pad, pad), (pad, pad)) + ((0, 0),) * (a.ndim - 2)
+    p = np.pad(a, spatial, mode="edge")
     c = p.cumsum(0).cumsum(1)
-    c = np.pad(c, ((1, 0), (1, 0)))
+    c = np.pad(c, ((1, 0), (1, 0)) + ((0, 0),) * (a.ndim - 2))
     return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+
+def working_copy(img: Image.Image) -> Image.Image:
+    """The small RGB copy (about 64 px on the long side) saliency is computed on."""
+    w, h = img.size
+    scale = _WORK / max(w, h)
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return rgb.resize((max(8, round(w * scale)), max(8, round(h * scale))), Image.BILINEAR,
+                      reducing_gap=_REDUCING_GAP)
 
 
 def saliency_map(img: Image.Image) -> np.ndarray:
     """A saliency map in [0, 1] at a working size of about 64 px on the long side
     (shape (h, w) of that small copy); all zeros for a flat image."""
-    w, h = img.size
-    scale = _WORK / max(w, h)
-    small = img.convert("RGB").resize((max(8, round(w * scale)), max(8, round(h * scale))), Image.BILINEAR)
-    rgb = np.asarray(small, dtype=np.float32) / 255.0
+    return _saliency(np.asarray(working_copy(img), dtype=np.float32) / 255.0)
+
+
+def _saliency(rgb: np.ndarray) -> np.ndarray:
     gray = rgb.mean(axis=2)
     f = np.fft.fft2(gray)
     log_amp = np.log(np.abs(f) + 1e-8)
@@ -43,7 +60,7 @@ def saliency_map(img: Image.Image) -> np.ndarray:
 
 
 def _box_blur_rgb(rgb: np.ndarray, k: int) -> np.ndarray:
-    return np.stack([_box_blur(rgb[..., c], k) for c in range(3)], axis=2)
+    return _box_blur(rgb, k)  # all channels in one pass
 
 
 def _norm(a: np.ndarray) -> np.ndarray:
@@ -77,12 +94,13 @@ def smart_crop_box(img: Image.Image, crop_fraction: float = 0.8,
         raise ValueError(f"smart_crop: crop_fraction must be in (0, 1], got {crop_fraction}")
     w, h = img.size
     side = max(1, int(round(min(w, h) * crop_fraction)))
-    sal = saliency_map(img)
+    small = working_copy(img)  # one small copy for the saliency and the flatness test
+    sal = _saliency(np.asarray(small, dtype=np.float32) / 255.0)
     sh, sw = sal.shape
     win_h = max(1, round(side * sh / h))
     win_w = max(1, round(side * sw / w))
     y, x, gain = best_window(sal, min(win_h, sh), min(win_w, sw))
-    flat = float(np.asarray(img.convert("L").resize((sw, sh)), dtype=np.float32).std()) < 2.0
+    flat = float(np.asarray(small.convert("L"), dtype=np.float32).std()) < 2.0
     if gain < min_gain or flat:  # nothing stands out: the usual centre crop
         left, top = (w - side) // 2, (h - side) // 2
     else:
