@@ -570,7 +570,17 @@ def validation_summary(report: dict[str, Any], uri: str, bundle_metadata: dict |
                 "latency_browser": report["latency_browser"],
                 "node_latency_ms_median": report["node_latency_ms_median"], "gates": report["gates"],
                 "toolchain": dict(meta.get("toolchain") or {})})  # the converters' versions
-    return out
+    return _without_none(out)
+
+
+def _without_none(obj: Any) -> Any:
+    """KFP parameters (this dict goes to the manifest step as one) cannot hold None: absent
+    values are left out of mappings and become "" in lists."""
+    if isinstance(obj, dict):
+        return {k: _without_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return ["" if v is None else _without_none(v) for v in obj]
+    return obj
 
 
 def sample_image_paths(records: list[dict], cache_dir: str, n: int) -> list[str]:

@@ -163,7 +163,8 @@ def test_summary_for_the_manifest_carries_the_choice_latency_and_gates(chromium_
     assert (s["quantization"], s["quantization_requested"]) == ("fp16", "auto")
     assert s["quantization_reason"] == meta["quantization_reason"] and "uint8_size_mb" not in s
     assert s["latency_runtime"] == "chromium-wasm" and s["latency_ms_median"] == chromium_report["latency_ms_median"]
-    assert s["gates"] == chromium_report["gates"] and s["toolchain"]["tensorflowjs"]
+    passed_gates = [{k: v for k, v in g.items() if v is not None} for g in chromium_report["gates"]]
+    assert s["gates"] == passed_gates and s["toolchain"]["tensorflowjs"]  # no None: a KFP parameter
     assert (s["max_size_mb"], s["max_latency_ms"]) == (150.0, 5000.0)
     json.dumps(s)  # a KFP parameter: plain JSON
 
@@ -244,3 +245,11 @@ def test_validate_export_component_reports_every_gate_and_raises_with_every_reas
     report = json.loads((tmp_path / "bad.json").read_text())
     failed = {g["gate"] for g in report["gates"] if not g["passed"]}
     assert failed == {"model_size_mb", "latency_ms_median"} and len(report["reasons"]) == 2
+
+
+def test_the_summary_for_the_manifest_holds_no_none():
+    """It travels as a KFP parameter (dsl.OneOf into the manifest step), which cannot hold None."""
+    from shared.export import _without_none
+
+    assert _without_none({"a": None, "b": [1, None, {"c": None, "d": 2}], "e": {"f": None}}) == {
+        "b": [1, "", {"d": 2}], "e": {}}

@@ -238,7 +238,9 @@ def test_student_and_baseline_refuse_missing_weights(cached_splits, tmp_path):
     from shared.student_training import train_student
 
     with pytest.raises(WeightsUnavailable, match="student test_efficientnet: model.pretrained is true"):
-        train_student({"model": {"name": "test_efficientnet", "image_size": 32}}, cached_splits["train"],
+        train_student({"model": {"name": "test_efficientnet", "image_size": 32},
+                       "augmentation": {"train": {"resize": 36, "crop": 32}, "val": {"resize": 36, "center_crop": 32}}},
+                      cached_splits["train"],
                       cached_splits["val"], cached_splits["cache_dir"], str(tmp_path), None, log=lambda *_: None)
     with pytest.raises(WeightsUnavailable, match="baseline test_efficientnet"):
         build_backbone("test_efficientnet", True, None)
