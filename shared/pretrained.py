@@ -617,9 +617,9 @@ def staged_summary(staged: dict | None) -> dict:
     """What the manifest records for a model: id, revision, sha256, source."""
     if not staged:
         return {}
-    return {k: staged.get(k) for k in ("model_id", "revision", "commit", "pretrained", "sha256", "source",
-                                       "architecture") if staged.get(k) not in (None, "")} | {
-        "pretrained": bool(staged.get("pretrained"))}
+    out = {k: staged[k] for k in ("model_id", "revision", "commit", "sha256", "source", "architecture")
+           if staged.get(k) not in (None, "")}
+    return {**out, "pretrained": bool(staged.get("pretrained"))}
 
 
 # ---- the models of a run ---------------------------------------------------------------
