@@ -9,7 +9,7 @@ OUTPUT ?= outputs/local
 KFP_HOST ?=
 PARAMS ?=
 
-.PHONY: setup export-env run test compile submit images bench bench-scale sample-data manifests stage-weights clean
+.PHONY: setup export-env run run-containers test compile submit images bench bench-scale sample-data manifests stage-weights clean
 
 setup: $(VENV)/.stamp export-env
 
@@ -52,9 +52,21 @@ bench: setup
 manifests: $(VENV)/.stamp
 	$(PY) scripts/render_manifests.py --config $(CLUSTER_CONFIG)
 
-# Build (and with PUSH=1 push) the data, train and export images; needs a Docker engine.
-images:
-	bash scripts/build_images.sh $(if $(PUSH),--push) $(if $(TAG),--tag $(TAG))
+# Build (and with PUSH=1 push) the data, train and export images with docker or podman, named
+# as CONFIG_IMAGES's pipeline.images says. PUSH=1 also writes images/digests.yaml (make manifests
+# pins them). PYTHON_BASE / NODE_BASE: base-image mirror; BASES=local: Debian-built stand-ins
+# (no registry reachable); EXTRA_CA_CERTS=FILE: a proxy's CA bundle (build secret);
+# TORCH_INDEX_URL: torch's CUDA flavour. See images/README.md.
+IMAGES_CONFIG ?= $(CLUSTER_CONFIG)
+images: $(VENV)/.stamp
+	CONFIG=$(IMAGES_CONFIG) bash scripts/build_images.sh $(if $(PUSH),--push) $(if $(TAG),--tag $(TAG))
+
+# The local DAG in the three images (kfp.local.DockerRunner over Docker or podman): builds
+# them first (layer cache: seconds when nothing changed), ends like `make run`.
+CONTAINER_OUTPUT ?= outputs/containers
+run-containers: setup sample-data
+	CONFIG=$(CONFIG) bash scripts/build_images.sh
+	$(PY) pipeline.py run-containers --config $(CONFIG) --output $(CONTAINER_OUTPUT) --data-dir data
 
 # make submit KFP_HOST=https://.../pipeline [EXPERIMENT=...] [PARAMS="regional_teachers=[...] quantization=uint8"]
 submit: $(VENV)/.stamp

@@ -15,6 +15,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # kfp is imported where it is used: the CLI starts fast
+    from kfp.local import DockerRunner, SubprocessRunner
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
@@ -22,16 +26,29 @@ sys.path.insert(0, str(ROOT))
 from shared.pipeline_config import load_pipeline_config  # noqa: E402
 
 
-def _import_components(cfg: dict):
-    """Import components after the image registry/tag from the config is in the env."""
-    os.environ["PLANTID_IMAGE_REGISTRY"] = cfg["pipeline"]["images"]["registry"]
-    os.environ["PLANTID_IMAGE_TAG"] = str(cfg["pipeline"]["images"]["tag"])
-    from components import (baseline, cache_images, calibrate, combine_soft_labels, evaluate_teacher, export_tfjs,
-                            ingest, split, stage_weights, teacher_logits, train_student, train_teacher,
-                            training_manifest, validate_export)
+def _import_components() -> dict:
+    """The components by step name. Their images are set per config when the pipeline is built
+    (components.images.apply_images_to_pipeline), so importing them reads no config."""
+    from components import (
+        baseline,
+        cache_images,
+        calibrate,
+        combine_soft_labels,
+        evaluate_teacher,
+        export_tfjs,
+        ingest,
+        split,
+        stage_weights,
+        teacher_logits,
+        train_student,
+        train_teacher,
+        training_manifest,
+        validate_export,
+    )
 
     return {"ingest": ingest.ingest, "cache_images": cache_images.cache_images,
-            "split": split.split, "regional_split": split.regional_split, "baseline": baseline.baseline, "stage_weights": stage_weights.stage_weights,
+            "split": split.split, "regional_split": split.regional_split, "baseline": baseline.baseline,
+            "stage_weights": stage_weights.stage_weights,
             "train_teacher": train_teacher.train_teacher,
             "evaluate_teacher": evaluate_teacher.evaluate_teacher,
             "teacher_logits": teacher_logits.teacher_logits,
@@ -53,15 +70,19 @@ def build_pipeline(cfg: dict):
     """Return the @dsl.pipeline function for `cfg` (its values are the parameter defaults)."""
     from kfp import dsl
 
-    c = _import_components(cfg)
+    c = _import_components()
+    from components.images import apply_images_to_pipeline
     from components.platform import apply_platform_to_pipeline
     d, ca, b, t = cfg["data"], cfg["cache"], cfg["baseline"], cfg["teachers"]
     global_teacher_cfg, regional_teachers_default = teacher_parameters(cfg)
     from shared.student_config import load_student_config
 
-    student_cfg = load_student_config(cfg["student"]["config"], cfg["student"]["overrides"])
+    # the student reads the cache's student rendition (cache.student_resize; 0: the main files)
+    student_cfg = load_student_config(cfg["student"]["config"], {**cfg["student"]["overrides"],
+                                                                  "data.student_rendition": ca["student_resize"]})
     cl = cfg["cluster"] if isinstance(cfg["cluster"], dict) else {}
     gpus_default, student_gpus_default = int(cl.get("gpus_per_teacher", 1)), int(cl.get("gpus_per_student", 1))
+    settings_default = {k: cfg[k] for k in ("data", "cache", "split", "calibration", "export", "weights")}
 
     @dsl.pipeline(name=cfg["pipeline"]["name"], description=cfg["pipeline"]["description"])
     def plantid_pipeline(
@@ -73,6 +94,7 @@ def build_pipeline(cfg: dict):
         min_side: int = d["min_side"],
         cache_dir: str = ca["dir"],
         resize: int = ca["resize"],
+        student_resize: int = ca["student_resize"],
         max_fail_rate: float = ca["max_fail_rate"],
         fetch_policy: dict = ca["fetch"],
         cache_workers: int = ca["workers"],
@@ -84,7 +106,7 @@ def build_pipeline(cfg: dict):
         global_teacher_config: dict = global_teacher_cfg,
         regional_teachers: list = regional_teachers_default,
         global_teacher_weight: float = t["global_weight"],
-        teacher_overrides: dict = {},
+        teacher_overrides: dict = {},  # noqa: B006 (a KFP parameter default: a constant in the spec)
         logits_top_k: int = t["logits_top_k"],
         checkpoint_dir: str = t["checkpoint_dir"],
         gpus_per_teacher: int = gpus_default,
@@ -105,14 +127,14 @@ def build_pipeline(cfg: dict):
         gate_max_latency_ms: float = cfg["export"]["gates"]["max_latency_ms"],
         latency_runtime: str = cfg["export"]["latency_runtime"],
         seed: int = cfg["pipeline"]["seed"],
-        pipeline_settings: dict = {k: cfg[k] for k in ("data", "cache", "split", "calibration", "export", "weights")},
+        pipeline_settings: dict = settings_default,
     ):
         ing = c["ingest"](source=source, records_uri=records_uri, mongo=mongo,
                           license_allow=license_allow, min_side=min_side, snapshot_id=snapshot_id)
         ing.set_display_name("ingest (phase 0)")
         cached = c["cache_images"](records=ing.outputs["records"], cache_dir=cache_dir, resize=resize,
                                    min_side=min_side, max_fail_rate=max_fail_rate,
-                                   workers=cache_workers, fetch_policy=fetch_policy)
+                                   workers=cache_workers, fetch_policy=fetch_policy, student_resize=student_resize)
         cached.set_display_name("cache images (phase 0)")
         sp = c["split"](cached=cached.outputs["cached"], regions="", seed=split_seed)
         sp.set_display_name("stratified split (1.0)")
@@ -222,6 +244,8 @@ def build_pipeline(cfg: dict):
         # caching, retries); the pod's GPU count follows the torchrun process count.
         apply_platform_to_pipeline(cfg["cluster"], accelerator_limits={"train_teacher": gpus_per_teacher,
                                                                        "train_student": gpus_per_student})
+        # Each task's image from this config (registry and tag, or digests), not from import time.
+        apply_images_to_pipeline(cfg["pipeline"]["images"])
 
     return plantid_pipeline
 
@@ -238,18 +262,39 @@ def _latest_run_dir(root: Path, name: str) -> "Path | None":
     return runs[-1] if runs else None
 
 
-def run_local(cfg: dict, output: str) -> dict:
-    """Run the whole DAG with kfp.local's SubprocessRunner; return where outputs are."""
+def run_local(cfg: dict, output: str,
+              runner: "SubprocessRunner | DockerRunner | None" = None) -> dict:
+    """Run the whole DAG with a kfp.local runner (default: SubprocessRunner(use_venv=False));
+    return where outputs are.
+
+    The console gets one line per task as it starts and ends (seconds, status, key metric) and
+    a closing summary; everything kfp and the tasks print goes to <output>/run.log. A failed
+    run shows the failing task's last lines and raises shared.run_console.LocalRunFailed."""
     from kfp import local
+
+    from shared.run_console import RUN_LOG, LocalRunFailed, RunConsole, summary_lines
 
     out = Path(output).resolve()
     root = out / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True)
+    # tasks print through a pipe: unbuffered, the log shows each line when it happens, and a
+    # task killed mid-way still leaves its last lines for the failure report
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    runner = runner if runner is not None else local.SubprocessRunner(use_venv=False)
+    console = RunConsole(out / RUN_LOG)
+    console.say(f"{cfg['pipeline']['name']}: running the DAG with kfp.local ({type(runner).__name__}); "
+                f"full log: {console.log_path}")
     t0 = time.time()
-    build_pipeline(cfg)()
+    try:
+        with console.capture():
+            local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
+            build_pipeline(cfg)()
+    except Exception as err:
+        console.failure_report(err)
+        console.close()
+        failed = console.failed[0].name if console.failed else "the run"
+        raise LocalRunFailed(f"{failed} failed; see {console.log_path}") from err
     run_dir = _latest_run_dir(root, cfg["pipeline"]["name"])
     summary = {"run_dir": str(run_dir), "seconds": round(time.time() - t0, 1), "outputs": {}}
     if run_dir:
@@ -273,7 +318,34 @@ def run_local(cfg: dict, output: str) -> dict:
             shutil.copytree(files["bundle"], dst)
             summary["tfjs_model"] = str(dst)
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.log(f"outputs under {summary['run_dir']}:")
+    for task, files in summary["outputs"].items():
+        for name, path in files.items():
+            console.log(f"  {task:40s} {name:16s} {path}")
+    for line in summary_lines(summary, out, console.log_path, console.tasks_ok(), len(console.skipped)):
+        console.say(line)
+    console.close()
     return summary
+
+
+def run_containers(cfg: dict, output: str, data_dir: str) -> dict:
+    """run_local with kfp.local.DockerRunner: each task in the image the compiled pipeline names,
+    with the checks and podman handling of components/container_run.py."""
+    import tempfile
+
+    import yaml
+    from kfp import local
+
+    from components.container_run import ContainerRunError, container_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = next(yaml.safe_load_all(Path(compile_pipeline(cfg, str(Path(tmp) / "p.yaml"))).read_text()))
+    images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
+    try:
+        with container_session(cfg, Path(output).resolve(), Path(data_dir).resolve(), images) as run_cfg:
+            return run_local(run_cfg, output, runner=local.DockerRunner())
+    except ContainerRunError as e:
+        raise SystemExit(f"run-containers: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,6 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--config", default="config/local.yaml")
     r.add_argument("--records", help="a records JSONL to use instead of the bundled data")
     r.add_argument("--output", default="outputs/local")
+    k = sub.add_parser("run-containers", help="run the DAG locally, each task in its container image "
+                                              "(kfp.local.DockerRunner over Docker or podman)")
+    k.add_argument("--config", default="config/local.yaml")
+    k.add_argument("--records", help="a records JSONL to use instead of the bundled data")
+    k.add_argument("--output", default="outputs/containers")
+    k.add_argument("--data-dir", default="data", help="mounted read-only: records and their images live here")
+    for p in (r, k):
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
+                       help="override a config value (dotted key, YAML value); repeatable")
     c = sub.add_parser("compile", help="compile the DAG to a KFP pipeline YAML")
     c.add_argument("--config", default="config/cluster.yaml")
     c.add_argument("--output", default="pipeline.yaml")
@@ -304,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     if getattr(args, "records", None):
         overrides = {"data.source": "jsonl", "data.records_uri": str(Path(args.records).resolve())}
+    for item in getattr(args, "set", []):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
     cfg = load_pipeline_config(args.config, overrides)
     if args.cmd == "compile":
         print("compiled:", compile_pipeline(cfg, args.output))
@@ -329,15 +417,16 @@ def main(argv: list[str] | None = None) -> int:
                             params=parse_params(args.param), namespace=args.namespace,
                             service_account=cfg["cluster"]["service_account"])
         print("submitted run:", run_id)
-    elif args.cmd == "run-local":
-        summary = run_local(cfg, args.output)
-        print(f"\nLocal run finished in {summary['seconds']} s; outputs under {summary['run_dir']}")
-        for task, files in summary["outputs"].items():
-            for name, path in files.items():
-                print(f"  {task:32s} {name:16s} {path}")
-        print(f"summary: {Path(args.output).resolve() / 'run_summary.json'}")
-        print(f"TRAINING_MANIFEST.yaml: {summary.get('training_manifest', 'not written')}")
-        print(f"TF.js model: {summary.get('tfjs_model', 'not exported (the student was not blessed; see the manifest)')}")
+    elif args.cmd in ("run-local", "run-containers"):
+        from shared.run_console import LocalRunFailed
+
+        try:  # run_local prints the task lines and the closing summary (where the results are)
+            if args.cmd == "run-containers":
+                run_containers(cfg, args.output, args.data_dir)
+            else:
+                run_local(cfg, args.output)
+        except LocalRunFailed:
+            return 1  # the console already names the failed task, its last lines and the log
     return 0
 
 

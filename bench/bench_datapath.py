@@ -15,6 +15,14 @@ loader returns uint8 crops and the drawn jitter/blur parameters, DevicePhotometr
 finishes the batch on the GPU; bench/bench_gpu.py times that GPU side);
 "ours_half_decode" (student) lets JPEGs decode at half size although the crop is then
 upsampled by up to 1.15x (`decode_upsample=1.15`, not the default).
+"ours_rendition" (student) is the student's path since issue 16: the same transform on the
+cache's 256 px student rendition (cache.student_resize: 256, made from the 448 files as
+shared/image_cache.render_student makes it; the plan's Resize 256 is then no resampling,
+only a crop), "ours_rendition_deferred" its CPU side with the photometric work on the GPU
+(training.photometric_on_gpu: auto, what the trainer runs on CUDA). The goal is judged on
+the real path: "ours" for the teacher, "ours_rendition" for the student (photometric on
+the CPU; "goal_met_gpu_path" with it deferred). timm still reads the 448 files (what its
+own path would read); the renditions lie in another folder, as timm's dataset scans its.
 timm's path is timm's own: timm.data.ImageDataset (PIL open + convert RGB) with
 timm.data.create_transform(input_size, is_training=True, interpolation="bilinear",
 mean/std of the config) and timm's defaults otherwise (random-resized crop
@@ -27,6 +35,10 @@ Images are synthetic photos (smooth colour fields, leaf-like shapes with edges,
 multi-scale texture, sensor noise), 448 px on the short side in the usual aspect
 ratios, written as the cache writes them (JPEG quality JPEG_QUALITY), so decoding
 costs what it costs on real cached photos (about 2-3 bits per pixel).
+
+`steps_ms_per_image_1_thread` splits one teacher image's time into its steps, ours and
+timm's (best of rounds, 1 thread, decoded images in memory): what the plan's heavier
+augmentation (hue, rotation, blur) costs against timm's default.
 
 Per core: images/s divided by the cores doing the work: 1 with num_workers=0 (torch
 limited to 1 thread), num_workers with workers (the main process only receives
@@ -121,6 +133,25 @@ def make_cache(root: str | Path, n: int, short_side: int = 448, seed: int = 0) -
     return recs
 
 
+def add_student_renditions(root: str | Path, student_root: str | Path, recs: list[dict], side: int) -> list[dict]:
+    """The cache step's student rendition (shared/image_cache.render_student) of each cached
+    file under root, written to student_root (not root: timm's ImageDataset scans its root and
+    must see the 448 files only), and the records with their student_* fields."""
+    from shared.image_cache import render_student, student_cache_path_for
+
+    out = []
+    for r in recs:
+        made = render_student((Path(root) / r["cache_path"]).read_bytes(), side)
+        assert made is not None, "the synthetic 448 px files are larger than the rendition"
+        jpeg, w, h = made
+        rel = student_cache_path_for(r["sha256"], side)
+        (Path(student_root) / rel).parent.mkdir(parents=True, exist_ok=True)
+        (Path(student_root) / rel).write_bytes(jpeg)
+        out.append({**r, "student_cache_path": rel, "student_width": w, "student_height": h,
+                    "student_resize": side})
+    return out
+
+
 def plan_sections() -> dict[str, tuple[dict, int, bool]]:
     """model -> (augmentation.train, crop size, smart crop) from the plan's configs."""
     from shared.student_config import load_student_config
@@ -146,10 +177,12 @@ def timm_transform(aug: dict, size: int, matched: bool):
                             mean=tuple(norm["mean"]), std=tuple(norm["std"]), **kw)
 
 
-def datasets(root: str, recs: list[dict]) -> dict[tuple[str, str], torch.utils.data.Dataset]:
+def datasets(root: str, recs: list[dict], student_root: str | None = None, student_side: int = 0
+             ) -> dict[tuple[str, str], torch.utils.data.Dataset]:
     from timm.data import ImageDataset
 
     from shared.augment import build_train_transform
+    from shared.image_cache import student_records
     from shared.image_dataset import CachedImageDataset, class_list
 
     classes = class_list(recs)
@@ -167,7 +200,19 @@ def datasets(root: str, recs: list[dict]) -> dict[tuple[str, str], torch.utils.d
         if model == "student":  # half-size JPEG decoding: crops upsampled up to 1.15x, not the default
             out[(model, "ours_half_decode")] = CachedImageDataset(
                 recs, root, classes, build_train_transform(aug, size, smart, decode_upsample=1.15))
+        if model == "student" and student_root:  # the student's own rendition (its path since issue 16)
+            srecs = student_records(recs, student_side)
+            out[(model, "ours_rendition")] = CachedImageDataset(srecs, student_root, classes,
+                                                                build_train_transform(aug, size, smart))
+            out[(model, "ours_rendition_deferred")] = CachedImageDataset(
+                srecs, student_root, classes, build_train_transform(aug, size, smart, defer_photometric=True))
     return out
+
+
+# The path each model trains on now (photometric augmentation on the CPU), and the same
+# with it on the GPU (training.photometric_on_gpu on CUDA): what the goals are judged on.
+REAL_PATH = {"teacher": "ours", "student": "ours_rendition"}
+GPU_PATH = {"teacher": "ours_deferred", "student": "ours_rendition_deferred"}
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -217,7 +262,7 @@ def measure(ds, workers: int, min_images: int, seed: int = 0) -> dict[str, float
         torch.set_num_threads(threads)
 
 
-def decode_ms(root: str, recs: list[dict], n: int = 64) -> dict[str, float]:
+def decode_ms(root: str, recs: list[dict], n: int = 64, student_root: str | None = None) -> dict[str, float]:
     """Milliseconds per image, one thread, for the decoders we could use."""
     from torchvision.io import decode_jpeg
 
@@ -225,6 +270,7 @@ def decode_ms(root: str, recs: list[dict], n: int = 64) -> dict[str, float]:
 
     datas = [(Path(root) / r["cache_path"]).read_bytes() for r in recs[:n]]
     paths = [str(Path(root) / r["cache_path"]) for r in recs[:n]]
+    student = [str(Path(student_root) / r["student_cache_path"]) for r in recs[:n]] if student_root else []
 
     def best(fn, items, rounds=3):
         times = []
@@ -242,7 +288,77 @@ def decode_ms(root: str, recs: list[dict], n: int = 64) -> dict[str, float]:
                 "pil_draft_half": best(lambda p: decode_image(p, 224), paths),
                 "pil_draft_quarter": best(lambda p: decode_image(p, 112), paths),
                 "torchvision_decode_jpeg_cpu": best(
-                    lambda d: decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8)), datas)}
+                    lambda d: decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8)), datas),
+                **({"pil_full_student_rendition": best(lambda p: decode_image(p), student)} if student else {})}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def steps_ms(root: str, recs: list[dict], n: int = 32, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Milliseconds per teacher image, one thread, step by step: ours (the fast path's steps
+    with the plan's section) and timm's default transform (each step of its Compose), on
+    images already decoded (decoding is measured apart, the same for both). The jitter ops
+    are timed with fixed factors (all four, then without hue); blur is timed when drawn
+    and counted at its probability."""
+    from shared import augment as A
+    from shared.image_dataset import decode_image
+
+    aug, size, smart = plan_sections()["teacher"]
+    tf = A.build_train_transform(aug, size, smart)
+    timm_steps = timm_transform(aug, size, matched=False).transforms
+    imgs = [decode_image(Path(root) / r["cache_path"]) for r in recs[:n]]
+    boxes = [tf.smart_box(im) for im in imgs]
+
+    def best(fn, items) -> float:
+        times = []
+        for _ in range(rounds):
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            for it in items:
+                fn(it)
+            times.append((time.perf_counter() - t0) / len(items) * 1e3)
+        return round(min(times), 3)
+
+    def geometry(k: int) -> Image.Image:
+        img = tf._resized_random_crop(imgs[k].crop(boxes[k]) if smart else imgs[k])
+        for t in tf.geometric:
+            img = t(img)
+        return img
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        idx = range(len(imgs))
+        crops = [np.asarray(geometry(k)) for k in idx]
+        floats = [A.photometric(c, []) for c in crops]
+        jitter = [("brightness", 1.1), ("contrast", 0.9), ("saturation", 1.2), ("hue", 0.1)]
+        sigma = sum(A.BLUR_SIGMA) / 2
+        ours = {"whole_transform": best(lambda k: tf(imgs[k], box=boxes[k]), idx),
+                "smart_crop_resized_random_crop": best(
+                    lambda k: tf._resized_random_crop(imgs[k].crop(boxes[k]) if smart else imgs[k]), idx),
+                "geometry_with_flips_rotation": best(geometry, idx),
+                "to_float_normalise": best(lambda k: A.photometric(crops[k], [], tf.mean, tf.std), idx),
+                "jitter_without_hue_to_float_normalise": best(
+                    lambda k: A.photometric(crops[k], jitter[:3], tf.mean, tf.std), idx),
+                "jitter_with_hue_to_float_normalise": best(
+                    lambda k: A.photometric(crops[k], jitter, tf.mean, tf.std), idx),
+                "blur_when_drawn": best(lambda k: A.gaussian_blur_float(floats[k], tf.blur_kernel, sigma), idx),
+                "blur_probability": tf.blur_p,
+                "deferred_uint8_output": best(lambda k: A.chw_uint8(Image.fromarray(crops[k])), idx)}
+        ours["hue"] = round(ours["jitter_with_hue_to_float_normalise"]
+                            - ours["jitter_without_hue_to_float_normalise"], 3)
+        timm: dict[str, float] = {}
+        prev = 0.0
+        for j in range(len(timm_steps)):
+            def upto(k: int, j: int = j) -> None:
+                x = imgs[k]
+                for t in timm_steps[:j + 1]:
+                    x = t(x)
+            t = best(upto, idx)
+            timm[f"{j + 1}_{type(timm_steps[j]).__name__}"] = round(t - prev, 3)
+            prev = t
+        timm["whole_transform"] = round(prev, 3)
+        return {"ours_teacher": ours, "timm_teacher": timm}
     finally:
         torch.set_num_threads(threads)
 
@@ -254,11 +370,14 @@ def run(tmp: str | None = None, images: int = 256, rounds: int = 2, workers: tup
         own = tempfile.TemporaryDirectory()
         tmp = own.name
     try:
-        root = str(Path(tmp) / "cache")
+        root, student_root = str(Path(tmp) / "cache"), str(Path(tmp) / "cache_student")
         recs = make_cache(root, images)
+        side = int(plan_sections()["student"][0]["resize"])  # config/cluster.yaml's cache.student_resize: 256
+        recs = add_student_renditions(root, student_root, recs, side)
         sizes = [os.path.getsize(Path(root) / r["cache_path"]) for r in recs]
         bpp = 8 * sum(sizes) / sum(r["cached_width"] * r["cached_height"] for r in recs)
-        dss = datasets(root, recs)
+        student_bytes = [os.path.getsize(Path(student_root) / r["student_cache_path"]) for r in recs]
+        dss = datasets(root, recs, student_root, side)
         rates: dict[tuple[str, str, int], list[dict]] = {}
         for rnd in range(rounds):
             for w in workers:
@@ -284,25 +403,36 @@ def run(tmp: str | None = None, images: int = 256, rounds: int = 2, workers: tup
                 def ratio(a, b, table=per_core, model=model, w=w):
                     return round(table[(model, a, w)] / table[(model, b, w)], 3)
                 ratios[f"{model}_workers{w}"] = {
-                    "ours_over_timm": ratio("ours", "timm"), "ours_over_timm_wall": ratio("ours", "timm", per_core_wall),
+                    "ours_over_timm": ratio("ours", "timm"),
+                    "ours_over_timm_wall": ratio("ours", "timm", per_core_wall),
                     "ours_over_timm_matched": ratio("ours", "timm_matched"), "ours_over_old": ratio("ours", "old"),
-                    "goal": GOALS[model], "goal_met": per_core[(model, "ours", w)] >= GOALS[model]
-                    * per_core[(model, "timm", w)]}
+                    "real_path": REAL_PATH[model], "real_over_timm": ratio(REAL_PATH[model], "timm"),
+                    "real_over_timm_wall": ratio(REAL_PATH[model], "timm", per_core_wall),
+                    "gpu_path": GPU_PATH[model], "gpu_path_over_timm": ratio(GPU_PATH[model], "timm"),
+                    "goal": GOALS[model],
+                    "goal_met": per_core[(model, REAL_PATH[model], w)] >= GOALS[model] * per_core[(model, "timm", w)],
+                    "goal_met_gpu_path": per_core[(model, GPU_PATH[model], w)]
+                    >= GOALS[model] * per_core[(model, "timm", w)]}
             w = max(workers)  # the loader's per-core rate with workers: what a pod's workers sustain
             sustain = {p: round(per_core[(model, p, w)] * LOADER_CORES) for p in
                        ("ours", "old", "timm", "ours_deferred")
-                       + (("ours_half_decode",) if model == "student" else ())}
+                       + (("ours_half_decode", "ours_rendition", "ours_rendition_deferred")
+                          if model == "student" else ())}
             need = GPU_NEED[model]["images_per_s"]
             pod[model] = {"per_core_rate_from_workers": w, "loader_cores": LOADER_CORES,
                           "sustained_images_per_s": sustain, "gpu_need_images_per_s": need,
                           "gpu_need": GPU_NEED[model]["what"],
-                          "ours_covers_need": sustain["ours"] >= need,
-                          "ours_share_of_need": round(sustain["ours"] / need, 2),
-                          "ours_deferred_share_of_need": round(sustain["ours_deferred"] / need, 2)}
+                          "real_path": REAL_PATH[model], "gpu_path": GPU_PATH[model],
+                          "ours_covers_need": sustain[REAL_PATH[model]] >= need,
+                          "ours_share_of_need": round(sustain[REAL_PATH[model]] / need, 2),
+                          "ours_deferred_share_of_need": round(sustain[GPU_PATH[model]] / need, 2)}
         result = {"images": images, "batch": BATCH, "rounds": rounds, "cpu_count": os.cpu_count(),
                   "torch": torch.__version__, "image_bytes_mean": round(float(np.mean(sizes))),
                   "bits_per_pixel": round(bpp, 2), "rows": rows, "ratios": ratios,
-                  "pod_16_cores": pod, "decode_ms_per_image_1_thread": decode_ms(root, recs)}
+                  "pod_16_cores": pod, "student_rendition_side": side,
+                  "student_rendition_bytes_mean": round(float(np.mean(student_bytes))),
+                  "decode_ms_per_image_1_thread": decode_ms(root, recs, student_root=student_root),
+                  "steps_ms_per_image_1_thread": steps_ms(root, recs, rounds=max(2, rounds + 1))}
         log(format_table(result))
         return result
     finally:
@@ -321,13 +451,18 @@ def format_table(res: dict) -> str:
                      f"{r['images_per_cpu_second']:>10.1f} {r['images_per_s_per_core_wall']:>8.1f} "
                      f"{r['first_epoch_images_per_cpu_second']:>9.1f}")
     for k, v in res["ratios"].items():
-        lines.append(f"{k}: ours/timm {v['ours_over_timm']:.2f} (wall {v['ours_over_timm_wall']:.2f}; goal >= "
-                     f"{v['goal']}: {'met' if v['goal_met'] else 'NOT met'}), ours/timm_matched "
-                     f"{v['ours_over_timm_matched']:.2f}, ours/old {v['ours_over_old']:.2f}")
+        lines.append(f"{k}: {v['real_path']}/timm {v['real_over_timm']:.2f} (wall {v['real_over_timm_wall']:.2f}; "
+                     f"goal >= {v['goal']}: {'met' if v['goal_met'] else 'NOT met'}); photometric on the GPU: "
+                     f"{v['gpu_path']}/timm {v['gpu_path_over_timm']:.2f} "
+                     f"({'met' if v['goal_met_gpu_path'] else 'NOT met'}); ours/timm {v['ours_over_timm']:.2f} "
+                     f"(wall {v['ours_over_timm_wall']:.2f}), ours/timm_matched {v['ours_over_timm_matched']:.2f}, "
+                     f"ours/old {v['ours_over_old']:.2f}")
     for model, p in res["pod_16_cores"].items():
         lines.append(f"{model}: {p['loader_cores']} loader cores sustain {p['sustained_images_per_s']} img/s; "
                      f"the GPU needs {p['gpu_need_images_per_s']} ({p['gpu_need']})")
     lines.append(f"decode ms/image (1 thread): {res['decode_ms_per_image_1_thread']}")
+    for who, steps in res.get("steps_ms_per_image_1_thread", {}).items():
+        lines.append(f"{who} ms/image by step (1 thread, decoded): {steps}")
     return "\n".join(lines)
 
 

@@ -332,7 +332,7 @@ def ingest_mongo(ctx: dict) -> dict:
     t0 = time.perf_counter()
     docs = []
     with open(work / "catalogue.jsonl", encoding="utf-8") as f:
-        for _, ln in zip(range(n_slice), f):
+        for _, ln in zip(range(n_slice), f, strict=False):  # the first n_slice lines
             docs.append(_mongo_doc(json.loads(ln)))
     coll = mongomock.MongoClient().plantid.images
     coll.insert_many(docs)
@@ -593,7 +593,7 @@ def training_manifest(ctx: dict) -> dict:
     res_dir = work / "results"
     res_dir.mkdir(exist_ok=True)
     paths = {}
-    for name, regions in [("global", ""), *[(t, r) for t, r, _ in REGIONAL_TEACHERS]]:
+    for name, _regions in [("global", ""), *[(t, r) for t, r, _ in REGIONAL_TEACHERS]]:
         stats = json.loads((work / "splits" / name / "stats.json").read_text())
         test_classes = sorted(set(_taxa(work / "splits" / name / "test.jsonl")))
         per_region = {r: round(0.66 + 0.02 * i + (0.15 if name != "global" else 0), 4)
@@ -613,7 +613,7 @@ def training_manifest(ctx: dict) -> dict:
     global_result.update(uri="gs://plantid/global/results", checkpoint="gs://plantid/global/model",
                          model_name=global_cfg["model"]["name"])
     regional_results = []
-    for t, r, _ in REGIONAL_TEACHERS:
+    for t, _r, _ in REGIONAL_TEACHERS:
         rr = tm.read_result(paths[t], {"teacher": t, "top1_accuracy": 0.82})
         rr.update(uri=f"gs://plantid/{t}/results", checkpoint=f"gs://plantid/{t}/model")
         regional_results.append(rr)
@@ -635,7 +635,8 @@ def training_manifest(ctx: dict) -> dict:
         return json.loads(Path(p).read_text())
 
     data_stats = {"snapshot_id": "catalogue-bench-scale", "ingest": load(work / "ingest" / "audit.json"),
-                  "split": load(work / "splits" / "global" / "stats.json"), "cache": load(work / "cache" / "report.json")}
+                  "split": load(work / "splits" / "global" / "stats.json"),
+                  "cache": load(work / "cache" / "report.json")}
     staged = {role: {"role": role, "model_id": mid, "revision": "main", "commit": "0" * 40, "pretrained": True,
                      "source": "hub", "sha256": "ab" * 32, "architecture": mid.split(".")[0]}
               for role, mid in (("global_teacher", "vit_base_patch16_384.augreg_in21k_ft_in1k"),
@@ -738,7 +739,7 @@ def run_size(label: str, records: int, species: int, work: Path, seed: int, mong
     ctx = {"workdir": str(work), "records": records, "species": species, "seed": seed, "mongo_slice": mongo_slice}
     log(f"== bench-scale {label}: {records:,} usable records, {species:,} species (work dir {work})")
     steps: dict[str, dict] = {}
-    for name, what, synthetic in STEPS:
+    for name, _what, synthetic in STEPS:
         fig = run_step(name, ctx, work, name in profile)
         fig["synthetic"] = synthetic
         steps[name] = fig
@@ -807,8 +808,9 @@ def evaluate(sizes: dict[str, dict], full_records: int = FULL_RECORDS) -> dict:
     checks["split_plus_combine_under_60s_at_full_size"] = (
         all(s.get("split_plus_combine_seconds", float("inf")) < SPLIT_COMBINE_TARGET_S for s in full)
         if full else None)
-    checks["every_step_ran"] = all(set(s["steps"]) == set(STEP_NAMES) and not any("error" in f for f in s["steps"].values())
-                                   for s in sizes.values())
+    checks["every_step_ran"] = all(
+        set(s["steps"]) == set(STEP_NAMES) and not any("error" in f for f in s["steps"].values())
+        for s in sizes.values())
     decided = [v for v in checks.values() if isinstance(v, bool)]
     checks["passed"] = all(decided)
     return {"ratios": ratios, "checks": checks}
@@ -870,7 +872,8 @@ def report_text(res: dict) -> str:
         busy = max(loads) > (res["machine"]["cpus"] or 1)
         lines.append(f"machine: {res['machine']['cpus']} CPUs, 1-min load average before the steps "
                      f"{min(loads):.1f}-{max(loads):.1f}"
-                     + (" (above the CPU count at times: wall times include other jobs, compare CPU s)" if busy else ""))
+                     + (" (above the CPU count at times: wall times include other jobs, compare CPU s)"
+                        if busy else ""))
     for k in ("every_step_ran", "every_step_under_16gib", "split_plus_combine_under_60s_at_full_size",
               "no_superlinear_step", "passed"):
         if k in checks:

@@ -79,7 +79,7 @@ def run() -> dict:
     n, c, k = 20_000, 9000, 32
     rng = np.random.default_rng(0)
     rows = [sparsify(torch.from_numpy(rng.normal(0, 2, (1000, c)).astype(np.float32)), k) for _ in range(n // 1000)]
-    idx, val, lse, conf = (np.concatenate(p) for p in zip(*rows))
+    idx, val, lse, conf = (np.concatenate(p) for p in zip(*rows, strict=True))
     tl = TeacherLogits(np.array([f"i{i:07d}" for i in range(n)]), idx, val, lse, conf, np.zeros(n, np.int32),
                        [f"c{i}" for i in range(c)])
     with tempfile.TemporaryDirectory() as tmp:

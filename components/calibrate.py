@@ -33,10 +33,13 @@ def calibrate(model: Input[Model], val: Input[Dataset], test: Input[Dataset], ca
         min_precision: Gate: precision above the threshold >= this, on val and test (plan 5.4: 0.95).
 
     Returns:
-        calibrated: The checkpoint with temperature and threshold. calibration: calibration.json with the
-            gate table. reliability: Reliability diagram (HTML). reliability_png: The same as PNG.
+        calibrated: The checkpoint with temperature and threshold.
+        calibration: calibration.json with the gate table.
+        reliability: Reliability diagram (HTML).
+        reliability_png: The same as PNG.
         metrics: Temperature, ECE/MCE, threshold, coverage and precision on val and test, blessed.
-        blessed: Whether every gate passed. reason: Each failed (or passed) gate with its value and bound.
+        blessed: Whether every gate passed.
+        reason: Each failed (or passed) gate with its value and bound.
     """
     from collections import namedtuple
 

@@ -1,5 +1,4 @@
 """Phase 3: combine the global and regional teachers' logits into soft labels."""
-from typing import List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
@@ -8,10 +7,25 @@ from components.images import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def combine_soft_labels(global_logits: Input[Artifact], regional_logits: Input[List[Artifact]],
+def combine_soft_labels(global_logits: Input[Artifact], regional_logits: Input[list[Artifact]],
                         train: Input[Dataset], student_config: dict, top_k: int,
                         soft_labels: Output[Artifact], metrics: Output[Metrics]):
-    """Union class space, per-teacher weights (student.yaml) renormalised per sample."""
+    """Union class space, per-teacher weights (student.yaml) renormalised per sample.
+
+    Args:
+        global_logits: The global teacher's top-k logits (teacher_logits); its metadata carries its weight.
+        regional_logits: Every regional teacher's top-k logits (collected from the ParallelFor).
+        train: The train split the logits were computed on.
+        student_config: The student config (the plan's student.yaml, loaded): distillation temperature
+            and teacher weights.
+        top_k: Classes kept per sample in the combined soft labels.
+
+    Returns:
+        soft_labels: The combined soft labels per train sample (sparse top-k); its metadata carries the
+            classes, samples, teacher weights and temperature.
+        metrics: Samples, classes, mean entropy, teacher agreement, row-sum error, bytes per sample and
+            each teacher's coverage.
+    """
     from shared.records import load_jsonl
     from shared.soft_labels import run_combine
 

@@ -10,7 +10,22 @@ def evaluate_teacher(name: str, model: Input[Model], test: Input[Dataset], cache
                      confusion_top_n: int, metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
                      report: Output[HTML], results: Output[Artifact]):
     """Top-1/top-5/loss, per-region top-1, per-class recall; names are stable across
-    runs so the KFP UI can compare them."""
+    runs so the KFP UI can compare them.
+
+    Args:
+        name: The teacher's name ("global", or the regional teacher's name).
+        model: The teacher checkpoint (train_teacher).
+        test: The test split it is scored on (the common global test set).
+        cache_dir: The image cache (volume path or gs://).
+        confusion_top_n: The confusion matrix covers this many most frequent classes (the rest: "other").
+
+    Returns:
+        metrics: top1_accuracy, top5_accuracy, loss, the share of classes above the recall threshold and
+            top-1 per region.
+        confusion: Confusion matrix of the most frequent classes.
+        report: The evaluation as a page (HTML).
+        results: Every figure with the teacher's name (JSON, read by the training manifest).
+    """
     from shared.atomic import write_json, write_text
     from shared.evaluation import confusion_matrix_top, evaluate_checkpoint, report_html
     from shared.records import load_jsonl

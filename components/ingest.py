@@ -11,8 +11,21 @@ def ingest(source: str, records_uri: str, mongo: dict, license_allow: list, min_
            rejections: Output[Dataset], metrics: Output[Metrics]):
     """Read image records, keep allowed licences, drop duplicates, audit.
 
-    snapshot_id names the catalogue snapshot, so KFP's cache reuses a result only
-    for the same snapshot."""
+    Args:
+        source: Where records come from: "jsonl" (records_uri) or "mongo" (the `mongo` settings).
+        records_uri: The records JSONL (a path, gs:// or http(s) URL) when source is "jsonl".
+        mongo: The config's data.mongo section (uri_env, database, collection, query, field_map, limit).
+        license_allow: The licences kept (e.g. CC0, CC-BY, CC-BY-SA); any other is dropped.
+        min_side: Records whose image is known to be smaller than this (pixels, short side) are dropped.
+        snapshot_id: Names the catalogue snapshot, so KFP's cache reuses a result only for the same
+            snapshot.
+
+    Returns:
+        records: The kept records (JSONL); its metadata carries snapshot_id and the count.
+        audit: Records read, valid and kept, per licence and region, class sizes, drops by reason (JSON).
+        rejections: Every dropped record with its reason (JSONL).
+        metrics: Records read, valid, kept and dropped, unique images, classes, permissive share.
+    """
     from shared.ingest import run_ingest
 
     a = run_ingest(source, records_uri, mongo, license_allow, min_side,

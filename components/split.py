@@ -18,8 +18,11 @@ def split(cached: Input[Dataset], regions: str, seed: int, train: Output[Dataset
         seed: The split seed (deterministic for records + seed).
 
     Returns:
-        train: Train records. val: Val records. test: Test records (the common test set).
-        stats: Counts per split, class and region, the leakage check. histogram: Class balance (HTML).
+        train: Train records.
+        val: Val records.
+        test: Test records (the common test set).
+        stats: Counts per split, class and region, the leakage check.
+        histogram: Class balance (HTML).
         metrics: Images and classes per split, class overlap, leak_free.
     """
     from shared.split import run_split, split_metrics
@@ -40,14 +43,18 @@ def regional_split(global_train: Input[Dataset], global_val: Input[Dataset], glo
     so nothing one teacher holds out is trained on by another; fails on any leakage.
 
     Args:
-        global_train: The global train split. global_val: The global val split.
+        global_train: The global train split.
+        global_val: The global val split.
         global_test: The global test split.
         regions: The teacher's regions, comma-separated (e.g. "EU_NORTH,EU_EAST").
 
     Returns:
-        train: The region's train records. val: Its val records (species it can learn).
-        test: Its test records. stats: Counts, nesting/leakage check, species unlearnable in the region.
-        histogram: Class balance (HTML). metrics: Images and classes per split, leak_free.
+        train: The region's train records.
+        val: Its val records (species it can learn).
+        test: Its test records.
+        stats: Counts, nesting/leakage check, species unlearnable in the region.
+        histogram: Class balance (HTML).
+        metrics: Images and classes per split, leak_free.
     """
     from shared.split import run_regional_split, split_metrics
 

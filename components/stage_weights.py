@@ -12,8 +12,8 @@ from components.images import TRAIN_IMAGE
 # The train image: checking that the file loads into the timm architecture needs torch and
 # timm (the data image has neither); the task still runs on the CPU node pool.
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def stage_weights(role: str, kind: str, config: dict, overrides: dict, weights_cache: str, hub_endpoint: str, offline: bool,
-                  weights: Output[Model]):
+def stage_weights(role: str, kind: str, config: dict, overrides: dict, weights_cache: str, hub_endpoint: str,
+                  offline: bool, weights: Output[Model]):
     """Stage one model's pretrained weights.
 
     Args:

@@ -8,7 +8,21 @@ from components.images import TRAIN_IMAGE
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def teacher_logits(name: str, regions: str, weight: float, model: Input[Model], train: Input[Dataset],
                    cache_dir: str, top_k: int, logits: Output[Artifact], metrics: Output[Metrics]):
-    """Top-k logits of `model` on the train samples of `regions` ("" = all)."""
+    """Top-k logits of `model` on the train samples of `regions` ("" = all).
+
+    Args:
+        name: The teacher's name ("global", or the regional teacher's name).
+        regions: The regions whose train samples are scored, comma-separated ("" = all).
+        weight: The teacher's weight in the soft labels (combine_soft_labels reads it from the metadata).
+        model: The teacher checkpoint (train_teacher).
+        train: The train split (JSONL records).
+        cache_dir: The image cache (volume path or gs://).
+        top_k: Logits kept per sample (the largest k, with the full log-sum-exp).
+
+    Returns:
+        logits: The sparse top-k logits per sample; its metadata names the teacher, regions and weight.
+        metrics: Samples, classes, k, bytes per sample, mean confidence and the teacher's train top-1.
+    """
     from shared.records import load_jsonl
     from shared.teacher_logits import run_teacher_logits
 

@@ -3,7 +3,6 @@
 Inputs of steps that may not have run are optional: the export bundle and its
 validation (under the quality gates' dsl.If; pass them with dsl.OneOf over an
 If/Else, or leave them out) and, for partial pipelines, the later phases."""
-from typing import List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
@@ -20,8 +19,8 @@ def training_manifest(
     baseline_report: Input[Artifact] = None,
     global_teacher_results: Input[Artifact] = None,
     global_teacher_model: Input[Model] = None,
-    regional_teacher_results: Input[List[Artifact]] = None,
-    regional_teacher_models: Input[List[Model]] = None,
+    regional_teacher_results: Input[list[Artifact]] = None,
+    regional_teacher_models: Input[list[Model]] = None,
     soft_labels: Input[Artifact] = None,
     student_model: Input[Model] = None,
     student_metrics: Input[Metrics] = None,
@@ -35,12 +34,41 @@ def training_manifest(
 ):
     """Write the reproducibility manifest (plan 7.1); absent phases are 'skipped' with the reason.
 
-    git_commit "" reads GIT_COMMIT (baked into the images) or the checkout.
-    export_summary: the export's figures as a parameter (uri, model_size_mb,
-    quantization, correlation, max_abs_diff, top1_agreement, passed) or
-    {"status": "skipped", "reason": ...}; it stands in for export_bundle /
-    export_validation, e.g. through dsl.OneOf over the gates' If/Else, which the
-    local runner supports for parameters but not for artifacts (kfp 2.17)."""
+    Args:
+        seed: The pipeline's seed.
+        git_commit: The code's commit; "" reads GIT_COMMIT (baked into the images) or the checkout.
+        snapshot_id: The catalogue snapshot the data came from.
+        global_teacher_config: The global teacher's config, as trained.
+        regional_teachers: The regional teachers (name, regions, config, weight), as trained.
+        student_config: The student config, as trained.
+        pipeline_settings: The pipeline config's data, cache, split, calibration, export and weights sections.
+        ingest_audit: The ingest audit (ingest).
+        split_stats: The split's counts and leakage check (split).
+        cache_report: The cache report (cache_images).
+        baseline_report: The baseline's figures (baseline).
+        global_teacher_results: The global teacher's test figures (evaluate_teacher).
+        global_teacher_model: The global teacher checkpoint (its uri and model name are recorded).
+        regional_teacher_results: Every regional teacher's test figures (collected).
+        regional_teacher_models: Every regional teacher checkpoint (collected).
+        soft_labels: The combined soft labels (combine_soft_labels).
+        student_model: The student checkpoint (train_student).
+        student_metrics: The student's metrics (train_student).
+        calibration: calibration.json with the gate table (calibrate).
+        export_bundle: The TF.js bundle (export_tfjs), when passed as an artifact.
+        export_validation: The export validation report (validate_export), when passed as an artifact.
+        export_summary: The export's figures as a parameter (uri, model_size_mb, quantization,
+            correlation, max_abs_diff, top1_agreement, passed) or {"status": "skipped", "reason": ...};
+            it stands in for export_bundle / export_validation, e.g. through dsl.OneOf over the gates'
+            If/Else, which the local runner supports for parameters but not for artifacts (kfp 2.17).
+        global_teacher_weights: The global teacher's staged pretrained weights (stage_weights).
+        student_weights: The student's staged pretrained weights (stage_weights).
+        baseline_weights: The baseline's staged pretrained weights (stage_weights).
+
+    Returns:
+        manifest: A directory holding TRAINING_MANIFEST.yaml; its metadata carries the commit, the
+            timestamp and each phase's status.
+        summary: The run's figures as a table (Markdown) to compare runs.
+    """
     import json
     import os
 

@@ -15,7 +15,26 @@ def validate_export(bundle: Input[Artifact], model: Input[Model], test: Input[Da
     chromium-wasm (headless Chromium, WASM backend: the browser figure; fails the latency gate
     with the reason where the image has no Chromium) or node-wasm (TF.js WASM in Node, reported
     as Node: the default, as the export image has no browser). The report lists every gate
-    (value, operator, bound, passed); any failed gate fails the step with every reason."""
+    (value, operator, bound, passed); any failed gate fails the step with every reason.
+
+    Args:
+        bundle: The TF.js bundle (export_tfjs).
+        model: The calibrated PyTorch checkpoint the bundle was exported from (the reference).
+        test: The test split (the compared images are sampled from it).
+        cache_dir: The image cache.
+        images: How many test images are compared.
+        min_correlation: Gate: logits correlation, TF.js vs PyTorch, > this.
+        max_size_mb: Gate: bundle size < this.
+        max_latency_ms: Gate: median single-image latency < this.
+        latency_runtime: chromium-wasm or node-wasm (see above).
+        latency_runs: Timed runs the latency median is taken over.
+
+    Returns:
+        report: Parity figures, size, latency and the gate table (JSON).
+        metrics: Logits correlation, top-1 agreement, max abs diff, size, latency, passed.
+        Output: The export's figures for the training manifest (uri, quantization, size, parity,
+            latency, gates, passed).
+    """
     from shared.atomic import write_json
     from shared.export import sample_image_paths, validate_tfjs_bundle, validation_summary
     from shared.records import load_jsonl

@@ -5,10 +5,16 @@
 #   scripts/build_images.sh [build] [--push] [--registry REG] [--tag TAG] [NAME ...]
 #   scripts/build_images.sh lock
 #
-# build: docker build (BuildKit) with the repository root as context, each image
-#   tagged $REGISTRY/plantid-<name>:$TAG, the names components/images.py uses;
-#   --push pushes them. REGISTRY / TAG default to the config's pipeline.images
+# build: docker (BuildKit) or podman, whichever answers (ENGINE=... to choose), with the
+#   repository root as context, each image tagged $REGISTRY/plantid-<name>:$TAG, the names the
+#   compiled pipeline uses; --push pushes them and writes their digests to images/digests.yaml
+#   (make manifests pins them). REGISTRY / TAG default to the config's pipeline.images
 #   (CONFIG, default config/cluster.yaml) and may come from the environment.
+#   PYTHON_BASE / NODE_BASE: base images (default the official python:3.11-slim-bookworm and
+#   node:20-bookworm-slim; an air-gapped site gives its mirror). BASES=local builds stand-ins
+#   from Debian packages instead (scripts/local_base_images.sh; needs root and debootstrap).
+#   EXTRA_CA_CERTS=FILE: CA certificates for a TLS-intercepting proxy, as a build secret.
+#   TORCH_INDEX_URL: torch's CUDA flavour (images/install_lock.sh), e.g. .../whl/cu126.
 # lock: resolve images/<name>/requirements.in with pip against the repository's
 #   requirements.lock (same versions as the tested environment) into
 #   images/<name>/requirements.lock.
@@ -21,11 +27,11 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 CONFIG="${CONFIG:-config/cluster.yaml}"
 ALL_IMAGES=(data train export)
 
-config_value() {  # pipeline.images.<key> from $CONFIG
-  "$PYTHON" - "$CONFIG" "$1" <<'EOF'
-import sys, yaml
-cfg = yaml.safe_load(open(sys.argv[1])) or {}
-print(((cfg.get("pipeline") or {}).get("images") or {}).get(sys.argv[2], ""))
+config_value() {  # pipeline.images.<key> of $CONFIG, defaults included
+  PYTHONPATH="$ROOT" "$PYTHON" - "$CONFIG" "$1" <<'EOF'
+import sys
+from shared.pipeline_config import load_pipeline_config
+print(load_pipeline_config(sys.argv[1])["pipeline"]["images"][sys.argv[2]])
 EOF
 }
 
@@ -47,6 +53,14 @@ for name, version in sorted(pins, key=lambda p: p[0].lower().replace("_", "-")):
   done
 }
 
+# docker when its engine answers, else podman (Docker-compatible; see scripts/setup_podman.sh).
+engine() {
+  if [ -n "${ENGINE:-}" ]; then echo "$ENGINE"; return; fi
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then echo docker; return; fi
+  if command -v podman >/dev/null 2>&1 && podman info >/dev/null 2>&1; then echo podman; return; fi
+  echo none
+}
+
 build() {
   local push=0 names=()
   while [ $# -gt 0 ]; do
@@ -54,7 +68,7 @@ build() {
       --push) push=1 ;;
       --registry) REGISTRY="$2"; shift ;;
       --tag) TAG="$2"; shift ;;
-      -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
       *) names+=("$1") ;;
     esac
     shift
@@ -62,21 +76,81 @@ build() {
   [ ${#names[@]} -gt 0 ] || names=("${ALL_IMAGES[@]}")
   REGISTRY="${REGISTRY:-$(config_value registry)}"
   TAG="${TAG:-$(config_value tag)}"
-  if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
-    echo "No Docker engine is reachable here (docker info failed): cannot build images." >&2
-    echo "Run this script where one is, e.g. in CI:  scripts/build_images.sh --push --tag $TAG" >&2
+  local eng
+  eng="$(engine)"
+  if [ "$eng" = none ]; then
+    echo "No container engine is reachable here (neither 'docker info' nor 'podman info' works): cannot build images." >&2
+    echo "Install podman (as root: scripts/setup_podman.sh) or run this where Docker runs, e.g. in CI:" >&2
+    echo "  scripts/build_images.sh --push --tag $TAG" >&2
     exit 2
+  fi
+  local python_base="${PYTHON_BASE:-python:3.11-slim-bookworm}" node_base="${NODE_BASE:-node:20-bookworm-slim}"
+  if [ "${BASES:-}" = local ]; then
+    bash "$ROOT/scripts/local_base_images.sh" "$eng"
+    python_base=localhost/plantid-base-python:3.11-bookworm node_base=localhost/plantid-base-node:20-bookworm
+  else
+    local base
+    for base in "$python_base" "$node_base"; do
+      "$eng" image inspect "$base" >/dev/null 2>&1 && continue
+      echo "pulling base image $base"
+      if ! timeout 180 "$eng" pull "$base" >/dev/null 2>&1; then
+        echo "Cannot pull the base image $base. Set PYTHON_BASE / NODE_BASE to your registry's mirror," >&2
+        echo "or BASES=local to build stand-ins from Debian packages (scripts/local_base_images.sh, root)." >&2
+        exit 2
+      fi
+    done
+  fi
+  # Extra CA certificates for a TLS-intercepting proxy: a build secret, never a layer. The secret
+  # is always given (empty without EXTRA_CA_CERTS) so the Dockerfiles need no `required=false`.
+  local ca_file
+  ca_file="$(mktemp)"
+  trap 'rm -f "$ca_file"' RETURN
+  if [ -n "${EXTRA_CA_CERTS:-}" ]; then cp "$EXTRA_CA_CERTS" "$ca_file"; fi
+  local flags=(--build-arg "PYTHON_BASE=$python_base" --build-arg "NODE_BASE=$node_base"
+               --secret "id=extra_ca,src=$ca_file")
+  [ -n "${TORCH_INDEX_URL:-}" ] && flags+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+  if [ "$eng" = podman ]; then
+    # Podman: host networking (rootful podman without a bridge here), and no pull of a base
+    # that is already local (the stand-ins only exist locally).
+    flags+=(--network=host --pull=missing)
+  else
+    export DOCKER_BUILDKIT=1
   fi
   local commit
   commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  local digests="$ROOT/images/digests.yaml"
+  [ "$push" = 1 ] && : > "$digests.tmp"
   for name in "${names[@]}"; do
     [ -f "images/$name/Dockerfile" ] || { echo "no images/$name/Dockerfile" >&2; exit 1; }
-    local ref="$REGISTRY/plantid-$name:$TAG"
-    echo "building $ref"
-    DOCKER_BUILDKIT=1 docker build -f "images/$name/Dockerfile" --build-arg "GIT_COMMIT=$commit" \
+    local ref="$REGISTRY/plantid-$name:$TAG" t0=$SECONDS
+    echo "building $ref with $eng (base $python_base)"
+    "$eng" build "${flags[@]}" -f "images/$name/Dockerfile" --build-arg "GIT_COMMIT=$commit" \
       --label "org.opencontainers.image.revision=$commit" -t "$ref" .
-    if [ "$push" = 1 ]; then docker push "$ref"; fi
+    local size
+    size="$("$eng" image inspect --format '{{.Size}}' "$ref")"
+    echo "built $ref in $((SECONDS - t0)) s, $(awk -v b="$size" 'BEGIN{printf "%.2f GB", b/1e9}')"
+    if [ "$push" = 1 ]; then
+      local digest
+      if [ "$eng" = podman ]; then
+        podman push --digestfile "$ca_file.digest" "$ref"
+        digest="$(cat "$ca_file.digest")"; rm -f "$ca_file.digest"
+      else
+        docker push "$ref"
+        digest="$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$ref" \
+                  | grep -F "$REGISTRY/plantid-$name@" | head -1 | sed 's/.*@//')"
+      fi
+      [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] || { echo "no digest for the pushed $ref: '$digest'" >&2; exit 1; }
+      echo "$name: $digest" >> "$digests.tmp"
+      echo "pushed $ref@$digest"
+    fi
   done
+  if [ "$push" = 1 ]; then
+    { echo "# Written by scripts/build_images.sh --push: the pushed images' digests for registry $REGISTRY,"
+      echo "# tag $TAG, commit $commit. make manifests pins them (pipeline.images.digests)."
+      echo "registry: $REGISTRY"; echo "tag: \"$TAG\""; echo "digests:"; sed 's/^/  /' "$digests.tmp"; } > "$digests.new"
+    rm -f "$digests.tmp"; mv "$digests.new" "$digests"
+    echo "digests -> $digests"
+  fi
 }
 
 case "${1:-build}" in

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.pipeline_only:
             print(compile_overlay_pipeline(config, Path(args.pipeline_only), Path(args.output)))
         else:
-            for path in render_all(config, Path(args.manifests_dir).resolve()):
+            for _path in render_all(config, Path(args.manifests_dir).resolve()):
                 pass
     except RenderError as e:
         print(f"render_manifests: {e}", file=sys.stderr)

@@ -8,8 +8,9 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 CHECKSUM_SUFFIX = ".sha256"
 # mkstemp creates 0600 files; published artifacts (a TF.js bundle served over HTTP)

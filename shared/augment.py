@@ -36,7 +36,7 @@ the jitter with torchvision's tensor functions, on the same seeds and images).""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -419,6 +419,21 @@ def gaussian_blur_float(x: np.ndarray, kernel_size: int, sigma: float) -> np.nda
 # them to the whole batch on the training device, with the same formulas.
 _OPS = ("brightness", "contrast", "saturation", "hue")
 PARAMS = 9  # op codes in order (4, -1: none), brightness, contrast, saturation, hue, blur sigma (0: none)
+
+
+def photometric_on_gpu(setting: str, where: str = "training.photometric_on_gpu") -> bool:
+    """Whether the train transform defers jitter/blur/normalisation to the GPU
+    (defer_photometric + DevicePhotometric in the trainer): "auto" when CUDA is there,
+    "true" (CUDA required: an error without it), "false" never."""
+    if setting == "auto":
+        return torch.cuda.is_available()
+    if setting == "true":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{where}: true, but no CUDA device is available; use auto or false on a CPU")
+        return True
+    if setting == "false":
+        return False
+    raise ValueError(f"{where}: {setting!r} is not one of auto, true, false")
 
 
 def chw_uint8(img: Image.Image) -> torch.Tensor:

@@ -300,7 +300,8 @@ def reliability_diagram_png(bins_before: list[dict], bins_after: list[dict] | No
         for i, b in enumerate(bins):
             if b["count"]:
                 h = (w - 2 * pad) * b["accuracy"]
-                d.rectangle([ox + pad + i * bar, w - pad - h, ox + pad + (i + 1) * bar - 1, w - pad], fill=(58, 125, 68))
+                d.rectangle([ox + pad + i * bar, w - pad - h, ox + pad + (i + 1) * bar - 1, w - pad],
+                            fill=(58, 125, 68))
         if len(panels) == 2:
             d.text((ox + pad, 4), "before" if panel == 0 else "after", fill="black")
     buf = io.BytesIO()

@@ -8,7 +8,7 @@ keeps the soft term's gradients on the same scale as the hard term's (Hinton
 et al. 2015). Only a batch x C dense target is ever built."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -125,7 +125,7 @@ def confusion_matrix_top(logits: np.ndarray, labels: np.ndarray, classes: list[s
     other = len(keep)
     m = np.zeros((other + 1, other + 1), dtype=np.int64)
     pred = logits.argmax(axis=1)
-    for t, p in zip(labels.tolist(), pred.tolist()):
+    for t, p in zip(labels.tolist(), pred.tolist(), strict=True):
         m[pos.get(t, other), pos.get(p, other)] += 1
     names = [classes[c] for c in keep] + ["other"]
     return names, m.tolist()
@@ -144,7 +144,8 @@ def report_html(metrics: dict[str, Any], title: str) -> str:
 <style>body{{font-family:sans-serif;margin:20px}} td,th{{padding:2px 12px;text-align:left}}</style></head>
 <body><h2>{esc(title)}</h2><p>{metrics.get('samples', 0)} samples, {metrics.get('num_classes_evaluated', 0)} classes</p>
 <table>{head}</table><h3>Top-1 per region</h3><table>{regions}</table>
-<h3>Classes with the lowest recall</h3><table><tr><th>class</th><th>recall</th></tr>{worst_rows}</table></body></html>"""
+<h3>Classes with the lowest recall</h3><table><tr><th>class</th><th>recall</th></tr>\
+{worst_rows}</table></body></html>"""
 
 
 def eval_transform_for(ckpt: dict):

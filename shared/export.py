@@ -292,7 +292,8 @@ def export_tfjs_bundle(checkpoint_path: str, out_dir: str, sample_images: list[s
 
     check_quantization(quantization, allow_auto=True)
     if quantization == AUTO and (max_size_mb is None or not max_size_mb > 0):
-        raise ValueError(f"quantization auto needs max_size_mb > 0 (the size limit it picks against), got {max_size_mb!r}")
+        raise ValueError(f"quantization auto needs max_size_mb > 0 (the size limit it picks against), "
+                         f"got {max_size_mb!r}")
     ckpt = load_checkpoint(checkpoint_path)
     model = build_model(ckpt)
     sample = preprocess(ckpt, sample_images[:8])  # enough for the checks; keeps export fast
@@ -546,7 +547,8 @@ def validate_tfjs_bundle(bundle_dir: str, checkpoint_path: str, images: list[str
             "latency_ms_median": latency, "max_latency_ms": float(max_latency_ms),
             "latency_runtime": latency_runtime, "latency_runtime_label": LATENCY_RUNTIMES[latency_runtime],
             "latency_backend": lat["backend"] if lat else None, "latency_runs": latency_runs,
-            "latency_warmup": lat["warmup"] if lat else latency_warmup, "latency_times_ms": lat["times_ms"] if lat else None,
+            "latency_warmup": lat["warmup"] if lat else latency_warmup,
+            "latency_times_ms": lat["times_ms"] if lat else None,
             "latency_browser": lat.get("browser") if lat else None,
             "latency_wasm_simd": lat.get("simd") if lat else None,
             "latency_wasm_threads": lat.get("threads") if lat else None, "latency_error": lat_error,

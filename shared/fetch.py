@@ -4,7 +4,8 @@ Retry-After honoured; gs:// through google-cloud-storage; file:// and local
 paths only when the policy allows them (local runs). Catalogue URLs are
 untrusted: loopback, link-local (cloud metadata) and private addresses are
 refused unless allowed, checked on the resolved address, again on the address
-the socket actually connected to (DNS rebinding), and after every redirect; downloads are capped in size, time and content type.
+the socket actually connected to (DNS rebinding), and after every redirect;
+downloads are capped in size, time and content type.
 
 An http(s) URL is judged on the host the HTTP client will connect to, not on a
 second parser's reading of it (`judge_http_url`): a URL that urllib.parse and
@@ -24,8 +25,9 @@ import socket
 import threading
 import time
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import urljoin, urlparse, urlsplit
 
 import idna
@@ -67,7 +69,7 @@ class FetchPolicy:
         HostAllowlist(self.host_allowlist)  # a bad entry fails here, naming it, not per URL later
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "FetchPolicy":
+    def from_dict(cls, d: dict | None) -> FetchPolicy:
         d = dict(d or {})
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names

@@ -12,7 +12,18 @@ images are scaled to 8 bits, never clipped. The same bytes under two taxa are a
 label conflict: neither record is trained on. Each index entry records the
 settings it was made under, the source size it was judged on and the cached
 file's checksums, so a re-run with other settings re-judges or re-renders it and
-a replaced file is refetched, not reused."""
+a replaced file is refetched, not reused.
+
+With `student_resize` (cache.student_resize) a second, smaller rendition is stored
+beside each cached image for the student (issue 16: decoding the 448 px JPEG was 40 %
+of the student's loader time): the main cached JPEG resized to that short side
+(`ab/<sha256>.s<short side>.jpg`, made from the main file, so adding it to a full
+cache fetches nothing again), written atomically, and recorded in the index entry
+(`student`: its short side, version, checksums, stat and the main file's sha256 it
+was made from), so a missing, replaced or stale one (made from an older main file or
+at another size) is rebuilt. An image already no larger than that keeps one file:
+its rendition is the main file. Cached records then carry `student_cache_path`,
+`student_width`, `student_height` and `student_resize` (read by `student_records`)."""
 from __future__ import annotations
 
 import base64
@@ -25,19 +36,20 @@ import threading
 import time
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from shared.atomic import sha256_file, write_bytes, write_json
-from shared.fetch import FetchError, Fetcher, FetchPolicy
+from shared.fetch import Fetcher, FetchError, FetchPolicy
 from shared.gcs import is_gs_uri
-from shared.remote_cache import RemoteCache, RemoteCacheError, remote_cache
 from shared.records import Record, load_jsonl, write_jsonl
+from shared.remote_cache import RemoteCache, RemoteCacheError, remote_cache
 
 INDEX_NAME = "index.jsonl"
 # How often a gs:// cache's index is uploaded while caching (and once at the end):
@@ -58,6 +70,9 @@ ACCEPTANCE_KEYS = ("min_side", "max_pixels")
 # Rejections that do not count against the plan's "all URLs downloadable (< 5% failing)":
 # the image was downloaded and decodes, it is just not usable as training data.
 NOT_FAILURES = {"too_small", "duplicate_content", "too_wide_for_jpeg", "label_conflict"}
+# Bump whenever the same main file and short side would give another student rendition:
+# older student renditions are then rebuilt (from the main file, nothing is refetched).
+STUDENT_RENDITION_VERSION = 1
 # Unsigned 16-bit -> 8-bit over the type's whole range (0 -> 0, 65535 -> 255), rounded.
 _LUT16 = np.rint(np.arange(65536, dtype=np.float64) / 257.0).astype(np.uint8)
 
@@ -93,6 +108,12 @@ class CacheReport:
     index_checks: dict[str, int] = field(default_factory=dict)
     # Cached records whose source was scaled down to 8 bits (16-bit, 32-bit, float), per mode.
     high_bit_depth: dict[str, int] = field(default_factory=dict)
+    # With student_resize: how each record's student rendition was found ("stat", "listing",
+    # "rehashed", "same_as_main": the image is no larger, its main file serves) or why it
+    # was (re)built: built_new (a freshly rendered main file), missing_entry, settings_changed,
+    # stale (made from another main file), missing_file, size_mismatch, checksum_mismatch,
+    # unreadable_file, bad_entry.
+    student_renditions: dict[str, int] = field(default_factory=dict)
 
     @property
     def fail_counts(self) -> dict[str, int]:
@@ -117,7 +138,7 @@ class CacheReport:
                 "too_small": counts.get("too_small", 0), "duplicates": counts.get("duplicate_content", 0),
                 "label_conflicts": counts.get("label_conflict", 0),
                 "high_bit_depth": self.high_bit_depth, "settings": self.settings,
-                "index_checks": self.index_checks,
+                "index_checks": self.index_checks, "student_renditions": self.student_renditions,
                 "fail_counts": counts, "seconds": round(self.seconds, 2),
                 "images_per_second": round(self.attempted / self.seconds, 2) if self.seconds else 0.0,
                 "failures": self.failures}
@@ -126,6 +147,35 @@ class CacheReport:
 def cache_path_for(sha256: str) -> str:
     """Relative cache path from the content hash only (never from record fields)."""
     return f"{sha256[:2]}/{sha256}.jpg"
+
+
+def student_cache_path_for(sha256: str, short_side: int) -> str:
+    """Relative path of the student rendition at `short_side`: beside the main file, the
+    size in the name (a run with another student_resize never overwrites a file that a
+    running job may be reading)."""
+    return f"{sha256[:2]}/{sha256}.s{int(short_side)}.jpg"
+
+
+def student_records(records: list[dict], short_side: int, what: str = "student") -> list[dict]:
+    """The records as the student reads them: each one's `cache_path` (and cached size)
+    replaced by its student rendition's. Never falls back to the main file: a record
+    without a rendition at `short_side` is an error naming it (a cache made without
+    cache.student_resize, or with another value: re-run cache_images)."""
+    out = []
+    for r in records:
+        have = r.get("student_resize")
+        if not r.get("student_cache_path") or have is None:
+            raise ValueError(f"{what}: record {r.get('image_id')}: no student rendition (student_cache_path) "
+                             f"although {short_side} px is configured (data.student_rendition, from "
+                             "cache.student_resize): these records were cached without cache.student_resize; "
+                             "re-run cache_images with it")
+        if int(have) != int(short_side):
+            raise ValueError(f"{what}: record {r.get('image_id')}: its student rendition is {have} px "
+                             f"(student_resize), the config asks for {short_side} px (data.student_rendition); "
+                             "re-run cache_images with cache.student_resize set to it")
+        out.append({**r, "cache_path": r["student_cache_path"], "cached_width": r.get("student_width"),
+                    "cached_height": r.get("student_height")})
+    return out
 
 
 def resolve(cache_dir: str | os.PathLike, rec: dict) -> Path:
@@ -274,6 +324,27 @@ def render_image(data: bytes, resize: int, min_side: int, max_pixels: int) -> Re
     return Rendition(buf.getvalue(), img.width, img.height, sw, sh, source_mode, value_range)
 
 
+def render_student(main_jpeg: bytes, short_side: int) -> tuple[bytes, int, int] | None:
+    """The student rendition of a main cached JPEG: resized (bicubic, as the main file
+    was) to `short_side` and stored at the cache's JPEG quality; None when the image is
+    no larger than that (the main file then serves as it is: never upscale).
+    Made from the main file rather than the source: a cache that is already full gets
+    its renditions without fetching anything again, and a rendition depends on the main
+    file alone (which the index checks it against)."""
+    try:
+        img = Image.open(io.BytesIO(main_jpeg))
+        if min(img.size) <= short_side:
+            return None
+        img = img.convert("RGB")
+        scale = short_side / min(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=JPEG_QUALITY)
+    except Exception as e:  # noqa: BLE001 - our own file: unreadable means corrupt, reported per record
+        raise ImageRejected("student_rendition_error", f"{type(e).__name__}: {e}") from None
+    return buf.getvalue(), img.width, img.height
+
+
 def process_image(data: bytes, resize: int, min_side: int, max_pixels: int) -> tuple[bytes, int, int]:
     """Decode, check and resize image bytes; return (jpeg bytes, width, height)."""
     r = render_image(data, resize, min_side, max_pixels)
@@ -288,7 +359,9 @@ class CacheIndex:
     settings (cache_settings() it was made under), source_width, source_height,
     source_mode, value_range (high-bit-depth sources), file_sha256 and file_md5 (base64,
     as GCS lists it) of the cached file, and for a local cache stat = [size, mtime_ns,
-    ctime_ns, inode] of that file when last verified. Entries of version 1 (no settings)
+    ctime_ns, inode] of that file when last verified; with a student rendition, student =
+    {resize, version, from_file_sha256 (the main file it was made from), cache_path, width,
+    height, bytes, file_sha256, file_md5, stat}. Entries of version 1 (no settings)
     are re-rendered once. A truncated last line (a kill mid-write) is ignored."""
 
     def __init__(self, cache_dir: Path):
@@ -349,6 +422,13 @@ def _entry_valid(cache_dir: Path, e: dict, settings: dict[str, Any],
         return False, "settings_changed"
     if e.get("cache_path") != cache_path_for(str(e.get("sha256"))):
         return False, "bad_entry"  # never follow a path the index did not derive from the hash
+    return _file_valid(cache_dir, e, remote_objects)
+
+
+def _file_valid(cache_dir: Path, e: dict, remote_objects: dict[str, tuple[int, str | None]] | None
+                ) -> tuple[bool, str]:
+    """Whether the file an index entry (or its `student` part) records at e["cache_path"]
+    is still the one it wrote: bytes, file_md5 (gs://), stat, else file_sha256."""
     if remote_objects is not None:  # a gs:// cache: the bucket holds the truth
         obj = remote_objects.get(e["cache_path"])
         if obj is None:
@@ -371,7 +451,25 @@ def _entry_valid(cache_dir: Path, e: dict, settings: dict[str, Any],
         digest = sha256_file(p)
     except OSError:
         return False, "unreadable_file"
-    return (True, "rehashed") if digest == e["file_sha256"] else (False, "checksum_mismatch")
+    return (True, "rehashed") if digest == e.get("file_sha256") else (False, "checksum_mismatch")
+
+
+def _student_valid(cache_dir: Path, e: dict, short_side: int,
+                   remote_objects: dict[str, tuple[int, str | None]] | None = None) -> tuple[bool, str]:
+    """Whether a (valid) main entry's student rendition can be reused, and how that was
+    decided (or why not); the main file's own check covers a rendition that is it."""
+    st = e.get("student")
+    if not isinstance(st, dict):
+        return False, "missing_entry"
+    if st.get("resize") != short_side or st.get("version") != STUDENT_RENDITION_VERSION:
+        return False, "settings_changed"
+    if st.get("from_file_sha256") != e.get("file_sha256"):
+        return False, "stale"  # made from a main file that has since been re-rendered
+    if st.get("cache_path") == e["cache_path"]:
+        return True, "same_as_main"
+    if st.get("cache_path") != student_cache_path_for(str(e.get("sha256")), short_side):
+        return False, "bad_entry"
+    return _file_valid(cache_dir, st, remote_objects)
 
 
 def _write_if_changed(path: Path, data: bytes) -> os.stat_result:
@@ -400,9 +498,10 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
                  min_side: int = 100, max_pixels: int = 89_478_485, policy: FetchPolicy | None = None,
                  workers: int = 8, max_fail_rate: float = 0.05,
                  progress: Callable[[int, int], None] | None = None,
-                 fetcher: Fetcher | None = None) -> CacheReport:
-    """Cache every record's image; see the module docstring. A record whose image
-    cannot be fetched, decoded or rendered is reported and skipped; raises
+                 fetcher: Fetcher | None = None, student_resize: int = 0) -> CacheReport:
+    """Cache every record's image; see the module docstring. student_resize > 0 also
+    stores each image's student rendition at that short side (render_student). A record
+    whose image cannot be fetched, decoded or rendered is reported and skipped; raises
     CacheWriteError when the cache itself cannot be written. The caller enforces
     the fail rate (check_fail_rate), after writing its outputs."""
     t0 = time.monotonic()
@@ -414,6 +513,9 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
         raise CacheWriteError(f"cannot write to the image cache {cache_dir}: {_describe_os_error(err)}") from err
     recs = [r.to_dict() if isinstance(r, Record) else dict(r) for r in records]
     settings = cache_settings(resize, min_side, max_pixels)
+    student_resize = int(student_resize or 0)
+    if student_resize < 0 or (student_resize and resize and student_resize > resize):
+        raise ValueError(f"student_resize: {student_resize} must be 0 (off) or in [1, resize={resize}]")
     remote_objects = None
     if remote:
         remote.refresh(INDEX_NAME)
@@ -423,6 +525,7 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
     results: list[Any] = [None] * len(recs)
     counters: Counter = Counter()
     checks: Counter = Counter()
+    student_checks: Counter = Counter()
     done = [0]
     lock = threading.Lock()
     progress = progress or _log_progress(len(recs))
@@ -435,6 +538,32 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
             raise CacheWriteError(f"cannot write to the image cache {cache_dir}: "
                                   f"{_describe_os_error(err)}") from err
 
+    def student_part(e: dict, main_jpeg: bytes | None, why: str) -> dict:
+        """Build, store and describe the student rendition of entry e (its main file
+        valid): from main_jpeg, else read back from the cache (why: the reason, counted)."""
+        with lock:
+            student_checks[why] += 1
+        if main_jpeg is None:  # a gs:// cache downloads it (its failures, like the disk's, stop the step)
+            main_jpeg = store(lambda: Path(remote.fetch(e["cache_path"]) if remote else root / e["cache_path"])
+                              .read_bytes())
+        made = render_student(main_jpeg, student_resize)
+        part: dict[str, Any] = {"resize": student_resize, "version": STUDENT_RENDITION_VERSION,
+                                "from_file_sha256": e["file_sha256"]}
+        if made is None:  # no larger than the rendition: the main file serves
+            return {**part, "cache_path": e["cache_path"], "width": e["cached_width"],
+                    "height": e["cached_height"], "bytes": e["bytes"], "file_sha256": e["file_sha256"],
+                    "file_md5": e.get("file_md5")}
+        jpeg, w, h = made
+        rel = student_cache_path_for(e["sha256"], student_resize)
+        part.update({"cache_path": rel, "width": w, "height": h, "bytes": len(jpeg),
+                     "file_sha256": hashlib.sha256(jpeg).hexdigest(), "file_md5": _md5_b64(jpeg)})
+        st = store(lambda: _write_if_changed(root / rel, jpeg))  # temp file + rename
+        if remote:
+            store(lambda: remote.upload(rel))
+        else:
+            part["stat"] = _stat_key(st)
+        return part
+
     def cache_one(url: str) -> tuple[str, dict, str]:
         e = index.get(url)
         if e and "error" not in e:
@@ -442,8 +571,23 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
             with lock:
                 checks[how] += 1
             if ok:
+                changed = False
                 if how == "rehashed":  # verified by content: record the new stat, the next run trusts it
                     e = {**e, "stat": _stat_key(store(lambda: (root / e["cache_path"]).stat()))}
+                    changed = True
+                if student_resize:
+                    s_ok, s_how = _student_valid(root, e, student_resize, remote_objects)
+                    if not s_ok:
+                        e = {**e, "student": student_part(e, None, s_how)}
+                        changed = True
+                    else:
+                        if s_how == "rehashed":
+                            e = {**e, "student": {**e["student"], "stat": _stat_key(
+                                store(lambda: (root / e["student"]["cache_path"]).stat()))}}
+                            changed = True
+                        with lock:
+                            student_checks[s_how] += 1
+                if changed:
                     store(lambda: index.add(e))
                 try:  # min_side / max_pixels may have changed since the entry was made
                     judge_size(e["source_width"], e["source_height"], min_side, max_pixels)
@@ -465,6 +609,8 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
             store(lambda: remote.upload(rel))
         else:
             e["stat"] = _stat_key(st)
+        if student_resize:  # written (and uploaded) before the index line that names it
+            e["student"] = student_part(e, r.jpeg, "built_new")
         store(lambda: index.add(e))
         if remote:
             store(lambda: remote.upload(INDEX_NAME, at_most_every=INDEX_PUSH_SECONDS))
@@ -489,11 +635,13 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
         index.close()
         if remote and (root / INDEX_NAME).exists():
             remote.upload(INDEX_NAME)
-    report = CacheReport(settings=settings, index_checks=dict(sorted(checks.items())))
+    report = CacheReport(settings={**settings, "student_resize": student_resize} if student_resize else settings,
+                         index_checks=dict(sorted(checks.items())),
+                         student_renditions=dict(sorted(student_checks.items())))
     conflicts = _label_conflicts(recs, results)
     seen: dict[str, str] = {}
     deep: Counter = Counter()
-    for rec, res in zip(recs, results):
+    for rec, res in zip(recs, results, strict=True):
         failure = {"image_id": rec.get("image_id"), "image_url": rec.get("image_url"), "field": "image_url"}
         if res[0] == "fail":
             report.failures.append({**failure, "reason": res[1], "detail": res[2]})
@@ -514,6 +662,10 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
         seen[e["sha256"]] = str(rec.get("image_id"))
         report.cached.append({**rec, "sha256": e["sha256"], "cache_path": e["cache_path"],
                               "cached_width": e["cached_width"], "cached_height": e["cached_height"]})
+        if student_resize:
+            sp = e["student"]
+            report.cached[-1].update({"student_cache_path": sp["cache_path"], "student_width": sp["width"],
+                                      "student_height": sp["height"], "student_resize": student_resize})
         if e.get("value_range") is not None:
             deep[str(e.get("source_mode"))] += 1
     report.fetched, report.reused = counters["fetched"], counters["reused"]
@@ -525,20 +677,23 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
 def _label_conflicts(recs: list[dict], results: list[Any]) -> dict[str, list[dict]]:
     """sha256 -> every record with those bytes, for bytes cached under more than one taxon."""
     groups: dict[str, list[dict]] = defaultdict(list)
-    for rec, res in zip(recs, results):
+    for rec, res in zip(recs, results, strict=True):
         if res[0] == "ok":
             groups[res[1]["sha256"]].append({"image_id": rec.get("image_id"), "taxon": rec.get("taxon")})
     return {sha: g for sha, g in groups.items() if len({str(x["taxon"]) for x in g}) > 1}
 
 
-def _log_progress(total: int, every: int = 0) -> Callable[[int, int], None]:
-    every = every or max(1, total // 10)
-    t0 = time.monotonic()
+def _log_progress(total: int, every_s: float = 60.0) -> Callable[[int, int], None]:
+    """The default progress callback: a line with rate and ETA at most every `every_s` seconds
+    (a fixed share of a 741k-image catalogue can take an hour), and one at the end."""
+    from shared.progress import Progress
+
+    p = Progress(total, "image", label="cache_images", every_s=every_s)
 
     def log(done: int, total_: int) -> None:
-        if done % every == 0 or done == total_:
-            rate = done / max(1e-9, time.monotonic() - t0)
-            print(f"cache_images: {done}/{total_} ({rate:.1f} images/s)", flush=True)
+        p.set(done)
+        if done >= total_:
+            p.finish()
     return log
 
 
@@ -553,10 +708,11 @@ def check_fail_rate(report: CacheReport, max_fail_rate: float) -> None:
 
 def run_cache_images(records_path: str, cache_dir: str, *, resize: int, min_side: int,
                      max_fail_rate: float, workers: int, fetch_policy: dict, out_cached: str,
-                     out_report: str, max_pixels: int = 89_478_485) -> dict[str, Any]:
+                     out_report: str, max_pixels: int = 89_478_485, student_resize: int = 0) -> dict[str, Any]:
     """The cache step: cache, write cached records + report, then enforce the fail rate."""
     report = cache_images(load_jsonl(records_path), cache_dir, resize=resize, min_side=min_side,
-                          max_pixels=max_pixels, policy=FetchPolicy.from_dict(fetch_policy), workers=workers)
+                          max_pixels=max_pixels, policy=FetchPolicy.from_dict(fetch_policy), workers=workers,
+                          student_resize=student_resize)
     write_jsonl(out_cached, report.cached)
     summary = report.to_dict()
     write_json(out_report, summary)

@@ -12,8 +12,8 @@ kept in a table shared with the DataLoader's workers."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

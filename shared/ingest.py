@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from shared import gcs
 from shared.licenses import DEFAULT_ALLOWED, allowed_set, parse_license

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ DEFAULTS: dict[str, Any] = {
         "name": "plantid-training",
         "description": "Plant-species identifier: teachers -> distilled student -> TF.js",
         "seed": 42,
-        "images": {"registry": "ghcr.io/plantid", "tag": "0.1.0"},
+        # digests: {data|train|export: "sha256:<64 hex>"} references that image by digest instead
+        # of by tag (immutable: what was pushed is what runs); images without one keep the tag.
+        "images": {"registry": "ghcr.io/plantid", "tag": "0.1.0", "digests": {}},
     },
     "data": {
         "source": "jsonl",  # jsonl | mongo
@@ -34,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "cache": {
         "dir": "data/image_cache",
         "resize": 448,
+        # short side of the student's own smaller rendition (0: none, the student reads the
+        # main cache); the pipeline gives it to the student as data.student_rendition
+        "student_resize": 0,
         "workers": 16,
         "max_fail_rate": 0.05,
         "fetch": {"allow_local_paths": False, "allow_private_networks": False,
@@ -152,7 +158,7 @@ def _expanded_size(obj: Any, limit: int = MAX_CONFIG_VALUES) -> int:
     return n
 
 
-def read_config_source(source: "str | Path | dict | None", what: str) -> Any:
+def read_config_source(source: str | Path | dict | None, what: str) -> Any:
     """A config given as a YAML file path or as an already parsed mapping."""
     if isinstance(source, (str, Path)):
         p = Path(source)
@@ -217,6 +223,27 @@ def _check_teacher_names(regional: list[dict]) -> None:
         seen[d.lower()] = t["name"]
 
 
+# The images under images/ (components/images.py IMAGES; tests/test_component_specs.py keeps them equal).
+IMAGE_NAMES = ("data", "train", "export")
+DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _check_images(images: dict) -> None:
+    """pipeline.images.digests: a mapping of known image names to sha256 digests, so a typo or a
+    truncated digest fails at load time, not as an image pull error in a pod."""
+    digests = images["digests"]
+    if not isinstance(digests, dict):
+        raise ConfigError(f"pipeline.images.digests: expected a mapping of image name to digest, got {digests!r}")
+    for name, digest in digests.items():
+        where = f"pipeline.images.digests.{name}"
+        if name not in IMAGE_NAMES:
+            near = difflib.get_close_matches(str(name), IMAGE_NAMES, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(f"{where}: unknown image{hint}; the images are {', '.join(IMAGE_NAMES)}")
+        if not (isinstance(digest, str) and DIGEST_PATTERN.fullmatch(digest)):
+            raise ConfigError(f"{where}: expected 'sha256:' and 64 lowercase hex digits, got {digest!r}")
+
+
 def _check_ranges(cfg: dict) -> None:
     """Values that would change a run silently: out of range is an error naming the key."""
     checks = [("cache.resize", cfg["cache"]["resize"], 1, None), ("cache.workers", cfg["cache"]["workers"], 1, None),
@@ -237,10 +264,15 @@ def _check_ranges(cfg: dict) -> None:
     for key, v, lo, hi in checks:
         if v < lo or (hi is not None and v > hi):
             raise ConfigError(f"{key}: {v} is outside [{lo}, {hi if hi is not None else 'inf'}]")
+    sr = cfg["cache"]["student_resize"]
+    if sr and not 1 <= sr <= cfg["cache"]["resize"]:  # never larger than the main files it is made from
+        raise ConfigError(f"cache.student_resize: {sr} is outside [1, cache.resize {cfg['cache']['resize']}] "
+                          "(0: no student rendition)")
     if cfg["export"]["quantization"] not in ("fp16", "float16", "uint8", "int8", "none", "auto"):
         raise ConfigError(f"export.quantization: fp16, uint8, none or auto, got {cfg['export']['quantization']!r}")
     if cfg["export"]["latency_runtime"] not in ("chromium-wasm", "node-wasm"):
-        raise ConfigError(f"export.latency_runtime: chromium-wasm or node-wasm, got {cfg['export']['latency_runtime']!r}")
+        raise ConfigError(f"export.latency_runtime: chromium-wasm or node-wasm, "
+                          f"got {cfg['export']['latency_runtime']!r}")
     if cfg["export"]["gates"]["profile"] not in ("plan", "local"):
         raise ConfigError(f"export.gates.profile: plan or local, got {cfg['export']['gates']['profile']!r}")
     if not cfg["teachers"]["global_weight"] > 0:  # 0 silences the global teacher; < 0 inverts it
@@ -288,6 +320,7 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
             raise ConfigError(f"teachers.regional[{i}].regions: {t['regions']!r} names no region")
     _check_teacher_names(cfg["teachers"]["regional"])
     _check_ranges(cfg)
+    _check_images(cfg["pipeline"]["images"])
     if "://" in cfg["teachers"]["checkpoint_dir"]:
         raise ConfigError(f"teachers.checkpoint_dir: must be a path (on the checkpoint volume), got "
                           f"{cfg['teachers']['checkpoint_dir']!r}")

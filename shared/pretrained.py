@@ -28,9 +28,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shared.atomic import sha256_file, write_json
 from shared.gcs import is_gs_uri
@@ -604,7 +605,8 @@ def preprocessing_mismatches(weights: dict | None, mean: list, std: list, image_
     out = []
     for key, ours in (("mean", mean), ("std", std)):
         theirs = pc.get(key)
-        if theirs is not None and any(abs(float(a) - float(b)) > 1e-3 for a, b in zip(ours, theirs)):
+        # strict=False: this only warns, so lengths that differ must not raise here
+        if theirs is not None and any(abs(float(a) - float(b)) > 1e-3 for a, b in zip(ours, theirs, strict=False)):
             out.append(f"normalize.{key} is {list(ours)} but {weights['model_id']} was trained with {list(theirs)}")
     size = (pc.get("input_size") or [None, None, None])[-1]
     if size and int(size) != int(image_size):

@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from shared.atomic import atomic_open
 

@@ -47,7 +47,7 @@ class SoftLabels:
                  classes_digest=np.asarray(classes_digest(self.classes), dtype=str))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SoftLabels":
+    def load(cls, path: str | os.PathLike) -> SoftLabels:
         z = load_npz(path, "soft labels")
         try:
             sl = cls(z["image_ids"], z["indices"], z["values"], [str(c) for c in z["classes"]],

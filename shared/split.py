@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import html
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

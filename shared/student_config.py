@@ -14,7 +14,11 @@ channels_last, num_workers, early_stopping_patience, deterministic (false; true:
 same seed gives the same weights bit for bit, as training.deterministic in the teacher
 configs); finetune.learning_rate
 (5e-5), finetune.augmentation (aggressive | standard), finetune.label_smoothing;
-augmentation train/val sections as in the teacher configs; data.smart_crop.
+augmentation train/val sections as in the teacher configs; data.smart_crop;
+data.student_rendition (0; set by the pipeline from cache.student_resize: the short side
+of the cache's student rendition, which the student's train and val datasets then read
+instead of the main cached files, failing on a record that lacks it); training.photometric_on_gpu
+(auto | true | false: colour jitter, blur and normalisation on the GPU, shared/augment.py).
 
 `model.num_classes` is the plan's expected class count: the real count is the
 soft labels' union class space, which wins (the difference is logged)."""
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.pipeline_config import ConfigError, merge_checked, merge_dotted, read_config_source
-from shared.teacher_config import TEACHER_DEFAULTS, check_augmentation
+from shared.teacher_config import TEACHER_DEFAULTS, check_augmentation, check_photometric_setting, photometric_words
 
 MOBILENETV2_WIDTHS = {0.5: "mobilenetv2_050", 0.75: "mobilenetv2_075", 1.0: "mobilenetv2_100",
                       1.1: "mobilenetv2_110d", 1.2: "mobilenetv2_120d", 1.4: "mobilenetv2_140"}
@@ -40,7 +44,7 @@ STUDENT_DEFAULTS: dict[str, Any] = {
                  "optimizer": "adam", "distillation_epochs": 0, "finetune_epochs": 0,
                  "weight_decay": 0.0, "gradient_clip": 0.0, "grad_accum_steps": 1, "amp": "auto",
                  "seed": 42, "channels_last": True, "num_workers": 6, "early_stopping_patience": 5,
-                 "deterministic": False},
+                 "deterministic": False, "photometric_on_gpu": "auto"},
     "finetune": {"learning_rate": 5e-5, "augmentation": "aggressive", "label_smoothing": 0.0},
     "augmentation": {
         "train": {"resize": 256, "crop": 224, "horizontal_flip": 0.5, "vertical_flip": 0.0,
@@ -50,13 +54,13 @@ STUDENT_DEFAULTS: dict[str, Any] = {
         "val": {"resize": 256, "center_crop": 224,
                 "normalize": copy.deepcopy(TEACHER_DEFAULTS["augmentation"]["val"]["normalize"])},
     },
-    "data": {"smart_crop": False},
+    "data": {"smart_crop": False, "student_rendition": 0},
 }
 TEACHER_ENTRY = {"path": "", "weight": 1.0, "region_filter": ""}
 
 
 def load_student_config(source: str | Path | dict | None, overrides: dict | None = None) -> dict:
-    raw = read_config_source(source, "student config")
+    raw, overrides = photometric_words(read_config_source(source, "student config"), overrides)
     teachers = raw.pop("teachers", None) if isinstance(raw, dict) else None
     cfg = merge_dotted(merge_checked({k: v for k, v in STUDENT_DEFAULTS.items() if k != "teachers"}, raw),
                        overrides)
@@ -94,6 +98,7 @@ def _check_values(cfg: dict) -> None:
     at_least += [(f"model.{k}", m[k], 1) for k in ("image_size", "num_classes")]
     at_least += [(f"training.{k}", t[k], 0) for k in ("distillation_epochs", "finetune_epochs", "warmup_epochs",
                                                        "num_workers", "weight_decay", "gradient_clip")]
+    at_least.append(("data.student_rendition", cfg["data"]["student_rendition"], 0))
     at_least += [(f"distillation.loss_weights.{k}", w[k], 0) for k in ("kl_divergence", "cross_entropy")]
     for i, e in enumerate(cfg["teachers"]):
         if not e["weight"] > 0:  # a 0 weight silences a teacher; a negative one inverts it
@@ -106,6 +111,7 @@ def _check_values(cfg: dict) -> None:
     if w["kl_divergence"] + w["cross_entropy"] <= 0:
         raise ConfigError("distillation.loss_weights: kl_divergence and cross_entropy are both 0")
     check_augmentation(cfg["augmentation"], m["image_size"])
+    check_photometric_setting(t["photometric_on_gpu"])
 
 
 def timm_model_name(model: dict) -> str:

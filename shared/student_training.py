@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from shared.augment import aggressive_train_aug, build_eval_transform, build_train_transform
+from shared.atomic import write_json
+from shared.augment import aggressive_train_aug, build_eval_transform, build_train_transform, photometric_on_gpu
 from shared.checkpoint import load_checkpoint
 from shared.distillation import SoftLabelLookup, make_kd_loss_fn
+from shared.image_cache import student_records
 from shared.image_dataset import CachedImageDataset, class_list
+from shared.pretrained import create_model, preprocessing_mismatches, read_staged, require_staged, staged_summary
+from shared.records import load_jsonl
 from shared.soft_labels import SoftLabels
 from shared.student_config import load_student_config, timm_model_name
-from shared.pretrained import create_model, preprocessing_mismatches, read_staged, require_staged, staged_summary
-from shared.atomic import write_json
-from shared.records import load_jsonl
 from shared.trainer import TrainSettings, distributed_env, fit, launch, seed_everything
 
 
@@ -45,6 +48,37 @@ def stage_settings(cfg: dict, stage: str, num_classes: int) -> TrainSettings:
         label_smoothing=0.0 if distill else cfg["finetune"]["label_smoothing"], num_classes=num_classes,
         patience=t["early_stopping_patience"], amp=t["amp"], channels_last=t["channels_last"],
         num_workers=t["num_workers"], seed=t["seed"], deterministic=t["deterministic"])
+
+
+def rendition_records(cfg: dict, train_records: list[dict], val_records: list[dict],
+                      log: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
+    """The train and val records as the student's datasets read them: with
+    data.student_rendition (the pipeline sets it from cache.student_resize) each one's
+    student rendition, an error naming any record without it (never the main file
+    instead); without it, the records as they are (the main cache).
+
+    What the rendition loses: nothing for the plan's student, whose train and val
+    transforms both resize the short side to 256 first (Resize 256 -> RandomCrop /
+    CenterCrop 224). The fine-tuning stage's aggressive augmentation is a
+    RandomResizedCrop(224, scale 0.35-1): a crop of less than (224/256)^2 = 77 % of the
+    256 px image (up to 1.5x at scale 0.35) is upsampled where the 448 file had the pixels
+    for it, i.e. its zoomed-in crops are softer; with smart crop (off for the student)
+    the 0.8 saliency box would be upsampled 1.25x to 256."""
+    short = int(cfg["data"]["student_rendition"])
+    if short <= 0:
+        return train_records, val_records
+    aug = cfg["augmentation"]
+    need = max(aug["train"]["resize"], aug["val"]["resize"])
+    if cfg["data"]["smart_crop"]:
+        from shared.smart_crop import SmartCrop
+
+        need = math.ceil(need / SmartCrop().crop_fraction)
+    if short < need:
+        log(f"WARNING: data.student_rendition {short} px is below the {need} px the student's resize needs: "
+            "its crops are upsampled from the rendition")
+    log(f"student: reading the cache's {short} px student rendition (data.student_rendition)")
+    return (student_records(train_records, short, "student train records"),
+            student_records(val_records, short, "student val records"))
 
 
 def train_student(config: dict, train_records: list[dict], val_records: list[dict], cache_dir: str,
@@ -83,8 +117,11 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
             "model_kwargs": {**model_args, "drop_rate": dropout},
             "mean": aug["val"]["normalize"]["mean"], "std": aug["val"]["normalize"]["std"],
             "config": cfg, "smart_crop": smart, "eval_resize": aug["val"]["resize"]}
-    val_ds = CachedImageDataset(val_records, cache_dir, classes, build_eval_transform(aug["val"], size, smart),
+    train_images, val_images = rendition_records(cfg, train_records, val_records, log)
+    val_ds = CachedImageDataset(val_images, cache_dir, classes, build_eval_transform(aug["val"], size, smart),
                                 label_missing="ignore")
+    defer = photometric_on_gpu(cfg["training"]["photometric_on_gpu"])  # the trainer finishes deferred batches
+    log(f"student: train photometric augmentation on the {'GPU (deferred)' if defer else 'CPU loader'}")
     result: dict[str, Any] = {"model_name": name, "num_classes": len(classes), "image_size": size,
                               "distilled": soft is not None, "trained_from_scratch": not cfg["model"]["pretrained"],
                               "pretrained": staged_summary(weights) if cfg["model"]["pretrained"] else {},
@@ -97,12 +134,12 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
     final = None
     for stage in stages:
         if stage == "distillation":
-            tf = build_train_transform(aug["train"], size, smart)
-        elif cfg["finetune"]["augmentation"] == "aggressive":
+            tf = build_train_transform(aug["train"], size, smart, defer_photometric=defer)
+        elif cfg["finetune"]["augmentation"] == "aggressive":  # RandAugment etc.: a CPU Compose, never deferred
             tf = aggressive_train_aug(size, aug["train"]["normalize"], smart)
         else:
-            tf = build_train_transform(aug["train"], size, smart)
-        train_ds = CachedImageDataset(train_records, cache_dir, classes, tf, label_missing="ignore")
+            tf = build_train_transform(aug["train"], size, smart, defer_photometric=defer)
+        train_ds = CachedImageDataset(train_images, cache_dir, classes, tf, label_missing="ignore")
         loss_fn = None
         if stage == "distillation" and soft is not None:
             lookup = SoftLabelLookup(soft, [r["image_id"] for r in train_records], classes)

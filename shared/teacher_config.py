@@ -26,6 +26,10 @@ global-teacher values). Keys we add to the plan's, all optional:
                              hardware and versions): torch deterministic algorithms, cuDNN
                              benchmark off, RNGs seeded per epoch and per sample (augmentation
                              independent of data.num_workers); slower on GPU. Default false
+  training.photometric_on_gpu auto | true | false: colour jitter, blur and normalisation of
+                             the train batches on the GPU (the loader only decodes and crops;
+                             shared/augment.py DevicePhotometric). auto: on when CUDA is there;
+                             true without CUDA is an error at training time
 `data.train_jsonl`/`val_jsonl` are the plan's local paths; in the pipeline the
 split step's outputs are used instead, so they need not exist. `data.cache_size_gb`
 sizes the cache volume (manifests) and is checked against the cache's usage.
@@ -46,7 +50,7 @@ TEACHER_DEFAULTS: dict[str, Any] = {
                  "optimizer": "adamw", "weight_decay": 0.05, "gradient_clip": 1.0,
                  "label_smoothing": 0.1, "grad_accum_steps": 1, "min_lr": 1.0e-7, "amp": "auto",
                  "channels_last": True, "compile": False, "seed": 42, "weighted_sampling": False,
-                 "max_steps_per_epoch": 0, "deterministic": False},
+                 "max_steps_per_epoch": 0, "deterministic": False, "photometric_on_gpu": "auto"},
     "data": {"train_jsonl": "", "val_jsonl": "", "image_size": 384, "cache_size_gb": 220,
              "num_workers": 6, "smart_crop": True, "region_filter": ""},
     "augmentation": {
@@ -68,9 +72,32 @@ METRICS = ("top1_acc", "top5_acc", "loss")
 
 def load_teacher_config(source: str | Path | dict | None, overrides: dict | None = None) -> dict:
     """Validated teacher config (a nested dict with every key present)."""
-    cfg = merge_dotted(merge_checked(TEACHER_DEFAULTS, read_config_source(source, "teacher config")), overrides)
+    raw, overrides = photometric_words(read_config_source(source, "teacher config"), overrides)
+    cfg = merge_dotted(merge_checked(TEACHER_DEFAULTS, raw), overrides)
     _check_values(cfg)
     return cfg
+
+
+PHOTOMETRIC_SETTINGS = ("auto", "true", "false")
+
+
+def photometric_words(raw: Any, overrides: dict | None) -> tuple[Any, dict | None]:
+    """training.photometric_on_gpu written as YAML true/false (booleans) turned into the
+    words the setting takes ("true"/"false"), in a config and in dotted overrides."""
+    def word(v: Any) -> Any:
+        return ("true" if v else "false") if isinstance(v, bool) else v
+
+    tr = raw.get("training") if isinstance(raw, dict) else None
+    if isinstance(tr, dict) and "photometric_on_gpu" in tr:
+        raw = {**raw, "training": {**tr, "photometric_on_gpu": word(tr["photometric_on_gpu"])}}
+    if overrides and "training.photometric_on_gpu" in overrides:
+        overrides = {**overrides, "training.photometric_on_gpu": word(overrides["training.photometric_on_gpu"])}
+    return raw, overrides
+
+
+def check_photometric_setting(value: str) -> None:
+    if value not in PHOTOMETRIC_SETTINGS:
+        raise ConfigError(f"training.photometric_on_gpu: {value!r} is not one of {', '.join(PHOTOMETRIC_SETTINGS)}")
 
 
 def check_augmentation(aug: dict, image_size: int, where: str = "augmentation") -> None:
@@ -143,3 +170,4 @@ def _check_values(cfg: dict) -> None:
     if region.strip() and not [r for r in region.split(",") if r.strip()]:
         raise ConfigError(f"data.region_filter: {region!r} names no region")
     check_augmentation(cfg["augmentation"], cfg["data"]["image_size"])
+    check_photometric_setting(t["photometric_on_gpu"])

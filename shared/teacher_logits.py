@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch
 
 from shared.atomic import load_npz, save_npz
+from shared.progress import Progress
 
 
 @dataclass
@@ -59,7 +60,7 @@ class TeacherLogits:
                  regions=np.asarray(self.regions))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TeacherLogits":
+    def load(cls, path: str | os.PathLike) -> TeacherLogits:
         try:
             z = load_npz(path, "teacher logits")
         except zipfile.BadZipFile as e:  # a damaged file whose checksum was rewritten, or none recorded
@@ -100,6 +101,9 @@ def compute_teacher_logits(model: torch.nn.Module, loader: Iterable, image_ids: 
     labels = np.full(n, -1, np.int32)
     seen = np.zeros(n, bool)
     dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    # the whole train split through a teacher: at the plan's size an hour or more, so say it is moving
+    progress = Progress(len(loader) if hasattr(loader, "__len__") else None, "batch",  # type: ignore[arg-type]
+                        label=f"teacher logits {name}".rstrip(), rate_unit="img")
     for x, y, idx in loader:
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=amp):
             out = model(x.to(device))
@@ -115,6 +119,8 @@ def compute_teacher_logits(model: torch.nn.Module, loader: Iterable, image_ids: 
         indices[i], values[i], lse[i], conf[i] = sparsify(out.cpu(), k)
         labels[i] = np.asarray(y)
         seen[i] = True
+        progress.update(1, work=len(i))
+    progress.finish()
     if not seen.all():
         raise ValueError(f"teacher logits: {int((~seen).sum())} samples were not scored")
     return TeacherLogits(np.asarray(image_ids, dtype=str), indices, values, lse, conf, labels,

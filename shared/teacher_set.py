@@ -17,7 +17,7 @@ from typing import Any
 
 from shared.pipeline_config import ConfigError, merge_checked, read_config_source
 from shared.student_config import load_student_config, teacher_weight
-from shared.teacher_config import load_teacher_config
+from shared.teacher_config import load_teacher_config, photometric_words
 
 
 def regional_config(base_path: str, item: dict, overrides: dict) -> dict:
@@ -26,6 +26,7 @@ def regional_config(base_path: str, item: dict, overrides: dict) -> dict:
     for key in ("region_filter", "train_jsonl", "val_jsonl"):  # the base's own data, not this teacher's
         base["data"][key] = ""
     own = read_config_source(item["config"], "teacher config") if item.get("config") else {}
+    own = photometric_words(own, None)[0]  # YAML true/false -> the setting's words
     merged = merge_checked(base, own)
     merged["data"]["region_filter"] = item["regions"]
     return load_teacher_config(merged, overrides)

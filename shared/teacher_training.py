@@ -7,18 +7,27 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from shared.atomic import write_json
-from shared.augment import build_eval_transform, build_train_transform
+from shared.augment import build_eval_transform, build_train_transform, photometric_on_gpu
 from shared.checkpoint import load_checkpoint
 from shared.image_dataset import CachedImageDataset, class_balanced_sample_weights, class_list
-from shared.pretrained import (WeightsUnavailable, classifier_prefix, copy_head_rows, create_model,
-                               model_kwargs_for, preprocessing_mismatches, read_staged, require_staged,
-                               staged_summary)
+from shared.pretrained import (
+    WeightsUnavailable,
+    classifier_prefix,
+    copy_head_rows,
+    create_model,
+    model_kwargs_for,
+    preprocessing_mismatches,
+    read_staged,
+    require_staged,
+    staged_summary,
+)
 from shared.records import load_jsonl
 from shared.teacher_config import load_teacher_config
 from shared.trainer import TrainSettings, distributed_env, fit, seed_everything
@@ -115,8 +124,12 @@ def train_teacher(config: dict, train_records: list[dict], val_records: list[dic
     used = cache_usage_gb(cache_dir) if Path(cache_dir).is_dir() else 0.0
     if used > d["cache_size_gb"]:
         log(f"WARNING: the image cache uses {used:.1f} GB, more than data.cache_size_gb={d['cache_size_gb']}")
+    # jitter/blur/normalisation on the GPU when training.photometric_on_gpu says so (the trainer
+    # finishes the deferred batches); the teacher always reads the main (448) cache
+    defer = photometric_on_gpu(cfg["training"]["photometric_on_gpu"])
+    log(f"train photometric augmentation on the {'GPU (deferred)' if defer else 'CPU loader'}")
     train_ds = CachedImageDataset(train_records, cache_dir, classes,
-                                  build_train_transform(aug["train"], size, d["smart_crop"]))
+                                  build_train_transform(aug["train"], size, d["smart_crop"], defer_photometric=defer))
     val_ds = CachedImageDataset(val_records, cache_dir, classes,
                                 build_eval_transform(aug["val"], size, d["smart_crop"]), label_missing="ignore")
     settings = settings_from_config(cfg, len(classes))

@@ -20,10 +20,11 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from shared.atomic import atomic_open, verify_checksum, write_json
 from shared.checkpoint import save_checkpoint, unwrap_model
+from shared.progress import Progress, format_duration
 
 LAST = "last_checkpoint.pt"
 BEST = "best_model.pt"
@@ -196,7 +198,8 @@ class DistributedWeightedSampler(Sampler[int]):
                  num_replicas: int | None = None, rank: int | None = None, seed: int = 0):
         w = np.asarray(weights.detach().cpu() if isinstance(weights, torch.Tensor) else weights, dtype=np.float64)
         if w.ndim != 1 or len(w) == 0:
-            raise ValueError(f"DistributedWeightedSampler: weights must be a non-empty 1-D sequence, got shape {w.shape}")
+            raise ValueError(f"DistributedWeightedSampler: weights must be a non-empty 1-D sequence, "
+                             f"got shape {w.shape}")
         if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
             raise ValueError("DistributedWeightedSampler: weights must be finite, non-negative and not all 0")
         dist_on = dist.is_available() and dist.is_initialized()
@@ -458,6 +461,8 @@ def _fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, s
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "logs"))
 
+    # the run's ETA (on each epoch's line), from the epochs run in this process (a resume counts from there)
+    run_progress = Progress(s.epochs, "epoch", start=start_epoch, every_s=math.inf, log=say)
     for epoch in range(start_epoch, s.epochs):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -468,9 +473,19 @@ def _fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, s
         train_model.train()
         t0, seen, loss_sum, correct, n_loss = time.time(), 0, 0.0, 0, 0
         optimizer.zero_grad(set_to_none=True)
+        # a line at most once a minute inside the epoch (an epoch at the plan's size takes hours)
+        progress = Progress(batches, "step", label=f"epoch {epoch + 1}/{s.epochs}", rate_unit="img", log=say)
+        # Deferred photometric augmentation (issue 16; training.photometric_on_gpu): a train
+        # transform built with defer_photometric=True makes the loader yield [uint8 crops, the
+        # jitter/blur parameters it drew]; its DevicePhotometric does the jitter, blur and
+        # normalisation on the device, batched, so the CPU workers only decode and crop.
+        tf = getattr(train_dataset, "transform", None)
+        finish = tf.device_photometric().to(device) if getattr(tf, "defer_photometric", False) else None
         for i, (x, y, idx) in enumerate(train_loader):
             if i >= batches:
                 break
+            if finish is not None:
+                x = finish(x[0].to(device, non_blocking=True), x[1].to(device, non_blocking=True))
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -506,6 +521,8 @@ def _fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, s
             n_loss += len(x)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(x)
+            progress.update(1, work=len(x) * world, loss=loss_sum / max(1, n_loss))
+        run_progress.update(1)
         train_metrics = {"train_loss": loss_sum / max(1, n_loss), "train_top1": correct / max(1, seen),
                          "images_per_s": seen * world / max(1e-9, time.time() - t0),
                          "lr": optimizer.param_groups[0]["lr"]}
@@ -521,7 +538,8 @@ def _fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, s
         result.history.append(row)
         say(f"epoch {epoch + 1}/{s.epochs} step {result.global_step} loss {row['train_loss']:.4f} "
             f"train_top1 {row['train_top1']:.3f} val_top1 {val['top1_acc']:.3f} "
-            f"val_top5 {val['top5_acc']:.3f} val_loss {val['loss']:.4f} ({row['images_per_s']:.1f} img/s)")
+            f"val_top5 {val['top5_acc']:.3f} val_loss {val['loss']:.4f} ({row['images_per_s']:.1f} img/s)"
+            + (f"  ETA {format_duration(run_progress.eta_s())}" if epoch + 1 < s.epochs else ""))
         if main_proc:
             for k, v in row.items():
                 if k not in ("epoch", "step"):

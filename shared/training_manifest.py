@@ -248,7 +248,7 @@ def build_training_manifest(*, config: dict, phase_results: dict, data_stats: di
                                 f"{'a list' if key == 'regional_teachers' else 'a mapping'}, "
                                 f"got {type(value).__name__}")
     crit = _criteria(config)
-    ts = (timestamp or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
+    ts = (timestamp or _dt.datetime.now(_dt.UTC)).astimezone(_dt.UTC)
     data = _data_section(data_stats)
     pr = {k: phase_results.get(k) for k in PHASES}
     phases: dict[str, dict] = {}
@@ -260,8 +260,9 @@ def build_training_manifest(*, config: dict, phase_results: dict, data_stats: di
         "baseline_weights": base.get("weights"),
         "baseline_top1": _num(base, "top1_accuracy", "top1"),
         "baseline_top5": _num(base, "top5_accuracy", "top5")}
-    p0["criteria"] = {"fetch_fail_rate_below_max": _check(data.get("fetch_fail_rate"), "<", crit["max_fetch_fail_rate"]),
-                      "split_leak_free": data.get("leak_free")}
+    p0["criteria"] = {
+        "fetch_fail_rate_below_max": _check(data.get("fetch_fail_rate"), "<", crit["max_fetch_fail_rate"]),
+        "split_leak_free": data.get("leak_free")}
     phases["phase_0"] = p0
 
     # Phase 1: global teacher.

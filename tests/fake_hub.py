@@ -72,7 +72,7 @@ class FakeHub:
     def downloads(self, filename: str) -> int:
         return sum(1 for m, p in self.requests if m == "GET" and p.split("?")[0].endswith("/" + filename))
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         self.thread.start()
         return self
 

@@ -3,8 +3,8 @@ google-cloud-storage reaches it through STORAGE_EMULATOR_HOST."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import pytest
 

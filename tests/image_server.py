@@ -87,7 +87,7 @@ class ImageServer:
         self.images[name] = data
         return f"{self.base}/img/{name}"
 
-    def __enter__(self) -> "ImageServer":
+    def __enter__(self) -> ImageServer:
         self._thread.start()
         return self
 

@@ -117,3 +117,27 @@ def test_aggressive_is_stronger_than_the_standard_train_transform():
     assert outs.std(0).mean() > std_outs.std(0).mean()
     assert torch.isfinite(outs).all()
     assert aggressive_train_aug(32, smart_crop=True)(blob_image((240, 160), (40, 80), 30)[0]).shape == (3, 32, 32)
+
+
+def test_photometric_on_gpu_switch(monkeypatch, tmp_path):
+    """training.photometric_on_gpu: auto follows CUDA, true needs it (an error naming the key
+    without it), false never; YAML true/false are accepted, anything else is an error."""
+    from shared.augment import photometric_on_gpu
+    from shared.pipeline_config import ConfigError
+    from shared.student_config import load_student_config
+    from shared.teacher_config import load_teacher_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert photometric_on_gpu("auto") is False and photometric_on_gpu("false") is False
+    with pytest.raises(ValueError, match="training.photometric_on_gpu: true, but no CUDA device"):
+        photometric_on_gpu("true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert photometric_on_gpu("auto") is True and photometric_on_gpu("true") is True
+    assert photometric_on_gpu("false") is False
+    p = tmp_path / "t.yaml"
+    p.write_text("training:\n  photometric_on_gpu: false\n")
+    assert load_teacher_config(str(p))["training"]["photometric_on_gpu"] == "false"
+    assert load_teacher_config(None)["training"]["photometric_on_gpu"] == "auto"
+    assert load_student_config(None, {"training.photometric_on_gpu": True})["training"]["photometric_on_gpu"] == "true"
+    with pytest.raises(ConfigError, match="training.photometric_on_gpu: 'gpu' is not one of auto, true, false"):
+        load_student_config({"training": {"photometric_on_gpu": "gpu"}})

@@ -1,9 +1,19 @@
 import numpy as np
 import pytest
 
-from shared.calibration import (apply_temperature, calibrate, ece_mce, fit_temperature, fit_temperature_ece, nll,
-                                reliability_diagram_html, reliability_diagram_png, report_html, softmax,
-                                threshold_search)
+from shared.calibration import (
+    apply_temperature,
+    calibrate,
+    ece_mce,
+    fit_temperature,
+    fit_temperature_ece,
+    nll,
+    reliability_diagram_html,
+    reliability_diagram_png,
+    report_html,
+    softmax,
+    threshold_search,
+)
 
 
 def test_ece_mce_hand_computed():

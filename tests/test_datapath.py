@@ -103,7 +103,7 @@ def test_geometry_is_exactly_the_references_without_jitter(photos):
     aug = {"resize": 80, "crop": 64, "horizontal_flip": 0.5, "vertical_flip": 0.5, "rotation": 30,
            "normalize": {"mean": [0, 0, 0], "std": [1, 1, 1]}}
     fast = build_train_transform(aug, 64, smart_crop=True)
-    for k, img in enumerate(photos):
+    for img in photos:
         for seed in range(4):
             d = (seeded(fast, img, seed) - seeded(fast.reference, img, seed)).abs() * 255
             assert d.max() <= 2.0 + 1e-4 and d.mean() < 0.1
@@ -139,6 +139,66 @@ def test_deferred_photometric_on_the_device_is_the_fast_path(photos):
             params.append(p)
         out = defer.device_photometric()(torch.stack(crops), torch.stack(params))
         assert out.dtype == torch.float32 and torch.allclose(out, torch.stack(expected), atol=2e-5)
+
+
+@pytest.mark.parametrize("model", ["teacher", "student"])
+def test_deferred_is_the_fast_path_at_the_plans_sizes(model):
+    """The plan's sections at their real sizes: the teacher's 384 crops (smart crop) from a
+    448 file, the student's 224 crops from its 256 rendition (no resampling: a plain crop).
+    Deferred + DevicePhotometric gives the fast path's tensors for each seed, and the
+    same per-channel statistics as the old torchvision Compose over the batch."""
+    from bench.bench_datapath import plan_sections
+
+    aug, size, smart = plan_sections()[model]
+    short = 448 if model == "teacher" else aug["resize"]
+    fast = build_train_transform(aug, size, smart)
+    defer = build_train_transform(aug, size, smart, defer_photometric=True)
+    imgs = [photo(40 + i, (round(short * 4 / 3), short) if i % 2 else (short, round(short * 4 / 3)))
+            for i in range(3)]
+    expected, crops, params, old = [], [], [], []
+    for seed in range(8):
+        img = imgs[seed % 3]
+        expected.append(seeded(fast, img, seed))
+        old.append(seeded(fast.reference, img, seed))
+        u8, p = seeded(defer, img, seed)
+        crops.append(u8)
+        params.append(p)
+    out = defer.device_photometric()(torch.stack(crops), torch.stack(params))
+    assert out.shape == (8, 3, size, size) and torch.allclose(out, torch.stack(expected), atol=2e-5)
+    old = torch.stack(old)
+    assert torch.allclose(out.mean((0, 2, 3)), old.mean((0, 2, 3)), atol=0.03)
+    assert torch.allclose(out.std((0, 2, 3)), old.std((0, 2, 3)), rtol=0.05)
+
+
+def test_trainer_finishes_deferred_batches_before_the_model(tmp_path, monkeypatch):
+    """shared/trainer.fit with a deferred train transform (what training.photometric_on_gpu
+    builds on CUDA), here on the CPU: the loader's [uint8 crops, parameters] go through the
+    transform's DevicePhotometric, and the model sees the normalised float batch."""
+    from shared.trainer import TrainSettings, fit
+
+    recs, root = _cache(tmp_path)
+    classes = class_list(recs)
+    defer = build_train_transform(FULL, 64, True, defer_photometric=True)
+    train = CachedImageDataset(recs * 2, root, classes, defer)
+    val = CachedImageDataset(recs, root, classes, A.build_eval_transform({"resize": 80, "center_crop": 64}, 64))
+    calls, seen = [], []
+    forward = A.DevicePhotometric.forward
+
+    def spy(self, x, params):
+        calls.append((x.dtype, tuple(x.shape), tuple(params.shape)))
+        return forward(self, x, params)
+
+    monkeypatch.setattr(A.DevicePhotometric, "forward", spy)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, len(classes)))
+    model.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, float(args[0].min()))))
+    settings = TrainSettings(epochs=1, batch_size=4, lr=1e-3, optimizer="adam", num_classes=len(classes),
+                             max_steps_per_epoch=1, num_workers=0, amp="off")
+    r = fit(model, train, val, settings, tmp_path / "run", checkpoint_meta={"model_name": "tiny", "classes": classes,
+                                                                           "image_size": 64}, log=lambda *_: None)
+    assert r.epochs_run == 1 and r.global_step == 1
+    assert calls == [(torch.uint8, (4, 3, 64, 64), (4, A.PARAMS))]  # one train batch, finished once
+    assert seen[0][0] == torch.float32 and seen[0][1] < 0  # normalised, not 0..255
 
 
 def _float_image(seed: int = 0) -> torch.Tensor:
@@ -267,7 +327,7 @@ def test_smart_crop_boxes_are_computed_once_and_shared_with_workers(tmp_path, mo
     assert tuple((packed >> s) & 0xFFFF for s in (0, 16, 32, 48)) == t.smart_box(img)
     monkeypatch.setattr(t, "smart_box", lambda img: pytest.fail("the box should come from the cache"))
     again = [seeded(lambda i: ds[i][0], i, i) for i in range(len(recs))]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     monkeypatch.undo()
     # DataLoader workers fill the same table
     ds2 = CachedImageDataset(recs, root, class_list(recs), build_train_transform(FULL, 64, smart_crop=True))
@@ -286,6 +346,17 @@ def test_bench_datapath_runs_and_reports(tmp_path):
     rows = {(r["model"], r["path"], r["workers"]) for r in res["rows"]}
     assert {("teacher", p, 0) for p in ("ours", "old", "timm", "timm_matched", "ours_deferred")} <= rows
     assert ("student", "ours_half_decode", 0) in rows
+    # the student's path since issue 16: its 256 px rendition, photometric on the CPU or deferred
+    assert {("student", "ours_rendition", 0), ("student", "ours_rendition_deferred", 0)} <= rows
+    assert res["ratios"]["student_workers0"]["real_path"] == "ours_rendition"
+    assert res["ratios"]["teacher_workers0"]["gpu_path"] == "ours_deferred"
+    assert res["student_rendition_side"] == 256
+    assert 0 < res["decode_ms_per_image_1_thread"]["pil_full_student_rendition"]
+    steps = res["steps_ms_per_image_1_thread"]
+    assert steps["ours_teacher"]["hue"] == pytest.approx(
+        steps["ours_teacher"]["jitter_with_hue_to_float_normalise"]
+        - steps["ours_teacher"]["jitter_without_hue_to_float_normalise"], abs=2e-3)
+    assert steps["timm_teacher"]["whole_transform"] > 0
     assert all(r["images_per_cpu_second"] > 0 for r in res["rows"])
     assert set(res["ratios"]) == {"teacher_workers0", "student_workers0"}
     assert res["pod_16_cores"]["teacher"]["gpu_need_images_per_s"] == 1340

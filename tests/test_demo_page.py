@@ -83,7 +83,7 @@ def test_page_shows_pytorch_top1_with_calibrated_probability(site, backend):
     probs = _calibrated(logits)
     picks = [0, 3, 5]
     results = _page(f"{base}/low/index.html?backend={backend}", [paths[i] for i in picks])
-    for i, page in zip(picks, results):
+    for i, page in zip(picks, results, strict=True):
         assert page["state"] == "done" and not page["errors"], page
         assert page["backend"] == backend
         assert page["top1"] == CLASSES[int(logits[i].argmax())], (page, logits[i])

@@ -10,14 +10,23 @@ import pytest
 import torch
 
 from shared.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from shared.export import (TFJS_DIR, ExportError, check_onnx, export_bin, export_onnx, export_tfjs_bundle,
-                           preprocess, validate_tfjs_bundle)
+from shared.export import (
+    TFJS_DIR,
+    ExportError,
+    check_onnx,
+    export_bin,
+    export_onnx,
+    export_tfjs_bundle,
+    preprocess,
+    validate_tfjs_bundle,
+)
 from shared.sample_data import render_species_image
 
 HAVE_CONVERTERS = (export_bin() / "onnx2tf").exists() and (export_bin() / "tensorflowjs_converter").exists()
 HAVE_TFJS = (TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs").exists()
 needs_tools = pytest.mark.skipif(not (HAVE_CONVERTERS and HAVE_TFJS),
-                                 reason="converter env or shared/tfjs/node_modules missing: run scripts/setup_export_env.sh")
+                                 reason="converter env or shared/tfjs/node_modules missing: "
+                                        "run scripts/setup_export_env.sh")
 CLASSES = [f"Species {i}" for i in range(6)]
 CALIBRATION = {"temperature": 1.5, "threshold": 0.3, "applied": True, "ece_before": 0.2, "ece_after": 0.04,
                "coverage": 0.85, "bins_before": [{"lo": 0, "hi": 1, "count": 1, "accuracy": 1, "confidence": 1}]}

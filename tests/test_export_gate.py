@@ -11,8 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.export import (ExportError, browser_latency, check_quantization, choose_quantization, export_tfjs_bundle,
-                           gate, saved_model_to_tfjs, validate_tfjs_bundle, validation_summary)
+from shared.export import (
+    ExportError,
+    browser_latency,
+    check_quantization,
+    choose_quantization,
+    export_tfjs_bundle,
+    gate,
+    saved_model_to_tfjs,
+    validate_tfjs_bundle,
+    validation_summary,
+)
 from tests import test_export
 from tests.test_export import CALIBRATION, HAVE_CONVERTERS, HAVE_TFJS, _weight_dtypes
 
@@ -20,7 +29,8 @@ tiny_checkpoint = test_export.tiny_checkpoint  # the same tiny model and images 
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_tools = pytest.mark.skipif(not (HAVE_CONVERTERS and HAVE_TFJS),
-                                 reason="converter env or shared/tfjs/node_modules missing: run scripts/setup_export_env.sh")
+                                 reason="converter env or shared/tfjs/node_modules missing: "
+                                        "run scripts/setup_export_env.sh")
 STRICT = {"logits_correlation": ">", "top1_agreement": ">=", "model_size_mb": "<", "latency_ms_median": "<",
           "labels_match_checkpoint": "==", "input_size_matches_checkpoint": "=="}
 

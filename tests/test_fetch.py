@@ -1,8 +1,15 @@
 import pytest
 import requests
 
-from shared.fetch import (FetchError, Fetcher, FetchPolicy, HostAllowlist, judge_http_url, normalise_host,
-                          parse_retry_after)
+from shared.fetch import (
+    Fetcher,
+    FetchError,
+    FetchPolicy,
+    HostAllowlist,
+    judge_http_url,
+    normalise_host,
+    parse_retry_after,
+)
 from tests.image_server import ImageServer, jpeg_bytes
 
 LOCAL = dict(allow_private_networks=True, backoff_s=0.01, timeout_s=1.0, per_host_rate=0)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from shared import gcs
-from shared.fetch import FetchError, Fetcher, FetchPolicy
+from shared.fetch import Fetcher, FetchError, FetchPolicy
 from shared.image_cache import INDEX_NAME, cache_images, resolve
 from shared.image_dataset import CachedImageDataset
 from shared.ingest import fetch_records_file
@@ -96,6 +96,33 @@ def test_cache_in_bucket_resumes_on_a_fresh_pod_and_is_read_on_demand(bucket, tm
     with pytest.raises(RuntimeError, match=r"record lost-1: .*not in the cache bucket"):
         CachedImageDataset([missing], uri, ["t0", "t1"], transform=lambda im: im)[0]
     assert not list((tmp_path / "trainer").rglob("*.part"))
+
+
+def test_student_renditions_in_a_bucket_are_made_from_it_listed_and_read(bucket, tmp_path, monkeypatch):
+    """cache.student_resize on a gs:// cache: a fresh pod adds the renditions to a bucket cache
+    made without them from the bucket's own main files (nothing fetched again), uploads them,
+    the next pod trusts them from the listing, and a training pod reads them on demand."""
+    from shared.image_cache import student_records
+
+    imgs, recs = _records(3)
+    for u, data in imgs.items():
+        bucket.blob(u.removeprefix("gs://plants/")).upload_from_string(data)
+    uri = "gs://plants/student-cache"
+    monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod1"))
+    cache_images(recs, uri, resize=120, min_side=100, progress=lambda d, t: None)
+    monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod2"))
+    a = cache_images(recs, uri, resize=120, min_side=100, student_resize=90, fetcher=_NoFetch(),
+                     progress=lambda d, t: None)
+    assert a.student_renditions == {"missing_entry": 3} and a.fetched == 0
+    names = {b.name for b in gcs.client().list_blobs("plants", prefix="student-cache/")}
+    assert all("student-cache/" + r["student_cache_path"] in names for r in a.cached)
+    monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod3"))
+    b = cache_images(recs, uri, resize=120, min_side=100, student_resize=90, fetcher=_NoFetch(),
+                     progress=lambda d, t: None)
+    assert b.student_renditions == {"listing": 3} and b.cached == a.cached
+    monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "trainer"))
+    ds = CachedImageDataset(student_records(b.cached, 90), uri, ["t0", "t1"], transform=lambda im: im.size)
+    assert [min(ds[i][0]) for i in range(len(ds))] == [90, 90, 90]
 
 
 def test_a_bucket_cache_is_fit_for_the_cluster_and_compiles(tmp_path):

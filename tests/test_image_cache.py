@@ -1,13 +1,18 @@
 import io
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from shared.fetch import FetchPolicy
-from shared.image_cache import (CacheFailRateError, cache_images, check_fail_rate, process_image,
-                                resolve, run_cache_images)
+from shared.image_cache import (
+    CacheFailRateError,
+    cache_images,
+    check_fail_rate,
+    process_image,
+    resolve,
+    run_cache_images,
+)
 from shared.records import load_jsonl, write_jsonl
 from tests.image_server import ImageServer, jpeg_bytes
 
@@ -129,3 +134,74 @@ def test_local_catalogue_with_default_policy_is_refused(sample_catalogue, tmp_pa
     recs = load_jsonl(sample_catalogue / "records.jsonl")[:5]
     rep = cache_images(recs, tmp_path, resize=64, policy=FetchPolicy())
     assert rep.fail_counts == {"blocked_scheme": 5}
+
+
+def test_student_rendition_is_stored_indexed_reused_and_rebuilt(server, tmp_path):
+    """cache.student_resize: a second, smaller JPEG per image beside the main one, written
+    atomically, recorded in the index (size, version, checksums, the main file it was made
+    from) and in the cached records; reused when intact, rebuilt (never refetched) when
+    missing, replaced, stale or asked at another size."""
+    from shared.atomic import sha256_file
+    from shared.image_cache import INDEX_NAME, STUDENT_RENDITION_VERSION, student_cache_path_for
+
+    urls = [server.add(f"st{i}.jpg", jpeg_bytes(300, 220, seed=i)) for i in range(2)]
+    urls.append(server.add("small.jpg", jpeg_bytes(110, 100, seed=7)))  # main 110x100: no smaller rendition
+    recs = [_rec(i, u) for i, u in enumerate(urls)]
+    plain = cache_images(recs, tmp_path, resize=120, min_side=100, policy=POLICY)  # a cache made before
+    assert "student_cache_path" not in plain.cached[0] and plain.student_renditions == {}
+    hits = sum(server.hits.values())
+
+    a = cache_images(recs, tmp_path, resize=120, min_side=100, policy=POLICY, student_resize=100)
+    assert sum(server.hits.values()) == hits and a.fetched == 0  # made from the main files
+    assert a.student_renditions == {"missing_entry": 3} and a.settings["student_resize"] == 100
+    big, _, small = a.cached
+    assert big["student_cache_path"] == student_cache_path_for(big["sha256"], 100)
+    # made from the 164x120 main file
+    assert (big["student_width"], big["student_height"], big["student_resize"]) == (137, 100, 100)
+    assert Image.open(tmp_path / big["student_cache_path"]).size == (137, 100)
+    assert small["student_cache_path"] == small["cache_path"]  # no larger than 100: its main file serves
+    assert not list(tmp_path.rglob("*.tmp"))  # temp file + rename
+    entries = {}
+    for line in (tmp_path / INDEX_NAME).read_text().splitlines():
+        e = json.loads(line)
+        entries[e["url"]] = e
+    st = entries[urls[0]]["student"]
+    assert st["resize"] == 100 and st["version"] == STUDENT_RENDITION_VERSION
+    assert st["from_file_sha256"] == entries[urls[0]]["file_sha256"]
+    assert st["file_sha256"] == sha256_file(tmp_path / big["student_cache_path"])
+
+    b = cache_images(recs, tmp_path, resize=120, min_side=100, policy=POLICY, student_resize=100)
+    assert b.student_renditions == {"same_as_main": 1, "stat": 2} and b.cached == a.cached
+    # a replaced rendition is rebuilt, a stale one (made from another main file) too; no refetch
+    victim = tmp_path / big["student_cache_path"]
+    victim.write_bytes(victim.read_bytes()[:40])
+    stale = {**entries[urls[1]], "student": {**entries[urls[1]]["student"], "from_file_sha256": "0" * 64}}
+    with open(tmp_path / INDEX_NAME, "a") as f:
+        f.write(json.dumps(stale) + "\n")
+    c = cache_images(recs, tmp_path, resize=120, min_side=100, policy=POLICY, student_resize=100)
+    assert c.student_renditions == {"same_as_main": 1, "size_mismatch": 1, "stale": 1}
+    assert c.fetched == 0 and sum(server.hits.values()) == hits
+    assert Image.open(victim).size == (137, 100) and c.cached == a.cached
+    # another size: new files under another name, the main files untouched
+    d = cache_images(recs, tmp_path, resize=120, min_side=100, policy=POLICY, student_resize=80)
+    assert d.fetched == 0 and d.student_renditions == {"settings_changed": 3}
+    assert d.cached[2]["student_cache_path"].endswith(".s80.jpg") and d.cached[2]["student_height"] == 80
+    # a new main file (another resize: refetched) gets its rendition with it
+    e = cache_images(recs, tmp_path, resize=110, min_side=100, policy=POLICY, student_resize=80)
+    assert e.fetched == 3 and e.student_renditions == {"built_new": 3}
+    with pytest.raises(ValueError, match="student_resize: 200"):
+        cache_images(recs, tmp_path, resize=110, student_resize=200, policy=POLICY)
+
+
+def test_student_records_read_the_rendition_or_name_the_record():
+    from shared.image_cache import student_records
+
+    rec = {"image_id": "x1", "cache_path": "ab/ab.jpg", "cached_width": 597, "cached_height": 448,
+           "student_cache_path": "ab/ab.s256.jpg", "student_width": 341, "student_height": 256,
+           "student_resize": 256}
+    (s,) = student_records([rec], 256)
+    assert (s["cache_path"], s["cached_width"], s["image_id"]) == ("ab/ab.s256.jpg", 341, "x1")
+    with pytest.raises(ValueError, match=r"record x2: no student rendition.*cache.student_resize"):
+        student_records([{"image_id": "x2", "cache_path": "ab/ab.jpg"}], 256)
+    with pytest.raises(ValueError, match=r"record x1: its student rendition is 256 px.*asks for 224"):
+        student_records([rec], 224)

@@ -5,6 +5,7 @@ every component names an image that components/images.py maps to a Dockerfile.""
 import fnmatch
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -172,14 +173,11 @@ def test_every_component_names_a_mapped_image_with_a_dockerfile():
     assert images.image("train").endswith(f"/plantid-train:{images.TAG}")
 
 
-def test_build_script_says_when_no_docker_engine_exists():
+def test_build_script_says_when_no_container_engine_exists():
     script = ROOT / "scripts" / "build_images.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    has_engine = subprocess.run(["docker", "info"], capture_output=True).returncode == 0 \
-        if subprocess.run(["bash", "-c", "command -v docker"], capture_output=True).returncode == 0 else False
-    if has_engine:
-        pytest.skip("a Docker engine is reachable: the script would really build")
+    # ENGINE forces the engine; a name that is no engine behaves as a machine without one.
     proc = subprocess.run(["bash", str(script), "--tag", "t1", "data"], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+                          timeout=60, cwd=ROOT, env={**os.environ, "ENGINE": "none"})
     assert proc.returncode == 2
-    assert "No Docker engine" in proc.stderr and "--tag t1" in proc.stderr
+    assert "No container engine" in proc.stderr and "--tag t1" in proc.stderr

@@ -134,7 +134,8 @@ def test_overlays_compile_different_images_into_different_versions(rendered):
     for overlay, docs in rendered.items():
         [v] = by_kind(docs, "PipelineVersion")
         names[overlay] = v["metadata"]["name"]
-        images[overlay] = {e["container"]["image"] for e in v["spec"]["pipelineSpec"]["deploymentSpec"]["executors"].values()}
+        executors = v["spec"]["pipelineSpec"]["deploymentSpec"]["executors"]
+        images[overlay] = {e["container"]["image"] for e in executors.values()}
     tags = {o: {i.rsplit(":", 1)[1] for i in imgs} for o, imgs in images.items()}
     render = {o: yaml.safe_load((MANIFESTS / "overlays" / o / "render.yaml").read_text())["overrides"]
               for o in rendered}

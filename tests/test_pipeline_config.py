@@ -38,3 +38,20 @@ def test_overrides_and_bad_yaml(tmp_path):
     p.write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_pipeline_config(p)
+
+
+def test_student_resize_is_range_checked_and_reaches_the_student():
+    cluster = load_pipeline_config(ROOT / "config" / "cluster.yaml")
+    assert (cluster["cache"]["resize"], cluster["cache"]["student_resize"]) == (448, 256)
+    local = load_pipeline_config(ROOT / "config" / "local.yaml")
+    assert 0 < local["cache"]["student_resize"] <= local["cache"]["resize"]
+    assert load_pipeline_config(None)["cache"]["student_resize"] == 0  # off unless asked
+    for bad in (449, -1):
+        with pytest.raises(ConfigError, match=rf"cache.student_resize: {bad} is outside \[1, cache.resize 448\]"):
+            load_pipeline_config(None, {"cache.student_resize": bad})
+    from shared.student_config import load_student_config
+
+    s = load_student_config(cluster["student"]["config"], {"data.student_rendition": 256})
+    assert s["data"]["student_rendition"] == 256
+    with pytest.raises(ConfigError, match="data.student_rendition: must be at least 0"):
+        load_student_config(None, {"data.student_rendition": -2})

@@ -1,6 +1,9 @@
 """End to end: the whole DAG through kfp.local on a small synthetic catalogue, and
 the compiled pipeline. Slow (minutes), so it runs once per session."""
+import contextlib
+import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,7 +20,8 @@ PHASE0_TASKS = {"ingest", "cache-images", "split", "baseline"}
 
 
 @pytest.fixture(scope="module")
-def local_run(sample_catalogue, tmp_path_factory):
+def local_run_console(sample_catalogue, tmp_path_factory):
+    """The one full local run of this module: (cfg, summary, what it printed, its --output)."""
     out = tmp_path_factory.mktemp("run")
     cfg = load_pipeline_config(ROOT / "config" / "local.yaml", {
         "data.records_uri": str(sample_catalogue / "records.jsonl"),
@@ -26,7 +30,46 @@ def local_run(sample_catalogue, tmp_path_factory):
         # (the gate's other side is strict_gate_run below).
         "export.gates.max_ece": 0.5,
     })
-    return cfg, pipeline.run_local(cfg, str(out))
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):  # what a user of `make run` sees
+        summary = pipeline.run_local(cfg, str(out))
+    return cfg, summary, console.getvalue(), out
+
+
+@pytest.fixture(scope="module")
+def local_run(local_run_console):
+    cfg, summary, _, _ = local_run_console
+    return cfg, summary
+
+
+def test_local_run_console_is_short_and_the_log_holds_the_detail(local_run_console):
+    cfg, summary, console, out = local_run_console
+    lines = console.splitlines()
+    assert len(lines) < 80, console
+    log_path = out / "run.log"
+    assert str(log_path) in lines[0] and lines[-1].endswith(str(log_path))
+    # a start and an end line per task that ran, the end with its seconds and key metric
+    tasks = [key.rsplit("/", 1)[-1] for key in summary["outputs"]]
+    ends = [line for line in lines if re.match(r"\d\d:\d\d:\d\d  ok ", line)]
+    starts = [line for line in lines if re.match(r"\d\d:\d\d:\d\d  start ", line)]
+    assert len(ends) == len(starts) == len(tasks), console
+    assert sorted(line.split()[2] for line in ends) == sorted(tasks)
+    assert all(re.search(r" \d+(\.\d)?s  \S|\dm\d\ds  \S", line) for line in ends), console
+    metric = {line.split()[2] + (" " + line.split()[3] if line.split()[3].startswith("[") else ""): line
+              for line in ends}
+    assert "records kept" in metric["ingest"] and "val top-1" in metric["train-teacher [global]"]
+    assert "val top-1" in metric["train-teacher-2 [EU_SW]"] and "val top-1" in metric["train-teacher-2 [EU_CORE]"]
+    assert "gate: blessed" in metric["calibrate"] and " MB (fp16)" in metric["export-tfjs"]
+    assert "parity r 0.99" in metric["validate-export"] and "images train" in metric["split"]
+    assert summary["tfjs_model"] in console and summary["training_manifest"] in console
+    assert "epoch" not in console and "executor_input" not in console
+    # the log: everything kfp and the tasks printed, each task's lines under its name
+    log = log_path.read_text()
+    assert len(log.splitlines()) > 10 * len(lines)
+    assert "Executing task 'train-student'" in log and "Got executor_input" in log
+    assert re.search(r"^train-teacher-2 \[EU_SW\] \| epoch 1/\d+ step", log, re.M)
+    assert re.search(r"^cache-images \| cache_images  image \d+/\d+ .* in ", log, re.M)  # the progress line
+    assert re.search(r"^teacher-logits \[global\] \| teacher logits global  batch \d+/\d+ ", log, re.M)
 
 
 def test_local_run_produces_phase0_outputs(local_run):
@@ -113,7 +156,8 @@ def test_local_run_exports_blessed_student_and_writes_manifest(local_run):
     # the converters ran in their own environment; their versions reach the manifest
     assert p6["toolchain"]["tensorflowjs"] and m["environment"]["packages"]["onnx2tf"] == p6["toolchain"]["onnx2tf"]
     # the training steps report their own image's versions (the manifest step's image has no torch)
-    assert m["environment"]["training"]["packages"]["timm"] and m["environment"]["student_training"]["packages"]["torch"]
+    assert m["environment"]["training"]["packages"]["timm"]
+    assert m["environment"]["student_training"]["packages"]["torch"]
     # the student's test figures beside the val ones; local gate thresholds labelled as local
     p4, p5 = m["phases"]["phase_4"], m["phases"]["phase_5"]
     assert p4["final_stage"] and p4["final_test_top1"] is not None and p4["stages"]["finetuning"]["test_top1"] >= 0

@@ -64,14 +64,16 @@ def test_defaults_load_and_loading_is_idempotent():
 
 
 @pytest.mark.parametrize("section, fragment", [
-    ({"kinds": {"gpu": {"acelerator_type": "x"}}}, "cluster.kinds.gpu.acelerator_type: unknown key (did you mean accelerator_type?)"),
+    ({"kinds": {"gpu": {"acelerator_type": "x"}}},
+     "cluster.kinds.gpu.acelerator_type: unknown key (did you mean accelerator_type?)"),
     ({"namspace": "x"}, "cluster.namspace: unknown key"),
     ({"steps": {"train_teachers": {"cpu_request": "2"}}}, "cluster.steps.train_teachers: unknown step"),
     ({"steps": {"cache_images": {"cpus": "2"}}}, "cluster.steps.cache_images: unknown key(s) ['cpus']"),
     ({"kinds": {"cpu": {"memory_limit": "8 GB"}}}, "cluster.kinds.cpu.memory_limit: expected a memory quantity"),
     ({"kinds": {"cpu": {"cpu_request": "two"}}}, "cluster.kinds.cpu.cpu_request: expected a CPU quantity"),
     ({"kinds": {"gpu": {"tolerations": [{"key": "a", "operator": "In"}]}}}, "tolerations[0].operator"),
-    ({"kinds": {"gpu": {"tolerations": [{"key": "a", "efect": "NoSchedule"}]}}}, "tolerations[0]: unknown key(s) ['efect']"),
+    ({"kinds": {"gpu": {"tolerations": [{"key": "a", "efect": "NoSchedule"}]}}},
+     "tolerations[0]: unknown key(s) ['efect']"),
     ({"caching": {"split": "yes"}}, "cluster.caching.split: expected true/false"),
     ({"retry": {"steps": ["train"]}}, "cluster.retry.steps: unknown step 'train'"),
     ({"retry": {"backoff_duration": "2m"}}, "cluster.retry.backoff_duration"),
@@ -231,7 +233,7 @@ def test_real_pipeline_places_every_step(tmp_path):
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
     cl = load_cluster_config(cfg["cluster"])
     missing = []
-    for label, ex in docs[0]["deploymentSpec"]["executors"].items():
+    for label in docs[0]["deploymentSpec"]["executors"]:
         step = label[len("exec-"):].rsplit("-", 1)[0] if label[-1].isdigit() else label[len("exec-"):]
         step = step.replace("-", "_")
         if step not in STEPS:

@@ -17,8 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.pipeline_config import ConfigError, load_pipeline_config  # noqa: E402
-from shared.pretrained import (WeightsCache, WeightsMismatch, WeightsRequest, WeightsUnavailable,  # noqa: E402
-                               create_model, offline_problems, preprocessing_mismatches, stage)
+from shared.pretrained import (  # noqa: E402
+    WeightsCache,
+    WeightsMismatch,
+    WeightsRequest,
+    WeightsUnavailable,
+    create_model,
+    offline_problems,
+    preprocessing_mismatches,
+    stage,
+)
 from shared.teacher_config import load_teacher_config  # noqa: E402
 from tests.conftest import TINY_TEACHER  # noqa: E402
 from tests.fake_hub import COMMIT, FakeHub  # noqa: E402

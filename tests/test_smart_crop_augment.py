@@ -11,8 +11,8 @@ from shared.smart_crop import smart_crop, smart_crop_box
 def _subject_fraction(img, box):
     a = np.asarray(img).astype(float)
     m = np.linalg.norm(a - np.array([60, 90, 50]), axis=2) > 70  # pixels unlike the background
-    l, t, r, b = box
-    return m[t:b, l:r].sum() / m.sum()
+    left, top, right, bottom = box
+    return m[top:bottom, left:right].sum() / m.sum()
 
 
 def test_smart_crop_keeps_off_centre_subject():

@@ -3,9 +3,8 @@ from collections import Counter
 
 import pytest
 
-from shared.split import (LeakageError, check_leakage, class_counts_for, histogram_html,
-                          run_split, stratified_split)
 from shared.records import load_jsonl, write_jsonl
+from shared.split import LeakageError, check_leakage, class_counts_for, histogram_html, run_split, stratified_split
 
 
 def _records(sizes, region="EU_SW", start=0):

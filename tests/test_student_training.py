@@ -1,6 +1,7 @@
 """The student job as the pipeline runs it: in-process on one device, torchrun DDP on
 several (two gloo CPU processes here), distillation then fine-tuning either way."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +62,48 @@ def test_student_job_one_process_or_torchrun(cached_splits, tmp_path, gpus):
         steps = json.loads((out / "distillation" / "history.json").read_text())[-1]["step"]
         one_proc_steps = 2 * (len(cached_splits["train"]) // 16)
         assert steps < one_proc_steps  # each rank took half the batches per epoch
+
+
+@pytest.fixture(scope="module")
+def rendition_splits(sample_catalogue, tmp_path_factory):
+    """The sample catalogue cached at 40 px with a 36 px student rendition, and split."""
+    from shared.fetch import FetchPolicy
+    from shared.image_cache import cache_images
+    from shared.ingest import ingest, iter_jsonl_source
+    from shared.split import stratified_split
+
+    cache = tmp_path_factory.mktemp("rendition_cache")
+    recs = ingest(iter_jsonl_source(sample_catalogue / "records.jsonl")).records
+    rep = cache_images(recs, cache, resize=40, student_resize=36, policy=FetchPolicy(allow_local_paths=True),
+                       progress=lambda done, total: None)
+    sp = stratified_split(rep.cached, seed=42)
+    return {"train": sp.train, "val": sp.val, "cache_dir": str(cache)}
+
+
+def test_student_reads_its_rendition_and_never_the_main_files(rendition_splits, tmp_path, monkeypatch):
+    """data.student_rendition (the pipeline's cache.student_resize): the student's train and
+    val datasets read the rendition; a record without it is an error naming it."""
+    import torch
+
+    from shared.student_training import train_student
+
+    cfg = {**TINY_STUDENT, "training": {**TINY_STUDENT["training"], "distillation_epochs": 1, "finetune_epochs": 0},
+           "data": {"smart_crop": False, "student_rendition": 36}}
+    train, val, cache = rendition_splits["train"], rendition_splits["val"], rendition_splits["cache_dir"]
+    assert all(r["student_cache_path"].endswith(".s36.jpg") for r in train + val)
+    for p in list(Path(cache).rglob("*.jpg")):  # only the renditions are left to read
+        if not p.name.endswith(".s36.jpg"):
+            p.unlink()
+    logs = []
+    r = train_student(cfg, train, val, cache, str(tmp_path / "s"), None, log=logs.append)
+    assert r["distillation"]["epochs_run"] == 1
+    assert any("36 px student rendition" in line for line in logs)
+    assert any("photometric augmentation on the CPU loader" in line for line in logs)  # auto, no CUDA
+    lacking = [dict(train[0])] + train[1:]
+    del lacking[0]["student_cache_path"]
+    with pytest.raises(ValueError, match=rf"record {train[0]['image_id']}: no student rendition"):
+        train_student(cfg, lacking, val, cache, str(tmp_path / "s2"), None, log=logs.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    on_gpu = {**cfg, "training": {**cfg["training"], "photometric_on_gpu": True}}  # YAML true
+    with pytest.raises(ValueError, match="training.photometric_on_gpu: true, but no CUDA device"):
+        train_student(on_gpu, train, val, cache, str(tmp_path / "s3"), None, log=logs.append)

@@ -202,7 +202,6 @@ def test_truncated_checkpoint_is_ignored(tmp_path):
     _fit(tmp_path, s)
     p = tmp_path / "last_checkpoint.pt"
     p.write_bytes(p.read_bytes()[:100])
-    logs = []
     _, r = _fit(tmp_path, s)
     assert r.resumed_from_epoch == -1 and r.epochs_run == 1
 

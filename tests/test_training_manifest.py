@@ -16,7 +16,7 @@ from shared import training_manifest as tm  # noqa: E402
 from shared.student_config import load_student_config  # noqa: E402
 from shared.teacher_config import load_teacher_config  # noqa: E402
 
-TS = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+TS = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +312,7 @@ def test_component_writes_the_manifest_locally(tmp_path, monkeypatch):
         ge = fake_json(payload=json.dumps({"teacher": "global", "top1_accuracy": 0.72, "top5_accuracy": 0.9,
                                            "per_region": {"EU_SW": 0.7}}))
         gm = fake_model(name="global")
-        with dsl.ParallelFor(regional) as item:
+        with dsl.ParallelFor(regional):
             re_ = fake_json(payload=json.dumps({"teacher": "EU_SW", "regions": "EU_SW", "top1_accuracy": 0.85,
                                                 "per_region": {"EU_SW": 0.85}}))
             rm = fake_model(name="EU_SW")

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from shared.fetch import FetchError, Fetcher, FetchPolicy
+from shared.fetch import Fetcher, FetchError, FetchPolicy
 from shared.image_cache import cache_images
 from tests.image_server import jpeg_bytes
 

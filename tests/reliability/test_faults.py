@@ -228,7 +228,8 @@ def test_read_only_output_directory_is_a_clear_error(tmp_path, monkeypatch):
             return real(*a, dir=dir, **k)
         monkeypatch.setattr(tempfile, "mkstemp", erofs)
     try:
-        with pytest.raises(OutputWriteError, match=r"cannot write .*ro/cached\.jsonl: (Read-only file system|Permission denied)"):
+        with pytest.raises(OutputWriteError,
+                           match=r"cannot write .*ro/cached\.jsonl: (Read-only file system|Permission denied)"):
             with atomic_open(ro / "cached.jsonl") as f:
                 f.write("x")
     finally:

@@ -295,7 +295,7 @@ def test_unreadable_local_file_fails_its_record_not_the_run(tmp_path):
 
 def test_local_file_reads_are_bounded_even_when_the_size_lies(tmp_path):
     """/proc files report 0 bytes; the read itself stops at max_bytes."""
-    from shared.fetch import FetchError, Fetcher
+    from shared.fetch import Fetcher, FetchError
 
     with pytest.raises(FetchError) as e:
         Fetcher(FetchPolicy(allow_local_paths=True, max_bytes=64)).fetch("/proc/self/maps")

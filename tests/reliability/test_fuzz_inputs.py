@@ -34,9 +34,11 @@ def _report_counts():
     write_counts(TRIED)
 
 
-json_scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True) | st.text(max_size=30)
-json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-                           max_leaves=6)
+json_scalars = (st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True)
+                | st.text(max_size=30))
+json_values = st.recursive(
+    json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    max_leaves=6)
 good = st.fixed_dictionaries({
     "image_id": st.text(string.ascii_letters + string.digits + "-_", min_size=1, max_size=12),
     "image_url": st.sampled_from(["http://img.example/a.jpg", "https://x.example/p/b.png", "gs://b/c.jpg"]),

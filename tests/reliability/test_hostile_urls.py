@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from shared.fetch import FetchError, Fetcher, FetchPolicy, check_address, is_public_address
+from shared.fetch import Fetcher, FetchError, FetchPolicy, check_address, is_public_address
 from shared.image_cache import cache_images, resolve
 from tests.image_server import jpeg_bytes
 

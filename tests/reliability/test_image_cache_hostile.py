@@ -17,8 +17,15 @@ from PIL import Image
 
 from shared import gcs, image_cache
 from shared.fetch import Fetcher, FetchPolicy
-from shared.image_cache import (INDEX_NAME, CacheWriteError, cache_images, render_image, resolve,
-                                run_cache_images, to_8bit)
+from shared.image_cache import (
+    INDEX_NAME,
+    CacheWriteError,
+    cache_images,
+    render_image,
+    resolve,
+    run_cache_images,
+    to_8bit,
+)
 from shared.records import load_jsonl, write_jsonl
 from tests.image_server import jpeg_bytes
 

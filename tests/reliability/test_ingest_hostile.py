@@ -130,7 +130,7 @@ def _disguise(data, name: str) -> str:
     letter by letter, "×" as x or X or glued to the next word, spaces widened or turned
     into NBSP, tabs, em or ideographic spaces, NFD, zero-width characters anywhere."""
     flips = data.draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
-    words = "".join(c.swapcase() if f else c for c, f in zip(name, flips)).split(" ")
+    words = "".join(c.swapcase() if f else c for c, f in zip(name, flips, strict=True)).split(" ")
     s = ""
     for i, w in enumerate(words):
         glued = False

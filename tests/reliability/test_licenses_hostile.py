@@ -132,7 +132,7 @@ HOMOGLYPHS = {"c": "\u0441", "a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "
 @st.composite
 def recased(draw, text: str) -> str:
     flips = draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)))
-    return "".join(c.upper() if f else c.lower() for c, f in zip(text, flips))
+    return "".join(c.upper() if f else c.lower() for c, f in zip(text, flips, strict=True))
 
 
 def _join(draw, parts: list[str]) -> str:
@@ -235,7 +235,8 @@ def test_generated_foreign_words_and_homoglyphs_are_refused(data):
         # a word outside the licence vocabulary (none is spelled with these letters)
         word = data.draw(st.text("qxzjkQXZJK", min_size=2, max_size=8))
         at = data.draw(st.integers(0, len(base)))
-        text = base[:at] + data.draw(st.sampled_from(SEPARATORS)) + word + data.draw(st.sampled_from(SEPARATORS)) + base[at:]
+        before, after = data.draw(st.sampled_from(SEPARATORS)), data.draw(st.sampled_from(SEPARATORS))
+        text = base[:at] + before + word + after + base[at:]
     else:
         spots = [i for i, c in enumerate(base) if c.lower() in HOMOGLYPHS]
         i = data.draw(st.sampled_from(spots))

@@ -22,7 +22,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from urllib3.util import parse_url
 
-from shared.fetch import FetchError, Fetcher, FetchPolicy
+from shared.fetch import Fetcher, FetchError, FetchPolicy
 from shared.image_cache import cache_images
 from tests.image_server import ImageServer, jpeg_bytes
 from tests.reliability.fuzzing import fuzz_settings, write_counts  # noqa: E402
