@@ -444,19 +444,20 @@ def format_table(res: dict) -> str:
     lines = [(f"data path, {res['images']} synthetic cached JPEGs ({res['image_bytes_mean'] / 1e3:.0f} kB, "
               f"{res['bits_per_pixel']} bit/px), batch {res['batch']}, best of {res['rounds']} rounds; "
               "per core = images per CPU-second of the loading processes"),
-             (f"{'model':8} {'path':17} {'workers':>7} {'img/s':>8} {'img/s/core':>10} {'(wall)':>8} "
+             (f"{'model':8} {'path':23} {'workers':>7} {'img/s':>8} {'img/s/core':>10} {'(wall)':>8} "
               f"{'1st epoch':>9}")]
     for r in sorted(res["rows"], key=lambda r: (r["model"] != "teacher", r["workers"], r["path"])):
-        lines.append(f"{r['model']:8} {r['path']:17} {r['workers']:>7} {r['images_per_s']:>8.1f} "
+        lines.append(f"{r['model']:8} {r['path']:23} {r['workers']:>7} {r['images_per_s']:>8.1f} "
                      f"{r['images_per_cpu_second']:>10.1f} {r['images_per_s_per_core_wall']:>8.1f} "
                      f"{r['first_epoch_images_per_cpu_second']:>9.1f}")
     for k, v in res["ratios"].items():
         lines.append(f"{k}: {v['real_path']}/timm {v['real_over_timm']:.2f} (wall {v['real_over_timm_wall']:.2f}; "
                      f"goal >= {v['goal']}: {'met' if v['goal_met'] else 'NOT met'}); photometric on the GPU: "
                      f"{v['gpu_path']}/timm {v['gpu_path_over_timm']:.2f} "
-                     f"({'met' if v['goal_met_gpu_path'] else 'NOT met'}); ours/timm {v['ours_over_timm']:.2f} "
-                     f"(wall {v['ours_over_timm_wall']:.2f}), ours/timm_matched {v['ours_over_timm_matched']:.2f}, "
-                     f"ours/old {v['ours_over_old']:.2f}")
+                     f"({'met' if v['goal_met_gpu_path'] else 'NOT met'}); "
+                     + (f"from the main cache: ours/timm {v['ours_over_timm']:.2f} "
+                        f"(wall {v['ours_over_timm_wall']:.2f}), " if v["real_path"] != "ours" else "")
+                     + f"ours/timm_matched {v['ours_over_timm_matched']:.2f}, ours/old {v['ours_over_old']:.2f}")
     for model, p in res["pod_16_cores"].items():
         lines.append(f"{model}: {p['loader_cores']} loader cores sustain {p['sustained_images_per_s']} img/s; "
                      f"the GPU needs {p['gpu_need_images_per_s']} ({p['gpu_need']})")

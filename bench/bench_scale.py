@@ -492,7 +492,7 @@ def teacher_logits(ctx: dict) -> dict:
     import numpy as np
 
     from shared.records import load_jsonl
-    from shared.split import parse_regions
+    from shared.regions import parse_regions
     from shared.teacher_logits import TeacherLogits
 
     work = Path(ctx["workdir"])
@@ -576,6 +576,7 @@ def training_manifest(ctx: dict) -> dict:
     import zlib
 
     from shared import training_manifest as tm
+    from shared.environment import environment_versions
     from shared.pipeline_config import load_pipeline_config
     from shared.student_config import load_student_config
 
@@ -645,7 +646,7 @@ def training_manifest(ctx: dict) -> dict:
         config={"global_teacher": global_cfg, "regional_teachers": regional, "student": student_cfg,
                 "pipeline": settings},
         phase_results=phase_results, data_stats=data_stats, seed=42, git_commit="bench-scale",
-        environment=tm.environment_versions(), staged_weights=staged)
+        environment=environment_versions(), staged_weights=staged)
     out = work / "manifest"
     out.mkdir(exist_ok=True)
     tm.write_manifest(out / tm.MANIFEST_NAME, m)

@@ -21,6 +21,7 @@ def baseline(train: Input[Dataset], test: Input[Dataset], cache_dir: str, settin
         report: The figures, the weights used and the verdict against the plan's expectation (JSON).
         metrics: top1_accuracy, top5_accuracy, chance_top1, pretrained.
     """
+    from shared import artifact_keys as K
     from shared.atomic import write_json
     from shared.baseline import run_baseline
     from shared.pretrained import read_staged
@@ -28,9 +29,9 @@ def baseline(train: Input[Dataset], test: Input[Dataset], cache_dir: str, settin
     r = run_baseline(train.path, test.path, cache_dir, settings["model_name"], bool(settings.get("pretrained", True)),
                      read_staged(weights.path) if weights is not None else None, int(settings["image_size"]))
     write_json(report.path, r)
-    report.metadata.update({"weights": r["weights"], "model_name": r["model_name"], "versus_plan": r["versus_plan"]})
-    for key in ("top1_accuracy", "top5_accuracy", "chance_top1"):
+    report.metadata.update({K.WEIGHTS: r["weights"], K.MODEL_NAME: r["model_name"], K.VERSUS_PLAN: r["versus_plan"]})
+    for key in K.BASELINE_METRICS:
         metrics.log_metric(key, r[key])
-    metrics.log_metric("pretrained", float(r["pretrained"]))
+    metrics.log_metric(K.PRETRAINED, float(r["pretrained"]))
     print(f"baseline {r['model_name']} ({r['weights']}) on {r['device']}: top1={r['top1_accuracy']:.3f} "
           f"top5={r['top5_accuracy']:.3f} chance={r['chance_top1']:.3f}; {r['versus_plan']}")

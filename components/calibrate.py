@@ -43,6 +43,7 @@ def calibrate(model: Input[Model], val: Input[Dataset], test: Input[Dataset], ca
     """
     from collections import namedtuple
 
+    from shared import artifact_keys as K
     from shared.atomic import write_bytes, write_json, write_text
     from shared.calibration import export_gate, reliability_diagram_png, report_html, run_calibrate
     from shared.records import load_jsonl
@@ -52,15 +53,13 @@ def calibrate(model: Input[Model], val: Input[Dataset], test: Input[Dataset], ca
     write_text(reliability.path, report_html(cal))
     write_bytes(reliability_png.path, reliability_diagram_png(cal["bins_before"], cal["bins_after"]))
     blessed, reason, gates = export_gate(cal, min_val_top1, max_ece, min_coverage, min_precision)
-    write_json(calibration.path, {**cal, "gates": gates, "blessed": blessed, "reason": reason})
-    for key in ("temperature", "ece_before", "ece_after", "mce_before", "mce_after", "threshold", "coverage",
-                "precision_at_threshold", "val_top1", "test_top1", "test_ece_after", "test_coverage",
-                "test_precision_at_threshold"):
+    write_json(calibration.path, {**cal, "gates": gates, K.BLESSED: blessed, K.REASON: reason})
+    for key in K.CALIBRATION_METRICS:
         if isinstance(cal.get(key), (int, float)):
             metrics.log_metric(key, cal[key])
-    metrics.log_metric("threshold_reached", float(cal["threshold_reached"]))
-    metrics.log_metric("blessed", float(blessed))
-    calibration.metadata.update({"blessed": blessed, "reason": reason, "threshold_message": cal["threshold_message"]})
+    metrics.log_metric(K.THRESHOLD_REACHED, float(cal["threshold_reached"]))
+    metrics.log_metric(K.BLESSED, float(blessed))
+    calibration.metadata.update({K.BLESSED: blessed, K.REASON: reason, K.THRESHOLD_MESSAGE: cal["threshold_message"]})
     print(f"calibration: T={cal['temperature']:.3f} ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}; "
           f"{cal['threshold_message']}; {reason}")
     return namedtuple("Outputs", ["blessed", "reason"])(blessed, reason)

@@ -26,16 +26,16 @@ def combine_soft_labels(global_logits: Input[Artifact], regional_logits: Input[l
         metrics: Samples, classes, mean entropy, teacher agreement, row-sum error, bytes per sample and
             each teacher's coverage.
     """
+    from shared import artifact_keys as K
     from shared.records import load_jsonl
     from shared.soft_labels import run_combine
 
-    teachers = [(a.path, float(a.metadata.get("weight", 1.0))) for a in [global_logits, *regional_logits]]
+    teachers = [(a.path, float(a.metadata.get(K.WEIGHT, 1.0))) for a in [global_logits, *regional_logits]]
     m = run_combine(teachers, load_jsonl(train.path), student_config, soft_labels.path, top_k)
-    soft_labels.metadata.update({"classes": m["classes"], "samples": m["samples"], "weights": m["weights"],
-                                 "temperature": m["temperature"]})
-    for key in ("samples", "classes", "mean_entropy", "teacher_agreement", "max_row_sum_error",
-                "bytes_per_sample", "temperature"):
+    soft_labels.metadata.update({K.CLASSES: m["classes"], K.SAMPLES: m["samples"], K.WEIGHTS: m["weights"],
+                                 K.TEMPERATURE: m["temperature"]})
+    for key in K.SOFT_LABEL_METRICS:
         metrics.log_metric(key, m[key])
     for name, n in m["coverage"].items():
-        metrics.log_metric(f"coverage_{name}", n)
+        metrics.log_metric(K.COVERAGE_PREFIX + name, n)
     print("soft labels:", {k: v for k, v in m.items() if k != "coverage"})

@@ -26,19 +26,20 @@ def evaluate_teacher(name: str, model: Input[Model], test: Input[Dataset], cache
         report: The evaluation as a page (HTML).
         results: Every figure with the teacher's name (JSON, read by the training manifest).
     """
+    from shared import artifact_keys as K
     from shared.atomic import write_json, write_text
     from shared.evaluation import confusion_matrix_top, evaluate_checkpoint, report_html
     from shared.records import load_jsonl
 
     m, logits, labels, classes = evaluate_checkpoint(model.path, load_jsonl(test.path), cache_dir)
-    write_json(results.path, {"teacher": name, **m})
+    write_json(results.path, {K.TEACHER: name, **m})
     write_text(report.path, report_html(m, f"Teacher {name}: test split"))
-    for key in ("top1_accuracy", "top5_accuracy", "loss", "share_classes_recall_above_threshold"):
+    for key in K.TEACHER_TEST_METRICS:
         metrics.log_metric(key, m[key])
     for region, acc in m["per_region"].items():
-        metrics.log_metric(f"top1_{region}", acc)
+        metrics.log_metric(K.REGION_TOP1_PREFIX + region, acc)
     names, matrix = confusion_matrix_top(logits, labels, classes, confusion_top_n)
     confusion.log_confusion_matrix(names, matrix)
-    results.metadata.update({"teacher": name, "top1_accuracy": m["top1_accuracy"]})
+    results.metadata.update({K.TEACHER: name, K.TOP1_ACCURACY: m["top1_accuracy"]})
     print(f"teacher {name}: test top1={m['top1_accuracy']:.3f} top5={m['top5_accuracy']:.3f} "
           f"per_region={m['per_region']}")

@@ -27,13 +27,14 @@ def export_tfjs(model: Input[Model], calibration: Input[Artifact], test: Input[D
         bundle: The TF.js graph model, its labels and calibration, and the demo page.
         metrics: Bundle size (and each quantization's size built), ONNX max abs diff, export seconds.
     """
+    from shared import artifact_keys as K
     from shared.export import run_export
     from shared.records import load_jsonl
 
     r = run_export(model.path, calibration.path, load_jsonl(test.path), cache_dir, bundle.path, quantization,
                    sample_images, max_size_mb)
     bundle.metadata.update({k: v for k, v in r.items() if k != "bundle"})
-    for key in ("model_size_mb", "fp16_size_mb", "uint8_size_mb", "onnx_max_abs_diff", "export_seconds"):
+    for key in K.EXPORT_METRICS:
         if key in r:
             metrics.log_metric(key, r[key])
     print(f"quantization: {r['quantization']} ({r['quantization_reason']})")

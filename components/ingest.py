@@ -26,13 +26,13 @@ def ingest(source: str, records_uri: str, mongo: dict, license_allow: list, min_
         rejections: Every dropped record with its reason (JSONL).
         metrics: Records read, valid, kept and dropped, unique images, classes, permissive share.
     """
+    from shared import artifact_keys as K
     from shared.ingest import run_ingest
 
     a = run_ingest(source, records_uri, mongo, license_allow, min_side,
                    records.path, audit.path, rejections.path)
-    records.metadata.update({"snapshot_id": snapshot_id, "records": a["records_kept"]})
-    for key in ("records_read", "records_valid", "records_kept", "unique_images", "classes",
-                "permissive_share_of_valid"):
+    records.metadata.update({K.SNAPSHOT_ID: snapshot_id, K.RECORDS: a["records_kept"]})
+    for key in K.INGEST_METRICS:
         metrics.log_metric(key, a[key])
-    metrics.log_metric("records_dropped", a["records_read"] - a["records_kept"])
+    metrics.log_metric(K.RECORDS_DROPPED, a["records_read"] - a["records_kept"])
     print("ingest:", {k: a[k] for k in ("records_read", "records_kept", "classes", "dropped_by_reason")})

@@ -25,12 +25,13 @@ def split(cached: Input[Dataset], regions: str, seed: int, train: Output[Dataset
         histogram: Class balance (HTML).
         metrics: Images and classes per split, class overlap, leak_free.
     """
+    from shared import artifact_keys as K
     from shared.split import run_split, split_metrics
 
     s = run_split(cached.path, regions, seed, {"train": train.path, "val": val.path, "test": test.path},
                   stats.path, histogram.path, title=f"Class balance ({regions or 'all regions'})")
     for name, art in (("train", train), ("val", val), ("test", test)):
-        art.metadata.update({"regions": regions, "images": s["images"][name], "classes": s["classes"][name]})
+        art.metadata.update({K.REGIONS: regions, K.IMAGES: s["images"][name], K.CLASSES: s["classes"][name]})
     for key, value in split_metrics(s).items():
         metrics.log_metric(key, value)
 
@@ -56,12 +57,13 @@ def regional_split(global_train: Input[Dataset], global_val: Input[Dataset], glo
         histogram: Class balance (HTML).
         metrics: Images and classes per split, leak_free.
     """
+    from shared import artifact_keys as K
     from shared.split import run_regional_split, split_metrics
 
     s = run_regional_split({"train": global_train.path, "val": global_val.path, "test": global_test.path},
                            regions, {"train": train.path, "val": val.path, "test": test.path}, stats.path,
                            histogram.path, title=f"Class balance ({regions}, nested in the global split)")
     for name, art in (("train", train), ("val", val), ("test", test)):
-        art.metadata.update({"regions": regions, "images": s["images"][name], "classes": s["classes"][name]})
+        art.metadata.update({K.REGIONS: regions, K.IMAGES: s["images"][name], K.CLASSES: s["classes"][name]})
     for key, value in split_metrics(s).items():
         metrics.log_metric(key, value)

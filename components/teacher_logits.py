@@ -23,11 +23,12 @@ def teacher_logits(name: str, regions: str, weight: float, model: Input[Model], 
         logits: The sparse top-k logits per sample; its metadata names the teacher, regions and weight.
         metrics: Samples, classes, k, bytes per sample, mean confidence and the teacher's train top-1.
     """
+    from shared import artifact_keys as K
     from shared.records import load_jsonl
     from shared.teacher_logits import run_teacher_logits
 
     s = run_teacher_logits(model.path, load_jsonl(train.path), cache_dir, logits.path, top_k, name, regions)
     # combine_soft_labels reads who this teacher is from the artifact's metadata.
-    logits.metadata.update({"teacher": name, "regions": regions, "weight": weight, **s})
+    logits.metadata.update({K.TEACHER: name, K.REGIONS: regions, K.WEIGHT: weight, **s})
     for key, value in s.items():
         metrics.log_metric(key, value)

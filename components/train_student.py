@@ -41,12 +41,13 @@ def train_student(train: Input[Dataset], val: Input[Dataset], test: Input[Datase
     import os
     import shutil
 
+    from shared import artifact_keys as K
     from shared.atomic import write_json
+    from shared.checkpoint import copy_checkpoint, work_dir
+    from shared.environment import environment_versions
     from shared.evaluation import confusion_matrix_top
     from shared.records import load_jsonl
     from shared.student_training import evaluate_on_test, run_student_job, tensorboard_dirs
-    from shared.teacher_job import work_dir
-    from shared.training_manifest import environment_versions
 
     wd = work_dir(checkpoint_dir, run_id, "student")
     weights_path = weights.path if weights is not None else None
@@ -54,19 +55,17 @@ def train_student(train: Input[Dataset], val: Input[Dataset], test: Input[Datase
     r = run_student_job(student_config, train.path, val.path, cache_dir, str(wd / "distilled"), soft_labels.path,
                         gpus, weights_path=weights_path)
     final, logits, labels, classes = evaluate_on_test(r, test_records, cache_dir, str(wd / "distilled"))
-    shutil.copyfile(r["final_checkpoint"], model.path)
-    shutil.copyfile(r["final_checkpoint"] + ".sha256", model.path + ".sha256")
+    copy_checkpoint(r["final_checkpoint"], model.path)
     out = {"distilled": r}
-    for key in ("val_top1", "val_top5", "val_loss", "test_top1", "test_top5", "train_top1", "parameters",
-                "size_mb_fp32"):
+    for key in K.STUDENT_METRICS:
         metrics.log_metric(key, r[key])
-    metrics.log_metric("final_stage_finetuning", float(r["final_stage"] == "finetuning"))
-    for stage in ("distillation", "finetuning"):
+    metrics.log_metric(K.FINAL_STAGE_FINETUNING, float(r["final_stage"] == "finetuning"))
+    for stage in K.STUDENT_STAGES:
         if stage in r:
-            metrics.log_metric(f"{stage}_val_top1", r[stage]["val_top1"])
-            metrics.log_metric(f"{stage}_test_top1", r[stage]["test_top1"])
+            metrics.log_metric(f"{stage}_{K.VAL_TOP1}", r[stage]["val_top1"])
+            metrics.log_metric(f"{stage}_{K.TEST_TOP1}", r[stage]["test_top1"])
     for region, acc in r["test_per_region"].items():
-        metrics.log_metric(f"test_top1_{region}", acc)
+        metrics.log_metric(K.TEST_REGION_TOP1_PREFIX + region, acc)
     names, matrix = confusion_matrix_top(logits, labels, classes, 20)
     confusion.log_confusion_matrix(names, matrix)
     if train_ce_control:
@@ -77,16 +76,16 @@ def train_student(train: Input[Dataset], val: Input[Dataset], test: Input[Datase
                             classes=list(soft_classes), weights_path=weights_path)
         evaluate_on_test(c, test_records, cache_dir, str(wd / "ce_control"))
         out["ce_control"] = c
-        metrics.log_metric("ce_control_val_top1", c["val_top1"])
-        metrics.log_metric("ce_control_test_top1", c["test_top1"])
-        metrics.log_metric("distillation_gain_top1", r["val_top1"] - c["val_top1"])
-        metrics.log_metric("distillation_gain_test_top1", r["test_top1"] - c["test_top1"])
+        metrics.log_metric(K.CE_CONTROL_VAL_TOP1, c["val_top1"])
+        metrics.log_metric(K.CE_CONTROL_TEST_TOP1, c["test_top1"])
+        metrics.log_metric(K.DISTILLATION_GAIN_TOP1, r["val_top1"] - c["val_top1"])
+        metrics.log_metric(K.DISTILLATION_GAIN_TEST_TOP1, r["test_top1"] - c["test_top1"])
     os.makedirs(logs.path, exist_ok=True)
     for stage, d in tensorboard_dirs(str(wd / "distilled")).items():
         shutil.copytree(d, os.path.join(logs.path, stage), dirs_exist_ok=True)
     write_json(summary.path, out)
-    model.metadata.update({"model_name": r["model_name"], "classes": r["num_classes"],
-                           "image_size": r["image_size"], "val_top1": r["val_top1"], "test_top1": r["test_top1"],
-                           "final_stage": r["final_stage"],
-                           **{f"pretrained_{k}": str(v) for k, v in r.get("pretrained", {}).items()},
-                           "environment": environment_versions()})  # the training image's, for the manifest
+    model.metadata.update({K.MODEL_NAME: r["model_name"], K.CLASSES: r["num_classes"],
+                           K.IMAGE_SIZE: r["image_size"], K.VAL_TOP1: r["val_top1"], K.TEST_TOP1: r["test_top1"],
+                           K.FINAL_STAGE: r["final_stage"],
+                           **{K.PRETRAINED_PREFIX + k: str(v) for k, v in r.get("pretrained", {}).items()},
+                           K.ENVIRONMENT: environment_versions()})  # the training image's, for the manifest

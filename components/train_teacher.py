@@ -35,21 +35,22 @@ def train_teacher(name: str, regions: str, train: Input[Dataset], val: Input[Dat
     """
     import shutil
 
+    from shared import artifact_keys as K
+    from shared.environment import environment_versions
     from shared.teacher_job import run_teacher_job
-    from shared.training_manifest import environment_versions
 
     s = run_teacher_job(name, config, overrides, train.path, val.path, cache_dir, checkpoint_dir,
                         run_id, gpus, init_from.path if init_from is not None else None, model.path,
                         weights_path=weights.path if weights is not None else None)
-    model.metadata.update({"teacher": name, "regions": regions, "model_name": s.get("model_name", ""),
-                           "classes": s.get("num_classes", 0),
-                           **{f"pretrained_{k}": str(v) for k, v in s.get("pretrained", {}).items()},
-                           "environment": environment_versions()})  # the training image's, for the manifest
+    model.metadata.update({K.TEACHER: name, K.REGIONS: regions, K.MODEL_NAME: s.get("model_name", ""),
+                           K.CLASSES: s.get("num_classes", 0),
+                           **{K.PRETRAINED_PREFIX + k: str(v) for k, v in s.get("pretrained", {}).items()},
+                           K.ENVIRONMENT: environment_versions()})  # the training image's, for the manifest
     for key, value in sorted(s.get("best_metrics", {}).items()):
         if isinstance(value, (int, float)):
-            metrics.log_metric(f"val_{key}", value)
-    metrics.log_metric("epochs_run", s.get("epochs_run", 0))
-    metrics.log_metric("trained_from_scratch", float(bool(s.get("trained_from_scratch"))))
+            metrics.log_metric(K.TEACHER_VAL_PREFIX + key, value)
+    metrics.log_metric(K.EPOCHS_RUN, s.get("epochs_run", 0))
+    metrics.log_metric(K.TRAINED_FROM_SCRATCH, float(bool(s.get("trained_from_scratch"))))
     if s.get("tensorboard_logs"):
         shutil.copytree(s["tensorboard_logs"], logs.path, dirs_exist_ok=True)
     else:

@@ -69,75 +69,22 @@ def training_manifest(
             timestamp and each phase's status.
         summary: The run's figures as a table (Markdown) to compare runs.
     """
-    import json
-    import os
-
     from shared import training_manifest as tm
 
-    def result(art, uri_key="uri"):
-        if art is None:
-            return None
-        r = tm.read_result(art.path, dict(art.metadata or {}))
-        if r is not None:
-            r[uri_key] = art.uri
-        return r
-
-    def load(art):
-        return json.loads(open(art.path).read()) if art is not None else {}
-
-    global_result = result(global_teacher_results)
-    if global_result is not None and global_teacher_model is not None:
-        global_result["checkpoint"] = global_teacher_model.uri
-        global_result.setdefault("model_name", global_teacher_model.metadata.get("model_name"))
-    regional = None
-    if regional_teacher_results:
-        models = {m.metadata.get("teacher"): m for m in (regional_teacher_models or [])}
-        regional = []
-        for art in regional_teacher_results:
-            r = result(art)
-            m = models.get(r.get("teacher"))
-            if m is not None:
-                r["checkpoint"] = m.uri
-                r.setdefault("model_name", m.metadata.get("model_name"))
-            regional.append(r)
-    student = None
-    if student_model is not None:
-        student = {**dict(student_model.metadata or {}),
-                   **(dict(student_metrics.metadata or {}) if student_metrics is not None else {}),
-                   "checkpoint": student_model.uri}
-    phase_results = {
-        "baseline": result(baseline_report), "global_teacher": global_result,
-        "regional_teachers": regional, "soft_labels": result(soft_labels), "student": student,
-        "calibration": result(calibration), "export": result(export_bundle),
-        "export_validation": result(export_validation)}
-    if export_summary and export_bundle is None:
-        phase_results["export"] = dict(export_summary)
-        if export_validation is None and export_summary.get("status") not in ("skipped", "failed"):
-            phase_results["export_validation"] = dict(export_summary)
-    data_stats = {"snapshot_id": snapshot_id, "ingest": load(ingest_audit), "split": load(split_stats),
-                  "cache": load(cache_report)}
-    from shared.pretrained import read_staged
-
-    staged = {role: read_staged(art.path) for role, art in (
-        ("global_teacher", global_teacher_weights), ("student", student_weights), ("baseline", baseline_weights))
-        if art is not None}
-    env = tm.environment_versions()
-    # The training and export images report their own versions in their artifacts' metadata.
-    for key, art in (("training", global_teacher_model), ("student_training", student_model),
-                     ("export", export_bundle)):
-        if art is not None and isinstance(art.metadata.get("environment"), dict):
-            env[key] = art.metadata["environment"]
     m = tm.build_training_manifest(
         config={"global_teacher": global_teacher_config, "regional_teachers": regional_teachers,
                 "student": student_config, "pipeline": pipeline_settings},
-        phase_results=phase_results, data_stats=data_stats, seed=seed,
-        git_commit=git_commit or tm.git_commit(), environment=env, staged_weights=staged)
-    # A directory holding TRAINING_MANIFEST.yaml, so the file keeps its name when downloaded.
-    os.makedirs(manifest.path, exist_ok=True)
-    tm.write_manifest(os.path.join(manifest.path, tm.MANIFEST_NAME), m)
-    from shared.atomic import write_text
-
-    write_text(summary.path, tm.summary_markdown(m))  # the table a team compares across runs (KFP renders it)
-    statuses = {k: v["status"] for k, v in m["phases"].items()}
-    manifest.metadata.update({"git_commit": m["git_commit"] or "", "timestamp": m["timestamp"], **statuses})
-    print("training manifest:", statuses)
+        phase_results=tm.collect_phase_results(
+            baseline_report=baseline_report, global_teacher_results=global_teacher_results,
+            global_teacher_model=global_teacher_model, regional_teacher_results=regional_teacher_results,
+            regional_teacher_models=regional_teacher_models, soft_labels=soft_labels, student_model=student_model,
+            student_metrics=student_metrics, calibration=calibration, export_bundle=export_bundle,
+            export_validation=export_validation, export_summary=export_summary),
+        data_stats=tm.collect_data_stats(snapshot_id, ingest_audit, split_stats, cache_report),
+        seed=seed, git_commit=git_commit or tm.git_commit(),
+        # The training and export images report their own versions in their artifacts' metadata.
+        environment=tm.collect_environment(training=global_teacher_model, student_training=student_model,
+                                           export=export_bundle),
+        staged_weights=tm.collect_staged_weights(global_teacher=global_teacher_weights, student=student_weights,
+                                                 baseline=baseline_weights))
+    manifest.metadata.update(tm.write_training_manifest(manifest.path, summary.path, m))

@@ -35,6 +35,7 @@ def validate_export(bundle: Input[Artifact], model: Input[Model], test: Input[Da
         Output: The export's figures for the training manifest (uri, quantization, size, parity,
             latency, gates, passed).
     """
+    from shared import artifact_keys as K
     from shared.atomic import write_json
     from shared.export import sample_image_paths, validate_tfjs_bundle, validation_summary
     from shared.records import load_jsonl
@@ -44,16 +45,15 @@ def validate_export(bundle: Input[Artifact], model: Input[Model], test: Input[Da
                              max_latency_ms=max_latency_ms, latency_runtime=latency_runtime,
                              latency_runs=latency_runs)
     write_json(report.path, r)
-    report.metadata.update({"passed": r["passed"], "latency_runtime": r["latency_runtime"]})
-    for key in ("logits_correlation", "top1_agreement", "max_abs_diff", "model_size_mb", "node_latency_ms_median",
-                "latency_ms_median"):
+    report.metadata.update({K.PASSED: r["passed"], K.LATENCY_RUNTIME: r["latency_runtime"]})
+    for key in K.VALIDATION_METRICS:
         if r[key] is not None:
             metrics.log_metric(key, r[key])
     for g in r["gates"]:
         unit = f" {g['unit']}" if g["unit"] else ""
         print(f"gate {g['gate']}: {g['value']}{unit} {g['operator']} {g['bound']}{unit}: "
               f"{'passed' if g['passed'] else 'FAILED, ' + g['reason']}")
-    metrics.log_metric("passed", float(r["passed"]))
+    metrics.log_metric(K.PASSED, float(r["passed"]))
     if not r["passed"]:
         raise RuntimeError("the TF.js export fails its gates: " + "; ".join(r["reasons"]))
     # The export's figures for the training manifest (a parameter: dsl.OneOf over the gate's If/Else).

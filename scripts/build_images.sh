@@ -145,10 +145,21 @@ build() {
     fi
   done
   if [ "$push" = 1 ]; then
-    { echo "# Written by scripts/build_images.sh --push: the pushed images' digests for registry $REGISTRY,"
-      echo "# tag $TAG, commit $commit. make manifests pins them (pipeline.images.digests)."
-      echo "registry: $REGISTRY"; echo "tag: \"$TAG\""; echo "digests:"; sed 's/^/  /' "$digests.tmp"; } > "$digests.new"
-    rm -f "$digests.tmp"; mv "$digests.new" "$digests"
+    # images/digests.yaml: registry -> tag -> {image: digest}, merged over earlier pushes
+    "$PYTHON" - "$digests" "$REGISTRY" "$TAG" "$commit" "$digests.tmp" <<'EOF'
+import os, sys, yaml
+path, registry, tag, commit, new = sys.argv[1:]
+data = (yaml.safe_load(open(path)) if os.path.exists(path) else None) or {}
+entry = dict(line.split(": ", 1) for line in open(new).read().split("\n") if line)
+data.setdefault(registry, {}).setdefault(str(tag), {}).update(entry)
+data[registry][str(tag)]["commit"] = commit
+with open(path + ".new", "w") as f:
+    f.write("# Written by scripts/build_images.sh --push: registry -> tag -> pushed image digests.\n"
+            "# make manifests pins an overlay's images by these digests when its registry and tag are here.\n")
+    yaml.safe_dump(data, f, sort_keys=True)
+os.replace(path + ".new", path)
+EOF
+    rm -f "$digests.tmp"
     echo "digests -> $digests"
   fi
 }

@@ -1,17 +1,21 @@
 """Model checkpoints: one torch file holding the weights together with everything
 needed to rebuild and use the model (timm name and kwargs, class list, input
-preprocessing, config, metrics). Written atomically with a checksum beside it."""
+preprocessing, config, metrics). Written atomically with a checksum beside it, and
+copied with it. Also where a training job keeps its resumable checkpoints: a working
+directory per run and model on the checkpoint volume (work_dir)."""
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from shared.atomic import atomic_open, verify_checksum
+from shared.atomic import CHECKSUM_SUFFIX, atomic_open, verify_checksum
+from shared.pipeline_config import path_safe_name
 
 FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,6 +85,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         if not isinstance(ckpt, dict) or key not in ckpt:
             raise CheckpointError(f"checkpoint {path} lacks field '{key}'")
     return ckpt
+
+
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a checkpoint and its recorded sha256 (the `.sha256` file beside it): load_checkpoint
+    refuses a checkpoint whose checksum file is missing or does not match."""
+    shutil.copyfile(src, dst)
+    shutil.copyfile(str(src) + CHECKSUM_SUFFIX, str(dst) + CHECKSUM_SUFFIX)
+
+
+def work_dir(checkpoint_dir: str, run_id: str, name: str) -> Path:
+    """<checkpoint_dir>/<run_id>/<name>, with both parts made path-safe: where one training job
+    keeps its resumable checkpoints, so a pod restarted by a KFP retry finds them again."""
+    if "://" in str(checkpoint_dir):  # Path("gs://b/x") would quietly become a local dir "gs:/b/x"
+        raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: must be a mounted path (the checkpoint "
+                         "volume), not a URI; resumable checkpoints are not kept in object storage")
+    safe = [path_safe_name(s) for s in (run_id, name)]
+    return Path(checkpoint_dir) / safe[0] / safe[1]
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
+from shared import artifact_keys as K
 from shared.atomic import write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -560,10 +561,10 @@ def validation_summary(report: dict[str, Any], uri: str, bundle_metadata: dict |
     """What validate_export returns (the training manifest's export figures): the bundle's
     uri and quantization choice (from the export step's metadata), the parity figures, the
     latency with the runtime that measured it, and the gate table."""
-    meta = dict(bundle_metadata or {})
-    out = {"status": "completed", "uri": uri, "quantization": meta.get("quantization", ""),
-           "quantization_reason": meta.get("quantization_reason", "")}
-    out.update({k: meta[k] for k in ("quantization_requested", "fp16_size_mb", "uint8_size_mb") if k in meta})
+    meta = dict(bundle_metadata or {})  # export_tfjs's metadata: run_export's result
+    out = {"status": "completed", "uri": uri, "quantization": meta.get(K.QUANTIZATION, ""),
+           "quantization_reason": meta.get(K.QUANTIZATION_REASON, "")}
+    out.update({k: meta[k] for k in (K.QUANTIZATION_REQUESTED, K.FP16_SIZE_MB, K.UINT8_SIZE_MB) if k in meta})
     out.update({"model_size_mb": report["model_size_mb"], "max_size_mb": report["max_size_mb"],
                 "correlation": report["logits_correlation"], "top1_agreement": report["top1_agreement"],
                 "max_abs_diff": report["max_abs_diff"], "passed": report["passed"],
@@ -571,7 +572,7 @@ def validation_summary(report: dict[str, Any], uri: str, bundle_metadata: dict |
                 "latency_runtime": report["latency_runtime"], "latency_backend": report["latency_backend"],
                 "latency_browser": report["latency_browser"],
                 "node_latency_ms_median": report["node_latency_ms_median"], "gates": report["gates"],
-                "toolchain": dict(meta.get("toolchain") or {})})  # the converters' versions
+                "toolchain": dict(meta.get(K.TOOLCHAIN) or {})})  # the converters' versions
     return _without_none(out)
 
 
@@ -587,7 +588,7 @@ def _without_none(obj: Any) -> Any:
 
 def sample_image_paths(records: list[dict], cache_dir: str, n: int) -> list[str]:
     """A fixed, class-spread set of cached test images (sorted by image id)."""
-    from shared.image_cache import resolve
+    from shared.cache_paths import resolve
 
     picked, seen = [], set()
     ordered = sorted(records, key=lambda r: str(r["image_id"]))

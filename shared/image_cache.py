@@ -49,7 +49,7 @@ from shared.atomic import sha256_file, write_bytes, write_json
 from shared.fetch import Fetcher, FetchError, FetchPolicy
 from shared.gcs import is_gs_uri
 from shared.records import Record, load_jsonl, write_jsonl
-from shared.remote_cache import RemoteCache, RemoteCacheError, remote_cache
+from shared.remote_cache import RemoteCache, RemoteCacheError
 
 INDEX_NAME = "index.jsonl"
 # How often a gs:// cache's index is uploaded while caching (and once at the end):
@@ -176,17 +176,6 @@ def student_records(records: list[dict], short_side: int, what: str = "student")
         out.append({**r, "cache_path": r["student_cache_path"], "cached_width": r.get("student_width"),
                     "cached_height": r.get("student_height")})
     return out
-
-
-def resolve(cache_dir: str | os.PathLike, rec: dict) -> Path:
-    """The cached file of a cached record; refuses paths that escape the cache.
-    For a gs:// cache, the local copy (downloaded on first use)."""
-    remote = remote_cache(str(cache_dir)) if is_gs_uri(str(cache_dir)) else None
-    root = (remote.local if remote else Path(cache_dir)).resolve()
-    p = (root / str(rec["cache_path"])).resolve()
-    if root not in p.parents:
-        raise ValueError(f"record {rec.get('image_id')}: cache_path {rec['cache_path']!r} escapes the cache")
-    return remote.fetch(p.relative_to(root).as_posix()) if remote else p
 
 
 def cache_settings(resize: int, min_side: int, max_pixels: int) -> dict[str, Any]:

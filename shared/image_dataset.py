@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from shared.image_cache import resolve
+from shared.cache_paths import resolve
 from shared.remote_cache import RemoteCacheError
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from shared.regions import region_list
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULTS: dict[str, Any] = {
@@ -316,7 +318,7 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
             raise ConfigError(f"teachers.regional[{i}].overrides: expected a mapping, got {t['overrides']!r}")
         if "config" in t:
             t["config"] = resolve_path(t["config"])
-        if not [r for r in t["regions"].split(",") if r.strip()]:
+        if not region_list(t["regions"]):
             raise ConfigError(f"teachers.regional[{i}].regions: {t['regions']!r} names no region")
     _check_teacher_names(cfg["teachers"]["regional"])
     _check_ranges(cfg)

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TextIO
 
+from shared import artifact_keys as K
 from shared.progress import format_duration
 
 RUN_LOG = "run.log"
@@ -89,8 +90,12 @@ def base_name(task: str) -> str:
 
 
 class _Meta(SimpleNamespace):
-    """One artifact's metadata (or the output parameters) as attributes; a missing key is an
-    AttributeError, which makes its key metric empty rather than wrong."""
+    """One artifact's metadata (or the output parameters) as attributes, or by key
+    (m[K.VAL_TOP1], the names in shared/artifact_keys.py); a missing key is an
+    AttributeError either way, which makes its key metric empty rather than wrong."""
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
 
 
 @dataclass
@@ -121,25 +126,27 @@ def _yes(flag: Any) -> bool:
 
 def _split(o: TaskOutputs) -> str:
     m = o.metrics
-    leak = "leak-free" if _yes(m.leak_free) else "LEAKS between splits"
-    return f"images train {m.train_images:.0f} / val {m.val_images:.0f} / test {m.test_images:.0f}, {leak}"
+    leak = "leak-free" if _yes(m[K.LEAK_FREE]) else "LEAKS between splits"
+    n = {s: m[s + K.IMAGES_SUFFIX] for s in ("train", "val", "test")}
+    return f"images train {n['train']:.0f} / val {n['val']:.0f} / test {n['test']:.0f}, {leak}"
 
 
 def _student(o: TaskOutputs) -> str:
     m = o.metrics
-    text = f"val top-1 {m.val_top1:.3f}, test top-1 {m.test_top1:.3f}"
-    control = getattr(m, "ce_control_val_top1", None)
+    text = f"val top-1 {m[K.VAL_TOP1]:.3f}, test top-1 {m[K.TEST_TOP1]:.3f}"
+    control = getattr(m, K.CE_CONTROL_VAL_TOP1, None)
     return text + (f" (CE-only control: val {control:.3f})" if control is not None else "")
 
 
 def _calibrate(o: TaskOutputs) -> str:
     m = o.metrics
-    gate = "blessed" if _yes(m.blessed) else f"NOT blessed: {getattr(o.params, 'reason', '')}".rstrip(": ")
-    return f"ECE {m.ece_before:.3f} -> {m.ece_after:.3f} (T {m.temperature:.2f}); gate: {gate}"
+    # calibrate's output parameter `reason`, not its metadata key (the same text)
+    gate = "blessed" if _yes(m[K.BLESSED]) else f"NOT blessed: {getattr(o.params, 'reason', '')}".rstrip(": ")
+    return f"ECE {m[K.ECE_BEFORE]:.3f} -> {m[K.ECE_AFTER]:.3f} (T {m[K.TEMPERATURE]:.2f}); gate: {gate}"
 
 
 def _manifest(o: TaskOutputs) -> str:
-    phases = {k: str(v) for k, v in vars(o.manifest).items() if k.startswith("phase_")}
+    phases = {k: str(v) for k, v in vars(o.manifest).items() if k.startswith(K.PHASE_PREFIX)}
     if not phases:
         raise AttributeError("the manifest's metadata has no phase statuses")
     counts = collections.Counter(phases.values())
@@ -158,31 +165,35 @@ class TaskView:
 
 
 # The one place that says what each task's console line reports (keys: component names).
+# Metric and metadata names: shared/artifact_keys.py (o.<output name>[K.<name>]).
 KEY_METRICS: dict[str, TaskView] = {
-    "ingest": TaskView(None, lambda o: f"records kept {o.metrics.records_kept:.0f}, "
-                                       f"rejected {o.metrics.records_dropped:.0f}"),
-    "cache-images": TaskView(None, lambda o: f"images cached {o.metrics.cached:.0f} (fetched {o.metrics.fetched:.0f}, "
-                                             f"failed {o.metrics.failed:.0f} = {o.metrics.fail_rate:.1%})"),
+    "ingest": TaskView(None, lambda o: f"records kept {o.metrics[K.RECORDS_KEPT]:.0f}, "
+                                       f"rejected {o.metrics[K.RECORDS_DROPPED]:.0f}"),
+    "cache-images": TaskView(None, lambda o: f"images cached {o.metrics[K.CACHED]:.0f} "
+                                             f"(fetched {o.metrics[K.FETCHED]:.0f}, "
+                                             f"failed {o.metrics[K.FAILED]:.0f} = {o.metrics[K.FAIL_RATE]:.1%})"),
     "split": TaskView(None, _split),
     "regional-split": TaskView("regions", _split),
-    "stage-weights": TaskView("role", lambda o: f"{o.weights.model_id}: " + (
-        o.weights.source if _yes(o.weights.pretrained) else "no pretrained weights (model.pretrained: false)")),
-    "baseline": TaskView(None, lambda o: f"test top-1 {o.metrics.top1_accuracy:.3f} "
-                                         f"(chance {o.metrics.chance_top1:.3f})"),
-    "train-teacher": TaskView("name", lambda o: f"val top-1 {o.metrics.val_top1_acc:.3f} "
-                                                f"({o.metrics.epochs_run:.0f} epochs)"),
-    "evaluate-teacher": TaskView("name", lambda o: f"test top-1 {o.metrics.top1_accuracy:.3f}, "
-                                                   f"top-5 {o.metrics.top5_accuracy:.3f}"),
-    "teacher-logits": TaskView("name", lambda o: f"top-{o.metrics.k:.0f} logits of {o.metrics.samples:.0f} train "
-                                                 f"images (teacher train top-1 {o.metrics.train_top1:.3f})"),
-    "combine-soft-labels": TaskView(None, lambda o: f"{o.metrics.samples:.0f} soft labels, teacher agreement "
-                                                    f"{o.metrics.teacher_agreement:.2f}"),
+    "stage-weights": TaskView("role", lambda o: f"{o.weights[K.MODEL_ID]}: " + (
+        o.weights[K.SOURCE] if _yes(o.weights[K.PRETRAINED]) else "no pretrained weights (model.pretrained: false)")),
+    "baseline": TaskView(None, lambda o: f"test top-1 {o.metrics[K.TOP1_ACCURACY]:.3f} "
+                                         f"(chance {o.metrics[K.CHANCE_TOP1]:.3f})"),
+    "train-teacher": TaskView("name", lambda o: f"val top-1 {o.metrics[K.TEACHER_VAL_TOP1]:.3f} "
+                                                f"({o.metrics[K.EPOCHS_RUN]:.0f} epochs)"),
+    "evaluate-teacher": TaskView("name", lambda o: f"test top-1 {o.metrics[K.TOP1_ACCURACY]:.3f}, "
+                                                   f"top-5 {o.metrics[K.TOP5_ACCURACY]:.3f}"),
+    "teacher-logits": TaskView("name", lambda o: f"top-{o.metrics[K.TOP_K]:.0f} logits of "
+                                                 f"{o.metrics[K.SAMPLES]:.0f} train images "
+                                                 f"(teacher train top-1 {o.metrics[K.TRAIN_TOP1]:.3f})"),
+    "combine-soft-labels": TaskView(None, lambda o: f"{o.metrics[K.SAMPLES]:.0f} soft labels, teacher agreement "
+                                                    f"{o.metrics[K.TEACHER_AGREEMENT]:.2f}"),
     "train-student": TaskView(None, _student),
     "calibrate": TaskView(None, _calibrate),
-    "export-tfjs": TaskView(None, lambda o: f"bundle {o.metrics.model_size_mb:.2f} MB ({o.bundle.quantization})"),
-    "validate-export": TaskView(None, lambda o: f"parity r {o.metrics.logits_correlation:.4f}, top-1 agreement "
-                                                f"{o.metrics.top1_agreement:.0%}; gates "
-                                                f"{'passed' if _yes(o.metrics.passed) else 'FAILED'}"),
+    "export-tfjs": TaskView(None, lambda o: f"bundle {o.metrics[K.MODEL_SIZE_MB]:.2f} MB "
+                                           f"({o.bundle[K.QUANTIZATION]})"),
+    "validate-export": TaskView(None, lambda o: f"parity r {o.metrics[K.LOGITS_CORRELATION]:.4f}, top-1 agreement "
+                                                f"{o.metrics[K.TOP1_AGREEMENT]:.0%}; gates "
+                                                f"{'passed' if _yes(o.metrics[K.PASSED]) else 'FAILED'}"),
     "export-skipped": TaskView(None, lambda o: str(o.params.Output.get("reason", o.params.Output))),
     "training-manifest": TaskView(None, _manifest),
 }

@@ -209,7 +209,7 @@ def run_combine(teacher_paths: list[tuple[str, float]], train_records: list[dict
     """The combine step: load each teacher's logits with its weight (the pipeline's
     parameter, shared/teacher_set.py: one source of truth), combine at the student
     config's temperature and save. Returns metrics and the effective weights."""
-    from shared.split import parse_regions
+    from shared.regions import parse_regions
     from shared.student_config import load_student_config
 
     cfg = load_student_config(student_cfg)

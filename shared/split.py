@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from shared import artifact_keys as K
+from shared.regions import parse_regions
+
 SPLITS = ("train", "val", "test")
 HIST_BUCKETS = ((1, 1), (2, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, 10**12))
 
@@ -31,15 +34,6 @@ class SplitResult:
 
     def by_name(self) -> dict[str, list[dict]]:
         return {"train": self.train, "val": self.val, "test": self.test}
-
-
-def parse_regions(regions: str | Iterable[str] | None) -> set[str] | None:
-    """'EU_NORTH,EU_EAST' -> {'EU_NORTH', 'EU_EAST'}; '' or None -> None (all regions)."""
-    if regions is None:
-        return None
-    items = regions.split(",") if isinstance(regions, str) else list(regions)
-    out = {r.strip() for r in items if r and r.strip()}
-    return out or None
 
 
 def _stable_u64(text: str, seed: int) -> int:
@@ -280,10 +274,10 @@ def split_metrics(stats: dict[str, Any]) -> dict[str, float]:
     """The KFP Metrics of a split step (stable names)."""
     out: dict[str, float] = {}
     for name in SPLITS:
-        out[f"{name}_images"] = stats["images"][name]
-        out[f"{name}_classes"] = stats["classes"][name]
-    out["train_val_class_overlap"] = stats["train_val_class_overlap"]
-    out["leak_free"] = float(stats["leakage"]["leak_free"])
+        out[name + K.IMAGES_SUFFIX] = stats["images"][name]
+        out[name + K.CLASSES_SUFFIX] = stats["classes"][name]
+    out[K.TRAIN_VAL_CLASS_OVERLAP] = stats["train_val_class_overlap"]
+    out[K.LEAK_FREE] = float(stats["leakage"]["leak_free"])
     for name, n in (stats.get("unlearnable_in_region") or {}).items():
-        out[f"unlearnable_in_region_{name}"] = n
+        out[K.UNLEARNABLE_IN_REGION_PREFIX + name] = n
     return out

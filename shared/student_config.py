@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.pipeline_config import ConfigError, merge_checked, merge_dotted, read_config_source
+from shared.regions import region_list
 from shared.teacher_config import TEACHER_DEFAULTS, check_augmentation, check_photometric_setting, photometric_words
 
 MOBILENETV2_WIDTHS = {0.5: "mobilenetv2_050", 0.75: "mobilenetv2_075", 1.0: "mobilenetv2_100",
@@ -128,9 +129,9 @@ def timm_model_name(model: dict) -> str:
 def teacher_weight(cfg: dict, regions: str, fallback: float) -> float:
     """The weight student.yaml gives the teacher for `regions` ("" = the global one);
     teachers are matched by their region_filter as a set of regions."""
-    want = frozenset(r.strip() for r in regions.split(",") if r.strip())
+    want = frozenset(region_list(regions))
     for entry in cfg["teachers"]:
-        have = frozenset(r.strip() for r in entry["region_filter"].split(",") if r.strip())
+        have = frozenset(region_list(entry["region_filter"]))
         if have == want:
             return float(entry["weight"])
     return float(fallback)

@@ -60,10 +60,11 @@ def rendition_records(cfg: dict, train_records: list[dict], val_records: list[di
     What the rendition loses: nothing for the plan's student, whose train and val
     transforms both resize the short side to 256 first (Resize 256 -> RandomCrop /
     CenterCrop 224). The fine-tuning stage's aggressive augmentation is a
-    RandomResizedCrop(224, scale 0.35-1): a crop of less than (224/256)^2 = 77 % of the
-    256 px image (up to 1.5x at scale 0.35) is upsampled where the 448 file had the pixels
-    for it, i.e. its zoomed-in crops are softer; with smart crop (off for the student)
-    the 0.8 saliency box would be upsampled 1.25x to 256."""
+    RandomResizedCrop(224, scale 0.35-1): a crop of fewer than 224 x 224 of the
+    rendition's pixels (under 57 % of a 4:3 image's area, 77 % of a square one) is
+    upsampled, by up to 1.28x (4:3) or 1.48x (square) at scale 0.35, where the 448 file
+    had the pixels for it: its zoomed-in crops are softer. With smart crop (off for the
+    student) the 0.8 saliency box would be upsampled 1.25x to 256."""
     short = int(cfg["data"]["student_rendition"])
     if short <= 0:
         return train_records, val_records

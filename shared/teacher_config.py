@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.pipeline_config import ConfigError, merge_checked, merge_dotted, read_config_source
+from shared.regions import region_list
 
 _NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -167,7 +168,7 @@ def _check_values(cfg: dict) -> None:
         if v < 0:
             raise ConfigError(f"{where}: must be at least 0, got {v}")
     region = cfg["data"]["region_filter"]
-    if region.strip() and not [r for r in region.split(",") if r.strip()]:
+    if region.strip() and not region_list(region):
         raise ConfigError(f"data.region_filter: {region!r} names no region")
     check_augmentation(cfg["augmentation"], cfg["data"]["image_size"])
     check_photometric_setting(t["photometric_on_gpu"])

@@ -5,22 +5,12 @@ the pod has several GPUs, and the best checkpoint copied to the step's output.""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from shared.atomic import write_json
-from shared.pipeline_config import path_safe_name
-
-
-def work_dir(checkpoint_dir: str, run_id: str, name: str) -> Path:
-    """<checkpoint_dir>/<run_id>/<name>, with both parts made path-safe."""
-    if "://" in str(checkpoint_dir):  # Path("gs://b/x") would quietly become a local dir "gs:/b/x"
-        raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: must be a mounted path (the checkpoint "
-                         "volume), not a URI; resumable checkpoints are not kept in object storage")
-    safe = [path_safe_name(s) for s in (run_id, name)]
-    return Path(checkpoint_dir) / safe[0] / safe[1]
+from shared.checkpoint import copy_checkpoint, work_dir
 
 
 def run_teacher_job(name: str, config: dict, overrides: dict, train_path: str, val_path: str,
@@ -47,8 +37,7 @@ def run_teacher_job(name: str, config: dict, overrides: dict, train_path: str, v
     if not best.exists():
         raise RuntimeError(f"teacher {name}: training finished without {best}")
     Path(out_model).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, out_model)
-    shutil.copyfile(str(best) + ".sha256", out_model + ".sha256")
+    copy_checkpoint(best, out_model)
     logs = wd / "logs"
     summary["work_dir"] = str(wd)
     summary["tensorboard_logs"] = str(logs) if logs.exists() else ""

@@ -158,7 +158,7 @@ def run_teacher_logits(checkpoint_path: str, records: list[dict], cache_dir: str
     from shared.checkpoint import build_model, load_checkpoint
     from shared.evaluation import eval_transform_for
     from shared.image_dataset import CachedImageDataset
-    from shared.split import parse_regions
+    from shared.regions import parse_regions
 
     keep = parse_regions(regions)
     recs = [r for r in records if keep is None or r.get("region") in keep]

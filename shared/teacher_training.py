@@ -29,6 +29,7 @@ from shared.pretrained import (
     staged_summary,
 )
 from shared.records import load_jsonl
+from shared.regions import region_list
 from shared.teacher_config import load_teacher_config
 from shared.trainer import TrainSettings, distributed_env, fit, seed_everything
 
@@ -89,7 +90,7 @@ def train_teacher(config: dict, train_records: list[dict], val_records: list[dic
     m, d, aug = cfg["model"], cfg["data"], cfg["augmentation"]
     region = d["region_filter"]
     if region:
-        keep = {x.strip() for x in region.split(",")}
+        keep = set(region_list(region))
         train_records = [r for r in train_records if r.get("region") in keep]
         val_records = [r for r in val_records if r.get("region") in keep]
     if not train_records:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from shared import gcs
+from shared.cache_paths import resolve
 from shared.fetch import Fetcher, FetchError, FetchPolicy
-from shared.image_cache import INDEX_NAME, cache_images, resolve
+from shared.image_cache import INDEX_NAME, cache_images
 from shared.image_dataset import CachedImageDataset
 from shared.ingest import fetch_records_file
 from tests.gcs_emulator import gcs_emulator
@@ -147,8 +148,8 @@ def test_a_bucket_cache_is_fit_for_the_cluster_and_compiles(tmp_path):
 def test_uris_where_only_paths_work_are_refused():
     """Checkpoints resume from a mounted volume; a URI would quietly become a local
     directory named 'gs:'. Only gs:// is a cache location."""
+    from shared.checkpoint import work_dir
     from shared.pipeline_config import ConfigError, load_pipeline_config
-    from shared.teacher_job import work_dir
     from tests.conftest import ROOT
 
     with pytest.raises(ConfigError, match="teachers.checkpoint_dir"):

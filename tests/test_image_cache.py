@@ -4,13 +4,13 @@ import json
 import pytest
 from PIL import Image
 
+from shared.cache_paths import resolve
 from shared.fetch import FetchPolicy
 from shared.image_cache import (
     CacheFailRateError,
     cache_images,
     check_fail_rate,
     process_image,
-    resolve,
     run_cache_images,
 )
 from shared.records import load_jsonl, write_jsonl

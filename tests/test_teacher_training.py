@@ -15,9 +15,10 @@ import yaml
 from shared.checkpoint import build_model, load_checkpoint
 from shared.image_dataset import class_balanced_sample_weights
 from shared.pipeline_config import ConfigError
+from shared.pretrained import create_model
 from shared.records import write_jsonl
 from shared.teacher_config import load_teacher_config
-from shared.teacher_training import create_model, map_head_by_class, train_teacher
+from shared.teacher_training import map_head_by_class, train_teacher
 from shared.trainer import DistributedWeightedSampler, NonFiniteLossError, TrainSettings, fit
 from tests.conftest import TINY_TEACHER
 
@@ -204,6 +205,21 @@ def test_truncated_checkpoint_is_ignored(tmp_path):
     p.write_bytes(p.read_bytes()[:100])
     _, r = _fit(tmp_path, s)
     assert r.resumed_from_epoch == -1 and r.epochs_run == 1
+
+
+def test_copy_checkpoint_takes_its_checksum_along(tmp_path):
+    from shared.checkpoint import CheckpointError, copy_checkpoint, save_checkpoint
+
+    src = tmp_path / "best_model.pt"
+    save_checkpoint(src, create_model("test_resnet", 3), model_name="test_resnet", classes=["a", "b", "c"],
+                    image_size=32)
+    (tmp_path / "out").mkdir()
+    copy_checkpoint(src, tmp_path / "out" / "model")  # a KFP output path: a file name without extension
+    assert (tmp_path / "out" / "model.sha256").read_text() == (tmp_path / "best_model.pt.sha256").read_text()
+    assert load_checkpoint(tmp_path / "out" / "model")["classes"] == ["a", "b", "c"]
+    (tmp_path / "out" / "model").write_bytes(b"\x80 not it")
+    with pytest.raises(CheckpointError, match="does not match its recorded sha256"):
+        load_checkpoint(tmp_path / "out" / "model")
 
 
 def test_ddp_two_gloo_processes_match_one(tmp_path):

@@ -2,6 +2,7 @@
 run through kfp.local with fake upstream steps."""
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -232,7 +233,9 @@ def test_training_steps_report_what_the_manifest_image_lacks(plan_config):
 def test_environment_versions_and_git_commit(monkeypatch):
     import torch
 
-    env = tm.environment_versions()
+    from shared.environment import environment_versions
+
+    env = environment_versions()
     assert env["python_version"].startswith("3.")
     assert env["packages"]["torch"] == torch.__version__.split("+")[0]
     assert env["packages"]["kfp"] == "2.17.3"
@@ -352,3 +355,141 @@ def test_component_writes_the_manifest_locally(tmp_path, monkeypatch):
     assert ph["phase_3"]["status"] == "skipped" and ph["phase_5"]["status"] == "skipped"
     assert m["environment"]["training"] == {"packages": {"torch": "2.14.1"}, "gpu": "NVIDIA L4"}
     assert m["hyperparameters"]["teacher_global_lr"] == 3e-5
+
+
+# --- the whole manifest against a stored reference ----------------------------------------
+# Self-contained inputs (no config files: their defaults change with the configs) that reach
+# every branch of the builder; tests/data/training_manifest_reference.yaml is what they gave
+# before the builder was split into its phases. Regenerate it only for an intended change:
+#   PLANTID_WRITE_REFERENCE=1 pytest tests/test_training_manifest.py -k reference
+
+REFERENCE = ROOT / "tests" / "data" / "training_manifest_reference.yaml"
+
+INLINE_CONFIG = {
+    "global_teacher": {"model": {"name": "vit_base_patch16_384"},
+                       "training": {"learning_rate": 3e-5, "epochs": 30}},
+    "regional_teachers": [
+        {"teacher": "EU_SW", "regions": "EU_SW", "weight": 0.4, "config": {"training": {"learning_rate": 2e-5}}},
+        {"teacher": "EU_CORE", "regions": "EU_NORTH,EU_EAST", "weight": 0.2,
+         "config": {"training": {"learning_rate": 1e-5}, "data": {"region_filter": "EU_NORTH,EU_EAST"}}}],
+    "student": {"model": {"name": "mobilenetv2", "alpha": 1.0},
+                "training": {"learning_rate": 1e-4, "distillation_epochs": 10, "finetune_epochs": 10},
+                "finetune": {"learning_rate": 5e-5},
+                "distillation": {"temperature": 3.0, "loss_weights": {"kl_divergence": 0.7, "cross_entropy": 0.3}},
+                "teachers": [{"region_filter": "", "weight": 0.4}]},
+    "pipeline": {"export": {"gates": {"profile": "plan", "min_val_top1": 0.7, "max_ece": 0.1}}},
+}
+
+
+def reference_cases():
+    """name -> (config, phase_results, build keywords): a run with every optional figure, one
+    whose export the gates refused, and one with nothing but data."""
+    rich = full_results()
+    rich["regional_teachers"].append({"teacher": "EU_SW", "regions": "", "top1": 0.5, "per_region": {}})
+    rich["regional_teachers"].append({"regions": "EU_EAST", "top1_accuracy": 0.9, "per_region": {"EU_EAST": 0.9}})
+    rich["student"].update({
+        "distillation_epochs": 7.0, "finetune_epochs": 3, "final_stage": "finetuning", "test_top1": 0.7,
+        "distillation_val_top1": 0.7, "distillation_test_top1": 0.69, "finetuning_val_top1": 0.74,
+        "finetuning_test_top1": 0.7, "ce_control_val_top1": 0.6, "ce_control_test_top1": 0.58,
+        "distillation_gain_top1": 0.14, "distillation_gain_test_top1": 0.12, "test_top1_EU_SW": 0.8,
+        "test_top1_EU_EAST": 1, "test_top1_bad": "x"})
+    rich["calibration"].update({"gates": [{"name": "val_top1", "op": ">=", "value": 0.74, "passed": True}],
+                                "blessed": True, "reason": "all gates passed", "test_top1": 0.71})
+    rich["export"] = {"uri": "gs://b/tfjs", "quantization": "uint8", "model_size_mb": 3.3,
+                      "quantization_reason": "auto", "fp16_size_mb": 6.6, "uint8_size_mb": 3.3,
+                      "latency_ms_median": 812.0, "latency_runtime": "node", "latency_browser": {"chrome": 900},
+                      "gates": [{"gate": "x"}], "toolchain": {"tensorflowjs": "4.22.0", "onnx": "1.17.0"}}
+    staged = {"student": {"model_id": "mobilenetv2_100", "sha256": "a" * 64, "source": "hub", "pretrained": True,
+                          "revision": "main", "architecture": "mobilenetv2_100"},
+              "baseline": {"model_id": "mobilenetv2_100", "pretrained": False}}
+    env = {"python_version": "3.11", "gpu": "none", "packages": {"torch": None, "kfp": "2.17.3", "tensorflowjs": None},
+           "training": {"packages": {"torch": "2.14.1"}, "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 4,
+                        "cuda": "13.0"}}
+    refused = full_results()
+    refused["student"]["val_top1"] = 0.62
+    refused["calibration"].update({"ece_after": 0.13, "blessed": False, "reason": "val_top1 0.62 < 0.7",
+                                   "gates": []})
+    refused["export"] = refused["export_validation"] = None
+    refused["soft_labels"] = {"n_samples": 10.0, "n_classes": 3, "weights": [0.4, 0.6]}
+    refused["baseline"] = {"status": "skipped", "reason": "no baseline configured"}
+    return {"rich": (INLINE_CONFIG, rich, {"staged_weights": staged, "environment": env}),
+            "refused": (INLINE_CONFIG, refused, {}),
+            "data_only": ({}, {}, {"data_stats": {"snapshot_id": "s", "source": "file",
+                                                  "split": {"images": {"train": 3}}}})}
+
+
+def test_the_manifest_and_its_summary_match_the_reference():
+    """Every key and value, in order: a refactoring of the builder changes none of them."""
+    got = {}
+    for name, (config, results, kw) in reference_cases().items():
+        m = build(config, results, **kw)
+        got[name] = {"manifest": m, "summary": tm.summary_markdown(m)}
+    text = yaml.safe_dump(got, sort_keys=False, allow_unicode=True, width=100)
+    if os.environ.get("PLANTID_WRITE_REFERENCE") == "1":
+        REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+        REFERENCE.write_text(text)
+    assert text == REFERENCE.read_text()
+
+
+# --- the component's inputs, gathered by the library ---------------------------------------
+
+def _art(tmp_path, name, payload=None, metadata=None, binary=None):
+    """A stand-in for a KFP artifact: path, uri, metadata."""
+    import types
+
+    p = tmp_path / name
+    if binary is not None:
+        p.write_bytes(binary)
+    elif payload is not None:
+        p.write_text(json.dumps(payload))
+    return types.SimpleNamespace(path=str(p), uri=f"gs://root/{name}", metadata=dict(metadata or {}))
+
+
+def test_collect_phase_results_matches_results_to_their_checkpoints(tmp_path):
+    ge = _art(tmp_path, "ge", {"teacher": "global", "top1_accuracy": 0.72}, {"teacher": "global"})
+    gm = _art(tmp_path, "gm", binary=b"\x80", metadata={"teacher": "global", "model_name": "vit"})
+    re0 = _art(tmp_path, "re0", {"teacher": "EU_SW", "model_name": "own"}, {"teacher": "EU_SW"})
+    re1 = _art(tmp_path, "re1", {"teacher": "EU_CORE"}, {"teacher": "EU_CORE"})
+    rm = [_art(tmp_path, "rm1", binary=b"\x80", metadata={"teacher": "EU_CORE", "model_name": "vit_r"}),
+          _art(tmp_path, "rm0", binary=b"\x80", metadata={"teacher": "EU_SW", "model_name": "vit_r"})]
+    sm = _art(tmp_path, "sm", binary=b"\x80", metadata={"val_top1": 0.8, "final_stage": "distillation"})
+    smet = _art(tmp_path, "smet", metadata={"val_top1": 0.81, "test_top1": 0.79})
+    pr = tm.collect_phase_results(global_teacher_results=ge, global_teacher_model=gm,
+                                  regional_teacher_results=[re0, re1], regional_teacher_models=rm,
+                                  student_model=sm, student_metrics=smet,
+                                  export_summary={"uri": "gs://b/tfjs", "correlation": 0.999})
+    assert list(pr) == list(tm.PHASES)
+    assert pr["global_teacher"] == {"teacher": "global", "top1_accuracy": 0.72, "uri": "gs://root/ge",
+                                    "checkpoint": "gs://root/gm", "model_name": "vit"}
+    assert [(r["checkpoint"], r["model_name"]) for r in pr["regional_teachers"]] == [
+        ("gs://root/rm0", "own"), ("gs://root/rm1", "vit_r")]  # by name; a result's own model_name stays
+    assert pr["student"] == {"val_top1": 0.81, "final_stage": "distillation", "test_top1": 0.79,
+                             "checkpoint": "gs://root/sm"}  # the metrics' figures over the model's
+    assert pr["export"] == pr["export_validation"] == {"uri": "gs://b/tfjs", "correlation": 0.999}
+    assert pr["baseline"] is None and pr["soft_labels"] is None and pr["calibration"] is None
+    skipped = tm.collect_phase_results(export_summary={"status": "skipped", "reason": "not blessed"})
+    assert skipped["export"] == {"status": "skipped", "reason": "not blessed"}
+    assert skipped["export_validation"] is None
+
+
+def test_collect_inputs_and_write_the_manifest(tmp_path, monkeypatch):
+    audit, stats = _art(tmp_path, "audit", DATA["ingest"]), _art(tmp_path, "stats", DATA["split"])
+    assert tm.collect_data_stats("snap", audit, stats) == {"snapshot_id": "snap", "ingest": DATA["ingest"],
+                                                           "split": DATA["split"], "cache": {}}
+    w = tmp_path / "weights"
+    w.mkdir()
+    (w / "staged_weights.json").write_text(json.dumps({"model_id": "m", "pretrained": False}))
+    weights = _art(tmp_path, "weights")
+    assert tm.collect_staged_weights(student=weights) == {"student": {"model_id": "m", "pretrained": False}}
+    monkeypatch.setattr(tm, "environment_versions", lambda: {"python_version": "3.11"})
+    model = _art(tmp_path, "m", metadata={"environment": {"gpu": "NVIDIA L4"}})
+    assert tm.collect_environment(training=model, student_training=_art(tmp_path, "s", metadata={"environment": "x"}),
+                                  export=None) == {"python_version": "3.11", "training": {"gpu": "NVIDIA L4"}}
+    m = build(INLINE_CONFIG, full_results())
+    logged = []
+    meta = tm.write_training_manifest(tmp_path / "manifest", tmp_path / "summary.md", m, log=logged.append)
+    assert yaml.safe_load((tmp_path / "manifest" / tm.MANIFEST_NAME).read_text()) == m
+    assert (tmp_path / "summary.md").read_text() == tm.summary_markdown(m)
+    assert meta == {"git_commit": "abc1234", "timestamp": "2026-01-02T03:04:05Z",
+                    **{f"phase_{i}": "completed" for i in range(7)}}
+    assert logged == [f"training manifest: { {f'phase_{i}': 'completed' for i in range(7)} }"]

@@ -10,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from shared.cache_paths import resolve
 from shared.fetch import Fetcher, FetchError, FetchPolicy, check_address, is_public_address
-from shared.image_cache import cache_images, resolve
+from shared.image_cache import cache_images
 from tests.image_server import jpeg_bytes
 
 NON_PUBLIC = [

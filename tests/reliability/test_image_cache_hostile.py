@@ -16,13 +16,13 @@ import pytest
 from PIL import Image
 
 from shared import gcs, image_cache
+from shared.cache_paths import resolve
 from shared.fetch import Fetcher, FetchPolicy
 from shared.image_cache import (
     INDEX_NAME,
     CacheWriteError,
     cache_images,
     render_image,
-    resolve,
     run_cache_images,
     to_8bit,
 )
