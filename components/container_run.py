@@ -84,6 +84,19 @@ def prepare_output(output: Path) -> None:
                     os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
 
 
+def check_traversable(folders: list[Path]) -> None:
+    """Run as root, the containers' uid 1000 must be able to reach each mounted folder: every
+    folder above it needs the others' x bit (pytest's and mktemp's 0700 folders do not have it)."""
+    if os.geteuid() != 0:
+        return
+    for folder in folders:
+        for parent in [folder.resolve(), *folder.resolve().parents]:
+            if parent.exists() and not parent.stat().st_mode & 0o001:
+                raise ContainerRunError(f"{parent} (above {folder}) is not searchable by others (mode "
+                                        f"{oct(parent.stat().st_mode & 0o777)}): the containers' user "
+                                        f"{CONTAINER_USER} could not reach {folder}; choose a folder outside it")
+
+
 def container_user() -> str:
     """Root runs the tasks as the images' own user; anyone else as themself (still non-root), so
     the files they write stay theirs."""
@@ -232,5 +245,6 @@ def container_session(cfg: dict, output: Path, data_dir: Path, images: set[str],
             raise ContainerRunError("images the pipeline names are not built: " + ", ".join(missing)
                                     + " (make images CONFIG=<this config>)")
         prepare_output(output)
+        check_traversable([output, data_dir])
         install_container_run(output, data_dir)
         yield run_cfg

@@ -8,6 +8,10 @@ import importlib.metadata
 import platform
 from typing import Any
 
+# The oldest Linux NVIDIA driver each CUDA major release runs on (NVIDIA's CUDA compatibility
+# table; minor-version compatibility inside a major). PyPI's torch 2.14.1 wheels are CUDA 13.
+MIN_DRIVER_FOR_CUDA = {"13": "580", "12": "525.60.13", "11": "450.80.02"}
+
 PACKAGES = ("torch", "torchvision", "timm", "kfp", "kfp-kubernetes", "numpy", "pillow", "onnx",
             "onnxruntime", "tensorflow", "tensorflowjs", "onnx2tf")
 
@@ -28,6 +32,8 @@ def environment_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]
         import torch
 
         env["cuda"] = torch.version.cuda
+        if torch.version.cuda:
+            env["nvidia_driver_required"] = f">= {MIN_DRIVER_FOR_CUDA.get(torch.version.cuda.split('.')[0], '?')}"
         if torch.cuda.is_available():
             env["gpu"] = ", ".join(sorted({torch.cuda.get_device_name(i)
                                            for i in range(torch.cuda.device_count())}))

@@ -508,7 +508,12 @@ def fill_from_reported(env: dict, toolchain: dict | None = None) -> dict:
     if env.get("gpu", "none") == "none":
         gpu_env = next((r for r in reported if r.get("gpu") not in (None, "none")), None)
         if gpu_env:
-            env.update({k: gpu_env[k] for k in ("gpu", "gpu_count", "cuda") if k in gpu_env})
+            env.update({k: gpu_env[k] for k in ("gpu", "gpu_count", "cuda", "nvidia_driver_required") if k in gpu_env})
+    if not env.get("cuda"):
+        # The training image's CUDA runtime and the driver it needs on the nodes, GPU or not.
+        cuda_env = next((r for r in reported if r.get("cuda")), None)
+        if cuda_env:
+            env.update({k: cuda_env[k] for k in ("cuda", "nvidia_driver_required") if k in cuda_env})
     return env
 
 

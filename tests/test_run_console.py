@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from kfp import dsl, local
@@ -181,3 +182,17 @@ def test_failed_task_shows_its_last_lines(tmp_path):
     assert console[-1] == f"full log: {tmp_path / 'run.log'}"
     assert len(console) < 40
     assert "calibrate line 0" in log and "Traceback" in log
+
+
+def test_cli_run_local_fails_with_the_task_and_exit_1(tmp_path, monkeypatch, capsys):
+    import pipeline
+
+    monkeypatch.setattr(pipeline, "build_pipeline", lambda cfg: failing)  # the CLI path, a one-task DAG
+    config = Path(pipeline.__file__).parent / "config" / "local.yaml"
+    code = pipeline.main(["run-local", "--config", str(config), "--output", str(tmp_path)])
+    console = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert console[0].endswith(f"full log: {tmp_path / 'run.log'}")
+    assert any("FAILED  calibrate" in line for line in console)
+    assert "  | ValueError: the gate is shut" in console and console[-1] == f"full log: {tmp_path / 'run.log'}"
+    assert "Traceback" in (tmp_path / "run.log").read_text()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,7 +56,9 @@ def container_run(tmp_path_factory, engine):
     """The whole DAG in the images, on a freshly generated sample catalogue in its own data folder."""
     from shared.sample_data import generate
 
-    base = tmp_path_factory.mktemp("containers")
+    # Not under pytest's 0700 temp folders: the containers' user must be able to reach it.
+    base = Path(tempfile.mkdtemp(prefix="plantid-containers-", dir="/tmp"))
+    base.chmod(0o755)
     data = base / "data"
     generate(data / "sample", n_species=12, seed=1, image_size=(160, 128))
     before = sorted((p.relative_to(data), p.stat().st_mtime_ns) for p in data.rglob("*"))
@@ -68,7 +72,8 @@ def container_run(tmp_path_factory, engine):
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=3000)
     after = sorted((p.relative_to(data), p.stat().st_mtime_ns) for p in data.rglob("*"))
     assert proc.returncode == 0, f"run-containers failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return {"out": out, "stdout": proc.stdout, "data_before": before, "data_after": after}
+    yield {"out": out, "stdout": proc.stdout, "data_before": before, "data_after": after}
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.timeout(3600)
@@ -119,18 +124,18 @@ def test_nothing_written_outside_the_output_and_tmp(container_run, engine, tmp_p
     # The data folder is mounted read-only and nothing in it changed.
     assert container_run["data_before"] == container_run["data_after"]
     # Every task's root filesystem is read-only: writing anywhere but the output folder and /tmp fails.
-    out = tmp_path / "out"
-    out.mkdir()
-    os.chmod(out, 0o777)
+    out = Path(tempfile.mkdtemp(prefix="plantid-rofs-", dir="/tmp"))
+    out.chmod(0o777)
     for name, ref in _images().items():
         code = run_task_container(
             engine, ref, ["sh", "-c", "for d in /app /opt /usr/local /etc /var /home; do "
                                       "touch $d/.probe 2>/dev/null && { echo wrote $d; exit 3; }; done; "
                                       f"touch /tmp/ok && touch {out}/ok"],
-            {}, output=out, data_dir=tmp_path)
+            {}, output=out, data_dir=out)
         assert code == 0, f"{name}: a write outside the output folder and /tmp succeeded (exit {code})"
         assert (out / "ok").exists()
         (out / "ok").unlink()
+    shutil.rmtree(out, ignore_errors=True)
 
 
 @pytest.mark.timeout(600)
