@@ -296,10 +296,11 @@ def decode_ms(root: str, recs: list[dict], n: int = 64, student_root: str | None
 
 def steps_ms(root: str, recs: list[dict], n: int = 32, rounds: int = 3) -> dict[str, dict[str, float]]:
     """Milliseconds per teacher image, one thread, step by step: ours (the fast path's steps
-    with the plan's section) and timm's default transform (each step of its Compose), on
-    images already decoded (decoding is measured apart, the same for both). The jitter ops
-    are timed with fixed factors (all four, then without hue); blur is timed when drawn
-    and counted at its probability."""
+    with the plan's section) and timm's default transform (its Compose up to each step, the
+    step's cost being the difference), on images already decoded (decoding is measured
+    apart, the same for both). The jitter ops are timed with fixed factors (all four, then
+    without hue); blur is timed when drawn and counted at its probability. Every timing
+    runs once per round, interleaved, and the best round is kept (a shared machine)."""
     from shared import augment as A
     from shared.image_dataset import decode_image
 
@@ -309,53 +310,57 @@ def steps_ms(root: str, recs: list[dict], n: int = 32, rounds: int = 3) -> dict[
     imgs = [decode_image(Path(root) / r["cache_path"]) for r in recs[:n]]
     boxes = [tf.smart_box(im) for im in imgs]
 
-    def best(fn, items) -> float:
-        times = []
-        for _ in range(rounds):
-            torch.manual_seed(0)
-            t0 = time.perf_counter()
-            for it in items:
-                fn(it)
-            times.append((time.perf_counter() - t0) / len(items) * 1e3)
-        return round(min(times), 3)
+    def source(k: int) -> Image.Image:
+        return imgs[k].crop(boxes[k]) if smart else imgs[k]
 
     def geometry(k: int) -> Image.Image:
-        img = tf._resized_random_crop(imgs[k].crop(boxes[k]) if smart else imgs[k])
+        img = tf._resized_random_crop(source(k))
         for t in tf.geometric:
             img = t(img)
         return img
 
+    def timm_upto(j: int):
+        def run_(k: int) -> None:
+            x = imgs[k]
+            for t in timm_steps[:j]:
+                x = t(x)
+        return run_
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        idx = range(len(imgs))
-        crops = [np.asarray(geometry(k)) for k in idx]
+        crops = [np.asarray(geometry(k)) for k in range(len(imgs))]
         floats = [A.photometric(c, []) for c in crops]
         jitter = [("brightness", 1.1), ("contrast", 0.9), ("saturation", 1.2), ("hue", 0.1)]
         sigma = sum(A.BLUR_SIGMA) / 2
-        ours = {"whole_transform": best(lambda k: tf(imgs[k], box=boxes[k]), idx),
-                "smart_crop_resized_random_crop": best(
-                    lambda k: tf._resized_random_crop(imgs[k].crop(boxes[k]) if smart else imgs[k]), idx),
-                "geometry_with_flips_rotation": best(geometry, idx),
-                "to_float_normalise": best(lambda k: A.photometric(crops[k], [], tf.mean, tf.std), idx),
-                "jitter_without_hue_to_float_normalise": best(
-                    lambda k: A.photometric(crops[k], jitter[:3], tf.mean, tf.std), idx),
-                "jitter_with_hue_to_float_normalise": best(
-                    lambda k: A.photometric(crops[k], jitter, tf.mean, tf.std), idx),
-                "blur_when_drawn": best(lambda k: A.gaussian_blur_float(floats[k], tf.blur_kernel, sigma), idx),
-                "blur_probability": tf.blur_p,
-                "deferred_uint8_output": best(lambda k: A.chw_uint8(Image.fromarray(crops[k])), idx)}
+        fns = {"ours.whole_transform": lambda k: tf(imgs[k], box=boxes[k]),
+               "ours.smart_crop_resized_random_crop": lambda k: tf._resized_random_crop(source(k)),
+               "ours.geometry_with_flips_rotation": geometry,
+               "ours.to_float_normalise": lambda k: A.photometric(crops[k], [], tf.mean, tf.std),
+               "ours.jitter_without_hue_to_float_normalise": lambda k: A.photometric(crops[k], jitter[:3], tf.mean,
+                                                                                      tf.std),
+               "ours.jitter_with_hue_to_float_normalise": lambda k: A.photometric(crops[k], jitter, tf.mean, tf.std),
+               "ours.blur_when_drawn": lambda k: A.gaussian_blur_float(floats[k], tf.blur_kernel, sigma),
+               "ours.deferred_uint8_output": lambda k: A.chw_uint8(Image.fromarray(crops[k]))}
+        fns.update({f"timm.upto_{j}": timm_upto(j) for j in range(1, len(timm_steps) + 1)})
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                torch.manual_seed(0)
+                t0 = time.perf_counter()
+                for k in range(len(imgs)):
+                    fn(k)
+                ms = (time.perf_counter() - t0) / len(imgs) * 1e3
+                best[name] = min(ms, best.get(name, ms))
+        ours = {k.split(".", 1)[1]: round(v, 3) for k, v in best.items() if k.startswith("ours.")}
+        ours["blur_probability"] = tf.blur_p
         ours["hue"] = round(ours["jitter_with_hue_to_float_normalise"]
                             - ours["jitter_without_hue_to_float_normalise"], 3)
         timm: dict[str, float] = {}
         prev = 0.0
-        for j in range(len(timm_steps)):
-            def upto(k: int, j: int = j) -> None:
-                x = imgs[k]
-                for t in timm_steps[:j + 1]:
-                    x = t(x)
-            t = best(upto, idx)
-            timm[f"{j + 1}_{type(timm_steps[j]).__name__}"] = round(t - prev, 3)
+        for j in range(1, len(timm_steps) + 1):
+            t = best[f"timm.upto_{j}"]
+            timm[f"{j}_{type(timm_steps[j - 1]).__name__}"] = round(t - prev, 3)
             prev = t
         timm["whole_transform"] = round(prev, 3)
         return {"ours_teacher": ours, "timm_teacher": timm}

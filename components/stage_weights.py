@@ -36,7 +36,8 @@ def stage_weights(role: str, kind: str, config: dict, overrides: dict, weights_c
     import os
 
     from shared.atomic import write_json
-    from shared.pretrained import STAGED_NAME, WeightsCache, model_request, stage, staged_summary
+    from shared.pretrained import STAGED_NAME, WeightsCache, stage, staged_summary
+    from shared.run_models import model_request
 
     req = model_request(role, kind, config, overrides)
     record = stage(req, WeightsCache(weights_cache), endpoint=hub_endpoint, offline=offline)

@@ -1,11 +1,13 @@
 """Atomic file writes (temp file + rename) with a sha256 checksum recorded beside
-the file, so a crash never leaves a truncated artifact that a later step loads."""
+the file, so a crash never leaves a truncated artifact that a later step loads; and
+path_safe_name, a name made safe as one path component."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -18,6 +20,11 @@ CHECKSUM_SUFFIX = ".sha256"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+
+
+def path_safe_name(name: str) -> str:
+    """A name made safe as one path component (checkpoint directories per run and teacher)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "x"
 
 
 class OutputWriteError(OSError):

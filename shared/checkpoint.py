@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from shared.atomic import CHECKSUM_SUFFIX, atomic_open, verify_checksum
-from shared.pipeline_config import path_safe_name
+from shared.atomic import CHECKSUM_SUFFIX, atomic_open, path_safe_name, verify_checksum
 
 FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

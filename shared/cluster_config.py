@@ -16,6 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from shared.config_schema import ConfigError, merge_checked
+from shared.run_models import offline_problems
+
 KINDS = ("cpu", "gpu")
 
 
@@ -124,8 +127,6 @@ _DURATION = re.compile(r"^[0-9]+(\.[0-9]+)?s$")
 
 
 def _error(msg: str) -> Exception:
-    from shared.pipeline_config import ConfigError  # lazy: pipeline_config imports this module
-
     return ConfigError(msg)
 
 
@@ -199,8 +200,6 @@ def load_cluster_config(section: dict | None) -> dict:
     """Validate the `cluster:` section over CLUSTER_DEFAULTS and return the full
     settings. Unknown keys raise ConfigError naming the key; idempotent (a loaded
     section loads to itself)."""
-    from shared.pipeline_config import merge_checked
-
     section = {} if section is None else section
     if not isinstance(section, dict):
         raise _error(f"cluster: expected a mapping, got {type(section).__name__}")
@@ -333,7 +332,5 @@ def cluster_problems(cfg: dict) -> list[str]:
     if fetch.get("allow_private_networks"):
         problems.append("cache.fetch.allow_private_networks is true: record URLs could reach cluster services")
     if "weights" in cfg and "teachers" in cfg:
-        from shared.pretrained import offline_problems
-
         problems += offline_problems(cfg)
     return problems

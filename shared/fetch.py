@@ -221,7 +221,10 @@ def judge_http_url(url: str, client: requests.Session | None = None) -> HttpTarg
     (FetchError `ambiguous_url`) a URL that urllib.parse and urllib3 read differently
     (scheme, host or port), one with userinfo, a backslash, a control character, or
     whitespace or percent-encoding in its authority, and checks that the URL sent leads
-    requests' own adapter (the session's, when `client` is given) to the judged host."""
+    requests' own adapter (the session's, when `client` is given) to the judged host.
+
+    Long: one ordered chain of security checks on one URL (each later check relies on the
+    earlier refusals); kept in one place so the order stays reviewable."""
     def ambiguous(detail: str) -> FetchError:
         return FetchError("ambiguous_url", url, detail)
 

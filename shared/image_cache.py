@@ -492,7 +492,10 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
     stores each image's student rendition at that short side (render_student). A record
     whose image cannot be fetched, decoded or rendered is reported and skipped; raises
     CacheWriteError when the cache itself cannot be written. The caller enforces
-    the fail rate (check_fail_rate), after writing its outputs."""
+    the fail rate (check_fail_rate), after writing its outputs.
+
+    Long: the per-record workers (cache_one, student_part, store) are closures over one
+    run's index, counters, lock and remote cache, run by the thread pool below."""
     t0 = time.monotonic()
     remote = RemoteCache(str(cache_dir)) if is_gs_uri(str(cache_dir)) else None
     root = remote.local if remote else Path(cache_dir)

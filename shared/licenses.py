@@ -163,6 +163,10 @@ def parse_license(raw: object) -> License:
 
 @lru_cache(maxsize=65536)
 def _parse_license(raw_text: str | None) -> License:
+    """The License of one licence text (parse_license's cached worker).
+
+    Long: one left-to-right scan whose state (after a version, after "cc") carries from
+    word to word, followed by the verdict over what the scan collected."""
     if raw_text is None:
         return License("", reason="no licence given")
     if not raw_text.strip():

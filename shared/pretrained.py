@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -35,11 +34,12 @@ from typing import Any
 
 from shared.atomic import sha256_file, write_json
 from shared.gcs import is_gs_uri
+from shared.run_models import model_request, run_requests
+from shared.weights_request import WeightsRequest, hub_repo, is_hub_id
 
 STAGED_NAME = "staged_weights.json"
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's order: safetensors first
 WEIGHT_EXTS = (".safetensors", ".pth.tar", ".pth", ".bin", ".pt")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Preprocessing keys of a timm pretrained_cfg that the config's own values are compared with.
 _VIT_FAMILIES = ("vit", "deit", "eva")
 
@@ -50,67 +50,6 @@ class WeightsUnavailable(RuntimeError):
 
 class WeightsMismatch(ValueError):
     """A weights file is not what it claims: wrong sha256, not loadable as data, or not this model."""
-
-
-@dataclass(frozen=True)
-class WeightsRequest:
-    """One model of a run whose weights must be staged.
-
-    role: which model ("global teacher", "student", "baseline"), for messages and the manifest.
-    model_id: timm name (optionally with a pretrained tag) or hf-hub:org/repo.
-    pretrained: False means an explicit training from scratch (nothing is staged).
-    revision: hub branch, tag or commit ("" = the repository's default).
-    pretrained_path: a local path, gs:// URI or http(s) URL of the weights file.
-    sha256: the expected content hash (required for http(s) URLs; pins any source).
-    class_names: where the head's class names are (a text file, one name per line in
-        head-row order, or a JSON list), for head rows copied by species name."""
-
-    role: str
-    model_id: str
-    pretrained: bool = True
-    revision: str = ""
-    pretrained_path: str = ""
-    sha256: str = ""
-    class_names: str = ""
-
-    def check(self) -> None:
-        """Config-time checks; errors name the role and the key."""
-        where = f"{self.role}: model"
-        if not self.model_id.strip():
-            raise ValueError(f"{where}.name is empty")
-        if self.sha256 and not _SHA256.match(self.sha256.lower()):
-            raise ValueError(f"{where}.sha256: expected 64 hex digits, got {self.sha256!r}")
-        if self.pretrained_path.startswith(("http://", "https://")) and not self.sha256:
-            raise ValueError(f"{where}.pretrained_path is a URL ({self.pretrained_path}): set {where}.sha256 "
-                             "to the file's sha256 so a changed or tampered download is refused")
-        if "://" in self.pretrained_path and not self.pretrained_path.startswith(("http://", "https://", "gs://")):
-            raise ValueError(f"{where}.pretrained_path: a path, gs:// URI or http(s) URL, got {self.pretrained_path!r}")
-
-    @property
-    def ref_name(self) -> str:
-        """The cache's name for this id and revision."""
-        raw = f"{self.model_id}@{self.revision or 'default'}"
-        return re.sub(r"[^A-Za-z0-9_.@-]+", "_", raw)
-
-
-def request_from_section(role: str, section: dict, name: str | None = None) -> WeightsRequest:
-    """A WeightsRequest from a config's model section (teacher/student `model:`, `baseline:`);
-    `name` replaces section["name"] (the student's width-resolved timm name)."""
-    return WeightsRequest(
-        role=role, model_id=str(name or section.get("name") or section.get("model_name") or ""),
-        pretrained=bool(section.get("pretrained", True)), revision=str(section.get("revision") or ""),
-        pretrained_path=str(section.get("pretrained_path") or section.get("weights") or ""),
-        sha256=str(section.get("sha256") or "").lower(), class_names=str(section.get("class_names") or ""))
-
-
-# ---- model ids -------------------------------------------------------------------------
-
-def is_hub_id(model_id: str) -> bool:
-    return model_id.startswith("hf-hub:")
-
-
-def hub_repo(model_id: str) -> str:
-    return model_id[len("hf-hub:"):].split("@")[0]
 
 
 def architecture_of(model_id: str, hub_config: dict | None = None) -> str:
@@ -379,7 +318,10 @@ def stage(req: WeightsRequest, cache: WeightsCache, *, endpoint: str = "", offli
           log: Callable[[str], None] = print) -> dict:
     """Resolve, verify and cache one model's weights; returns the staged record (the
     contract with the training steps and the manifest). Raises WeightsUnavailable naming
-    every source tried, or WeightsMismatch for a file that is not what it claims."""
+    every source tried, or WeightsMismatch for a file that is not what it claims.
+
+    Long: the sources are tried in order inside one temporary directory, and the record
+    gathers what each step learnt; the steps themselves are helpers below."""
     req.check()
     base = {"role": req.role, "model_id": req.model_id, "revision": req.revision, "pretrained": req.pretrained}
     if not req.pretrained:
@@ -622,57 +564,6 @@ def staged_summary(staged: dict | None) -> dict:
     out = {k: staged[k] for k in ("model_id", "revision", "commit", "sha256", "source", "architecture")
            if staged.get(k) not in (None, "")}
     return {**out, "pretrained": bool(staged.get("pretrained"))}
-
-
-# ---- the models of a run ---------------------------------------------------------------
-
-KINDS = ("teacher", "student", "baseline")
-
-
-def model_request(role: str, kind: str, config: dict, overrides: dict | None = None) -> WeightsRequest:
-    """The WeightsRequest of one model from its config (validated by its own loader);
-    `overrides` are a teacher's dotted overrides, as train_teacher applies them."""
-    if kind == "teacher":
-        from shared.teacher_config import load_teacher_config
-
-        return request_from_section(role, load_teacher_config(config, overrides)["model"])
-    if kind == "student":
-        from shared.student_config import load_student_config, timm_model_name
-
-        m = load_student_config(config)["model"]
-        return request_from_section(role, m, name=timm_model_name(m))
-    if kind == "baseline":
-        return request_from_section(role, config, name=config.get("model_name"))
-    raise ValueError(f"stage_weights kind {kind!r}: one of {KINDS}")
-
-
-def run_requests(cfg: dict) -> list[tuple[str, str, dict]]:
-    """(role, kind, config) of every model of a pipeline config whose weights are staged:
-    the global teacher, the student and the baseline. Regional teachers start from the
-    global teacher's checkpoint and need no weights of their own."""
-    from shared.student_config import load_student_config
-    from shared.teacher_config import load_teacher_config
-
-    t = cfg["teachers"]
-    return [("global teacher", "teacher", load_teacher_config(t["global_config"], t["overrides"])),
-            ("student", "student", load_student_config(cfg["student"]["config"], cfg["student"]["overrides"])),
-            ("baseline", "baseline", dict(cfg["baseline"]))]
-
-
-def offline_problems(cfg: dict) -> list[str]:
-    """With weights.offline, every pretrained model needs a source that does not need the
-    hub: model.pretrained_path, a pinned sha256 (a pre-seeded cache), or a hub mirror."""
-    w = cfg.get("weights") or {}
-    if not w.get("offline") or w.get("hub_endpoint"):
-        return []
-    problems = []
-    for role, kind, config in run_requests(cfg):
-        r = model_request(role, kind, config)
-        if r.pretrained and not (r.sha256 or (r.pretrained_path and not r.pretrained_path.startswith("http"))):
-            problems.append(f"{role} {r.model_id}: weights.offline is true but it has no model.pretrained_path "
-                            "(volume path or gs://) and no model.sha256 of a pre-seeded weights cache "
-                            "(`make stage-weights` prints them); set one, or weights.hub_endpoint to a mirror")
-    return problems
 
 
 def stage_run(cfg: dict, cache_dir: str | None = None, log: Callable[[str], None] = print) -> list[dict]:

@@ -28,9 +28,10 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from shared.pipeline_config import ConfigError, merge_checked, merge_dotted, read_config_source
+from shared.config_schema import ConfigError, merge_checked, merge_dotted, read_config_source
 from shared.regions import region_list
 from shared.teacher_config import TEACHER_DEFAULTS, check_augmentation, check_photometric_setting, photometric_words
+from shared.weights_request import request_from_section
 
 MOBILENETV2_WIDTHS = {0.5: "mobilenetv2_050", 0.75: "mobilenetv2_075", 1.0: "mobilenetv2_100",
                       1.1: "mobilenetv2_110d", 1.2: "mobilenetv2_120d", 1.4: "mobilenetv2_140"}
@@ -82,8 +83,6 @@ def load_student_config(source: str | Path | dict | None, overrides: dict | None
 
 def _check_values(cfg: dict) -> None:
     """Ranges the trainer relies on: out of them a run would crash late or train wrongly."""
-    from shared.pretrained import request_from_section
-
     try:
         request_from_section("student", cfg["model"]).check()
     except ValueError as e:

@@ -21,13 +21,14 @@ from shared.atomic import write_json
 from shared.augment import aggressive_train_aug, build_eval_transform, build_train_transform, photometric_on_gpu
 from shared.checkpoint import load_checkpoint
 from shared.distillation import SoftLabelLookup, make_kd_loss_fn
+from shared.distributed import distributed_env, launch
 from shared.image_cache import student_records
 from shared.image_dataset import CachedImageDataset, class_list
 from shared.pretrained import create_model, preprocessing_mismatches, read_staged, require_staged, staged_summary
 from shared.records import load_jsonl
 from shared.soft_labels import SoftLabels
 from shared.student_config import load_student_config, timm_model_name
-from shared.trainer import TrainSettings, distributed_env, fit, launch, seed_everything
+from shared.trainer import TrainSettings, fit, seed_everything
 
 
 def model_size(model: torch.nn.Module) -> dict[str, float]:

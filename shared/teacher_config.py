@@ -39,8 +39,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from shared.pipeline_config import ConfigError, merge_checked, merge_dotted, read_config_source
+from shared.config_schema import ConfigError, merge_checked, merge_dotted, read_config_source
 from shared.regions import region_list
+from shared.weights_request import request_from_section
 
 _NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -133,8 +134,6 @@ def check_augmentation(aug: dict, image_size: int, where: str = "augmentation") 
 
 
 def _check_values(cfg: dict) -> None:
-    from shared.pretrained import request_from_section
-
     try:
         request_from_section("teacher", cfg["model"]).check()
     except ValueError as e:

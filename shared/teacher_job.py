@@ -19,7 +19,7 @@ def run_teacher_job(name: str, config: dict, overrides: dict, train_path: str, v
     """Train (or resume) a teacher; copy best_model.pt to `out_model`; return its summary.
     `weights_path`: the stage_weights record of its pretrained weights (none for a
     teacher initialised from another)."""
-    from shared.trainer import launch
+    from shared.distributed import launch
 
     wd = work_dir(checkpoint_dir, run_id, name)
     wd.mkdir(parents=True, exist_ok=True)
@@ -31,7 +31,7 @@ def run_teacher_job(name: str, config: dict, overrides: dict, train_path: str, v
         args += ["--init-from", init_from]
     if weights_path:
         args += ["--weights-json", weights_path]
-    launch(args, nproc=max(1, int(gpus)))
+    launch(args, nproc=max(1, int(gpus)), module="shared.teacher_training")
     summary = json.loads((wd / "summary.json").read_text())
     best = wd / "best_model.pt"
     if not best.exists():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.pipeline_config import ConfigError, merge_checked, read_config_source
+from shared.config_schema import ConfigError, merge_checked, read_config_source
 from shared.student_config import load_student_config, teacher_weight
 from shared.teacher_config import load_teacher_config, photometric_words
 

@@ -16,6 +16,7 @@ import torch
 from shared.atomic import write_json
 from shared.augment import build_eval_transform, build_train_transform, photometric_on_gpu
 from shared.checkpoint import load_checkpoint
+from shared.distributed import distributed_env
 from shared.image_dataset import CachedImageDataset, class_balanced_sample_weights, class_list
 from shared.pretrained import (
     WeightsUnavailable,
@@ -31,7 +32,7 @@ from shared.pretrained import (
 from shared.records import load_jsonl
 from shared.regions import region_list
 from shared.teacher_config import load_teacher_config
-from shared.trainer import TrainSettings, distributed_env, fit, seed_everything
+from shared.trainer import TrainSettings, fit, seed_everything
 
 
 def map_head_by_class(model: torch.nn.Module, src_state: dict, src_classes: list[str],

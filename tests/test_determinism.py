@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from shared.checkpoint import load_checkpoint
+from shared.distributed import DistributedWeightedSampler
 from shared.student_config import load_student_config
 from shared.student_training import stage_settings, train_student
 from shared.teacher_config import load_teacher_config
 from shared.teacher_training import settings_from_config, train_teacher
 from shared.trainer import (
-    DistributedWeightedSampler,
     EpochTaggedSampler,
     SeededSamples,
     TrainSettings,

@@ -20,14 +20,14 @@ from shared.pipeline_config import ConfigError, load_pipeline_config  # noqa: E4
 from shared.pretrained import (  # noqa: E402
     WeightsCache,
     WeightsMismatch,
-    WeightsRequest,
     WeightsUnavailable,
     create_model,
-    offline_problems,
     preprocessing_mismatches,
     stage,
 )
+from shared.run_models import offline_problems  # noqa: E402
 from shared.teacher_config import load_teacher_config  # noqa: E402
+from shared.weights_request import WeightsRequest  # noqa: E402
 from tests.conftest import TINY_TEACHER  # noqa: E402
 from tests.fake_hub import COMMIT, FakeHub  # noqa: E402
 
@@ -327,7 +327,7 @@ def test_vit_weights_at_another_image_size(tmp_path):
 def test_the_plans_models_resolve_to_their_hub_repositories(tmp_path):
     """config/cluster.yaml's teacher, student and baseline ask the hub for timm's default tags
     (an empty fake hub answers 'not found', so nothing is downloaded)."""
-    from shared.pretrained import model_request, run_requests
+    from shared.run_models import model_request, run_requests
 
     cfg = load_pipeline_config(ROOT / "config" / "cluster.yaml")
     with FakeHub() as h:

@@ -13,13 +13,14 @@ import torch
 import yaml
 
 from shared.checkpoint import build_model, load_checkpoint
+from shared.distributed import DistributedWeightedSampler
 from shared.image_dataset import class_balanced_sample_weights
 from shared.pipeline_config import ConfigError
 from shared.pretrained import create_model
 from shared.records import write_jsonl
 from shared.teacher_config import load_teacher_config
 from shared.teacher_training import map_head_by_class, train_teacher
-from shared.trainer import DistributedWeightedSampler, NonFiniteLossError, TrainSettings, fit
+from shared.trainer import NonFiniteLossError, TrainSettings, fit
 from tests.conftest import TINY_TEACHER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,7 +265,8 @@ def test_ddp_validation_shards_sum_to_the_full_set(tmp_path):
 import json, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from torch.utils.data import DataLoader, Subset
-from shared.trainer import evaluate_top_k, init_distributed
+from shared.distributed import init_distributed
+from shared.trainer import evaluate_top_k
 from tests.test_teacher_training import _toy
 rank, world, device = init_distributed()
 torch.manual_seed(0)
