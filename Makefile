@@ -23,7 +23,7 @@ export-env:
 	bash scripts/setup_export_env.sh
 
 sample-data: $(VENV)/.stamp
-	$(PY) -m shared.sample_data --output data/sample
+	$(PY) -m shared.data.sample_data --output data/sample
 
 run: setup sample-data
 	$(PY) pipeline.py run-local --config $(CONFIG) --output $(OUTPUT)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # kfp is imported where it is used: the CLI starts fast
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from shared.pipeline_config import load_pipeline_config  # noqa: E402
+from shared.config.pipeline import load_pipeline_config  # noqa: E402
 
 
 def _import_components() -> dict:
@@ -61,7 +61,7 @@ def _import_components() -> dict:
 
 def teacher_parameters(cfg: dict) -> tuple[dict, list[dict]]:
     """The global teacher config and the regional teacher items, as pipeline-parameter defaults."""
-    from shared.teacher_set import teacher_set
+    from shared.train.teacher_set import teacher_set
 
     return teacher_set(cfg)
 
@@ -75,7 +75,7 @@ def build_pipeline(cfg: dict):
     from components.platform import apply_platform_to_pipeline
     d, ca, b, t = cfg["data"], cfg["cache"], cfg["baseline"], cfg["teachers"]
     global_teacher_cfg, regional_teachers_default = teacher_parameters(cfg)
-    from shared.student_config import load_student_config
+    from shared.config.student import load_student_config
 
     # the student reads the cache's student rendition (cache.student_resize; 0: the main files)
     student_cfg = load_student_config(cfg["student"]["config"], {**cfg["student"]["overrides"],
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "compile":
         print("compiled:", compile_pipeline(cfg, args.output))
     elif args.cmd == "stage-weights":
-        from shared.pretrained import stage_run
+        from shared.train.pretrained import stage_run
 
         for r in stage_run(cfg, args.cache):
             if r["pretrained"]:
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['role']:15s} {r['model_id']}: {r['source']}")
     elif args.cmd == "submit":
         from components.submission import parse_params, submit_run
-        from shared.cluster_config import cluster_problems
+        from shared.config.cluster import cluster_problems
 
         problems = cluster_problems(cfg)
         if problems:

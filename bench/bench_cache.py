@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import tempfile
 
-from shared.fetch import FetchPolicy
-from shared.image_cache import cache_images
+from shared.data.fetch import FetchPolicy
+from shared.data.image_cache import cache_images
 from tests.image_server import ImageServer, jpeg_bytes
 
 

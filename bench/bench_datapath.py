@@ -3,12 +3,12 @@ against timm's, side by side in one run on the same files.
 
 Ours is what the trainer runs: cached JPEG -> CachedImageDataset (decode) -> the
 plan's train transform -> normalised float batch, through a torch DataLoader built
-as shared/trainer.fit builds it (batch 32, shuffle, drop_last, persistent workers).
+as shared/train/loop.fit builds it (batch 32, shuffle, drop_last, persistent workers).
 - teacher: 384 crops from the 448-short-side cache, config/teacher_global.yaml's
   augmentation.train with its smart crop;
 - student: 224 crops, config/student.yaml's augmentation.train (the defaults it
   takes), from the same 448 cache.
-"ours" is the default fast path (shared/augment.TrainTransform); "old" is the same
+"ours" is the default fast path (shared/vision/augment.TrainTransform); "old" is the same
 augmentation as a plain torchvision Compose (`fast=False`, what the code ran before);
 "ours_deferred" is the CPU side of the deferred mode (`defer_photometric=True`: the
 loader returns uint8 crops and the drawn jitter/blur parameters, DevicePhotometric
@@ -17,7 +17,7 @@ finishes the batch on the GPU; bench/bench_gpu.py times that GPU side);
 upsampled by up to 1.15x (`decode_upsample=1.15`, not the default).
 "ours_rendition" (student) is the student's path since issue 16: the same transform on the
 cache's 256 px student rendition (cache.student_resize: 256, made from the 448 files as
-shared/image_cache.render_student makes it; the plan's Resize 256 is then no resampling,
+shared/data/image_cache.render_student makes it; the plan's Resize 256 is then no resampling,
 only a crop), "ours_rendition_deferred" its CPU side with the photometric work on the GPU
 (training.photometric_on_gpu: auto, what the trainer runs on CUDA). The goal is judged on
 the real path: "ours" for the teacher, "ours_rendition" for the student (photometric on
@@ -112,7 +112,7 @@ def synthetic_photo(rng: np.random.Generator, width: int, height: int) -> Image.
 
 def make_cache(root: str | Path, n: int, short_side: int = 448, seed: int = 0) -> list[dict]:
     """n synthetic photos stored like the image cache stores them; their cached records."""
-    from shared.image_cache import JPEG_QUALITY, cache_path_for
+    from shared.data.image_cache import JPEG_QUALITY, cache_path_for
 
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -134,10 +134,10 @@ def make_cache(root: str | Path, n: int, short_side: int = 448, seed: int = 0) -
 
 
 def add_student_renditions(root: str | Path, student_root: str | Path, recs: list[dict], side: int) -> list[dict]:
-    """The cache step's student rendition (shared/image_cache.render_student) of each cached
+    """The cache step's student rendition (shared/data/image_cache.render_student) of each cached
     file under root, written to student_root (not root: timm's ImageDataset scans its root and
     must see the 448 files only), and the records with their student_* fields."""
-    from shared.image_cache import render_student, student_cache_path_for
+    from shared.data.image_cache import render_student, student_cache_path_for
 
     out = []
     for r in recs:
@@ -154,8 +154,8 @@ def add_student_renditions(root: str | Path, student_root: str | Path, recs: lis
 
 def plan_sections() -> dict[str, tuple[dict, int, bool]]:
     """model -> (augmentation.train, crop size, smart crop) from the plan's configs."""
-    from shared.student_config import load_student_config
-    from shared.teacher_config import load_teacher_config
+    from shared.config.student import load_student_config
+    from shared.config.teacher import load_teacher_config
 
     repo = Path(__file__).resolve().parent.parent
     t = load_teacher_config(str(repo / "config/teacher_global.yaml"))
@@ -181,9 +181,9 @@ def datasets(root: str, recs: list[dict], student_root: str | None = None, stude
              ) -> dict[tuple[str, str], torch.utils.data.Dataset]:
     from timm.data import ImageDataset
 
-    from shared.augment import build_train_transform
-    from shared.image_cache import student_records
-    from shared.image_dataset import CachedImageDataset, class_list
+    from shared.data.image_cache import student_records
+    from shared.vision.augment import build_train_transform
+    from shared.vision.image_dataset import CachedImageDataset, class_list
 
     classes = class_list(recs)
     out = {}
@@ -228,7 +228,7 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def measure(ds, workers: int, min_images: int, seed: int = 0) -> dict[str, float]:
-    """Throughput through a DataLoader built like shared/trainer.fit's train loader:
+    """Throughput through a DataLoader built like shared/train/loop.fit's train loader:
     images/s (wall clock) and images per CPU-second of the processes doing the work
     (the main process, and the workers), for the first epoch and for the epochs after it."""
     boxes = getattr(ds, "_boxes", None)
@@ -266,7 +266,7 @@ def decode_ms(root: str, recs: list[dict], n: int = 64, student_root: str | None
     """Milliseconds per image, one thread, for the decoders we could use."""
     from torchvision.io import decode_jpeg
 
-    from shared.image_dataset import decode_image
+    from shared.vision.image_dataset import decode_image
 
     datas = [(Path(root) / r["cache_path"]).read_bytes() for r in recs[:n]]
     paths = [str(Path(root) / r["cache_path"]) for r in recs[:n]]
@@ -301,8 +301,8 @@ def steps_ms(root: str, recs: list[dict], n: int = 32, rounds: int = 3) -> dict[
     apart, the same for both). The jitter ops are timed with fixed factors (all four, then
     without hue); blur is timed when drawn and counted at its probability. Every timing
     runs once per round, interleaved, and the best round is kept (a shared machine)."""
-    from shared import augment as A
-    from shared.image_dataset import decode_image
+    from shared.vision import augment as A
+    from shared.vision.image_dataset import decode_image
 
     aug, size, smart = plan_sections()["teacher"]
     tf = A.build_train_transform(aug, size, smart)

@@ -16,10 +16,10 @@ what the data path has to sustain):
 - teacher logits: forward only, bf16, inference mode, top-32 (what teacher_logits
   keeps), at the largest power-of-two batch that fits;
 - student: mobilenetv2_100, 9,000 classes, 224 px, channels_last, bf16: one step with
-  the project's distillation loss (shared/distillation.make_kd_loss_fn over top-32 sparse
+  the project's distillation loss (shared/distill/losses.make_kd_loss_fn over top-32 sparse
   soft labels, looked up per sample index on the CPU as the trainer does) and a plain
   cross-entropy step of the same model and batch;
-- the deferred data path's GPU side (shared/augment.DevicePhotometric: the plan's colour
+- the deferred data path's GPU side (shared/vision/augment.DevicePhotometric: the plan's colour
   jitter, blur and normalisation of uint8 batches), images/s at 384 and 224 px.
 Images/s from timed loops after warm-up (torch.cuda.synchronize around them). Model
 FLOPs per image from torch.utils.flop_counter.FlopCounterMode on one forward pass;
@@ -175,7 +175,7 @@ def train_step_fn(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
                   grad_accum: int = 1, grad_clip: float = 0.0, label_smoothing: float = 0.0,
                   channels_last: bool = False, dtype: torch.dtype | None = torch.bfloat16
                   ) -> Callable[[], torch.Tensor]:
-    """One optimizer update as shared/trainer.fit makes it (autocast forward, loss in
+    """One optimizer update as shared/train/loop.fit makes it (autocast forward, loss in
     float32, backward, clipping, step), over grad_accum micro-batches of `batch`, on fixed
     random inputs. loss_fn(logits, labels, sample_indices) replaces the CE (distillation)."""
     torch.manual_seed(0)
@@ -205,12 +205,12 @@ def train_step_fn(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
 
 
 def synthetic_soft_labels(num_samples: int, num_classes: int, k: int, temperature: float):
-    """A shared/distillation.SoftLabelLookup over synthetic top-k soft labels (rows sum
+    """A shared/distill/losses.SoftLabelLookup over synthetic top-k soft labels (rows sum
     to 1), one per sample index."""
     import numpy as np
 
-    from shared.distillation import SoftLabelLookup
-    from shared.soft_labels import SoftLabels
+    from shared.distill.losses import SoftLabelLookup
+    from shared.distill.soft_labels import SoftLabels
 
     rng = np.random.default_rng(0)
     idx = np.stack([rng.choice(num_classes, k, replace=False) for _ in range(num_samples)]).astype(np.int32)
@@ -221,9 +221,9 @@ def synthetic_soft_labels(num_samples: int, num_classes: int, k: int, temperatur
 
 
 def synthetic_kd_loss(num_samples: int, num_classes: int, k: int, cfg: Config) -> Callable:
-    """The student's distillation loss (shared/distillation.make_kd_loss_fn, the plan's
+    """The student's distillation loss (shared/distill/losses.make_kd_loss_fn, the plan's
     temperature and weights) over synthetic_soft_labels."""
-    from shared.distillation import make_kd_loss_fn
+    from shared.distill.losses import make_kd_loss_fn
 
     lookup = synthetic_soft_labels(num_samples, num_classes, k, cfg.temperature)
     return make_kd_loss_fn(lookup, cfg.temperature, cfg.kl_weight, cfg.ce_weight)
@@ -364,11 +364,11 @@ def bench_student(cfg: Config, device: torch.device, peak: float | None, log=pri
 
 
 def bench_device_photometric(cfg: Config, device: torch.device, log=print) -> dict:
-    """The GPU side of the deferred data path (shared/augment.DevicePhotometric): colour
+    """The GPU side of the deferred data path (shared/vision/augment.DevicePhotometric): colour
     jitter, blur and normalisation of uint8 batches with the plan's augmentation
     (the teacher's 384 px section, the student's 224 px one), images/s."""
     from bench.bench_datapath import plan_sections
-    from shared.augment import (
+    from shared.vision.augment import (
         BLUR_SIGMA,
         build_train_transform,
         encode_photometric,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from shared.teacher_logits import TeacherLogits, bytes_per_sample, compute_teacher_logits, topk_probs
+from shared.distill.teacher_logits import TeacherLogits, bytes_per_sample, compute_teacher_logits, topk_probs
 
 N, C, K, BATCH = 20_000, 9000, 32, 500
 PLAN_TRAIN_IMAGES = 850_000

@@ -47,12 +47,12 @@ def fuzz_counts(tmp: Path) -> dict:
 
 
 def _prepare(tmp: Path) -> list[str]:
-    from shared.fetch import FetchPolicy
-    from shared.image_cache import cache_images
-    from shared.ingest import ingest, iter_jsonl_source
-    from shared.records import write_jsonl
-    from shared.sample_data import generate
-    from shared.split import stratified_split
+    from shared.data.fetch import FetchPolicy
+    from shared.data.image_cache import cache_images
+    from shared.data.ingest import ingest, iter_jsonl_source
+    from shared.data.sample_data import generate
+    from shared.data.split import stratified_split
+    from shared.io.records import write_jsonl
     from tests.conftest import TINY_TEACHER
 
     generate(tmp / "sample", n_species=12, seed=1, image_size=(160, 128))
@@ -70,7 +70,7 @@ def _prepare(tmp: Path) -> list[str]:
 
 
 def _start(args: list[str], out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-u", "-m", "shared.teacher_training", *args, "--out-dir", str(out)],
+    return subprocess.Popen([sys.executable, "-u", "-m", "shared.train.teacher", *args, "--out-dir", str(out)],
                             env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=ROOT)
 

@@ -12,7 +12,7 @@ ingest must reject; observations grouping consecutive photos of a species, 1.8 o
 average; a few identical images under two ids; 1 % of the species names spelled
 differently, which ingest normalises) is generated (numpy, seeded) and run through:
 
-  ingest_jsonl         shared.ingest.run_ingest("jsonl", ...) as components/ingest.py calls it
+  ingest_jsonl         shared.data.ingest.run_ingest("jsonl", ...) as components/ingest.py calls it
   ingest_mongo         run_ingest("mongo", ...) with cluster.yaml's query and field_map on a
                        mongomock collection holding a slice (--mongo-slice documents); the
                        time at full size is EXTRAPOLATED linearly from the slice
@@ -20,12 +20,12 @@ differently, which ingest normalises) is generated (numpy, seeded) and run throu
                        cached-records JSONL: sha256, cache_path, cached_width/height added,
                        identical images dropped as duplicate_content, 1 % fetch failures
   split                run_splits(): the global split and the regional ones the pipeline
-                       makes (shared.split.run_split per teacher, as components/split.py)
+                       makes (shared.data.split.run_split per teacher, as components/split.py)
   teacher_logits       (synthetic) three teachers' sparse top-32 fp16 logits in the
                        TeacherLogits format: global over all train records, EU_SW and
                        EU_CORE (EU_NORTH,EU_EAST) over their regions' train records, each
                        with the class list of its own (regional) split
-  combine_soft_labels  shared.soft_labels.run_combine as components/combine_soft_labels.py
+  combine_soft_labels  shared.distill.soft_labels.run_combine as components/combine_soft_labels.py
   soft_label_loader    what the student does: load_jsonl(train), SoftLabels.load,
                        check_made_for, distillation.SoftLabelLookup over the train records
   training_manifest    build_training_manifest + write_manifest with the run's real audit,
@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FULL_RECORDS = 741_533      # the plan's dataset (365k iNat + 376k legacy, cache validated)
 FULL_SPECIES = 9_000        # the plan's num_classes
 SINGLETON_SHARE = 0.277     # the plan: 27.7 % of the classes have one image
-# The project's regions (shared/sample_data.py): the three the regional teachers cover
+# The project's regions (shared/data/sample_data.py): the three the regional teachers cover
 # and the rest of the catalogue, which only the global teacher speaks for.
 REGIONS = ("EU_SW", "EU_NORTH", "EU_EAST", "OTHER")
 REGION_SHARE = (0.35, 0.20, 0.15, 0.30)
@@ -106,12 +106,12 @@ RSS_METHOD = ("peak_rss_mib: VmHWM of the step's own process (/proc/self/status,
 # (name, what it runs, synthetic: stands in for a step that needs images or GPUs, no target)
 STEPS: list[tuple[str, str, bool]] = [
     ("generate", "synthetic catalogue JSONL (numpy, seeded)", True),
-    ("ingest_jsonl", "shared.ingest.run_ingest('jsonl')", False),
+    ("ingest_jsonl", "shared.data.ingest.run_ingest('jsonl')", False),
     ("ingest_mongo", "run_ingest('mongo') on a mongomock slice, extrapolated", False),
     ("cache_fields", "cached-records JSONL (stands in for cache_images)", True),
     ("split", "run_split: global + regional splits", False),
     ("teacher_logits", "3 teachers' sparse top-k logits (synthetic)", True),
-    ("combine_soft_labels", "shared.soft_labels.run_combine", False),
+    ("combine_soft_labels", "shared.distill.soft_labels.run_combine", False),
     ("soft_label_loader", "SoftLabels.load + check_made_for + SoftLabelLookup", False),
     ("training_manifest", "build_training_manifest + write_manifest", False),
 ]
@@ -289,7 +289,7 @@ def generate(ctx: dict) -> dict:
 
 def ingest_jsonl(ctx: dict) -> dict:
     """components/ingest.py with data.source: jsonl."""
-    from shared.ingest import run_ingest
+    from shared.data.ingest import run_ingest
 
     work = Path(ctx["workdir"])
     out = work / "ingest"
@@ -324,7 +324,7 @@ def ingest_mongo(ctx: dict) -> dict:
     import mongomock
     import yaml
 
-    import shared.ingest as ingest_mod
+    import shared.data.ingest as ingest_mod
 
     work = Path(ctx["workdir"])
     info = json.loads((work / "catalogue_info.json").read_text())
@@ -417,10 +417,10 @@ def cache_fields(ctx: dict) -> dict:
 def run_splits(cached_path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = SPLIT_SEED,
                regional: tuple = REGIONAL_TEACHERS) -> dict:
     """The splits the pipeline makes (pipeline.py, components/split.py): the global one
-    (shared.split.run_split over the cached records) and, per regional teacher, its nested
-    split (shared.split.run_regional_split over the global split's files). Outputs under
+    (shared.data.split.run_split over the cached records) and, per regional teacher, its nested
+    split (shared.data.split.run_regional_split over the global split's files). Outputs under
     out_dir/<name>/ (train/val/test.jsonl, stats.json, histogram.html)."""
-    from shared.split import run_regional_split, run_split
+    from shared.data.split import run_regional_split, run_split
 
     out = {}
     global_paths = {k: str(Path(out_dir) / "global" / f"{k}.jsonl") for k in ("train", "val", "test")}
@@ -491,9 +491,9 @@ def teacher_logits(ctx: dict) -> dict:
     split it was trained on (global, or its regional split)."""
     import numpy as np
 
-    from shared.records import load_jsonl
-    from shared.regions import parse_regions
-    from shared.teacher_logits import TeacherLogits
+    from shared.data.regions import parse_regions
+    from shared.distill.teacher_logits import TeacherLogits
+    from shared.io.records import load_jsonl
 
     work = Path(ctx["workdir"])
     train = load_jsonl(work / "splits" / "global" / "train.jsonl")
@@ -524,9 +524,9 @@ def teacher_logits(ctx: dict) -> dict:
 def combine_soft_labels(ctx: dict) -> dict:
     """components/combine_soft_labels.py: run_combine(teachers with their artifacts' weight,
     load_jsonl(train), the student config, out, top_k)."""
-    from shared.records import load_jsonl
-    from shared.soft_labels import run_combine
-    from shared.student_config import load_student_config
+    from shared.config.student import load_student_config
+    from shared.distill.soft_labels import run_combine
+    from shared.io.records import load_jsonl
 
     work = Path(ctx["workdir"])
     student_cfg = load_student_config(str(ROOT / "config" / "student.yaml"))  # the pipeline's parameter
@@ -540,11 +540,11 @@ def combine_soft_labels(ctx: dict) -> dict:
 
 
 def soft_label_loader(ctx: dict) -> dict:
-    """The student's side (shared/student_training.py): load_jsonl(train), SoftLabels.load,
+    """The student's side (shared/train/student.py): load_jsonl(train), SoftLabels.load,
     check_made_for, then distillation.SoftLabelLookup over the train records' ids."""
-    from shared.distillation import SoftLabelLookup
-    from shared.records import load_jsonl
-    from shared.soft_labels import SoftLabels
+    from shared.distill.losses import SoftLabelLookup
+    from shared.distill.soft_labels import SoftLabels
+    from shared.io.records import load_jsonl
 
     work = Path(ctx["workdir"])
     t = [time.perf_counter()]
@@ -575,10 +575,10 @@ def training_manifest(ctx: dict) -> dict:
     import importlib
     import zlib
 
-    from shared import training_manifest as tm
-    from shared.environment import environment_versions
-    from shared.pipeline_config import load_pipeline_config
-    from shared.student_config import load_student_config
+    from shared.config.pipeline import load_pipeline_config
+    from shared.config.student import load_student_config
+    from shared.io.environment import environment_versions
+    from shared.manifest import training_manifest as tm
 
     work = Path(ctx["workdir"])
     t0 = time.perf_counter()

@@ -20,8 +20,8 @@ CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[2])
 import numpy as np, torch
-from shared.distillation import SoftLabelLookup, make_kd_loss_fn
-from shared.soft_labels import SoftLabels
+from shared.distill.losses import SoftLabelLookup, make_kd_loss_fn
+from shared.distill.soft_labels import SoftLabels
 def rss(key):
     for line in open('/proc/self/status'):
         if line.startswith(key):
@@ -45,7 +45,7 @@ print(json.dumps({"peak_bytes": rss('VmHWM:') - base, "load_s": t_load, "batch_s
 
 
 def run(tmp: str | None = None) -> dict:
-    from shared.soft_labels import SoftLabels
+    from shared.distill.soft_labels import SoftLabels
 
     tmp = tmp or tempfile.mkdtemp()
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from shared.split import stratified_split
+from shared.data.split import stratified_split
 
 
 def synthetic_records(n: int, n_classes: int = 9000, seed: int = 0) -> list[dict]:

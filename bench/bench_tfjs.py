@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.checkpoint import save_checkpoint
-from shared.export import TFJS_DIR, export_tfjs_bundle, run_tfjs_node
+from shared.export.tfjs import TFJS_DIR, export_tfjs_bundle, run_tfjs_node
+from shared.io.checkpoint import save_checkpoint
 
 MODEL, IMAGE_SIZE, CLASSES, REPEATS = "mobilenetv2_100", 224, 9000, 20
 
 
 def chromium_latency(bundle: Path, backend: str = "wasm") -> dict:
-    """Median latency in headless Chromium (shared/tfjs/bench_page.html served over localhost)."""
+    """Median latency in headless Chromium (shared/export/tfjs/bench_page.html served over localhost)."""
     shutil.copyfile(TFJS_DIR / "bench_page.html", bundle / "bench.html")
     handler = partial(SimpleHTTPRequestHandler, directory=str(bundle))
     handler.log_message = lambda *a: None

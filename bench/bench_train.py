@@ -1,4 +1,4 @@
-"""Training throughput of our loop (shared/trainer.fit) against a loop written to
+"""Training throughput of our loop (shared/train/loop.fit) against a loop written to
 mirror timm's reference train.py `train_one_epoch` (forward, loss, zero_grad,
 backward, clip, optimizer step, scheduler step_update, loss.item() per step),
 same model, batch, images, optimizer, scheduler and threads, on this CPU.
@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from shared.trainer import TrainSettings, fit
+from shared.train.loop import TrainSettings, fit
 
 MODEL, SIZE, BATCH, STEPS, CLASSES = "test_vit", 64, 32, 24, 100
 
@@ -74,7 +74,7 @@ def run() -> dict:
     torch.set_num_threads(2)
     ours = [our_loop() for _ in range(2)]
     ref = [reference_loop() for _ in range(2)]
-    from shared.teacher_logits import TeacherLogits, bytes_per_sample, sparsify
+    from shared.distill.teacher_logits import TeacherLogits, bytes_per_sample, sparsify
 
     n, c, k = 20_000, 9000, 32
     rng = np.random.default_rng(0)

@@ -22,9 +22,9 @@ def baseline(train: Input[Dataset], test: Input[Dataset], cache_dir: str, settin
         metrics: top1_accuracy, top5_accuracy, chance_top1, pretrained.
     """
     from shared import artifact_keys as K
-    from shared.atomic import write_json
-    from shared.baseline import run_baseline
-    from shared.pretrained import read_staged
+    from shared.io.atomic import write_json
+    from shared.train.baseline import run_baseline
+    from shared.train.pretrained import read_staged
 
     r = run_baseline(train.path, test.path, cache_dir, settings["model_name"], bool(settings.get("pretrained", True)),
                      read_staged(weights.path) if weights is not None else None, int(settings["image_size"]))

@@ -31,7 +31,7 @@ def cache_images(records: Input[Dataset], cache_dir: str, resize: int, min_side:
             the failures with their reasons (JSON).
         metrics: The report's counts, the fail rate and images per second.
     """
-    from shared.image_cache import run_cache_images
+    from shared.data.image_cache import run_cache_images
 
     r = run_cache_images(records.path, cache_dir, resize=resize, min_side=min_side,
                          max_fail_rate=max_fail_rate, workers=workers, fetch_policy=fetch_policy,

@@ -44,9 +44,9 @@ def calibrate(model: Input[Model], val: Input[Dataset], test: Input[Dataset], ca
     from collections import namedtuple
 
     from shared import artifact_keys as K
-    from shared.atomic import write_bytes, write_json, write_text
-    from shared.calibration import export_gate, reliability_diagram_png, report_html, run_calibrate
-    from shared.records import load_jsonl
+    from shared.evaluate.calibration import export_gate, reliability_diagram_png, report_html, run_calibrate
+    from shared.io.atomic import write_bytes, write_json, write_text
+    from shared.io.records import load_jsonl
 
     cal = run_calibrate(model.path, load_jsonl(val.path), load_jsonl(test.path), cache_dir, calibrated.path,
                         calibration.path, ece_threshold, target_precision, calibration_objective)

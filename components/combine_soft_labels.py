@@ -27,8 +27,8 @@ def combine_soft_labels(global_logits: Input[Artifact], regional_logits: Input[l
             each teacher's coverage.
     """
     from shared import artifact_keys as K
-    from shared.records import load_jsonl
-    from shared.soft_labels import run_combine
+    from shared.distill.soft_labels import run_combine
+    from shared.io.records import load_jsonl
 
     teachers = [(a.path, float(a.metadata.get(K.WEIGHT, 1.0))) for a in [global_logits, *regional_logits]]
     m = run_combine(teachers, load_jsonl(train.path), student_config, soft_labels.path, top_k)

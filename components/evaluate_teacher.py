@@ -27,9 +27,9 @@ def evaluate_teacher(name: str, model: Input[Model], test: Input[Dataset], cache
         results: Every figure with the teacher's name (JSON, read by the training manifest).
     """
     from shared import artifact_keys as K
-    from shared.atomic import write_json, write_text
-    from shared.evaluation import confusion_matrix_top, evaluate_checkpoint, report_html
-    from shared.records import load_jsonl
+    from shared.evaluate.evaluation import confusion_matrix_top, evaluate_checkpoint, report_html
+    from shared.io.atomic import write_json, write_text
+    from shared.io.records import load_jsonl
 
     m, logits, labels, classes = evaluate_checkpoint(model.path, load_jsonl(test.path), cache_dir)
     write_json(results.path, {K.TEACHER: name, **m})

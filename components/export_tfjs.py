@@ -28,8 +28,8 @@ def export_tfjs(model: Input[Model], calibration: Input[Artifact], test: Input[D
         metrics: Bundle size (and each quantization's size built), ONNX max abs diff, export seconds.
     """
     from shared import artifact_keys as K
-    from shared.export import run_export
-    from shared.records import load_jsonl
+    from shared.export.tfjs import run_export
+    from shared.io.records import load_jsonl
 
     r = run_export(model.path, calibration.path, load_jsonl(test.path), cache_dir, bundle.path, quantization,
                    sample_images, max_size_mb)

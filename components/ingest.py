@@ -27,7 +27,7 @@ def ingest(source: str, records_uri: str, mongo: dict, license_allow: list, min_
         metrics: Records read, valid, kept and dropped, unique images, classes, permissive share.
     """
     from shared import artifact_keys as K
-    from shared.ingest import run_ingest
+    from shared.data.ingest import run_ingest
 
     a = run_ingest(source, records_uri, mongo, license_allow, min_side,
                    records.path, audit.path, rejections.path)

@@ -15,7 +15,7 @@ from typing import Any
 
 from kfp import kubernetes
 
-from shared.cluster_config import STEPS, load_cluster_config, step_settings
+from shared.config.cluster import STEPS, load_cluster_config, step_settings
 
 # The table of steps -> kind and needs (re-exported for the pipeline code).
 STEP_NEEDS = STEPS
@@ -101,7 +101,7 @@ def apply_platform_to_pipeline(cluster: dict, *, accelerator_limits: dict | None
         step = task.component_spec.name.replace("-", "_")
         if step not in STEP_NEEDS:
             raise KeyError(f"task {name!r}: component {task.component_spec.name!r} has no entry in "
-                           f"shared.cluster_config.STEPS; add one (its kind and needs)")
+                           f"shared.config.cluster.STEPS; add one (its kind and needs)")
         apply_platform(task, step, cl, accelerator_limit=limits.get(step))
         applied[name] = step
     return applied

@@ -26,7 +26,7 @@ def split(cached: Input[Dataset], regions: str, seed: int, train: Output[Dataset
         metrics: Images and classes per split, class overlap, leak_free.
     """
     from shared import artifact_keys as K
-    from shared.split import run_split, split_metrics
+    from shared.data.split import run_split, split_metrics
 
     s = run_split(cached.path, regions, seed, {"train": train.path, "val": val.path, "test": test.path},
                   stats.path, histogram.path, title=f"Class balance ({regions or 'all regions'})")
@@ -58,7 +58,7 @@ def regional_split(global_train: Input[Dataset], global_val: Input[Dataset], glo
         metrics: Images and classes per split, leak_free.
     """
     from shared import artifact_keys as K
-    from shared.split import run_regional_split, split_metrics
+    from shared.data.split import run_regional_split, split_metrics
 
     s = run_regional_split({"train": global_train.path, "val": global_val.path, "test": global_test.path},
                            regions, {"train": train.path, "val": val.path, "test": test.path}, stats.path,

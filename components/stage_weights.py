@@ -35,9 +35,9 @@ def stage_weights(role: str, kind: str, config: dict, overrides: dict, weights_c
     """
     import os
 
-    from shared.atomic import write_json
-    from shared.pretrained import STAGED_NAME, WeightsCache, stage, staged_summary
-    from shared.run_models import model_request
+    from shared.config.models import model_request
+    from shared.io.atomic import write_json
+    from shared.train.pretrained import STAGED_NAME, WeightsCache, stage, staged_summary
 
     req = model_request(role, kind, config, overrides)
     record = stage(req, WeightsCache(weights_cache), endpoint=hub_endpoint, offline=offline)

@@ -24,8 +24,8 @@ def teacher_logits(name: str, regions: str, weight: float, model: Input[Model], 
         metrics: Samples, classes, k, bytes per sample, mean confidence and the teacher's train top-1.
     """
     from shared import artifact_keys as K
-    from shared.records import load_jsonl
-    from shared.teacher_logits import run_teacher_logits
+    from shared.distill.teacher_logits import run_teacher_logits
+    from shared.io.records import load_jsonl
 
     s = run_teacher_logits(model.path, load_jsonl(train.path), cache_dir, logits.path, top_k, name, regions)
     # combine_soft_labels reads who this teacher is from the artifact's metadata.

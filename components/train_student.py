@@ -42,12 +42,12 @@ def train_student(train: Input[Dataset], val: Input[Dataset], test: Input[Datase
     import shutil
 
     from shared import artifact_keys as K
-    from shared.atomic import write_json
-    from shared.checkpoint import copy_checkpoint, work_dir
-    from shared.environment import environment_versions
-    from shared.evaluation import confusion_matrix_top
-    from shared.records import load_jsonl
-    from shared.student_training import evaluate_on_test, run_student_job, tensorboard_dirs
+    from shared.evaluate.evaluation import confusion_matrix_top
+    from shared.io.atomic import write_json
+    from shared.io.checkpoint import copy_checkpoint, work_dir
+    from shared.io.environment import environment_versions
+    from shared.io.records import load_jsonl
+    from shared.train.student import evaluate_on_test, run_student_job, tensorboard_dirs
 
     wd = work_dir(checkpoint_dir, run_id, "student")
     weights_path = weights.path if weights is not None else None
@@ -69,7 +69,7 @@ def train_student(train: Input[Dataset], val: Input[Dataset], test: Input[Datase
     names, matrix = confusion_matrix_top(logits, labels, classes, 20)
     confusion.log_confusion_matrix(names, matrix)
     if train_ce_control:
-        from shared.soft_labels import SoftLabels
+        from shared.distill.soft_labels import SoftLabels
 
         soft_classes = SoftLabels.load(soft_labels.path).classes  # same output units as the distilled one
         c = run_student_job(student_config, train.path, val.path, cache_dir, str(wd / "ce_control"), None, gpus,

@@ -36,8 +36,8 @@ def train_teacher(name: str, regions: str, train: Input[Dataset], val: Input[Dat
     import shutil
 
     from shared import artifact_keys as K
-    from shared.environment import environment_versions
-    from shared.teacher_job import run_teacher_job
+    from shared.io.environment import environment_versions
+    from shared.train.job import run_teacher_job
 
     s = run_teacher_job(name, config, overrides, train.path, val.path, cache_dir, checkpoint_dir,
                         run_id, gpus, init_from.path if init_from is not None else None, model.path,

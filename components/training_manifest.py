@@ -69,7 +69,7 @@ def training_manifest(
             timestamp and each phase's status.
         summary: The run's figures as a table (Markdown) to compare runs.
     """
-    from shared import training_manifest as tm
+    from shared.manifest import training_manifest as tm
 
     m = tm.build_training_manifest(
         config={"global_teacher": global_teacher_config, "regional_teachers": regional_teachers,

@@ -36,9 +36,9 @@ def validate_export(bundle: Input[Artifact], model: Input[Model], test: Input[Da
             latency, gates, passed).
     """
     from shared import artifact_keys as K
-    from shared.atomic import write_json
-    from shared.export import sample_image_paths, validate_tfjs_bundle, validation_summary
-    from shared.records import load_jsonl
+    from shared.export.tfjs import sample_image_paths, validate_tfjs_bundle, validation_summary
+    from shared.io.atomic import write_json
+    from shared.io.records import load_jsonl
 
     paths = sample_image_paths(load_jsonl(test.path), cache_dir, images)
     r = validate_tfjs_bundle(bundle.path, model.path, paths, min_corr=min_correlation, max_size_mb=max_size_mb,

@@ -30,7 +30,7 @@ ALL_IMAGES=(data train export)
 config_value() {  # pipeline.images.<key> of $CONFIG, defaults included
   PYTHONPATH="$ROOT" "$PYTHON" - "$CONFIG" "$1" <<'EOF'
 import sys
-from shared.pipeline_config import load_pipeline_config
+from shared.config.pipeline import load_pipeline_config
 print(load_pipeline_config(sys.argv[1])["pipeline"]["images"][sys.argv[2]])
 EOF
 }

@@ -96,8 +96,8 @@ def compile_overlay_pipeline(config_path: Path, overlay_dir: Path, output: Path)
     from kfp.compiler.compiler_utils import KubernetesManifestOptions
 
     import pipeline
-    from shared.cluster_config import cluster_problems, load_cluster_config
-    from shared.pipeline_config import load_pipeline_config
+    from shared.config.cluster import cluster_problems, load_cluster_config
+    from shared.config.pipeline import load_pipeline_config
 
     namespace, overrides = overlay_settings(overlay_dir)
     cfg = load_pipeline_config(config_path, overrides)

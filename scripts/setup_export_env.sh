@@ -5,7 +5,7 @@
 #    in two steps as ../shared/notes/export-toolchain-constraints.txt says (pins in
 #    requirements-export.txt; onnx2tf and tensorflowjs with --no-deps: their own pins break
 #    the chain);
-#  - shared/tfjs/node_modules: @tensorflow/tfjs, the WASM backend, playwright-core (npm ci);
+#  - shared/export/tfjs/node_modules: @tensorflow/tfjs, the WASM backend, playwright-core (npm ci);
 #  - Debian's chromium for the browser test and benchmark, when missing and we are root.
 # Idempotent: stamp files skip what is already done (a re-run takes well under a second).
 set -euo pipefail
@@ -23,13 +23,13 @@ if [ ! -f "$STAMP" ] || [ requirements-export.txt -nt "$STAMP" ]; then
   touch "$STAMP"
 fi
 
-NM=shared/tfjs/node_modules
-if [ ! -f "$NM/.stamp" ] || [ shared/tfjs/package-lock.json -nt "$NM/.stamp" ]; then
+NM=shared/export/tfjs/node_modules
+if [ ! -f "$NM/.stamp" ] || [ shared/export/tfjs/package-lock.json -nt "$NM/.stamp" ]; then
   if ! command -v npm >/dev/null; then
     echo "setup_export_env: npm not found: install Node.js 20 (e.g. apt-get install nodejs npm)" >&2
     exit 1
   fi
-  (cd shared/tfjs && npm ci --no-audit --no-fund --loglevel=error)
+  (cd shared/export/tfjs && npm ci --no-audit --no-fund --loglevel=error)
   touch "$NM/.stamp"
 fi
 

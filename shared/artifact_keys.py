@@ -72,7 +72,7 @@ IMAGES_PER_SECOND = "images_per_second"
 CACHE_METRICS = (CACHED, FETCHED, REUSED, FAILED, FAIL_RATE, TOO_SMALL, DUPLICATES, LABEL_CONFLICTS,
                  IMAGES_PER_SECOND)
 
-# split / regional_split (shared.split.split_metrics) -> run_console (<split>_images, leak_free)
+# split / regional_split (shared.data.split.split_metrics) -> run_console (<split>_images, leak_free)
 IMAGES_SUFFIX = "_images"  # <split>_images
 CLASSES_SUFFIX = "_classes"  # <split>_classes
 TRAIN_VAL_CLASS_OVERLAP = "train_val_class_overlap"
@@ -89,13 +89,13 @@ REGION_TOP1_PREFIX = "top1_"  # evaluate_teacher: top1_<region> on the common te
 BASELINE_METRICS = (TOP1_ACCURACY, TOP5_ACCURACY, CHANCE_TOP1)
 TEACHER_TEST_METRICS = (TOP1_ACCURACY, TOP5_ACCURACY, LOSS, SHARE_CLASSES_RECALL_ABOVE_THRESHOLD)
 
-# train_teacher: val_<best_metrics key of shared.trainer> -> run_console (val_top1_acc)
+# train_teacher: val_<best_metrics key of shared.train.loop> -> run_console (val_top1_acc)
 TEACHER_VAL_PREFIX = "val_"
 TEACHER_VAL_TOP1 = TEACHER_VAL_PREFIX + "top1_acc"
 EPOCHS_RUN = "epochs_run"
 TRAINED_FROM_SCRATCH = "trained_from_scratch"
 
-# teacher_logits (the summary of shared.teacher_logits.run_teacher_logits, logged as is) -> run_console
+# teacher_logits (the summary of shared.distill.teacher_logits.run_teacher_logits, logged as is) -> run_console
 TOP_K = "k"
 TRAIN_TOP1 = "train_top1"  # also train_student's
 BYTES_PER_SAMPLE = "bytes_per_sample"  # also combine_soft_labels'

@@ -36,7 +36,7 @@ from types import SimpleNamespace
 from typing import Any, TextIO
 
 from shared import artifact_keys as K
-from shared.progress import format_duration
+from shared.io.progress import format_duration
 
 RUN_LOG = "run.log"
 TAIL_LINES = 30           # a failed task's last lines shown on the console

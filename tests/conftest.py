@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def sample_catalogue(tmp_path_factory):
     """The bundled synthetic catalogue, generated once per test session."""
-    from shared.sample_data import generate
+    from shared.data.sample_data import generate
 
     out = tmp_path_factory.mktemp("sample")
     generate(out, n_species=12, seed=1, image_size=(160, 128))
@@ -24,10 +24,10 @@ def sample_catalogue(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cached_splits(sample_catalogue, tmp_path_factory):
     """The sample catalogue ingested, cached (short side 40 px) and split."""
-    from shared.fetch import FetchPolicy
-    from shared.image_cache import cache_images
-    from shared.ingest import ingest, iter_jsonl_source
-    from shared.split import stratified_split
+    from shared.data.fetch import FetchPolicy
+    from shared.data.image_cache import cache_images
+    from shared.data.ingest import ingest, iter_jsonl_source
+    from shared.data.split import stratified_split
 
     cache = tmp_path_factory.mktemp("cache")
     recs = ingest(iter_jsonl_source(sample_catalogue / "records.jsonl")).records

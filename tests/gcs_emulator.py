@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from shared import gcs
+from shared.io import gcs
 
 
 def _free_port() -> int:

@@ -1,10 +1,10 @@
-"""Transforms built from the plan's augmentation sections (shared/augment.py)."""
+"""Transforms built from the plan's augmentation sections (shared/vision/augment.py)."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from shared.augment import aggressive_train_aug, build_eval_transform, build_train_transform
+from shared.vision.augment import aggressive_train_aug, build_eval_transform, build_train_transform
 from tests.test_smart_crop import blob_image
 
 # The plan's sections exactly as in its teacher YAMLs.
@@ -122,10 +122,10 @@ def test_aggressive_is_stronger_than_the_standard_train_transform():
 def test_photometric_on_gpu_switch(monkeypatch, tmp_path):
     """training.photometric_on_gpu: auto follows CUDA, true needs it (an error naming the key
     without it), false never; YAML true/false are accepted, anything else is an error."""
-    from shared.augment import photometric_on_gpu
-    from shared.pipeline_config import ConfigError
-    from shared.student_config import load_student_config
-    from shared.teacher_config import load_teacher_config
+    from shared.config.pipeline import ConfigError
+    from shared.config.student import load_student_config
+    from shared.config.teacher import load_teacher_config
+    from shared.vision.augment import photometric_on_gpu
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert photometric_on_gpu("auto") is False and photometric_on_gpu("false") is False

@@ -26,7 +26,7 @@ def test_catalogue_shape_is_the_plans_long_tail():
 def test_synthetic_logits_are_valid_teacher_logits():
     import numpy as np
 
-    from shared.teacher_logits import TeacherLogits
+    from shared.distill.teacher_logits import TeacherLogits
 
     rng = np.random.default_rng(0)
     for n_classes in (5, 40, 9000):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shared.calibration import (
+from shared.evaluate.calibration import (
     apply_temperature,
     calibrate,
     ece_mce,
@@ -139,7 +139,7 @@ def test_ece_objective_never_raises_ece_and_finds_the_grid_minimum():
 
 
 def test_export_gate_checks_val_and_held_out_test_with_strict_inequalities():
-    from shared.calibration import export_gate
+    from shared.evaluate.calibration import export_gate
 
     good = {"val_top1": 0.75, "ece_after": 0.05, "coverage": 0.85, "precision_at_threshold": 0.96,
             "test_ece_after": 0.06, "test_coverage": 0.82, "test_precision_at_threshold": 0.95}

@@ -14,7 +14,7 @@ Which modules the component rules cover:
 - components/images.py, imported at module scope by every component module: the standard
   library only;
 - not components/platform.py (Kubernetes settings applied while the pipeline is built;
-  it reads shared.cluster_config) nor components/submission.py (the client that submits
+  it reads shared.config.cluster) nor components/submission.py (the client that submits
   runs): neither defines a component or runs in a pod.
 """
 import ast

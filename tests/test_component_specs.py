@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
 from components import images  # noqa: E402
-from shared.pipeline_config import IMAGE_NAMES, ConfigError, load_pipeline_config  # noqa: E402
+from shared.config.pipeline import IMAGE_NAMES, ConfigError, load_pipeline_config  # noqa: E402
 
 CLUSTER = ROOT / "config" / "cluster.yaml"
 DIGEST = "sha256:" + "0123456789abcdef" * 4

@@ -1,5 +1,5 @@
-"""The training data path's fast train transform (shared/augment.TrainTransform), JPEG
-decoding (shared/image_dataset.decode_image) and the smart-crop box cache, against the
+"""The training data path's fast train transform (shared/vision/augment.TrainTransform), JPEG
+decoding (shared/vision/image_dataset.decode_image) and the smart-crop box cache, against the
 torchvision Compose they replace; bench/bench_datapath's table on a tiny run."""
 import numpy as np
 import pytest
@@ -9,9 +9,9 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from shared import augment as A
-from shared.augment import build_train_transform
-from shared.image_dataset import (
+from shared.vision import augment as A
+from shared.vision.augment import build_train_transform
+from shared.vision.image_dataset import (
     CachedImageDataset,
     class_list,
     decode_image,
@@ -171,10 +171,10 @@ def test_deferred_is_the_fast_path_at_the_plans_sizes(model):
 
 
 def test_trainer_finishes_deferred_batches_before_the_model(tmp_path, monkeypatch):
-    """shared/trainer.fit with a deferred train transform (what training.photometric_on_gpu
+    """shared/train/loop.fit with a deferred train transform (what training.photometric_on_gpu
     builds on CUDA), here on the CPU: the loader's [uint8 crops, parameters] go through the
     transform's DevicePhotometric, and the model sees the normalised float batch."""
-    from shared.trainer import TrainSettings, fit
+    from shared.train.loop import TrainSettings, fit
 
     recs, root = _cache(tmp_path)
     classes = class_list(recs)
@@ -434,7 +434,7 @@ def test_bench_gpu_records_a_failing_compile_and_goes_on(monkeypatch):
 
 def test_bench_gpu_kd_step_uses_the_projects_loss():
     from bench import bench_gpu
-    from shared.distillation import kd_loss
+    from shared.distill.losses import kd_loss
 
     cfg = _tiny_gpu_config()
     loss_fn = bench_gpu.synthetic_kd_loss(6, 20, 4, cfg)

@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from shared.augment import build_eval_transform
-from shared.evaluation import classification_metrics, confusion_matrix_top, predict, report_html
-from shared.fetch import FetchPolicy
-from shared.image_cache import cache_images
-from shared.image_dataset import CachedImageDataset, class_balanced_sample_weights, class_list
-from shared.ingest import ingest, iter_jsonl_source
+from shared.data.fetch import FetchPolicy
+from shared.data.image_cache import cache_images
+from shared.data.ingest import ingest, iter_jsonl_source
+from shared.evaluate.evaluation import classification_metrics, confusion_matrix_top, predict, report_html
+from shared.vision.augment import build_eval_transform
+from shared.vision.image_dataset import CachedImageDataset, class_balanced_sample_weights, class_list
 
 
 @pytest.fixture(scope="module")

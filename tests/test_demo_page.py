@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from shared.checkpoint import build_model, load_checkpoint, save_checkpoint
-from shared.export import TFJS_DIR, export_bin, export_tfjs_bundle, preprocess
-from shared.sample_data import render_species_image
+from shared.data.sample_data import render_species_image
+from shared.export.tfjs import TFJS_DIR, export_bin, export_tfjs_bundle, preprocess
+from shared.io.checkpoint import build_model, load_checkpoint, save_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium missing (scripts/setup_export_env.sh "
                                                      "installs Debian's chromium when run as root)"),
     pytest.mark.skipif(not (TFJS_DIR / "node_modules" / "playwright-core").exists(),
-                       reason="shared/tfjs/node_modules missing (scripts/setup_export_env.sh runs npm ci)"),
+                       reason="shared/export/tfjs/node_modules missing (scripts/setup_export_env.sh runs npm ci)"),
     pytest.mark.skipif(not (export_bin() / "onnx2tf").exists(),
                        reason="converter environment missing (scripts/setup_export_env.sh)"),
 ]

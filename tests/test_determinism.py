@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from shared.checkpoint import load_checkpoint
-from shared.distributed import DistributedWeightedSampler
-from shared.student_config import load_student_config
-from shared.student_training import stage_settings, train_student
-from shared.teacher_config import load_teacher_config
-from shared.teacher_training import settings_from_config, train_teacher
-from shared.trainer import (
+from shared.config.student import load_student_config
+from shared.config.teacher import load_teacher_config
+from shared.io.checkpoint import load_checkpoint
+from shared.train.distributed import DistributedWeightedSampler
+from shared.train.loop import (
     EpochTaggedSampler,
     SeededSamples,
     TrainSettings,
     deterministic_algorithms,
     fit,
 )
+from shared.train.student import stage_settings, train_student
+from shared.train.teacher import settings_from_config, train_teacher
 from tests.conftest import TINY_TEACHER
 from tests.test_student_training import TINY_STUDENT, noisy_teacher_soft_labels
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shared.distillation import SoftLabelLookup, dense_targets, kd_loss, make_kd_loss_fn
-from shared.pipeline_config import ConfigError
-from shared.soft_labels import SoftLabels, TeacherSpec, combine_soft_labels, soft_label_metrics
-from shared.student_config import load_student_config, teacher_weight, timm_model_name
-from shared.teacher_logits import TeacherLogits, sparsify
+from shared.config.pipeline import ConfigError
+from shared.config.student import load_student_config, teacher_weight, timm_model_name
+from shared.distill.losses import SoftLabelLookup, dense_targets, kd_loss, make_kd_loss_fn
+from shared.distill.soft_labels import SoftLabels, TeacherSpec, combine_soft_labels, soft_label_metrics
+from shared.distill.teacher_logits import TeacherLogits, sparsify
 
 ROOT = Path(__file__).resolve().parent.parent
 

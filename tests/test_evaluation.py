@@ -1,4 +1,4 @@
-"""Evaluation metrics (shared/evaluation.py) checked against torch references."""
+"""Evaluation metrics (shared/evaluate/evaluation.py) checked against torch references."""
 import re
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from shared.evaluation import classification_metrics, confusion_matrix_top, predict, report_html
+from shared.evaluate.evaluation import classification_metrics, confusion_matrix_top, predict, report_html
 
 
 def reference(logits: np.ndarray, labels: np.ndarray, classes: list[str], threshold: float = 0.6) -> dict:

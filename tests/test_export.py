@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from shared.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from shared.export import (
+from shared.data.sample_data import render_species_image
+from shared.export.tfjs import (
     TFJS_DIR,
     ExportError,
     check_onnx,
@@ -20,12 +20,12 @@ from shared.export import (
     preprocess,
     validate_tfjs_bundle,
 )
-from shared.sample_data import render_species_image
+from shared.io.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 
 HAVE_CONVERTERS = (export_bin() / "onnx2tf").exists() and (export_bin() / "tensorflowjs_converter").exists()
 HAVE_TFJS = (TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs").exists()
 needs_tools = pytest.mark.skipif(not (HAVE_CONVERTERS and HAVE_TFJS),
-                                 reason="converter env or shared/tfjs/node_modules missing: "
+                                 reason="converter env or shared/export/tfjs/node_modules missing: "
                                         "run scripts/setup_export_env.sh")
 CLASSES = [f"Species {i}" for i in range(6)]
 CALIBRATION = {"temperature": 1.5, "threshold": 0.3, "applied": True, "ece_before": 0.2, "ece_after": 0.04,

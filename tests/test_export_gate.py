@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.export import (
+from shared.export.tfjs import (
     ExportError,
     browser_latency,
     check_quantization,
@@ -29,7 +29,7 @@ tiny_checkpoint = test_export.tiny_checkpoint  # the same tiny model and images 
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_tools = pytest.mark.skipif(not (HAVE_CONVERTERS and HAVE_TFJS),
-                                 reason="converter env or shared/tfjs/node_modules missing: "
+                                 reason="converter env or shared/export/tfjs/node_modules missing: "
                                         "run scripts/setup_export_env.sh")
 STRICT = {"logits_correlation": ">", "top1_agreement": ">=", "model_size_mb": "<", "latency_ms_median": "<",
           "labels_match_checkpoint": "==", "input_size_matches_checkpoint": "=="}
@@ -230,7 +230,7 @@ def test_validate_export_component_reports_every_gate_and_raises_with_every_reas
     from kfp.dsl import Artifact, Dataset, Metrics, Model
 
     from components.validate_export import validate_export
-    from shared.records import write_jsonl
+    from shared.io.records import write_jsonl
 
     d, paths = tiny_checkpoint
     spec = validate_export.component_spec.inputs
@@ -259,7 +259,7 @@ def test_validate_export_component_reports_every_gate_and_raises_with_every_reas
 
 def test_the_summary_for_the_manifest_holds_no_none():
     """It travels as a KFP parameter (dsl.OneOf into the manifest step), which cannot hold None."""
-    from shared.export import _without_none
+    from shared.export.tfjs import _without_none
 
     assert _without_none({"a": None, "b": [1, None, {"c": None, "d": 2}], "e": {"f": None}}) == {
         "b": [1, "", {"d": 2}], "e": {}}

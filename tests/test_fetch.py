@@ -1,7 +1,7 @@
 import pytest
 import requests
 
-from shared.fetch import (
+from shared.data.fetch import (
     Fetcher,
     FetchError,
     FetchPolicy,
@@ -69,7 +69,7 @@ def test_default_policy_refuses_loopback_metadata_and_redirects(server):
 
 def test_redirect_target_is_checked_after_each_hop(server, monkeypatch):
     """The first hop is let through (as if public); its redirect to loopback is refused."""
-    import shared.fetch as fetch
+    import shared.data.fetch as fetch
 
     real, calls = fetch.check_address, []
 

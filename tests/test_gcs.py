@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from shared import gcs
-from shared.cache_paths import resolve
-from shared.fetch import Fetcher, FetchError, FetchPolicy
-from shared.image_cache import INDEX_NAME, cache_images
-from shared.image_dataset import CachedImageDataset
-from shared.ingest import fetch_records_file
+from shared.data.cache_paths import resolve
+from shared.data.fetch import Fetcher, FetchError, FetchPolicy
+from shared.data.image_cache import INDEX_NAME, cache_images
+from shared.data.ingest import fetch_records_file
+from shared.io import gcs
+from shared.vision.image_dataset import CachedImageDataset
 from tests.gcs_emulator import gcs_emulator
 from tests.image_server import jpeg_bytes
 
@@ -103,7 +103,7 @@ def test_student_renditions_in_a_bucket_are_made_from_it_listed_and_read(bucket,
     """cache.student_resize on a gs:// cache: a fresh pod adds the renditions to a bucket cache
     made without them from the bucket's own main files (nothing fetched again), uploads them,
     the next pod trusts them from the listing, and a training pod reads them on demand."""
-    from shared.image_cache import student_records
+    from shared.data.image_cache import student_records
 
     imgs, recs = _records(3)
     for u, data in imgs.items():
@@ -133,8 +133,8 @@ def test_a_bucket_cache_is_fit_for_the_cluster_and_compiles(tmp_path):
     from kfp import compiler
 
     import pipeline
-    from shared.cluster_config import cluster_problems
-    from shared.pipeline_config import load_pipeline_config
+    from shared.config.cluster import cluster_problems
+    from shared.config.pipeline import load_pipeline_config
     from tests.conftest import ROOT
 
     cfg = load_pipeline_config(ROOT / "config" / "cluster.yaml", {"cache.dir": "gs://plants/cache"})
@@ -148,8 +148,8 @@ def test_a_bucket_cache_is_fit_for_the_cluster_and_compiles(tmp_path):
 def test_uris_where_only_paths_work_are_refused():
     """Checkpoints resume from a mounted volume; a URI would quietly become a local
     directory named 'gs:'. Only gs:// is a cache location."""
-    from shared.checkpoint import work_dir
-    from shared.pipeline_config import ConfigError, load_pipeline_config
+    from shared.config.pipeline import ConfigError, load_pipeline_config
+    from shared.io.checkpoint import work_dir
     from tests.conftest import ROOT
 
     with pytest.raises(ConfigError, match="teachers.checkpoint_dir"):

@@ -4,16 +4,16 @@ import json
 import pytest
 from PIL import Image
 
-from shared.cache_paths import resolve
-from shared.fetch import FetchPolicy
-from shared.image_cache import (
+from shared.data.cache_paths import resolve
+from shared.data.fetch import FetchPolicy
+from shared.data.image_cache import (
     CacheFailRateError,
     cache_images,
     check_fail_rate,
     process_image,
     run_cache_images,
 )
-from shared.records import load_jsonl, write_jsonl
+from shared.io.records import load_jsonl, write_jsonl
 from tests.image_server import ImageServer, jpeg_bytes
 
 POLICY = FetchPolicy(allow_private_networks=True, backoff_s=0.01, timeout_s=0.5, retries=1,
@@ -86,7 +86,7 @@ def test_process_image_modes_bombs_and_no_upscale():
     assert (w, h) == (150, 100) and Image.open(io.BytesIO(data)).mode == "RGB"
     data, w, h = process_image(_png(150, 120, "L"), resize=448, min_side=100, max_pixels=10**8)
     assert (w, h) == (150, 120)  # smaller than resize: kept, never upscaled
-    from shared.image_cache import ImageRejected
+    from shared.data.image_cache import ImageRejected
     with pytest.raises(ImageRejected) as e:
         process_image(_png(2000, 2000, "L"), resize=100, min_side=10, max_pixels=1_000_000)
     assert e.value.reason == "decompression_bomb"
@@ -96,8 +96,8 @@ def test_process_image_modes_bombs_and_no_upscale():
 
 
 def test_index_records_settings_source_size_and_checksums(server, tmp_path):
-    from shared.atomic import sha256_file
-    from shared.image_cache import INDEX_NAME, cache_settings
+    from shared.data.image_cache import INDEX_NAME, cache_settings
+    from shared.io.atomic import sha256_file
 
     url = server.add("s.jpg", jpeg_bytes(300, 220, seed=5))
     (rec,) = cache_images([_rec(0, url)], tmp_path, resize=100, min_side=100, max_pixels=10**7,
@@ -141,8 +141,8 @@ def test_student_rendition_is_stored_indexed_reused_and_rebuilt(server, tmp_path
     atomically, recorded in the index (size, version, checksums, the main file it was made
     from) and in the cached records; reused when intact, rebuilt (never refetched) when
     missing, replaced, stale or asked at another size."""
-    from shared.atomic import sha256_file
-    from shared.image_cache import INDEX_NAME, STUDENT_RENDITION_VERSION, student_cache_path_for
+    from shared.data.image_cache import INDEX_NAME, STUDENT_RENDITION_VERSION, student_cache_path_for
+    from shared.io.atomic import sha256_file
 
     urls = [server.add(f"st{i}.jpg", jpeg_bytes(300, 220, seed=i)) for i in range(2)]
     urls.append(server.add("small.jpg", jpeg_bytes(110, 100, seed=7)))  # main 110x100: no smaller rendition
@@ -194,7 +194,7 @@ def test_student_rendition_is_stored_indexed_reused_and_rebuilt(server, tmp_path
 
 
 def test_student_records_read_the_rendition_or_name_the_record():
-    from shared.image_cache import student_records
+    from shared.data.image_cache import student_records
 
     rec = {"image_id": "x1", "cache_path": "ab/ab.jpg", "cached_width": 597, "cached_height": 448,
            "student_cache_path": "ab/ab.s256.jpg", "student_width": 341, "student_height": 256,

@@ -1,4 +1,4 @@
-"""CachedImageDataset, class_list and class-balanced sampling (shared/image_dataset.py)
+"""CachedImageDataset, class_list and class-balanced sampling (shared/vision/image_dataset.py)
 over a tiny hand-made image cache."""
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from shared.augment import build_eval_transform
-from shared.image_dataset import CachedImageDataset, class_balanced_sample_weights, class_list
+from shared.vision.augment import build_eval_transform
+from shared.vision.image_dataset import CachedImageDataset, class_balanced_sample_weights, class_list
 
 EVAL = build_eval_transform({"resize": 16, "center_crop": 16, "normalize": {"mean": [0, 0, 0], "std": [1, 1, 1]}}, 16)
 

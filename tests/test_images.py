@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components import images  # noqa: E402
-from shared.cluster_config import CLUSTER_DEFAULTS  # noqa: E402
+from shared.config.cluster import CLUSTER_DEFAULTS  # noqa: E402
 
 DOCKERFILES = {name: ROOT / path for name, path in images.IMAGES.items()}
 

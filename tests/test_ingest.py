@@ -3,8 +3,8 @@ import json
 import mongomock
 import pytest
 
-from shared.ingest import ingest, iter_jsonl_source, iter_mongo_source, map_fields, run_ingest
-from shared.records import load_jsonl
+from shared.data.ingest import ingest, iter_jsonl_source, iter_mongo_source, map_fields, run_ingest
+from shared.io.records import load_jsonl
 
 
 def _rec(i, **kw):
@@ -109,8 +109,8 @@ def test_run_ingest_writes_outputs(tmp_path, monkeypatch):
     ("\u200bRosa\u2060 \u00a0canina\ufeff ", "Rosa canina"),
 ])
 def test_taxon_normalisation_policy(raw, canonical):
-    """The documented policy (shared/records.py), example by example."""
-    from shared.records import normalize_taxon, parse_record
+    """The documented policy (shared/io/records.py), example by example."""
+    from shared.io.records import normalize_taxon, parse_record
 
     assert normalize_taxon(raw) == canonical and normalize_taxon(canonical) == canonical
     rec = parse_record(_rec(1, taxon=raw))

@@ -1,6 +1,6 @@
 import pytest
 
-from shared.licenses import (
+from shared.data.licenses import (
     UNKNOWN,
     allowed_set,
     is_allowed,

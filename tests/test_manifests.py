@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.render_manifests import spec_hash  # noqa: E402
-from shared.cluster_config import load_cluster_config  # noqa: E402
-from shared.pipeline_config import load_pipeline_config  # noqa: E402
+from shared.config.cluster import load_cluster_config  # noqa: E402
+from shared.config.pipeline import load_pipeline_config  # noqa: E402
 
 MANIFESTS = ROOT / "manifests"
 OVERLAYS = sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if (p / "kustomization.yaml").exists())

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.pipeline_config import ConfigError, load_pipeline_config, merge_checked
+from shared.config.pipeline import ConfigError, load_pipeline_config, merge_checked
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def test_student_resize_is_range_checked_and_reaches_the_student():
     for bad in (449, -1):
         with pytest.raises(ConfigError, match=rf"cache.student_resize: {bad} is outside \[1, cache.resize 448\]"):
             load_pipeline_config(None, {"cache.student_resize": bad})
-    from shared.student_config import load_student_config
+    from shared.config.student import load_student_config
 
     s = load_student_config(cluster["student"]["config"], {"data.student_rendition": 256})
     assert s["data"]["student_rendition"] == 256

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
-from shared.pipeline_config import load_pipeline_config  # noqa: E402
+from shared.config.pipeline import load_pipeline_config  # noqa: E402
 
 PHASE0_TASKS = {"ingest", "cache-images", "split", "baseline"}
 
@@ -96,7 +96,7 @@ def test_local_run_produces_phase0_outputs(local_run):
 
 
 def test_local_run_trains_teachers(local_run):
-    from shared.teacher_logits import TeacherLogits
+    from shared.distill.teacher_logits import TeacherLogits
 
     cfg, summary = local_run
     outs = summary["outputs"]
@@ -114,8 +114,8 @@ def test_local_run_trains_teachers(local_run):
 
 
 def test_local_run_distils_student(local_run):
-    from shared.checkpoint import load_checkpoint
-    from shared.soft_labels import SoftLabels
+    from shared.distill.soft_labels import SoftLabels
+    from shared.io.checkpoint import load_checkpoint
 
     cfg, summary = local_run
     outs = summary["outputs"]

@@ -1,4 +1,4 @@
-"""Cluster settings: the `cluster:` schema (shared/cluster_config.py) and their
+"""Cluster settings: the `cluster:` schema (shared/config/cluster.py) and their
 translation into kfp-kubernetes platform settings (components/platform.py),
 checked on compiled specs; a pipeline with them still runs on the local runner."""
 import copy
@@ -14,8 +14,8 @@ sys.path.insert(0, str(ROOT))
 from kfp import compiler, dsl  # noqa: E402
 
 from components.platform import apply_platform, apply_platform_to_pipeline  # noqa: E402
-from shared.cluster_config import CLUSTER_DEFAULTS, STEPS, cluster_problems, load_cluster_config, step_settings  # noqa: E402
-from shared.pipeline_config import ConfigError, load_pipeline_config  # noqa: E402
+from shared.config.cluster import CLUSTER_DEFAULTS, STEPS, cluster_problems, load_cluster_config, step_settings  # noqa: E402
+from shared.config.pipeline import ConfigError, load_pipeline_config  # noqa: E402
 
 
 @dsl.component(base_image="python:3.11")

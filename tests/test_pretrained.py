@@ -1,4 +1,4 @@
-"""Pretrained weights (shared/pretrained.py, the stage_weights step): model ids, every
+"""Pretrained weights (shared/train/pretrained.py, the stage_weights step): model ids, every
 source (the hub through a fake on 127.0.0.1, gs:// through gcp-storage-emulator, an
 http(s) URL with its sha256, a local file, the pre-seeded cache), refusals (wrong
 sha256, pickles with code, unreachable hub, weights of another model), and that no
@@ -16,8 +16,11 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.pipeline_config import ConfigError, load_pipeline_config  # noqa: E402
-from shared.pretrained import (  # noqa: E402
+from shared.config.models import offline_problems  # noqa: E402
+from shared.config.pipeline import ConfigError, load_pipeline_config  # noqa: E402
+from shared.config.teacher import load_teacher_config  # noqa: E402
+from shared.config.weights import WeightsRequest  # noqa: E402
+from shared.train.pretrained import (  # noqa: E402
     WeightsCache,
     WeightsMismatch,
     WeightsUnavailable,
@@ -25,9 +28,6 @@ from shared.pretrained import (  # noqa: E402
     preprocessing_mismatches,
     stage,
 )
-from shared.run_models import offline_problems  # noqa: E402
-from shared.teacher_config import load_teacher_config  # noqa: E402
-from shared.weights_request import WeightsRequest  # noqa: E402
 from tests.conftest import TINY_TEACHER  # noqa: E402
 from tests.fake_hub import COMMIT, FakeHub  # noqa: E402
 
@@ -113,7 +113,7 @@ def test_preprocessing_mismatch_names_both_values(hub, tmp_path):
 
 
 def test_gs_weights_file_through_the_emulator(tmp_path):
-    from shared import gcs
+    from shared.io import gcs
     from tests.gcs_emulator import gcs_emulator
 
     data = _safetensors(tmp_path, _weights(seed=1)).read_bytes()
@@ -128,7 +128,7 @@ def test_gs_weights_file_through_the_emulator(tmp_path):
 
 
 def test_url_needs_its_sha256_and_a_wrong_one_is_refused(tmp_path):
-    from shared.atomic import sha256_file
+    from shared.io.atomic import sha256_file
     from tests.image_server import ImageServer
 
     path = _safetensors(tmp_path, _weights(seed=2))
@@ -215,7 +215,7 @@ def test_wrapped_checkpoint_with_module_prefix_loads(tmp_path):
 
 
 def test_pretrained_true_never_trains_from_scratch(cached_splits, hub, tmp_path):
-    from shared.teacher_training import train_teacher
+    from shared.train.teacher import train_teacher
 
     cfg = load_teacher_config(TINY_TEACHER, {"model.pretrained": True, "training.epochs": 1})
     args = (cached_splits["train"], cached_splits["val"], cached_splits["cache_dir"])
@@ -242,8 +242,8 @@ def test_pretrained_true_never_trains_from_scratch(cached_splits, hub, tmp_path)
 
 
 def test_student_and_baseline_refuse_missing_weights(cached_splits, tmp_path):
-    from shared.baseline import build_backbone
-    from shared.student_training import train_student
+    from shared.train.baseline import build_backbone
+    from shared.train.student import train_student
 
     with pytest.raises(WeightsUnavailable, match="student test_efficientnet: model.pretrained is true"):
         train_student({"model": {"name": "test_efficientnet", "image_size": 32},
@@ -257,8 +257,8 @@ def test_student_and_baseline_refuse_missing_weights(cached_splits, tmp_path):
 
 
 def test_baseline_with_staged_weights_reports_them(cached_splits, tmp_path):
-    from shared.baseline import run_baseline
-    from shared.records import write_jsonl
+    from shared.io.records import write_jsonl
+    from shared.train.baseline import run_baseline
 
     p = _safetensors(tmp_path, _weights("test_efficientnet"))
     rec = stage(WeightsRequest("baseline", "test_efficientnet", pretrained_path=str(p)),
@@ -272,7 +272,7 @@ def test_baseline_with_staged_weights_reports_them(cached_splits, tmp_path):
 
 
 def test_offline_cluster_config_without_a_source_is_refused():
-    from shared.cluster_config import cluster_problems
+    from shared.config.cluster import cluster_problems
 
     cfg = load_pipeline_config(ROOT / "config" / "cluster.yaml")
     assert cluster_problems(cfg) == []
@@ -327,7 +327,7 @@ def test_vit_weights_at_another_image_size(tmp_path):
 def test_the_plans_models_resolve_to_their_hub_repositories(tmp_path):
     """config/cluster.yaml's teacher, student and baseline ask the hub for timm's default tags
     (an empty fake hub answers 'not found', so nothing is downloaded)."""
-    from shared.run_models import model_request, run_requests
+    from shared.config.models import model_request, run_requests
 
     cfg = load_pipeline_config(ROOT / "config" / "cluster.yaml")
     with FakeHub() as h:

@@ -1,7 +1,7 @@
-"""shared.progress: rate and ETA lines at most every every_s seconds, on a fake clock."""
+"""shared.io.progress: rate and ETA lines at most every every_s seconds, on a fake clock."""
 import pytest
 
-from shared.progress import Progress, format_duration
+from shared.io.progress import Progress, format_duration
 
 
 class FakeClock:

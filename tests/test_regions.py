@@ -1,9 +1,9 @@
-"""shared/regions.py: the one parser of region lists ("EU_NORTH,EU_EAST"), and the
+"""shared/data/regions.py: the one parser of region lists ("EU_NORTH,EU_EAST"), and the
 places that read one agree with it."""
 import pytest
 
-from shared.pipeline_config import ConfigError
-from shared.regions import parse_regions, region_list
+from shared.config.pipeline import ConfigError
+from shared.data.regions import parse_regions, region_list
 
 
 def test_region_list_keeps_order_and_drops_blanks():
@@ -19,7 +19,7 @@ def test_parse_regions_is_a_set_or_none_for_all():
 
 
 def test_configs_refuse_a_region_list_that_names_no_region():
-    from shared.teacher_config import load_teacher_config
+    from shared.config.teacher import load_teacher_config
 
     with pytest.raises(ConfigError, match="region_filter"):
         load_teacher_config({"data": {"region_filter": " , "}})
@@ -27,7 +27,7 @@ def test_configs_refuse_a_region_list_that_names_no_region():
 
 
 def test_student_teacher_weights_match_regions_as_sets():
-    from shared.student_config import teacher_weight
+    from shared.config.student import teacher_weight
 
     cfg = {"teachers": [{"region_filter": "EU_NORTH, EU_EAST", "weight": 0.2}, {"region_filter": "", "weight": 0.4}]}
     assert teacher_weight(cfg, "EU_EAST,EU_NORTH", 1.0) == 0.2

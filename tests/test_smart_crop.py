@@ -1,10 +1,10 @@
-"""Smart crop (shared/smart_crop.py) on synthetic photos: a textured coloured blob
+"""Smart crop (shared/vision/smart_crop.py) on synthetic photos: a textured coloured blob
 placed off centre on a noisy foliage-like background."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from shared.smart_crop import SmartCrop, saliency_map, smart_crop, smart_crop_box
+from shared.vision.smart_crop import SmartCrop, saliency_map, smart_crop, smart_crop_box
 
 
 def blob_image(size: tuple[int, int], centre: tuple[int, int], radius: int, seed: int = 0

@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.augment import aggressive_train_aug, build_eval_transform, build_train_transform
-from shared.sample_data import render_species_image
-from shared.smart_crop import smart_crop, smart_crop_box
+from shared.data.sample_data import render_species_image
+from shared.vision.augment import aggressive_train_aug, build_eval_transform, build_train_transform
+from shared.vision.smart_crop import smart_crop, smart_crop_box
 
 
 def _subject_fraction(img, box):

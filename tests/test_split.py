@@ -3,8 +3,8 @@ from collections import Counter
 
 import pytest
 
-from shared.records import load_jsonl, write_jsonl
-from shared.split import LeakageError, check_leakage, class_counts_for, histogram_html, run_split, stratified_split
+from shared.data.split import LeakageError, check_leakage, class_counts_for, histogram_html, run_split, stratified_split
+from shared.io.records import load_jsonl, write_jsonl
 
 
 def _records(sizes, region="EU_SW", start=0):
@@ -106,7 +106,7 @@ def _mixed_catalogue():
 
 
 def test_regional_splits_are_the_regions_part_of_the_global_split():
-    from shared.split import nested_regional_split
+    from shared.data.split import nested_regional_split
 
     g = stratified_split(_mixed_catalogue(), seed=3)
     role = {r["image_id"]: name for name, rows in g.by_name().items() for r in rows}
@@ -125,7 +125,7 @@ def test_regional_splits_are_the_regions_part_of_the_global_split():
 
 
 def test_a_species_whose_regional_images_are_all_held_out_leaves_the_regional_eval_sets():
-    from shared.split import nested_regional_split
+    from shared.data.split import nested_regional_split
 
     # "Q" has 3 images: globally 1 train / 1 val / 1 test; only the val one is in EU_EAST
     recs = _records({"Q": 3}, region="EU_SW")
@@ -139,7 +139,7 @@ def test_a_species_whose_regional_images_are_all_held_out_leaves_the_regional_ev
 
 
 def test_nesting_check_catches_a_role_change_and_a_stranger():
-    from shared.split import check_nesting
+    from shared.data.split import check_nesting
 
     g = stratified_split(_mixed_catalogue(), seed=3).by_name()
     moved = {"train": g["train"] + [g["val"][0]], "val": [], "test": []}
@@ -150,7 +150,7 @@ def test_nesting_check_catches_a_role_change_and_a_stranger():
 
 
 def test_run_regional_split_fails_on_leakage_and_on_an_empty_region(tmp_path):
-    from shared.split import run_regional_split
+    from shared.data.split import run_regional_split
 
     g = stratified_split(_mixed_catalogue(), seed=3).by_name()
     paths = {}

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.checkpoint import load_checkpoint
-from shared.records import write_jsonl
-from shared.soft_labels import TeacherSpec, combine_soft_labels, records_digest
-from shared.student_training import run_student_job
-from shared.teacher_logits import TeacherLogits
+from shared.distill.soft_labels import TeacherSpec, combine_soft_labels, records_digest
+from shared.distill.teacher_logits import TeacherLogits
+from shared.io.checkpoint import load_checkpoint
+from shared.io.records import write_jsonl
+from shared.train.student import run_student_job
 
 TINY_STUDENT = {
     "model": {"name": "test_efficientnet", "num_classes": 12, "image_size": 32, "dropout_rate": 0.0,
@@ -67,10 +67,10 @@ def test_student_job_one_process_or_torchrun(cached_splits, tmp_path, gpus):
 @pytest.fixture(scope="module")
 def rendition_splits(sample_catalogue, tmp_path_factory):
     """The sample catalogue cached at 40 px with a 36 px student rendition, and split."""
-    from shared.fetch import FetchPolicy
-    from shared.image_cache import cache_images
-    from shared.ingest import ingest, iter_jsonl_source
-    from shared.split import stratified_split
+    from shared.data.fetch import FetchPolicy
+    from shared.data.image_cache import cache_images
+    from shared.data.ingest import ingest, iter_jsonl_source
+    from shared.data.split import stratified_split
 
     cache = tmp_path_factory.mktemp("rendition_cache")
     recs = ingest(iter_jsonl_source(sample_catalogue / "records.jsonl")).records
@@ -85,7 +85,7 @@ def test_student_reads_its_rendition_and_never_the_main_files(rendition_splits, 
     val datasets read the rendition; a record without it is an error naming it."""
     import torch
 
-    from shared.student_training import train_student
+    from shared.train.student import train_student
 
     cfg = {**TINY_STUDENT, "training": {**TINY_STUDENT["training"], "distillation_epochs": 1, "finetune_epochs": 0},
            "data": {"smart_crop": False, "student_rendition": 36}}

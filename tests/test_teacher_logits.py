@@ -1,12 +1,12 @@
-"""Sparse teacher logits (shared/teacher_logits.py): exactness against the dense
+"""Sparse teacher logits (shared/distill/teacher_logits.py): exactness against the dense
 logits, the storage round trip, and rejection of broken files."""
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from shared.atomic import CHECKSUM_SUFFIX, write_checksum
-from shared.teacher_logits import TeacherLogits, bytes_per_sample, compute_teacher_logits, topk_probs
+from shared.distill.teacher_logits import TeacherLogits, bytes_per_sample, compute_teacher_logits, topk_probs
+from shared.io.atomic import CHECKSUM_SUFFIX, write_checksum
 
 N, C, D = 53, 40, 12
 
@@ -113,7 +113,7 @@ def test_broken_files_are_rejected(case, tmp_path):
 
 def test_inconsistent_arrays_are_rejected(case, tmp_path):
     tl = case[-1]
-    from shared.atomic import save_npz
+    from shared.io.atomic import save_npz
 
     good = dict(image_ids=np.asarray(tl.image_ids), indices=tl.indices, values=tl.values,
                 logsumexp=tl.logsumexp, confidences=tl.confidences, labels=tl.labels,

@@ -1,4 +1,4 @@
-"""The run's teachers (shared/teacher_set.py): one source of truth for the teacher weights
+"""The run's teachers (shared/train/teacher_set.py): one source of truth for the teacher weights
 (the pipeline parameters), regional configs layered on the regional base (EU_CORE takes
 the plan's regional training settings), and combine_soft_labels using exactly those
 weights."""
@@ -11,9 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.pipeline_config import load_pipeline_config  # noqa: E402
-from shared.teacher_config import load_teacher_config  # noqa: E402
-from shared.teacher_set import teacher_set  # noqa: E402
+from shared.config.pipeline import load_pipeline_config  # noqa: E402
+from shared.config.teacher import load_teacher_config  # noqa: E402
+from shared.train.teacher_set import teacher_set  # noqa: E402
 
 CLUSTER = ROOT / "config" / "cluster.yaml"
 
@@ -42,9 +42,9 @@ def test_the_pipeline_weights_decide_and_student_yaml_is_only_the_default(tmp_pa
 
 
 def test_combine_uses_the_pipeline_weight_not_student_yaml(tmp_path):
-    from shared.soft_labels import SoftLabels, run_combine
-    from shared.student_config import load_student_config
-    from shared.teacher_logits import TeacherLogits
+    from shared.config.student import load_student_config
+    from shared.distill.soft_labels import SoftLabels, run_combine
+    from shared.distill.teacher_logits import TeacherLogits
 
     classes = ["a", "b"]
     train = [{"image_id": "x", "taxon": "a", "region": "EU_SW"}]

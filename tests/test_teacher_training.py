@@ -12,15 +12,15 @@ import pytest
 import torch
 import yaml
 
-from shared.checkpoint import build_model, load_checkpoint
-from shared.distributed import DistributedWeightedSampler
-from shared.image_dataset import class_balanced_sample_weights
-from shared.pipeline_config import ConfigError
-from shared.pretrained import create_model
-from shared.records import write_jsonl
-from shared.teacher_config import load_teacher_config
-from shared.teacher_training import map_head_by_class, train_teacher
-from shared.trainer import NonFiniteLossError, TrainSettings, fit
+from shared.config.pipeline import ConfigError
+from shared.config.teacher import load_teacher_config
+from shared.io.checkpoint import build_model, load_checkpoint
+from shared.io.records import write_jsonl
+from shared.train.distributed import DistributedWeightedSampler
+from shared.train.loop import NonFiniteLossError, TrainSettings, fit
+from shared.train.pretrained import create_model
+from shared.train.teacher import map_head_by_class, train_teacher
+from shared.vision.image_dataset import class_balanced_sample_weights
 from tests.conftest import TINY_TEACHER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +159,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
 
 def _run_cli(args, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "shared.teacher_training", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "shared.train.teacher", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
@@ -209,7 +209,7 @@ def test_truncated_checkpoint_is_ignored(tmp_path):
 
 
 def test_copy_checkpoint_takes_its_checksum_along(tmp_path):
-    from shared.checkpoint import CheckpointError, copy_checkpoint, save_checkpoint
+    from shared.io.checkpoint import CheckpointError, copy_checkpoint, save_checkpoint
 
     src = tmp_path / "best_model.pt"
     save_checkpoint(src, create_model("test_resnet", 3), model_name="test_resnet", classes=["a", "b", "c"],
@@ -229,7 +229,7 @@ def test_ddp_two_gloo_processes_match_one(tmp_path):
     script.write_text(f"""
 import json, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
-from shared.trainer import TrainSettings, fit
+from shared.train.loop import TrainSettings, fit
 from tests.test_teacher_training import _toy
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
@@ -265,8 +265,8 @@ def test_ddp_validation_shards_sum_to_the_full_set(tmp_path):
 import json, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from torch.utils.data import DataLoader, Subset
-from shared.distributed import init_distributed
-from shared.trainer import evaluate_top_k
+from shared.train.distributed import init_distributed
+from shared.train.loop import evaluate_top_k
 from tests.test_teacher_training import _toy
 rank, world, device = init_distributed()
 torch.manual_seed(0)
@@ -346,7 +346,7 @@ def test_ddp_two_gloo_processes_weighted_sampling(tmp_path):
 import json, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 import numpy as np
-from shared.trainer import TrainSettings, fit
+from shared.train.loop import TrainSettings, fit
 from tests.test_teacher_training import _toy
 rank = int(__import__("os").environ.get("RANK", 0))
 labels = np.repeat([0, 1, 2, 3], [200, 40, 12, 4])

@@ -1,7 +1,7 @@
-"""The timm-shaped pieces of shared/trainer.py on tiny models: train_one_epoch (updates,
+"""The timm-shaped pieces of shared/train/loop.py on tiny models: train_one_epoch (updates,
 gradient accumulation, scheduler steps, progress, a non-finite loss), validate (top-k and
 loss, unknown labels), TrainStep (mixup's odd batch), CheckpointSaver (save/resume in the
-existing file format, best checkpoint, early stop) and shared/distributed.launch."""
+existing file format, best checkpoint, early stop) and shared/train/distributed.launch."""
 import inspect
 import random
 import sys
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from shared.checkpoint import load_checkpoint
-from shared.distributed import launch
-from shared.progress import Progress
-from shared.trainer import (
+from shared.io.checkpoint import load_checkpoint
+from shared.io.progress import Progress
+from shared.train.distributed import launch
+from shared.train.loop import (
     CheckpointSaver,
     NonFiniteLossError,
     TrainSettings,

@@ -1,4 +1,4 @@
-"""Phase 7: the training manifest (shared/training_manifest.py) and its component,
+"""Phase 7: the training manifest (shared/manifest/training_manifest.py) and its component,
 run through kfp.local with fake upstream steps."""
 import datetime as dt
 import json
@@ -13,9 +13,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared import training_manifest as tm  # noqa: E402
-from shared.student_config import load_student_config  # noqa: E402
-from shared.teacher_config import load_teacher_config  # noqa: E402
+from shared.config.student import load_student_config  # noqa: E402
+from shared.config.teacher import load_teacher_config  # noqa: E402
+from shared.manifest import training_manifest as tm  # noqa: E402
 
 TS = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
@@ -141,7 +141,7 @@ def test_export_not_blessed_is_skipped_with_the_gate_that_failed(plan_config):
 
 def test_criteria_are_the_plans_and_a_local_gate_is_labelled_local(plan_config):
     """Local smoke-test thresholds never appear under the plan's name."""
-    from shared.calibration import export_gate
+    from shared.evaluate.calibration import export_gate
 
     cfg = {**plan_config, "pipeline": {"export": {"gates": {"profile": "local", "min_val_top1": 0.30,
                                                             "max_ece": 0.20}}}}
@@ -233,7 +233,7 @@ def test_training_steps_report_what_the_manifest_image_lacks(plan_config):
 def test_environment_versions_and_git_commit(monkeypatch):
     import torch
 
-    from shared.environment import environment_versions
+    from shared.io.environment import environment_versions
 
     env = environment_versions()
     assert env["python_version"].startswith("3.")

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from components.container_run import engine_socket, run_task_container  # noqa: E402
-from shared.pipeline_config import load_pipeline_config  # noqa: E402
+from shared.config.pipeline import load_pipeline_config  # noqa: E402
 
 pytestmark = pytest.mark.containers
 REQUIRED = os.environ.get("PLANTID_CONTAINER_TESTS") == "1"
@@ -54,7 +54,7 @@ def engine():
 @pytest.fixture(scope="module")
 def container_run(tmp_path_factory, engine):
     """The whole DAG in the images, on a freshly generated sample catalogue in its own data folder."""
-    from shared.sample_data import generate
+    from shared.data.sample_data import generate
 
     # Not under pytest's 0700 temp folders: the containers' user must be able to reach it.
     base = Path(tempfile.mkdtemp(prefix="plantid-containers-", dir="/tmp"))

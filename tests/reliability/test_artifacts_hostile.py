@@ -12,9 +12,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from shared.pipeline_config import ConfigError, load_pipeline_config  # noqa: E402
-from shared.student_config import load_student_config  # noqa: E402
-from shared.teacher_config import load_teacher_config  # noqa: E402
+from shared.config.pipeline import ConfigError, load_pipeline_config  # noqa: E402
+from shared.config.student import load_student_config  # noqa: E402
+from shared.config.teacher import load_teacher_config  # noqa: E402
 from tests.conftest import TINY_TEACHER  # noqa: E402
 
 RAN: list[str] = []
@@ -33,7 +33,7 @@ def _planted(path: Path, obj) -> None:
 
 
 def test_checkpoint_with_a_payload_is_refused_and_never_runs(tmp_path):
-    from shared.checkpoint import CheckpointError, load_checkpoint
+    from shared.io.checkpoint import CheckpointError, load_checkpoint
 
     p = tmp_path / "best_model.pt"
     _planted(p, {"model_name": "test_resnet", "classes": ["a"], "image_size": 32, "state_dict": {},
@@ -44,7 +44,7 @@ def test_checkpoint_with_a_payload_is_refused_and_never_runs(tmp_path):
 
 
 def test_training_state_with_a_payload_is_not_resumed_and_never_runs(tmp_path):
-    from shared.trainer import _load_training_state
+    from shared.train.loop import _load_training_state
 
     p = tmp_path / "last_checkpoint.pt"
     _planted(p, {"model": {}, "epoch": 3, "rng": Payload()})
@@ -57,7 +57,7 @@ def test_a_real_training_state_still_resumes(tmp_path):
     """weights_only loading keeps what resuming needs (optimizer, scheduler, RNG states)."""
     import random
 
-    from shared.trainer import _load_training_state, _numpy_rng_from, _save_training_state
+    from shared.train.loop import _load_training_state, _numpy_rng_from, _save_training_state
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters())
@@ -76,9 +76,9 @@ def test_a_real_training_state_still_resumes(tmp_path):
 
 @pytest.mark.parametrize("what", ["teacher logits", "soft labels"])
 def test_npz_artifacts_with_pickled_objects_are_refused(tmp_path, what):
-    from shared.atomic import save_npz
-    from shared.soft_labels import SoftLabels
-    from shared.teacher_logits import TeacherLogits
+    from shared.distill.soft_labels import SoftLabels
+    from shared.distill.teacher_logits import TeacherLogits
+    from shared.io.atomic import save_npz
 
     p = tmp_path / "a.npz"
     save_npz(p, image_ids=np.array([Payload()], dtype=object), indices=np.zeros((1, 1), np.int32))
@@ -104,7 +104,7 @@ def soft_setup(cached_splits, tmp_path):
 
 
 def test_soft_labels_for_other_records_are_refused(soft_setup, cached_splits):
-    from shared.student_training import train_student
+    from shared.train.student import train_student
 
     cfg, train, tmp = soft_setup
     other = [dict(r, image_id=f"other-{r['image_id']}") for r in train]
@@ -119,8 +119,8 @@ def test_soft_labels_for_other_records_are_refused(soft_setup, cached_splits):
 
 
 def test_soft_labels_with_a_tampered_class_list_are_refused(soft_setup):
-    from shared.atomic import load_npz, save_npz
-    from shared.soft_labels import SoftLabels
+    from shared.distill.soft_labels import SoftLabels
+    from shared.io.atomic import load_npz, save_npz
 
     _, _, tmp = soft_setup
     z = load_npz(tmp / "soft.npz", "soft labels")
@@ -131,7 +131,7 @@ def test_soft_labels_with_a_tampered_class_list_are_refused(soft_setup):
 
 
 def test_matching_soft_labels_distil_with_full_coverage(soft_setup, cached_splits):
-    from shared.student_training import train_student
+    from shared.train.student import train_student
 
     cfg, train, tmp = soft_setup
     r = train_student(cfg, train, cached_splits["val"], cached_splits["cache_dir"], str(tmp / "ok"),

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from shared.fetch import Fetcher, FetchError, FetchPolicy
-from shared.image_cache import cache_images
+from shared.data.fetch import Fetcher, FetchError, FetchPolicy
+from shared.data.image_cache import cache_images
 from tests.image_server import jpeg_bytes
 
 

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from shared.atomic import OutputWriteError, atomic_open, save_npz, write_json
-from shared.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from shared.fetch import FetchPolicy
-from shared.image_cache import cache_images
-from shared.records import write_jsonl
-from shared.soft_labels import SoftLabels
-from shared.teacher_logits import TeacherLogits
+from shared.data.fetch import FetchPolicy
+from shared.data.image_cache import cache_images
+from shared.distill.soft_labels import SoftLabels
+from shared.distill.teacher_logits import TeacherLogits
+from shared.io.atomic import OutputWriteError, atomic_open, save_npz, write_json
+from shared.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from shared.io.records import write_jsonl
 from tests.image_server import ImageServer, jpeg_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +50,9 @@ def test_cache_killed_half_way_resumes_without_refetching(tmp_path):
 
         cache = tmp_path / "cache"
         child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-            from shared.fetch import FetchPolicy
-            from shared.image_cache import cache_images
-            from shared.records import load_jsonl
+            from shared.data.fetch import FetchPolicy
+            from shared.data.image_cache import cache_images
+            from shared.io.records import load_jsonl
             cache_images(load_jsonl({str(tmp_path / 'records.jsonl')!r}), {str(cache)!r}, resize=100,
                          min_side=100, policy=FetchPolicy(**{policy!r}), workers=2)
             """)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -82,8 +82,8 @@ def test_cache_killed_half_way_resumes_without_refetching(tmp_path):
 
 STUDENT_SCRIPT = """
 import json, sys
-from shared.records import load_jsonl
-from shared.student_training import train_student
+from shared.io.records import load_jsonl
+from shared.train.student import train_student
 from tests.test_student_training import noisy_teacher_soft_labels
 
 train, val = load_jsonl(sys.argv[1]), load_jsonl(sys.argv[2])
@@ -178,7 +178,7 @@ def test_truncated_logits_and_soft_labels_are_refused(tmp_path, what):
         TeacherLogits.load(p)
         loader = TeacherLogits.load
     else:
-        from shared.soft_labels import TeacherSpec, combine_soft_labels
+        from shared.distill.soft_labels import TeacherSpec, combine_soft_labels
         tl = _logits()
         combine_soft_labels([TeacherSpec(tl, 1.0, None)], list(tl.image_ids), [""] * 6, 3.0, 3).save(p)
         SoftLabels.load(p)

@@ -18,16 +18,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.atomic import load_npz, save_npz
-from shared.cluster_config import CLUSTER_DEFAULTS, STEPS, load_cluster_config, step_settings
-from shared.fetch import FetchPolicy
-from shared.image_cache import cache_images
-from shared.ingest import NothingKeptError, ingest, iter_jsonl_source, run_ingest
-from shared.pipeline_config import DEFAULTS, ConfigError, load_pipeline_config
-from shared.records import load_jsonl
-from shared.soft_labels import SoftLabels
-from shared.student_config import STUDENT_DEFAULTS, load_student_config
-from shared.teacher_config import TEACHER_DEFAULTS, load_teacher_config
+from shared.config.cluster import CLUSTER_DEFAULTS, STEPS, load_cluster_config, step_settings
+from shared.config.pipeline import DEFAULTS, ConfigError, load_pipeline_config
+from shared.config.student import STUDENT_DEFAULTS, load_student_config
+from shared.config.teacher import TEACHER_DEFAULTS, load_teacher_config
+from shared.data.fetch import FetchPolicy
+from shared.data.image_cache import cache_images
+from shared.data.ingest import NothingKeptError, ingest, iter_jsonl_source, run_ingest
+from shared.distill.soft_labels import SoftLabels
+from shared.io.atomic import load_npz, save_npz
+from shared.io.records import load_jsonl
 from tests.image_server import jpeg_bytes
 from tests.reliability.fuzzing import fuzz_settings, write_counts  # noqa: E402
 
@@ -295,7 +295,7 @@ def test_unreadable_local_file_fails_its_record_not_the_run(tmp_path):
 
 def test_local_file_reads_are_bounded_even_when_the_size_lies(tmp_path):
     """/proc files report 0 bytes; the read itself stops at max_bytes."""
-    from shared.fetch import Fetcher, FetchError
+    from shared.data.fetch import Fetcher, FetchError
 
     with pytest.raises(FetchError) as e:
         Fetcher(FetchPolicy(allow_local_paths=True, max_bytes=64)).fetch("/proc/self/maps")

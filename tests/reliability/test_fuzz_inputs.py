@@ -14,10 +14,10 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.ingest import NothingKeptError, ingest, iter_jsonl_source
-from shared.pipeline_config import ConfigError, load_pipeline_config
-from shared.student_config import load_student_config
-from shared.teacher_config import load_teacher_config
+from shared.config.pipeline import ConfigError, load_pipeline_config
+from shared.config.student import load_student_config
+from shared.config.teacher import load_teacher_config
+from shared.data.ingest import NothingKeptError, ingest, iter_jsonl_source
 from tests.reliability.fuzzing import fuzz_settings, write_counts  # noqa: E402
 
 TRIED: Counter = Counter()

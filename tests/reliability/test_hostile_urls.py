@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from shared.cache_paths import resolve
-from shared.fetch import Fetcher, FetchError, FetchPolicy, check_address, is_public_address
-from shared.image_cache import cache_images
+from shared.data.cache_paths import resolve
+from shared.data.fetch import Fetcher, FetchError, FetchPolicy, check_address, is_public_address
+from shared.data.image_cache import cache_images
 from tests.image_server import jpeg_bytes
 
 NON_PUBLIC = [
@@ -192,7 +192,7 @@ def test_cache_names_come_from_content_hashes_only(tmp_path):
 def test_dns_rebinding_is_caught_at_connect_before_a_byte_is_sent(monkeypatch):
     """The name check passes (DNS said public), then the connect lands on loopback: the
     socket's peer address is judged before the request goes out, so the server sees nothing."""
-    import shared.fetch as fetch
+    import shared.data.fetch as fetch
 
     hits = []
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared import gcs, image_cache
-from shared.cache_paths import resolve
-from shared.fetch import Fetcher, FetchPolicy
-from shared.image_cache import (
+from shared.data import image_cache
+from shared.data.cache_paths import resolve
+from shared.data.fetch import Fetcher, FetchPolicy
+from shared.data.image_cache import (
     INDEX_NAME,
     CacheWriteError,
     cache_images,
@@ -26,7 +26,8 @@ from shared.image_cache import (
     run_cache_images,
     to_8bit,
 )
-from shared.records import load_jsonl, write_jsonl
+from shared.io import gcs
+from shared.io.records import load_jsonl, write_jsonl
 from tests.image_server import jpeg_bytes
 
 LOCAL = FetchPolicy(allow_local_paths=True)

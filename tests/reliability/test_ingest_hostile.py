@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import shared.ingest as ingest_mod
-from shared.ingest import IngestError, NothingKeptError, ingest, iter_jsonl_source, iter_mongo_source, run_ingest
-from shared.records import load_jsonl, normalize_taxon, parse_record
+import shared.data.ingest as ingest_mod
+from shared.data.ingest import IngestError, NothingKeptError, ingest, iter_jsonl_source, iter_mongo_source, run_ingest
+from shared.io.records import load_jsonl, normalize_taxon, parse_record
 from tests.reliability.fuzzing import fuzz_settings, write_counts  # noqa: E402
 
 TRIED: Counter = Counter()

@@ -15,8 +15,8 @@ sys.path.insert(0, str(ROOT))
 
 from kfp import compiler  # noqa: E402
 
-from shared.cluster_config import load_cluster_config  # noqa: E402
-from shared.pipeline_config import ConfigError, load_pipeline_config  # noqa: E402
+from shared.config.cluster import load_cluster_config  # noqa: E402
+from shared.config.pipeline import ConfigError, load_pipeline_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

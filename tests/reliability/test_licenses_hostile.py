@@ -13,8 +13,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from shared.ingest import ingest
-from shared.licenses import (
+from shared.data.ingest import ingest
+from shared.data.licenses import (
     DEFAULT_ALLOWED,
     UNKNOWN,
     is_allowed,

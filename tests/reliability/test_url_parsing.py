@@ -22,8 +22,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from urllib3.util import parse_url
 
-from shared.fetch import Fetcher, FetchError, FetchPolicy
-from shared.image_cache import cache_images
+from shared.data.fetch import Fetcher, FetchError, FetchPolicy
+from shared.data.image_cache import cache_images
 from tests.image_server import ImageServer, jpeg_bytes
 from tests.reliability.fuzzing import fuzz_settings, write_counts  # noqa: E402
 
@@ -37,7 +37,7 @@ FUZZ = fuzz_settings()
 
 
 def on_allowlist(host: str) -> bool:
-    """The test's own reading of ALLOWLIST, independent of shared.fetch: `host` as a
+    """The test's own reading of ALLOWLIST, independent of shared.data.fetch: `host` as a
     client connects to it (lowercase, punycode)."""
     host = host.lower().removesuffix(".")
     return host in ("allowed.example", "xn--bcher-kva.example") or host.endswith(".cdn.example")

@@ -1,0 +1,1 @@
+"""Distillation: teacher logits, soft labels combined from teachers, and the distillation losses."""

@@ -1,0 +1,1 @@
+"""Evaluation of checkpoints: metrics, and temperature calibration with its coverage/precision report."""

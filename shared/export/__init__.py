@@ -1,0 +1,1 @@
+"""Export of the student to TF.js: conversion, parity and latency checks, and the Node/web assets."""

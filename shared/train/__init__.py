@@ -1,0 +1,1 @@
+"""Training: the loop, distributed setup, pretrained weights, teachers, the student and the baseline."""

@@ -1,0 +1,1 @@
+"""Image pipelines: augmentation, smart crop and the dataset reading the image cache."""
