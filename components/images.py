@@ -8,7 +8,7 @@ only say which image a component needs: when the pipeline is built for a config,
 import, so one process can compile several configs, each with its own images.
 
 Components import this module at module scope, so it imports the standard library only
-(tests/test_code_rules.py checks it)."""
+(tests/project/test_code_rules.py checks it)."""
 from __future__ import annotations
 
 import re

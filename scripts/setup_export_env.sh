@@ -37,10 +37,10 @@ if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup_export_env: installing Debian's chromium (browser test and benchmark)"
     { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } \
-      || echo "setup_export_env: could not install chromium; tests/test_demo_page.py will be skipped" >&2
+      || echo "setup_export_env: could not install chromium; tests/unit/export/test_demo_page.py will be skipped" >&2
   else
     echo "setup_export_env: /usr/bin/chromium missing and not root: install Debian's chromium" \
-         "(apt-get install chromium) or tests/test_demo_page.py will be skipped" >&2
+         "(apt-get install chromium) or tests/unit/export/test_demo_page.py will be skipped" >&2
   fi
 fi
 echo "setup_export_env: ready ($VENV/bin: onnx2tf, tensorflowjs_converter; $NM; /usr/bin/chromium)"

@@ -111,7 +111,7 @@ def _check_teacher_names(regional: list[dict]) -> None:
         seen[d.lower()] = t["name"]
 
 
-# The images under images/ (components/images.py IMAGES; tests/test_component_specs.py keeps them equal).
+# The images under images/ (components/images.py IMAGES; tests/components/test_component_specs.py keeps them equal).
 IMAGE_NAMES = ("data", "train", "export")
 DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 

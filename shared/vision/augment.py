@@ -31,7 +31,7 @@ rotation, jitter factors and blur sigma. The fast path
   training device (the same formulas in torch), which leaves the CPU loader only
   decoding and geometry.
 What differs from the Compose is rounding: per pixel within a few grey levels, the same
-statistics over a batch (tests/test_datapath.py compares both with `.reference`, and
+statistics over a batch (tests/bench/test_datapath.py compares both with `.reference`, and
 the jitter with torchvision's tensor functions, on the same seeds and images)."""
 from __future__ import annotations
 
@@ -453,7 +453,7 @@ def encode_photometric(ops: list[tuple[str, float]], sigma: float | None) -> tor
 class DevicePhotometric(torch.nn.Module):
     """Colour jitter (each sample's drawn order and factors), Gaussian blur (each sample's
     sigma) and normalisation of a uint8 batch, on its device: TrainTransform's float path
-    batched in torch (tests/test_datapath.py checks they agree). forward(uint8 (N, 3, H, W),
+    batched in torch (tests/bench/test_datapath.py checks they agree). forward(uint8 (N, 3, H, W),
     params (N, PARAMS)) -> float32 (N, 3, H, W)."""
 
     def __init__(self, mean: list[float], std: list[float], blur_kernel: int):

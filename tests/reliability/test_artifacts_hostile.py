@@ -92,7 +92,7 @@ def test_npz_artifacts_with_pickled_objects_are_refused(tmp_path, what):
 
 @pytest.fixture()
 def soft_setup(cached_splits, tmp_path):
-    from tests.test_student_training import noisy_teacher_soft_labels
+    from tests.unit.train.test_student_training import noisy_teacher_soft_labels
 
     train = cached_splits["train"]
     noisy_teacher_soft_labels(train, tmp_path / "soft.npz")

@@ -84,7 +84,7 @@ STUDENT_SCRIPT = """
 import json, sys
 from shared.io.records import load_jsonl
 from shared.train.student import train_student
-from tests.test_student_training import noisy_teacher_soft_labels
+from tests.unit.train.test_student_training import noisy_teacher_soft_labels
 
 train, val = load_jsonl(sys.argv[1]), load_jsonl(sys.argv[2])
 classes = noisy_teacher_soft_labels(train, sys.argv[4] + ".soft.npz")

@@ -1,6 +1,6 @@
 """Least privilege on the cluster, checked on what is actually shipped: the pipeline
 compiled from config/cluster.yaml and the rendered GitOps manifests. (Per-setting
-checks live in tests/test_platform.py and tests/test_manifests.py; these look at the
+checks live in tests/components/test_platform.py and tests/project/test_manifests.py; these look at the
 whole artifacts for anything that slipped past them.)"""
 import re
 import shutil
@@ -90,7 +90,7 @@ ALLOWED_RULES = {
 @pytest.fixture(scope="module")
 def rendered_roles():
     """Roles of every overlay as `kubectl kustomize` renders them (what GitOps applies)."""
-    from tests.test_manifests import MANIFESTS, OVERLAYS, kustomize
+    from tests.project.test_manifests import MANIFESTS, OVERLAYS, kustomize
 
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")

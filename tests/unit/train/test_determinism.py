@@ -22,7 +22,7 @@ from shared.train.loop import (
 from shared.train.student import stage_settings, train_student
 from shared.train.teacher import settings_from_config, train_teacher
 from tests.conftest import TINY_TEACHER
-from tests.test_student_training import TINY_STUDENT, noisy_teacher_soft_labels
+from tests.unit.train.test_student_training import TINY_STUDENT, noisy_teacher_soft_labels
 
 # Every source of randomness on: random augmentation (torchvision: torch's RNG), dropout
 # (torch, main process), mixup/cutmix (numpy, main process), weighted sampling (sampler).

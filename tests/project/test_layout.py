@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / "shared"
 LAYERS = ("io", "data", "config", "vision", "evaluate", "distill", "train", "export", "manifest")
 FOR_EVERY_LAYER = {"shared.artifact_keys"}  # constants: importable from any layer

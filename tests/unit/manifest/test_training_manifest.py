@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from shared.config.student import load_student_config  # noqa: E402
@@ -361,7 +361,7 @@ def test_component_writes_the_manifest_locally(tmp_path, monkeypatch):
 # Self-contained inputs (no config files: their defaults change with the configs) that reach
 # every branch of the builder; tests/data/training_manifest_reference.yaml is what they gave
 # before the builder was split into its phases. Regenerate it only for an intended change:
-#   PLANTID_WRITE_REFERENCE=1 pytest tests/test_training_manifest.py -k reference
+#   PLANTID_WRITE_REFERENCE=1 pytest tests/unit/manifest/test_training_manifest.py -k reference
 
 REFERENCE = ROOT / "tests" / "data" / "training_manifest_reference.yaml"
 

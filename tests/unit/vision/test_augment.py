@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from shared.vision.augment import aggressive_train_aug, build_eval_transform, build_train_transform
-from tests.test_smart_crop import blob_image
+from tests.unit.vision.test_smart_crop import blob_image
 
 # The plan's sections exactly as in its teacher YAMLs.
 PLAN_TRAIN = {"resize": 448, "crop": 384, "horizontal_flip": 0.5, "vertical_flip": 0.2, "rotation": 20,

@@ -23,7 +23,7 @@ from shared.train.teacher import map_head_by_class, train_teacher
 from shared.vision.image_dataset import class_balanced_sample_weights
 from tests.conftest import TINY_TEACHER
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def tiny(**over):
@@ -230,7 +230,7 @@ def test_ddp_two_gloo_processes_match_one(tmp_path):
 import json, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from shared.train.loop import TrainSettings, fit
-from tests.test_teacher_training import _toy
+from tests.unit.train.test_teacher_training import _toy
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
 bs = int(sys.argv[1]); out = sys.argv[2]
@@ -267,7 +267,7 @@ sys.path.insert(0, {str(ROOT)!r})
 from torch.utils.data import DataLoader, Subset
 from shared.train.distributed import init_distributed
 from shared.train.loop import evaluate_top_k
-from tests.test_teacher_training import _toy
+from tests.unit.train.test_teacher_training import _toy
 rank, world, device = init_distributed()
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
@@ -347,7 +347,7 @@ import json, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 import numpy as np
 from shared.train.loop import TrainSettings, fit
-from tests.test_teacher_training import _toy
+from tests.unit.train.test_teacher_training import _toy
 rank = int(__import__("os").environ.get("RANK", 0))
 labels = np.repeat([0, 1, 2, 3], [200, 40, 12, 4])
 

@@ -13,7 +13,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from shared.config.models import offline_problems  # noqa: E402

@@ -1,7 +1,7 @@
 """The export chain with the real tools: ONNX (onnxruntime), onnx2tf, tensorflowjs_converter
 and @tensorflow/tfjs in Node (cpu and wasm backends). One tiny model, converted once per
-module (fp16 and uint8). The demo page in Chromium is tests/test_demo_page.py; the phase 6.4
-gates (auto quantization, size, browser latency) tests/test_export_gate.py."""
+module (fp16 and uint8). The demo page in Chromium is tests/unit/export/test_demo_page.py; the phase 6.4
+gates (auto quantization, size, browser latency) tests/unit/export/test_export_gate.py."""
 import json
 from pathlib import Path
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from shared import artifact_keys as K
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # The names whose value is not simply the constant's name in lower case.
 IRREGULAR = {"TOP_K": "k", "TEACHER_VAL_TOP1": "val_top1_acc", "REGION_TOP1_PREFIX": "top1_",

@@ -4,7 +4,7 @@ import pytest
 
 from shared.config.pipeline import ConfigError, load_pipeline_config, merge_checked
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_local_config_loads_and_resolves_paths():

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from kfp import compiler, dsl  # noqa: E402

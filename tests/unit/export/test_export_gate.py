@@ -3,7 +3,7 @@ bundle is under the size limit, else uint8), the bundle size gate (<), the laten
 (median single-image ms < bound) measured in headless Chromium with the WASM backend
 (or, only when asked, TF.js WASM in Node, labelled as Node), the gate table, and the
 validate_export component failing with every reason. The tiny model and images are
-tests/test_export.py's; two real exports (auto under a generous limit, auto under a
+tests/unit/export/test_export.py's; two real exports (auto under a generous limit, auto under a
 limit between the fp16 and uint8 sizes)."""
 import json
 from pathlib import Path
@@ -22,8 +22,8 @@ from shared.export.tfjs import (
     validate_tfjs_bundle,
     validation_summary,
 )
-from tests import test_export
-from tests.test_export import CALIBRATION, HAVE_CONVERTERS, HAVE_TFJS, _weight_dtypes
+from tests.unit.export import test_export
+from tests.unit.export.test_export import CALIBRATION, HAVE_CONVERTERS, HAVE_TFJS, _weight_dtypes
 
 tiny_checkpoint = test_export.tiny_checkpoint  # the same tiny model and images (a module-scoped fixture here too)
 

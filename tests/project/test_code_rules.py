@@ -29,7 +29,7 @@ import kfp
 import kfp.dsl
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ROOT / "components"
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 ALLOWED_IN_COMPONENT_MODULES = ("kfp", "components.images")

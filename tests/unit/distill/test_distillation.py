@@ -11,7 +11,7 @@ from shared.distill.losses import SoftLabelLookup, dense_targets, kd_loss, make_
 from shared.distill.soft_labels import SoftLabels, TeacherSpec, combine_soft_labels, soft_label_metrics
 from shared.distill.teacher_logits import TeacherLogits, sparsify
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _tl(name, classes, ids, logits, regions=""):

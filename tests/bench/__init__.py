@@ -1,0 +1,1 @@
+"""The benchmarks' code, on tiny inputs (figures come from `make bench`)."""

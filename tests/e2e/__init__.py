@@ -1,0 +1,1 @@
+"""End to end: the whole DAG through kfp.local."""

@@ -1,0 +1,1 @@
+"""Project-wide rules: lint, layering, GitOps manifests, image digests."""
