@@ -46,17 +46,24 @@ def _import_components() -> dict:
         validate_export,
     )
 
-    return {"ingest": ingest.ingest, "cache_images": cache_images.cache_images,
-            "split": split.split, "regional_split": split.regional_split, "baseline": baseline.baseline,
-            "stage_weights": stage_weights.stage_weights,
-            "train_teacher": train_teacher.train_teacher,
-            "evaluate_teacher": evaluate_teacher.evaluate_teacher,
-            "teacher_logits": teacher_logits.teacher_logits,
-            "combine_soft_labels": combine_soft_labels.combine_soft_labels,
-            "train_student": train_student.train_student, "calibrate": calibrate.calibrate,
-            "export_tfjs": export_tfjs.export_tfjs, "export_skipped": export_tfjs.export_skipped,
-            "validate_export": validate_export.validate_export,
-            "training_manifest": training_manifest.training_manifest}
+    return {
+        "ingest": ingest.ingest,
+        "cache_images": cache_images.cache_images,
+        "split": split.split,
+        "regional_split": split.regional_split,
+        "baseline": baseline.baseline,
+        "stage_weights": stage_weights.stage_weights,
+        "train_teacher": train_teacher.train_teacher,
+        "evaluate_teacher": evaluate_teacher.evaluate_teacher,
+        "teacher_logits": teacher_logits.teacher_logits,
+        "combine_soft_labels": combine_soft_labels.combine_soft_labels,
+        "train_student": train_student.train_student,
+        "calibrate": calibrate.calibrate,
+        "export_tfjs": export_tfjs.export_tfjs,
+        "export_skipped": export_tfjs.export_skipped,
+        "validate_export": validate_export.validate_export,
+        "training_manifest": training_manifest.training_manifest,
+    }
 
 
 def teacher_parameters(cfg: dict) -> tuple[dict, list[dict]]:
@@ -73,13 +80,15 @@ def build_pipeline(cfg: dict):
     c = _import_components()
     from components.images import apply_images_to_pipeline
     from components.platform import apply_platform_to_pipeline
+
     d, ca, b, t = cfg["data"], cfg["cache"], cfg["baseline"], cfg["teachers"]
     global_teacher_cfg, regional_teachers_default = teacher_parameters(cfg)
     from shared.config.student import load_student_config
 
     # the student reads the cache's student rendition (cache.student_resize; 0: the main files)
-    student_cfg = load_student_config(cfg["student"]["config"], {**cfg["student"]["overrides"],
-                                                                  "data.student_rendition": ca["student_resize"]})
+    student_cfg = load_student_config(
+        cfg["student"]["config"], {**cfg["student"]["overrides"], "data.student_rendition": ca["student_resize"]}
+    )
     cl = cfg["cluster"] if isinstance(cfg["cluster"], dict) else {}
     gpus_default, student_gpus_default = int(cl.get("gpus_per_teacher", 1)), int(cl.get("gpus_per_student", 1))
     settings_default = {k: cfg[k] for k in ("data", "cache", "split", "calibration", "export", "weights")}
@@ -129,95 +138,192 @@ def build_pipeline(cfg: dict):
         seed: int = cfg["pipeline"]["seed"],
         pipeline_settings: dict = settings_default,
     ):
-        ing = c["ingest"](source=source, records_uri=records_uri, mongo=mongo,
-                          license_allow=license_allow, min_side=min_side, snapshot_id=snapshot_id)
+        ing = c["ingest"](
+            source=source,
+            records_uri=records_uri,
+            mongo=mongo,
+            license_allow=license_allow,
+            min_side=min_side,
+            snapshot_id=snapshot_id,
+        )
         ing.set_display_name("ingest (phase 0)")
-        cached = c["cache_images"](records=ing.outputs["records"], cache_dir=cache_dir, resize=resize,
-                                   min_side=min_side, max_fail_rate=max_fail_rate,
-                                   workers=cache_workers, fetch_policy=fetch_policy, student_resize=student_resize)
+        cached = c["cache_images"](
+            records=ing.outputs["records"],
+            cache_dir=cache_dir,
+            resize=resize,
+            min_side=min_side,
+            max_fail_rate=max_fail_rate,
+            workers=cache_workers,
+            fetch_policy=fetch_policy,
+            student_resize=student_resize,
+        )
         cached.set_display_name("cache images (phase 0)")
         sp = c["split"](cached=cached.outputs["cached"], regions="", seed=split_seed)
         sp.set_display_name("stratified split (1.0)")
+
         # Pretrained weights of every model, staged once (before any GPU pod) into the weights cache.
         def stage(role: str, kind: str, config, overrides):
-            task = c["stage_weights"](role=role, kind=kind, config=config, overrides=overrides,
-                                      weights_cache=weights_cache, hub_endpoint=hub_endpoint, offline=weights_offline)
+            task = c["stage_weights"](
+                role=role,
+                kind=kind,
+                config=config,
+                overrides=overrides,
+                weights_cache=weights_cache,
+                hub_endpoint=hub_endpoint,
+                offline=weights_offline,
+            )
             task.set_display_name(f"stage weights: {role}")
             return task.outputs["weights"]
 
         teacher_weights = stage("global teacher", "teacher", global_teacher_config, teacher_overrides)
         student_weights = stage("student", "student", student_config, {})
         baseline_weights = stage("baseline", "baseline", baseline_settings, {})
-        base = c["baseline"](train=sp.outputs["train"], test=sp.outputs["test"], cache_dir=cache_dir,
-                             settings=baseline_settings, weights=baseline_weights)
+        base = c["baseline"](
+            train=sp.outputs["train"],
+            test=sp.outputs["test"],
+            cache_dir=cache_dir,
+            settings=baseline_settings,
+            weights=baseline_weights,
+        )
         base.set_display_name("baseline (phase 0)")
 
         # Phase 1: the global teacher.
-        gt = c["train_teacher"](name="global", regions="", train=sp.outputs["train"], val=sp.outputs["val"],
-                                cache_dir=cache_dir, config=global_teacher_config, overrides=teacher_overrides,
-                                checkpoint_dir=checkpoint_dir, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                gpus=gpus_per_teacher, weights=teacher_weights)
+        gt = c["train_teacher"](
+            name="global",
+            regions="",
+            train=sp.outputs["train"],
+            val=sp.outputs["val"],
+            cache_dir=cache_dir,
+            config=global_teacher_config,
+            overrides=teacher_overrides,
+            checkpoint_dir=checkpoint_dir,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            gpus=gpus_per_teacher,
+            weights=teacher_weights,
+        )
         gt.set_display_name("train teacher: global (1.2)")
-        ge = c["evaluate_teacher"](name="global", model=gt.outputs["model"], test=sp.outputs["test"],
-                                   cache_dir=cache_dir, confusion_top_n=20)
+        ge = c["evaluate_teacher"](
+            name="global", model=gt.outputs["model"], test=sp.outputs["test"], cache_dir=cache_dir, confusion_top_n=20
+        )
         ge.set_display_name("evaluate teacher: global (1.3)")
-        gl = c["teacher_logits"](name="global", regions="", weight=global_teacher_weight,
-                                 model=gt.outputs["model"], train=sp.outputs["train"], cache_dir=cache_dir,
-                                 top_k=logits_top_k)
+        gl = c["teacher_logits"](
+            name="global",
+            regions="",
+            weight=global_teacher_weight,
+            model=gt.outputs["model"],
+            train=sp.outputs["train"],
+            cache_dir=cache_dir,
+            top_k=logits_top_k,
+        )
         gl.set_display_name("teacher logits: global (1.5)")
 
         # Phases 2 / 2b: regional teachers in parallel, each from the global one.
         with dsl.ParallelFor(items=regional_teachers, name="regional-teachers") as item:
-            rs = c["regional_split"](global_train=sp.outputs["train"], global_val=sp.outputs["val"],
-                                     global_test=sp.outputs["test"], regions=item.regions)
+            rs = c["regional_split"](
+                global_train=sp.outputs["train"],
+                global_val=sp.outputs["val"],
+                global_test=sp.outputs["test"],
+                regions=item.regions,
+            )
             rs.set_display_name("regional split, nested in the global one (2.0)")
-            rt = c["train_teacher"](name=item.teacher, regions=item.regions, train=rs.outputs["train"],
-                                    val=rs.outputs["val"], cache_dir=cache_dir, config=item.config,
-                                    overrides=teacher_overrides, checkpoint_dir=checkpoint_dir,
-                                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, gpus=gpus_per_teacher,
-                                    init_from=gt.outputs["model"])
+            rt = c["train_teacher"](
+                name=item.teacher,
+                regions=item.regions,
+                train=rs.outputs["train"],
+                val=rs.outputs["val"],
+                cache_dir=cache_dir,
+                config=item.config,
+                overrides=teacher_overrides,
+                checkpoint_dir=checkpoint_dir,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                gpus=gpus_per_teacher,
+                init_from=gt.outputs["model"],
+            )
             rt.set_display_name("train regional teacher (2.2)")
             # Every teacher is scored on the one global test set (per region too): the gain of a
             # regional teacher over the global one is measured on the same images (plan 2.3 / 2.4).
-            re_ = c["evaluate_teacher"](name=item.teacher, model=rt.outputs["model"], test=sp.outputs["test"],
-                                        cache_dir=cache_dir, confusion_top_n=20)
+            re_ = c["evaluate_teacher"](
+                name=item.teacher,
+                model=rt.outputs["model"],
+                test=sp.outputs["test"],
+                cache_dir=cache_dir,
+                confusion_top_n=20,
+            )
             re_.set_display_name("evaluate regional teacher (2.3)")
-            rl = c["teacher_logits"](name=item.teacher, regions=item.regions, weight=item.weight,
-                                     model=rt.outputs["model"], train=sp.outputs["train"],
-                                     cache_dir=cache_dir, top_k=logits_top_k)
+            rl = c["teacher_logits"](
+                name=item.teacher,
+                regions=item.regions,
+                weight=item.weight,
+                model=rt.outputs["model"],
+                train=sp.outputs["train"],
+                cache_dir=cache_dir,
+                top_k=logits_top_k,
+            )
             rl.set_display_name("regional teacher logits (2.5)")
 
         # Phase 3: soft labels from every teacher (the Collected consumer stays outside any If).
-        sl = c["combine_soft_labels"](global_logits=gl.outputs["logits"],
-                                      regional_logits=dsl.Collected(rl.outputs["logits"]),
-                                      train=sp.outputs["train"], student_config=student_config,
-                                      top_k=logits_top_k)
+        sl = c["combine_soft_labels"](
+            global_logits=gl.outputs["logits"],
+            regional_logits=dsl.Collected(rl.outputs["logits"]),
+            train=sp.outputs["train"],
+            student_config=student_config,
+            top_k=logits_top_k,
+        )
         sl.set_display_name("combine soft labels (3.2)")
         # Phase 4: the student.
-        st = c["train_student"](train=sp.outputs["train"], val=sp.outputs["val"], test=sp.outputs["test"],
-                                soft_labels=sl.outputs["soft_labels"],
-                                cache_dir=cache_dir, student_config=student_config, checkpoint_dir=checkpoint_dir,
-                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, train_ce_control=train_ce_control,
-                                gpus=gpus_per_student, weights=student_weights)
+        st = c["train_student"](
+            train=sp.outputs["train"],
+            val=sp.outputs["val"],
+            test=sp.outputs["test"],
+            soft_labels=sl.outputs["soft_labels"],
+            cache_dir=cache_dir,
+            student_config=student_config,
+            checkpoint_dir=checkpoint_dir,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            train_ce_control=train_ce_control,
+            gpus=gpus_per_student,
+            weights=student_weights,
+        )
         st.set_display_name("train student: distillation + fine-tuning (4)")
 
         # Phase 5: calibration and the export gate.
-        cal = c["calibrate"](model=st.outputs["model"], val=sp.outputs["val"], test=sp.outputs["test"],
-                             cache_dir=cache_dir, ece_threshold=ece_threshold, target_precision=target_precision,
-                             calibration_objective=calibration_objective,
-                             min_val_top1=gate_min_val_top1, max_ece=gate_max_ece,
-                             min_coverage=gate_min_coverage, min_precision=gate_min_precision)
+        cal = c["calibrate"](
+            model=st.outputs["model"],
+            val=sp.outputs["val"],
+            test=sp.outputs["test"],
+            cache_dir=cache_dir,
+            ece_threshold=ece_threshold,
+            target_precision=target_precision,
+            calibration_objective=calibration_objective,
+            min_val_top1=gate_min_val_top1,
+            max_ece=gate_max_ece,
+            min_coverage=gate_min_coverage,
+            min_precision=gate_min_precision,
+        )
         cal.set_display_name("calibrate + quality gate (5)")
         # Phase 6: only a blessed student is exported (TFX-style: blessed, then pushed).
         with dsl.If(cal.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (a KFP condition)
-            ex = c["export_tfjs"](model=cal.outputs["calibrated"], calibration=cal.outputs["calibration"],
-                                  test=sp.outputs["test"], cache_dir=cache_dir, quantization=quantization,
-                                  sample_images=export_images, max_size_mb=gate_max_bundle_mb)
+            ex = c["export_tfjs"](
+                model=cal.outputs["calibrated"],
+                calibration=cal.outputs["calibration"],
+                test=sp.outputs["test"],
+                cache_dir=cache_dir,
+                quantization=quantization,
+                sample_images=export_images,
+                max_size_mb=gate_max_bundle_mb,
+            )
             ex.set_display_name("export to TF.js (6.2)")
-            va = c["validate_export"](bundle=ex.outputs["bundle"], model=cal.outputs["calibrated"],
-                                      test=sp.outputs["test"], cache_dir=cache_dir, images=export_images,
-                                      min_correlation=min_parity_correlation, max_size_mb=gate_max_bundle_mb,
-                                      max_latency_ms=gate_max_latency_ms, latency_runtime=latency_runtime)
+            va = c["validate_export"](
+                bundle=ex.outputs["bundle"],
+                model=cal.outputs["calibrated"],
+                test=sp.outputs["test"],
+                cache_dir=cache_dir,
+                images=export_images,
+                min_correlation=min_parity_correlation,
+                max_size_mb=gate_max_bundle_mb,
+                max_latency_ms=gate_max_latency_ms,
+                latency_runtime=latency_runtime,
+            )
             va.set_display_name("validate TF.js vs PyTorch (6.3)")
         with dsl.Else(name="not-blessed"):
             sk = c["export_skipped"](reason=cal.outputs["reason"])
@@ -225,25 +331,37 @@ def build_pipeline(cfg: dict):
 
         # Phase 7: the reproducibility manifest.
         mf = c["training_manifest"](
-            seed=seed, git_commit="", snapshot_id=snapshot_id, global_teacher_config=global_teacher_config,
-            regional_teachers=regional_teachers, student_config=student_config,
-            pipeline_settings=pipeline_settings, ingest_audit=ing.outputs["audit"],
-            split_stats=sp.outputs["stats"], cache_report=cached.outputs["report"],
-            baseline_report=base.outputs["report"], global_teacher_results=ge.outputs["results"],
+            seed=seed,
+            git_commit="",
+            snapshot_id=snapshot_id,
+            global_teacher_config=global_teacher_config,
+            regional_teachers=regional_teachers,
+            student_config=student_config,
+            pipeline_settings=pipeline_settings,
+            ingest_audit=ing.outputs["audit"],
+            split_stats=sp.outputs["stats"],
+            cache_report=cached.outputs["report"],
+            baseline_report=base.outputs["report"],
+            global_teacher_results=ge.outputs["results"],
             global_teacher_model=gt.outputs["model"],
             regional_teacher_results=dsl.Collected(re_.outputs["results"]),
             regional_teacher_models=dsl.Collected(rt.outputs["model"]),
-            soft_labels=sl.outputs["soft_labels"], student_model=st.outputs["model"],
-            student_metrics=st.outputs["metrics"], calibration=cal.outputs["calibration"],
+            soft_labels=sl.outputs["soft_labels"],
+            student_model=st.outputs["model"],
+            student_metrics=st.outputs["metrics"],
+            calibration=cal.outputs["calibration"],
             export_summary=dsl.OneOf(va.outputs["Output"], sk.output),
-            global_teacher_weights=teacher_weights, student_weights=student_weights,
-            baseline_weights=baseline_weights)
+            global_teacher_weights=teacher_weights,
+            student_weights=student_weights,
+            baseline_weights=baseline_weights,
+        )
         mf.set_display_name("training manifest (7)")
 
         # Kubernetes settings of every task (resources, GPUs, node pools, PVC, secrets,
         # caching, retries); the pod's GPU count follows the torchrun process count.
-        apply_platform_to_pipeline(cfg["cluster"], accelerator_limits={"train_teacher": gpus_per_teacher,
-                                                                       "train_student": gpus_per_student})
+        apply_platform_to_pipeline(
+            cfg["cluster"], accelerator_limits={"train_teacher": gpus_per_teacher, "train_student": gpus_per_student}
+        )
         # Each task's image from this config (registry and tag, or digests), not from import time.
         apply_images_to_pipeline(cfg["pipeline"]["images"])
 
@@ -262,8 +380,7 @@ def _latest_run_dir(root: Path, name: str) -> "Path | None":
     return runs[-1] if runs else None
 
 
-def run_local(cfg: dict, output: str,
-              runner: "SubprocessRunner | DockerRunner | None" = None) -> dict:
+def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner | None" = None) -> dict:
     """Run the whole DAG with a kfp.local runner (default: SubprocessRunner(use_venv=False));
     return where outputs are.
 
@@ -283,8 +400,10 @@ def run_local(cfg: dict, output: str,
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     runner = runner if runner is not None else local.SubprocessRunner(use_venv=False)
     console = RunConsole(out / RUN_LOG)
-    console.say(f"{cfg['pipeline']['name']}: running the DAG with kfp.local ({type(runner).__name__}); "
-                f"full log: {console.log_path}")
+    console.say(
+        f"{cfg['pipeline']['name']}: running the DAG with kfp.local ({type(runner).__name__}); "
+        f"full log: {console.log_path}"
+    )
     t0 = time.time()
     try:
         with console.capture():
@@ -302,8 +421,10 @@ def run_local(cfg: dict, output: str,
         for marker in sorted(run_dir.rglob("executor_output.json")):
             task = marker.parent
             summary["outputs"][str(task.relative_to(run_dir))] = {
-                f.name: str(f) for f in sorted(task.iterdir())
-                if f.name != "executor_output.json" and not f.name.endswith(".sha256")}
+                f.name: str(f)
+                for f in sorted(task.iterdir())
+                if f.name != "executor_output.json" and not f.name.endswith(".sha256")
+            }
     # The two things a user wants from a run, copied to a stable place under --output.
     for task, files in summary["outputs"].items():
         name = task.rsplit("/", 1)[-1]
@@ -355,20 +476,31 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--config", default="config/local.yaml")
     r.add_argument("--records", help="a records JSONL to use instead of the bundled data")
     r.add_argument("--output", default="outputs/local")
-    k = sub.add_parser("run-containers", help="run the DAG locally, each task in its container image "
-                                              "(kfp.local.DockerRunner over Docker or podman)")
+    k = sub.add_parser(
+        "run-containers",
+        help="run the DAG locally, each task in its container image (kfp.local.DockerRunner over Docker or podman)",
+    )
     k.add_argument("--config", default="config/local.yaml")
     k.add_argument("--records", help="a records JSONL to use instead of the bundled data")
     k.add_argument("--output", default="outputs/containers")
     k.add_argument("--data-dir", default="data", help="mounted read-only: records and their images live here")
     for p in (r, k):
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
-                       help="override a config value (dotted key, YAML value); repeatable")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            dest="set",
+            help="override a config value (dotted key, YAML value); repeatable",
+        )
     c = sub.add_parser("compile", help="compile the DAG to a KFP pipeline YAML")
     c.add_argument("--config", default="config/cluster.yaml")
     c.add_argument("--output", default="pipeline.yaml")
-    w = sub.add_parser("stage-weights", help="download and cache every model's pretrained weights (air-gapped "
-                                             "clusters: run where the hub is reachable, then copy the cache)")
+    w = sub.add_parser(
+        "stage-weights",
+        help="download and cache every model's pretrained weights (air-gapped "
+        "clusters: run where the hub is reachable, then copy the cache)",
+    )
     w.add_argument("--config", default="config/cluster.yaml")
     w.add_argument("--cache", help="the weights cache to fill (default: the config's weights.cache_dir)")
     s = sub.add_parser("submit", help="compile and submit a run to a KFP server")
@@ -376,8 +508,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.org/pipeline")
     s.add_argument("--experiment", default="plantid")
     s.add_argument("--run-name")
-    s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="a pipeline parameter (JSON values allowed); repeatable")
+    s.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a pipeline parameter (JSON values allowed); repeatable",
+    )
     s.add_argument("--namespace", help="the KFP profile namespace (multi-user installs only)")
     s.add_argument("--package", default="pipeline.yaml")
     args = ap.parse_args(argv)
@@ -400,8 +537,10 @@ def main(argv: list[str] | None = None) -> int:
 
         for r in stage_run(cfg, args.cache):
             if r["pretrained"]:
-                print(f"{r['role']:15s} {r['model_id']}: sha256 {r['sha256']}  (pin it as model.sha256 for an "
-                      f"offline cluster; {r['cache']}/{r['file']})")
+                print(
+                    f"{r['role']:15s} {r['model_id']}: sha256 {r['sha256']}  (pin it as model.sha256 for an "
+                    f"offline cluster; {r['cache']}/{r['file']})"
+                )
             else:
                 print(f"{r['role']:15s} {r['model_id']}: {r['source']}")
     elif args.cmd == "submit":
@@ -412,10 +551,15 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             raise SystemExit("config not fit for the cluster:\n  " + "\n  ".join(problems))
         compile_pipeline(cfg, args.package)
-        run_id = submit_run(args.host, args.package, experiment=args.experiment,
-                            run_name=args.run_name or f"{cfg['pipeline']['name']} {time.strftime('%Y-%m-%d %H:%M')}",
-                            params=parse_params(args.param), namespace=args.namespace,
-                            service_account=cfg["cluster"]["service_account"])
+        run_id = submit_run(
+            args.host,
+            args.package,
+            experiment=args.experiment,
+            run_name=args.run_name or f"{cfg['pipeline']['name']} {time.strftime('%Y-%m-%d %H:%M')}",
+            params=parse_params(args.param),
+            namespace=args.namespace,
+            service_account=cfg["cluster"]["service_account"],
+        )
         print("submitted run:", run_id)
     elif args.cmd in ("run-local", "run-containers"):
         from shared.run_console import LocalRunFailed

@@ -49,6 +49,7 @@ round is kept (a shared machine only ever slows a run down).
 
 `make bench` runs it too (bench/run.py: results.json -> benchmarks.bench_datapath).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,10 @@ CORES_PER_POD = 16
 LOADER_CORES = 14  # of a 16-core GPU pod: the rest for the training process and the system
 GPU_NEED = {  # images/s one GPU consumes (issue 16)
     "teacher": {"images_per_s": 1340, "what": "ViT-B/16-384 training on an H100 at 45% MFU"},
-    "student": {"images_per_s": 3000, "what": ("MobileNetV2-224 training: several thousand images/s; "
-                                               "3,000 taken as the lower bound")},
+    "student": {
+        "images_per_s": 3000,
+        "what": ("MobileNetV2-224 training: several thousand images/s; 3,000 taken as the lower bound"),
+    },
 }
 GOALS = {"teacher": 1.0, "student": 2.0}  # ours / timm
 
@@ -81,6 +84,7 @@ def synthetic_photo(rng: np.random.Generator, width: int, height: int) -> Image.
     """A photo-like RGB image: smooth colour gradients (an out-of-focus background),
     multi-scale texture (foliage; its strength varies per image), a few leaf/petal
     shapes with sharp edges, shading and veins, and a little sensor noise."""
+
     def field(cells_x: int, cells_y: int, channels: int) -> np.ndarray:
         small = rng.uniform(0, 255, (cells_y, cells_x, channels)).astype(np.uint8)
         img = Image.fromarray(small[..., 0] if channels == 1 else small)
@@ -127,9 +131,19 @@ def make_cache(root: str | Path, n: int, short_side: int = 448, seed: int = 0) -
         rel = cache_path_for(sha)
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
-        recs.append({"image_id": f"img{i:05d}", "taxon": f"Species {i % 16:02d}", "region": "EU_SW",
-                     "license": "CC0", "sha256": sha, "cache_path": rel, "cached_width": w, "cached_height": h,
-                     "split": "train"})
+        recs.append(
+            {
+                "image_id": f"img{i:05d}",
+                "taxon": f"Species {i % 16:02d}",
+                "region": "EU_SW",
+                "license": "CC0",
+                "sha256": sha,
+                "cache_path": rel,
+                "cached_width": w,
+                "cached_height": h,
+                "split": "train",
+            }
+        )
     return recs
 
 
@@ -147,8 +161,7 @@ def add_student_renditions(root: str | Path, student_root: str | Path, recs: lis
         rel = student_cache_path_for(r["sha256"], side)
         (Path(student_root) / rel).parent.mkdir(parents=True, exist_ok=True)
         (Path(student_root) / rel).write_bytes(jpeg)
-        out.append({**r, "student_cache_path": rel, "student_width": w, "student_height": h,
-                    "student_resize": side})
+        out.append({**r, "student_cache_path": rel, "student_width": w, "student_height": h, "student_resize": side})
     return out
 
 
@@ -160,8 +173,10 @@ def plan_sections() -> dict[str, tuple[dict, int, bool]]:
     repo = Path(__file__).resolve().parent.parent
     t = load_teacher_config(str(repo / "config/teacher_global.yaml"))
     s = load_student_config(str(repo / "config/student.yaml"))
-    return {"teacher": (t["augmentation"]["train"], int(t["data"]["image_size"]), bool(t["data"]["smart_crop"])),
-            "student": (s["augmentation"]["train"], int(s["model"]["image_size"]), bool(s["data"]["smart_crop"]))}
+    return {
+        "teacher": (t["augmentation"]["train"], int(t["data"]["image_size"]), bool(t["data"]["smart_crop"])),
+        "student": (s["augmentation"]["train"], int(s["model"]["image_size"]), bool(s["data"]["smart_crop"])),
+    }
 
 
 def timm_transform(aug: dict, size: int, matched: bool):
@@ -171,14 +186,24 @@ def timm_transform(aug: dict, size: int, matched: bool):
     kw = {}
     if matched:  # what timm can express of the plan's section
         cj = aug.get("color_jitter") or {}
-        kw = {"hflip": aug.get("horizontal_flip", 0.0), "vflip": aug.get("vertical_flip", 0.0),
-              "color_jitter": tuple(float(cj.get(k, 0.0)) for k in ("brightness", "contrast", "saturation", "hue"))}
-    return create_transform(input_size=size, is_training=True, interpolation="bilinear",
-                            mean=tuple(norm["mean"]), std=tuple(norm["std"]), **kw)
+        kw = {
+            "hflip": aug.get("horizontal_flip", 0.0),
+            "vflip": aug.get("vertical_flip", 0.0),
+            "color_jitter": tuple(float(cj.get(k, 0.0)) for k in ("brightness", "contrast", "saturation", "hue")),
+        }
+    return create_transform(
+        input_size=size,
+        is_training=True,
+        interpolation="bilinear",
+        mean=tuple(norm["mean"]),
+        std=tuple(norm["std"]),
+        **kw,
+    )
 
 
-def datasets(root: str, recs: list[dict], student_root: str | None = None, student_side: int = 0
-             ) -> dict[tuple[str, str], torch.utils.data.Dataset]:
+def datasets(
+    root: str, recs: list[dict], student_root: str | None = None, student_side: int = 0
+) -> dict[tuple[str, str], torch.utils.data.Dataset]:
     from timm.data import ImageDataset
 
     from shared.data.image_cache import student_records
@@ -189,23 +214,28 @@ def datasets(root: str, recs: list[dict], student_root: str | None = None, stude
     out = {}
     for model, (aug, size, smart) in plan_sections().items():
         out[(model, "ours")] = CachedImageDataset(recs, root, classes, build_train_transform(aug, size, smart))
-        out[(model, "old")] = CachedImageDataset(recs, root, classes, build_train_transform(aug, size, smart,
-                                                                                           fast=False))
+        out[(model, "old")] = CachedImageDataset(
+            recs, root, classes, build_train_transform(aug, size, smart, fast=False)
+        )
         out[(model, "timm")] = ImageDataset(root, transform=timm_transform(aug, size, matched=False))
         out[(model, "timm_matched")] = ImageDataset(root, transform=timm_transform(aug, size, matched=True))
         # the CPU side when jitter, blur and normalisation run on the GPU (DevicePhotometric;
         # needs the trainer change in the report): uint8 crops + their drawn parameters
         out[(model, "ours_deferred")] = CachedImageDataset(
-            recs, root, classes, build_train_transform(aug, size, smart, defer_photometric=True))
+            recs, root, classes, build_train_transform(aug, size, smart, defer_photometric=True)
+        )
         if model == "student":  # half-size JPEG decoding: crops upsampled up to 1.15x, not the default
             out[(model, "ours_half_decode")] = CachedImageDataset(
-                recs, root, classes, build_train_transform(aug, size, smart, decode_upsample=1.15))
+                recs, root, classes, build_train_transform(aug, size, smart, decode_upsample=1.15)
+            )
         if model == "student" and student_root:  # the student's own rendition (its path since issue 16)
             srecs = student_records(recs, student_side)
-            out[(model, "ours_rendition")] = CachedImageDataset(srecs, student_root, classes,
-                                                                build_train_transform(aug, size, smart))
+            out[(model, "ours_rendition")] = CachedImageDataset(
+                srecs, student_root, classes, build_train_transform(aug, size, smart)
+            )
             out[(model, "ours_rendition_deferred")] = CachedImageDataset(
-                srecs, student_root, classes, build_train_transform(aug, size, smart, defer_photometric=True))
+                srecs, student_root, classes, build_train_transform(aug, size, smart, defer_photometric=True)
+            )
     return out
 
 
@@ -234,13 +264,21 @@ def measure(ds, workers: int, min_images: int, seed: int = 0) -> dict[str, float
     boxes = getattr(ds, "_boxes", None)
     if boxes is not None:  # the first epoch computes the smart-crop boxes again, as in a new run
         boxes.fill_(-1)
-    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(seed), num_workers=workers,
-                                         pin_memory=False, persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=BATCH,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=workers,
+        pin_memory=False,
+        persistent_workers=workers > 0,
+    )
     threads = torch.get_num_threads()
     if workers == 0:
         torch.set_num_threads(1)  # one core: what a loader worker gets
     try:
+
         def epochs(min_n: int) -> tuple[int, float, float]:
             seen, pids, c0 = 0, [], None
             t0, m0 = time.perf_counter(), time.process_time()
@@ -256,8 +294,12 @@ def measure(ds, workers: int, min_images: int, seed: int = 0) -> dict[str, float
 
         n1, wall1, cpu1 = epochs(1)  # first epoch: worker start-up, smart-crop boxes, page cache
         n, wall, cpu = epochs(min_images)
-        return {"wall": n / wall, "cpu": n / max(cpu, 1e-9), "first_wall": n1 / wall1,
-                "first_cpu": n1 / max(cpu1, 1e-9)}
+        return {
+            "wall": n / wall,
+            "cpu": n / max(cpu, 1e-9),
+            "first_wall": n1 / wall1,
+            "first_cpu": n1 / max(cpu1, 1e-9),
+        }
     finally:
         torch.set_num_threads(threads)
 
@@ -284,12 +326,15 @@ def decode_ms(root: str, recs: list[dict], n: int = 64, student_root: str | None
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {"pil_full": best(lambda p: decode_image(p), paths),
-                "pil_draft_half": best(lambda p: decode_image(p, 224), paths),
-                "pil_draft_quarter": best(lambda p: decode_image(p, 112), paths),
-                "torchvision_decode_jpeg_cpu": best(
-                    lambda d: decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8)), datas),
-                **({"pil_full_student_rendition": best(lambda p: decode_image(p), student)} if student else {})}
+        return {
+            "pil_full": best(lambda p: decode_image(p), paths),
+            "pil_draft_half": best(lambda p: decode_image(p, 224), paths),
+            "pil_draft_quarter": best(lambda p: decode_image(p, 112), paths),
+            "torchvision_decode_jpeg_cpu": best(
+                lambda d: decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8)), datas
+            ),
+            **({"pil_full_student_rendition": best(lambda p: decode_image(p), student)} if student else {}),
+        }
     finally:
         torch.set_num_threads(threads)
 
@@ -324,6 +369,7 @@ def steps_ms(root: str, recs: list[dict], n: int = 32, rounds: int = 3) -> dict[
             x = imgs[k]
             for t in timm_steps[:j]:
                 x = t(x)
+
         return run_
 
     threads = torch.get_num_threads()
@@ -333,15 +379,18 @@ def steps_ms(root: str, recs: list[dict], n: int = 32, rounds: int = 3) -> dict[
         floats = [A.photometric(c, []) for c in crops]
         jitter = [("brightness", 1.1), ("contrast", 0.9), ("saturation", 1.2), ("hue", 0.1)]
         sigma = sum(A.BLUR_SIGMA) / 2
-        fns = {"ours.whole_transform": lambda k: tf(imgs[k], box=boxes[k]),
-               "ours.smart_crop_resized_random_crop": lambda k: tf._resized_random_crop(source(k)),
-               "ours.geometry_with_flips_rotation": geometry,
-               "ours.to_float_normalise": lambda k: A.photometric(crops[k], [], tf.mean, tf.std),
-               "ours.jitter_without_hue_to_float_normalise": lambda k: A.photometric(crops[k], jitter[:3], tf.mean,
-                                                                                      tf.std),
-               "ours.jitter_with_hue_to_float_normalise": lambda k: A.photometric(crops[k], jitter, tf.mean, tf.std),
-               "ours.blur_when_drawn": lambda k: A.gaussian_blur_float(floats[k], tf.blur_kernel, sigma),
-               "ours.deferred_uint8_output": lambda k: A.chw_uint8(Image.fromarray(crops[k]))}
+        fns = {
+            "ours.whole_transform": lambda k: tf(imgs[k], box=boxes[k]),
+            "ours.smart_crop_resized_random_crop": lambda k: tf._resized_random_crop(source(k)),
+            "ours.geometry_with_flips_rotation": geometry,
+            "ours.to_float_normalise": lambda k: A.photometric(crops[k], [], tf.mean, tf.std),
+            "ours.jitter_without_hue_to_float_normalise": lambda k: A.photometric(
+                crops[k], jitter[:3], tf.mean, tf.std
+            ),
+            "ours.jitter_with_hue_to_float_normalise": lambda k: A.photometric(crops[k], jitter, tf.mean, tf.std),
+            "ours.blur_when_drawn": lambda k: A.gaussian_blur_float(floats[k], tf.blur_kernel, sigma),
+            "ours.deferred_uint8_output": lambda k: A.chw_uint8(Image.fromarray(crops[k])),
+        }
         fns.update({f"timm.upto_{j}": timm_upto(j) for j in range(1, len(timm_steps) + 1)})
         best: dict[str, float] = {}
         for _ in range(rounds):
@@ -354,8 +403,9 @@ def steps_ms(root: str, recs: list[dict], n: int = 32, rounds: int = 3) -> dict[
                 best[name] = min(ms, best.get(name, ms))
         ours = {k.split(".", 1)[1]: round(v, 3) for k, v in best.items() if k.startswith("ours.")}
         ours["blur_probability"] = tf.blur_p
-        ours["hue"] = round(ours["jitter_with_hue_to_float_normalise"]
-                            - ours["jitter_without_hue_to_float_normalise"], 3)
+        ours["hue"] = round(
+            ours["jitter_with_hue_to_float_normalise"] - ours["jitter_without_hue_to_float_normalise"], 3
+        )
         timm: dict[str, float] = {}
         prev = 0.0
         for j in range(1, len(timm_steps) + 1):
@@ -368,8 +418,9 @@ def steps_ms(root: str, recs: list[dict], n: int = 32, rounds: int = 3) -> dict[
         torch.set_num_threads(threads)
 
 
-def run(tmp: str | None = None, images: int = 256, rounds: int = 2, workers: tuple[int, ...] = (0, 2),
-        log=print) -> dict:
+def run(
+    tmp: str | None = None, images: int = 256, rounds: int = 2, workers: tuple[int, ...] = (0, 2), log=print
+) -> dict:
     own = None
     if tmp is None:
         own = tempfile.TemporaryDirectory()
@@ -389,55 +440,81 @@ def run(tmp: str | None = None, images: int = 256, rounds: int = 2, workers: tup
                 for (model, path), ds in dss.items():
                     r = measure(ds, w, min_images=min(len(ds), images) // BATCH * BATCH, seed=rnd)
                     rates.setdefault((model, path, w), []).append(r)
-                    log(f"  round {rnd} {model} {path} workers={w}: {r['wall']:.1f} img/s, "
-                        f"{r['cpu']:.1f} img/CPU-s")
+                    log(f"  round {rnd} {model} {path} workers={w}: {r['wall']:.1f} img/s, {r['cpu']:.1f} img/CPU-s")
         rows = []
         for (model, path, w), rs in rates.items():
             best = max(rs, key=lambda r: r["cpu"])
-            rows.append({"model": model, "path": path, "workers": w,
-                         "images_per_cpu_second": round(best["cpu"], 1),
-                         "images_per_s": round(max(r["wall"] for r in rs), 1),
-                         "images_per_s_per_core_wall": round(max(r["wall"] for r in rs) / max(1, w), 1),
-                         "images_per_cpu_second_median": round(statistics.median(r["cpu"] for r in rs), 1),
-                         "first_epoch_images_per_cpu_second": round(max(r["first_cpu"] for r in rs), 1)})
+            rows.append(
+                {
+                    "model": model,
+                    "path": path,
+                    "workers": w,
+                    "images_per_cpu_second": round(best["cpu"], 1),
+                    "images_per_s": round(max(r["wall"] for r in rs), 1),
+                    "images_per_s_per_core_wall": round(max(r["wall"] for r in rs) / max(1, w), 1),
+                    "images_per_cpu_second_median": round(statistics.median(r["cpu"] for r in rs), 1),
+                    "first_epoch_images_per_cpu_second": round(max(r["first_cpu"] for r in rs), 1),
+                }
+            )
         per_core = {(r["model"], r["path"], r["workers"]): r["images_per_cpu_second"] for r in rows}
         per_core_wall = {(r["model"], r["path"], r["workers"]): r["images_per_s_per_core_wall"] for r in rows}
         ratios, pod = {}, {}
         for model in ("teacher", "student"):
             for w in workers:
+
                 def ratio(a, b, table=per_core, model=model, w=w):
                     return round(table[(model, a, w)] / table[(model, b, w)], 3)
+
                 ratios[f"{model}_workers{w}"] = {
                     "ours_over_timm": ratio("ours", "timm"),
                     "ours_over_timm_wall": ratio("ours", "timm", per_core_wall),
-                    "ours_over_timm_matched": ratio("ours", "timm_matched"), "ours_over_old": ratio("ours", "old"),
-                    "real_path": REAL_PATH[model], "real_over_timm": ratio(REAL_PATH[model], "timm"),
+                    "ours_over_timm_matched": ratio("ours", "timm_matched"),
+                    "ours_over_old": ratio("ours", "old"),
+                    "real_path": REAL_PATH[model],
+                    "real_over_timm": ratio(REAL_PATH[model], "timm"),
                     "real_over_timm_wall": ratio(REAL_PATH[model], "timm", per_core_wall),
-                    "gpu_path": GPU_PATH[model], "gpu_path_over_timm": ratio(GPU_PATH[model], "timm"),
+                    "gpu_path": GPU_PATH[model],
+                    "gpu_path_over_timm": ratio(GPU_PATH[model], "timm"),
                     "goal": GOALS[model],
                     "goal_met": per_core[(model, REAL_PATH[model], w)] >= GOALS[model] * per_core[(model, "timm", w)],
                     "goal_met_gpu_path": per_core[(model, GPU_PATH[model], w)]
-                    >= GOALS[model] * per_core[(model, "timm", w)]}
+                    >= GOALS[model] * per_core[(model, "timm", w)],
+                }
             w = max(workers)  # the loader's per-core rate with workers: what a pod's workers sustain
-            sustain = {p: round(per_core[(model, p, w)] * LOADER_CORES) for p in
-                       ("ours", "old", "timm", "ours_deferred")
-                       + (("ours_half_decode", "ours_rendition", "ours_rendition_deferred")
-                          if model == "student" else ())}
+            sustain = {
+                p: round(per_core[(model, p, w)] * LOADER_CORES)
+                for p in ("ours", "old", "timm", "ours_deferred")
+                + (("ours_half_decode", "ours_rendition", "ours_rendition_deferred") if model == "student" else ())
+            }
             need = GPU_NEED[model]["images_per_s"]
-            pod[model] = {"per_core_rate_from_workers": w, "loader_cores": LOADER_CORES,
-                          "sustained_images_per_s": sustain, "gpu_need_images_per_s": need,
-                          "gpu_need": GPU_NEED[model]["what"],
-                          "real_path": REAL_PATH[model], "gpu_path": GPU_PATH[model],
-                          "ours_covers_need": sustain[REAL_PATH[model]] >= need,
-                          "ours_share_of_need": round(sustain[REAL_PATH[model]] / need, 2),
-                          "ours_deferred_share_of_need": round(sustain[GPU_PATH[model]] / need, 2)}
-        result = {"images": images, "batch": BATCH, "rounds": rounds, "cpu_count": os.cpu_count(),
-                  "torch": torch.__version__, "image_bytes_mean": round(float(np.mean(sizes))),
-                  "bits_per_pixel": round(bpp, 2), "rows": rows, "ratios": ratios,
-                  "pod_16_cores": pod, "student_rendition_side": side,
-                  "student_rendition_bytes_mean": round(float(np.mean(student_bytes))),
-                  "decode_ms_per_image_1_thread": decode_ms(root, recs, student_root=student_root),
-                  "steps_ms_per_image_1_thread": steps_ms(root, recs, rounds=max(2, rounds + 1))}
+            pod[model] = {
+                "per_core_rate_from_workers": w,
+                "loader_cores": LOADER_CORES,
+                "sustained_images_per_s": sustain,
+                "gpu_need_images_per_s": need,
+                "gpu_need": GPU_NEED[model]["what"],
+                "real_path": REAL_PATH[model],
+                "gpu_path": GPU_PATH[model],
+                "ours_covers_need": sustain[REAL_PATH[model]] >= need,
+                "ours_share_of_need": round(sustain[REAL_PATH[model]] / need, 2),
+                "ours_deferred_share_of_need": round(sustain[GPU_PATH[model]] / need, 2),
+            }
+        result = {
+            "images": images,
+            "batch": BATCH,
+            "rounds": rounds,
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "image_bytes_mean": round(float(np.mean(sizes))),
+            "bits_per_pixel": round(bpp, 2),
+            "rows": rows,
+            "ratios": ratios,
+            "pod_16_cores": pod,
+            "student_rendition_side": side,
+            "student_rendition_bytes_mean": round(float(np.mean(student_bytes))),
+            "decode_ms_per_image_1_thread": decode_ms(root, recs, student_root=student_root),
+            "steps_ms_per_image_1_thread": steps_ms(root, recs, rounds=max(2, rounds + 1)),
+        }
         log(format_table(result))
         return result
     finally:
@@ -446,26 +523,38 @@ def run(tmp: str | None = None, images: int = 256, rounds: int = 2, workers: tup
 
 
 def format_table(res: dict) -> str:
-    lines = [(f"data path, {res['images']} synthetic cached JPEGs ({res['image_bytes_mean'] / 1e3:.0f} kB, "
-              f"{res['bits_per_pixel']} bit/px), batch {res['batch']}, best of {res['rounds']} rounds; "
-              "per core = images per CPU-second of the loading processes"),
-             (f"{'model':8} {'path':23} {'workers':>7} {'img/s':>8} {'img/s/core':>10} {'(wall)':>8} "
-              f"{'1st epoch':>9}")]
+    lines = [
+        (
+            f"data path, {res['images']} synthetic cached JPEGs ({res['image_bytes_mean'] / 1e3:.0f} kB, "
+            f"{res['bits_per_pixel']} bit/px), batch {res['batch']}, best of {res['rounds']} rounds; "
+            "per core = images per CPU-second of the loading processes"
+        ),
+        (f"{'model':8} {'path':23} {'workers':>7} {'img/s':>8} {'img/s/core':>10} {'(wall)':>8} {'1st epoch':>9}"),
+    ]
     for r in sorted(res["rows"], key=lambda r: (r["model"] != "teacher", r["workers"], r["path"])):
-        lines.append(f"{r['model']:8} {r['path']:23} {r['workers']:>7} {r['images_per_s']:>8.1f} "
-                     f"{r['images_per_cpu_second']:>10.1f} {r['images_per_s_per_core_wall']:>8.1f} "
-                     f"{r['first_epoch_images_per_cpu_second']:>9.1f}")
+        lines.append(
+            f"{r['model']:8} {r['path']:23} {r['workers']:>7} {r['images_per_s']:>8.1f} "
+            f"{r['images_per_cpu_second']:>10.1f} {r['images_per_s_per_core_wall']:>8.1f} "
+            f"{r['first_epoch_images_per_cpu_second']:>9.1f}"
+        )
     for k, v in res["ratios"].items():
-        lines.append(f"{k}: {v['real_path']}/timm {v['real_over_timm']:.2f} (wall {v['real_over_timm_wall']:.2f}; "
-                     f"goal >= {v['goal']}: {'met' if v['goal_met'] else 'NOT met'}); photometric on the GPU: "
-                     f"{v['gpu_path']}/timm {v['gpu_path_over_timm']:.2f} "
-                     f"({'met' if v['goal_met_gpu_path'] else 'NOT met'}); "
-                     + (f"from the main cache: ours/timm {v['ours_over_timm']:.2f} "
-                        f"(wall {v['ours_over_timm_wall']:.2f}), " if v["real_path"] != "ours" else "")
-                     + f"ours/timm_matched {v['ours_over_timm_matched']:.2f}, ours/old {v['ours_over_old']:.2f}")
+        lines.append(
+            f"{k}: {v['real_path']}/timm {v['real_over_timm']:.2f} (wall {v['real_over_timm_wall']:.2f}; "
+            f"goal >= {v['goal']}: {'met' if v['goal_met'] else 'NOT met'}); photometric on the GPU: "
+            f"{v['gpu_path']}/timm {v['gpu_path_over_timm']:.2f} "
+            f"({'met' if v['goal_met_gpu_path'] else 'NOT met'}); "
+            + (
+                f"from the main cache: ours/timm {v['ours_over_timm']:.2f} (wall {v['ours_over_timm_wall']:.2f}), "
+                if v["real_path"] != "ours"
+                else ""
+            )
+            + f"ours/timm_matched {v['ours_over_timm_matched']:.2f}, ours/old {v['ours_over_old']:.2f}"
+        )
     for model, p in res["pod_16_cores"].items():
-        lines.append(f"{model}: {p['loader_cores']} loader cores sustain {p['sustained_images_per_s']} img/s; "
-                     f"the GPU needs {p['gpu_need_images_per_s']} ({p['gpu_need']})")
+        lines.append(
+            f"{model}: {p['loader_cores']} loader cores sustain {p['sustained_images_per_s']} img/s; "
+            f"the GPU needs {p['gpu_need_images_per_s']} ({p['gpu_need']})"
+        )
     lines.append(f"decode ms/image (1 thread): {res['decode_ms_per_image_1_thread']}")
     for who, steps in res.get("steps_ms_per_image_1_thread", {}).items():
         lines.append(f"{who} ms/image by step (1 thread, decoded): {steps}")
@@ -478,9 +567,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--json", help="also write the figures here")
-    ap.add_argument("--record", metavar="RESULTS_JSON",
-                    help='put the figures under "datapath" in this results file (e.g. bench/results.json), '
-                         "keeping its other keys")
+    ap.add_argument(
+        "--record",
+        metavar="RESULTS_JSON",
+        help='put the figures under "datapath" in this results file (e.g. bench/results.json), keeping its other keys',
+    )
     a = ap.parse_args(argv)
     res = run(images=a.images, rounds=a.rounds, workers=tuple(a.workers))
     if a.json:

@@ -29,6 +29,7 @@ a training step counts 3 forwards (forward + backward). MFU = FLOPs/image x imag
 Every figure goes into the results file under "gpu" (the file's other keys are kept),
 with the date, GPU name, driver, CUDA, torch and timm versions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -127,8 +128,9 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def find_batch(try_batch: Callable[[int], None], start: int, limit: int, device: torch.device,
-               log: Callable[[str], None] = print) -> tuple[int, list[dict]]:
+def find_batch(
+    try_batch: Callable[[int], None], start: int, limit: int, device: torch.device, log: Callable[[str], None] = print
+) -> tuple[int, list[dict]]:
     """The largest power-of-two batch in [start, limit] for which try_batch runs: doubled
     until it runs out of memory, then backed off to the last that fitted. Raises when
     not even `start` fits."""
@@ -170,11 +172,20 @@ def make_optimizer(model: torch.nn.Module, device: torch.device, lr: float = 1e-
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, fused=device.type == "cuda")
 
 
-def train_step_fn(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: int, image_size: int,
-                  num_classes: int, device: torch.device, loss_fn: Callable | None = None,
-                  grad_accum: int = 1, grad_clip: float = 0.0, label_smoothing: float = 0.0,
-                  channels_last: bool = False, dtype: torch.dtype | None = torch.bfloat16
-                  ) -> Callable[[], torch.Tensor]:
+def train_step_fn(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: int,
+    image_size: int,
+    num_classes: int,
+    device: torch.device,
+    loss_fn: Callable | None = None,
+    grad_accum: int = 1,
+    grad_clip: float = 0.0,
+    label_smoothing: float = 0.0,
+    channels_last: bool = False,
+    dtype: torch.dtype | None = torch.bfloat16,
+) -> Callable[[], torch.Tensor]:
     """One optimizer update as shared/train/loop.fit makes it (autocast forward, loss in
     float32, backward, clipping, step), over grad_accum micro-batches of `batch`, on fixed
     random inputs. loss_fn(logits, labels, sample_indices) replaces the CE (distillation)."""
@@ -243,21 +254,37 @@ def bench_teacher(cfg: Config, device: torch.device, peak: float | None, log=pri
     opt = make_optimizer(model, device)
 
     def try_train(b: int) -> None:
-        train_step_fn(model, opt, b, cfg.teacher_size, cfg.teacher_classes, device,
-                      label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip)()
+        train_step_fn(
+            model,
+            opt,
+            b,
+            cfg.teacher_size,
+            cfg.teacher_classes,
+            device,
+            label_smoothing=cfg.label_smoothing,
+            grad_clip=cfg.grad_clip,
+        )()
         opt.zero_grad(set_to_none=True)
 
     batch, tried = find_batch(try_train, cfg.start_batch, cfg.max_batch, device, log)
     log(f"teacher {cfg.teacher_model}: batch {batch} fits ({tried})")
-    out = {"model": cfg.teacher_model, "image_size": cfg.teacher_size, "classes": cfg.teacher_classes,
-           "sdpa_fused_attention": any(getattr(m, "fused_attn", False) for m in model.modules()),
-           "dtype": "bfloat16 autocast",
-           "optimizer": "AdamW (fused)" if device.type == "cuda" else "AdamW",
-           "forward_flops_per_image": flops, "forward_gflops_per_image": round(flops / 1e9, 3),
-           "train_gflops_per_image": round(3 * flops / 1e9, 3),
-           "batch_search": tried, "batch": batch, "grad_accum": cfg.grad_accum,
-           "effective_batch": batch * cfg.grad_accum, "train": {}}
-    for compiled in ((False, True) if cfg.compile else (False,)):
+    out = {
+        "model": cfg.teacher_model,
+        "image_size": cfg.teacher_size,
+        "classes": cfg.teacher_classes,
+        "sdpa_fused_attention": any(getattr(m, "fused_attn", False) for m in model.modules()),
+        "dtype": "bfloat16 autocast",
+        "optimizer": "AdamW (fused)" if device.type == "cuda" else "AdamW",
+        "forward_flops_per_image": flops,
+        "forward_gflops_per_image": round(flops / 1e9, 3),
+        "train_gflops_per_image": round(3 * flops / 1e9, 3),
+        "batch_search": tried,
+        "batch": batch,
+        "grad_accum": cfg.grad_accum,
+        "effective_batch": batch * cfg.grad_accum,
+        "train": {},
+    }
+    for compiled in (False, True) if cfg.compile else (False,):
         key = "compiled" if compiled else "eager"
         try:
             out["train"][key] = _time_teacher(model, opt, batch, flops, compiled, cfg, device, peak, log)
@@ -275,16 +302,33 @@ def bench_teacher(cfg: Config, device: torch.device, peak: float | None, log=pri
     return out
 
 
-def _time_teacher(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: int, flops: float, compiled: bool,
-                  cfg: Config, device: torch.device, peak: float | None, log=print) -> dict:
+def _time_teacher(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: int,
+    flops: float,
+    compiled: bool,
+    cfg: Config,
+    device: torch.device,
+    peak: float | None,
+    log=print,
+) -> dict:
     """images/s of teacher updates at `batch` (halved while it runs out of memory)."""
     m = torch.compile(model) if compiled else model
     b = batch
     while True:
         try:
-            step = train_step_fn(m, opt, b, cfg.teacher_size, cfg.teacher_classes, device,
-                                 grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip,
-                                 label_smoothing=cfg.label_smoothing)
+            step = train_step_fn(
+                m,
+                opt,
+                b,
+                cfg.teacher_size,
+                cfg.teacher_classes,
+                device,
+                grad_accum=cfg.grad_accum,
+                grad_clip=cfg.grad_clip,
+                label_smoothing=cfg.label_smoothing,
+            )
             t0 = time.perf_counter()
             step()  # compiles on the first call
             _sync(device)
@@ -299,15 +343,23 @@ def _time_teacher(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: int
             b //= 2
             log(f"  compile={compiled}: out of memory, batch {b}")
     rate = b * cfg.grad_accum / sec
-    res = {"batch": b, "seconds_per_update": round(sec, 4), "images_per_s": round(rate, 1),
-           "first_step_seconds": round(first, 1), "mfu": _round(mfu(3 * flops, rate, peak))}
-    log(f"teacher train {'compiled' if compiled else 'eager'}: batch {b} x {cfg.grad_accum}: {rate:.1f} img/s, "
-        f"MFU {res['mfu']}")
+    res = {
+        "batch": b,
+        "seconds_per_update": round(sec, 4),
+        "images_per_s": round(rate, 1),
+        "first_step_seconds": round(first, 1),
+        "mfu": _round(mfu(3 * flops, rate, peak)),
+    }
+    log(
+        f"teacher train {'compiled' if compiled else 'eager'}: batch {b} x {cfg.grad_accum}: {rate:.1f} img/s, "
+        f"MFU {res['mfu']}"
+    )
     return res
 
 
-def bench_logits(model: torch.nn.Module, flops: float, cfg: Config, device: torch.device, peak: float | None,
-                 log=print) -> dict:
+def bench_logits(
+    model: torch.nn.Module, flops: float, cfg: Config, device: torch.device, peak: float | None, log=print
+) -> dict:
     """Teacher logits: forward only, bf16, inference mode, top-k kept on the device."""
     model.eval()
     x_cache: dict[int, torch.Tensor] = {}
@@ -323,6 +375,7 @@ def bench_logits(model: torch.nn.Module, flops: float, cfg: Config, device: torc
                 logits = model(x).float()
                 logits.topk(min(cfg.soft_k, logits.shape[1]), dim=1)
                 torch.logsumexp(logits, dim=1)
+
         return step
 
     batch, tried = find_batch(lambda b: step_for(b)(), cfg.start_batch * 4, cfg.max_infer_batch, device, log)
@@ -331,8 +384,13 @@ def bench_logits(model: torch.nn.Module, flops: float, cfg: Config, device: torc
     model.train()
     rate = batch / sec
     log(f"teacher logits: batch {batch}: {rate:.1f} img/s")
-    return {"batch_search": tried, "batch": batch, "images_per_s": round(rate, 1),
-            "gflops_per_image": round(flops / 1e9, 3), "mfu": _round(mfu(flops, rate, peak))}
+    return {
+        "batch_search": tried,
+        "batch": batch,
+        "images_per_s": round(rate, 1),
+        "gflops_per_image": round(flops / 1e9, 3),
+        "mfu": _round(mfu(flops, rate, peak)),
+    }
 
 
 def bench_student(cfg: Config, device: torch.device, peak: float | None, log=print) -> dict:
@@ -341,20 +399,38 @@ def bench_student(cfg: Config, device: torch.device, peak: float | None, log=pri
     model = model.to(memory_format=torch.channels_last)
     flops = forward_flops(model, cfg.student_size, device)
     kd = synthetic_kd_loss(cfg.student_batch, cfg.student_classes, cfg.soft_k, cfg)
-    out = {"model": cfg.student_model, "image_size": cfg.student_size, "classes": cfg.student_classes,
-           "batch": cfg.student_batch, "soft_label_k": cfg.soft_k, "channels_last": True,
-           "dtype": "bfloat16 autocast", "forward_flops_per_image": flops,
-           "forward_gflops_per_image": round(flops / 1e9, 4),
-           "train_gflops_per_image": round(3 * flops / 1e9, 4)}
+    out = {
+        "model": cfg.student_model,
+        "image_size": cfg.student_size,
+        "classes": cfg.student_classes,
+        "batch": cfg.student_batch,
+        "soft_label_k": cfg.soft_k,
+        "channels_last": True,
+        "dtype": "bfloat16 autocast",
+        "forward_flops_per_image": flops,
+        "forward_gflops_per_image": round(flops / 1e9, 4),
+        "train_gflops_per_image": round(3 * flops / 1e9, 4),
+    }
     kd_name = f"kd_sparse_top{cfg.soft_k}"
     for name, loss_fn in ((kd_name, kd), ("plain_ce", None)):
         opt = make_optimizer(model, device)
-        step = train_step_fn(model, opt, cfg.student_batch, cfg.student_size, cfg.student_classes, device,
-                             loss_fn=loss_fn, channels_last=True)
+        step = train_step_fn(
+            model,
+            opt,
+            cfg.student_batch,
+            cfg.student_size,
+            cfg.student_classes,
+            device,
+            loss_fn=loss_fn,
+            channels_last=True,
+        )
         sec = time_loop(step, device, cfg.warmup * 2, cfg.iters * 2)
         rate = cfg.student_batch / sec
-        out[name] = {"images_per_s": round(rate, 1), "seconds_per_step": round(sec, 5),
-                     "mfu": _round(mfu(3 * flops, rate, peak))}
+        out[name] = {
+            "images_per_s": round(rate, 1),
+            "seconds_per_step": round(sec, 5),
+            "mfu": _round(mfu(3 * flops, rate, peak)),
+        }
         log(f"student {name}: {rate:.1f} img/s")
         del opt, step
         _free(device)
@@ -403,20 +479,38 @@ def _round(v: float | None, nd: int = 4) -> float | None:
 def environment(device: torch.device) -> dict:
     import timm
 
-    env = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "timm": timm.__version__, "cuda": torch.version.cuda,
-           "python": platform.python_version(), "host": platform.node()}
+    env = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update({"gpu": torch.cuda.get_device_name(device), "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-                    "sm_count": props.multi_processor_count, "cudnn": torch.backends.cudnn.version(),
-                    "sdpa_backends": {"flash": torch.backends.cuda.flash_sdp_enabled(),
-                                      "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
-                                      "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
-                                      "math": torch.backends.cuda.math_sdp_enabled()}})
+        env.update(
+            {
+                "gpu": torch.cuda.get_device_name(device),
+                "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+                "sm_count": props.multi_processor_count,
+                "cudnn": torch.backends.cudnn.version(),
+                "sdpa_backends": {
+                    "flash": torch.backends.cuda.flash_sdp_enabled(),
+                    "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+                    "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+                    "math": torch.backends.cuda.math_sdp_enabled(),
+                },
+            }
+        )
     try:
-        q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name,power.limit", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=20, check=False)
+        q = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version,name,power.limit", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         if q.returncode == 0 and q.stdout.strip():
             line = q.stdout.strip().splitlines()[0].split(", ")
             env["driver"] = line[0]
@@ -431,8 +525,13 @@ def measure(cfg: Config, device: torch.device, peak_override: float | None = Non
     env = environment(device)
     peak, peak_source = peak_tflops(env.get("gpu", device.type), peak_override)
     t0 = time.time()
-    res = {**env, "peak_bf16_tflops": peak, "peak_source": peak_source, "config": asdict(cfg),
-           "flops_method": "torch.utils.flop_counter.FlopCounterMode, one forward; training = 3 x forward"}
+    res = {
+        **env,
+        "peak_bf16_tflops": peak,
+        "peak_source": peak_source,
+        "config": asdict(cfg),
+        "flops_method": "torch.utils.flop_counter.FlopCounterMode, one forward; training = 3 x forward",
+    }
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -468,11 +567,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available() or not a.device.startswith("cuda"):
-        print("bench_gpu: no CUDA device here (torch.cuda.is_available() is False): nothing measured, "
-              "nothing recorded. Run it on a GPU machine: python -m bench.bench_gpu", file=sys.stderr)
+        print(
+            "bench_gpu: no CUDA device here (torch.cuda.is_available() is False): nothing measured, "
+            "nothing recorded. Run it on a GPU machine: python -m bench.bench_gpu",
+            file=sys.stderr,
+        )
         return 2
-    cfg = Config(teacher_classes=a.teacher_classes, student_batch=a.student_batch, grad_accum=max(1, a.grad_accum),
-                 max_batch=a.max_batch, iters=a.iters, compile=not a.no_compile)
+    cfg = Config(
+        teacher_classes=a.teacher_classes,
+        student_batch=a.student_batch,
+        grad_accum=max(1, a.grad_accum),
+        max_batch=a.max_batch,
+        iters=a.iters,
+        compile=not a.no_compile,
+    )
     device = torch.device(a.device)
     res = measure(cfg, device, a.peak_tflops)
     record(a.output, res)

@@ -3,6 +3,7 @@ C=9,000 classes on 20,000 simulated samples, against dense float32 (36,000 bytes
 per sample), plus scoring/save/load times and the extrapolation to the plan's
 850k training images. The simulated teacher is peaked (the true class gets a
 large margin), so the reported top-k probability mass is only indicative."""
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,9 @@ def run(tmp: str | None = None) -> dict:
     file_per_sample = file_bytes / N
     dense = C * 4
     return {
-        "samples": N, "classes": C, "k": K,
+        "samples": N,
+        "classes": C,
+        "k": K,
         "arrays_bytes_per_sample": arrays,
         "file_bytes_per_sample": round(file_per_sample, 1),  # + image ids (str) and the class list
         "dense_float32_bytes_per_sample": dense,
@@ -78,7 +81,8 @@ def run(tmp: str | None = None) -> dict:
         "plan_850k_sparse_file_gb": round(file_per_sample * PLAN_TRAIN_IMAGES / 1e9, 3),
         "plan_850k_dense_float32_gb": round(dense * PLAN_TRAIN_IMAGES / 1e9, 1),
         "score_samples_per_s_fake_teacher": round(N / score_s),
-        "save_s": round(save_s, 3), "load_s": round(load_s, 3),
+        "save_s": round(save_s, 3),
+        "load_s": round(load_s, 3),
         "simulated_topk_prob_mass_t1_mean": round(float(p.sum(1).mean()), 4),
     }
 

@@ -43,6 +43,7 @@ quarter, records and species both scaled) the time ratio of each step is printed
 flagged above 1.5x the size ratio (6x for 4x the records).
 
 Figures are merged into --output under the key "scale" (other keys are kept)."""
+
 from __future__ import annotations
 
 import argparse
@@ -60,9 +61,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FULL_RECORDS = 741_533      # the plan's dataset (365k iNat + 376k legacy, cache validated)
-FULL_SPECIES = 9_000        # the plan's num_classes
-SINGLETON_SHARE = 0.277     # the plan: 27.7 % of the classes have one image
+FULL_RECORDS = 741_533  # the plan's dataset (365k iNat + 376k legacy, cache validated)
+FULL_SPECIES = 9_000  # the plan's num_classes
+SINGLETON_SHARE = 0.277  # the plan: 27.7 % of the classes have one image
 # The project's regions (shared/data/sample_data.py): the three the regional teachers cover
 # and the rest of the catalogue, which only the global teacher speaks for.
 REGIONS = ("EU_SW", "EU_NORTH", "EU_EAST", "OTHER")
@@ -70,38 +71,57 @@ REGION_SHARE = (0.35, 0.20, 0.15, 0.30)
 # config/cluster.yaml: teachers.regional and teachers.global_weight
 GLOBAL_WEIGHT = 0.4
 REGIONAL_TEACHERS = (("EU_SW", "EU_SW", 0.4), ("EU_CORE", "EU_NORTH,EU_EAST", 0.2))
-TOP_K = 32                  # teachers.logits_top_k
-SPLIT_SEED = 42             # split.seed
-MIN_SIDE = 100              # data.min_side
+TOP_K = 32  # teachers.logits_top_k
+SPLIT_SEED = 42  # split.seed
+MIN_SIDE = 100  # data.min_side
 LICENSE_ALLOW = ["CC0", "CC-BY", "CC-BY-SA"]
-CACHE_RESIZE = 448          # cache.resize
+CACHE_RESIZE = 448  # cache.resize
 
 # Licence strings as catalogues write them (each parses to the family its list says).
 PERMISSIVE = (  # (spelling, weight): about 45 % CC-BY, 30 % CC-BY-SA, 25 % CC0
-    ("CC-BY", 0.15), ("cc-by-4.0", 0.15), ("CC BY 4.0", 0.08),
+    ("CC-BY", 0.15),
+    ("cc-by-4.0", 0.15),
+    ("CC BY 4.0", 0.08),
     ("https://creativecommons.org/licenses/by/4.0/", 0.07),
-    ("CC-BY-SA", 0.10), ("cc-by-sa-4.0", 0.10), ("CC BY-SA 4.0", 0.05),
+    ("CC-BY-SA", 0.10),
+    ("cc-by-sa-4.0", 0.10),
+    ("CC BY-SA 4.0", 0.05),
     ("https://creativecommons.org/licenses/by-sa/4.0/deed.es", 0.05),
-    ("CC0", 0.12), ("cc0-1.0", 0.08), ("http://creativecommons.org/publicdomain/zero/1.0/", 0.05))
-RESTRICTED = ("cc-by-nc-4.0", "CC BY-NC-SA 4.0", "CC-BY-ND", "https://creativecommons.org/licenses/by-nc/4.0/",
-              "cc-by-nc-nd")
+    ("CC0", 0.12),
+    ("cc0-1.0", 0.08),
+    ("http://creativecommons.org/publicdomain/zero/1.0/", 0.05),
+)
+RESTRICTED = (
+    "cc-by-nc-4.0",
+    "CC BY-NC-SA 4.0",
+    "CC-BY-ND",
+    "https://creativecommons.org/licenses/by-nc/4.0/",
+    "cc-by-nc-nd",
+)
 UNCLASSIFIED = ("All rights reserved", "custom", "see website", "(c) photographer", "Public domain")
 # Lines ingest must reject, as a share of the usable records, by kind.
 REJECT_SHARE = 0.075
-REJECT_KINDS = (("nc_nd_license", 0.55), ("unknown_license", 0.30), ("too_small", 0.05),
-                ("malformed", 0.05), ("duplicate_url", 0.05))
+REJECT_KINDS = (
+    ("nc_nd_license", 0.55),
+    ("unknown_license", 0.30),
+    ("too_small", 0.05),
+    ("malformed", 0.05),
+    ("duplicate_url", 0.05),
+)
 FETCH_FAIL_SHARE = 0.01
 CONTENT_DUP_SHARE = 0.003
 TAXON_VARIANT_SHARE = 0.01
 
-GIB = 1024 ** 3
+GIB = 1024**3
 RSS_TARGET_MIB = 16 * 1024
 SPLIT_COMBINE_TARGET_S = 60.0
-SUPERLINEAR_FACTOR = 1.5    # flag a step whose time grows more than 1.5x the size ratio
-RSS_METHOD = ("peak_rss_mib: VmHWM of the step's own process (/proc/self/status, read by the child at its "
-              "end); ru_maxrss_mib: the parent's os.wait4() rusage of the child, its descendants included "
-              "(importing torch alone reads about 640 MiB there, 520 MiB VmHWM). The 16 GiB target is judged "
-              "on the larger of the two.")
+SUPERLINEAR_FACTOR = 1.5  # flag a step whose time grows more than 1.5x the size ratio
+RSS_METHOD = (
+    "peak_rss_mib: VmHWM of the step's own process (/proc/self/status, read by the child at its "
+    "end); ru_maxrss_mib: the parent's os.wait4() rusage of the child, its descendants included "
+    "(importing torch alone reads about 640 MiB there, 520 MiB VmHWM). The 16 GiB target is judged "
+    "on the larger of the two."
+)
 
 # (name, what it runs, synthetic: stands in for a step that needs images or GPUs, no target)
 STEPS: list[tuple[str, str, bool]] = [
@@ -120,8 +140,8 @@ STEP_NAMES = [s[0] for s in STEPS]
 
 # ---------------------------------------------------------------- the catalogue -----
 
-def class_sizes(n_records: int, n_species: int, singleton_share: float = SINGLETON_SHARE,
-                head: float = 0.02):
+
+def class_sizes(n_records: int, n_species: int, singleton_share: float = SINGLETON_SHARE, head: float = 0.02):
     """Images per species, largest first: a Zipf-Mandelbrot law in the species' rank
     *fraction* (so a quarter catalogue with a quarter of the species has the same
     per-class histogram), `singleton_share` of the species with one image, summing to
@@ -151,19 +171,94 @@ def class_sizes(n_records: int, n_species: int, singleton_share: float = SINGLET
 
 def species_names(n: int) -> list[str]:
     """n distinct canonical binomials (ASCII: normalize_taxon leaves them as they are)."""
-    a = ("Ac", "Al", "Ar", "Be", "Ca", "Ci", "Co", "Da", "Er", "Fa", "Ga", "Hy", "Il", "Ju", "La",
-         "Li", "Ma", "Ne", "Or", "Pa")
-    b = ("an", "el", "or", "ic", "ur", "am", "on", "ist", "ar", "il", "om", "en", "ab", "ul", "et",
-         "os", "in", "ag", "ep", "ys")
+    a = (
+        "Ac",
+        "Al",
+        "Ar",
+        "Be",
+        "Ca",
+        "Ci",
+        "Co",
+        "Da",
+        "Er",
+        "Fa",
+        "Ga",
+        "Hy",
+        "Il",
+        "Ju",
+        "La",
+        "Li",
+        "Ma",
+        "Ne",
+        "Or",
+        "Pa",
+    )
+    b = (
+        "an",
+        "el",
+        "or",
+        "ic",
+        "ur",
+        "am",
+        "on",
+        "ist",
+        "ar",
+        "il",
+        "om",
+        "en",
+        "ab",
+        "ul",
+        "et",
+        "os",
+        "in",
+        "ag",
+        "ep",
+        "ys",
+    )
     ends = ("us", "a", "um", "is", "ia", "ex", "on", "ella")
-    epithets = ("alba", "vulgaris", "officinalis", "montana", "sylvestris", "arvensis", "pratensis",
-                "hispanica", "lusitanica", "borealis", "orientalis", "minor", "major", "media",
-                "repens", "glabra", "hirsuta", "pubescens", "rubra", "lutea", "alpina", "maritima",
-                "aquatica", "palustris", "canina", "pyrenaica", "balearica", "baetica", "nevadensis",
-                "iberica", "gallica", "germanica", "austriaca", "carpatica", "pannonica", "rhodopea")
+    epithets = (
+        "alba",
+        "vulgaris",
+        "officinalis",
+        "montana",
+        "sylvestris",
+        "arvensis",
+        "pratensis",
+        "hispanica",
+        "lusitanica",
+        "borealis",
+        "orientalis",
+        "minor",
+        "major",
+        "media",
+        "repens",
+        "glabra",
+        "hirsuta",
+        "pubescens",
+        "rubra",
+        "lutea",
+        "alpina",
+        "maritima",
+        "aquatica",
+        "palustris",
+        "canina",
+        "pyrenaica",
+        "balearica",
+        "baetica",
+        "nevadensis",
+        "iberica",
+        "gallica",
+        "germanica",
+        "austriaca",
+        "carpatica",
+        "pannonica",
+        "rhodopea",
+    )
     n_genera = max(1, -(-n // 30))  # at most 30 species a genus (< len(epithets))
-    genera = [a[g % 20] + b[(g // 20) % 20] + ends[(g // 400) % 8] + ("" if g < 3200 else f"o{g // 3200}")
-              for g in range(n_genera)]
+    genera = [
+        a[g % 20] + b[(g // 20) % 20] + ends[(g // 400) % 8] + ("" if g < 3200 else f"o{g // 3200}")
+        for g in range(n_genera)
+    ]
     return [f"{genera[s % n_genera]} {epithets[s // n_genera]}" for s in range(n)]
 
 
@@ -177,7 +272,7 @@ def generate(ctx: dict) -> dict:
     rng = np.random.default_rng(seed)
     sizes = class_sizes(n, c)
     names = species_names(c)
-    species = np.repeat(np.arange(c), sizes)             # generation index -> species (species-major)
+    species = np.repeat(np.arange(c), sizes)  # generation index -> species (species-major)
     first = np.zeros(n, bool)
     first[np.concatenate([[0], np.cumsum(sizes)[:-1]])] = True
     # Observations: runs of consecutive photos of one species (geometric, mean about 1.8).
@@ -216,18 +311,34 @@ def generate(ctx: dict) -> dict:
     def line(iid, url, taxon, reg, license_, obs_id, src, w, h) -> str:
         head_ = f'{{"image_id": "{iid}", "image_url": "{url}", '
         tax = "" if taxon is None else f'"taxon": "{taxon}", '
-        return (f'{head_}{tax}"region": "{reg}", "license": "{license_}", "observation_id": "{obs_id}", '
-                f'"source": "{src}", "width": {w}, "height": {h}}}\n')
+        return (
+            f'{head_}{tax}"region": "{reg}", "license": "{license_}", "observation_id": "{obs_id}", '
+            f'"source": "{src}", "width": {w}, "height": {h}}}\n'
+        )
 
     def url(i: int, is_inat: bool) -> str:
-        return (f"https://inaturalist-open-data.s3.amazonaws.com/photos/{i}/original.jpg" if is_inat
-                else f"https://media.herbarium.example.org/legacy/{i:07d}.jpg")
+        return (
+            f"https://inaturalist-open-data.s3.amazonaws.com/photos/{i}/original.jpg"
+            if is_inat
+            else f"https://media.herbarium.example.org/legacy/{i:07d}.jpg"
+        )
 
     sp_l, reg_l, obs_l, lic_l = species.tolist(), region.tolist(), obs.tolist(), lic.tolist()
     w_l, h_l, inat_l, var_l = width.tolist(), height.tolist(), inat.tolist(), variant.tolist()
-    good = [line(f"i{i:07d}", url(i, inat_l[i]), spelled(sp_l[i], var_l[i]), REGIONS[reg_l[i]],
-                 lic_names[lic_l[i]], f"o{obs_l[i]}", "inat" if inat_l[i] else "legacy", w_l[i], h_l[i])
-            for i in range(n)]
+    good = [
+        line(
+            f"i{i:07d}",
+            url(i, inat_l[i]),
+            spelled(sp_l[i], var_l[i]),
+            REGIONS[reg_l[i]],
+            lic_names[lic_l[i]],
+            f"o{obs_l[i]}",
+            "inat" if inat_l[i] else "legacy",
+            w_l[i],
+            h_l[i],
+        )
+        for i in range(n)
+    ]
     # Lines ingest must reject.
     n_bad = round(n * REJECT_SHARE)
     kinds = [k for k, _ in REJECT_KINDS]
@@ -243,12 +354,34 @@ def generate(ctx: dict) -> dict:
         iid, obs_id, reg = f"x{j:07d}", f"ox{j}", REGIONS[bad_reg[j]]
         u = f"https://media.herbarium.example.org/rejected/{j:07d}.jpg"
         if k == "nc_nd_license":
-            bad.append(line(iid, u, names[bad_sp[j]], reg, RESTRICTED[bad_pick[j] % len(RESTRICTED)], obs_id,
-                            "legacy", 1600, 1200))
+            bad.append(
+                line(
+                    iid,
+                    u,
+                    names[bad_sp[j]],
+                    reg,
+                    RESTRICTED[bad_pick[j] % len(RESTRICTED)],
+                    obs_id,
+                    "legacy",
+                    1600,
+                    1200,
+                )
+            )
             reason = "license_not_allowed"
         elif k == "unknown_license":
-            bad.append(line(iid, u, names[bad_sp[j]], reg, UNCLASSIFIED[bad_pick[j] % len(UNCLASSIFIED)],
-                            obs_id, "legacy", 1600, 1200))
+            bad.append(
+                line(
+                    iid,
+                    u,
+                    names[bad_sp[j]],
+                    reg,
+                    UNCLASSIFIED[bad_pick[j] % len(UNCLASSIFIED)],
+                    obs_id,
+                    "legacy",
+                    1600,
+                    1200,
+                )
+            )
             reason = "license_not_allowed"
         elif k == "too_small":
             bad.append(line(iid, u, names[bad_sp[j]], reg, "CC0", obs_id, "legacy", 64, 48))
@@ -258,13 +391,17 @@ def generate(ctx: dict) -> dict:
                 bad.append(line(iid, u, None, reg, "CC-BY", obs_id, "legacy", 1600, 1200))
                 reason = "missing_field"
             else:
-                bad.append(line(iid, u, names[bad_sp[j]], reg, "CC-BY", obs_id, "legacy", 1600, 1200)
-                           .replace('"width": 1600', '"width": "wide"'))
+                bad.append(
+                    line(iid, u, names[bad_sp[j]], reg, "CC-BY", obs_id, "legacy", 1600, 1200).replace(
+                        '"width": 1600', '"width": "wide"'
+                    )
+                )
                 reason = "malformed_field"
         else:  # the URL of a usable record under another id: written after all usable records
             i = bad_pick[j] % n
-            dups.append(line(iid, url(i, inat_l[i]), names[sp_l[i]], REGIONS[reg_l[i]], "CC-BY", obs_id,
-                             "legacy", 1600, 1200))
+            dups.append(
+                line(iid, url(i, inat_l[i]), names[sp_l[i]], REGIONS[reg_l[i]], "CC-BY", obs_id, "legacy", 1600, 1200)
+            )
             reason = "duplicate_image_url"
         expected[reason] = expected.get(reason, 0) + 1
     lines = good + bad
@@ -274,18 +411,28 @@ def generate(ctx: dict) -> dict:
         f.writelines(lines[i] for i in order)
         f.writelines(dups)
     np.savez(work / "catalogue_truth.npz", content=content.astype(np.int64), fetch_fail=fetch_fail)
-    info = {"catalogue_lines": n + n_bad, "usable_records": n, "species": c, "rejected_expected": n_bad,
-            "rejected_expected_by_reason": dict(sorted(expected.items())), "observations": n_obs,
-            "content_duplicates": int(dup.sum()), "fetch_failures": int(fetch_fail.sum()),
-            "taxon_variants": int((variant >= 0).sum()),
-            "species_with_1_image": int((sizes == 1).sum()), "species_with_1_to_3_images": int((sizes <= 3).sum()),
-            "largest_species_images": int(sizes.max()), "median_species_images": float(np.median(sizes)),
-            "catalogue_mb": round(path.stat().st_size / 1e6, 1)}
+    info = {
+        "catalogue_lines": n + n_bad,
+        "usable_records": n,
+        "species": c,
+        "rejected_expected": n_bad,
+        "rejected_expected_by_reason": dict(sorted(expected.items())),
+        "observations": n_obs,
+        "content_duplicates": int(dup.sum()),
+        "fetch_failures": int(fetch_fail.sum()),
+        "taxon_variants": int((variant >= 0).sum()),
+        "species_with_1_image": int((sizes == 1).sum()),
+        "species_with_1_to_3_images": int((sizes <= 3).sum()),
+        "largest_species_images": int(sizes.max()),
+        "median_species_images": float(np.median(sizes)),
+        "catalogue_mb": round(path.stat().st_size / 1e6, 1),
+    }
     (work / "catalogue_info.json").write_text(json.dumps(info, indent=2))
     return info
 
 
 # ---------------------------------------------------------------- ingest -----
+
 
 def ingest_jsonl(ctx: dict) -> dict:
     """components/ingest.py with data.source: jsonl."""
@@ -294,24 +441,44 @@ def ingest_jsonl(ctx: dict) -> dict:
     work = Path(ctx["workdir"])
     out = work / "ingest"
     out.mkdir(exist_ok=True)
-    a = run_ingest("jsonl", str(work / "catalogue.jsonl"), None, LICENSE_ALLOW, MIN_SIDE,
-                   str(out / "records.jsonl"), str(out / "audit.json"), str(out / "rejections.jsonl"),
-                   workdir=str(work))
+    a = run_ingest(
+        "jsonl",
+        str(work / "catalogue.jsonl"),
+        None,
+        LICENSE_ALLOW,
+        MIN_SIDE,
+        str(out / "records.jsonl"),
+        str(out / "audit.json"),
+        str(out / "rejections.jsonl"),
+        workdir=str(work),
+    )
     info = json.loads((work / "catalogue_info.json").read_text())
     if a["records_kept"] != info["usable_records"] or a["dropped_by_reason"] != info["rejected_expected_by_reason"]:
-        raise AssertionError(f"ingest kept {a['records_kept']} (expected {info['usable_records']}), dropped "
-                             f"{a['dropped_by_reason']} (expected {info['rejected_expected_by_reason']})")
-    return {"records_read": a["records_read"], "records_kept": a["records_kept"], "classes": a["classes"],
-            "dropped_by_reason": a["dropped_by_reason"], "records_taxon_normalised": a["records_taxon_normalised"],
-            "permissive_share_of_valid": a["permissive_share_of_valid"]}
+        raise AssertionError(
+            f"ingest kept {a['records_kept']} (expected {info['usable_records']}), dropped "
+            f"{a['dropped_by_reason']} (expected {info['rejected_expected_by_reason']})"
+        )
+    return {
+        "records_read": a["records_read"],
+        "records_kept": a["records_kept"],
+        "classes": a["classes"],
+        "dropped_by_reason": a["dropped_by_reason"],
+        "records_taxon_normalised": a["records_taxon_normalised"],
+        "permissive_share_of_valid": a["permissive_share_of_valid"],
+    }
 
 
 def _mongo_doc(r: dict) -> dict:
     """A catalogue line as the MongoDB document config/cluster.yaml's field_map reads."""
     media = {k: r[k] for k in ("image_url", "license", "source", "width", "height") if k in r}
     media["url"] = media.pop("image_url")
-    doc: dict[str, Any] = {"_id": r["image_id"], "status": "active", "observation_id": r.get("observation_id"),
-                           "location": {"region": r["region"]}, "media": media}
+    doc: dict[str, Any] = {
+        "_id": r["image_id"],
+        "status": "active",
+        "observation_id": r.get("observation_id"),
+        "location": {"region": r["region"]},
+        "media": media,
+    }
     if "taxon" in r:
         doc["taxon"] = {"scientific_name": r["taxon"]}
     return doc
@@ -343,21 +510,37 @@ def ingest_mongo(ctx: dict) -> dict:
     out = work / "ingest_mongo"
     out.mkdir(exist_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    a = ingest_mod.run_ingest("mongo", "", mongo_cfg, LICENSE_ALLOW, MIN_SIDE, str(out / "records.jsonl"),
-                              str(out / "audit.json"), str(out / "rejections.jsonl"), workdir=str(work))
+    a = ingest_mod.run_ingest(
+        "mongo",
+        "",
+        mongo_cfg,
+        LICENSE_ALLOW,
+        MIN_SIDE,
+        str(out / "records.jsonl"),
+        str(out / "audit.json"),
+        str(out / "rejections.jsonl"),
+        workdir=str(work),
+    )
     sec, cpu = time.perf_counter() - t0, time.process_time() - c0
     if a["records_read"] != n_slice:
         raise AssertionError(f"mongo ingest read {a['records_read']} of {n_slice} documents")
-    return {"seconds": sec, "cpu_seconds": cpu, "setup_seconds": round(setup_s, 2), "slice_documents": n_slice,
-            "records_kept": a["records_kept"], "dropped_by_reason": a["dropped_by_reason"],
-            "extrapolated_seconds": round(sec * info["catalogue_lines"] / n_slice, 1),
-            "extrapolated_cpu_seconds": round(cpu * info["catalogue_lines"] / n_slice, 1),
-            "extrapolated_to_documents": info["catalogue_lines"],
-            "note": "mongomock in-process (documents deep-copied per read); time extrapolated linearly, "
-                    "peak RSS is the slice's"}
+    return {
+        "seconds": sec,
+        "cpu_seconds": cpu,
+        "setup_seconds": round(setup_s, 2),
+        "slice_documents": n_slice,
+        "records_kept": a["records_kept"],
+        "dropped_by_reason": a["dropped_by_reason"],
+        "extrapolated_seconds": round(sec * info["catalogue_lines"] / n_slice, 1),
+        "extrapolated_cpu_seconds": round(cpu * info["catalogue_lines"] / n_slice, 1),
+        "extrapolated_to_documents": info["catalogue_lines"],
+        "note": "mongomock in-process (documents deep-copied per read); time extrapolated linearly, "
+        "peak RSS is the slice's",
+    }
 
 
 # ---------------------------------------------------------------- cache (synthetic) -----
+
 
 def cache_fields(ctx: dict) -> dict:
     """The cached-records JSONL cache_images would write (docs/contracts.md "Cached records"):
@@ -376,8 +559,10 @@ def cache_fields(ctx: dict) -> dict:
     failures: list[dict] = []
     cached = attempted = 0
     salt = f"bench-scale:{ctx['seed']}:"
-    with open(work / "ingest" / "records.jsonl", encoding="utf-8") as f, \
-            open(out / "cached.jsonl", "w", encoding="utf-8") as g:
+    with (
+        open(work / "ingest" / "records.jsonl", encoding="utf-8") as f,
+        open(out / "cached.jsonl", "w", encoding="utf-8") as g,
+    ):
         for ln in f:
             r = json.loads(ln)
             attempted += 1
@@ -394,28 +579,50 @@ def cache_fields(ctx: dict) -> dict:
             w, h = int(r.get("width") or 1600), int(r.get("height") or 1200)
             s = min(w, h)
             scale = CACHE_RESIZE / s if s > CACHE_RESIZE else 1.0
-            r.update(sha256=sha, cache_path=f"{sha[:2]}/{sha}.jpg", cached_width=round(w * scale),
-                     cached_height=round(h * scale))
+            r.update(
+                sha256=sha,
+                cache_path=f"{sha[:2]}/{sha}.jpg",
+                cached_width=round(w * scale),
+                cached_height=round(h * scale),
+            )
             g.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
             cached += 1
     counts: dict[str, int] = {}
     for fl in failures:
         counts[fl["reason"]] = counts.get(fl["reason"], 0) + 1
     failed = counts.get("http_error", 0)
-    report = {"attempted": attempted, "cached": cached, "fetched": cached, "reused": 0, "failed": failed,
-              "fail_rate": round(failed / attempted, 4), "too_small": 0,
-              "duplicates": counts.get("duplicate_content", 0), "label_conflicts": 0, "high_bit_depth": {},
-              "settings": {"resize": CACHE_RESIZE, "min_side": MIN_SIDE}, "index_checks": {},
-              "fail_counts": counts, "seconds": 0.0, "images_per_second": 0.0, "failures": failures,
-              "synthetic": "bench_scale: no image was fetched"}
+    report = {
+        "attempted": attempted,
+        "cached": cached,
+        "fetched": cached,
+        "reused": 0,
+        "failed": failed,
+        "fail_rate": round(failed / attempted, 4),
+        "too_small": 0,
+        "duplicates": counts.get("duplicate_content", 0),
+        "label_conflicts": 0,
+        "high_bit_depth": {},
+        "settings": {"resize": CACHE_RESIZE, "min_side": MIN_SIDE},
+        "index_checks": {},
+        "fail_counts": counts,
+        "seconds": 0.0,
+        "images_per_second": 0.0,
+        "failures": failures,
+        "synthetic": "bench_scale: no image was fetched",
+    }
     (out / "report.json").write_text(json.dumps(report))
     return {"attempted": attempted, "cached": cached, "fail_counts": counts}
 
 
 # ---------------------------------------------------------------- split -----
 
-def run_splits(cached_path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = SPLIT_SEED,
-               regional: tuple = REGIONAL_TEACHERS) -> dict:
+
+def run_splits(
+    cached_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seed: int = SPLIT_SEED,
+    regional: tuple = REGIONAL_TEACHERS,
+) -> dict:
     """The splits the pipeline makes (pipeline.py, components/split.py): the global one
     (shared.data.split.run_split over the cached records) and, per regional teacher, its nested
     split (shared.data.split.run_regional_split over the global split's files). Outputs under
@@ -430,14 +637,32 @@ def run_splits(cached_path: str | os.PathLike, out_dir: str | os.PathLike, seed:
         t0, c0 = time.perf_counter(), time.process_time()
         paths = {k: str(d / f"{k}.jsonl") for k in ("train", "val", "test")}
         if regions:
-            s = run_regional_split(global_paths, regions, paths, str(d / "stats.json"), str(d / "histogram.html"),
-                                   title=f"Class balance ({regions}, nested)")
+            s = run_regional_split(
+                global_paths,
+                regions,
+                paths,
+                str(d / "stats.json"),
+                str(d / "histogram.html"),
+                title=f"Class balance ({regions}, nested)",
+            )
         else:
-            s = run_split(str(cached_path), regions, seed, paths, str(d / "stats.json"), str(d / "histogram.html"),
-                          title="Class balance (all regions)")
-        out[name] = {"regions": regions, "seconds": round(time.perf_counter() - t0, 2),
-                     "cpu_seconds": round(time.process_time() - c0, 2), "images": s["images"],
-                     "classes": s["classes"], "leak_free": s["leakage"]["leak_free"]}
+            s = run_split(
+                str(cached_path),
+                regions,
+                seed,
+                paths,
+                str(d / "stats.json"),
+                str(d / "histogram.html"),
+                title="Class balance (all regions)",
+            )
+        out[name] = {
+            "regions": regions,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "cpu_seconds": round(time.process_time() - c0, 2),
+            "images": s["images"],
+            "classes": s["classes"],
+            "leak_free": s["leakage"]["leak_free"],
+        }
     return out
 
 
@@ -448,6 +673,7 @@ def split(ctx: dict) -> dict:
 
 # ---------------------------------------------------------------- teacher logits (synthetic) -----
 
+
 def synthetic_logits(labels, n_classes: int, k: int, rng, accuracy: float = 0.75):
     """(indices, fp16 values, logsumexp, confidences) of a plausible peaked teacher: k distinct
     classes a row (the true one first for `accuracy` of the rows), descending logits, and a
@@ -456,7 +682,7 @@ def synthetic_logits(labels, n_classes: int, k: int, rng, accuracy: float = 0.75
 
     n = len(labels)
     k = min(k, n_classes)
-    step_max = max(1, n_classes // k)   # k-1 steps of at most step_max stay under n_classes: distinct
+    step_max = max(1, n_classes // k)  # k-1 steps of at most step_max stay under n_classes: distinct
     start = np.where(labels >= 0, labels, rng.integers(0, n_classes, n))
     offs = np.zeros((n, k), np.int64)
     if k > 1:
@@ -504,22 +730,30 @@ def teacher_logits(ctx: dict) -> dict:
     for name, regions, weight in [("global", "", GLOBAL_WEIGHT), *REGIONAL_TEACHERS]:
         keep = parse_regions(regions)
         recs = [r for r in train if keep is None or r.get("region") in keep]
-        classes = sorted({r["taxon"] for r in train} if name == "global"
-                         else set(_taxa(work / "splits" / name / "train.jsonl")))
+        classes = sorted(
+            {r["taxon"] for r in train} if name == "global" else set(_taxa(work / "splits" / name / "train.jsonl"))
+        )
         pos = {c: i for i, c in enumerate(classes)}
         labels = np.array([pos.get(r["taxon"], -1) for r in recs], dtype=np.int32)
         idx, vals, lse, conf = synthetic_logits(labels, len(classes), TOP_K, rng)
-        tl = TeacherLogits(np.asarray([r["image_id"] for r in recs], dtype=str), idx, vals, lse, conf, labels,
-                           classes, name, regions)
+        tl = TeacherLogits(
+            np.asarray([r["image_id"] for r in recs], dtype=str), idx, vals, lse, conf, labels, classes, name, regions
+        )
         path = out / f"{name}.npz"
         tl.save(path)
-        figs[name] = {"path": str(path), "weight": weight, "samples": len(recs), "classes": len(classes),
-                      "mb": round(path.stat().st_size / 1e6, 1)}
+        figs[name] = {
+            "path": str(path),
+            "weight": weight,
+            "samples": len(recs),
+            "classes": len(classes),
+            "mb": round(path.stat().st_size / 1e6, 1),
+        }
     (out / "teachers.json").write_text(json.dumps(figs, indent=2))
     return {"teachers": figs}
 
 
 # ---------------------------------------------------------------- soft labels -----
+
 
 def combine_soft_labels(ctx: dict) -> dict:
     """components/combine_soft_labels.py: run_combine(teachers with their artifacts' weight,
@@ -535,8 +769,10 @@ def combine_soft_labels(ctx: dict) -> dict:
     out = work / "soft_labels.npz"
     m = run_combine(teachers, load_jsonl(work / "splits" / "global" / "train.jsonl"), student_cfg, str(out), TOP_K)
     (work / "soft_labels_metrics.json").write_text(json.dumps(m, indent=2, default=float))
-    return {k: m[k] for k in ("samples", "classes", "weights", "coverage", "max_row_sum_error", "mean_entropy",
-                              "teacher_agreement")} | {"mb": round(out.stat().st_size / 1e6, 1)}
+    return {
+        k: m[k]
+        for k in ("samples", "classes", "weights", "coverage", "max_row_sum_error", "mean_entropy", "teacher_agreement")
+    } | {"mb": round(out.stat().st_size / 1e6, 1)}
 
 
 def soft_label_loader(ctx: dict) -> dict:
@@ -561,12 +797,19 @@ def soft_label_loader(ctx: dict) -> dict:
     import torch
 
     _, _, has = lookup(torch.arange(min(128, len(train))))
-    return {"samples": len(train), "coverage": lookup.coverage, "load_records_s": round(t[1] - t[0], 2),
-            "soft_labels_load_s": round(t[2] - t[1], 2), "check_made_for_s": round(t[3] - t[2], 2),
-            "lookup_s": round(t[4] - t[3], 2), "batch_rows": int(has.sum())}
+    return {
+        "samples": len(train),
+        "coverage": lookup.coverage,
+        "load_records_s": round(t[1] - t[0], 2),
+        "soft_labels_load_s": round(t[2] - t[1], 2),
+        "check_made_for_s": round(t[3] - t[2], 2),
+        "lookup_s": round(t[4] - t[3], 2),
+        "batch_rows": int(has.sum()),
+    }
 
 
 # ---------------------------------------------------------------- manifest -----
+
 
 def training_manifest(ctx: dict) -> dict:
     """components/training_manifest.py with this run's real ingest audit, split stats,
@@ -597,13 +840,21 @@ def training_manifest(ctx: dict) -> dict:
     for name, _regions in [("global", ""), *[(t, r) for t, r, _ in REGIONAL_TEACHERS]]:
         stats = json.loads((work / "splits" / name / "stats.json").read_text())
         test_classes = sorted(set(_taxa(work / "splits" / name / "test.jsonl")))
-        per_region = {r: round(0.66 + 0.02 * i + (0.15 if name != "global" else 0), 4)
-                      for i, r in enumerate(stats["per_region"]["test"])}
-        res = {"teacher": name, "top1_accuracy": 0.74 if name == "global" else 0.82, "top5_accuracy": 0.89,
-               "loss": 0.97, "per_region": per_region, "num_test": stats["images"]["test"],
-               "per_class_recall": {c: round(0.5 + (zlib.crc32(c.encode()) % 50) / 100, 2)
-                                    for c in test_classes},
-               "num_classes_evaluated": len(test_classes), "share_classes_recall_above_threshold": 0.81}
+        per_region = {
+            r: round(0.66 + 0.02 * i + (0.15 if name != "global" else 0), 4)
+            for i, r in enumerate(stats["per_region"]["test"])
+        }
+        res = {
+            "teacher": name,
+            "top1_accuracy": 0.74 if name == "global" else 0.82,
+            "top5_accuracy": 0.89,
+            "loss": 0.97,
+            "per_region": per_region,
+            "num_test": stats["images"]["test"],
+            "per_class_recall": {c: round(0.5 + (zlib.crc32(c.encode()) % 50) / 100, 2) for c in test_classes},
+            "num_classes_evaluated": len(test_classes),
+            "share_classes_recall_above_threshold": 0.81,
+        }
         paths[name] = res_dir / f"{name}_results.json"
         paths[name].write_text(json.dumps(res))
     soft_metrics = json.loads((work / "soft_labels_metrics.json").read_text())
@@ -611,59 +862,129 @@ def training_manifest(ctx: dict) -> dict:
 
     t0, c0 = time.perf_counter(), time.process_time()
     global_result = tm.read_result(paths["global"], {"teacher": "global", "top1_accuracy": 0.74})
-    global_result.update(uri="gs://plantid/global/results", checkpoint="gs://plantid/global/model",
-                         model_name=global_cfg["model"]["name"])
+    global_result.update(
+        uri="gs://plantid/global/results",
+        checkpoint="gs://plantid/global/model",
+        model_name=global_cfg["model"]["name"],
+    )
     regional_results = []
     for t, _r, _ in REGIONAL_TEACHERS:
         rr = tm.read_result(paths[t], {"teacher": t, "top1_accuracy": 0.82})
         rr.update(uri=f"gs://plantid/{t}/results", checkpoint=f"gs://plantid/{t}/model")
         regional_results.append(rr)
-    soft = tm.read_result(str(work / "soft_labels.npz"),
-                          {k: soft_metrics[k] for k in ("classes", "samples", "weights", "temperature")})
+    soft = tm.read_result(
+        str(work / "soft_labels.npz"), {k: soft_metrics[k] for k in ("classes", "samples", "weights", "temperature")}
+    )
     soft["uri"] = "gs://plantid/soft_labels"
     phase_results = {
-        "baseline": {"model_name": "mobilenetv2_100", "weights": "mobilenetv2_100.ra_in1k", "top1_accuracy": 0.34,
-                     "top5_accuracy": 0.58, "uri": "gs://plantid/baseline"},
-        "global_teacher": global_result, "regional_teachers": regional_results, "soft_labels": soft,
-        "student": {"model_name": "mobilenetv2_100", "classes": soft_metrics["classes"], "val_top1": 0.71,
-                    "val_top5": 0.87, "checkpoint": "gs://plantid/student/model"},
-        "calibration": {"temperature": 1.3, "threshold": 0.72, "threshold_reached": True, "ece_before": 0.11,
-                        "ece_after": 0.05, "mce_after": 0.18, "coverage": 0.81, "precision_at_threshold": 0.95},
-        "export": {"uri": "gs://plantid/tfjs", "quantization": "fp16", "model_size_mb": 9.1, "correlation": 0.998,
-                   "max_abs_diff": 0.01, "top1_agreement": 1.0, "passed": True},
-        "export_validation": {"correlation": 0.998, "max_abs_diff": 0.01, "top1_agreement": 1.0, "passed": True}}
+        "baseline": {
+            "model_name": "mobilenetv2_100",
+            "weights": "mobilenetv2_100.ra_in1k",
+            "top1_accuracy": 0.34,
+            "top5_accuracy": 0.58,
+            "uri": "gs://plantid/baseline",
+        },
+        "global_teacher": global_result,
+        "regional_teachers": regional_results,
+        "soft_labels": soft,
+        "student": {
+            "model_name": "mobilenetv2_100",
+            "classes": soft_metrics["classes"],
+            "val_top1": 0.71,
+            "val_top5": 0.87,
+            "checkpoint": "gs://plantid/student/model",
+        },
+        "calibration": {
+            "temperature": 1.3,
+            "threshold": 0.72,
+            "threshold_reached": True,
+            "ece_before": 0.11,
+            "ece_after": 0.05,
+            "mce_after": 0.18,
+            "coverage": 0.81,
+            "precision_at_threshold": 0.95,
+        },
+        "export": {
+            "uri": "gs://plantid/tfjs",
+            "quantization": "fp16",
+            "model_size_mb": 9.1,
+            "correlation": 0.998,
+            "max_abs_diff": 0.01,
+            "top1_agreement": 1.0,
+            "passed": True,
+        },
+        "export_validation": {"correlation": 0.998, "max_abs_diff": 0.01, "top1_agreement": 1.0, "passed": True},
+    }
+
     def load(p):  # as the component's load()
         return json.loads(Path(p).read_text())
 
-    data_stats = {"snapshot_id": "catalogue-bench-scale", "ingest": load(work / "ingest" / "audit.json"),
-                  "split": load(work / "splits" / "global" / "stats.json"),
-                  "cache": load(work / "cache" / "report.json")}
-    staged = {role: {"role": role, "model_id": mid, "revision": "main", "commit": "0" * 40, "pretrained": True,
-                     "source": "hub", "sha256": "ab" * 32, "architecture": mid.split(".")[0]}
-              for role, mid in (("global_teacher", "vit_base_patch16_384.augreg_in21k_ft_in1k"),
-                                ("student", "mobilenetv2_100.ra_in1k"), ("baseline", "mobilenetv2_100.ra_in1k"))}
+    data_stats = {
+        "snapshot_id": "catalogue-bench-scale",
+        "ingest": load(work / "ingest" / "audit.json"),
+        "split": load(work / "splits" / "global" / "stats.json"),
+        "cache": load(work / "cache" / "report.json"),
+    }
+    staged = {
+        role: {
+            "role": role,
+            "model_id": mid,
+            "revision": "main",
+            "commit": "0" * 40,
+            "pretrained": True,
+            "source": "hub",
+            "sha256": "ab" * 32,
+            "architecture": mid.split(".")[0],
+        }
+        for role, mid in (
+            ("global_teacher", "vit_base_patch16_384.augreg_in21k_ft_in1k"),
+            ("student", "mobilenetv2_100.ra_in1k"),
+            ("baseline", "mobilenetv2_100.ra_in1k"),
+        )
+    }
     m = tm.build_training_manifest(
-        config={"global_teacher": global_cfg, "regional_teachers": regional, "student": student_cfg,
-                "pipeline": settings},
-        phase_results=phase_results, data_stats=data_stats, seed=42, git_commit="bench-scale",
-        environment=environment_versions(), staged_weights=staged)
+        config={
+            "global_teacher": global_cfg,
+            "regional_teachers": regional,
+            "student": student_cfg,
+            "pipeline": settings,
+        },
+        phase_results=phase_results,
+        data_stats=data_stats,
+        seed=42,
+        git_commit="bench-scale",
+        environment=environment_versions(),
+        staged_weights=staged,
+    )
     out = work / "manifest"
     out.mkdir(exist_ok=True)
     tm.write_manifest(out / tm.MANIFEST_NAME, m)
     sec, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"seconds": sec, "cpu_seconds": cpu, "setup_seconds": round(setup_s, 2),
-            "statuses": {k: v["status"] for k, v in m["phases"].items()},
-            "manifest_kb": round((out / tm.MANIFEST_NAME).stat().st_size / 1024, 1),
-            "data": {k: m["data"].get(k) for k in ("total_samples", "total_species", "train_samples", "leak_free")}}
+    return {
+        "seconds": sec,
+        "cpu_seconds": cpu,
+        "setup_seconds": round(setup_s, 2),
+        "statuses": {k: v["status"] for k, v in m["phases"].items()},
+        "manifest_kb": round((out / tm.MANIFEST_NAME).stat().st_size / 1024, 1),
+        "data": {k: m["data"].get(k) for k in ("total_samples", "total_species", "train_samples", "leak_free")},
+    }
 
 
 STEP_FUNCS: dict[str, Callable[[dict], dict]] = {
-    "generate": generate, "ingest_jsonl": ingest_jsonl, "ingest_mongo": ingest_mongo, "cache_fields": cache_fields,
-    "split": split, "teacher_logits": teacher_logits, "combine_soft_labels": combine_soft_labels,
-    "soft_label_loader": soft_label_loader, "training_manifest": training_manifest}
+    "generate": generate,
+    "ingest_jsonl": ingest_jsonl,
+    "ingest_mongo": ingest_mongo,
+    "cache_fields": cache_fields,
+    "split": split,
+    "teacher_logits": teacher_logits,
+    "combine_soft_labels": combine_soft_labels,
+    "soft_label_loader": soft_label_loader,
+    "training_manifest": training_manifest,
+}
 
 
 # ---------------------------------------------------------------- the child -----
+
 
 def _vm_hwm_mib() -> float:
     with open("/proc/self/status") as f:
@@ -701,6 +1022,7 @@ def child(step: str, ctx_path: str, result_path: str, profile: str | None = None
 
 # ---------------------------------------------------------------- the parent -----
 
+
 def run_step(step: str, ctx: dict, work: Path, profile: bool = False) -> dict:
     """Run one step as a child process; its figures, peak RSS and wall time."""
     logs = work / "logs"
@@ -708,8 +1030,17 @@ def run_step(step: str, ctx: dict, work: Path, profile: bool = False) -> dict:
     ctx_path, res_path = work / "ctx.json", logs / f"{step}.result.json"
     ctx_path.write_text(json.dumps(ctx))
     res_path.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bench.bench_scale", "--child", step, "--ctx", str(ctx_path),
-           "--result", str(res_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.bench_scale",
+        "--child",
+        step,
+        "--ctx",
+        str(ctx_path),
+        "--result",
+        str(res_path),
+    ]
     if profile:
         cmd += ["--profile-out", str(logs / f"{step}.prof")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -734,8 +1065,16 @@ def run_step(step: str, ctx: dict, work: Path, profile: bool = False) -> dict:
     return fig
 
 
-def run_size(label: str, records: int, species: int, work: Path, seed: int, mongo_slice: int,
-             profile: set[str], log: Callable[[str], None] = print) -> dict:
+def run_size(
+    label: str,
+    records: int,
+    species: int,
+    work: Path,
+    seed: int,
+    mongo_slice: int,
+    profile: set[str],
+    log: Callable[[str], None] = print,
+) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     ctx = {"workdir": str(work), "records": records, "species": species, "seed": seed, "mongo_slice": mongo_slice}
     log(f"== bench-scale {label}: {records:,} usable records, {species:,} species (work dir {work})")
@@ -747,14 +1086,21 @@ def run_size(label: str, records: int, species: int, work: Path, seed: int, mong
         if "error" in fig:
             log(f"   {name:<20} FAILED ({fig['error']}):\n{fig['stderr_tail']}")
             break
-        extra = f"  (extrapolated to {fig['extrapolated_to_documents']:,} docs: {fig['extrapolated_seconds']} s)" \
-            if name == "ingest_mongo" else ""
+        extra = (
+            f"  (extrapolated to {fig['extrapolated_to_documents']:,} docs: {fig['extrapolated_seconds']} s)"
+            if name == "ingest_mongo"
+            else ""
+        )
         log(f"   {name:<20} {fig['seconds']:>8.2f} s  {fig['peak_rss_mib']:>9.1f} MiB peak{extra}")
         if fig.get("profile"):
             log(f"   profile: {fig['profile']}")
     info_path = work / "catalogue_info.json"
-    return {"records": records, "species": species, "steps": steps,
-            "catalogue": json.loads(info_path.read_text()) if info_path.exists() else {}}
+    return {
+        "records": records,
+        "species": species,
+        "steps": steps,
+        "catalogue": json.loads(info_path.read_text()) if info_path.exists() else {},
+    }
 
 
 def size_label(scale: float) -> str:
@@ -795,10 +1141,13 @@ def evaluate(sizes: dict[str, dict], full_records: int = FULL_RECORDS) -> dict:
             r = b["seconds"] / max(a["seconds"], 1e-3)
             rc = b["cpu_seconds"] / max(a["cpu_seconds"], 1e-3)
             # judged on CPU time: wall time on a shared machine also measures the other jobs
-            ratios[name] = {"time_ratio": round(r, 2), "cpu_time_ratio": round(rc, 2),
-                            "rss_ratio": round(b["peak_rss_mib"] / a["peak_rss_mib"], 2),
-                            "superlinear": rc > SUPERLINEAR_FACTOR * size_ratio,
-                            "wall_superlinear": r > SUPERLINEAR_FACTOR * size_ratio}
+            ratios[name] = {
+                "time_ratio": round(r, 2),
+                "cpu_time_ratio": round(rc, 2),
+                "rss_ratio": round(b["peak_rss_mib"] / a["peak_rss_mib"], 2),
+                "superlinear": rc > SUPERLINEAR_FACTOR * size_ratio,
+                "wall_superlinear": r > SUPERLINEAR_FACTOR * size_ratio,
+            }
         checks["ratio_between"] = f"{big_l} / {small_l}"
         checks["size_ratio"] = round(size_ratio, 2)
         checks["superlinear_threshold"] = round(SUPERLINEAR_FACTOR * size_ratio, 2)
@@ -807,11 +1156,12 @@ def evaluate(sizes: dict[str, dict], full_records: int = FULL_RECORDS) -> dict:
     checks["every_step_under_16gib"] = all(f["rss_target_ok"] for f in pipeline_figs) if pipeline_figs else None
     full = [s for s in sizes.values() if s["records"] >= full_records]
     checks["split_plus_combine_under_60s_at_full_size"] = (
-        all(s.get("split_plus_combine_seconds", float("inf")) < SPLIT_COMBINE_TARGET_S for s in full)
-        if full else None)
+        all(s.get("split_plus_combine_seconds", float("inf")) < SPLIT_COMBINE_TARGET_S for s in full) if full else None
+    )
     checks["every_step_ran"] = all(
         set(s["steps"]) == set(STEP_NAMES) and not any("error" in f for f in s["steps"].values())
-        for s in sizes.values())
+        for s in sizes.values()
+    )
     decided = [v for v in checks.values() if isinstance(v, bool)]
     checks["passed"] = all(decided)
     return {"ratios": ratios, "checks": checks}
@@ -824,9 +1174,14 @@ def _ok(v: bool | None) -> str:
 def report_text(res: dict) -> str:
     sizes, ratios, checks = res["sizes"], res["ratios"], res["checks"]
     labels = list(sizes)
-    lines = ["", "bench-scale: per step wall seconds, CPU seconds and peak RSS (MiB, VmHWM of the step's process)",
-             ("targets: peak < 16 GiB each step; split + combine < 60 s at full size; time ratio <= "
-              f"{checks.get('superlinear_threshold', '1.5x the size ratio')} (judged on CPU time)")]
+    lines = [
+        "",
+        "bench-scale: per step wall seconds, CPU seconds and peak RSS (MiB, VmHWM of the step's process)",
+        (
+            "targets: peak < 16 GiB each step; split + combine < 60 s at full size; time ratio <= "
+            f"{checks.get('superlinear_threshold', '1.5x the size ratio')} (judged on CPU time)"
+        ),
+    ]
     head = f"{'step':<22}" + "".join(f"{lb + ' s':>13}{'cpu s':>9}{'MiB':>9}" for lb in labels)
     if ratios:
         head += f"{'ratio':>8}{'cpu ratio':>11}"
@@ -854,29 +1209,41 @@ def report_text(res: dict) -> str:
             if r.get("superlinear"):
                 verdict.append("SUPERLINEAR")
         lines.append(row + "  " + (", ".join(verdict) if verdict else ("synthetic" if synthetic else "pass")))
-    lines.append("* synthetic step (stands in for a step that needs images/GPUs; no target). "
-                 "e: extrapolated linearly from a mongomock slice (its peak RSS is the slice's).")
+    lines.append(
+        "* synthetic step (stands in for a step that needs images/GPUs; no target). "
+        "e: extrapolated linearly from a mongomock slice (its peak RSS is the slice's)."
+    )
     for lb in labels:
         s = sizes[lb]
         if "split_plus_combine_seconds" in s:
             full = s["records"] >= FULL_RECORDS
             verdict = _ok(s["split_plus_combine_seconds"] < SPLIT_COMBINE_TARGET_S) if full else "n/a (not full size)"
-            lines.append(f"split (global + regional, serial) + combine ({lb}): {s['split_plus_combine_seconds']:.1f} s "
-                         f"wall, {s['split_plus_combine_cpu_seconds']:.1f} s CPU; target < 60 s: {verdict}")
+            lines.append(
+                f"split (global + regional, serial) + combine ({lb}): {s['split_plus_combine_seconds']:.1f} s "
+                f"wall, {s['split_plus_combine_cpu_seconds']:.1f} s CPU; target < 60 s: {verdict}"
+            )
             if "global_split_plus_combine_seconds" in s:
-                lines.append(f"  critical path, global split + combine ({lb}): "
-                             f"{s['global_split_plus_combine_seconds']:.1f} s wall, "
-                             f"{s['global_split_plus_combine_cpu_seconds']:.1f} s CPU (the regional splits run in "
-                             "parallel pods)")
+                lines.append(
+                    f"  critical path, global split + combine ({lb}): "
+                    f"{s['global_split_plus_combine_seconds']:.1f} s wall, "
+                    f"{s['global_split_plus_combine_cpu_seconds']:.1f} s CPU (the regional splits run in "
+                    "parallel pods)"
+                )
     loads = [f["load_average"][0] for s in sizes.values() for f in s["steps"].values() if "load_average" in f]
     if loads:
         busy = max(loads) > (res["machine"]["cpus"] or 1)
-        lines.append(f"machine: {res['machine']['cpus']} CPUs, 1-min load average before the steps "
-                     f"{min(loads):.1f}-{max(loads):.1f}"
-                     + (" (above the CPU count at times: wall times include other jobs, compare CPU s)"
-                        if busy else ""))
-    for k in ("every_step_ran", "every_step_under_16gib", "split_plus_combine_under_60s_at_full_size",
-              "no_superlinear_step", "passed"):
+        lines.append(
+            f"machine: {res['machine']['cpus']} CPUs, 1-min load average before the steps "
+            f"{min(loads):.1f}-{max(loads):.1f}"
+            + (" (above the CPU count at times: wall times include other jobs, compare CPU s)" if busy else "")
+        )
+    for k in (
+        "every_step_ran",
+        "every_step_under_16gib",
+        "split_plus_combine_under_60s_at_full_size",
+        "no_superlinear_step",
+        "passed",
+    ):
         if k in checks:
             lines.append(f"{k}: {_ok(checks[k])}")
     return "\n".join(lines)
@@ -899,9 +1266,17 @@ def merge_results(path: Path, scale: dict) -> None:
     os.replace(tmp, path)
 
 
-def bench(records: int = FULL_RECORDS, species: int = FULL_SPECIES, scales: tuple[float, ...] = (1.0, 0.25),
-          seed: int = 0, mongo_slice: int = 20_000, workdir: str | None = None, keep: bool = False,
-          profile: set[str] | None = None, log: Callable[[str], None] = print) -> dict:
+def bench(
+    records: int = FULL_RECORDS,
+    species: int = FULL_SPECIES,
+    scales: tuple[float, ...] = (1.0, 0.25),
+    seed: int = 0,
+    mongo_slice: int = 20_000,
+    workdir: str | None = None,
+    keep: bool = False,
+    profile: set[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="bench_scale_"))
     t0 = time.time()
     sizes: dict[str, dict] = {}
@@ -915,12 +1290,23 @@ def bench(records: int = FULL_RECORDS, species: int = FULL_SPECIES, scales: tupl
     finally:
         if not keep and not workdir:
             shutil.rmtree(root, ignore_errors=True)
-    res = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
-                       "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-           "rss_method": RSS_METHOD,
-           "targets": {"peak_rss_mib_per_step": RSS_TARGET_MIB, "split_plus_combine_seconds": SPLIT_COMBINE_TARGET_S,
-                       "superlinear_if_time_ratio_over": f"{SUPERLINEAR_FACTOR} x size ratio"},
-           "seed": seed, "mongo_slice": mongo_slice, "sizes": sizes}
+    res = {
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
+        "rss_method": RSS_METHOD,
+        "targets": {
+            "peak_rss_mib_per_step": RSS_TARGET_MIB,
+            "split_plus_combine_seconds": SPLIT_COMBINE_TARGET_S,
+            "superlinear_if_time_ratio_over": f"{SUPERLINEAR_FACTOR} x size ratio",
+        },
+        "seed": seed,
+        "mongo_slice": mongo_slice,
+        "sizes": sizes,
+    }
     res.update(evaluate(sizes))
     res["bench_seconds"] = round(time.time() - t0, 1)
     return res
@@ -954,12 +1340,13 @@ def main(argv: list[str] | None = None) -> int:
         child(a.child, a.ctx, a.result, a.profile_out)
         return 0
     scales = tuple(float(s) for s in a.scales.split(",") if s.strip())
-    res = bench(a.records, a.species, scales, a.seed, a.mongo_slice, a.workdir, a.keep or bool(a.workdir),
-                set(a.profile))
+    res = bench(
+        a.records, a.species, scales, a.seed, a.mongo_slice, a.workdir, a.keep or bool(a.workdir), set(a.profile)
+    )
     print(report_text(res), flush=True)
     if not a.no_output:
         merge_results(Path(a.output), res)
-        print(f"wrote {a.output} (key \"scale\")")
+        print(f'wrote {a.output} (key "scale")')
     if not res["checks"]["every_step_ran"]:
         return 1
     return 1 if a.strict and not res["checks"]["passed"] else 0

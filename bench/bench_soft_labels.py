@@ -2,6 +2,7 @@
 x 9,000 classes, top-32 (simulated on disk), against the dense float32 matrix
 (850k x 9,000 x 4 bytes = 30.6 GB). The loader runs in a child process so its
 peak RSS (VmHWM) is measured without this process's own memory."""
+
 from __future__ import annotations
 
 import json
@@ -53,19 +54,26 @@ def run(tmp: str | None = None) -> dict:
     vals = rng.random((N, K), dtype=np.float32)
     vals /= vals.sum(1, keepdims=True)
     path = os.path.join(tmp, "soft.npz")
-    SoftLabels(np.char.add("i", np.arange(N).astype(str)), idx, vals.astype(np.float16),
-               [f"c{i}" for i in range(C)], 3.0).save(path)
+    SoftLabels(
+        np.char.add("i", np.arange(N).astype(str)), idx, vals.astype(np.float16), [f"c{i}" for i in range(C)], 3.0
+    ).save(path)
     del idx, vals
     out = subprocess.run([sys.executable, "-c", CHILD, path, str(ROOT)], capture_output=True, text=True, check=True)
     child = json.loads(out.stdout.strip().splitlines()[-1])
     dense = N * C * 4
-    return {"soft_samples": N, "soft_classes": C, "soft_k": K,
-            "soft_bytes_per_sample_arrays": K * 6, "soft_file_bytes_per_sample": round(os.path.getsize(path) / N, 1),
-            "soft_file_mb": round(os.path.getsize(path) / 1e6, 1),
-            "soft_loader_peak_mb": round(child["peak_bytes"] / 1e6, 1),
-            "soft_loader_load_s": round(child["load_s"], 2), "soft_kd_batch128_s": round(child["batch_s"], 4),
-            "dense_float32_gb": round(dense / 1e9, 1),
-            "dense_over_loader_peak": round(dense / max(1, child["peak_bytes"]), 1)}
+    return {
+        "soft_samples": N,
+        "soft_classes": C,
+        "soft_k": K,
+        "soft_bytes_per_sample_arrays": K * 6,
+        "soft_file_bytes_per_sample": round(os.path.getsize(path) / N, 1),
+        "soft_file_mb": round(os.path.getsize(path) / 1e6, 1),
+        "soft_loader_peak_mb": round(child["peak_bytes"] / 1e6, 1),
+        "soft_loader_load_s": round(child["load_s"], 2),
+        "soft_kd_batch128_s": round(child["batch_s"], 4),
+        "dense_float32_gb": round(dense / 1e9, 1),
+        "dense_over_loader_peak": round(dense / max(1, child["peak_bytes"]), 1),
+    }
 
 
 if __name__ == "__main__":

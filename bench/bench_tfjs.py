@@ -2,6 +2,7 @@
 classes, random weights: timing and size only) in headless Chromium with the WASM backend
 and in Node (pure-JS cpu and WASM backends): median ms of 20 single-image runs after 3
 warm-up runs; and the fp16 and uint8 bundle sizes in MB (model.json + shards)."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,7 @@ def chromium_latency(bundle: Path, backend: str = "wasm") -> dict:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/bench.html?backend={backend}"
-        r = subprocess.run(["node", "bench_page.mjs", url], cwd=TFJS_DIR, capture_output=True, text=True,
-                           timeout=600)
+        r = subprocess.run(["node", "bench_page.mjs", url], cwd=TFJS_DIR, capture_output=True, text=True, timeout=600)
     finally:
         httpd.shutdown()
     if r.returncode != 0:
@@ -49,11 +49,22 @@ def run(tmp: str | None = None) -> dict:
     tmp = Path(tmp or tempfile.mkdtemp())
     torch.manual_seed(0)
     model = timm.create_model(MODEL, pretrained=False, num_classes=CLASSES)
-    save_checkpoint(tmp / "student.pt", model, model_name=MODEL, classes=[f"species {i}" for i in range(CLASSES)],
-                    image_size=IMAGE_SIZE, eval_resize=256)
+    save_checkpoint(
+        tmp / "student.pt",
+        model,
+        model_name=MODEL,
+        classes=[f"species {i}" for i in range(CLASSES)],
+        image_size=IMAGE_SIZE,
+        eval_resize=256,
+    )
     sample = np.random.default_rng(0).normal(size=(2, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
-    out: dict = {"tfjs_model": MODEL, "tfjs_image_size": IMAGE_SIZE, "tfjs_classes": CLASSES,
-                 "tfjs_parameters": sum(p.numel() for p in model.parameters()), "tfjs_repeats": REPEATS}
+    out: dict = {
+        "tfjs_model": MODEL,
+        "tfjs_image_size": IMAGE_SIZE,
+        "tfjs_classes": CLASSES,
+        "tfjs_parameters": sum(p.numel() for p in model.parameters()),
+        "tfjs_repeats": REPEATS,
+    }
     for q in ("fp16", "uint8"):
         info = export_tfjs_bundle(str(tmp / "student.pt"), str(tmp / f"bundle_{q}"), sample, q)
         out[f"tfjs_{q}_size_mb"] = info["model_size_mb"]

@@ -3,6 +3,7 @@ mirror timm's reference train.py `train_one_epoch` (forward, loss, zero_grad,
 backward, clip, optimizer step, scheduler step_update, loss.item() per step),
 same model, batch, images, optimizer, scheduler and threads, on this CPU.
 Also the teacher-logits storage per sample."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ MODEL, SIZE, BATCH, STEPS, CLASSES = "test_vit", 64, 32, 24, 100
 
 def _data(n: int) -> torch.utils.data.TensorDataset:
     g = torch.Generator().manual_seed(0)
-    return torch.utils.data.TensorDataset(torch.randn(n, 3, SIZE, SIZE, generator=g),
-                                          torch.randint(0, CLASSES, (n,), generator=g), torch.arange(n))
+    return torch.utils.data.TensorDataset(
+        torch.randn(n, 3, SIZE, SIZE, generator=g), torch.randint(0, CLASSES, (n,), generator=g), torch.arange(n)
+    )
 
 
 def _model():
@@ -62,11 +64,26 @@ def reference_loop(epochs: int = 2) -> float:
 
 def our_loop(epochs: int = 2) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        s = TrainSettings(epochs=epochs, batch_size=BATCH, lr=1e-3, warmup_epochs=1, weight_decay=0.05,
-                          grad_clip=1.0, label_smoothing=0.1, early_stopping=False, amp="off")
-        r = fit(_model(), _data(BATCH * STEPS), _data(BATCH), s, tmp, log=lambda m: None,
-                checkpoint_meta={"model_name": MODEL, "classes": [str(i) for i in range(CLASSES)],
-                                 "image_size": SIZE})
+        s = TrainSettings(
+            epochs=epochs,
+            batch_size=BATCH,
+            lr=1e-3,
+            warmup_epochs=1,
+            weight_decay=0.05,
+            grad_clip=1.0,
+            label_smoothing=0.1,
+            early_stopping=False,
+            amp="off",
+        )
+        r = fit(
+            _model(),
+            _data(BATCH * STEPS),
+            _data(BATCH),
+            s,
+            tmp,
+            log=lambda m: None,
+            checkpoint_meta={"model_name": MODEL, "classes": [str(i) for i in range(CLASSES)], "image_size": SIZE},
+        )
         return r.history[-1]["images_per_s"]
 
 
@@ -80,18 +97,32 @@ def run() -> dict:
     rng = np.random.default_rng(0)
     rows = [sparsify(torch.from_numpy(rng.normal(0, 2, (1000, c)).astype(np.float32)), k) for _ in range(n // 1000)]
     idx, val, lse, conf = (np.concatenate(p) for p in zip(*rows, strict=True))
-    tl = TeacherLogits(np.array([f"i{i:07d}" for i in range(n)]), idx, val, lse, conf, np.zeros(n, np.int32),
-                       [f"c{i}" for i in range(c)])
+    tl = TeacherLogits(
+        np.array([f"i{i:07d}" for i in range(n)]),
+        idx,
+        val,
+        lse,
+        conf,
+        np.zeros(n, np.int32),
+        [f"c{i}" for i in range(c)],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tl.save(f"{tmp}/t.npz")
         import os
+
         file_bytes = os.path.getsize(f"{tmp}/t.npz") / n
-    return {"train_model": MODEL, "train_image_size": SIZE, "train_batch": BATCH,
-            "train_ours_images_per_s": round(max(ours), 1), "train_timm_reference_images_per_s": round(max(ref), 1),
-            "train_ratio_ours_over_reference": round(max(ours) / max(ref), 3),
-            "teacher_logits_k": k, "teacher_logits_bytes_per_sample": bytes_per_sample(tl),
-            "teacher_logits_file_bytes_per_sample": round(file_bytes, 1),
-            "teacher_logits_dense_float32_bytes_per_sample": c * 4}
+    return {
+        "train_model": MODEL,
+        "train_image_size": SIZE,
+        "train_batch": BATCH,
+        "train_ours_images_per_s": round(max(ours), 1),
+        "train_timm_reference_images_per_s": round(max(ref), 1),
+        "train_ratio_ours_over_reference": round(max(ours) / max(ref), 3),
+        "teacher_logits_k": k,
+        "teacher_logits_bytes_per_sample": bytes_per_sample(tl),
+        "teacher_logits_file_bytes_per_sample": round(file_bytes, 1),
+        "teacher_logits_dense_float32_bytes_per_sample": c * 4,
+    }
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Each bench module exposes run() -> dict. A benchmark that cannot run here (a
 missing tool) is recorded with its error instead of stopping the others."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,16 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHES = ["bench_split", "bench_cache", "bench_train", "bench_datapath", "bench_logits", "bench_soft_labels",
-           "bench_tfjs", "bench_reliability"]
+BENCHES = [
+    "bench_split",
+    "bench_cache",
+    "bench_train",
+    "bench_datapath",
+    "bench_logits",
+    "bench_soft_labels",
+    "bench_tfjs",
+    "bench_reliability",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="bench/results.json")
     ap.add_argument("--only", nargs="*", help="run only these benchmarks")
     args = ap.parse_args(argv)
-    results: dict = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
-                                 "processor": platform.processor()}, "benchmarks": {}}
+    results: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+        },
+        "benchmarks": {},
+    }
     failed = 0
     for name in args.only or BENCHES:
         try:

@@ -1,5 +1,6 @@
 """Phase 5: calibrate the student (ECE, temperature, "no concluyente" threshold)
 and decide whether it is blessed for export (the quality gate)."""
+
 from typing import NamedTuple
 
 from kfp import dsl
@@ -9,13 +10,24 @@ from components.images import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def calibrate(model: Input[Model], val: Input[Dataset], test: Input[Dataset], cache_dir: str,
-              ece_threshold: float, target_precision: float, calibration_objective: str,
-              min_val_top1: float, max_ece: float,
-              calibrated: Output[Model], calibration: Output[Artifact], reliability: Output[HTML],
-              reliability_png: Output[Artifact], metrics: Output[Metrics],
-              min_coverage: float = 0.80, min_precision: float = 0.95,
-              ) -> NamedTuple("Outputs", [("blessed", bool), ("reason", str)]):
+def calibrate(
+    model: Input[Model],
+    val: Input[Dataset],
+    test: Input[Dataset],
+    cache_dir: str,
+    ece_threshold: float,
+    target_precision: float,
+    calibration_objective: str,
+    min_val_top1: float,
+    max_ece: float,
+    calibrated: Output[Model],
+    calibration: Output[Artifact],
+    reliability: Output[HTML],
+    reliability_png: Output[Artifact],
+    metrics: Output[Metrics],
+    min_coverage: float = 0.80,
+    min_precision: float = 0.95,
+) -> NamedTuple("Outputs", [("blessed", bool), ("reason", str)]):
     """Calibration (temperature and "no concluyente" threshold fitted on val) and the export gate,
     checked on val and on the held-out test set: blessed only when every gate passes.
 
@@ -48,8 +60,17 @@ def calibrate(model: Input[Model], val: Input[Dataset], test: Input[Dataset], ca
     from shared.io.atomic import write_bytes, write_json, write_text
     from shared.io.records import load_jsonl
 
-    cal = run_calibrate(model.path, load_jsonl(val.path), load_jsonl(test.path), cache_dir, calibrated.path,
-                        calibration.path, ece_threshold, target_precision, calibration_objective)
+    cal = run_calibrate(
+        model.path,
+        load_jsonl(val.path),
+        load_jsonl(test.path),
+        cache_dir,
+        calibrated.path,
+        calibration.path,
+        ece_threshold,
+        target_precision,
+        calibration_objective,
+    )
     write_text(reliability.path, report_html(cal))
     write_bytes(reliability_png.path, reliability_diagram_png(cal["bins_before"], cal["bins_after"]))
     blessed, reason, gates = export_gate(cal, min_val_top1, max_ece, min_coverage, min_precision)
@@ -60,6 +81,8 @@ def calibrate(model: Input[Model], val: Input[Dataset], test: Input[Dataset], ca
     metrics.log_metric(K.THRESHOLD_REACHED, float(cal["threshold_reached"]))
     metrics.log_metric(K.BLESSED, float(blessed))
     calibration.metadata.update({K.BLESSED: blessed, K.REASON: reason, K.THRESHOLD_MESSAGE: cal["threshold_message"]})
-    print(f"calibration: T={cal['temperature']:.3f} ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}; "
-          f"{cal['threshold_message']}; {reason}")
+    print(
+        f"calibration: T={cal['temperature']:.3f} ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}; "
+        f"{cal['threshold_message']}; {reason}"
+    )
     return namedtuple("Outputs", ["blessed", "reason"])(blessed, reason)

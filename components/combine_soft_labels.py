@@ -7,9 +7,15 @@ from components.images import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def combine_soft_labels(global_logits: Input[Artifact], regional_logits: Input[list[Artifact]],
-                        train: Input[Dataset], student_config: dict, top_k: int,
-                        soft_labels: Output[Artifact], metrics: Output[Metrics]):
+def combine_soft_labels(
+    global_logits: Input[Artifact],
+    regional_logits: Input[list[Artifact]],
+    train: Input[Dataset],
+    student_config: dict,
+    top_k: int,
+    soft_labels: Output[Artifact],
+    metrics: Output[Metrics],
+):
     """Union class space, per-teacher weights (student.yaml) renormalised per sample.
 
     Args:
@@ -32,8 +38,9 @@ def combine_soft_labels(global_logits: Input[Artifact], regional_logits: Input[l
 
     teachers = [(a.path, float(a.metadata.get(K.WEIGHT, 1.0))) for a in [global_logits, *regional_logits]]
     m = run_combine(teachers, load_jsonl(train.path), student_config, soft_labels.path, top_k)
-    soft_labels.metadata.update({K.CLASSES: m["classes"], K.SAMPLES: m["samples"], K.WEIGHTS: m["weights"],
-                                 K.TEMPERATURE: m["temperature"]})
+    soft_labels.metadata.update(
+        {K.CLASSES: m["classes"], K.SAMPLES: m["samples"], K.WEIGHTS: m["weights"], K.TEMPERATURE: m["temperature"]}
+    )
     for key in K.SOFT_LABEL_METRICS:
         metrics.log_metric(key, m[key])
     for name, n in m["coverage"].items():

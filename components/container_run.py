@@ -12,6 +12,7 @@ Podman differences handled here (see ../shared/notes/CONTAINERS.md):
   real exit code is read, and they are removed afterwards.
 - No Docker engine: `podman system service` is started on a private socket for the run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,12 @@ from typing import Any
 
 # Config paths a task reads or writes: (section, key, writable). Writable ones are moved under
 # the run's output folder, the only folder the containers may write to.
-PATH_KEYS = (("data", "records_uri", False), ("cache", "dir", True), ("weights", "cache_dir", True),
-             ("teachers", "checkpoint_dir", True))
+PATH_KEYS = (
+    ("data", "records_uri", False),
+    ("cache", "dir", True),
+    ("weights", "cache_dir", True),
+    ("teachers", "checkpoint_dir", True),
+)
 CONTAINER_USER = "1000:1000"  # the images' user, the uid the pods' security context asks for
 
 
@@ -55,14 +60,19 @@ def container_config(cfg: dict, output: Path, data_dir: Path) -> tuple[dict, lis
             continue
         path = Path(value).resolve()
         if not (_under(path, data) or _under(path, out)):
-            problems.append(f"{section}.{key}={value} is outside the folders mounted into the containers "
-                            f"({data} read-only, {out} read-write)")
+            problems.append(
+                f"{section}.{key}={value} is outside the folders mounted into the containers "
+                f"({data} read-only, {out} read-write)"
+            )
     if cfg["baseline"].get("weights") and "://" not in cfg["baseline"]["weights"]:
         if not _under(Path(cfg["baseline"]["weights"]).resolve(), data):
             problems.append(f"baseline.weights={cfg['baseline']['weights']} is outside {data} (mounted read-only)")
     if problems:
-        raise ContainerRunError("paths in the config the containers cannot see:\n  " + "\n  ".join(problems)
-                                + "\nput them under the data folder (--data-dir) or use gs:// URIs")
+        raise ContainerRunError(
+            "paths in the config the containers cannot see:\n  "
+            + "\n  ".join(problems)
+            + "\nput them under the data folder (--data-dir) or use gs:// URIs"
+        )
     return cfg, moved
 
 
@@ -92,9 +102,11 @@ def check_traversable(folders: list[Path]) -> None:
     for folder in folders:
         for parent in [folder.resolve(), *folder.resolve().parents]:
             if parent.exists() and not parent.stat().st_mode & 0o001:
-                raise ContainerRunError(f"{parent} (above {folder}) is not searchable by others (mode "
-                                        f"{oct(parent.stat().st_mode & 0o777)}): the containers' user "
-                                        f"{CONTAINER_USER} could not reach {folder}; choose a folder outside it")
+                raise ContainerRunError(
+                    f"{parent} (above {folder}) is not searchable by others (mode "
+                    f"{oct(parent.stat().st_mode & 0o777)}): the containers' user "
+                    f"{CONTAINER_USER} could not reach {folder}; choose a folder outside it"
+                )
 
 
 def container_user() -> str:
@@ -114,8 +126,10 @@ def engine_socket() -> Iterator[str]:
         return
     podman = shutil.which("podman")
     if not podman:
-        raise ContainerRunError("no container engine: no Docker engine answers, DOCKER_HOST is not set and podman "
-                                "is not installed (as root: scripts/setup_podman.sh)")
+        raise ContainerRunError(
+            "no container engine: no Docker engine answers, DOCKER_HOST is not set and podman "
+            "is not installed (as root: scripts/setup_podman.sh)"
+        )
     sock_dir = tempfile.mkdtemp(prefix="plantid-podman-")
     url = f"unix://{sock_dir}/podman.sock"
     log = open(Path(sock_dir) / "service.log", "wb")  # noqa: SIM115 (closed in finally)
@@ -126,8 +140,10 @@ def engine_socket() -> Iterator[str]:
         deadline = time.monotonic() + 30
         while not _docker_answers(docker):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise ContainerRunError(f"podman system service did not start on {url}: "
-                                        f"{(Path(sock_dir) / 'service.log').read_text(errors='replace')[-500:]}")
+                raise ContainerRunError(
+                    f"podman system service did not start on {url}: "
+                    f"{(Path(sock_dir) / 'service.log').read_text(errors='replace')[-500:]}"
+                )
             time.sleep(0.2)
         yield f"podman ({url})"
     finally:
@@ -181,8 +197,9 @@ def install_container_run(output: Path, data_dir: Path) -> None:
     docker_task_handler.run_docker_container = run
 
 
-def run_task_container(client: Any, image: str, command: list[str], volumes: dict, *, output: Path,
-                       data_dir: Path, **run_args: Any) -> int:
+def run_task_container(
+    client: Any, image: str, command: list[str], volumes: dict, *, output: Path, data_dir: Path, **run_args: Any
+) -> int:
     """Run one task's container to the end; return its real exit code (see the module docstring)."""
     import docker
 
@@ -194,9 +211,21 @@ def run_task_container(client: Any, image: str, command: list[str], volumes: dic
     user = container_user()
     t0 = time.monotonic()
     container = client.containers.run(
-        image=image, command=command, detach=True, stdout=True, stderr=True, volumes=volumes,
-        auto_remove=False, user=user, read_only=True, tmpfs={"/tmp": "rw,size=8g,mode=1777"},
-        network_mode="none", environment=env, shm_size="1g", **run_args)
+        image=image,
+        command=command,
+        detach=True,
+        stdout=True,
+        stderr=True,
+        volumes=volumes,
+        auto_remove=False,
+        user=user,
+        read_only=True,
+        tmpfs={"/tmp": "rw,size=8g,mode=1777"},
+        network_mode="none",
+        environment=env,
+        shm_size="1g",
+        **run_args,
+    )
     code = None
     try:
         for line in container.logs(stream=True, follow=True):
@@ -206,9 +235,18 @@ def run_task_container(client: Any, image: str, command: list[str], volumes: dic
     finally:
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
-        _record_run(output, {"function": _function_name(command), "image": image, "user": user,
-                             "read_only_root": True, "network": "none", "exit_code": code,
-                             "seconds": round(time.monotonic() - t0, 1)})
+        _record_run(
+            output,
+            {
+                "function": _function_name(command),
+                "image": image,
+                "user": user,
+                "read_only_root": True,
+                "network": "none",
+                "exit_code": code,
+                "seconds": round(time.monotonic() - t0, 1),
+            },
+        )
 
 
 def _function_name(command: list[str]) -> str:
@@ -227,8 +265,7 @@ def _record_run(output: Path, entry: dict) -> None:
 
 
 @contextlib.contextmanager
-def container_session(cfg: dict, output: Path, data_dir: Path, images: set[str],
-                      log: Any = print) -> Iterator[dict]:
+def container_session(cfg: dict, output: Path, data_dir: Path, images: set[str], log: Any = print) -> Iterator[dict]:
     """Everything a container run needs before its first task, checked up front: the config with
     its working folders under `output`, an engine endpoint, the images present, the output folder
     writable by the containers' user, kfp's DockerRunner routed through `run_task_container`.
@@ -242,8 +279,9 @@ def container_session(cfg: dict, output: Path, data_dir: Path, images: set[str],
         log(f"container engine: {endpoint}")
         missing = missing_images(images)
         if missing:
-            raise ContainerRunError("images the pipeline names are not built: " + ", ".join(missing)
-                                    + " (make images CONFIG=<this config>)")
+            raise ContainerRunError(
+                "images the pipeline names are not built: " + ", ".join(missing) + " (make images CONFIG=<this config>)"
+            )
         prepare_output(output)
         check_traversable([output, data_dir])
         install_container_run(output, data_dir)

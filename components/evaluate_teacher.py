@@ -1,4 +1,5 @@
 """Phases 1.3 / 2.3 / 2b.3: evaluate a teacher on a test split."""
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
@@ -6,9 +7,17 @@ from components.images import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def evaluate_teacher(name: str, model: Input[Model], test: Input[Dataset], cache_dir: str,
-                     confusion_top_n: int, metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
-                     report: Output[HTML], results: Output[Artifact]):
+def evaluate_teacher(
+    name: str,
+    model: Input[Model],
+    test: Input[Dataset],
+    cache_dir: str,
+    confusion_top_n: int,
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[HTML],
+    results: Output[Artifact],
+):
     """Top-1/top-5/loss, per-region top-1, per-class recall; names are stable across
     runs so the KFP UI can compare them.
 
@@ -41,5 +50,6 @@ def evaluate_teacher(name: str, model: Input[Model], test: Input[Dataset], cache
     names, matrix = confusion_matrix_top(logits, labels, classes, confusion_top_n)
     confusion.log_confusion_matrix(names, matrix)
     results.metadata.update({K.TEACHER: name, K.TOP1_ACCURACY: m["top1_accuracy"]})
-    print(f"teacher {name}: test top1={m['top1_accuracy']:.3f} top5={m['top5_accuracy']:.3f} "
-          f"per_region={m['per_region']}")
+    print(
+        f"teacher {name}: test top1={m['top1_accuracy']:.3f} top5={m['top5_accuracy']:.3f} per_region={m['per_region']}"
+    )

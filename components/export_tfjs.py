@@ -1,4 +1,5 @@
 """Phase 6: the blessed, calibrated student to a TF.js bundle (fp16, uint8, or auto)."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -6,9 +7,17 @@ from components.images import DATA_IMAGE, EXPORT_IMAGE
 
 
 @dsl.component(base_image=EXPORT_IMAGE, install_kfp_package=False)
-def export_tfjs(model: Input[Model], calibration: Input[Artifact], test: Input[Dataset], cache_dir: str,
-                quantization: str, sample_images: int, bundle: Output[Artifact], metrics: Output[Metrics],
-                max_size_mb: float = 150.0):
+def export_tfjs(
+    model: Input[Model],
+    calibration: Input[Artifact],
+    test: Input[Dataset],
+    cache_dir: str,
+    quantization: str,
+    sample_images: int,
+    bundle: Output[Artifact],
+    metrics: Output[Metrics],
+    max_size_mb: float = 150.0,
+):
     """PyTorch -> ONNX (checked with onnxruntime) -> SavedModel -> TF.js graph model + demo page.
     quantization fp16 / uint8 (int8 = uint8) / none, or auto: fp16 if its bundle is < max_size_mb,
     else uint8 (then validate_export's size gate decides). The bundle's metadata records the
@@ -31,8 +40,16 @@ def export_tfjs(model: Input[Model], calibration: Input[Artifact], test: Input[D
     from shared.export.tfjs import run_export
     from shared.io.records import load_jsonl
 
-    r = run_export(model.path, calibration.path, load_jsonl(test.path), cache_dir, bundle.path, quantization,
-                   sample_images, max_size_mb)
+    r = run_export(
+        model.path,
+        calibration.path,
+        load_jsonl(test.path),
+        cache_dir,
+        bundle.path,
+        quantization,
+        sample_images,
+        max_size_mb,
+    )
     bundle.metadata.update({k: v for k, v in r.items() if k != "bundle"})
     for key in K.EXPORT_METRICS:
         if key in r:

@@ -9,6 +9,7 @@ import, so one process can compile several configs, each with its own images.
 
 Components import this module at module scope, so it imports the standard library only
 (tests/project/test_code_rules.py checks it)."""
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,7 @@ REGISTRY = DEFAULT_REGISTRY
 TAG = DEFAULT_TAG
 
 # name -> the Dockerfile under images/ that builds it
-IMAGES = {"data": "images/data/Dockerfile", "train": "images/train/Dockerfile",
-          "export": "images/export/Dockerfile"}
+IMAGES = {"data": "images/data/Dockerfile", "train": "images/train/Dockerfile", "export": "images/export/Dockerfile"}
 
 # An image digest as registries report it (`docker buildx imagetools inspect`, `crane digest`).
 DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
@@ -53,10 +53,11 @@ def image_refs(images_config: Mapping[str, Any]) -> dict[str, str]:
     digests = images_config.get("digests") or {}
     unknown = set(digests) - set(IMAGES)
     if unknown:
-        raise KeyError(f"pipeline.images.digests: unknown image(s) {sorted(unknown)}; images/ defines "
-                       f"{sorted(IMAGES)}")
-    return {name: image(name, str(images_config["registry"]), str(images_config["tag"]), digests.get(name))
-            for name in IMAGES}
+        raise KeyError(f"pipeline.images.digests: unknown image(s) {sorted(unknown)}; images/ defines {sorted(IMAGES)}")
+    return {
+        name: image(name, str(images_config["registry"]), str(images_config["tag"]), digests.get(name))
+        for name in IMAGES
+    }
 
 
 def declared_image(component_spec: Any) -> str:
@@ -64,8 +65,10 @@ def declared_image(component_spec: Any) -> str:
     declared = {image(name): name for name in IMAGES}
     ref = component_spec.implementation.container.image
     if ref not in declared:
-        raise KeyError(f"component {component_spec.name!r} runs in {ref!r}; declare one of the project's images "
-                       f"with base_image=DATA_IMAGE, TRAIN_IMAGE or EXPORT_IMAGE (components/images.py)")
+        raise KeyError(
+            f"component {component_spec.name!r} runs in {ref!r}; declare one of the project's images "
+            f"with base_image=DATA_IMAGE, TRAIN_IMAGE or EXPORT_IMAGE (components/images.py)"
+        )
     return declared[ref]
 
 

@@ -1,4 +1,5 @@
 """Phase 0 ingest component: MongoDB or records JSONL -> records + audit."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Metrics, Output
 
@@ -6,9 +7,18 @@ from components.images import DATA_IMAGE
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
-def ingest(source: str, records_uri: str, mongo: dict, license_allow: list, min_side: int,
-           snapshot_id: str, records: Output[Dataset], audit: Output[Artifact],
-           rejections: Output[Dataset], metrics: Output[Metrics]):
+def ingest(
+    source: str,
+    records_uri: str,
+    mongo: dict,
+    license_allow: list,
+    min_side: int,
+    snapshot_id: str,
+    records: Output[Dataset],
+    audit: Output[Artifact],
+    rejections: Output[Dataset],
+    metrics: Output[Metrics],
+):
     """Read image records, keep allowed licences, drop duplicates, audit.
 
     Args:
@@ -29,8 +39,7 @@ def ingest(source: str, records_uri: str, mongo: dict, license_allow: list, min_
     from shared import artifact_keys as K
     from shared.data.ingest import run_ingest
 
-    a = run_ingest(source, records_uri, mongo, license_allow, min_side,
-                   records.path, audit.path, rejections.path)
+    a = run_ingest(source, records_uri, mongo, license_allow, min_side, records.path, audit.path, rejections.path)
     records.metadata.update({K.SNAPSHOT_ID: snapshot_id, K.RECORDS: a["records_kept"]})
     for key in K.INGEST_METRICS:
         metrics.log_metric(key, a[key])

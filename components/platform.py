@@ -9,6 +9,7 @@ root filesystem cannot be asked for from the SDK: the images run as a non-root
 USER and the namespace enforces Pod Security (manifests/base/namespace.yaml).
 
 The local runner ignores all of this; the settings still compile into the spec."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,23 +40,32 @@ def apply_platform(task: Any, step: str, cluster: dict, *, accelerator_limit: An
         task.set_accelerator_type(s["accelerator_type"])
         task.set_accelerator_limit(accelerator_limit if accelerator_limit is not None else s["gpus"])
         if res.get("shm_size"):
-            kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm",
-                                       medium="Memory", size_limit=str(res["shm_size"]))
+            kubernetes.empty_dir_mount(
+                task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory", size_limit=str(res["shm_size"])
+            )
     for label, value in sorted(s["node_selector"].items()):
         kubernetes.add_node_selector(task, label_key=label, label_value=value)
     for t in s["tolerations"]:
-        kubernetes.add_toleration(task, key=t.get("key"), operator=t.get("operator"), value=t.get("value"),
-                                  effect=t.get("effect"), toleration_seconds=t.get("toleration_seconds"))
+        kubernetes.add_toleration(
+            task,
+            key=t.get("key"),
+            operator=t.get("operator"),
+            value=t.get("value"),
+            effect=t.get("effect"),
+            toleration_seconds=t.get("toleration_seconds"),
+        )
     if s["cache_pvc"]:
         kubernetes.mount_pvc(task, pvc_name=s["cache_pvc"]["name"], mount_path=s["cache_pvc"]["mount_path"])
     if s["mongo_secret"]:
         m = s["mongo_secret"]
-        kubernetes.use_secret_as_env(task, secret_name=m["name"], secret_key_to_env={m["key"]: m["env"]},
-                                     optional=m["optional"])
+        kubernetes.use_secret_as_env(
+            task, secret_name=m["name"], secret_key_to_env={m["key"]: m["env"]}, optional=m["optional"]
+        )
     if s["hub_secret"]:
         h = s["hub_secret"]
-        kubernetes.use_secret_as_env(task, secret_name=h["name"], secret_key_to_env={h["key"]: h["env"]},
-                                     optional=h["optional"])
+        kubernetes.use_secret_as_env(
+            task, secret_name=h["name"], secret_key_to_env={h["key"]: h["env"]}, optional=h["optional"]
+        )
     if s["gcs_credentials"]:
         g = s["gcs_credentials"]
         kubernetes.use_secret_as_volume(task, secret_name=g["name"], mount_path=g["mount_path"])
@@ -64,8 +74,9 @@ def apply_platform(task: Any, step: str, cluster: dict, *, accelerator_limit: An
     if s["retry"]:
         task.set_retry(**s["retry"])
     sec = s["security"]
-    kubernetes.set_security_context(task, run_as_user=sec["run_as_user"], run_as_group=sec["run_as_group"],
-                                    run_as_non_root=sec["run_as_non_root"])
+    kubernetes.set_security_context(
+        task, run_as_user=sec["run_as_user"], run_as_group=sec["run_as_group"], run_as_non_root=sec["run_as_non_root"]
+    )
     if res.get("timeout_s"):
         kubernetes.set_timeout(task, int(res["timeout_s"]))
     kubernetes.set_image_pull_policy(task, cl["image_pull_policy"])
@@ -100,8 +111,10 @@ def apply_platform_to_pipeline(cluster: dict, *, accelerator_limits: dict | None
             continue
         step = task.component_spec.name.replace("-", "_")
         if step not in STEP_NEEDS:
-            raise KeyError(f"task {name!r}: component {task.component_spec.name!r} has no entry in "
-                           f"shared.config.cluster.STEPS; add one (its kind and needs)")
+            raise KeyError(
+                f"task {name!r}: component {task.component_spec.name!r} has no entry in "
+                f"shared.config.cluster.STEPS; add one (its kind and needs)"
+            )
         apply_platform(task, step, cl, accelerator_limit=limits.get(step))
         applied[name] = step
     return applied

@@ -1,5 +1,6 @@
 """Phase 0 / 1.0 / 2.0 split components: the global stratified train/val/test split, and
 each regional teacher's split as the region's part of it (nested)."""
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
@@ -7,9 +8,17 @@ from components.images import DATA_IMAGE
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
-def split(cached: Input[Dataset], regions: str, seed: int, train: Output[Dataset],
-          val: Output[Dataset], test: Output[Dataset], stats: Output[Artifact],
-          histogram: Output[HTML], metrics: Output[Metrics]):
+def split(
+    cached: Input[Dataset],
+    regions: str,
+    seed: int,
+    train: Output[Dataset],
+    val: Output[Dataset],
+    test: Output[Dataset],
+    stats: Output[Artifact],
+    histogram: Output[HTML],
+    metrics: Output[Metrics],
+):
     """Stratified split (1 -> train; 2 -> 1/1; 3+ -> 80/10/10) with a leakage check.
 
     Args:
@@ -28,8 +37,15 @@ def split(cached: Input[Dataset], regions: str, seed: int, train: Output[Dataset
     from shared import artifact_keys as K
     from shared.data.split import run_split, split_metrics
 
-    s = run_split(cached.path, regions, seed, {"train": train.path, "val": val.path, "test": test.path},
-                  stats.path, histogram.path, title=f"Class balance ({regions or 'all regions'})")
+    s = run_split(
+        cached.path,
+        regions,
+        seed,
+        {"train": train.path, "val": val.path, "test": test.path},
+        stats.path,
+        histogram.path,
+        title=f"Class balance ({regions or 'all regions'})",
+    )
     for name, art in (("train", train), ("val", val), ("test", test)):
         art.metadata.update({K.REGIONS: regions, K.IMAGES: s["images"][name], K.CLASSES: s["classes"][name]})
     for key, value in split_metrics(s).items():
@@ -37,9 +53,18 @@ def split(cached: Input[Dataset], regions: str, seed: int, train: Output[Dataset
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
-def regional_split(global_train: Input[Dataset], global_val: Input[Dataset], global_test: Input[Dataset],
-                   regions: str, train: Output[Dataset], val: Output[Dataset], test: Output[Dataset],
-                   stats: Output[Artifact], histogram: Output[HTML], metrics: Output[Metrics]):
+def regional_split(
+    global_train: Input[Dataset],
+    global_val: Input[Dataset],
+    global_test: Input[Dataset],
+    regions: str,
+    train: Output[Dataset],
+    val: Output[Dataset],
+    test: Output[Dataset],
+    stats: Output[Artifact],
+    histogram: Output[HTML],
+    metrics: Output[Metrics],
+):
     """A regional teacher's split: the region's records of the global train/val/test (nested),
     so nothing one teacher holds out is trained on by another; fails on any leakage.
 
@@ -60,9 +85,14 @@ def regional_split(global_train: Input[Dataset], global_val: Input[Dataset], glo
     from shared import artifact_keys as K
     from shared.data.split import run_regional_split, split_metrics
 
-    s = run_regional_split({"train": global_train.path, "val": global_val.path, "test": global_test.path},
-                           regions, {"train": train.path, "val": val.path, "test": test.path}, stats.path,
-                           histogram.path, title=f"Class balance ({regions}, nested in the global split)")
+    s = run_regional_split(
+        {"train": global_train.path, "val": global_val.path, "test": global_test.path},
+        regions,
+        {"train": train.path, "val": val.path, "test": test.path},
+        stats.path,
+        histogram.path,
+        title=f"Class balance ({regions}, nested in the global split)",
+    )
     for name, art in (("train", train), ("val", val), ("test", test)):
         art.metadata.update({K.REGIONS: regions, K.IMAGES: s["images"][name], K.CLASSES: s["classes"][name]})
     for key, value in split_metrics(s).items():

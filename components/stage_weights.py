@@ -3,6 +3,7 @@ CPU task per model resolves its weights (cache, model.pretrained_path, hub), che
 sha256 and that they load into the architecture, stores them once in the
 content-addressed weights cache, and hands the training step a Model artifact naming
 them. Weights that cannot be had fail here, before any GPU pod starts."""
+
 from kfp import dsl
 from kfp.dsl import Model, Output
 
@@ -12,8 +13,16 @@ from components.images import TRAIN_IMAGE
 # The train image: checking that the file loads into the timm architecture needs torch and
 # timm (the data image has neither); the task still runs on the CPU node pool.
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def stage_weights(role: str, kind: str, config: dict, overrides: dict, weights_cache: str, hub_endpoint: str,
-                  offline: bool, weights: Output[Model]):
+def stage_weights(
+    role: str,
+    kind: str,
+    config: dict,
+    overrides: dict,
+    weights_cache: str,
+    hub_endpoint: str,
+    offline: bool,
+    weights: Output[Model],
+):
     """Stage one model's pretrained weights.
 
     Args:

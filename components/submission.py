@@ -6,6 +6,7 @@ KF_PIPELINES_TOKEN (e.g. `gcloud auth print-access-token` behind IAP), a
 projected service-account token when KF_PIPELINES_SA_TOKEN_PATH is set (inside
 a cluster), else what kfp.Client finds itself (IAP client ids in its env
 variables, ~/.config/kfp/context.json, the kube config for a port-forward)."""
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,10 @@ def pipeline_parameters(package_path: str | os.PathLike) -> dict[str, dict]:
     docs = [d for d in yaml.safe_load_all(p.read_text()) if d]
     spec = next((d for d in docs if "root" in d and "deploymentSpec" in d), None)
     if spec is None:
-        raise SubmissionError(f"{package_path}: not a compiled KFP pipeline (no root/deploymentSpec); "
-                              "the Kubernetes-manifest format is for GitOps, not for runs")
+        raise SubmissionError(
+            f"{package_path}: not a compiled KFP pipeline (no root/deploymentSpec); "
+            "the Kubernetes-manifest format is for GitOps, not for runs"
+        )
     return spec["root"].get("inputDefinitions", {}).get("parameters", {})
 
 
@@ -64,9 +67,17 @@ def kfp_client(host: str, *, namespace: str | None = None, token: str | None = N
     return kfp.Client(**kwargs)
 
 
-def submit_run(host: str, package_path: str | os.PathLike, *, experiment: str, run_name: str,
-               params: dict[str, Any] | None, namespace: str | None = None, client: Any = None,
-               service_account: str | None = None) -> str:
+def submit_run(
+    host: str,
+    package_path: str | os.PathLike,
+    *,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any] | None,
+    namespace: str | None = None,
+    client: Any = None,
+    service_account: str | None = None,
+) -> str:
     """Create (or reuse) `experiment` and start a run of the package; return the run id.
 
     Parameters are checked against the package's inputs first, so a typo fails
@@ -82,6 +93,11 @@ def submit_run(host: str, package_path: str | os.PathLike, *, experiment: str, r
         raise SubmissionError(f"unknown pipeline parameter(s) {unknown}; the pipeline takes {sorted(known)}")
     client = client or kfp_client(host, namespace=namespace)
     result = client.create_run_from_pipeline_package(
-        str(package_path), arguments=dict(params or {}), run_name=run_name, experiment_name=experiment,
-        namespace=namespace, service_account=service_account or None)
+        str(package_path),
+        arguments=dict(params or {}),
+        run_name=run_name,
+        experiment_name=experiment,
+        namespace=namespace,
+        service_account=service_account or None,
+    )
     return result.run_id

@@ -1,4 +1,5 @@
 """Phases 1.5 / 2.5 / 2b.3: a teacher's sparse top-k logits on the train split."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -6,8 +7,17 @@ from components.images import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def teacher_logits(name: str, regions: str, weight: float, model: Input[Model], train: Input[Dataset],
-                   cache_dir: str, top_k: int, logits: Output[Artifact], metrics: Output[Metrics]):
+def teacher_logits(
+    name: str,
+    regions: str,
+    weight: float,
+    model: Input[Model],
+    train: Input[Dataset],
+    cache_dir: str,
+    top_k: int,
+    logits: Output[Artifact],
+    metrics: Output[Metrics],
+):
     """Top-k logits of `model` on the train samples of `regions` ("" = all).
 
     Args:

@@ -1,5 +1,6 @@
 """Phase 4: the student, distillation then fine-tuning (and, optionally, the same
 student on CE alone as a control, so runs show what distillation adds)."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
@@ -7,10 +8,24 @@ from components.images import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def train_student(train: Input[Dataset], val: Input[Dataset], test: Input[Dataset], soft_labels: Input[Artifact],
-                  cache_dir: str, student_config: dict, checkpoint_dir: str, run_id: str, train_ce_control: bool,
-                  gpus: int, model: Output[Model], metrics: Output[Metrics], summary: Output[Artifact],
-                  confusion: Output[ClassificationMetrics], logs: Output[Artifact], weights: Input[Model] = None):
+def train_student(
+    train: Input[Dataset],
+    val: Input[Dataset],
+    test: Input[Dataset],
+    soft_labels: Input[Artifact],
+    cache_dir: str,
+    student_config: dict,
+    checkpoint_dir: str,
+    run_id: str,
+    train_ce_control: bool,
+    gpus: int,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    summary: Output[Artifact],
+    confusion: Output[ClassificationMetrics],
+    logs: Output[Artifact],
+    weights: Input[Model] = None,
+):
     """Two-stage student; resumes from its checkpoints when the pod is retried; torchrun
     DDP when the pod has several GPUs.
 
@@ -52,8 +67,16 @@ def train_student(train: Input[Dataset], val: Input[Dataset], test: Input[Datase
     wd = work_dir(checkpoint_dir, run_id, "student")
     weights_path = weights.path if weights is not None else None
     test_records = load_jsonl(test.path)
-    r = run_student_job(student_config, train.path, val.path, cache_dir, str(wd / "distilled"), soft_labels.path,
-                        gpus, weights_path=weights_path)
+    r = run_student_job(
+        student_config,
+        train.path,
+        val.path,
+        cache_dir,
+        str(wd / "distilled"),
+        soft_labels.path,
+        gpus,
+        weights_path=weights_path,
+    )
     final, logits, labels, classes = evaluate_on_test(r, test_records, cache_dir, str(wd / "distilled"))
     copy_checkpoint(r["final_checkpoint"], model.path)
     out = {"distilled": r}
@@ -72,8 +95,17 @@ def train_student(train: Input[Dataset], val: Input[Dataset], test: Input[Datase
         from shared.distill.soft_labels import SoftLabels
 
         soft_classes = SoftLabels.load(soft_labels.path).classes  # same output units as the distilled one
-        c = run_student_job(student_config, train.path, val.path, cache_dir, str(wd / "ce_control"), None, gpus,
-                            classes=list(soft_classes), weights_path=weights_path)
+        c = run_student_job(
+            student_config,
+            train.path,
+            val.path,
+            cache_dir,
+            str(wd / "ce_control"),
+            None,
+            gpus,
+            classes=list(soft_classes),
+            weights_path=weights_path,
+        )
         evaluate_on_test(c, test_records, cache_dir, str(wd / "ce_control"))
         out["ce_control"] = c
         metrics.log_metric(K.CE_CONTROL_VAL_TOP1, c["val_top1"])
@@ -84,8 +116,15 @@ def train_student(train: Input[Dataset], val: Input[Dataset], test: Input[Datase
     for stage, d in tensorboard_dirs(str(wd / "distilled")).items():
         shutil.copytree(d, os.path.join(logs.path, stage), dirs_exist_ok=True)
     write_json(summary.path, out)
-    model.metadata.update({K.MODEL_NAME: r["model_name"], K.CLASSES: r["num_classes"],
-                           K.IMAGE_SIZE: r["image_size"], K.VAL_TOP1: r["val_top1"], K.TEST_TOP1: r["test_top1"],
-                           K.FINAL_STAGE: r["final_stage"],
-                           **{K.PRETRAINED_PREFIX + k: str(v) for k, v in r.get("pretrained", {}).items()},
-                           K.ENVIRONMENT: environment_versions()})  # the training image's, for the manifest
+    model.metadata.update(
+        {
+            K.MODEL_NAME: r["model_name"],
+            K.CLASSES: r["num_classes"],
+            K.IMAGE_SIZE: r["image_size"],
+            K.VAL_TOP1: r["val_top1"],
+            K.TEST_TOP1: r["test_top1"],
+            K.FINAL_STAGE: r["final_stage"],
+            **{K.PRETRAINED_PREFIX + k: str(v) for k, v in r.get("pretrained", {}).items()},
+            K.ENVIRONMENT: environment_versions(),
+        }
+    )  # the training image's, for the manifest

@@ -1,6 +1,7 @@
 """Phases 1 / 2 / 2b: train one ViT teacher (global, or regional initialised from
 the global one). Used once for the global teacher and once per region in the
 ParallelFor."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -8,10 +9,23 @@ from components.images import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def train_teacher(name: str, regions: str, train: Input[Dataset], val: Input[Dataset],
-                  cache_dir: str, config: dict, overrides: dict, checkpoint_dir: str, run_id: str,
-                  gpus: int, model: Output[Model], metrics: Output[Metrics], logs: Output[Artifact],
-                  init_from: Input[Model] = None, weights: Input[Model] = None):
+def train_teacher(
+    name: str,
+    regions: str,
+    train: Input[Dataset],
+    val: Input[Dataset],
+    cache_dir: str,
+    config: dict,
+    overrides: dict,
+    checkpoint_dir: str,
+    run_id: str,
+    gpus: int,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    logs: Output[Artifact],
+    init_from: Input[Model] = None,
+    weights: Input[Model] = None,
+):
     """Fine-tune a teacher; resumes from its last checkpoint when the pod is retried.
 
     Args:
@@ -39,13 +53,30 @@ def train_teacher(name: str, regions: str, train: Input[Dataset], val: Input[Dat
     from shared.io.environment import environment_versions
     from shared.train.job import run_teacher_job
 
-    s = run_teacher_job(name, config, overrides, train.path, val.path, cache_dir, checkpoint_dir,
-                        run_id, gpus, init_from.path if init_from is not None else None, model.path,
-                        weights_path=weights.path if weights is not None else None)
-    model.metadata.update({K.TEACHER: name, K.REGIONS: regions, K.MODEL_NAME: s.get("model_name", ""),
-                           K.CLASSES: s.get("num_classes", 0),
-                           **{K.PRETRAINED_PREFIX + k: str(v) for k, v in s.get("pretrained", {}).items()},
-                           K.ENVIRONMENT: environment_versions()})  # the training image's, for the manifest
+    s = run_teacher_job(
+        name,
+        config,
+        overrides,
+        train.path,
+        val.path,
+        cache_dir,
+        checkpoint_dir,
+        run_id,
+        gpus,
+        init_from.path if init_from is not None else None,
+        model.path,
+        weights_path=weights.path if weights is not None else None,
+    )
+    model.metadata.update(
+        {
+            K.TEACHER: name,
+            K.REGIONS: regions,
+            K.MODEL_NAME: s.get("model_name", ""),
+            K.CLASSES: s.get("num_classes", 0),
+            **{K.PRETRAINED_PREFIX + k: str(v) for k, v in s.get("pretrained", {}).items()},
+            K.ENVIRONMENT: environment_versions(),
+        }
+    )  # the training image's, for the manifest
     for key, value in sorted(s.get("best_metrics", {}).items()):
         if isinstance(value, (int, float)):
             metrics.log_metric(K.TEACHER_VAL_PREFIX + key, value)

@@ -12,9 +12,17 @@ from components.images import DATA_IMAGE
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
 def training_manifest(
-    seed: int, git_commit: str, snapshot_id: str,
-    global_teacher_config: dict, regional_teachers: list, student_config: dict, pipeline_settings: dict,
-    ingest_audit: Input[Artifact], split_stats: Input[Artifact], manifest: Output[Artifact], summary: Output[Markdown],
+    seed: int,
+    git_commit: str,
+    snapshot_id: str,
+    global_teacher_config: dict,
+    regional_teachers: list,
+    student_config: dict,
+    pipeline_settings: dict,
+    ingest_audit: Input[Artifact],
+    split_stats: Input[Artifact],
+    manifest: Output[Artifact],
+    summary: Output[Markdown],
     cache_report: Input[Artifact] = None,
     baseline_report: Input[Artifact] = None,
     global_teacher_results: Input[Artifact] = None,
@@ -72,19 +80,35 @@ def training_manifest(
     from shared.manifest import training_manifest as tm
 
     m = tm.build_training_manifest(
-        config={"global_teacher": global_teacher_config, "regional_teachers": regional_teachers,
-                "student": student_config, "pipeline": pipeline_settings},
+        config={
+            "global_teacher": global_teacher_config,
+            "regional_teachers": regional_teachers,
+            "student": student_config,
+            "pipeline": pipeline_settings,
+        },
         phase_results=tm.collect_phase_results(
-            baseline_report=baseline_report, global_teacher_results=global_teacher_results,
-            global_teacher_model=global_teacher_model, regional_teacher_results=regional_teacher_results,
-            regional_teacher_models=regional_teacher_models, soft_labels=soft_labels, student_model=student_model,
-            student_metrics=student_metrics, calibration=calibration, export_bundle=export_bundle,
-            export_validation=export_validation, export_summary=export_summary),
+            baseline_report=baseline_report,
+            global_teacher_results=global_teacher_results,
+            global_teacher_model=global_teacher_model,
+            regional_teacher_results=regional_teacher_results,
+            regional_teacher_models=regional_teacher_models,
+            soft_labels=soft_labels,
+            student_model=student_model,
+            student_metrics=student_metrics,
+            calibration=calibration,
+            export_bundle=export_bundle,
+            export_validation=export_validation,
+            export_summary=export_summary,
+        ),
         data_stats=tm.collect_data_stats(snapshot_id, ingest_audit, split_stats, cache_report),
-        seed=seed, git_commit=git_commit or tm.git_commit(),
+        seed=seed,
+        git_commit=git_commit or tm.git_commit(),
         # The training and export images report their own versions in their artifacts' metadata.
-        environment=tm.collect_environment(training=global_teacher_model, student_training=student_model,
-                                           export=export_bundle),
-        staged_weights=tm.collect_staged_weights(global_teacher=global_teacher_weights, student=student_weights,
-                                                 baseline=baseline_weights))
+        environment=tm.collect_environment(
+            training=global_teacher_model, student_training=student_model, export=export_bundle
+        ),
+        staged_weights=tm.collect_staged_weights(
+            global_teacher=global_teacher_weights, student=student_weights, baseline=baseline_weights
+        ),
+    )
     manifest.metadata.update(tm.write_training_manifest(manifest.path, summary.path, m))

@@ -1,4 +1,5 @@
 """Phase 6.3 / 6.4: run the TF.js bundle with the real TF.js runtime, compare with PyTorch, and gate it."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -6,10 +7,20 @@ from components.images import EXPORT_IMAGE
 
 
 @dsl.component(base_image=EXPORT_IMAGE, install_kfp_package=False)
-def validate_export(bundle: Input[Artifact], model: Input[Model], test: Input[Dataset], cache_dir: str,
-                    images: int, min_correlation: float, max_size_mb: float, report: Output[Artifact],
-                    metrics: Output[Metrics], max_latency_ms: float = 5000.0,
-                    latency_runtime: str = "node-wasm", latency_runs: int = 20) -> dict:
+def validate_export(
+    bundle: Input[Artifact],
+    model: Input[Model],
+    test: Input[Dataset],
+    cache_dir: str,
+    images: int,
+    min_correlation: float,
+    max_size_mb: float,
+    report: Output[Artifact],
+    metrics: Output[Metrics],
+    max_latency_ms: float = 5000.0,
+    latency_runtime: str = "node-wasm",
+    latency_runs: int = 20,
+) -> dict:
     """The plan's 6.4 gates, strict: logits correlation > min_correlation, top-1 agreement >= 99%,
     model size < max_size_mb, single-image latency median < max_latency_ms. latency_runtime:
     chromium-wasm (headless Chromium, WASM backend: the browser figure; fails the latency gate
@@ -41,9 +52,16 @@ def validate_export(bundle: Input[Artifact], model: Input[Model], test: Input[Da
     from shared.io.records import load_jsonl
 
     paths = sample_image_paths(load_jsonl(test.path), cache_dir, images)
-    r = validate_tfjs_bundle(bundle.path, model.path, paths, min_corr=min_correlation, max_size_mb=max_size_mb,
-                             max_latency_ms=max_latency_ms, latency_runtime=latency_runtime,
-                             latency_runs=latency_runs)
+    r = validate_tfjs_bundle(
+        bundle.path,
+        model.path,
+        paths,
+        min_corr=min_correlation,
+        max_size_mb=max_size_mb,
+        max_latency_ms=max_latency_ms,
+        latency_runtime=latency_runtime,
+        latency_runs=latency_runs,
+    )
     write_json(report.path, r)
     report.metadata.update({K.PASSED: r["passed"], K.LATENCY_RUNTIME: r["latency_runtime"]})
     for key in K.VALIDATION_METRICS:
@@ -51,8 +69,10 @@ def validate_export(bundle: Input[Artifact], model: Input[Model], test: Input[Da
             metrics.log_metric(key, r[key])
     for g in r["gates"]:
         unit = f" {g['unit']}" if g["unit"] else ""
-        print(f"gate {g['gate']}: {g['value']}{unit} {g['operator']} {g['bound']}{unit}: "
-              f"{'passed' if g['passed'] else 'FAILED, ' + g['reason']}")
+        print(
+            f"gate {g['gate']}: {g['value']}{unit} {g['operator']} {g['bound']}{unit}: "
+            f"{'passed' if g['passed'] else 'FAILED, ' + g['reason']}"
+        )
     metrics.log_metric(K.PASSED, float(r["passed"]))
     if not r["passed"]:
         raise RuntimeError("the TF.js export fails its gates: " + "; ".join(r["reasons"]))

@@ -9,6 +9,7 @@ produces the name -> who reads it back ("UI": only shown in the KFP UI).
 Metric names are user-visible in the KFP UI and compared across runs: never change a value
 here, only add names. Components import this module inside their function bodies (only the
 function's source runs in the container)."""
+
 from __future__ import annotations
 
 # ---- artifact metadata keys ---------------------------------------------------------------
@@ -69,8 +70,7 @@ TOO_SMALL = "too_small"
 DUPLICATES = "duplicates"
 LABEL_CONFLICTS = "label_conflicts"
 IMAGES_PER_SECOND = "images_per_second"
-CACHE_METRICS = (CACHED, FETCHED, REUSED, FAILED, FAIL_RATE, TOO_SMALL, DUPLICATES, LABEL_CONFLICTS,
-                 IMAGES_PER_SECOND)
+CACHE_METRICS = (CACHED, FETCHED, REUSED, FAILED, FAIL_RATE, TOO_SMALL, DUPLICATES, LABEL_CONFLICTS, IMAGES_PER_SECOND)
 
 # split / regional_split (shared.data.split.split_metrics) -> run_console (<split>_images, leak_free)
 IMAGES_SUFFIX = "_images"  # <split>_images
@@ -105,8 +105,15 @@ MEAN_ENTROPY = "mean_entropy"
 TEACHER_AGREEMENT = "teacher_agreement"
 MAX_ROW_SUM_ERROR = "max_row_sum_error"
 COVERAGE_PREFIX = "coverage_"  # coverage_<teacher>: samples that teacher labelled
-SOFT_LABEL_METRICS = (SAMPLES, CLASSES, MEAN_ENTROPY, TEACHER_AGREEMENT, MAX_ROW_SUM_ERROR, BYTES_PER_SAMPLE,
-                      TEMPERATURE)
+SOFT_LABEL_METRICS = (
+    SAMPLES,
+    CLASSES,
+    MEAN_ENTROPY,
+    TEACHER_AGREEMENT,
+    MAX_ROW_SUM_ERROR,
+    BYTES_PER_SAMPLE,
+    TEMPERATURE,
+)
 
 # train_student (metrics; val_top1/test_top1 also on the model) -> training_manifest (phase 4), run_console
 VAL_TOP1 = "val_top1"  # also calibrate's
@@ -137,9 +144,21 @@ TEST_ECE_AFTER = "test_ece_after"
 TEST_COVERAGE = "test_coverage"
 TEST_PRECISION_AT_THRESHOLD = "test_precision_at_threshold"
 THRESHOLD_REACHED = "threshold_reached"
-CALIBRATION_METRICS = (TEMPERATURE, ECE_BEFORE, ECE_AFTER, MCE_BEFORE, MCE_AFTER, THRESHOLD, COVERAGE,
-                       PRECISION_AT_THRESHOLD, VAL_TOP1, TEST_TOP1, TEST_ECE_AFTER, TEST_COVERAGE,
-                       TEST_PRECISION_AT_THRESHOLD)
+CALIBRATION_METRICS = (
+    TEMPERATURE,
+    ECE_BEFORE,
+    ECE_AFTER,
+    MCE_BEFORE,
+    MCE_AFTER,
+    THRESHOLD,
+    COVERAGE,
+    PRECISION_AT_THRESHOLD,
+    VAL_TOP1,
+    TEST_TOP1,
+    TEST_ECE_AFTER,
+    TEST_COVERAGE,
+    TEST_PRECISION_AT_THRESHOLD,
+)
 
 # export_tfjs -> run_console (model_size_mb), training_manifest (phase 6)
 MODEL_SIZE_MB = "model_size_mb"  # also validate_export's
@@ -155,5 +174,11 @@ TOP1_AGREEMENT = "top1_agreement"
 MAX_ABS_DIFF = "max_abs_diff"
 NODE_LATENCY_MS_MEDIAN = "node_latency_ms_median"
 LATENCY_MS_MEDIAN = "latency_ms_median"
-VALIDATION_METRICS = (LOGITS_CORRELATION, TOP1_AGREEMENT, MAX_ABS_DIFF, MODEL_SIZE_MB, NODE_LATENCY_MS_MEDIAN,
-                      LATENCY_MS_MEDIAN)
+VALIDATION_METRICS = (
+    LOGITS_CORRELATION,
+    TOP1_AGREEMENT,
+    MAX_ABS_DIFF,
+    MODEL_SIZE_MB,
+    NODE_LATENCY_MS_MEDIAN,
+    LATENCY_MS_MEDIAN,
+)

@@ -14,6 +14,7 @@ come the task's directory (executor_output.json, the metrics read after it ends)
 input that tells two instances of one component apart (a regional teacher's name).
 
 The console line of each task, its key metric, is chosen in one table: KEY_METRICS."""
+
 from __future__ import annotations
 
 import builtins
@@ -39,8 +40,8 @@ from shared import artifact_keys as K
 from shared.io.progress import format_duration
 
 RUN_LOG = "run.log"
-TAIL_LINES = 30           # a failed task's last lines shown on the console
-MAX_METRIC_CHARS = 100    # a key metric longer than this is cut (the log has the rest)
+TAIL_LINES = 30  # a failed task's last lines shown on the console
+MAX_METRIC_CHARS = 100  # a key metric longer than this is cut (the log has the rest)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _START = re.compile(r"Executing task '(?P<task>[^']+)'")
@@ -62,7 +63,7 @@ def strip_ansi(text: str) -> str:
 
 @dataclass(frozen=True)
 class TaskEvent:
-    kind: str   # start | end | cached | skipped
+    kind: str  # start | end | cached | skipped
     task: str
     status: str = ""  # end: SUCCESS or FAILURE; skipped: why
 
@@ -102,6 +103,7 @@ class _Meta(SimpleNamespace):
 class TaskOutputs:
     """What a finished task left: each output artifact's metadata (o.metrics.val_top1),
     its output parameters (o.params.Output) and its input parameters (o.inputs.name)."""
+
     artifacts: dict[str, dict] = field(default_factory=dict)
     params: _Meta = field(default_factory=_Meta)
     inputs: _Meta = field(default_factory=_Meta)
@@ -115,8 +117,10 @@ class TaskOutputs:
     @classmethod
     def read(cls, task_dir: Path, inputs: dict | None = None) -> TaskOutputs:
         data = json.loads((task_dir / "executor_output.json").read_text())
-        arts = {name: dict((a.get("artifacts") or [{}])[0].get("metadata") or {})
-                for name, a in (data.get("artifacts") or {}).items()}
+        arts = {
+            name: dict((a.get("artifacts") or [{}])[0].get("metadata") or {})
+            for name, a in (data.get("artifacts") or {}).items()
+        }
         return cls(arts, _Meta(**(data.get("parameterValues") or {})), _Meta(**(inputs or {})))
 
 
@@ -160,6 +164,7 @@ class TaskView:
     """How a component's tasks show on the console. label: the input parameter that tells two
     tasks of the component apart (the ParallelFor's regional teachers); metric: the key figure
     from its outputs (an exception, e.g. a missing key, leaves it empty)."""
+
     label: str | None
     metric: Callable[[TaskOutputs], str]
 
@@ -167,33 +172,62 @@ class TaskView:
 # The one place that says what each task's console line reports (keys: component names).
 # Metric and metadata names: shared/artifact_keys.py (o.<output name>[K.<name>]).
 KEY_METRICS: dict[str, TaskView] = {
-    "ingest": TaskView(None, lambda o: f"records kept {o.metrics[K.RECORDS_KEPT]:.0f}, "
-                                       f"rejected {o.metrics[K.RECORDS_DROPPED]:.0f}"),
-    "cache-images": TaskView(None, lambda o: f"images cached {o.metrics[K.CACHED]:.0f} "
-                                             f"(fetched {o.metrics[K.FETCHED]:.0f}, "
-                                             f"failed {o.metrics[K.FAILED]:.0f} = {o.metrics[K.FAIL_RATE]:.1%})"),
+    "ingest": TaskView(
+        None, lambda o: f"records kept {o.metrics[K.RECORDS_KEPT]:.0f}, rejected {o.metrics[K.RECORDS_DROPPED]:.0f}"
+    ),
+    "cache-images": TaskView(
+        None,
+        lambda o: (
+            f"images cached {o.metrics[K.CACHED]:.0f} "
+            f"(fetched {o.metrics[K.FETCHED]:.0f}, "
+            f"failed {o.metrics[K.FAILED]:.0f} = {o.metrics[K.FAIL_RATE]:.1%})"
+        ),
+    ),
     "split": TaskView(None, _split),
     "regional-split": TaskView("regions", _split),
-    "stage-weights": TaskView("role", lambda o: f"{o.weights[K.MODEL_ID]}: " + (
-        o.weights[K.SOURCE] if _yes(o.weights[K.PRETRAINED]) else "no pretrained weights (model.pretrained: false)")),
-    "baseline": TaskView(None, lambda o: f"test top-1 {o.metrics[K.TOP1_ACCURACY]:.3f} "
-                                         f"(chance {o.metrics[K.CHANCE_TOP1]:.3f})"),
-    "train-teacher": TaskView("name", lambda o: f"val top-1 {o.metrics[K.TEACHER_VAL_TOP1]:.3f} "
-                                                f"({o.metrics[K.EPOCHS_RUN]:.0f} epochs)"),
-    "evaluate-teacher": TaskView("name", lambda o: f"test top-1 {o.metrics[K.TOP1_ACCURACY]:.3f}, "
-                                                   f"top-5 {o.metrics[K.TOP5_ACCURACY]:.3f}"),
-    "teacher-logits": TaskView("name", lambda o: f"top-{o.metrics[K.TOP_K]:.0f} logits of "
-                                                 f"{o.metrics[K.SAMPLES]:.0f} train images "
-                                                 f"(teacher train top-1 {o.metrics[K.TRAIN_TOP1]:.3f})"),
-    "combine-soft-labels": TaskView(None, lambda o: f"{o.metrics[K.SAMPLES]:.0f} soft labels, teacher agreement "
-                                                    f"{o.metrics[K.TEACHER_AGREEMENT]:.2f}"),
+    "stage-weights": TaskView(
+        "role",
+        lambda o: (
+            f"{o.weights[K.MODEL_ID]}: "
+            + (
+                o.weights[K.SOURCE]
+                if _yes(o.weights[K.PRETRAINED])
+                else "no pretrained weights (model.pretrained: false)"
+            )
+        ),
+    ),
+    "baseline": TaskView(
+        None, lambda o: f"test top-1 {o.metrics[K.TOP1_ACCURACY]:.3f} (chance {o.metrics[K.CHANCE_TOP1]:.3f})"
+    ),
+    "train-teacher": TaskView(
+        "name", lambda o: f"val top-1 {o.metrics[K.TEACHER_VAL_TOP1]:.3f} ({o.metrics[K.EPOCHS_RUN]:.0f} epochs)"
+    ),
+    "evaluate-teacher": TaskView(
+        "name", lambda o: f"test top-1 {o.metrics[K.TOP1_ACCURACY]:.3f}, top-5 {o.metrics[K.TOP5_ACCURACY]:.3f}"
+    ),
+    "teacher-logits": TaskView(
+        "name",
+        lambda o: (
+            f"top-{o.metrics[K.TOP_K]:.0f} logits of "
+            f"{o.metrics[K.SAMPLES]:.0f} train images "
+            f"(teacher train top-1 {o.metrics[K.TRAIN_TOP1]:.3f})"
+        ),
+    ),
+    "combine-soft-labels": TaskView(
+        None,
+        lambda o: f"{o.metrics[K.SAMPLES]:.0f} soft labels, teacher agreement {o.metrics[K.TEACHER_AGREEMENT]:.2f}",
+    ),
     "train-student": TaskView(None, _student),
     "calibrate": TaskView(None, _calibrate),
-    "export-tfjs": TaskView(None, lambda o: f"bundle {o.metrics[K.MODEL_SIZE_MB]:.2f} MB "
-                                           f"({o.bundle[K.QUANTIZATION]})"),
-    "validate-export": TaskView(None, lambda o: f"parity r {o.metrics[K.LOGITS_CORRELATION]:.4f}, top-1 agreement "
-                                                f"{o.metrics[K.TOP1_AGREEMENT]:.0%}; gates "
-                                                f"{'passed' if _yes(o.metrics[K.PASSED]) else 'FAILED'}"),
+    "export-tfjs": TaskView(None, lambda o: f"bundle {o.metrics[K.MODEL_SIZE_MB]:.2f} MB ({o.bundle[K.QUANTIZATION]})"),
+    "validate-export": TaskView(
+        None,
+        lambda o: (
+            f"parity r {o.metrics[K.LOGITS_CORRELATION]:.4f}, top-1 agreement "
+            f"{o.metrics[K.TOP1_AGREEMENT]:.0%}; gates "
+            f"{'passed' if _yes(o.metrics[K.PASSED]) else 'FAILED'}"
+        ),
+    ),
     "export-skipped": TaskView(None, lambda o: str(o.params.Output.get("reason", o.params.Output))),
     "training-manifest": TaskView(None, _manifest),
 }
@@ -205,7 +239,7 @@ def key_metric(task: str, outputs: TaskOutputs) -> str:
     if view is None:
         return ""
     text = view.metric(outputs)
-    return text if len(text) <= MAX_METRIC_CHARS else text[:MAX_METRIC_CHARS - 3] + "..."
+    return text if len(text) <= MAX_METRIC_CHARS else text[: MAX_METRIC_CHARS - 3] + "..."
 
 
 def task_label(task: str, inputs: dict) -> str:
@@ -218,8 +252,9 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else format_duration(seconds)
 
 
-def format_task_line(status: str, task: str, label: str = "", seconds: float | None = None, metric: str = "",
-                     at: float | None = None) -> str:
+def format_task_line(
+    status: str, task: str, label: str = "", seconds: float | None = None, metric: str = "", at: float | None = None
+) -> str:
     """One console line: wall-clock time, status (start, ok, FAILED, cached, skipped), the task
     (with its label), seconds taken and the key metric."""
     stamp = time.strftime("%H:%M:%S", time.localtime(at if at is not None else time.time()))
@@ -231,6 +266,7 @@ def format_task_line(status: str, task: str, label: str = "", seconds: float | N
 @dataclass
 class TaskRun:
     """One task as followed through the log."""
+
     task: str
     started: float
     lines: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
@@ -289,8 +325,13 @@ class RunConsole:
     Use say() for lines meant for both; capture() around the run; failure_report() after
     an exception. `clock` is injectable for tests (seconds, monotonic)."""
 
-    def __init__(self, log_path: str | Path, console: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        log_path: str | Path,
+        console: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.console = console if console is not None else sys.stdout
@@ -466,8 +507,11 @@ class RunConsole:
             metric = self._metric(run)
         else:
             self.failed.append(run)
-        self.say(format_task_line("ok" if status == "SUCCESS" else "FAILED", run.task, run.label, run.seconds,
-                                  metric, at=self.wall()))
+        self.say(
+            format_task_line(
+                "ok" if status == "SUCCESS" else "FAILED", run.task, run.label, run.seconds, metric, at=self.wall()
+            )
+        )
 
     def _metric(self, run: TaskRun) -> str:
         if run.task_dir is None:
@@ -514,16 +558,19 @@ class RunConsole:
         return lines[-TAIL_LINES:]
 
 
-def summary_lines(summary: dict, output: str | Path, log_path: str | Path, tasks_ok: int,
-                  skipped: int = 0) -> list[str]:
+def summary_lines(
+    summary: dict, output: str | Path, log_path: str | Path, tasks_ok: int, skipped: int = 0
+) -> list[str]:
     """The closing lines of a local run: how long, how many tasks, where the results are."""
     out = Path(output).resolve()
     done = f"Done in {format_seconds(float(summary.get('seconds', 0)))}: {tasks_ok} tasks ok"
     lines = [done + (f", {skipped} skipped" if skipped else "") + "."]
     tfjs = summary.get("tfjs_model") or "not exported (the student was not blessed; see the manifest)"
-    rows = [("TF.js model", tfjs),
-            ("TRAINING_MANIFEST.yaml", summary.get("training_manifest", "not written")),
-            ("every output (JSON)", str(out / "run_summary.json")),
-            ("full log", str(log_path))]
+    rows = [
+        ("TF.js model", tfjs),
+        ("TRAINING_MANIFEST.yaml", summary.get("training_manifest", "not written")),
+        ("every output (JSON)", str(out / "run_summary.json")),
+        ("full log", str(log_path)),
+    ]
     lines += [f"  {k + ':':<24}{v}" for k, v in rows]
     return lines

@@ -1,4 +1,5 @@
 """Shared pytest setup: repo root on sys.path, few torch threads (CI has 2 cores)."""
+
 import os
 import sys
 from pathlib import Path
@@ -31,16 +32,23 @@ def cached_splits(sample_catalogue, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("cache")
     recs = ingest(iter_jsonl_source(sample_catalogue / "records.jsonl")).records
-    rep = cache_images(recs, cache, resize=40, policy=FetchPolicy(allow_local_paths=True),
-                       progress=lambda done, total: None)
+    rep = cache_images(
+        recs, cache, resize=40, policy=FetchPolicy(allow_local_paths=True), progress=lambda done, total: None
+    )
     sp = stratified_split(rep.cached, seed=42)
     return {"train": sp.train, "val": sp.val, "test": sp.test, "cache_dir": str(cache)}
 
 
 TINY_TEACHER = {
     "model": {"name": "test_resnet", "pretrained": False},
-    "training": {"learning_rate": 2e-3, "batch_size": 16, "epochs": 3, "warmup_epochs": 0,
-                 "channels_last": False, "seed": 0},
+    "training": {
+        "learning_rate": 2e-3,
+        "batch_size": 16,
+        "epochs": 3,
+        "warmup_epochs": 0,
+        "channels_last": False,
+        "seed": 0,
+    },
     "data": {"image_size": 32, "num_workers": 0, "smart_crop": False},
     "augmentation": {"train": {"resize": 36, "crop": 32}, "val": {"resize": 36, "center_crop": 32}},
     "regularization": {"dropout": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mixup_prob": 0.0},

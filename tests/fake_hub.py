@@ -2,6 +2,7 @@
 `<endpoint>/<org>/<repo>/resolve/<revision>/<filename>` the way huggingface_hub expects
 (HEAD then GET, ETag / X-Repo-Commit / Content-Length headers, X-Error-Code on 404),
 so timm's and huggingface_hub's real download code runs against it (HF_ENDPOINT)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,6 @@
 """A local GCS server for tests (gcp-storage-emulator, in memory, over HTTP):
 google-cloud-storage reaches it through STORAGE_EMULATOR_HOST."""
+
 from __future__ import annotations
 
 import socket

@@ -5,6 +5,7 @@ Routes: /img/<name> serves registered bytes; /404; /500once/<name> (500 then
 past the client's timeout); /redirect/<name> (302 to /img/<name>);
 /redirect-loopback (302 to http://127.0.0.1:1/); /html (text/html); /huge
 (an oversize body). Requests per path are counted in `.hits`."""
+
 from __future__ import annotations
 
 import io

@@ -9,6 +9,7 @@ calls, scripts/render_manifests.py and components/submission.py read the names
 Names of the PVC and secrets are constants here, never pipeline parameters:
 kfp fails on parameterised PVC names inside dsl.If (kubeflow/pipelines#12617) and
 on parameterised secret names inside ParallelFor (#13078)."""
+
 from __future__ import annotations
 
 import copy
@@ -75,7 +76,10 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
     "gpus_per_student": 1,
     "kinds": {
         "cpu": {
-            "cpu_request": "2", "cpu_limit": "4", "memory_request": "4Gi", "memory_limit": "8Gi",
+            "cpu_request": "2",
+            "cpu_limit": "4",
+            "memory_request": "4Gi",
+            "memory_limit": "8Gi",
             "node_selector": {"cloud.google.com/gke-nodepool": "cpu-pool"},
             "tolerations": [],
             "accelerator_type": "",
@@ -83,7 +87,10 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
         },
         "gpu": {
             # Per GPU-pod; ViT-B/16 at 384 px with 6+ loader workers per GPU.
-            "cpu_request": "8", "cpu_limit": "12", "memory_request": "48Gi", "memory_limit": "64Gi",
+            "cpu_request": "8",
+            "cpu_limit": "12",
+            "memory_request": "48Gi",
+            "memory_limit": "64Gi",
             "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "accelerator_type": "nvidia.com/gpu",
@@ -100,14 +107,20 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
         # A Hugging Face token for gated or private weights (stage_weights only); optional.
         "hf_token": {"name": "plantid-hf-token", "key": "token", "env": "HF_TOKEN", "optional": True},
         # A JSON key mounted as a file; leave off with Workload Identity.
-        "gcs_credentials": {"enabled": False, "name": "plantid-gcs-key", "key_file": "key.json",
-                            "mount_path": "/var/secrets/google"},
+        "gcs_credentials": {
+            "enabled": False,
+            "name": "plantid-gcs-key",
+            "key_file": "key.json",
+            "mount_path": "/var/secrets/google",
+        },
     },
     # Step -> KFP caching; steps not listed follow StepNeeds.deterministic.
     "caching": {},
     "retry": {
         "steps": ["train_teacher", "train_student"],  # preemptible GPU nodes: resume from checkpoint
-        "num_retries": 3, "backoff_duration": "120s", "backoff_factor": 2.0,
+        "num_retries": 3,
+        "backoff_duration": "120s",
+        "backoff_factor": 2.0,
         "backoff_max_duration": "3600s",
     },
     "security": {"run_as_user": 1000, "run_as_group": 1000, "run_as_non_root": True},
@@ -215,7 +228,8 @@ def load_cluster_config(section: dict | None) -> dict:
         for key in _FREE_FORM:
             kind[key] = copy.deepcopy(given[key] if key in given else CLUSTER_DEFAULTS["kinds"][name][key])
         if not isinstance(kind["node_selector"], dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in kind["node_selector"].items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in kind["node_selector"].items()
+        ):
             raise _error(f"{where}.node_selector: expected a mapping whose keys and values are text")
         _check_tolerations(kind["tolerations"], f"{where}.tolerations")
         _check_resources(kind, where)
@@ -266,13 +280,16 @@ def load_cluster_config(section: dict | None) -> dict:
         raise _error("cluster.cache_pvc.mount_path: must be an absolute path")
     gcs = cfg["secrets"]["gcs_credentials"]
     if gcs["enabled"] and cfg["gcp_service_account"]:
-        raise _error("cluster.secrets.gcs_credentials.enabled: a key file and Workload Identity "
-                     "(cluster.gcp_service_account) exclude each other; turn one off")
+        raise _error(
+            "cluster.secrets.gcs_credentials.enabled: a key file and Workload Identity "
+            "(cluster.gcp_service_account) exclude each other; turn one off"
+        )
     if not all(isinstance(s, str) and _DNS_SUBDOMAIN.match(s) for s in cfg["image_pull_secrets"]):
         raise _error(f"cluster.image_pull_secrets: expected Secret names, got {cfg['image_pull_secrets']!r}")
     if cfg["image_pull_policy"] not in ("Always", "IfNotPresent", "Never"):
-        raise _error(f"cluster.image_pull_policy: must be Always, IfNotPresent or Never, "
-                     f"got {cfg['image_pull_policy']!r}")
+        raise _error(
+            f"cluster.image_pull_policy: must be Always, IfNotPresent or Never, got {cfg['image_pull_policy']!r}"
+        )
     return cfg
 
 
@@ -289,22 +306,30 @@ def step_settings(step: str, cluster: dict) -> dict:
     needs = STEPS[step]
     kind = cluster["kinds"][needs.kind]
     res = {**{k: kind[k] for k in RESOURCE_KEYS if k in kind}, **cluster["steps"].get(step, {})}
-    gpus = {"teacher": cluster["gpus_per_teacher"], "student": cluster["gpus_per_student"],
-            "one": 1, None: 0}[needs.gpus]
+    gpus = {"teacher": cluster["gpus_per_teacher"], "student": cluster["gpus_per_student"], "one": 1, None: 0}[
+        needs.gpus
+    ]
     r = cluster["retry"]
     return {
-        "step": step, "kind": needs.kind, "resources": res, "gpus": gpus,
+        "step": step,
+        "kind": needs.kind,
+        "resources": res,
+        "gpus": gpus,
         "accelerator_type": kind["accelerator_type"] if gpus else "",
-        "node_selector": dict(kind["node_selector"]), "tolerations": list(kind["tolerations"]),
+        "node_selector": dict(kind["node_selector"]),
+        "tolerations": list(kind["tolerations"]),
         "caching": cluster["caching"].get(step, needs.deterministic),
-        "retry": ({k: r[k] for k in ("num_retries", "backoff_duration", "backoff_factor",
-                                      "backoff_max_duration")}
-                  if step in r["steps"] and r["num_retries"] > 0 else None),
+        "retry": (
+            {k: r[k] for k in ("num_retries", "backoff_duration", "backoff_factor", "backoff_max_duration")}
+            if step in r["steps"] and r["num_retries"] > 0
+            else None
+        ),
         "cache_pvc": dict(cluster["cache_pvc"]) if needs.cache_pvc else None,
         "mongo_secret": dict(cluster["secrets"]["mongo_uri"]) if needs.mongo_secret else None,
         "hub_secret": dict(cluster["secrets"]["hf_token"]) if needs.hub_secret else None,
-        "gcs_credentials": (dict(cluster["secrets"]["gcs_credentials"])
-                            if cluster["secrets"]["gcs_credentials"]["enabled"] else None),
+        "gcs_credentials": (
+            dict(cluster["secrets"]["gcs_credentials"]) if cluster["secrets"]["gcs_credentials"]["enabled"] else None
+        ),
         "security": dict(cluster["security"]),
     }
 
@@ -319,13 +344,16 @@ def cluster_problems(cfg: dict) -> list[str]:
     for section, key in (("cache", "dir"), ("teachers", "checkpoint_dir"), ("weights", "cache_dir")):
         value = str(cfg.get(section, {}).get(key, ""))
         if value and "://" not in value and not value.startswith(mount):
-            problems.append(f"{section}.{key} = {value!r} is not on the cache volume ({mount}); "
-                            "pods would not share it")
+            problems.append(
+                f"{section}.{key} = {value!r} is not on the cache volume ({mount}); pods would not share it"
+            )
     env = cl["secrets"]["mongo_uri"]["env"]
     data = cfg.get("data", {})
     if data.get("source") == "mongo" and data.get("mongo", {}).get("uri_env", "MONGO_URI") != env:
-        problems.append(f"data.mongo.uri_env = {data['mongo']['uri_env']!r} but the secret is "
-                        f"exposed as {env!r} (cluster.secrets.mongo_uri.env)")
+        problems.append(
+            f"data.mongo.uri_env = {data['mongo']['uri_env']!r} but the secret is "
+            f"exposed as {env!r} (cluster.secrets.mongo_uri.env)"
+        )
     fetch = cfg.get("cache", {}).get("fetch", {})
     if fetch.get("allow_local_paths"):
         problems.append("cache.fetch.allow_local_paths is true: pods must not read local paths named by records")

@@ -1,6 +1,7 @@
 """The models of a pipeline run whose pretrained weights are staged (the global teacher,
 the student, the baseline), the WeightsRequest of each from its own validated config,
 and the checks an offline run needs (weights.offline without a hub)."""
+
 from __future__ import annotations
 
 from shared.config.student import load_student_config, timm_model_name
@@ -28,9 +29,11 @@ def run_requests(cfg: dict) -> list[tuple[str, str, dict]]:
     the global teacher, the student and the baseline. Regional teachers start from the
     global teacher's checkpoint and need no weights of their own."""
     t = cfg["teachers"]
-    return [("global teacher", "teacher", load_teacher_config(t["global_config"], t["overrides"])),
-            ("student", "student", load_student_config(cfg["student"]["config"], cfg["student"]["overrides"])),
-            ("baseline", "baseline", dict(cfg["baseline"]))]
+    return [
+        ("global teacher", "teacher", load_teacher_config(t["global_config"], t["overrides"])),
+        ("student", "student", load_student_config(cfg["student"]["config"], cfg["student"]["overrides"])),
+        ("baseline", "baseline", dict(cfg["baseline"])),
+    ]
 
 
 def offline_problems(cfg: dict) -> list[str]:
@@ -43,7 +46,9 @@ def offline_problems(cfg: dict) -> list[str]:
     for role, kind, config in run_requests(cfg):
         r = model_request(role, kind, config)
         if r.pretrained and not (r.sha256 or (r.pretrained_path and not r.pretrained_path.startswith("http"))):
-            problems.append(f"{role} {r.model_id}: weights.offline is true but it has no model.pretrained_path "
-                            "(volume path or gs://) and no model.sha256 of a pre-seeded weights cache "
-                            "(`make stage-weights` prints them); set one, or weights.hub_endpoint to a mirror")
+            problems.append(
+                f"{role} {r.model_id}: weights.offline is true but it has no model.pretrained_path "
+                "(volume path or gs://) and no model.sha256 of a pre-seeded weights cache "
+                "(`make stage-weights` prints them); set one, or weights.hub_endpoint to a mirror"
+            )
     return problems

@@ -3,6 +3,7 @@ where data comes from, cache and fetch policy, split, baseline, teachers,
 student, calibration, export gates and cluster settings. Unknown keys are an
 error naming the key; missing keys take the defaults below. Relative paths are
 resolved against the repository root."""
+
 from __future__ import annotations
 
 import difflib
@@ -30,8 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "source": "jsonl",  # jsonl | mongo
         "records_uri": "data/sample/records.jsonl",
         "snapshot_id": "sample-v1",
-        "mongo": {"uri_env": "MONGO_URI", "database": "", "collection": "", "query": {},
-                  "field_map": {}, "limit": 0},
+        "mongo": {"uri_env": "MONGO_URI", "database": "", "collection": "", "query": {}, "field_map": {}, "limit": 0},
         "license_allow": ["CC0", "CC-BY", "CC-BY-SA"],
         "min_side": 100,
     },
@@ -43,14 +43,27 @@ DEFAULTS: dict[str, Any] = {
         "student_resize": 0,
         "workers": 16,
         "max_fail_rate": 0.05,
-        "fetch": {"allow_local_paths": False, "allow_private_networks": False,
-                  "host_allowlist": [], "max_bytes": 30_000_000, "timeout_s": 20.0,
-                  "retries": 4, "per_host_concurrency": 4, "per_host_rate": 10.0},
+        "fetch": {
+            "allow_local_paths": False,
+            "allow_private_networks": False,
+            "host_allowlist": [],
+            "max_bytes": 30_000_000,
+            "timeout_s": 20.0,
+            "retries": 4,
+            "per_host_concurrency": 4,
+            "per_host_rate": 10.0,
+        },
     },
     "split": {"seed": 42},
     # weights: a file instead of the hub (path, gs:// or http(s) URL with sha256), as model.pretrained_path
-    "baseline": {"model_name": "mobilenetv2_100", "pretrained": True, "revision": "", "weights": "",
-                 "sha256": "", "image_size": 224},
+    "baseline": {
+        "model_name": "mobilenetv2_100",
+        "pretrained": True,
+        "revision": "",
+        "weights": "",
+        "sha256": "",
+        "image_size": 224,
+    },
     # Pretrained weights (shared/train/pretrained.py): the content-addressed cache the stage_weights
     # step fills and the training pods read (a path on the volume or gs://), the hub mirror
     # ("" = HF_ENDPOINT or huggingface.co), and offline: true where the hub cannot be reached.
@@ -61,10 +74,8 @@ DEFAULTS: dict[str, Any] = {
         "regional_base_config": "config/teacher_regional.yaml",
         "overrides": {},
         "regional": [
-            {"name": "EU_SW", "regions": "EU_SW", "config": "config/teacher_regional.yaml",
-             "weight": 0.4},
-            {"name": "EU_CORE", "regions": "EU_NORTH,EU_EAST",
-             "config": "config/teacher_eu_core.yaml", "weight": 0.2},
+            {"name": "EU_SW", "regions": "EU_SW", "config": "config/teacher_regional.yaml", "weight": 0.4},
+            {"name": "EU_CORE", "regions": "EU_NORTH,EU_EAST", "config": "config/teacher_eu_core.yaml", "weight": 0.2},
         ],
         "global_weight": 0.4,
         "logits_top_k": 32,
@@ -77,19 +88,36 @@ DEFAULTS: dict[str, Any] = {
     # coverage >= 0.80 at precision >= 0.95, student bundle < 20 MB, CPU browser latency < 5 s), checked
     # on val and on the held-out test set. profile "local" marks smaller smoke-test thresholds, which the
     # manifest then labels as local, never as the plan's criteria.
-    "export": {"quantization": "fp16",
-               "gates": {"profile": "plan", "min_val_top1": 0.70, "max_ece": 0.10, "min_coverage": 0.80,
-                         "min_precision": 0.95, "max_bundle_mb": 20.0, "max_latency_ms": 5000.0},
-               # latency_runtime: chromium-wasm (a real headless browser, the plan's "CPU (browser)") or
-               # node-wasm (TF.js WASM in Node, reported as Node, where no Chromium is installed)
-               "validation_images": 32, "min_correlation": 0.995, "latency_runtime": "chromium-wasm"},
+    "export": {
+        "quantization": "fp16",
+        "gates": {
+            "profile": "plan",
+            "min_val_top1": 0.70,
+            "max_ece": 0.10,
+            "min_coverage": 0.80,
+            "min_precision": 0.95,
+            "max_bundle_mb": 20.0,
+            "max_latency_ms": 5000.0,
+        },
+        # latency_runtime: chromium-wasm (a real headless browser, the plan's "CPU (browser)") or
+        # node-wasm (TF.js WASM in Node, reported as Node, where no Chromium is installed)
+        "validation_images": 32,
+        "min_correlation": 0.995,
+        "latency_runtime": "chromium-wasm",
+    },
     "cluster": {},
 }
 
-PATH_KEYS = {("data", "records_uri"), ("cache", "dir"), ("teachers", "global_config"),
-             ("teachers", "regional_base_config"),
-             ("teachers", "checkpoint_dir"), ("student", "config"), ("baseline", "weights"),
-             ("weights", "cache_dir")}
+PATH_KEYS = {
+    ("data", "records_uri"),
+    ("cache", "dir"),
+    ("teachers", "global_config"),
+    ("teachers", "regional_base_config"),
+    ("teachers", "checkpoint_dir"),
+    ("student", "config"),
+    ("baseline", "weights"),
+    ("weights", "cache_dir"),
+}
 
 
 # Names the pipeline gives its own working directories beside the regional teachers'.
@@ -103,11 +131,14 @@ def _check_teacher_names(regional: list[dict]) -> None:
     for i, t in enumerate(regional):
         d = path_safe_name(t["name"])
         if d.lower() in RESERVED_TEACHER_DIRS:
-            raise ConfigError(f"teachers.regional[{i}].name: {t['name']!r} is reserved (the pipeline's own "
-                              f"{d.lower()} checkpoints)")
+            raise ConfigError(
+                f"teachers.regional[{i}].name: {t['name']!r} is reserved (the pipeline's own {d.lower()} checkpoints)"
+            )
         if d.lower() in seen:
-            raise ConfigError(f"teachers.regional[{i}].name: {t['name']!r} shares its checkpoint directory "
-                              f"{d!r} with {seen[d.lower()]!r}; teacher names must differ")
+            raise ConfigError(
+                f"teachers.regional[{i}].name: {t['name']!r} shares its checkpoint directory "
+                f"{d!r} with {seen[d.lower()]!r}; teacher names must differ"
+            )
         seen[d.lower()] = t["name"]
 
 
@@ -134,33 +165,39 @@ def _check_images(images: dict) -> None:
 
 def _check_ranges(cfg: dict) -> None:
     """Values that would change a run silently: out of range is an error naming the key."""
-    checks = [("cache.resize", cfg["cache"]["resize"], 1, None), ("cache.workers", cfg["cache"]["workers"], 1, None),
-              ("cache.max_fail_rate", cfg["cache"]["max_fail_rate"], 0, 1),
-              ("data.min_side", cfg["data"]["min_side"], 1, None),
-              ("teachers.logits_top_k", cfg["teachers"]["logits_top_k"], 1, None),
-              ("baseline.image_size", cfg["baseline"]["image_size"], 1, None),
-              ("calibration.ece_threshold", cfg["calibration"]["ece_threshold"], 0, 1),
-              ("calibration.target_precision", cfg["calibration"]["target_precision"], 0, 1),
-              ("export.gates.min_val_top1", cfg["export"]["gates"]["min_val_top1"], 0, 1),
-              ("export.gates.max_ece", cfg["export"]["gates"]["max_ece"], 0, 1),
-              ("export.gates.min_coverage", cfg["export"]["gates"]["min_coverage"], 0, 1),
-              ("export.gates.min_precision", cfg["export"]["gates"]["min_precision"], 0, 1),
-              ("export.gates.max_bundle_mb", cfg["export"]["gates"]["max_bundle_mb"], 0, None),
-              ("export.gates.max_latency_ms", cfg["export"]["gates"]["max_latency_ms"], 0, None),
-              ("export.validation_images", cfg["export"]["validation_images"], 1, None),
-              ("export.min_correlation", cfg["export"]["min_correlation"], -1, 1)]
+    checks = [
+        ("cache.resize", cfg["cache"]["resize"], 1, None),
+        ("cache.workers", cfg["cache"]["workers"], 1, None),
+        ("cache.max_fail_rate", cfg["cache"]["max_fail_rate"], 0, 1),
+        ("data.min_side", cfg["data"]["min_side"], 1, None),
+        ("teachers.logits_top_k", cfg["teachers"]["logits_top_k"], 1, None),
+        ("baseline.image_size", cfg["baseline"]["image_size"], 1, None),
+        ("calibration.ece_threshold", cfg["calibration"]["ece_threshold"], 0, 1),
+        ("calibration.target_precision", cfg["calibration"]["target_precision"], 0, 1),
+        ("export.gates.min_val_top1", cfg["export"]["gates"]["min_val_top1"], 0, 1),
+        ("export.gates.max_ece", cfg["export"]["gates"]["max_ece"], 0, 1),
+        ("export.gates.min_coverage", cfg["export"]["gates"]["min_coverage"], 0, 1),
+        ("export.gates.min_precision", cfg["export"]["gates"]["min_precision"], 0, 1),
+        ("export.gates.max_bundle_mb", cfg["export"]["gates"]["max_bundle_mb"], 0, None),
+        ("export.gates.max_latency_ms", cfg["export"]["gates"]["max_latency_ms"], 0, None),
+        ("export.validation_images", cfg["export"]["validation_images"], 1, None),
+        ("export.min_correlation", cfg["export"]["min_correlation"], -1, 1),
+    ]
     for key, v, lo, hi in checks:
         if v < lo or (hi is not None and v > hi):
             raise ConfigError(f"{key}: {v} is outside [{lo}, {hi if hi is not None else 'inf'}]")
     sr = cfg["cache"]["student_resize"]
     if sr and not 1 <= sr <= cfg["cache"]["resize"]:  # never larger than the main files it is made from
-        raise ConfigError(f"cache.student_resize: {sr} is outside [1, cache.resize {cfg['cache']['resize']}] "
-                          "(0: no student rendition)")
+        raise ConfigError(
+            f"cache.student_resize: {sr} is outside [1, cache.resize {cfg['cache']['resize']}] "
+            "(0: no student rendition)"
+        )
     if cfg["export"]["quantization"] not in ("fp16", "float16", "uint8", "int8", "none", "auto"):
         raise ConfigError(f"export.quantization: fp16, uint8, none or auto, got {cfg['export']['quantization']!r}")
     if cfg["export"]["latency_runtime"] not in ("chromium-wasm", "node-wasm"):
-        raise ConfigError(f"export.latency_runtime: chromium-wasm or node-wasm, "
-                          f"got {cfg['export']['latency_runtime']!r}")
+        raise ConfigError(
+            f"export.latency_runtime: chromium-wasm or node-wasm, got {cfg['export']['latency_runtime']!r}"
+        )
     if cfg["export"]["gates"]["profile"] not in ("plan", "local"):
         raise ConfigError(f"export.gates.profile: plan or local, got {cfg['export']['gates']['profile']!r}")
     if not cfg["teachers"]["global_weight"] > 0:  # 0 silences the global teacher; < 0 inverts it
@@ -190,13 +227,16 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
             raise ConfigError(f"teachers.regional[{i}]: expected a mapping with name and regions, got {t!r}")
         unknown = set(t) - {"name", "regions", "config", "weight", "overrides"}
         if unknown or not {"name", "regions"} <= set(t):
-            raise ConfigError(f"teachers.regional[{i}]: each entry needs name and regions, optional "
-                              f"config/weight/overrides; got keys {sorted(map(str, t))}")
+            raise ConfigError(
+                f"teachers.regional[{i}]: each entry needs name and regions, optional "
+                f"config/weight/overrides; got keys {sorted(map(str, t))}"
+            )
         for key in ("name", "regions", "config"):
             if key in t and not (isinstance(t[key], str) and t[key].strip()):
                 raise ConfigError(f"teachers.regional[{i}].{key}: expected non-empty text, got {t[key]!r}")
-        if "weight" in t and (isinstance(t["weight"], bool) or not isinstance(t["weight"], (int, float))
-                              or not t["weight"] > 0):
+        if "weight" in t and (
+            isinstance(t["weight"], bool) or not isinstance(t["weight"], (int, float)) or not t["weight"] > 0
+        ):
             raise ConfigError(f"teachers.regional[{i}].weight: expected a number > 0, got {t['weight']!r}")
         if not isinstance(t.get("overrides", {}), dict):
             raise ConfigError(f"teachers.regional[{i}].overrides: expected a mapping, got {t['overrides']!r}")
@@ -208,15 +248,18 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     _check_ranges(cfg)
     _check_images(cfg["pipeline"]["images"])
     if "://" in cfg["teachers"]["checkpoint_dir"]:
-        raise ConfigError(f"teachers.checkpoint_dir: must be a path (on the checkpoint volume), got "
-                          f"{cfg['teachers']['checkpoint_dir']!r}")
+        raise ConfigError(
+            f"teachers.checkpoint_dir: must be a path (on the checkpoint volume), got "
+            f"{cfg['teachers']['checkpoint_dir']!r}"
+        )
     if "://" in cfg["cache"]["dir"] and not cfg["cache"]["dir"].startswith("gs://"):
         raise ConfigError(f"cache.dir: a local path or gs://bucket/prefix, got {cfg['cache']['dir']!r}")
     try:
         request_from_section("baseline", cfg["baseline"], cfg["baseline"]["model_name"]).check()
     except ValueError as e:
-        raise ConfigError(str(e).replace("model.pretrained_path", "baseline.weights")
-                          .replace("model.", "baseline.")) from None
+        raise ConfigError(
+            str(e).replace("model.pretrained_path", "baseline.weights").replace("model.", "baseline.")
+        ) from None
     try:  # a typo in the allow-list would otherwise surface only when ingest starts
         allowed_set(cfg["data"]["license_allow"])
     except (TypeError, ValueError) as e:

@@ -2,6 +2,7 @@
 merging a user's mapping over the defaults with unknown keys refused, dotted overrides,
 reading a YAML file or an already parsed mapping, and resolving relative paths against
 the repository root."""
+
 from __future__ import annotations
 
 import copy
@@ -97,8 +98,10 @@ def read_config_source(source: str | Path | dict | None, what: str) -> Any:
         except (ValueError, RecursionError) as e:  # a 5000-digit number; nesting too deep to parse
             raise ConfigError(f"{source}: not usable YAML: {type(e).__name__}: {str(e)[:120]}") from None
         if _expanded_size(data) > MAX_CONFIG_VALUES:
-            raise ConfigError(f"{source}: more than {MAX_CONFIG_VALUES} values once YAML aliases are "
-                              "expanded (recursive or exponential anchors)")
+            raise ConfigError(
+                f"{source}: more than {MAX_CONFIG_VALUES} values once YAML aliases are "
+                "expanded (recursive or exponential anchors)"
+            )
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: a {what} must be a mapping of sections, got {type(data).__name__}")
         return data

@@ -22,6 +22,7 @@ instead of the main cached files, failing on a record that lacks it); training.p
 
 `model.num_classes` is the plan's expected class count: the real count is the
 soft labels' union class space, which wins (the difference is logged)."""
+
 from __future__ import annotations
 
 import copy
@@ -33,28 +34,66 @@ from shared.config.teacher import TEACHER_DEFAULTS, check_augmentation, check_ph
 from shared.config.weights import request_from_section
 from shared.data.regions import region_list
 
-MOBILENETV2_WIDTHS = {0.5: "mobilenetv2_050", 0.75: "mobilenetv2_075", 1.0: "mobilenetv2_100",
-                      1.1: "mobilenetv2_110d", 1.2: "mobilenetv2_120d", 1.4: "mobilenetv2_140"}
+MOBILENETV2_WIDTHS = {
+    0.5: "mobilenetv2_050",
+    0.75: "mobilenetv2_075",
+    1.0: "mobilenetv2_100",
+    1.1: "mobilenetv2_110d",
+    1.2: "mobilenetv2_120d",
+    1.4: "mobilenetv2_140",
+}
 
 STUDENT_DEFAULTS: dict[str, Any] = {
-    "model": {"name": "mobilenetv2", "alpha": 1.0, "num_classes": 9000, "dropout_rate": 0.2,
-              "image_size": 224, "pretrained": True, "revision": "", "pretrained_path": "", "sha256": "",
-              "class_names": ""},
+    "model": {
+        "name": "mobilenetv2",
+        "alpha": 1.0,
+        "num_classes": 9000,
+        "dropout_rate": 0.2,
+        "image_size": 224,
+        "pretrained": True,
+        "revision": "",
+        "pretrained_path": "",
+        "sha256": "",
+        "class_names": "",
+    },
     "distillation": {"temperature": 3.0, "loss_weights": {"kl_divergence": 0.7, "cross_entropy": 0.3}},
     "teachers": [],
-    "training": {"learning_rate": 1e-4, "batch_size": 128, "epochs": 20, "warmup_epochs": 1,
-                 "optimizer": "adam", "distillation_epochs": 0, "finetune_epochs": 0,
-                 "weight_decay": 0.0, "gradient_clip": 0.0, "grad_accum_steps": 1, "amp": "auto",
-                 "seed": 42, "channels_last": True, "num_workers": 6, "early_stopping_patience": 5,
-                 "deterministic": False, "photometric_on_gpu": "auto"},
+    "training": {
+        "learning_rate": 1e-4,
+        "batch_size": 128,
+        "epochs": 20,
+        "warmup_epochs": 1,
+        "optimizer": "adam",
+        "distillation_epochs": 0,
+        "finetune_epochs": 0,
+        "weight_decay": 0.0,
+        "gradient_clip": 0.0,
+        "grad_accum_steps": 1,
+        "amp": "auto",
+        "seed": 42,
+        "channels_last": True,
+        "num_workers": 6,
+        "early_stopping_patience": 5,
+        "deterministic": False,
+        "photometric_on_gpu": "auto",
+    },
     "finetune": {"learning_rate": 5e-5, "augmentation": "aggressive", "label_smoothing": 0.0},
     "augmentation": {
-        "train": {"resize": 256, "crop": 224, "horizontal_flip": 0.5, "vertical_flip": 0.0,
-                  "rotation": 10, "color_jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2,
-                                                   "hue": 0.05},
-                  "blur": 0.0, "normalize": copy.deepcopy(TEACHER_DEFAULTS["augmentation"]["val"]["normalize"])},
-        "val": {"resize": 256, "center_crop": 224,
-                "normalize": copy.deepcopy(TEACHER_DEFAULTS["augmentation"]["val"]["normalize"])},
+        "train": {
+            "resize": 256,
+            "crop": 224,
+            "horizontal_flip": 0.5,
+            "vertical_flip": 0.0,
+            "rotation": 10,
+            "color_jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05},
+            "blur": 0.0,
+            "normalize": copy.deepcopy(TEACHER_DEFAULTS["augmentation"]["val"]["normalize"]),
+        },
+        "val": {
+            "resize": 256,
+            "center_crop": 224,
+            "normalize": copy.deepcopy(TEACHER_DEFAULTS["augmentation"]["val"]["normalize"]),
+        },
     },
     "data": {"smart_crop": False, "student_rendition": 0},
 }
@@ -64,8 +103,7 @@ TEACHER_ENTRY = {"path": "", "weight": 1.0, "region_filter": ""}
 def load_student_config(source: str | Path | dict | None, overrides: dict | None = None) -> dict:
     raw, overrides = photometric_words(read_config_source(source, "student config"), overrides)
     teachers = raw.pop("teachers", None) if isinstance(raw, dict) else None
-    cfg = merge_dotted(merge_checked({k: v for k, v in STUDENT_DEFAULTS.items() if k != "teachers"}, raw),
-                       overrides)
+    cfg = merge_dotted(merge_checked({k: v for k, v in STUDENT_DEFAULTS.items() if k != "teachers"}, raw), overrides)
     if teachers is not None and not isinstance(teachers, list):
         raise ConfigError("teachers: expected a list of {path, weight, region_filter}")
     cfg["teachers"] = [merge_checked(TEACHER_ENTRY, t, f"teachers[{i}]") for i, t in enumerate(teachers or [])]
@@ -88,16 +126,27 @@ def _check_values(cfg: dict) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     t, f, m, w = cfg["training"], cfg["finetune"], cfg["model"], cfg["distillation"]["loss_weights"]
-    for where, v, lo, hi in (("training.learning_rate", t["learning_rate"], 0, 1),
-                             ("finetune.learning_rate", f["learning_rate"], 0, 1),
-                             ("finetune.label_smoothing", f["label_smoothing"], 0, 0.99),
-                             ("model.dropout_rate", m["dropout_rate"], 0, 0.99)):
+    for where, v, lo, hi in (
+        ("training.learning_rate", t["learning_rate"], 0, 1),
+        ("finetune.learning_rate", f["learning_rate"], 0, 1),
+        ("finetune.label_smoothing", f["label_smoothing"], 0, 0.99),
+        ("model.dropout_rate", m["dropout_rate"], 0, 0.99),
+    ):
         if not lo <= v <= hi:
             raise ConfigError(f"{where}: {v} is outside [{lo}, {hi}]")
     at_least = [(f"training.{k}", t[k], 1) for k in ("batch_size", "grad_accum_steps", "early_stopping_patience")]
     at_least += [(f"model.{k}", m[k], 1) for k in ("image_size", "num_classes")]
-    at_least += [(f"training.{k}", t[k], 0) for k in ("distillation_epochs", "finetune_epochs", "warmup_epochs",
-                                                       "num_workers", "weight_decay", "gradient_clip")]
+    at_least += [
+        (f"training.{k}", t[k], 0)
+        for k in (
+            "distillation_epochs",
+            "finetune_epochs",
+            "warmup_epochs",
+            "num_workers",
+            "weight_decay",
+            "gradient_clip",
+        )
+    ]
     at_least.append(("data.student_rendition", cfg["data"]["student_rendition"], 0))
     at_least += [(f"distillation.loss_weights.{k}", w[k], 0) for k in ("kl_divergence", "cross_entropy")]
     for i, e in enumerate(cfg["teachers"]):

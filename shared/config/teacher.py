@@ -34,6 +34,7 @@ global-teacher values). Keys we add to the plan's, all optional:
 split step's outputs are used instead, so they need not exist. `data.cache_size_gb`
 sizes the cache volume (manifests) and is checked against the cache's usage.
 `callbacks.checkpoint_dir` is replaced by the pipeline's per-run working directory."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,26 +47,66 @@ from shared.data.regions import region_list
 _NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 TEACHER_DEFAULTS: dict[str, Any] = {
-    "model": {"name": "vit_base_patch16_384", "pretrained": True, "init_from": "",
-              "revision": "", "pretrained_path": "", "sha256": "", "class_names": ""},
-    "training": {"learning_rate": 3.0e-5, "batch_size": 4, "epochs": 10, "warmup_epochs": 2,
-                 "optimizer": "adamw", "weight_decay": 0.05, "gradient_clip": 1.0,
-                 "label_smoothing": 0.1, "grad_accum_steps": 1, "min_lr": 1.0e-7, "amp": "auto",
-                 "channels_last": True, "compile": False, "seed": 42, "weighted_sampling": False,
-                 "max_steps_per_epoch": 0, "deterministic": False, "photometric_on_gpu": "auto"},
-    "data": {"train_jsonl": "", "val_jsonl": "", "image_size": 384, "cache_size_gb": 220,
-             "num_workers": 6, "smart_crop": True, "region_filter": ""},
+    "model": {
+        "name": "vit_base_patch16_384",
+        "pretrained": True,
+        "init_from": "",
+        "revision": "",
+        "pretrained_path": "",
+        "sha256": "",
+        "class_names": "",
+    },
+    "training": {
+        "learning_rate": 3.0e-5,
+        "batch_size": 4,
+        "epochs": 10,
+        "warmup_epochs": 2,
+        "optimizer": "adamw",
+        "weight_decay": 0.05,
+        "gradient_clip": 1.0,
+        "label_smoothing": 0.1,
+        "grad_accum_steps": 1,
+        "min_lr": 1.0e-7,
+        "amp": "auto",
+        "channels_last": True,
+        "compile": False,
+        "seed": 42,
+        "weighted_sampling": False,
+        "max_steps_per_epoch": 0,
+        "deterministic": False,
+        "photometric_on_gpu": "auto",
+    },
+    "data": {
+        "train_jsonl": "",
+        "val_jsonl": "",
+        "image_size": 384,
+        "cache_size_gb": 220,
+        "num_workers": 6,
+        "smart_crop": True,
+        "region_filter": "",
+    },
     "augmentation": {
-        "train": {"resize": 448, "crop": 384, "horizontal_flip": 0.5, "vertical_flip": 0.2,
-                  "rotation": 20, "color_jitter": {"brightness": 0.3, "contrast": 0.3,
-                                                   "saturation": 0.3, "hue": 0.15},
-                  "blur": 0.1, "normalize": _NORMALIZE},
+        "train": {
+            "resize": 448,
+            "crop": 384,
+            "horizontal_flip": 0.5,
+            "vertical_flip": 0.2,
+            "rotation": 20,
+            "color_jitter": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.15},
+            "blur": 0.1,
+            "normalize": _NORMALIZE,
+        },
         "val": {"resize": 448, "center_crop": 384, "normalize": _NORMALIZE},
     },
     "regularization": {"dropout": 0.3, "mixup_alpha": 1.0, "cutmix_alpha": 1.2, "mixup_prob": 0.5},
-    "callbacks": {"early_stopping": True, "early_stopping_patience": 3,
-                  "early_stopping_metric": "top1_acc", "save_best": True, "save_checkpoint_every": 1,
-                  "checkpoint_dir": "./checkpoints/teacher"},
+    "callbacks": {
+        "early_stopping": True,
+        "early_stopping_patience": 3,
+        "early_stopping_metric": "top1_acc",
+        "save_best": True,
+        "save_checkpoint_every": 1,
+        "checkpoint_dir": "./checkpoints/teacher",
+    },
 }
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion")
@@ -86,6 +127,7 @@ PHOTOMETRIC_SETTINGS = ("auto", "true", "false")
 def photometric_words(raw: Any, overrides: dict | None) -> tuple[Any, dict | None]:
     """training.photometric_on_gpu written as YAML true/false (booleans) turned into the
     words the setting takes ("true"/"false"), in a config and in dotted overrides."""
+
     def word(v: Any) -> Any:
         return ("true" if v else "false") if isinstance(v, bool) else v
 
@@ -108,25 +150,33 @@ def check_augmentation(aug: dict, image_size: int, where: str = "augmentation") 
     Shared by the teacher and student loaders."""
     tr, va = aug["train"], aug["val"]
     ranges = [(f"{where}.train.{k}", tr[k], 0, 1) for k in ("horizontal_flip", "vertical_flip", "blur")]
-    ranges += [(f"{where}.train.rotation", tr["rotation"], 0, 180),
-               (f"{where}.train.color_jitter.hue", tr["color_jitter"]["hue"], 0, 0.5)]
-    ranges += [(f"{where}.train.color_jitter.{k}", tr["color_jitter"][k], 0, 10)
-               for k in ("brightness", "contrast", "saturation")]
+    ranges += [
+        (f"{where}.train.rotation", tr["rotation"], 0, 180),
+        (f"{where}.train.color_jitter.hue", tr["color_jitter"]["hue"], 0, 0.5),
+    ]
+    ranges += [
+        (f"{where}.train.color_jitter.{k}", tr["color_jitter"][k], 0, 10)
+        for k in ("brightness", "contrast", "saturation")
+    ]
     for part, sec in (("train", tr), ("val", va)):
         norm = sec["normalize"]
         for key in ("mean", "std"):
             v = norm[key]
             if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
                 raise ConfigError(f"{where}.{part}.normalize.{key}: expected 3 numbers (RGB), got {v!r}")
-        ranges += [(f"{where}.{part}.normalize.mean", min(norm["mean"]), 0, 1),
-                   (f"{where}.{part}.normalize.mean", max(norm["mean"]), 0, 1),
-                   (f"{where}.{part}.normalize.std", max(norm["std"]), 1e-6, 10),
-                   (f"{where}.{part}.normalize.std", min(norm["std"]), 1e-6, 10)]
+        ranges += [
+            (f"{where}.{part}.normalize.mean", min(norm["mean"]), 0, 1),
+            (f"{where}.{part}.normalize.mean", max(norm["mean"]), 0, 1),
+            (f"{where}.{part}.normalize.std", max(norm["std"]), 1e-6, 10),
+            (f"{where}.{part}.normalize.std", min(norm["std"]), 1e-6, 10),
+        ]
     for key, v, lo, hi in ranges:
         if not lo <= v <= hi:
             raise ConfigError(f"{key}: {v} is outside [{lo}, {hi}]")
-    for key, crop, resize in ((f"{where}.train.crop", tr["crop"], tr["resize"]),
-                              (f"{where}.val.center_crop", va["center_crop"], va["resize"])):
+    for key, crop, resize in (
+        (f"{where}.train.crop", tr["crop"], tr["resize"]),
+        (f"{where}.val.center_crop", va["center_crop"], va["resize"]),
+    ):
         if int(crop) != int(image_size):
             raise ConfigError(f"{key}: {crop} differs from the model's image size {image_size}; they must match")
         if int(resize) < int(crop):
@@ -145,22 +195,29 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError(f"callbacks.early_stopping_metric: {c['early_stopping_metric']!r} is not one of {METRICS}")
     if t["amp"] not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"training.amp: {t['amp']!r} is not one of auto, bf16, fp16, off")
-    for where, v, lo, hi in (("training.learning_rate", t["learning_rate"], 0, 1),
-                             ("training.label_smoothing", t["label_smoothing"], 0, 0.99),
-                             ("regularization.dropout", r["dropout"], 0, 0.99),
-                             ("regularization.mixup_prob", r["mixup_prob"], 0, 1)):
+    for where, v, lo, hi in (
+        ("training.learning_rate", t["learning_rate"], 0, 1),
+        ("training.label_smoothing", t["label_smoothing"], 0, 0.99),
+        ("regularization.dropout", r["dropout"], 0, 0.99),
+        ("regularization.mixup_prob", r["mixup_prob"], 0, 1),
+    ):
         if not lo <= v <= hi:
             raise ConfigError(f"{where}: {v} is outside [{lo}, {hi}]")
-    for where, v in (("training.batch_size", t["batch_size"]), ("training.epochs", t["epochs"]),
-                     ("training.grad_accum_steps", t["grad_accum_steps"]),
-                     ("data.image_size", cfg["data"]["image_size"]),
-                     ("callbacks.early_stopping_patience", c["early_stopping_patience"]),
-                     ("callbacks.save_checkpoint_every", c["save_checkpoint_every"]),
-                     ("data.cache_size_gb", cfg["data"]["cache_size_gb"])):
+    for where, v in (
+        ("training.batch_size", t["batch_size"]),
+        ("training.epochs", t["epochs"]),
+        ("training.grad_accum_steps", t["grad_accum_steps"]),
+        ("data.image_size", cfg["data"]["image_size"]),
+        ("callbacks.early_stopping_patience", c["early_stopping_patience"]),
+        ("callbacks.save_checkpoint_every", c["save_checkpoint_every"]),
+        ("data.cache_size_gb", cfg["data"]["cache_size_gb"]),
+    ):
         if int(v) < 1:
             raise ConfigError(f"{where}: must be at least 1, got {v}")
-    non_negative = [(f"training.{k}", t[k]) for k in ("min_lr", "weight_decay", "gradient_clip", "warmup_epochs",
-                                                      "max_steps_per_epoch")]
+    non_negative = [
+        (f"training.{k}", t[k])
+        for k in ("min_lr", "weight_decay", "gradient_clip", "warmup_epochs", "max_steps_per_epoch")
+    ]
     non_negative += [(f"regularization.{k}", r[k]) for k in ("mixup_alpha", "cutmix_alpha")]
     non_negative.append(("data.num_workers", cfg["data"]["num_workers"]))
     for where, v in non_negative:

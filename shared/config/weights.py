@@ -1,6 +1,7 @@
 """What weights a config's model section asks for: the WeightsRequest (model id, revision,
 pretrained_path, sha256, class names) with its config-time checks, and how model ids name a
 hub repository. Config loaders check a section through it; shared/train/pretrained.py stages it."""
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,10 @@ class WeightsRequest:
         if self.sha256 and not _SHA256.match(self.sha256.lower()):
             raise ValueError(f"{where}.sha256: expected 64 hex digits, got {self.sha256!r}")
         if self.pretrained_path.startswith(("http://", "https://")) and not self.sha256:
-            raise ValueError(f"{where}.pretrained_path is a URL ({self.pretrained_path}): set {where}.sha256 "
-                             "to the file's sha256 so a changed or tampered download is refused")
+            raise ValueError(
+                f"{where}.pretrained_path is a URL ({self.pretrained_path}): set {where}.sha256 "
+                "to the file's sha256 so a changed or tampered download is refused"
+            )
         if "://" in self.pretrained_path and not self.pretrained_path.startswith(("http://", "https://", "gs://")):
             raise ValueError(f"{where}.pretrained_path: a path, gs:// URI or http(s) URL, got {self.pretrained_path!r}")
 
@@ -54,10 +57,14 @@ def request_from_section(role: str, section: dict, name: str | None = None) -> W
     """A WeightsRequest from a config's model section (teacher/student `model:`, `baseline:`);
     `name` replaces section["name"] (the student's width-resolved timm name)."""
     return WeightsRequest(
-        role=role, model_id=str(name or section.get("name") or section.get("model_name") or ""),
-        pretrained=bool(section.get("pretrained", True)), revision=str(section.get("revision") or ""),
+        role=role,
+        model_id=str(name or section.get("name") or section.get("model_name") or ""),
+        pretrained=bool(section.get("pretrained", True)),
+        revision=str(section.get("revision") or ""),
         pretrained_path=str(section.get("pretrained_path") or section.get("weights") or ""),
-        sha256=str(section.get("sha256") or "").lower(), class_names=str(section.get("class_names") or ""))
+        sha256=str(section.get("sha256") or "").lower(),
+        class_names=str(section.get("class_names") or ""),
+    )
 
 
 def is_hub_id(model_id: str) -> bool:
@@ -65,4 +72,4 @@ def is_hub_id(model_id: str) -> bool:
 
 
 def hub_repo(model_id: str) -> str:
-    return model_id[len("hf-hub:"):].split("@")[0]
+    return model_id[len("hf-hub:") :].split("@")[0]

@@ -2,6 +2,7 @@
 training datasets, the export's sample images) without the machinery that builds it
 (shared/data/image_cache.py: fetching, rendering, the index). A record's `cache_path` is
 relative to the cache, a directory or gs://bucket/prefix (then read through a local copy)."""
+
 from __future__ import annotations
 
 import os

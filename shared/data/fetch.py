@@ -15,6 +15,7 @@ is refused as `ambiguous_url`; what is sent is the URL re-serialised from the
 judged parse. `host_allowlist` matches the normalised host (lowercase, no
 trailing dot, IDNA): an entry is that host exactly, `*.example.org` its
 subdomains at a dot boundary, never a substring."""
+
 from __future__ import annotations
 
 import email.utils
@@ -57,13 +58,13 @@ class FetchPolicy:
     max_redirects: int = 3
     max_bytes: int = 30_000_000
     content_types: tuple = ("image/",)
-    timeout_s: float = 20.0        # per request (connect and each read)
+    timeout_s: float = 20.0  # per request (connect and each read)
     max_seconds_per_image: float = 120.0
     retries: int = 4
     backoff_s: float = 0.5
     max_retry_after_s: float = 30.0
     per_host_concurrency: int = 4
-    per_host_rate: float = 10.0    # requests per second per host; 0 = unlimited
+    per_host_rate: float = 10.0  # requests per second per host; 0 = unlimited
 
     def __post_init__(self) -> None:
         HostAllowlist(self.host_allowlist)  # a bad entry fails here, naming it, not per URL later
@@ -112,8 +113,12 @@ def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
     if ip.is_multicast or not ip.is_global:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
-        carried = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None,
-                   ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None]
+        carried = [
+            ip.ipv4_mapped,
+            ip.sixtofour,
+            ip.teredo[1] if ip.teredo else None,
+            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None,
+        ]
         return all(is_public_address(v4) for v4 in carried if v4 is not None)
     return True
 
@@ -184,8 +189,9 @@ class HostAllowlist:
             try:
                 host = normalise_host(text[2:] if text.startswith("*.") else text[1:] if wildcard else text)
             except ValueError as e:
-                raise ValueError(f"cache.fetch.host_allowlist: {entry!r} is not a host name "
-                                 f"(no scheme, port or path): {e}") from None
+                raise ValueError(
+                    f"cache.fetch.host_allowlist: {entry!r} is not a host name (no scheme, port or path): {e}"
+                ) from None
             if wildcard and _is_ip(host):
                 raise ValueError(f"cache.fetch.host_allowlist: {entry!r}: an address has no subdomains")
             (self.parents if wildcard else self.exact).add(host)
@@ -207,6 +213,7 @@ class HttpTarget:
     """An http(s) URL as the HTTP client will use it: `host` (normalised) and `port` are
     where requests connects, `url` is what is handed to requests (re-serialised from the
     parse that was judged, so no later parser reads the original text)."""
+
     scheme: str
     host: str
     port: int
@@ -225,6 +232,7 @@ def judge_http_url(url: str, client: requests.Session | None = None) -> HttpTarg
 
     Long: one ordered chain of security checks on one URL (each later check relies on the
     earlier refusals); kept in one place so the order stays reviewable."""
+
     def ambiguous(detail: str) -> FetchError:
         return FetchError("ambiguous_url", url, detail)
 
@@ -232,8 +240,11 @@ def judge_http_url(url: str, client: requests.Session | None = None) -> HttpTarg
         raise FetchError("bad_url", repr(url), "not text")
     bad = _CONFUSING_RE.search(url)
     if bad:
-        what = ("a backslash (a '/' to some parsers, part of the host to others)" if bad.group() == "\\"
-                else f"control character U+{ord(bad.group()):04X} (deleted by some parsers, refused by others)")
+        what = (
+            "a backslash (a '/' to some parsers, part of the host to others)"
+            if bad.group() == "\\"
+            else f"control character U+{ord(bad.group()):04X} (deleted by some parsers, refused by others)"
+        )
         raise ambiguous(f"{what} at position {bad.start()}")
     if url != url.strip():
         raise ambiguous("leading or trailing whitespace")
@@ -248,8 +259,10 @@ def judge_http_url(url: str, client: requests.Session | None = None) -> HttpTarg
     if not m.group(2) or not authority:
         raise FetchError("bad_url", url, "no host")
     if "@" in authority:
-        raise ambiguous(f"userinfo ('@') in the authority {authority!r}: the host is what follows "
-                        "the last '@' to some readers and credentials are never sent")
+        raise ambiguous(
+            f"userinfo ('@') in the authority {authority!r}: the host is what follows "
+            "the last '@' to some readers and credentials are never sent"
+        )
     odd = [c for c in authority if c.isspace() or unicodedata.category(c) in ("Zs", "Zl", "Zp", "Cf")]
     if odd:
         raise ambiguous(f"whitespace or invisible character U+{ord(odd[0]):04X} in the authority")
@@ -277,14 +290,20 @@ def judge_http_url(url: str, client: requests.Session | None = None) -> HttpTarg
     except ValueError as e:
         raise ambiguous(f"not a valid host: {e}") from None
     if host != split_normal:
-        raise ambiguous(f"parsers disagree on the host: urllib.parse reads {split_normal!r}, "
-                        f"urllib3 (requests) reads {host!r}")
+        raise ambiguous(
+            f"parsers disagree on the host: urllib.parse reads {split_normal!r}, urllib3 (requests) reads {host!r}"
+        )
     if split_port != parsed.port:
         raise ambiguous(f"parsers disagree on the port: {split_port!r} / {parsed.port!r}")
     port = parsed.port if parsed.port is not None else _DEFAULT_PORTS[scheme]
 
-    send = Url(scheme=scheme, host=f"[{host}]" if ":" in host else host, port=parsed.port,
-               path=parsed.path or "/", query=parsed.query).url
+    send = Url(
+        scheme=scheme,
+        host=f"[{host}]" if ":" in host else host,
+        port=parsed.port,
+        path=parsed.path or "/",
+        query=parsed.query,
+    ).url
     # Ask requests itself where it would connect for the URL we send: its adapter derives
     # the connection pool's host and port from the prepared URL.
     adapter = client.get_adapter(send) if client is not None else _POOL_KEY_ADAPTER
@@ -298,8 +317,11 @@ def judge_http_url(url: str, client: requests.Session | None = None) -> HttpTarg
             target = {"scheme": sent.scheme, "host": sent.hostname, "port": sent.port}
     except (requests.RequestException, ValueError) as e:
         raise ambiguous(f"requests cannot prepare it: {e}") from None
-    got = (target["scheme"], target["host"], target["port"] if target["port"] is not None else
-           _DEFAULT_PORTS.get(target["scheme"]))
+    got = (
+        target["scheme"],
+        target["host"],
+        target["port"] if target["port"] is not None else _DEFAULT_PORTS.get(target["scheme"]),
+    )
     if got != (scheme, host, port):
         raise ambiguous(f"requests would connect to {got[1]}:{got[2]}, the URL reads {host}:{port}")
     return HttpTarget(scheme, host, port, send)
@@ -456,8 +478,9 @@ class Fetcher:
             data = blob.download_as_bytes(start=0, end=self.policy.max_bytes)
         except gexc.GoogleAPICallError as e:  # one object's failure, not the run's
             code = getattr(e, "code", None)
-            raise FetchError("not_found" if code == 404 else f"http_{code}" if code else "gcs_error",
-                             url, str(e)[:200]) from None
+            raise FetchError(
+                "not_found" if code == 404 else f"http_{code}" if code else "gcs_error", url, str(e)[:200]
+            ) from None
         except (ConnectionError, TimeoutError, gexc.RetryError) as e:
             raise FetchError("connection_error", url, str(e)[:200]) from None
         if len(data) > self.policy.max_bytes:
@@ -478,7 +501,7 @@ class Fetcher:
                         raise FetchError("http_429_exhausted", url, e.detail) from None
                     wait = float(e.detail.split("=")[1]) if e.detail.startswith("retry_after=") else 1.0
                 elif retriable and attempt < p.retries:
-                    wait = p.backoff_s * (2 ** attempt)
+                    wait = p.backoff_s * (2**attempt)
                 else:
                     raise
                 if time.monotonic() + wait > deadline:
@@ -494,8 +517,9 @@ class Fetcher:
             try:  # every hop judged on the host requests will connect to
                 target = judge_http_url(current, self._session)
             except FetchError as e:  # reported against the record's URL, naming the hop
-                raise FetchError(e.reason, url, e.detail if hop == 0 else
-                                 f"redirect to {current!r}: {e.detail}") from None
+                raise FetchError(
+                    e.reason, url, e.detail if hop == 0 else f"redirect to {current!r}: {e.detail}"
+                ) from None
             if target.scheme not in p.allowed_schemes:
                 raise FetchError("blocked_scheme", url, f"redirect to {current}")
             host = target.host
@@ -506,8 +530,9 @@ class Fetcher:
             with gate:
                 self.stats["requests"] += 1
                 try:
-                    r = self._session.get(target.url, stream=True, allow_redirects=False,
-                                          timeout=(p.timeout_s, p.timeout_s))
+                    r = self._session.get(
+                        target.url, stream=True, allow_redirects=False, timeout=(p.timeout_s, p.timeout_s)
+                    )
                 except BlockedPeer as e:
                     raise FetchError("blocked_address", url, str(e)) from None
                 except requests.Timeout:
@@ -520,8 +545,11 @@ class Fetcher:
                         if not loc:
                             raise FetchError("bad_redirect", url)
                         if _CONFUSING_RE.search(loc):  # urljoin would drop a tab or CR before we saw it
-                            raise FetchError("ambiguous_url", url, f"redirect to {loc!r}: control "
-                                             "character or backslash in the Location header")
+                            raise FetchError(
+                                "ambiguous_url",
+                                url,
+                                f"redirect to {loc!r}: control character or backslash in the Location header",
+                            )
                         current = urljoin(target.url, loc)
                         continue
                     if r.status_code == 429:
@@ -531,8 +559,11 @@ class Fetcher:
                     if r.status_code != 200:
                         raise FetchError(f"http_{r.status_code}", url)
                     ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                    if ctype and not any(ctype.startswith(t) for t in p.content_types) \
-                            and ctype != "application/octet-stream":
+                    if (
+                        ctype
+                        and not any(ctype.startswith(t) for t in p.content_types)
+                        and ctype != "application/octet-stream"
+                    ):
                         raise FetchError("bad_content_type", url, ctype)
                     declared = r.headers.get("Content-Length")
                     if declared and declared.isdigit() and int(declared) > p.max_bytes:
@@ -556,8 +587,9 @@ class Fetcher:
                         # a cut socket surfaces as any of these, depending on where the read was
                         if time.monotonic() >= deadline:
                             raise FetchError("timeout", url, "time budget per image exhausted") from None
-                        raise FetchError("timeout" if "timed out" in str(e).lower() else "connection_error",
-                                         url, type(e).__name__) from None
+                        raise FetchError(
+                            "timeout" if "timed out" in str(e).lower() else "connection_error", url, type(e).__name__
+                        ) from None
                     finally:
                         watchdog.cancel()
                     return b"".join(chunks)

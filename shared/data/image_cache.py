@@ -24,6 +24,7 @@ was made from), so a missing, replaced or stale one (made from an older main fil
 at another size) is rebuilt. An image already no larger than that keeps one file:
 its rendition is the main file. Cached records then carry `student_cache_path`,
 `student_width`, `student_height` and `student_resize` (read by `student_records`)."""
+
 from __future__ import annotations
 
 import base64
@@ -133,15 +134,25 @@ class CacheReport:
 
     def to_dict(self) -> dict[str, Any]:
         counts = self.fail_counts
-        return {"attempted": self.attempted, "cached": len(self.cached), "fetched": self.fetched,
-                "reused": self.reused, "failed": self.failed, "fail_rate": round(self.fail_rate, 4),
-                "too_small": counts.get("too_small", 0), "duplicates": counts.get("duplicate_content", 0),
-                "label_conflicts": counts.get("label_conflict", 0),
-                "high_bit_depth": self.high_bit_depth, "settings": self.settings,
-                "index_checks": self.index_checks, "student_renditions": self.student_renditions,
-                "fail_counts": counts, "seconds": round(self.seconds, 2),
-                "images_per_second": round(self.attempted / self.seconds, 2) if self.seconds else 0.0,
-                "failures": self.failures}
+        return {
+            "attempted": self.attempted,
+            "cached": len(self.cached),
+            "fetched": self.fetched,
+            "reused": self.reused,
+            "failed": self.failed,
+            "fail_rate": round(self.fail_rate, 4),
+            "too_small": counts.get("too_small", 0),
+            "duplicates": counts.get("duplicate_content", 0),
+            "label_conflicts": counts.get("label_conflict", 0),
+            "high_bit_depth": self.high_bit_depth,
+            "settings": self.settings,
+            "index_checks": self.index_checks,
+            "student_renditions": self.student_renditions,
+            "fail_counts": counts,
+            "seconds": round(self.seconds, 2),
+            "images_per_second": round(self.attempted / self.seconds, 2) if self.seconds else 0.0,
+            "failures": self.failures,
+        }
 
 
 def cache_path_for(sha256: str) -> str:
@@ -165,23 +176,38 @@ def student_records(records: list[dict], short_side: int, what: str = "student")
     for r in records:
         have = r.get("student_resize")
         if not r.get("student_cache_path") or have is None:
-            raise ValueError(f"{what}: record {r.get('image_id')}: no student rendition (student_cache_path) "
-                             f"although {short_side} px is configured (data.student_rendition, from "
-                             "cache.student_resize): these records were cached without cache.student_resize; "
-                             "re-run cache_images with it")
+            raise ValueError(
+                f"{what}: record {r.get('image_id')}: no student rendition (student_cache_path) "
+                f"although {short_side} px is configured (data.student_rendition, from "
+                "cache.student_resize): these records were cached without cache.student_resize; "
+                "re-run cache_images with it"
+            )
         if int(have) != int(short_side):
-            raise ValueError(f"{what}: record {r.get('image_id')}: its student rendition is {have} px "
-                             f"(student_resize), the config asks for {short_side} px (data.student_rendition); "
-                             "re-run cache_images with cache.student_resize set to it")
-        out.append({**r, "cache_path": r["student_cache_path"], "cached_width": r.get("student_width"),
-                    "cached_height": r.get("student_height")})
+            raise ValueError(
+                f"{what}: record {r.get('image_id')}: its student rendition is {have} px "
+                f"(student_resize), the config asks for {short_side} px (data.student_rendition); "
+                "re-run cache_images with cache.student_resize set to it"
+            )
+        out.append(
+            {
+                **r,
+                "cache_path": r["student_cache_path"],
+                "cached_width": r.get("student_width"),
+                "cached_height": r.get("student_height"),
+            }
+        )
     return out
 
 
 def cache_settings(resize: int, min_side: int, max_pixels: int) -> dict[str, Any]:
     """Everything that decides whether an image is accepted and what is stored for it."""
-    return {"resize": resize, "min_side": min_side, "max_pixels": max_pixels,
-            "jpeg_quality": JPEG_QUALITY, "rendition": RENDITION_VERSION}
+    return {
+        "resize": resize,
+        "min_side": min_side,
+        "max_pixels": max_pixels,
+        "jpeg_quality": JPEG_QUALITY,
+        "rendition": RENDITION_VERSION,
+    }
 
 
 def judge_size(width: int, height: int, min_side: int, max_pixels: int) -> None:
@@ -196,6 +222,7 @@ def judge_size(width: int, height: int, min_side: int, max_pixels: int) -> None:
 @dataclass(frozen=True)
 class Rendition:
     """What is stored for one source image, and what it was made from."""
+
     jpeg: bytes
     width: int
     height: int
@@ -223,9 +250,9 @@ def _stretch(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     scale = 255.0 / (hi - lo)
     step = max(1, (1 << 20) // max(1, arr.shape[1]))
     for r in range(0, arr.shape[0], step):
-        block = (arr[r:r + step].astype(np.float64) - lo) * scale
+        block = (arr[r : r + step].astype(np.float64) - lo) * scale
         np.clip(block, 0.0, 255.0, out=block)  # float rounding only: every value lies in [lo, hi]
-        out[r:r + step] = np.rint(block)
+        out[r : r + step] = np.rint(block)
     return out
 
 
@@ -253,8 +280,10 @@ def to_8bit(img: Image.Image, unsigned32: bool = False) -> tuple[Image.Image, tu
         finite = np.isfinite(arr)
         if not finite.all():
             bad = arr.size - int(np.count_nonzero(finite))
-            raise ImageRejected("non_finite_pixels", f"mode F: {bad} of {arr.size} pixels are NaN or "
-                                                     f"infinite ({int(np.isnan(arr).sum())} NaN)")
+            raise ImageRejected(
+                "non_finite_pixels",
+                f"mode F: {bad} of {arr.size} pixels are NaN or infinite ({int(np.isnan(arr).sum())} NaN)",
+            )
         lo, hi = float(arr.min()), float(arr.max())
         if lo >= 0.0 and hi <= 1.0:
             lo, hi = 0.0, 1.0
@@ -295,21 +324,24 @@ def render_image(data: bytes, resize: int, min_side: int, max_pixels: int) -> Re
         short = min(img.size)
         if resize and short > resize:  # never upscale: a small image stays as it is
             scale = resize / short
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                             Image.BICUBIC)
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
     except ImageRejected:
         raise
     except Exception as e:  # noqa: BLE001 - an exotic mode PIL cannot convert
         raise ImageRejected("unsupported_mode", f"mode {source_mode}: {type(e).__name__}: {e}") from None
     if max(img.size) > JPEG_MAX_SIDE:
-        raise ImageRejected("too_wide_for_jpeg", f"{img.width}x{img.height} after resizing; JPEG stores at "
-                                                 f"most {JPEG_MAX_SIDE} pixels a side (source {sw}x{sh})")
+        raise ImageRejected(
+            "too_wide_for_jpeg",
+            f"{img.width}x{img.height} after resizing; JPEG stores at "
+            f"most {JPEG_MAX_SIDE} pixels a side (source {sw}x{sh})",
+        )
     buf = io.BytesIO()
     try:
         img.save(buf, "JPEG", quality=JPEG_QUALITY)
     except Exception as e:  # noqa: BLE001 - into memory: an OSError is the encoder's, never the disk's
-        raise ImageRejected("encode_error", f"{img.width}x{img.height} mode {source_mode}: "
-                                            f"{type(e).__name__}: {e}") from None
+        raise ImageRejected(
+            "encode_error", f"{img.width}x{img.height} mode {source_mode}: {type(e).__name__}: {e}"
+        ) from None
     return Rendition(buf.getvalue(), img.width, img.height, sw, sh, source_mode, value_range)
 
 
@@ -396,8 +428,9 @@ def _md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")  # GCS lists md5s
 
 
-def _entry_valid(cache_dir: Path, e: dict, settings: dict[str, Any],
-                 remote_objects: dict[str, tuple[int, str | None]] | None = None) -> tuple[bool, str]:
+def _entry_valid(
+    cache_dir: Path, e: dict, settings: dict[str, Any], remote_objects: dict[str, tuple[int, str | None]] | None = None
+) -> tuple[bool, str]:
     """Whether an index entry's cached file can be reused as it is, and how that was
     decided (or why not). The file is read only when its stat changed since it was
     verified, so an unchanged re-run reads no cached file; the one edit a stat cannot
@@ -414,8 +447,7 @@ def _entry_valid(cache_dir: Path, e: dict, settings: dict[str, Any],
     return _file_valid(cache_dir, e, remote_objects)
 
 
-def _file_valid(cache_dir: Path, e: dict, remote_objects: dict[str, tuple[int, str | None]] | None
-                ) -> tuple[bool, str]:
+def _file_valid(cache_dir: Path, e: dict, remote_objects: dict[str, tuple[int, str | None]] | None) -> tuple[bool, str]:
     """Whether the file an index entry (or its `student` part) records at e["cache_path"]
     is still the one it wrote: bytes, file_md5 (gs://), stat, else file_sha256."""
     if remote_objects is not None:  # a gs:// cache: the bucket holds the truth
@@ -443,8 +475,9 @@ def _file_valid(cache_dir: Path, e: dict, remote_objects: dict[str, tuple[int, s
     return (True, "rehashed") if digest == e.get("file_sha256") else (False, "checksum_mismatch")
 
 
-def _student_valid(cache_dir: Path, e: dict, short_side: int,
-                   remote_objects: dict[str, tuple[int, str | None]] | None = None) -> tuple[bool, str]:
+def _student_valid(
+    cache_dir: Path, e: dict, short_side: int, remote_objects: dict[str, tuple[int, str | None]] | None = None
+) -> tuple[bool, str]:
     """Whether a (valid) main entry's student rendition can be reused, and how that was
     decided (or why not); the main file's own check covers a rendition that is it."""
     st = e.get("student")
@@ -483,11 +516,20 @@ def _describe_os_error(err: BaseException) -> str:
     return str(err)
 
 
-def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike, *, resize: int = 448,
-                 min_side: int = 100, max_pixels: int = 89_478_485, policy: FetchPolicy | None = None,
-                 workers: int = 8, max_fail_rate: float = 0.05,
-                 progress: Callable[[int, int], None] | None = None,
-                 fetcher: Fetcher | None = None, student_resize: int = 0) -> CacheReport:
+def cache_images(
+    records: Iterable[dict | Record],
+    cache_dir: str | os.PathLike,
+    *,
+    resize: int = 448,
+    min_side: int = 100,
+    max_pixels: int = 89_478_485,
+    policy: FetchPolicy | None = None,
+    workers: int = 8,
+    max_fail_rate: float = 0.05,
+    progress: Callable[[int, int], None] | None = None,
+    fetcher: Fetcher | None = None,
+    student_resize: int = 0,
+) -> CacheReport:
     """Cache every record's image; see the module docstring. student_resize > 0 also
     stores each image's student rendition at that short side (render_student). A record
     whose image cannot be fetched, decoded or rendered is reported and skipped; raises
@@ -527,8 +569,7 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
         try:
             return write()
         except (OSError, RemoteCacheError) as err:
-            raise CacheWriteError(f"cannot write to the image cache {cache_dir}: "
-                                  f"{_describe_os_error(err)}") from err
+            raise CacheWriteError(f"cannot write to the image cache {cache_dir}: {_describe_os_error(err)}") from err
 
     def student_part(e: dict, main_jpeg: bytes | None, why: str) -> dict:
         """Build, store and describe the student rendition of entry e (its main file
@@ -536,19 +577,37 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
         with lock:
             student_checks[why] += 1
         if main_jpeg is None:  # a gs:// cache downloads it (its failures, like the disk's, stop the step)
-            main_jpeg = store(lambda: Path(remote.fetch(e["cache_path"]) if remote else root / e["cache_path"])
-                              .read_bytes())
+            main_jpeg = store(
+                lambda: Path(remote.fetch(e["cache_path"]) if remote else root / e["cache_path"]).read_bytes()
+            )
         made = render_student(main_jpeg, student_resize)
-        part: dict[str, Any] = {"resize": student_resize, "version": STUDENT_RENDITION_VERSION,
-                                "from_file_sha256": e["file_sha256"]}
+        part: dict[str, Any] = {
+            "resize": student_resize,
+            "version": STUDENT_RENDITION_VERSION,
+            "from_file_sha256": e["file_sha256"],
+        }
         if made is None:  # no larger than the rendition: the main file serves
-            return {**part, "cache_path": e["cache_path"], "width": e["cached_width"],
-                    "height": e["cached_height"], "bytes": e["bytes"], "file_sha256": e["file_sha256"],
-                    "file_md5": e.get("file_md5")}
+            return {
+                **part,
+                "cache_path": e["cache_path"],
+                "width": e["cached_width"],
+                "height": e["cached_height"],
+                "bytes": e["bytes"],
+                "file_sha256": e["file_sha256"],
+                "file_md5": e.get("file_md5"),
+            }
         jpeg, w, h = made
         rel = student_cache_path_for(e["sha256"], student_resize)
-        part.update({"cache_path": rel, "width": w, "height": h, "bytes": len(jpeg),
-                     "file_sha256": hashlib.sha256(jpeg).hexdigest(), "file_md5": _md5_b64(jpeg)})
+        part.update(
+            {
+                "cache_path": rel,
+                "width": w,
+                "height": h,
+                "bytes": len(jpeg),
+                "file_sha256": hashlib.sha256(jpeg).hexdigest(),
+                "file_md5": _md5_b64(jpeg),
+            }
+        )
         st = store(lambda: _write_if_changed(root / rel, jpeg))  # temp file + rename
         if remote:
             store(lambda: remote.upload(rel))
@@ -574,8 +633,13 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
                         changed = True
                     else:
                         if s_how == "rehashed":
-                            e = {**e, "student": {**e["student"], "stat": _stat_key(
-                                store(lambda: (root / e["student"]["cache_path"]).stat()))}}
+                            e = {
+                                **e,
+                                "student": {
+                                    **e["student"],
+                                    "stat": _stat_key(store(lambda: (root / e["student"]["cache_path"]).stat())),
+                                },
+                            }
                             changed = True
                         with lock:
                             student_checks[s_how] += 1
@@ -590,10 +654,22 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
         sha = hashlib.sha256(data).hexdigest()
         r = render_image(data, resize, min_side, max_pixels)
         rel = cache_path_for(sha)
-        e = {"url": url, "sha256": sha, "cache_path": rel, "cached_width": r.width, "cached_height": r.height,
-             "bytes": len(r.jpeg), "resize": resize, "v": INDEX_VERSION, "settings": settings,
-             "source_width": r.source_width, "source_height": r.source_height, "source_mode": r.source_mode,
-             "file_sha256": hashlib.sha256(r.jpeg).hexdigest(), "file_md5": _md5_b64(r.jpeg)}
+        e = {
+            "url": url,
+            "sha256": sha,
+            "cache_path": rel,
+            "cached_width": r.width,
+            "cached_height": r.height,
+            "bytes": len(r.jpeg),
+            "resize": resize,
+            "v": INDEX_VERSION,
+            "settings": settings,
+            "source_width": r.source_width,
+            "source_height": r.source_height,
+            "source_mode": r.source_mode,
+            "file_sha256": hashlib.sha256(r.jpeg).hexdigest(),
+            "file_md5": _md5_b64(r.jpeg),
+        }
         if r.value_range is not None:
             e["value_range"] = list(r.value_range)
         st = store(lambda: _write_if_changed(root / rel, r.jpeg))
@@ -627,9 +703,11 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
         index.close()
         if remote and (root / INDEX_NAME).exists():
             remote.upload(INDEX_NAME)
-    report = CacheReport(settings={**settings, "student_resize": student_resize} if student_resize else settings,
-                         index_checks=dict(sorted(checks.items())),
-                         student_renditions=dict(sorted(student_checks.items())))
+    report = CacheReport(
+        settings={**settings, "student_resize": student_resize} if student_resize else settings,
+        index_checks=dict(sorted(checks.items())),
+        student_renditions=dict(sorted(student_checks.items())),
+    )
     conflicts = _label_conflicts(recs, results)
     seen: dict[str, str] = {}
     deep: Counter = Counter()
@@ -642,22 +720,42 @@ def cache_images(records: Iterable[dict | Record], cache_dir: str | os.PathLike,
         counters[how] += 1
         group = conflicts.get(e["sha256"])
         if group:  # one image, two names: which is right is for a curator, not for input order
-            report.failures.append({
-                **failure, "field": "taxon", "reason": "label_conflict", "conflict": group,
-                "detail": f"the same image (sha256 {e['sha256'][:12]}) is labelled "
-                          + ", ".join(f"{g['taxon']!r} in {g['image_id']}" for g in group)})
+            report.failures.append(
+                {
+                    **failure,
+                    "field": "taxon",
+                    "reason": "label_conflict",
+                    "conflict": group,
+                    "detail": f"the same image (sha256 {e['sha256'][:12]}) is labelled "
+                    + ", ".join(f"{g['taxon']!r} in {g['image_id']}" for g in group),
+                }
+            )
             continue
         if e["sha256"] in seen:  # same bytes and taxon as an earlier record: keep the first
-            report.failures.append({**failure, "reason": "duplicate_content",
-                                    "detail": f"same image as {seen[e['sha256']]}"})
+            report.failures.append(
+                {**failure, "reason": "duplicate_content", "detail": f"same image as {seen[e['sha256']]}"}
+            )
             continue
         seen[e["sha256"]] = str(rec.get("image_id"))
-        report.cached.append({**rec, "sha256": e["sha256"], "cache_path": e["cache_path"],
-                              "cached_width": e["cached_width"], "cached_height": e["cached_height"]})
+        report.cached.append(
+            {
+                **rec,
+                "sha256": e["sha256"],
+                "cache_path": e["cache_path"],
+                "cached_width": e["cached_width"],
+                "cached_height": e["cached_height"],
+            }
+        )
         if student_resize:
             sp = e["student"]
-            report.cached[-1].update({"student_cache_path": sp["cache_path"], "student_width": sp["width"],
-                                      "student_height": sp["height"], "student_resize": student_resize})
+            report.cached[-1].update(
+                {
+                    "student_cache_path": sp["cache_path"],
+                    "student_width": sp["width"],
+                    "student_height": sp["height"],
+                    "student_resize": student_resize,
+                }
+            )
         if e.get("value_range") is not None:
             deep[str(e.get("source_mode"))] += 1
     report.fetched, report.reused = counters["fetched"], counters["reused"]
@@ -686,25 +784,47 @@ def _log_progress(total: int, every_s: float = 60.0) -> Callable[[int, int], Non
         p.set(done)
         if done >= total_:
             p.finish()
+
     return log
 
 
 def check_fail_rate(report: CacheReport, max_fail_rate: float) -> None:
     if report.fail_rate > max_fail_rate:
-        top = ", ".join(f"{k}={v}" for k, v in Counter(
-            f["reason"] for f in report.failures if f["reason"] not in NOT_FAILURES).most_common(5))
+        top = ", ".join(
+            f"{k}={v}"
+            for k, v in Counter(f["reason"] for f in report.failures if f["reason"] not in NOT_FAILURES).most_common(5)
+        )
         raise CacheFailRateError(
             f"{report.failed} of {report.attempted} images failed ({report.fail_rate:.1%}), above the "
-            f"allowed {max_fail_rate:.1%}; top reasons: {top}. See the cache report for every URL.")
+            f"allowed {max_fail_rate:.1%}; top reasons: {top}. See the cache report for every URL."
+        )
 
 
-def run_cache_images(records_path: str, cache_dir: str, *, resize: int, min_side: int,
-                     max_fail_rate: float, workers: int, fetch_policy: dict, out_cached: str,
-                     out_report: str, max_pixels: int = 89_478_485, student_resize: int = 0) -> dict[str, Any]:
+def run_cache_images(
+    records_path: str,
+    cache_dir: str,
+    *,
+    resize: int,
+    min_side: int,
+    max_fail_rate: float,
+    workers: int,
+    fetch_policy: dict,
+    out_cached: str,
+    out_report: str,
+    max_pixels: int = 89_478_485,
+    student_resize: int = 0,
+) -> dict[str, Any]:
     """The cache step: cache, write cached records + report, then enforce the fail rate."""
-    report = cache_images(load_jsonl(records_path), cache_dir, resize=resize, min_side=min_side,
-                          max_pixels=max_pixels, policy=FetchPolicy.from_dict(fetch_policy), workers=workers,
-                          student_resize=student_resize)
+    report = cache_images(
+        load_jsonl(records_path),
+        cache_dir,
+        resize=resize,
+        min_side=min_side,
+        max_pixels=max_pixels,
+        policy=FetchPolicy.from_dict(fetch_policy),
+        workers=workers,
+        student_resize=student_resize,
+    )
     write_jsonl(out_cached, report.cached)
     summary = report.to_dict()
     write_json(out_report, summary)

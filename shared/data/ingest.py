@@ -4,6 +4,7 @@ allowed licences, drop exact duplicates, and audit the result. A bad record is
 counted and reported by reason and line (a line that is not UTF-8 also by byte
 offset), never fatal on its own; a run that keeps no record at all fails with
 NothingKeptError naming how many were read and the reasons that dominated."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,15 @@ from shared.io.records import NotUtf8Error, Record, RecordError, parse_record, r
 
 # Map from our field names to the catalogue's (dotted paths reach into sub-documents).
 DEFAULT_FIELD_MAP = {
-    "image_id": "image_id", "image_url": "image_url", "taxon": "taxon", "region": "region",
-    "license": "license", "observation_id": "observation_id", "source": "source",
-    "width": "width", "height": "height",
+    "image_id": "image_id",
+    "image_url": "image_url",
+    "taxon": "taxon",
+    "region": "region",
+    "license": "license",
+    "observation_id": "observation_id",
+    "source": "source",
+    "width": "width",
+    "height": "height",
 }
 
 
@@ -44,8 +51,7 @@ class Rejection:
     byte_offset: int | None = None  # of the first bad byte in the file (not_utf8)
 
     def to_dict(self) -> dict:
-        d = {"locator": self.locator, "reason": self.reason, "field": self.field,
-             "detail": self.detail}
+        d = {"locator": self.locator, "reason": self.reason, "field": self.field, "detail": self.detail}
         if self.byte_offset is not None:
             d["byte_offset"] = self.byte_offset
         return d
@@ -70,8 +76,10 @@ class NothingKeptError(IngestError):
         self.result = result
         read = result.audit.get("records_read", 0)
         if not read:
-            msg = ("ingest kept no records: the source is empty (0 records read; "
-                   "check the records file or the Mongo query)")
+            msg = (
+                "ingest kept no records: the source is empty (0 records read; "
+                "check the records file or the Mongo query)"
+            )
         else:
             by = Counter(r.reason for r in result.rejections)
             first: dict[str, Rejection] = {}
@@ -84,8 +92,9 @@ class NothingKeptError(IngestError):
                 hint = f"; hint: {_HINTS[reason]}" if reason in _HINTS else ""
                 parts.append(f"{reason}={count} (e.g. {ex.locator} field '{ex.field}': {detail}{hint})")
             more = f"; {len(by) - 3} other reason(s)" if len(by) > 3 else ""
-            msg = (f"ingest kept no records: all {read} records read were rejected; "
-                   f"top reasons: {'; '.join(parts)}{more}")
+            msg = (
+                f"ingest kept no records: all {read} records read were rejected; top reasons: {'; '.join(parts)}{more}"
+            )
         super().__init__(msg)
 
 
@@ -106,8 +115,7 @@ def map_fields(doc: dict, field_map: dict[str, str] | None) -> dict:
     fm = {**DEFAULT_FIELD_MAP, **(field_map or {})}
     unknown = set(fm) - set(DEFAULT_FIELD_MAP)
     if unknown:
-        raise ValueError(f"field_map: unknown record field(s) {sorted(unknown)}; "
-                         f"known: {sorted(DEFAULT_FIELD_MAP)}")
+        raise ValueError(f"field_map: unknown record field(s) {sorted(unknown)}; known: {sorted(DEFAULT_FIELD_MAP)}")
     out = {}
     for ours, theirs in fm.items():
         v = _get_path(doc, theirs)
@@ -116,8 +124,7 @@ def map_fields(doc: dict, field_map: dict[str, str] | None) -> dict:
     return out
 
 
-def iter_jsonl_source(path: str | os.PathLike, field_map: dict | None = None
-                      ) -> Iterator[tuple[str, Any]]:
+def iter_jsonl_source(path: str | os.PathLike, field_map: dict | None = None) -> Iterator[tuple[str, Any]]:
     """Yield (locator, mapped raw record or an Exception) from a JSONL file."""
     name = os.path.basename(str(path))
     for n, obj in read_jsonl(path):
@@ -132,8 +139,9 @@ def iter_jsonl_source(path: str | os.PathLike, field_map: dict | None = None
             yield loc, map_fields(obj, field_map)
 
 
-def iter_mongo_source(collection: Any, query: dict | None = None, field_map: dict | None = None,
-                      limit: int = 0, batch_size: int = 1000) -> Iterator[tuple[str, Any]]:
+def iter_mongo_source(
+    collection: Any, query: dict | None = None, field_map: dict | None = None, limit: int = 0, batch_size: int = 1000
+) -> Iterator[tuple[str, Any]]:
     """Yield (locator, mapped raw record) from a pymongo (or mongomock) collection."""
     cursor = collection.find(query or {}, batch_size=batch_size).sort("_id", 1)
     if limit:
@@ -145,21 +153,23 @@ def iter_mongo_source(collection: Any, query: dict | None = None, field_map: dic
         yield loc, map_fields(doc, field_map)
 
 
-def mongo_collection(uri_env: str, database: str, collection: str,
-                     timeout_ms: int = 20000) -> Any:
+def mongo_collection(uri_env: str, database: str, collection: str, timeout_ms: int = 20000) -> Any:
     """Open a collection with a URI read from an environment variable (a K8s secret)."""
     uri = os.environ.get(uri_env)
     if not uri:
-        raise RuntimeError(f"MongoDB URI not set: environment variable {uri_env} is empty "
-                           "(on the cluster it comes from a Kubernetes Secret)")
+        raise RuntimeError(
+            f"MongoDB URI not set: environment variable {uri_env} is empty "
+            "(on the cluster it comes from a Kubernetes Secret)"
+        )
     import pymongo
 
     client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=timeout_ms)
     return client[database][collection]
 
 
-def ingest(source: Iterable[tuple[str, Any]], allowed_licenses: Iterable[str] | None = DEFAULT_ALLOWED,
-           min_side: int = 0) -> IngestResult:
+def ingest(
+    source: Iterable[tuple[str, Any]], allowed_licenses: Iterable[str] | None = DEFAULT_ALLOWED, min_side: int = 0
+) -> IngestResult:
     """Validate, licence-filter and de-duplicate records from a source iterator.
 
     Raises NothingKeptError when no record is kept: an empty records file would only
@@ -186,12 +196,14 @@ def ingest(source: Iterable[tuple[str, Any]], allowed_licenses: Iterable[str] | 
         license_counts_all[canon] += 1
         if canon not in allowed:
             why = f": {lic.reason}" if lic.reason else ""
-            rejections.append(Rejection(loc, "license_not_allowed", "license",
-                                        f"{rec.license!r} ({canon}{why}) not in {sorted(allowed)}"))
+            rejections.append(
+                Rejection(
+                    loc, "license_not_allowed", "license", f"{rec.license!r} ({canon}{why}) not in {sorted(allowed)}"
+                )
+            )
             continue
         if min_side and rec.width and rec.height and min(rec.width, rec.height) < min_side:
-            rejections.append(Rejection(loc, "too_small", "width",
-                                        f"{rec.width}x{rec.height} < {min_side}px"))
+            rejections.append(Rejection(loc, "too_small", "width", f"{rec.width}x{rec.height} < {min_side}px"))
             continue
         if rec.image_id in seen_ids:
             rejections.append(Rejection(loc, "duplicate_image_id", "image_id", rec.image_id))
@@ -209,8 +221,9 @@ def ingest(source: Iterable[tuple[str, Any]], allowed_licenses: Iterable[str] | 
     return result
 
 
-def audit_records(kept: list[Record], rejections: list[Rejection], read: int,
-                  license_counts_all: Counter) -> dict[str, Any]:
+def audit_records(
+    kept: list[Record], rejections: list[Rejection], read: int, license_counts_all: Counter
+) -> dict[str, Any]:
     """The phase-0 audit: totals, classes, per-region/licence counts, drops by reason."""
     per_class = Counter(r.taxon for r in kept)
     valid = sum(license_counts_all.values())
@@ -270,9 +283,17 @@ def fetch_records_file(uri: str, workdir: str | os.PathLike) -> str:
     return path
 
 
-def run_ingest(source: str, records_uri: str, mongo: dict | None, license_allow: list[str] | None,
-               min_side: int, out_records: str, out_audit: str, out_rejections: str,
-               workdir: str = "/tmp") -> dict[str, Any]:
+def run_ingest(
+    source: str,
+    records_uri: str,
+    mongo: dict | None,
+    license_allow: list[str] | None,
+    min_side: int,
+    out_records: str,
+    out_audit: str,
+    out_rejections: str,
+    workdir: str = "/tmp",
+) -> dict[str, Any]:
     """The ingest step: read from `source` ('jsonl' or 'mongo'), write records,
     audit JSON and rejections JSONL; return the audit. When no record is kept, the
     audit and rejections are still written, then NothingKeptError is raised."""

@@ -11,6 +11,7 @@ and however it is spelled (``nc``, ``NonCommercial``, ``non commercial``,
 ``NoDerivs``, ``no derivatives``, ``sin obra derivada``, glued as in ``ccbyncsa``,
 after the version, after a URL), so a string with a permissive family and an
 NC/ND term parses as the NC/ND family."""
+
 from __future__ import annotations
 
 import re
@@ -29,48 +30,203 @@ MAX_LENGTH = 512
 # Word sequences and the licence term each one names. Matching is on whole words after
 # the string is split (and glued words such as "ccbyncsa" are split into these).
 _PHRASES: dict[tuple[str, ...], str] = {
-    ("cc",): "CC", ("creativecommons",): "CC", ("creative", "commons"): "CC",
-    ("by",): "BY", ("attribution",): "BY", ("reconocimiento",): "BY", ("atribucion",): "BY",
-    ("sa",): "SA", ("share", "alike"): "SA", ("compartir", "igual"): "SA",
-    ("nc",): "NC", ("non", "commercial"): "NC", ("no", "commercial"): "NC",
-    ("not", "commercial"): "NC", ("no", "comercial"): "NC", ("non", "comercial"): "NC",
-    ("nd",): "ND", ("no", "derivatives"): "ND", ("no", "derivative"): "ND", ("no", "derivs"): "ND",
-    ("no", "deriv"): "ND", ("no", "derivative", "works"): "ND", ("non", "derivative"): "ND",
-    ("non", "derivatives"): "ND", ("sin", "obra", "derivada"): "ND",
-    ("sin", "obras", "derivadas"): "ND", ("sin", "derivadas"): "ND",
+    ("cc",): "CC",
+    ("creativecommons",): "CC",
+    ("creative", "commons"): "CC",
+    ("by",): "BY",
+    ("attribution",): "BY",
+    ("reconocimiento",): "BY",
+    ("atribucion",): "BY",
+    ("sa",): "SA",
+    ("share", "alike"): "SA",
+    ("compartir", "igual"): "SA",
+    ("nc",): "NC",
+    ("non", "commercial"): "NC",
+    ("no", "commercial"): "NC",
+    ("not", "commercial"): "NC",
+    ("no", "comercial"): "NC",
+    ("non", "comercial"): "NC",
+    ("nd",): "ND",
+    ("no", "derivatives"): "ND",
+    ("no", "derivative"): "ND",
+    ("no", "derivs"): "ND",
+    ("no", "deriv"): "ND",
+    ("no", "derivative", "works"): "ND",
+    ("non", "derivative"): "ND",
+    ("non", "derivatives"): "ND",
+    ("sin", "obra", "derivada"): "ND",
+    ("sin", "obras", "derivadas"): "ND",
+    ("sin", "derivadas"): "ND",
     ("zero",): "ZERO",
-    ("public", "domain"): "PD", ("publicdomain",): "PD", ("pd",): "PD", ("pdm",): "PD",
+    ("public", "domain"): "PD",
+    ("publicdomain",): "PD",
+    ("pd",): "PD",
+    ("pdm",): "PD",
     ("dominio", "publico"): "PD",
-    ("all", "rights", "reserved"): "ARR", ("copyright",): "ARR", ("arr",): "ARR", ("c",): "ARR",
+    ("all", "rights", "reserved"): "ARR",
+    ("copyright",): "ARR",
+    ("arr",): "ARR",
+    ("c",): "ARR",
     # no term: the legal code's title ("Attribution 4.0 International Public License")
-    ("public", "license"): "", ("public", "licence"): "",
+    ("public", "license"): "",
+    ("public", "licence"): "",
 }
 _LONGEST_PHRASE = max(len(p) for p in _PHRASES)
 # Words that carry no licence meaning in the usual spellings (URL parts, the "International"
 # of long names, the "use only" of "non-commercial use only"). Kept short on purpose: a word
 # that could change the meaning ("except", "allowed", "commercial" alone) must stay unknown.
-_FILLER = frozenset({
-    "http", "https", "www", "org", "licenses", "license", "licence", "licences", "licensed",
-    "legalcode", "deed", "international", "internacional", "unported", "generic", "universal",
-    "version", "dedication", "mark", "use", "only",
-})
+_FILLER = frozenset(
+    {
+        "http",
+        "https",
+        "www",
+        "org",
+        "licenses",
+        "license",
+        "licence",
+        "licences",
+        "licensed",
+        "legalcode",
+        "deed",
+        "international",
+        "internacional",
+        "unported",
+        "generic",
+        "universal",
+        "version",
+        "dedication",
+        "mark",
+        "use",
+        "only",
+    }
+)
 _VOCABULARY = frozenset(w for p in _PHRASES for w in p) | _FILLER
 # Glued tokens are split only into words of 2+ letters, so a stray "c" never appears inside one.
 _SEGMENT_WORDS = tuple(sorted((w for w in _VOCABULARY if len(w) >= 2), key=len, reverse=True))
 # Jurisdiction ports and deed languages ("3.0-es", ".../3.0/es/deed.pt_BR"), accepted only
 # after a version, "deed" or "legalcode". "no" (Norway's port) is left out: it reads as a
 # dangling negation ("CC BY 4.0 no"), so such a string is refused.
-_CODES = frozenset({
-    "af", "am", "ar", "at", "au", "az", "be", "bg", "bn", "br", "ca", "ch", "cl", "cn", "co",
-    "cr", "cs", "cy", "cz", "da", "de", "dk", "ec", "ee", "eg", "el", "en", "eo", "es", "et",
-    "eu", "fa", "fi", "fr", "fy", "ga", "ge", "gl", "gr", "gt", "he", "hi", "hk", "hr", "hu",
-    "id", "ie", "il", "in", "is", "it", "ja", "jo", "jp", "ka", "ko", "kr", "lt", "lu", "lv",
-    "mk", "ms", "mt", "mx", "my", "nl", "nn", "nz", "oc", "pe", "ph", "pl", "pr", "pt", "ro",
-    "rs", "ru", "se", "sg", "si", "sk", "sl", "sq", "sr", "sv", "th", "tr", "tw", "ug", "uk",
-    "ur", "us", "ve", "vi", "vn", "za", "zh", "igo", "scotland", "hans", "hant", "latn"
-}) - _VOCABULARY
-_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "2.1": "2.1", "2.5": "2.5",
-             "3": "3.0", "3.0": "3.0", "4": "4.0", "4.0": "4.0"}
+_CODES = (
+    frozenset(
+        {
+            "af",
+            "am",
+            "ar",
+            "at",
+            "au",
+            "az",
+            "be",
+            "bg",
+            "bn",
+            "br",
+            "ca",
+            "ch",
+            "cl",
+            "cn",
+            "co",
+            "cr",
+            "cs",
+            "cy",
+            "cz",
+            "da",
+            "de",
+            "dk",
+            "ec",
+            "ee",
+            "eg",
+            "el",
+            "en",
+            "eo",
+            "es",
+            "et",
+            "eu",
+            "fa",
+            "fi",
+            "fr",
+            "fy",
+            "ga",
+            "ge",
+            "gl",
+            "gr",
+            "gt",
+            "he",
+            "hi",
+            "hk",
+            "hr",
+            "hu",
+            "id",
+            "ie",
+            "il",
+            "in",
+            "is",
+            "it",
+            "ja",
+            "jo",
+            "jp",
+            "ka",
+            "ko",
+            "kr",
+            "lt",
+            "lu",
+            "lv",
+            "mk",
+            "ms",
+            "mt",
+            "mx",
+            "my",
+            "nl",
+            "nn",
+            "nz",
+            "oc",
+            "pe",
+            "ph",
+            "pl",
+            "pr",
+            "pt",
+            "ro",
+            "rs",
+            "ru",
+            "se",
+            "sg",
+            "si",
+            "sk",
+            "sl",
+            "sq",
+            "sr",
+            "sv",
+            "th",
+            "tr",
+            "tw",
+            "ug",
+            "uk",
+            "ur",
+            "us",
+            "ve",
+            "vi",
+            "vn",
+            "za",
+            "zh",
+            "igo",
+            "scotland",
+            "hans",
+            "hant",
+            "latn",
+        }
+    )
+    - _VOCABULARY
+)
+_VERSIONS = {
+    "1": "1.0",
+    "1.0": "1.0",
+    "2": "2.0",
+    "2.0": "2.0",
+    "2.1": "2.1",
+    "2.5": "2.5",
+    "3": "3.0",
+    "3.0": "3.0",
+    "4": "4.0",
+    "4.0": "4.0",
+}
 # Loose spellings (typos, other languages, suffixes) that flag a restriction even when the
 # string is refused as UNKNOWN, so the reason says what was seen. Searched with separators removed.
 _NC_LOOSE = re.compile(r"no[nt]?comm?er|nichtkommer|pasdutilisationcommer")
@@ -91,6 +247,7 @@ class License:
     or "" when no licence was given. version: "4.0", "1.0", ... or None when the string
     names none. restrictions: the NC/ND terms seen anywhere in the string, also when the
     family is UNKNOWN. reason: why the family is UNKNOWN or empty; "" otherwise."""
+
     family: str
     version: str | None = None
     restrictions: frozenset[str] = frozenset()
@@ -199,7 +356,7 @@ def _parse_license(raw_text: str | None) -> License:
             i += 1  # "v4.0"
             continue
         for n in range(_LONGEST_PHRASE, 0, -1):
-            term = _PHRASES.get(tuple(words[i:i + n]))
+            term = _PHRASES.get(tuple(words[i : i + n]))
             if term is not None:
                 if term:
                     terms.append(term)
@@ -269,7 +426,7 @@ def allowed_set(allow: Iterable[str] | None) -> set[str]:
     if isinstance(allow, str):
         raise TypeError(f"the licence allow-list must be a list of licences, got the string {allow!r}")
     out = set()
-    for entry in (allow if allow is not None else DEFAULT_ALLOWED):
+    for entry in allow if allow is not None else DEFAULT_ALLOWED:
         lic = parse_license(entry)
         if lic.family in ("", UNKNOWN):
             raise ValueError(f"licence allow-list entry {entry!r} is not a licence: {lic.reason}")

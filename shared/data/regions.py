@@ -1,6 +1,7 @@
 """Region lists as configs and results write them ("EU_NORTH,EU_EAST"): one parser for
 every place that reads one (teacher region filters, the pipeline's regional teachers,
 the split's region filter, the student's teacher weights, the manifest's per-region figures)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable

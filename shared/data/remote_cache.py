@@ -4,6 +4,7 @@ cache across clusters. Each pod works on a local copy (PLANTID_LOCAL_CACHE, else
 the temp dir): cache_images uploads every new file and the index, and readers
 download a cached file the first time they open it. Objects are named by content
 hash, so an upload is idempotent and a local copy never goes stale."""
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,10 @@ class RemoteCache:
         """Every object under the prefix: relative name -> (bytes, base64 md5), one listing
         (the md5 tells a same-size replacement apart)."""
         try:
-            return {b.name[len(self.prefix):]: (int(b.size or 0), b.md5_hash)
-                    for b in gcs.client().list_blobs(self.bucket_name, prefix=self.prefix)}
+            return {
+                b.name[len(self.prefix) :]: (int(b.size or 0), b.md5_hash)
+                for b in gcs.client().list_blobs(self.bucket_name, prefix=self.prefix)
+            }
         except Exception as e:  # noqa: BLE001 - auth, network or API errors: all the bucket's fault
             raise self._fail("list", "", e) from None
 
@@ -64,8 +67,9 @@ class RemoteCache:
             self._blob(rel).download_to_filename(tmp)
             os.replace(tmp, dest)
         except gexc.NotFound:
-            raise FileNotFoundError(f"{self.uri}/{rel} is not in the cache bucket "
-                                    "(was cache_images run against this cache.dir?)") from None
+            raise FileNotFoundError(
+                f"{self.uri}/{rel} is not in the cache bucket (was cache_images run against this cache.dir?)"
+            ) from None
         except Exception as e:  # noqa: BLE001
             raise self._fail("download", rel, e) from None
         finally:

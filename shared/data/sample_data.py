@@ -6,6 +6,7 @@ images under 100 px, malformed records and broken URLs.
 
     python -m shared.data.sample_data --output data/sample [--species 40] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,30 @@ RESTRICTED = ("cc-by-nc-4.0", "All rights reserved", "CC-BY-ND")
 
 
 def species_name(k: int) -> str:
-    genera = ("Quercus", "Pinus", "Rosa", "Salvia", "Thymus", "Lavandula", "Cistus", "Erica",
-              "Olea", "Acer", "Betula", "Fagus", "Iris", "Orchis", "Ophrys", "Allium")
+    genera = (
+        "Quercus",
+        "Pinus",
+        "Rosa",
+        "Salvia",
+        "Thymus",
+        "Lavandula",
+        "Cistus",
+        "Erica",
+        "Olea",
+        "Acer",
+        "Betula",
+        "Fagus",
+        "Iris",
+        "Orchis",
+        "Ophrys",
+        "Allium",
+    )
     return f"{genera[k % len(genera)]} sp{k:03d}"
 
 
-def render_species_image(k: int, rng: np.random.Generator, size: tuple[int, int] = (256, 208),
-                         off_centre: bool = False) -> Image.Image:
+def render_species_image(
+    k: int, rng: np.random.Generator, size: tuple[int, int] = (256, 208), off_centre: bool = False
+) -> Image.Image:
     """One photo of species k: a patterned coloured subject on a noisy background.
 
     The species is identified by hue, pattern (stripes/dots/checks/rings), pattern
@@ -64,7 +82,7 @@ def render_species_image(k: int, rng: np.random.Generator, size: tuple[int, int]
     elif pattern == 2:
         p = (np.sign(np.sin(u * freq)) * np.sign(np.sin(v * freq))) > 0
     else:
-        p = np.sin(np.sqrt(u ** 2 + v ** 2) * freq) > 0
+        p = np.sin(np.sqrt(u**2 + v**2) * freq) > 0
     subject = np.where(p[..., None], col, col2) + rng.normal(0, 10, (h, w, 3))
     img = np.where(mask[..., None], subject, bg)
     img *= rng.uniform(0.8, 1.15)  # exposure
@@ -84,12 +102,11 @@ def class_sizes(n_species: int, rng: np.random.Generator) -> list[int]:
         if k >= n_species - max(2, n_species // 10):
             sizes.append(1 if k % 2 else 2)
         else:
-            sizes.append(int(np.clip(30 * (0.93 ** k) + rng.integers(0, 4), 8, 30)))
+            sizes.append(int(np.clip(30 * (0.93**k) + rng.integers(0, 4), 8, 30)))
     return sizes
 
 
-def generate(output: str | Path, n_species: int = 40, seed: int = 0,
-             image_size: tuple[int, int] = (256, 208)) -> dict:
+def generate(output: str | Path, n_species: int = 40, seed: int = 0, image_size: tuple[int, int] = (256, 208)) -> dict:
     """Write images under output/images and output/records.jsonl; return a summary."""
     out = Path(output).resolve()
     img_dir = out / "images"
@@ -104,14 +121,27 @@ def generate(output: str | Path, n_species: int = 40, seed: int = 0,
             n += 1
             # Most photos from the species' home region, some elsewhere.
             region = home if rng.random() < 0.8 else REGIONS[int(rng.integers(0, len(REGIONS)))]
-            lic = (RESTRICTED[int(rng.integers(0, len(RESTRICTED)))] if rng.random() < 0.08
-                   else PERMISSIVE[int(rng.integers(0, len(PERMISSIVE)))])
+            lic = (
+                RESTRICTED[int(rng.integers(0, len(RESTRICTED)))]
+                if rng.random() < 0.08
+                else PERMISSIVE[int(rng.integers(0, len(PERMISSIVE)))]
+            )
             path = img_dir / f"img{n:05d}.jpg"
             img = render_species_image(k, rng, image_size, off_centre=(j % 4 == 3))
             write_bytes(path, _jpeg(img))
-            records.append({"image_id": f"img{n:05d}", "image_url": str(path), "taxon": species_name(k),
-                            "region": region, "license": lic, "observation_id": f"obs{n:05d}",
-                            "source": "synthetic", "width": img.width, "height": img.height})
+            records.append(
+                {
+                    "image_id": f"img{n:05d}",
+                    "image_url": str(path),
+                    "taxon": species_name(k),
+                    "region": region,
+                    "license": lic,
+                    "observation_id": f"obs{n:05d}",
+                    "source": "synthetic",
+                    "width": img.width,
+                    "height": img.height,
+                }
+            )
     base = len(records)
     # Two photos of one observation (must stay in one split).
     records[5]["observation_id"] = records[4]["observation_id"]
@@ -127,20 +157,47 @@ def generate(output: str | Path, n_species: int = 40, seed: int = 0,
     for i in range(3):
         tiny = img_dir / f"tiny{i}.jpg"
         write_bytes(tiny, _jpeg(render_species_image(i, rng, (120, 64))))
-        records.append({"image_id": f"tiny{i}", "image_url": str(tiny), "taxon": species_name(i),
-                        "region": "EU_SW", "license": "CC0"})
+        records.append(
+            {
+                "image_id": f"tiny{i}",
+                "image_url": str(tiny),
+                "taxon": species_name(i),
+                "region": "EU_SW",
+                "license": "CC0",
+            }
+        )
     # Broken URLs (about 1.5%: under the plan's 5% failure budget).
     for i in range(max(1, base // 70)):
-        records.append({"image_id": f"broken{i}", "image_url": str(img_dir / f"missing{i}.jpg"),
-                        "taxon": species_name(i), "region": "EU_NORTH", "license": "CC-BY"})
+        records.append(
+            {
+                "image_id": f"broken{i}",
+                "image_url": str(img_dir / f"missing{i}.jpg"),
+                "taxon": species_name(i),
+                "region": "EU_NORTH",
+                "license": "CC-BY",
+            }
+        )
     # Malformed records.
-    records.append({"image_id": "bad_no_taxon", "image_url": str(img_dir / "img00001.jpg"),
-                    "region": "EU_SW", "license": "CC0"})
-    records.append({"image_id": "bad_width", "image_url": str(img_dir / "img00002.jpg"),
-                    "taxon": species_name(0), "region": "EU_SW", "license": "CC0", "width": "wide"})
+    records.append(
+        {"image_id": "bad_no_taxon", "image_url": str(img_dir / "img00001.jpg"), "region": "EU_SW", "license": "CC0"}
+    )
+    records.append(
+        {
+            "image_id": "bad_width",
+            "image_url": str(img_dir / "img00002.jpg"),
+            "taxon": species_name(0),
+            "region": "EU_SW",
+            "license": "CC0",
+            "width": "wide",
+        }
+    )
     write_jsonl(out / "records.jsonl", records)
-    summary = {"records": len(records), "species": n_species, "images_written": n + 6,
-               "records_path": str(out / "records.jsonl")}
+    summary = {
+        "records": len(records),
+        "species": n_species,
+        "images_written": n + 6,
+        "records_path": str(out / "records.jsonl"),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -3,6 +3,7 @@ only, 2 -> 1 train / 1 val, 3 or more -> 80/10/10; deterministic for a seed; an
 optional region filter for the regional teachers; a leakage check (no image hash
 or observation in two splits, every val/test class present in train); class
 balance statistics and an HTML histogram."""
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,10 @@ def _groups(records: list[dict]) -> list[int]:
 
     first: dict[str, int] = {}
     for i, r in enumerate(records):
-        for key in (("o:" + str(r["observation_id"])) if r.get("observation_id") else None,
-                    ("h:" + r["sha256"]) if r.get("sha256") else None):
+        for key in (
+            ("o:" + str(r["observation_id"])) if r.get("observation_id") else None,
+            ("h:" + r["sha256"]) if r.get("sha256") else None,
+        ):
             if key is None:
                 continue
             j = first.setdefault(key, i)
@@ -77,8 +80,12 @@ def class_counts_for(n: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1
     return n - n_val - n_test, n_val, n_test
 
 
-def stratified_split(records: list[dict], seed: int = 42, regions: str | Iterable[str] | None = None,
-                     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> SplitResult:
+def stratified_split(
+    records: list[dict],
+    seed: int = 42,
+    regions: str | Iterable[str] | None = None,
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> SplitResult:
     """Split records per class by the plan's rules; groups (observation / identical
     image) are the unit, so nothing leaks. Deterministic for (records, seed)."""
     region_set = parse_regions(regions)
@@ -107,8 +114,9 @@ def stratified_split(records: list[dict], seed: int = 42, regions: str | Iterabl
     for name in SPLITS:
         out[name].sort(key=lambda r: str(r.get("image_id")))
     leakage = check_leakage(out)
-    stats = split_stats(out, leakage, seed=seed, regions=sorted(region_set) if region_set else None,
-                        input_records=len(records))
+    stats = split_stats(
+        out, leakage, seed=seed, regions=sorted(region_set) if region_set else None, input_records=len(records)
+    )
     return SplitResult(out["train"], out["val"], out["test"], stats)
 
 
@@ -127,26 +135,31 @@ def check_leakage(splits: dict[str, list[dict]]) -> dict[str, Any]:
                     conflicts.append(f"{key}={v} in {prev} and {name}")
     train_classes = {r["taxon"] for r in splits.get("train", [])}
     missing = sorted({r["taxon"] for s in ("val", "test") for r in splits.get(s, [])} - train_classes)
-    return {"leak_free": not conflicts, "conflicts": conflicts,
-            "eval_classes_missing_from_train": missing[:50],
-            "eval_classes_missing_from_train_count": len(missing)}
+    return {
+        "leak_free": not conflicts,
+        "conflicts": conflicts,
+        "eval_classes_missing_from_train": missing[:50],
+        "eval_classes_missing_from_train_count": len(missing),
+    }
 
 
 def split_stats(splits: dict[str, list[dict]], leakage: dict, **extra: Any) -> dict[str, Any]:
     per_class_train = Counter(r["taxon"] for r in splits["train"])
     per_class_all = Counter(r["taxon"] for s in SPLITS for r in splits[s])
     val_classes = {r["taxon"] for r in splits["val"]}
-    hist = {f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi < 10**12 else f">{lo - 1}"):
-            sum(1 for c in per_class_all.values() if lo <= c <= hi) for lo, hi in HIST_BUCKETS}
+    hist = {
+        f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi < 10**12 else f">{lo - 1}"): sum(
+            1 for c in per_class_all.values() if lo <= c <= hi
+        )
+        for lo, hi in HIST_BUCKETS
+    }
     return {
         **extra,
         "images": {s: len(splits[s]) for s in SPLITS},
         "classes": {s: len({r["taxon"] for r in splits[s]}) for s in SPLITS},
         "classes_total": len(per_class_all),
-        "per_region": {s: dict(sorted(Counter(r.get("region", "") for r in splits[s]).items()))
-                       for s in SPLITS},
-        "train_val_class_overlap": (len(val_classes & set(per_class_train)) / len(val_classes)
-                                    if val_classes else 1.0),
+        "per_region": {s: dict(sorted(Counter(r.get("region", "") for r in splits[s]).items())) for s in SPLITS},
+        "train_val_class_overlap": (len(val_classes & set(per_class_train)) / len(val_classes) if val_classes else 1.0),
         "leakage": leakage,
         "class_size_histogram": hist,
         "images_per_class": dict(sorted(per_class_all.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -163,9 +176,11 @@ def histogram_html(stats: dict[str, Any], title: str = "Class balance") -> str:
     for i, (label, count) in enumerate(hist.items()):
         bh = int(h * count / peak)
         x = i * (bar_w + gap) + 10
-        bars.append(f'<rect x="{x}" y="{h - bh + 20}" width="{bar_w}" height="{bh}" fill="#3a7d44"/>'
-                    f'<text x="{x + bar_w / 2}" y="{h + 38}" text-anchor="middle">{html.escape(label)}</text>'
-                    f'<text x="{x + bar_w / 2}" y="{h - bh + 15}" text-anchor="middle">{count}</text>')
+        bars.append(
+            f'<rect x="{x}" y="{h - bh + 20}" width="{bar_w}" height="{bh}" fill="#3a7d44"/>'
+            f'<text x="{x + bar_w / 2}" y="{h + 38}" text-anchor="middle">{html.escape(label)}</text>'
+            f'<text x="{x + bar_w / 2}" y="{h - bh + 15}" text-anchor="middle">{count}</text>'
+        )
     width = len(hist) * (bar_w + gap) + 20
     rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{c}</td></tr>" for t, c in top[:30])
     counts = " / ".join(f"{s}: {stats['images'][s]} images, {stats['classes'][s]} classes" for s in SPLITS)
@@ -173,24 +188,46 @@ def histogram_html(stats: dict[str, Any], title: str = "Class balance") -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:20px}} td{{padding:2px 10px}} text{{font-size:12px}}</style></head>
 <body><h2>{html.escape(title)}</h2><p>{counts}</p><p>{html.escape(leak)}; train/val class overlap
-{stats['train_val_class_overlap']:.1%}</p>
+{stats["train_val_class_overlap"]:.1%}</p>
 <h3>Classes by number of images</h3>
-<svg width="{width}" height="{h + 50}">{''.join(bars)}</svg>
+<svg width="{width}" height="{h + 50}">{"".join(bars)}</svg>
 <h3>Largest classes</h3><table><tr><th>taxon</th><th>images</th></tr>{rows}</table></body></html>"""
 
 
-def run_split(cached_path: str, regions: str, seed: int, out_paths: dict[str, str],
-              out_stats: str, out_histogram: str, title: str = "Class balance") -> dict[str, Any]:
+def run_split(
+    cached_path: str,
+    regions: str,
+    seed: int,
+    out_paths: dict[str, str],
+    out_stats: str,
+    out_histogram: str,
+    title: str = "Class balance",
+) -> dict[str, Any]:
     """The split step over a cached-records JSONL; fails on leakage."""
     from shared.io.records import load_jsonl
 
     result = stratified_split(load_jsonl(cached_path), seed=seed, regions=regions)
-    return write_split(result, out_paths, out_stats, out_histogram, title, what="split",
-                       empty=f"no cached records for regions {regions!r}: nothing to split")
+    return write_split(
+        result,
+        out_paths,
+        out_stats,
+        out_histogram,
+        title,
+        what="split",
+        empty=f"no cached records for regions {regions!r}: nothing to split",
+    )
 
 
-def write_split(result: SplitResult, out_paths: dict[str, str], out_stats: str, out_histogram: str, title: str,
-                *, what: str, empty: str) -> dict[str, Any]:
+def write_split(
+    result: SplitResult,
+    out_paths: dict[str, str],
+    out_stats: str,
+    out_histogram: str,
+    title: str,
+    *,
+    what: str,
+    empty: str,
+) -> dict[str, Any]:
     """Refuse a leaking or empty split (naming why), else write its JSONLs, stats and histogram."""
     from shared.io.atomic import write_json, write_text
     from shared.io.records import write_jsonl
@@ -229,10 +266,16 @@ def nested_regional_split(global_splits: dict[str, list[dict]], regions: str | I
     nesting = check_nesting(global_splits, part)
     leakage["leak_free"] = leakage["leak_free"] and nesting["nested"]
     leakage["conflicts"] += nesting["conflicts"]
-    stats = split_stats(part, leakage, seed=None, regions=sorted(region_set), nested_in="global split",
-                        input_records=sum(len(v) for v in global_splits.values()),
-                        unlearnable_in_region={k: len(v) for k, v in dropped.items()},
-                        unlearnable_classes=sorted({r["taxon"] for v in dropped.values() for r in v})[:50])
+    stats = split_stats(
+        part,
+        leakage,
+        seed=None,
+        regions=sorted(region_set),
+        nested_in="global split",
+        input_records=sum(len(v) for v in global_splits.values()),
+        unlearnable_in_region={k: len(v) for k, v in dropped.items()},
+        unlearnable_classes=sorted({r["taxon"] for v in dropped.values() for r in v})[:50],
+    )
     return SplitResult(part["train"], part["val"], part["test"], stats)
 
 
@@ -260,14 +303,27 @@ def check_nesting(global_splits: dict[str, list[dict]], part: dict[str, list[dic
     return {"nested": not conflicts, "conflicts": conflicts}
 
 
-def run_regional_split(global_paths: dict[str, str], regions: str, out_paths: dict[str, str], out_stats: str,
-                       out_histogram: str, title: str = "Class balance") -> dict[str, Any]:
+def run_regional_split(
+    global_paths: dict[str, str],
+    regions: str,
+    out_paths: dict[str, str],
+    out_stats: str,
+    out_histogram: str,
+    title: str = "Class balance",
+) -> dict[str, Any]:
     """The regional split step: the region's part of the global split; fails on leakage."""
     from shared.io.records import load_jsonl
 
     result = nested_regional_split({name: load_jsonl(p) for name, p in global_paths.items()}, regions)
-    return write_split(result, out_paths, out_stats, out_histogram, title, what="regional split",
-                       empty=f"the global train split has no record of regions {regions!r}: nothing to train on")
+    return write_split(
+        result,
+        out_paths,
+        out_stats,
+        out_histogram,
+        title,
+        what="regional split",
+        empty=f"the global train split has no record of regions {regions!r}: nothing to train on",
+    )
 
 
 def split_metrics(stats: dict[str, Any]) -> dict[str, float]:

@@ -6,6 +6,7 @@ q is the teachers' combined soft label of each sample (top-k, looked up on the
 fly by sample index), s the student's logits, y the hard label. The T^2 factor
 keeps the soft term's gradients on the same scale as the hard term's (Hinton
 et al. 2015). Only a batch x C dense target is ever built."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,9 +27,16 @@ def dense_targets(indices: torch.Tensor, values: torch.Tensor, num_classes: int)
     return q / q.sum(1, keepdim=True).clamp(min=1e-12)
 
 
-def kd_loss(student_logits: torch.Tensor, soft_indices: torch.Tensor, soft_values: torch.Tensor,
-            hard_labels: torch.Tensor, temperature: float, kl_weight: float = 0.7, ce_weight: float = 0.3,
-            has_soft: torch.Tensor | None = None) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    soft_indices: torch.Tensor,
+    soft_values: torch.Tensor,
+    hard_labels: torch.Tensor,
+    temperature: float,
+    kl_weight: float = 0.7,
+    ce_weight: float = 0.3,
+    has_soft: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The plan's distillation loss (batch mean). Samples with has_soft False (no soft
     label) contribute only to the CE term; hard labels of -1 are ignored by CE."""
     s = student_logits.float()
@@ -39,7 +47,7 @@ def kd_loss(student_logits: torch.Tensor, soft_indices: torch.Tensor, soft_value
         kl = (kl_rows * has_soft).sum() / has_soft.sum().clamp(min=1)
     else:
         kl = kl_rows.mean()
-    loss = kl_weight * kl * temperature ** 2
+    loss = kl_weight * kl * temperature**2
     if ce_weight:
         valid = hard_labels >= 0
         if valid.any():
@@ -70,11 +78,14 @@ class SoftLabelLookup:
         return idx, self.values[safe].float(), has.float()
 
 
-def make_kd_loss_fn(lookup: SoftLabelLookup, temperature: float, kl_weight: float, ce_weight: float
-                    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_kd_loss_fn(
+    lookup: SoftLabelLookup, temperature: float, kl_weight: float, ce_weight: float
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """A trainer loss_fn(logits, labels, sample_indices) for distillation."""
+
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor, sample_indices: torch.Tensor) -> torch.Tensor:
         idx, vals, has = lookup(torch.as_tensor(sample_indices))
         dev = logits.device
         return kd_loss(logits, idx.to(dev), vals.to(dev), labels, temperature, kl_weight, ce_weight, has.to(dev))
+
     return loss_fn

@@ -11,6 +11,7 @@ sample's region is one of the teacher's), i.e. the weights are renormalised per
 sample. Averaging probabilities (not logits) is what makes teachers with
 different class sets combinable. q keeps its top-k classes, renormalised to sum
 to 1, stored fp16. Work is done in chunks: never a dense N x C matrix."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,30 +33,42 @@ class TeacherSpec:
 
 @dataclass
 class SoftLabels:
-    image_ids: np.ndarray   # (N,) str
-    indices: np.ndarray     # (N, k) int32 into classes
-    values: np.ndarray      # (N, k) float16 probabilities, rows sum to 1
+    image_ids: np.ndarray  # (N,) str
+    indices: np.ndarray  # (N, k) int32 into classes
+    values: np.ndarray  # (N, k) float16 probabilities, rows sum to 1
     classes: list[str]
     temperature: float
     records_digest: str = ""  # records_digest() of the train records they were made for
 
     def save(self, path: str | os.PathLike) -> None:
-        save_npz(path, image_ids=np.asarray(self.image_ids, dtype=str), indices=self.indices.astype(np.int32),
-                 values=self.values.astype(np.float16), classes=np.asarray(self.classes, dtype=str),
-                 temperature=np.asarray(self.temperature, dtype=np.float32),
-                 records_digest=np.asarray(self.records_digest, dtype=str),
-                 classes_digest=np.asarray(classes_digest(self.classes), dtype=str))
+        save_npz(
+            path,
+            image_ids=np.asarray(self.image_ids, dtype=str),
+            indices=self.indices.astype(np.int32),
+            values=self.values.astype(np.float16),
+            classes=np.asarray(self.classes, dtype=str),
+            temperature=np.asarray(self.temperature, dtype=np.float32),
+            records_digest=np.asarray(self.records_digest, dtype=str),
+            classes_digest=np.asarray(classes_digest(self.classes), dtype=str),
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SoftLabels:
         z = load_npz(path, "soft labels")
         try:
-            sl = cls(z["image_ids"], z["indices"], z["values"], [str(c) for c in z["classes"]],
-                     float(z["temperature"]), str(z["records_digest"]))
+            sl = cls(
+                z["image_ids"],
+                z["indices"],
+                z["values"],
+                [str(c) for c in z["classes"]],
+                float(z["temperature"]),
+                str(z["records_digest"]),
+            )
             stored = str(z["classes_digest"])
         except KeyError as e:
-            raise ValueError(f"soft labels {path} lack the array {e} (made by an older version? "
-                             "re-run combine_soft_labels)") from None
+            raise ValueError(
+                f"soft labels {path} lack the array {e} (made by an older version? re-run combine_soft_labels)"
+            ) from None
         if stored != classes_digest(sl.classes):
             raise ValueError(f"soft labels {path}: the class list does not match its recorded digest")
         return sl
@@ -66,13 +79,16 @@ class SoftLabels:
         if self.records_digest != records_digest(records):
             ids = {str(r["image_id"]) for r in records}
             mine = {str(s) for s in self.image_ids}
-            raise ValueError(f"{what} were made for other train records ({len(mine & ids)} of {len(ids)} train "
-                             f"images in common, digest {self.records_digest[:12] or 'none'} vs "
-                             f"{records_digest(records)[:12]}): re-run combine_soft_labels on this split")
+            raise ValueError(
+                f"{what} were made for other train records ({len(mine & ids)} of {len(ids)} train "
+                f"images in common, digest {self.records_digest[:12] or 'none'} vs "
+                f"{records_digest(records)[:12]}): re-run combine_soft_labels on this split"
+            )
         missing = sorted({str(r["taxon"]) for r in records} - set(self.classes))
         if missing:
-            raise ValueError(f"{what}: {len(missing)} species of the train records are not in their class list, "
-                             f"e.g. {missing[:3]}")
+            raise ValueError(
+                f"{what}: {len(missing)} species of the train records are not in their class list, e.g. {missing[:3]}"
+            )
 
     def bytes_per_sample(self) -> float:
         return self.indices.shape[1] * (4 + 2)
@@ -94,8 +110,14 @@ def union_classes(teachers: list[TeacherSpec]) -> list[str]:
     return sorted(set().union(*(t.logits.classes for t in teachers)))
 
 
-def combine_soft_labels(teachers: list[TeacherSpec], sample_ids: list[str], sample_regions: list[str],
-                        temperature: float, k: int = 32, chunk: int = 1024) -> SoftLabels:
+def combine_soft_labels(
+    teachers: list[TeacherSpec],
+    sample_ids: list[str],
+    sample_regions: list[str],
+    temperature: float,
+    k: int = 32,
+    chunk: int = 1024,
+) -> SoftLabels:
     """Soft labels for `sample_ids` (see the module docstring). A sample no teacher
     covers is an error naming it: the global teacher should cover every train sample."""
     if not teachers:
@@ -128,8 +150,10 @@ def combine_soft_labels(teachers: list[TeacherSpec], sample_ids: list[str], samp
     missing = np.flatnonzero(wsum <= 0)
     if len(missing):
         ex = ", ".join(str(sample_ids[i]) for i in missing[:5])
-        raise ValueError(f"{len(missing)} samples have no applicable teacher (e.g. {ex}); the global "
-                         "teacher's logits must cover every train sample")
+        raise ValueError(
+            f"{len(missing)} samples have no applicable teacher (e.g. {ex}); the global "
+            "teacher's logits must cover every train sample"
+        )
     out_idx = np.zeros((n, k), np.int32)
     out_val = np.zeros((n, k), np.float16)
     for start in range(0, n, chunk):
@@ -138,8 +162,16 @@ def combine_soft_labels(teachers: list[TeacherSpec], sample_ids: list[str], samp
     return SoftLabels(np.asarray(sample_ids, dtype=str), out_idx, out_val, classes, float(temperature))
 
 
-def _combine_chunk(rows: list[np.ndarray], maps: list[np.ndarray], probs: list[np.ndarray], weights: np.ndarray,
-                   start: int, stop: int, c_union: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _combine_chunk(
+    rows: list[np.ndarray],
+    maps: list[np.ndarray],
+    probs: list[np.ndarray],
+    weights: np.ndarray,
+    start: int,
+    stop: int,
+    c_union: int,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows start..stop of the combined soft labels, sparsely: each row has at most
     (teachers x teacher k) candidate classes, so work and memory grow with records, never
     with records x classes. Repeated classes are summed, the top k kept (descending) and
@@ -198,14 +230,22 @@ def soft_label_metrics(sl: SoftLabels, teachers: list[TeacherSpec], sample_regio
     multi = [(col[col != ""]) for col in top1.T]
     multi = [m for m in multi if len(m) >= 2]
     agree = float(np.mean([len(set(m)) == 1 for m in multi])) if multi else 1.0
-    return {"samples": len(sl.image_ids), "classes": len(sl.classes), "k": int(sl.indices.shape[1]),
-            "mean_entropy": entropy, "teacher_agreement": agree, "samples_with_2plus_teachers": len(multi),
-            "max_row_sum_error": float(np.abs(row_sums - 1).max()) if len(row_sums) else 0.0,
-            "coverage": coverage, "bytes_per_sample": sl.bytes_per_sample()}
+    return {
+        "samples": len(sl.image_ids),
+        "classes": len(sl.classes),
+        "k": int(sl.indices.shape[1]),
+        "mean_entropy": entropy,
+        "teacher_agreement": agree,
+        "samples_with_2plus_teachers": len(multi),
+        "max_row_sum_error": float(np.abs(row_sums - 1).max()) if len(row_sums) else 0.0,
+        "coverage": coverage,
+        "bytes_per_sample": sl.bytes_per_sample(),
+    }
 
 
-def run_combine(teacher_paths: list[tuple[str, float]], train_records: list[dict], student_cfg: dict,
-                out_path: str, k: int = 32) -> dict:
+def run_combine(
+    teacher_paths: list[tuple[str, float]], train_records: list[dict], student_cfg: dict, out_path: str, k: int = 32
+) -> dict:
     """The combine step: load each teacher's logits with its weight (the pipeline's
     parameter, shared/train/teacher_set.py: one source of truth), combine at the student
     config's temperature and save. Returns metrics and the effective weights."""

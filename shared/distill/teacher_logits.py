@@ -3,6 +3,7 @@ stored sparse: the top-k logits (fp16) and their class indices per sample, the
 log-sum-exp over all classes (so top-k probabilities are exact at T=1), the
 top-1 confidence, the true label, and the teacher's class list. Never a dense
 N x C array: at the plan's 850k x 9,000 that would be 30 GB of float32."""
+
 from __future__ import annotations
 
 import os
@@ -19,15 +20,15 @@ from shared.io.progress import Progress
 
 @dataclass
 class TeacherLogits:
-    image_ids: np.ndarray      # (N,) str
-    indices: np.ndarray        # (N, k) int32 into classes, by descending logit
-    values: np.ndarray         # (N, k) float16 logits
-    logsumexp: np.ndarray      # (N,) float32 over all classes
-    confidences: np.ndarray    # (N,) float32 top-1 softmax probability
-    labels: np.ndarray         # (N,) int32 true class index in `classes`, -1 if unknown
+    image_ids: np.ndarray  # (N,) str
+    indices: np.ndarray  # (N, k) int32 into classes, by descending logit
+    values: np.ndarray  # (N, k) float16 logits
+    logsumexp: np.ndarray  # (N,) float32 over all classes
+    confidences: np.ndarray  # (N,) float32 top-1 softmax probability
+    labels: np.ndarray  # (N,) int32 true class index in `classes`, -1 if unknown
     classes: list[str]
     name: str = ""
-    regions: str = ""          # the regions this teacher speaks for ("" = all)
+    regions: str = ""  # the regions this teacher speaks for ("" = all)
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
@@ -45,19 +46,27 @@ class TeacherLogits:
         unsorted = (np.diff(self.values.astype(np.float32), axis=1) > 0).any(axis=1) if n else []
         if np.any(unsorted):
             row = int(np.flatnonzero(unsorted)[0])
-            raise ValueError(f"teacher logits: values of sample {self.image_ids[row]} are not sorted "
-                             "in descending order")
+            raise ValueError(
+                f"teacher logits: values of sample {self.image_ids[row]} are not sorted in descending order"
+            )
 
     @property
     def k(self) -> int:
         return int(self.indices.shape[1])
 
     def save(self, path: str | os.PathLike) -> None:
-        save_npz(path, image_ids=np.asarray(self.image_ids, dtype=str), indices=self.indices.astype(np.int32),
-                 values=self.values.astype(np.float16), logsumexp=self.logsumexp.astype(np.float32),
-                 confidences=self.confidences.astype(np.float32), labels=self.labels.astype(np.int32),
-                 classes=np.asarray(self.classes, dtype=str), name=np.asarray(self.name),
-                 regions=np.asarray(self.regions))
+        save_npz(
+            path,
+            image_ids=np.asarray(self.image_ids, dtype=str),
+            indices=self.indices.astype(np.int32),
+            values=self.values.astype(np.float16),
+            logsumexp=self.logsumexp.astype(np.float32),
+            confidences=self.confidences.astype(np.float32),
+            labels=self.labels.astype(np.int32),
+            classes=np.asarray(self.classes, dtype=str),
+            name=np.asarray(self.name),
+            regions=np.asarray(self.regions),
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TeacherLogits:
@@ -66,9 +75,17 @@ class TeacherLogits:
         except zipfile.BadZipFile as e:  # a damaged file whose checksum was rewritten, or none recorded
             raise ValueError(f"teacher logits {path} is not readable: {e}") from e
         try:
-            return cls(image_ids=z["image_ids"], indices=z["indices"], values=z["values"],
-                       logsumexp=z["logsumexp"], confidences=z["confidences"], labels=z["labels"],
-                       classes=[str(c) for c in z["classes"]], name=str(z["name"]), regions=str(z["regions"]))
+            return cls(
+                image_ids=z["image_ids"],
+                indices=z["indices"],
+                values=z["values"],
+                logsumexp=z["logsumexp"],
+                confidences=z["confidences"],
+                labels=z["labels"],
+                classes=[str(c) for c in z["classes"]],
+                name=str(z["name"]),
+                regions=str(z["regions"]),
+            )
         except KeyError as e:
             raise ValueError(f"teacher logits {path} lack the array {e}") from None
         except ValueError as e:
@@ -82,14 +99,26 @@ def sparsify(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray, np.n
     vals, idx = logits.topk(k, dim=1)
     lse = torch.logsumexp(logits, dim=1)
     conf = torch.exp(vals[:, 0] - lse)
-    return (idx.to(torch.int32).numpy(), vals.to(torch.float16).numpy(), lse.numpy().astype(np.float32),
-            conf.numpy().astype(np.float32))
+    return (
+        idx.to(torch.int32).numpy(),
+        vals.to(torch.float16).numpy(),
+        lse.numpy().astype(np.float32),
+        conf.numpy().astype(np.float32),
+    )
 
 
 @torch.no_grad()
-def compute_teacher_logits(model: torch.nn.Module, loader: Iterable, image_ids: list[str],
-                           classes: list[str], k: int = 32, device: str = "cpu", amp: bool = False,
-                           name: str = "", regions: str = "") -> TeacherLogits:
+def compute_teacher_logits(
+    model: torch.nn.Module,
+    loader: Iterable,
+    image_ids: list[str],
+    classes: list[str],
+    k: int = 32,
+    device: str = "cpu",
+    amp: bool = False,
+    name: str = "",
+    regions: str = "",
+) -> TeacherLogits:
     """Stream the loader (items (x, label, sample_index)) through the model batch by batch."""
     model.eval().to(device)
     n = len(image_ids)
@@ -102,15 +131,18 @@ def compute_teacher_logits(model: torch.nn.Module, loader: Iterable, image_ids: 
     seen = np.zeros(n, bool)
     dtype = torch.bfloat16 if device == "cpu" else torch.float16
     # the whole train split through a teacher: at the plan's size an hour or more, so say it is moving
-    progress = Progress(len(loader) if hasattr(loader, "__len__") else None, "batch",  # type: ignore[arg-type]
-                        label=f"teacher logits {name}".rstrip(), rate_unit="img")
+    progress = Progress(
+        len(loader) if hasattr(loader, "__len__") else None,
+        "batch",  # type: ignore[arg-type]
+        label=f"teacher logits {name}".rstrip(),
+        rate_unit="img",
+    )
     for x, y, idx in loader:
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=amp):
             out = model(x.to(device))
         i = np.asarray(idx)
         if out.ndim != 2 or out.shape[1] != len(classes):
-            raise ValueError(f"teacher logits: the model gives {tuple(out.shape)} outputs for "
-                             f"{len(classes)} classes")
+            raise ValueError(f"teacher logits: the model gives {tuple(out.shape)} outputs for {len(classes)} classes")
         if len(i) and (i.min() < 0 or i.max() >= n):
             raise ValueError(f"teacher logits: the loader gave sample index {int(i.max())} for {n} image_ids")
         finite = torch.isfinite(out).all(dim=1).cpu().numpy()
@@ -123,8 +155,9 @@ def compute_teacher_logits(model: torch.nn.Module, loader: Iterable, image_ids: 
     progress.finish()
     if not seen.all():
         raise ValueError(f"teacher logits: {int((~seen).sum())} samples were not scored")
-    return TeacherLogits(np.asarray(image_ids, dtype=str), indices, values, lse, conf, labels,
-                         list(classes), name, regions)
+    return TeacherLogits(
+        np.asarray(image_ids, dtype=str), indices, values, lse, conf, labels, list(classes), name, regions
+    )
 
 
 def topk_probs(tl: TeacherLogits, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -149,8 +182,16 @@ def bytes_per_sample(tl: TeacherLogits) -> float:
     return k * (4 + 2) + 4 + 4 + 4
 
 
-def run_teacher_logits(checkpoint_path: str, records: list[dict], cache_dir: str, out_path: str,
-                       k: int = 32, name: str = "", regions: str = "", batch_size: int = 64) -> dict:
+def run_teacher_logits(
+    checkpoint_path: str,
+    records: list[dict],
+    cache_dir: str,
+    out_path: str,
+    k: int = 32,
+    name: str = "",
+    regions: str = "",
+    batch_size: int = 64,
+) -> dict:
     """Score `records` (the train split, filtered to `regions` when given) with a
     teacher checkpoint and save the sparse logits."""
     from torch.utils.data import DataLoader
@@ -166,12 +207,24 @@ def run_teacher_logits(checkpoint_path: str, records: list[dict], cache_dir: str
         raise ValueError(f"teacher {name}: no train records in regions {regions!r}")
     ckpt = load_checkpoint(checkpoint_path)
     model = build_model(ckpt)
-    ds = CachedImageDataset(recs, cache_dir, list(ckpt["classes"]), eval_transform_for(ckpt),
-                            label_missing="ignore")
+    ds = CachedImageDataset(recs, cache_dir, list(ckpt["classes"]), eval_transform_for(ckpt), label_missing="ignore")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tl = compute_teacher_logits(model, DataLoader(ds, batch_size=batch_size), [r["image_id"] for r in recs],
-                                list(ckpt["classes"]), k, device, name=name, regions=regions)
+    tl = compute_teacher_logits(
+        model,
+        DataLoader(ds, batch_size=batch_size),
+        [r["image_id"] for r in recs],
+        list(ckpt["classes"]),
+        k,
+        device,
+        name=name,
+        regions=regions,
+    )
     tl.save(out_path)
-    return {"samples": len(recs), "classes": len(tl.classes), "k": tl.k,
-            "bytes_per_sample": bytes_per_sample(tl), "mean_confidence": float(tl.confidences.mean()),
-            "train_top1": float((tl.indices[:, 0] == tl.labels).mean())}
+    return {
+        "samples": len(recs),
+        "classes": len(tl.classes),
+        "k": tl.k,
+        "bytes_per_sample": bytes_per_sample(tl),
+        "mean_confidence": float(tl.confidences.mean()),
+        "train_top1": float((tl.indices[:, 0] == tl.labels).mean()),
+    }

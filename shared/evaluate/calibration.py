@@ -11,6 +11,7 @@ miss the lowest admissible threshold); the accuracy/coverage curve reported
 beside it is sampled on a 0.00, 0.01, ..., 1.00 grid. When no threshold reaches
 the target the threshold is 1.0 (every prediction "no concluyente") and
 threshold_reached is False, with a message saying so."""
+
 from __future__ import annotations
 
 import html
@@ -54,8 +55,7 @@ def ece_mce(confidences: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> t
         if n:
             ece += n / len(conf) * gap
             mce = max(mce, gap)
-        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n, "accuracy": acc,
-                     "confidence": avg})
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n, "accuracy": acc, "confidence": avg})
     return float(ece), float(mce), bins
 
 
@@ -102,18 +102,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100)
 OBJECTIVES = ("ece", "nll")
 
 
-def _confidence_and_nll(logits: np.ndarray, labels: np.ndarray, temperature: float,
-                        chunk: int = 4096) -> tuple[np.ndarray, float]:
+def _confidence_and_nll(
+    logits: np.ndarray, labels: np.ndarray, temperature: float, chunk: int = 4096
+) -> tuple[np.ndarray, float]:
     """Top-1 confidence per sample and mean NLL at `temperature`, a chunk of rows at a
     time (at the plan's 85k x 8,600 val set a full softmax copy would be gigabytes)."""
     conf = np.empty(len(logits))
     total = 0.0
     for s in range(0, len(logits), chunk):
-        z = np.asarray(logits[s:s + chunk], np.float64) / temperature
+        z = np.asarray(logits[s : s + chunk], np.float64) / temperature
         m = z.max(axis=1)
         lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
-        conf[s:s + chunk] = np.exp(m - lse)
-        total += float((lse - z[np.arange(len(z)), labels[s:s + chunk]]).sum())
+        conf[s : s + chunk] = np.exp(m - lse)
+        total += float((lse - z[np.arange(len(z)), labels[s : s + chunk]]).sum())
     return conf, total / len(logits)
 
 
@@ -139,16 +140,17 @@ def fit_temperature_ece(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15
     return float(min(scored)[2])
 
 
-def threshold_search(confidences: np.ndarray, correct: np.ndarray, target_precision: float = 0.95
-                     ) -> dict[str, Any]:
+def threshold_search(confidences: np.ndarray, correct: np.ndarray, target_precision: float = 0.95) -> dict[str, Any]:
     """The lowest top-1 confidence threshold t such that accuracy over the samples
     with confidence >= t is at least target_precision. Candidates are the distinct
     confidences; the curve lists accuracy and coverage at each of 101 grid points."""
     conf = np.asarray(confidences, np.float64)
     corr = np.asarray(correct, bool)
     if conf.shape != corr.shape or conf.ndim != 1 or len(conf) == 0:
-        raise ValueError(f"threshold_search needs two equal-length, non-empty 1-D arrays; got confidences "
-                         f"{conf.shape} and correct {corr.shape}")
+        raise ValueError(
+            f"threshold_search needs two equal-length, non-empty 1-D arrays; got confidences "
+            f"{conf.shape} and correct {corr.shape}"
+        )
     order = np.argsort(-conf, kind="stable")
     c_sorted, ok_sorted = conf[order], corr[order]
     cum_ok = np.cumsum(ok_sorted)
@@ -165,20 +167,40 @@ def threshold_search(confidences: np.ndarray, correct: np.ndarray, target_precis
     curve = []
     for t in (i / 100 for i in range(101)):  # exact grid values (linspace gives 0.7000000000000001)
         m = conf >= t
-        curve.append({"threshold": t, "coverage": float(m.mean()),
-                      "accuracy": float(corr[m].mean()) if m.any() else None})
+        curve.append(
+            {"threshold": t, "coverage": float(m.mean()), "accuracy": float(corr[m].mean()) if m.any() else None}
+        )
     if best is None:
-        return {"threshold_reached": False, "threshold": 1.0, "coverage": 0.0, "precision_at_threshold": None,
-                "target_precision": target_precision, "curve": curve,
-                "message": f"no confidence threshold reaches {target_precision:.0%} precision on this set"}
-    return {"threshold_reached": True, "threshold": best[0], "coverage": best[1], "precision_at_threshold": best[2],
-            "target_precision": target_precision, "curve": curve,
-            "message": f"threshold {best[0]:.3f}: {best[2]:.1%} precision on {best[1]:.1%} of samples"}
+        return {
+            "threshold_reached": False,
+            "threshold": 1.0,
+            "coverage": 0.0,
+            "precision_at_threshold": None,
+            "target_precision": target_precision,
+            "curve": curve,
+            "message": f"no confidence threshold reaches {target_precision:.0%} precision on this set",
+        }
+    return {
+        "threshold_reached": True,
+        "threshold": best[0],
+        "coverage": best[1],
+        "precision_at_threshold": best[2],
+        "target_precision": target_precision,
+        "curve": curve,
+        "message": f"threshold {best[0]:.3f}: {best[2]:.1%} precision on {best[1]:.1%} of samples",
+    }
 
 
-def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray | None = None,
-              test_labels: np.ndarray | None = None, ece_threshold: float = 0.10,
-              target_precision: float = 0.95, n_bins: int = 15, objective: str = "ece") -> dict[str, Any]:
+def calibrate(
+    val_logits: np.ndarray,
+    val_labels: np.ndarray,
+    test_logits: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+    ece_threshold: float = 0.10,
+    target_precision: float = 0.95,
+    n_bins: int = 15,
+    objective: str = "ece",
+) -> dict[str, Any]:
     """The calibration.json content: temperature (1.0 unless ECE > ece_threshold; then
     the one minimising `objective` on val: "ece" as the plan says, or "nll", the usual
     temperature scaling), ECE/MCE before/after on val (and test), the threshold and its
@@ -198,14 +220,28 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.nd
     ece1, mce1, bins1 = ece_mce(p1.max(1), p1.argmax(1) == vy, n_bins)
     thr = threshold_search(p1.max(1), p1.argmax(1) == vy, target_precision)
     out: dict[str, Any] = {
-        "temperature": t, "applied": bool(applied), "ece_threshold": ece_threshold, "objective": objective,
-        "val_samples": int(len(vy)), "val_top1": float((p0.argmax(1) == vy).mean()),
-        "ece_before": ece0, "ece_after": ece1, "mce_before": mce0, "mce_after": mce1,
-        "nll_before": nll(vl, vy), "nll_after": nll(vl, vy, t),
-        "threshold": thr["threshold"], "threshold_reached": thr["threshold_reached"],
-        "coverage": thr["coverage"], "precision_at_threshold": thr["precision_at_threshold"],
-        "target_precision": target_precision, "threshold_message": thr["message"], "curve": thr["curve"],
-        "bins_before": bins0, "bins_after": bins1, "n_bins": n_bins,
+        "temperature": t,
+        "applied": bool(applied),
+        "ece_threshold": ece_threshold,
+        "objective": objective,
+        "val_samples": int(len(vy)),
+        "val_top1": float((p0.argmax(1) == vy).mean()),
+        "ece_before": ece0,
+        "ece_after": ece1,
+        "mce_before": mce0,
+        "mce_after": mce1,
+        "nll_before": nll(vl, vy),
+        "nll_after": nll(vl, vy, t),
+        "threshold": thr["threshold"],
+        "threshold_reached": thr["threshold_reached"],
+        "coverage": thr["coverage"],
+        "precision_at_threshold": thr["precision_at_threshold"],
+        "target_precision": target_precision,
+        "threshold_message": thr["message"],
+        "curve": thr["curve"],
+        "bins_before": bins0,
+        "bins_after": bins1,
+        "n_bins": n_bins,
     }
     if test_logits is not None and test_labels is not None:
         test_logits, test_labels = _check_logits_labels(test_logits, test_labels, "test")
@@ -227,39 +263,53 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.nd
 def reliability_diagram_svg(bins: list[dict], title: str, size: int = 260) -> str:
     pad, w = 30, size
     bar = (w - 2 * pad) / len(bins)
-    parts = [f'<svg width="{w}" height="{w}" xmlns="http://www.w3.org/2000/svg">',
-             f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
-             f'<line x1="{pad}" y1="{w - pad}" x2="{w - pad}" y2="{pad}" stroke="#999" stroke-dasharray="4"/>']
+    parts = [
+        f'<svg width="{w}" height="{w}" xmlns="http://www.w3.org/2000/svg">',
+        f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
+        f'<line x1="{pad}" y1="{w - pad}" x2="{w - pad}" y2="{pad}" stroke="#999" stroke-dasharray="4"/>',
+    ]
     for i, b in enumerate(bins):
         h = (w - 2 * pad) * b["accuracy"]
         x = pad + i * bar
         if b["count"]:
-            parts.append(f'<rect x="{x:.1f}" y="{w - pad - h:.1f}" width="{bar - 1:.1f}" height="{h:.1f}" '
-                         f'fill="#3a7d44"><title>{b["lo"]:.2f}-{b["hi"]:.2f}: acc {b["accuracy"]:.2f}, '
-                         f'conf {b["confidence"]:.2f}, n={b["count"]}</title></rect>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{w - pad - h:.1f}" width="{bar - 1:.1f}" height="{h:.1f}" '
+                f'fill="#3a7d44"><title>{b["lo"]:.2f}-{b["hi"]:.2f}: acc {b["accuracy"]:.2f}, '
+                f"conf {b['confidence']:.2f}, n={b['count']}</title></rect>"
+            )
     parts.append(f'<rect x="{pad}" y="{pad}" width="{w - 2 * pad}" height="{w - 2 * pad}" fill="none" stroke="#333"/>')
     parts.append(f'<text x="{w / 2}" y="{w - 8}" text-anchor="middle" font-size="11">confidence</text></svg>')
     return "".join(parts)
 
 
-def reliability_diagram_html(bins: list[dict], title: str = "Reliability diagram",
-                             bins_after: list[dict] | None = None, temperature: float | None = None) -> str:
+def reliability_diagram_html(
+    bins: list[dict],
+    title: str = "Reliability diagram",
+    bins_after: list[dict] | None = None,
+    temperature: float | None = None,
+) -> str:
     """A self-contained HTML page: the reliability diagram (inline SVG, bars = accuracy
     per confidence bin, dashed = perfect calibration) and the per-bin table; with
     bins_after, a second diagram after temperature scaling."""
     ece, mce = _ece_mce_of_bins(bins)
-    svgs = reliability_diagram_svg(bins, f"before (ECE {ece:.3f}, MCE {mce:.3f})" if bins_after else
-                                   f"ECE {ece:.3f}, MCE {mce:.3f}")
+    svgs = reliability_diagram_svg(
+        bins, f"before (ECE {ece:.3f}, MCE {mce:.3f})" if bins_after else f"ECE {ece:.3f}, MCE {mce:.3f}"
+    )
     if bins_after is not None:
         ea, ma = _ece_mce_of_bins(bins_after)
         t = "" if temperature is None else f"T={temperature:.2f}, "
         svgs += reliability_diagram_svg(bins_after, f"after ({t}ECE {ea:.3f}, MCE {ma:.3f})")
-    rows = "".join(f"<tr><td>{b['lo']:.2f}-{b['hi']:.2f}</td><td>{b['count']}</td><td>{b['confidence']:.3f}</td>"
-                   f"<td>{b['accuracy']:.3f}</td></tr>" for b in bins)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-            f"<body style='font-family:sans-serif'><h2>{html.escape(title)}</h2>{svgs}"
-            f"<table><tr><th>bin</th><th>n</th><th>confidence</th><th>accuracy</th></tr>{rows}</table>"
-            f"</body></html>")
+    rows = "".join(
+        f"<tr><td>{b['lo']:.2f}-{b['hi']:.2f}</td><td>{b['count']}</td><td>{b['confidence']:.3f}</td>"
+        f"<td>{b['accuracy']:.3f}</td></tr>"
+        for b in bins
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+        f"<body style='font-family:sans-serif'><h2>{html.escape(title)}</h2>{svgs}"
+        f"<table><tr><th>bin</th><th>n</th><th>confidence</th><th>accuracy</th></tr>{rows}</table>"
+        f"</body></html>"
+    )
 
 
 def _ece_mce_of_bins(bins: list[dict]) -> tuple[float, float]:
@@ -269,19 +319,36 @@ def _ece_mce_of_bins(bins: list[dict]) -> tuple[float, float]:
 
 
 def report_html(cal: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><td>{k}</td><td>{cal[k]}</td></tr>" for k in
-                   ("temperature", "applied", "ece_before", "ece_after", "mce_before", "mce_after",
-                    "threshold", "threshold_reached", "coverage", "precision_at_threshold", "threshold_message")
-                   if k in cal)
-    curve = "".join(f"<tr><td>{c['threshold']:.2f}</td><td>{c['coverage']:.3f}</td><td>"
-                    f"{'' if c['accuracy'] is None else format(c['accuracy'], '.3f')}</td></tr>"
-                    for c in cal["curve"][::5])
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Calibration</title></head>"
-            f"<body style='font-family:sans-serif'><h2>Calibration (phase 5)</h2><table>{rows}</table>"
-            f"{reliability_diagram_svg(cal['bins_before'], 'before')}"
-            f"{reliability_diagram_svg(cal['bins_after'], 'after (T=' + format(cal['temperature'], '.2f') + ')')}"
-            f"<h3>Accuracy / coverage by threshold</h3><table><tr><th>threshold</th><th>coverage</th>"
-            f"<th>accuracy</th></tr>{curve}</table></body></html>")
+    rows = "".join(
+        f"<tr><td>{k}</td><td>{cal[k]}</td></tr>"
+        for k in (
+            "temperature",
+            "applied",
+            "ece_before",
+            "ece_after",
+            "mce_before",
+            "mce_after",
+            "threshold",
+            "threshold_reached",
+            "coverage",
+            "precision_at_threshold",
+            "threshold_message",
+        )
+        if k in cal
+    )
+    curve = "".join(
+        f"<tr><td>{c['threshold']:.2f}</td><td>{c['coverage']:.3f}</td><td>"
+        f"{'' if c['accuracy'] is None else format(c['accuracy'], '.3f')}</td></tr>"
+        for c in cal["curve"][::5]
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Calibration</title></head>"
+        f"<body style='font-family:sans-serif'><h2>Calibration (phase 5)</h2><table>{rows}</table>"
+        f"{reliability_diagram_svg(cal['bins_before'], 'before')}"
+        f"{reliability_diagram_svg(cal['bins_after'], 'after (T=' + format(cal['temperature'], '.2f') + ')')}"
+        f"<h3>Accuracy / coverage by threshold</h3><table><tr><th>threshold</th><th>coverage</th>"
+        f"<th>accuracy</th></tr>{curve}</table></body></html>"
+    )
 
 
 def reliability_diagram_png(bins_before: list[dict], bins_after: list[dict] | None = None) -> bytes:
@@ -300,8 +367,9 @@ def reliability_diagram_png(bins_before: list[dict], bins_after: list[dict] | No
         for i, b in enumerate(bins):
             if b["count"]:
                 h = (w - 2 * pad) * b["accuracy"]
-                d.rectangle([ox + pad + i * bar, w - pad - h, ox + pad + (i + 1) * bar - 1, w - pad],
-                            fill=(58, 125, 68))
+                d.rectangle(
+                    [ox + pad + i * bar, w - pad - h, ox + pad + (i + 1) * bar - 1, w - pad], fill=(58, 125, 68)
+                )
         if len(panels) == 2:
             d.text((ox + pad, 4), "before" if panel == 0 else "after", fill="black")
     buf = io.BytesIO()
@@ -309,9 +377,17 @@ def reliability_diagram_png(bins_before: list[dict], bins_after: list[dict] | No
     return buf.getvalue()
 
 
-def run_calibrate(checkpoint_path: str, val_records: list[dict], test_records: list[dict], cache_dir: str,
-                  out_checkpoint: str, out_json: str, ece_threshold: float = 0.10,
-                  target_precision: float = 0.95, objective: str = "ece") -> dict[str, Any]:
+def run_calibrate(
+    checkpoint_path: str,
+    val_records: list[dict],
+    test_records: list[dict],
+    cache_dir: str,
+    out_checkpoint: str,
+    out_json: str,
+    ece_threshold: float = 0.10,
+    target_precision: float = 0.95,
+    objective: str = "ece",
+) -> dict[str, Any]:
     """The calibrate step: student logits on val/test, calibration, and the calibrated
     checkpoint (same weights, with `temperature` and `threshold` recorded in it)."""
     from shared.evaluate.evaluation import evaluate_checkpoint
@@ -320,8 +396,9 @@ def run_calibrate(checkpoint_path: str, val_records: list[dict], test_records: l
 
     val_m, val_logits, val_labels, _ = evaluate_checkpoint(checkpoint_path, val_records, cache_dir)
     test_m, test_logits, test_labels, _ = evaluate_checkpoint(checkpoint_path, test_records, cache_dir)
-    cal = calibrate(val_logits, val_labels, test_logits, test_labels, ece_threshold, target_precision,
-                    objective=objective)
+    cal = calibrate(
+        val_logits, val_labels, test_logits, test_labels, ece_threshold, target_precision, objective=objective
+    )
     cal["val_top5"], cal["test_top5"] = val_m["top5_accuracy"], test_m["top5_accuracy"]
     ckpt = load_checkpoint(checkpoint_path)
     extra = {k: v for k, v in ckpt.items() if k not in ("state_dict", "format_version")}
@@ -331,16 +408,18 @@ def run_calibrate(checkpoint_path: str, val_records: list[dict], test_records: l
     return cal
 
 
-def gate_table(cal: dict[str, Any], min_val_top1: float, max_ece: float, min_coverage: float,
-               min_precision: float) -> list[dict[str, Any]]:
+def gate_table(
+    cal: dict[str, Any], min_val_top1: float, max_ece: float, min_coverage: float, min_precision: float
+) -> list[dict[str, Any]]:
     """The plan's phase 4/5 criteria on val (where temperature and threshold were fitted) and on
     the held-out test set, with the plan's own inequalities (ECE < 0.10 is strict)."""
     rows = [("val_top1", "val", cal.get("val_top1"), ">=", min_val_top1)]
     for split, prefix in (("val", ""), ("test", "test_")):
-        rows += [(f"{prefix}ece_after", split, cal.get(f"{prefix}ece_after"), "<", max_ece),
-                 (f"{prefix}coverage", split, cal.get(f"{prefix}coverage"), ">=", min_coverage),
-                 (f"{prefix}precision_at_threshold", split, cal.get(f"{prefix}precision_at_threshold"), ">=",
-                  min_precision)]
+        rows += [
+            (f"{prefix}ece_after", split, cal.get(f"{prefix}ece_after"), "<", max_ece),
+            (f"{prefix}coverage", split, cal.get(f"{prefix}coverage"), ">=", min_coverage),
+            (f"{prefix}precision_at_threshold", split, cal.get(f"{prefix}precision_at_threshold"), ">=", min_precision),
+        ]
     table = []
     for name, split, value, op, bound in rows:
         ok = value is not None and (value >= bound if op == ">=" else value < bound)
@@ -348,8 +427,9 @@ def gate_table(cal: dict[str, Any], min_val_top1: float, max_ece: float, min_cov
     return table
 
 
-def export_gate(cal: dict[str, Any], min_val_top1: float, max_ece: float, min_coverage: float = 0.80,
-                min_precision: float = 0.95) -> tuple[bool, str, list[dict[str, Any]]]:
+def export_gate(
+    cal: dict[str, Any], min_val_top1: float, max_ece: float, min_coverage: float = 0.80, min_precision: float = 0.95
+) -> tuple[bool, str, list[dict[str, Any]]]:
     """Bless the student for export only when every gate passes on val and on test;
     returns (blessed, reason naming each failed gate, the gate table)."""
     table = gate_table(cal, min_val_top1, max_ece, min_coverage, min_precision)

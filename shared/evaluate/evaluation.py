@@ -1,6 +1,7 @@
 """Classification metrics for teachers and students: top-1/top-5, loss, per-region
 top-1, per-class recall (and the plan's share of classes above 60% recall), a
 confusion matrix over the most frequent classes, and an HTML report."""
+
 from __future__ import annotations
 
 import html
@@ -13,8 +14,9 @@ from torch.utils.data import DataLoader
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: DataLoader, device: str = "cpu", amp: bool = False
-            ) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module, loader: DataLoader, device: str = "cpu", amp: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N x C float32) and labels (N) for an evaluation set."""
     model.eval().to(device)
     outs, labels = [], []
@@ -32,8 +34,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: str = "cpu", amp
 _CHUNK = 4096  # rows at a time: a test set of 85k x 9,000 must not spawn N x C int64/float64 copies
 
 
-def _check_inputs(logits: np.ndarray, labels: np.ndarray, classes: list[str]
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _check_inputs(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     logits, labels = np.asarray(logits), np.asarray(labels).astype(np.int64)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
         raise ValueError(f"logits {logits.shape} and labels {labels.shape} do not match (N x C and N)")
@@ -51,23 +52,27 @@ def _topk_and_nll(logits: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.nd
     top = np.empty((n, k), np.int64)
     nll = np.full(n, np.nan)
     for s in range(0, n, _CHUNK):
-        x = logits[s:s + _CHUNK].astype(np.float64)
-        y = labels[s:s + _CHUNK]
+        x = logits[s : s + _CHUNK].astype(np.float64)
+        y = labels[s : s + _CHUNK]
         if not np.isfinite(x).all():
             raise ValueError(f"sample {s + int(np.flatnonzero(~np.isfinite(x).all(1))[0])}: non-finite logits")
         part = np.argpartition(-x, k - 1, axis=1)[:, :k] if k < x.shape[1] else np.tile(np.arange(k), (len(x), 1))
         order = np.argsort(-np.take_along_axis(x, part, 1), axis=1, kind="stable")
-        top[s:s + _CHUNK] = np.take_along_axis(part, order, 1)
+        top[s : s + _CHUNK] = np.take_along_axis(part, order, 1)
         m = x.max(axis=1)
         lse = m + np.log(np.exp(x - m[:, None]).sum(axis=1))
         known = y >= 0
-        nll[s:s + _CHUNK][known] = lse[known] - x[known, y[known]]
+        nll[s : s + _CHUNK][known] = lse[known] - x[known, y[known]]
     return top, nll
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str],
-                           regions: list[str] | None = None, recall_threshold: float = 0.6
-                           ) -> dict[str, Any]:
+def classification_metrics(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    regions: list[str] | None = None,
+    recall_threshold: float = 0.6,
+) -> dict[str, Any]:
     """Metrics over N samples; a label of -1 (class unknown to the model) is always wrong
     and left out of per-class recall and of the loss. With fewer than 5 classes,
     top-5 is top-C (every known label is then a hit). A class's recall counts
@@ -112,8 +117,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
     }
 
 
-def confusion_matrix_top(logits: np.ndarray, labels: np.ndarray, classes: list[str], top_n: int = 20
-                         ) -> tuple[list[str], list[list[int]]]:
+def confusion_matrix_top(
+    logits: np.ndarray, labels: np.ndarray, classes: list[str], top_n: int = 20
+) -> tuple[list[str], list[list[int]]]:
     """Confusion matrix over the top_n most frequent true classes; every other class
     (true or predicted) is folded into a final "other" row/column, and samples with
     label -1 (class unknown to the model) count in the "other" row. Rows are true
@@ -134,15 +140,17 @@ def confusion_matrix_top(logits: np.ndarray, labels: np.ndarray, classes: list[s
 def report_html(metrics: dict[str, Any], title: str) -> str:
     """A self-contained HTML report: headline metrics, per region, worst classes."""
     esc = html.escape
-    head = "".join(f"<tr><td>{esc(k)}</td><td>{metrics[k]:.4f}</td></tr>"
-                   for k in ("top1_accuracy", "top5_accuracy", "loss", "share_classes_recall_above_threshold")
-                   if isinstance(metrics.get(k), (int, float)))
+    head = "".join(
+        f"<tr><td>{esc(k)}</td><td>{metrics[k]:.4f}</td></tr>"
+        for k in ("top1_accuracy", "top5_accuracy", "loss", "share_classes_recall_above_threshold")
+        if isinstance(metrics.get(k), (int, float))
+    )
     regions = "".join(f"<tr><td>{esc(r)}</td><td>{v:.3f}</td></tr>" for r, v in metrics.get("per_region", {}).items())
     worst = sorted(metrics.get("per_class_recall", {}).items(), key=lambda kv: (kv[1], kv[0]))[:25]
     worst_rows = "".join(f"<tr><td>{esc(c)}</td><td>{v:.3f}</td></tr>" for c, v in worst)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:sans-serif;margin:20px}} td,th{{padding:2px 12px;text-align:left}}</style></head>
-<body><h2>{esc(title)}</h2><p>{metrics.get('samples', 0)} samples, {metrics.get('num_classes_evaluated', 0)} classes</p>
+<body><h2>{esc(title)}</h2><p>{metrics.get("samples", 0)} samples, {metrics.get("num_classes_evaluated", 0)} classes</p>
 <table>{head}</table><h3>Top-1 per region</h3><table>{regions}</table>
 <h3>Classes with the lowest recall</h3><table><tr><th>class</th><th>recall</th></tr>\
 {worst_rows}</table></body></html>"""
@@ -154,13 +162,16 @@ def eval_transform_for(ckpt: dict):
 
     size = int(ckpt["image_size"])
     resize = int(ckpt.get("eval_resize") or round(size * 448 / 384))
-    return build_eval_transform({"resize": resize, "center_crop": size,
-                                 "normalize": {"mean": ckpt["mean"], "std": ckpt["std"]}},
-                                size, bool(ckpt.get("smart_crop", False)))
+    return build_eval_transform(
+        {"resize": resize, "center_crop": size, "normalize": {"mean": ckpt["mean"], "std": ckpt["std"]}},
+        size,
+        bool(ckpt.get("smart_crop", False)),
+    )
 
 
-def evaluate_checkpoint(checkpoint_path: str, records: list[dict], cache_dir: str, batch_size: int = 64,
-                        recall_threshold: float = 0.6) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[str]]:
+def evaluate_checkpoint(
+    checkpoint_path: str, records: list[dict], cache_dir: str, batch_size: int = 64, recall_threshold: float = 0.6
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[str]]:
     """Metrics of a checkpoint on cached records, plus its logits, labels and classes."""
     from shared.io.checkpoint import build_model, load_checkpoint
     from shared.vision.image_dataset import CachedImageDataset
@@ -171,6 +182,5 @@ def evaluate_checkpoint(checkpoint_path: str, records: list[dict], cache_dir: st
     ds = CachedImageDataset(records, cache_dir, classes, eval_transform_for(ckpt), label_missing="ignore")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     logits, labels = predict(model, DataLoader(ds, batch_size=batch_size, num_workers=0), device)
-    m = classification_metrics(logits, labels, classes, [r.get("region", "") for r in records],
-                               recall_threshold)
+    m = classification_metrics(logits, labels, classes, [r.get("region", "") for r in records], recall_threshold)
     return m, logits, labels, classes

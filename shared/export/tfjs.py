@@ -27,6 +27,7 @@ correlation > min_corr, bundle size < max_size_mb, single-image latency median
 the WASM backend (browser_latency) or, only when asked for, with TF.js WASM in
 Node (labelled as Node); plus top-1 agreement >= min_agreement and the bundle's
 labels / input size. Every gate is reported with its value, operator and bound."""
+
 from __future__ import annotations
 
 import json
@@ -53,15 +54,24 @@ from shared.io.atomic import write_json
 REPO = Path(__file__).resolve().parents[2]  # shared/export/tfjs.py -> the repository
 TFJS_DIR = REPO / "shared" / "export" / "tfjs"
 WEB_DIR = REPO / "shared" / "export" / "web"
-QUANTIZATIONS = {"fp16": "--quantize_float16", "float16": "--quantize_float16", "uint8": "--quantize_uint8",
-                 "int8": "--quantize_uint8", "none": None}
+QUANTIZATIONS = {
+    "fp16": "--quantize_float16",
+    "float16": "--quantize_float16",
+    "uint8": "--quantize_uint8",
+    "int8": "--quantize_uint8",
+    "none": None,
+}
 CANONICAL_QUANTIZATION = {"fp16": "fp16", "float16": "fp16", "uint8": "uint8", "int8": "uint8", "none": "none"}
 AUTO = "auto"  # fp16 if its bundle is under the size limit, else uint8
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 TFJS_MIN = TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs" / "dist" / "tf.min.js"
 WASM_DIST = TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs-backend-wasm" / "dist"
-WASM_FILES = ("tf-backend-wasm.min.js", "tfjs-backend-wasm.wasm", "tfjs-backend-wasm-simd.wasm",
-              "tfjs-backend-wasm-threaded-simd.wasm")
+WASM_FILES = (
+    "tf-backend-wasm.min.js",
+    "tfjs-backend-wasm.wasm",
+    "tfjs-backend-wasm-simd.wasm",
+    "tfjs-backend-wasm-threaded-simd.wasm",
+)
 NODE_SETUP_HINT = "run `make setup` (scripts/setup_export_env.sh: npm ci in shared/export/tfjs)"
 
 
@@ -77,8 +87,10 @@ def export_bin() -> Path:
 def _tool(name: str) -> str:
     p = export_bin() / name
     if not p.exists():
-        raise ExportError(f"{name} not found in {export_bin()}: run `make setup` (scripts/setup_export_env.sh) "
-                          "or set PLANTID_EXPORT_BIN to the converter environment's bin directory")
+        raise ExportError(
+            f"{name} not found in {export_bin()}: run `make setup` (scripts/setup_export_env.sh) "
+            "or set PLANTID_EXPORT_BIN to the converter environment's bin directory"
+        )
     return str(p)
 
 
@@ -97,8 +109,9 @@ print(json.dumps(v))"""
 
 def toolchain_versions() -> dict[str, str | None]:
     """Versions of TOOLCHAIN in the converter environment (None where not installed)."""
-    r = subprocess.run([_tool("python"), "-c", _VERSIONS_SCRIPT, *TOOLCHAIN], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [_tool("python"), "-c", _VERSIONS_SCRIPT, *TOOLCHAIN], capture_output=True, text=True, timeout=120
+    )
     if r.returncode != 0:
         raise ExportError(f"cannot read the converter environment's versions: {r.stderr[-500:]}")
     return json.loads(r.stdout)
@@ -114,8 +127,9 @@ def export_onnx(model: torch.nn.Module, image_size: int, path: str | os.PathLike
     """Static batch 1 (onnx2tf fails on a dynamic batch axis), opset 13, TorchScript exporter."""
     model = model.eval()
     dummy = torch.zeros(1, 3, image_size, image_size)
-    torch.onnx.export(model, (dummy,), str(path), opset_version=13, dynamo=False, input_names=["input"],
-                      output_names=["logits"])
+    torch.onnx.export(
+        model, (dummy,), str(path), opset_version=13, dynamo=False, input_names=["input"], output_names=["logits"]
+    )
 
 
 def check_onnx(model: torch.nn.Module, onnx_path: str | os.PathLike, sample: np.ndarray, tol: float = 1e-3) -> float:
@@ -146,20 +160,30 @@ def onnx_to_saved_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike
         raise ValueError(f"calibration images must be N x H x W x 3, got shape {calib.shape}")
     with tempfile.TemporaryDirectory() as work:
         sample = np.zeros((20, 128, 128, 3), np.float32)
-        src = torch.nn.functional.interpolate(torch.from_numpy(calib).permute(0, 3, 1, 2), size=(128, 128),
-                                              mode="bilinear", align_corners=False).permute(0, 2, 3, 1).numpy()
+        src = (
+            torch.nn.functional.interpolate(
+                torch.from_numpy(calib).permute(0, 3, 1, 2), size=(128, 128), mode="bilinear", align_corners=False
+            )
+            .permute(0, 2, 3, 1)
+            .numpy()
+        )
         for i in range(20):
             sample[i] = src[i % len(src)]
         np.save(os.path.join(work, ONNX2TF_SAMPLE), sample)
-        _run([_tool("onnx2tf"), "-i", str(Path(onnx_path).resolve()), "-o", str(Path(out_dir).resolve()), "-osd",
-              "-n"], cwd=work, what="onnx2tf")
+        _run(
+            [_tool("onnx2tf"), "-i", str(Path(onnx_path).resolve()), "-o", str(Path(out_dir).resolve()), "-osd", "-n"],
+            cwd=work,
+            what="onnx2tf",
+        )
 
 
 def check_quantization(quantization: str, allow_auto: bool = False) -> str:
     allowed = sorted(QUANTIZATIONS) + ([AUTO] if allow_auto else [])
     if quantization not in allowed:
-        raise ValueError(f"export.quantization: {quantization!r} is not one of {allowed} "
-                         "(int8 = uint8 weight quantization; auto = fp16 if under the size limit, else uint8)")
+        raise ValueError(
+            f"export.quantization: {quantization!r} is not one of {allowed} "
+            "(int8 = uint8 weight quantization; auto = fp16 if under the size limit, else uint8)"
+        )
     return quantization
 
 
@@ -182,8 +206,10 @@ def preprocess(ckpt: dict, images: list[str] | np.ndarray) -> np.ndarray:
     size = int(ckpt["image_size"])
     if isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[1:] != (3, size, size):
-            raise ValueError(f"sample images array has shape {images.shape}; expected N x 3 x {size} x {size} "
-                             "(preprocessed model input)")
+            raise ValueError(
+                f"sample images array has shape {images.shape}; expected N x 3 x {size} x {size} "
+                "(preprocessed model input)"
+            )
         return images.astype(np.float32)
     if len(images) == 0:
         raise ValueError("no sample images given")
@@ -215,8 +241,11 @@ def bundle_calibration(calibration: dict | None, ckpt: dict) -> dict[str, Any]:
     """calibration.json for the bundle: the calibration step's figures (bulky per-bin
     lists left out) with the temperature and threshold the page applies; without one,
     the values recorded in the checkpoint (1.0 and 0.0 when none)."""
-    cal = dict(calibration) if calibration else {"temperature": float(ckpt.get("temperature", 1.0)),
-                                                   "threshold": float(ckpt.get("threshold", 0.0))}
+    cal = (
+        dict(calibration)
+        if calibration
+        else {"temperature": float(ckpt.get("temperature", 1.0)), "threshold": float(ckpt.get("threshold", 0.0))}
+    )
     for key in ("bins_before", "bins_after"):
         cal.pop(key, None)
     t, thr = cal.get("temperature", 1.0), cal.get("threshold", 0.0)
@@ -228,8 +257,7 @@ def bundle_calibration(calibration: dict | None, ckpt: dict) -> dict[str, Any]:
     return cal
 
 
-def write_bundle_assets(bundle_dir: str | os.PathLike, ckpt: dict, calibration: dict | None,
-                        quantization: str) -> None:
+def write_bundle_assets(bundle_dir: str | os.PathLike, ckpt: dict, calibration: dict | None, quantization: str) -> None:
     """Everything beside the converted model: labels.json, calibration.json,
     preprocessing.json, the demo page, tf.min.js and the WASM backend."""
     d = Path(bundle_dir)
@@ -239,15 +267,27 @@ def write_bundle_assets(bundle_dir: str | os.PathLike, ckpt: dict, calibration: 
     size = int(ckpt["image_size"])
     write_json(d / "labels.json", list(ckpt["classes"]))
     write_json(d / "calibration.json", bundle_calibration(calibration, ckpt))
-    write_json(d / "preprocessing.json", {
-        "input_size": size, "resize_short_side": int(ckpt.get("eval_resize") or round(size * 448 / 384)),
-        "crop": "center", "smart_crop_in_training": bool(ckpt.get("smart_crop", False)),
-        "layout": "NHWC", "input_shape": [1, size, size, 3], "value_range": [0, 1],
-        "mean": list(ckpt["mean"]), "std": list(ckpt["std"]), "output": "logits",
-        "apply": "softmax(logits / temperature)", "model_name": ckpt["model_name"], "quantization": quantization,
-        # mean/std above are what training used; where the student started from (its weights' own
-        # preprocessing may differ: stage_weights warned then)
-        "initial_weights": dict(ckpt.get("pretrained") or {"pretrained": False})})
+    write_json(
+        d / "preprocessing.json",
+        {
+            "input_size": size,
+            "resize_short_side": int(ckpt.get("eval_resize") or round(size * 448 / 384)),
+            "crop": "center",
+            "smart_crop_in_training": bool(ckpt.get("smart_crop", False)),
+            "layout": "NHWC",
+            "input_shape": [1, size, size, 3],
+            "value_range": [0, 1],
+            "mean": list(ckpt["mean"]),
+            "std": list(ckpt["std"]),
+            "output": "logits",
+            "apply": "softmax(logits / temperature)",
+            "model_name": ckpt["model_name"],
+            "quantization": quantization,
+            # mean/std above are what training used; where the student started from (its weights' own
+            # preprocessing may differ: stage_weights warned then)
+            "initial_weights": dict(ckpt.get("pretrained") or {"pretrained": False}),
+        },
+    )
     shutil.copyfile(WEB_DIR / "index.html", d / "index.html")
     shutil.copyfile(TFJS_MIN, d / "tf.min.js")
     for name in WASM_FILES:
@@ -265,22 +305,31 @@ def choose_quantization(convert: Callable[[str], float], max_size_mb: float) -> 
         raise ValueError(f"quantization auto needs a size limit > 0 MB, got {max_size_mb!r}")
     fp16 = convert("fp16")
     if fp16 < max_size_mb:
-        return {"quantization": "fp16", "fp16_size_mb": fp16,
-                "quantization_reason": f"auto: the fp16 bundle ({fp16} MB) is < the {max_size_mb} MB limit; "
-                                       "fp16 loses less than uint8, so uint8 was not built"}
+        return {
+            "quantization": "fp16",
+            "fp16_size_mb": fp16,
+            "quantization_reason": f"auto: the fp16 bundle ({fp16} MB) is < the {max_size_mb} MB limit; "
+            "fp16 loses less than uint8, so uint8 was not built",
+        }
     u8 = convert("uint8")
     if u8 < max_size_mb:
-        why = (f"auto: the fp16 bundle ({fp16} MB) is not < the {max_size_mb} MB limit; "
-               f"the uint8 bundle ({u8} MB) is")
+        why = f"auto: the fp16 bundle ({fp16} MB) is not < the {max_size_mb} MB limit; the uint8 bundle ({u8} MB) is"
     else:
-        why = (f"auto: neither bundle is < the {max_size_mb} MB limit (fp16 {fp16} MB, uint8 {u8} MB); "
-               "kept uint8, the smallest: the size gate of validate_export fails")
+        why = (
+            f"auto: neither bundle is < the {max_size_mb} MB limit (fp16 {fp16} MB, uint8 {u8} MB); "
+            "kept uint8, the smallest: the size gate of validate_export fails"
+        )
     return {"quantization": "uint8", "quantization_reason": why, "fp16_size_mb": fp16, "uint8_size_mb": u8}
 
 
-def export_tfjs_bundle(checkpoint_path: str, out_dir: str, sample_images: list[str] | np.ndarray,
-                       quantization: str = "fp16", calibration: dict | None = None,
-                       max_size_mb: float | None = None) -> dict[str, Any]:
+def export_tfjs_bundle(
+    checkpoint_path: str,
+    out_dir: str,
+    sample_images: list[str] | np.ndarray,
+    quantization: str = "fp16",
+    calibration: dict | None = None,
+    max_size_mb: float | None = None,
+) -> dict[str, Any]:
     """The checkpoint to a complete TF.js bundle in out_dir, built in a temp dir beside it
     and renamed into place (a failed export leaves no partial bundle). sample_images:
     image paths or an N x 3 x H x W array of model input, used for the ONNX check and
@@ -293,8 +342,9 @@ def export_tfjs_bundle(checkpoint_path: str, out_dir: str, sample_images: list[s
 
     check_quantization(quantization, allow_auto=True)
     if quantization == AUTO and (max_size_mb is None or not max_size_mb > 0):
-        raise ValueError(f"quantization auto needs max_size_mb > 0 (the size limit it picks against), "
-                         f"got {max_size_mb!r}")
+        raise ValueError(
+            f"quantization auto needs max_size_mb > 0 (the size limit it picks against), got {max_size_mb!r}"
+        )
     ckpt = load_checkpoint(checkpoint_path)
     model = build_model(ckpt)
     sample = preprocess(ckpt, sample_images[:8])  # enough for the checks; keeps export fast
@@ -322,8 +372,11 @@ def export_tfjs_bundle(checkpoint_path: str, out_dir: str, sample_images: list[s
                 choice = choose_quantization(convert, float(max_size_mb))
             else:
                 q = CANONICAL_QUANTIZATION[quantization]
-                choice = {"quantization": q, f"{q}_size_mb": convert(quantization),
-                          "quantization_reason": f"{quantization} as configured (export.quantization)"}
+                choice = {
+                    "quantization": q,
+                    f"{q}_size_mb": convert(quantization),
+                    "quantization_reason": f"{quantization} as configured (export.quantization)",
+                }
             for f in (Path(work) / f"tfjs_{choice['quantization']}").iterdir():
                 shutil.move(str(f), stage / f.name)
         write_bundle_assets(stage, ckpt, cal, choice["quantization"])
@@ -334,19 +387,32 @@ def export_tfjs_bundle(checkpoint_path: str, out_dir: str, sample_images: list[s
         shutil.rmtree(stage, ignore_errors=True)
         raise
     size_mb = bundle_size_mb(out)
-    r = {"bundle": str(out), "quantization": choice["quantization"], "quantization_requested": quantization,
-         "quantization_reason": choice["quantization_reason"], "model_size_mb": round(size_mb, 6),
-         **{k: v for k, v in choice.items() if k.endswith("_size_mb")}}
+    r = {
+        "bundle": str(out),
+        "quantization": choice["quantization"],
+        "quantization_requested": quantization,
+        "quantization_reason": choice["quantization_reason"],
+        "model_size_mb": round(size_mb, 6),
+        **{k: v for k, v in choice.items() if k.endswith("_size_mb")},
+    }
     if max_size_mb is not None:
         r["max_size_mb"] = float(max_size_mb)
-    return {**r, "shards": len(list(out.glob("*.bin"))), "onnx_max_abs_diff": onnx_diff,
-            "classes": len(ckpt["classes"]), "image_size": size, "temperature": cal["temperature"],
-            "threshold": cal["threshold"], "export_seconds": round(time.time() - t0, 1),
-            "toolchain": toolchain_versions()}
+    return {
+        **r,
+        "shards": len(list(out.glob("*.bin"))),
+        "onnx_max_abs_diff": onnx_diff,
+        "classes": len(ckpt["classes"]),
+        "image_size": size,
+        "temperature": cal["temperature"],
+        "threshold": cal["threshold"],
+        "export_seconds": round(time.time() - t0, 1),
+        "toolchain": toolchain_versions(),
+    }
 
 
-def run_tfjs_node(bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str = "cpu",
-                  repeats: int = 20, warmup: int = 3) -> tuple[np.ndarray, dict[str, Any]]:
+def run_tfjs_node(
+    bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str = "cpu", repeats: int = 20, warmup: int = 3
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Logits of the bundle on N x H x W x 3 inputs with @tensorflow/tfjs in Node
     (shared/export/tfjs/validate.mjs), and its latency: median ms of `repeats` single-image
     runs after `warmup` runs (info: backend, median_ms, times_ms, warmup, repeats).
@@ -358,10 +424,22 @@ def run_tfjs_node(bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str 
     nhwc = np.ascontiguousarray(nhwc, np.float32)
     with tempfile.TemporaryDirectory() as work:
         nhwc.tofile(os.path.join(work, "input.bin"))
-        r = subprocess.run(["node", str(TFJS_DIR / "validate.mjs"), str(Path(bundle_dir).resolve()),
-                            os.path.join(work, "input.bin"), ",".join(map(str, nhwc.shape)),
-                            os.path.join(work, "out.bin"), str(repeats), backend, str(warmup)],
-                           capture_output=True, text=True, cwd=TFJS_DIR)
+        r = subprocess.run(
+            [
+                "node",
+                str(TFJS_DIR / "validate.mjs"),
+                str(Path(bundle_dir).resolve()),
+                os.path.join(work, "input.bin"),
+                ",".join(map(str, nhwc.shape)),
+                os.path.join(work, "out.bin"),
+                str(repeats),
+                backend,
+                str(warmup),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=TFJS_DIR,
+        )
         if r.returncode != 0:
             raise ExportError(f"TF.js in Node failed on {bundle_dir}: {r.stderr[-3000:]}")
         info = json.loads(r.stdout.strip().splitlines()[-1])
@@ -371,8 +449,10 @@ def run_tfjs_node(bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str 
 
 # Where the latency gate's figure comes from: a real browser (the plan's "< 5 s on CPU
 # (browser)"), or, only when asked for, TF.js WASM in Node (not a browser figure).
-LATENCY_RUNTIMES = {"chromium-wasm": "headless Chromium, TF.js WASM backend",
-                    "node-wasm": "Node (not a browser), TF.js WASM backend"}
+LATENCY_RUNTIMES = {
+    "chromium-wasm": "headless Chromium, TF.js WASM backend",
+    "node-wasm": "Node (not a browser), TF.js WASM backend",
+}
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 
 
@@ -384,8 +464,13 @@ def chromium_path(chromium: str | os.PathLike | None = None) -> Path:
 class _BundleHandler(SimpleHTTPRequestHandler):
     """Serves the bundle read-only, plus the latency page at /__latency__.html (from
     shared/export/tfjs: the bundle itself is never written to)."""
-    extensions_map: ClassVar[dict[str, str]] = {**SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm",
-                      ".js": "text/javascript", ".json": "application/json"}
+
+    extensions_map: ClassVar[dict[str, str]] = {
+        **SimpleHTTPRequestHandler.extensions_map,
+        ".wasm": "application/wasm",
+        ".js": "text/javascript",
+        ".json": "application/json",
+    }
 
     def translate_path(self, path: str) -> str:
         if urlsplit(path).path == "/__latency__.html":
@@ -396,8 +481,14 @@ class _BundleHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def browser_latency(bundle_dir: str | os.PathLike, runs: int = 20, warmup: int = 3, backend: str = "wasm",
-                    chromium: str | os.PathLike | None = None, timeout_s: float = 600) -> dict[str, Any]:
+def browser_latency(
+    bundle_dir: str | os.PathLike,
+    runs: int = 20,
+    warmup: int = 3,
+    backend: str = "wasm",
+    chromium: str | os.PathLike | None = None,
+    timeout_s: float = 600,
+) -> dict[str, Any]:
     """Single-image latency of the bundle in headless Chromium (playwright-core driving the
     system Chromium: shared/export/tfjs/bench_page.mjs + bench_page.html), the bundle served over
     localhost with its own tf.min.js and WASM files: `warmup` runs, then the median ms of
@@ -410,25 +501,37 @@ def browser_latency(bundle_dir: str | os.PathLike, runs: int = 20, warmup: int =
     if runs < 1 or warmup < 0:
         raise ValueError(f"latency runs must be >= 1 and warm-up >= 0, got {runs} / {warmup}")
     if not exe.is_file():
-        raise ExportError(f"Chromium not found at {exe}: the browser latency (latency_runtime='chromium-wasm') "
-                          "needs a Chromium binary (Debian's chromium package; set CHROMIUM to another path). "
-                          "The export image has none unless images/export/Dockerfile installs it; "
-                          "latency_runtime='node-wasm' measures TF.js WASM in Node instead (reported as Node)")
+        raise ExportError(
+            f"Chromium not found at {exe}: the browser latency (latency_runtime='chromium-wasm') "
+            "needs a Chromium binary (Debian's chromium package; set CHROMIUM to another path). "
+            "The export image has none unless images/export/Dockerfile installs it; "
+            "latency_runtime='node-wasm' measures TF.js WASM in Node instead (reported as Node)"
+        )
     if shutil.which("node") is None or not (TFJS_DIR / "node_modules" / "playwright-core").exists():
-        raise ExportError(f"Node or {TFJS_DIR / 'node_modules' / 'playwright-core'} missing (the browser latency "
-                          f"drives Chromium with playwright-core): {NODE_SETUP_HINT}")
+        raise ExportError(
+            f"Node or {TFJS_DIR / 'node_modules' / 'playwright-core'} missing (the browser latency "
+            f"drives Chromium with playwright-core): {NODE_SETUP_HINT}"
+        )
     missing = [n for n in ("model.json", "preprocessing.json", "tf.min.js") + WASM_FILES if not (bundle / n).exists()]
     if missing:
         raise ExportError(f"{bundle} cannot run in a browser: {', '.join(missing)} missing")
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_BundleHandler, directory=str(bundle.resolve())))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        url = (f"http://127.0.0.1:{httpd.server_address[1]}/__latency__.html"
-               f"?backend={backend}&runs={int(runs)}&warmup={int(warmup)}")
+        url = (
+            f"http://127.0.0.1:{httpd.server_address[1]}/__latency__.html"
+            f"?backend={backend}&runs={int(runs)}&warmup={int(warmup)}"
+        )
         env = {**os.environ, "CHROMIUM": str(exe), "BENCH_TIMEOUT_MS": str(int(timeout_s * 1000))}
         try:
-            r = subprocess.run(["node", "bench_page.mjs", url], cwd=TFJS_DIR, capture_output=True, text=True,
-                               timeout=timeout_s + 60, env=env)
+            r = subprocess.run(
+                ["node", "bench_page.mjs", url],
+                cwd=TFJS_DIR,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s + 60,
+                env=env,
+            )
         except subprocess.TimeoutExpired as e:
             raise ExportError(f"the browser latency run took over {timeout_s + 60:.0f} s on {bundle}") from e
     finally:
@@ -439,8 +542,9 @@ def browser_latency(bundle_dir: str | os.PathLike, runs: int = 20, warmup: int =
     try:
         res = json.loads(r.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError) as e:
-        raise ExportError(f"the browser latency run printed no result on {bundle}: "
-                          f"{(r.stdout + r.stderr)[-2000:]}") from e
+        raise ExportError(
+            f"the browser latency run printed no result on {bundle}: {(r.stdout + r.stderr)[-2000:]}"
+        ) from e
     if res.get("error"):
         raise ExportError(f"the latency page failed in Chromium on {bundle}: {res['error']}")
     if res.get("backend") != backend:
@@ -448,8 +552,14 @@ def browser_latency(bundle_dir: str | os.PathLike, runs: int = 20, warmup: int =
     return {**res, "median_ms": float(np.median(res["times_ms"])), "runtime": f"chromium-{backend}"}
 
 
-def measure_latency(bundle_dir: str | os.PathLike, nhwc: np.ndarray, runtime: str = "chromium-wasm",
-                    runs: int = 20, warmup: int = 3, chromium: str | os.PathLike | None = None) -> dict[str, Any]:
+def measure_latency(
+    bundle_dir: str | os.PathLike,
+    nhwc: np.ndarray,
+    runtime: str = "chromium-wasm",
+    runs: int = 20,
+    warmup: int = 3,
+    chromium: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """The latency gate's figure: single-image median ms after warm-up, in headless Chromium
     with the WASM backend (runtime chromium-wasm) or, only when the caller asks for it, TF.js
     WASM in Node (node-wasm: on nhwc's first image). The result says which
@@ -460,16 +570,22 @@ def measure_latency(bundle_dir: str | os.PathLike, nhwc: np.ndarray, runtime: st
         res = browser_latency(bundle_dir, runs, warmup, "wasm", chromium)
     else:
         _, info = run_tfjs_node(bundle_dir, np.asarray(nhwc, np.float32)[:1], "wasm", runs, warmup)
-        res = {**info, "median_ms": float(np.median(info["times_ms"])), "runs": runs, "runtime": "node-wasm",
-               "browser": None}
+        res = {
+            **info,
+            "median_ms": float(np.median(info["times_ms"])),
+            "runs": runs,
+            "runtime": "node-wasm",
+            "browser": None,
+        }
     return {**res, "runtime_label": LATENCY_RUNTIMES[runtime]}
 
 
 _OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}
 
 
-def gate(name: str, label: str, value: Any, op: str, bound: Any, unit: str = "",
-         note: str | None = None) -> dict[str, Any]:
+def gate(
+    name: str, label: str, value: Any, op: str, bound: Any, unit: str = "", note: str | None = None
+) -> dict[str, Any]:
     """One row of the gate table: {gate, value, operator, bound, unit, passed, reason}.
     passed = value <op> bound; a value of None (not measured) fails. reason (None when
     passed) reads "<label> <value> is not <op> <bound> (<note>)", or "<label>: not measured
@@ -484,15 +600,32 @@ def gate(name: str, label: str, value: Any, op: str, bound: Any, unit: str = "",
             reason = note or f"{label}: {value} is not {op} {bound}"
         else:
             reason = f"{label} {value:.6g}{u} is not {op} {bound:g}{u}" + (f" ({note})" if note else "")
-    return {"gate": name, "value": value, "operator": op, "bound": bound, "unit": unit, "passed": passed,
-            "reason": reason}
+    return {
+        "gate": name,
+        "value": value,
+        "operator": op,
+        "bound": bound,
+        "unit": unit,
+        "passed": passed,
+        "reason": reason,
+    }
 
 
-def validate_tfjs_bundle(bundle_dir: str, checkpoint_path: str, images: list[str] | np.ndarray,
-                         min_corr: float = 0.995, min_agreement: float = 0.99, max_size_mb: float = 150.0,
-                         repeats: int = 20, backend: str = "cpu", max_latency_ms: float = 5000.0,
-                         latency_runtime: str = "chromium-wasm", latency_runs: int = 20, latency_warmup: int = 3,
-                         chromium: str | os.PathLike | None = None) -> dict[str, Any]:
+def validate_tfjs_bundle(
+    bundle_dir: str,
+    checkpoint_path: str,
+    images: list[str] | np.ndarray,
+    min_corr: float = 0.995,
+    min_agreement: float = 0.99,
+    max_size_mb: float = 150.0,
+    repeats: int = 20,
+    backend: str = "cpu",
+    max_latency_ms: float = 5000.0,
+    latency_runtime: str = "chromium-wasm",
+    latency_runs: int = 20,
+    latency_warmup: int = 3,
+    chromium: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Run the bundle with the real @tensorflow/tfjs in Node on `images` (paths, or an
     N x 3 x H x W array of model input) and compare with the PyTorch model, then gate it
     (plan 6.4; strict like the plan): logits correlation > min_corr, top-1 agreement
@@ -533,28 +666,63 @@ def validate_tfjs_bundle(bundle_dir: str, checkpoint_path: str, images: list[str
         gate("logits_correlation", "logits correlation", corr, ">", float(min_corr), note="TF.js vs PyTorch"),
         gate("top1_agreement", "top-1 agreement", agree, ">=", float(min_agreement), note="TF.js vs PyTorch"),
         gate("model_size_mb", "model size", size, "<", float(max_size_mb), "MB", note="model.json + weight shards"),
-        gate("latency_ms_median", "latency median", latency, "<", float(max_latency_ms), "ms",
-             note=lat_error or f"{LATENCY_RUNTIMES[latency_runtime]}, median of {latency_runs} single-image runs "
-                               f"after {lat['warmup']} warm-up"),
-        gate("labels_match_checkpoint", "labels.json", labels_ok, "==", True,
-             note="labels.json does not match the checkpoint's class list"),
-        gate("input_size_matches_checkpoint", "preprocessing.json", size_ok, "==", True,
-             note="preprocessing.json input_size does not match the checkpoint's image_size"),
+        gate(
+            "latency_ms_median",
+            "latency median",
+            latency,
+            "<",
+            float(max_latency_ms),
+            "ms",
+            note=lat_error
+            or f"{LATENCY_RUNTIMES[latency_runtime]}, median of {latency_runs} single-image runs "
+            f"after {lat['warmup']} warm-up",
+        ),
+        gate(
+            "labels_match_checkpoint",
+            "labels.json",
+            labels_ok,
+            "==",
+            True,
+            note="labels.json does not match the checkpoint's class list",
+        ),
+        gate(
+            "input_size_matches_checkpoint",
+            "preprocessing.json",
+            size_ok,
+            "==",
+            True,
+            note="preprocessing.json input_size does not match the checkpoint's image_size",
+        ),
     ]
     reasons = [g["reason"] for g in gates if not g["passed"]]
-    return {"passed": not reasons, "reasons": reasons, "gates": gates, "images": len(x),
-            "logits_correlation": corr, "top1_agreement": agree, "max_abs_diff": float(np.abs(ref - got).max()),
-            "model_size_mb": size, "max_size_mb": float(max_size_mb), "student_under_20mb": size < 20.0,
-            "latency_ms_median": latency, "max_latency_ms": float(max_latency_ms),
-            "latency_runtime": latency_runtime, "latency_runtime_label": LATENCY_RUNTIMES[latency_runtime],
-            "latency_backend": lat["backend"] if lat else None, "latency_runs": latency_runs,
-            "latency_warmup": lat["warmup"] if lat else latency_warmup,
-            "latency_times_ms": lat["times_ms"] if lat else None,
-            "latency_browser": lat.get("browser") if lat else None,
-            "latency_wasm_simd": lat.get("simd") if lat else None,
-            "latency_wasm_threads": lat.get("threads") if lat else None, "latency_error": lat_error,
-            "node_backend": info["backend"], "node_latency_ms_median": info["median_ms"],
-            "node_latency_repeats": repeats, "pytorch_top1": [ckpt["classes"][i] for i in ref.argmax(1)]}
+    return {
+        "passed": not reasons,
+        "reasons": reasons,
+        "gates": gates,
+        "images": len(x),
+        "logits_correlation": corr,
+        "top1_agreement": agree,
+        "max_abs_diff": float(np.abs(ref - got).max()),
+        "model_size_mb": size,
+        "max_size_mb": float(max_size_mb),
+        "student_under_20mb": size < 20.0,
+        "latency_ms_median": latency,
+        "max_latency_ms": float(max_latency_ms),
+        "latency_runtime": latency_runtime,
+        "latency_runtime_label": LATENCY_RUNTIMES[latency_runtime],
+        "latency_backend": lat["backend"] if lat else None,
+        "latency_runs": latency_runs,
+        "latency_warmup": lat["warmup"] if lat else latency_warmup,
+        "latency_times_ms": lat["times_ms"] if lat else None,
+        "latency_browser": lat.get("browser") if lat else None,
+        "latency_wasm_simd": lat.get("simd") if lat else None,
+        "latency_wasm_threads": lat.get("threads") if lat else None,
+        "latency_error": lat_error,
+        "node_backend": info["backend"],
+        "node_latency_ms_median": info["median_ms"],
+        "node_latency_repeats": repeats,
+        "pytorch_top1": [ckpt["classes"][i] for i in ref.argmax(1)],
+    }
 
 
 def validation_summary(report: dict[str, Any], uri: str, bundle_metadata: dict | None = None) -> dict[str, Any]:
@@ -562,17 +730,31 @@ def validation_summary(report: dict[str, Any], uri: str, bundle_metadata: dict |
     uri and quantization choice (from the export step's metadata), the parity figures, the
     latency with the runtime that measured it, and the gate table."""
     meta = dict(bundle_metadata or {})  # export_tfjs's metadata: run_export's result
-    out = {"status": "completed", "uri": uri, "quantization": meta.get(K.QUANTIZATION, ""),
-           "quantization_reason": meta.get(K.QUANTIZATION_REASON, "")}
+    out = {
+        "status": "completed",
+        "uri": uri,
+        "quantization": meta.get(K.QUANTIZATION, ""),
+        "quantization_reason": meta.get(K.QUANTIZATION_REASON, ""),
+    }
     out.update({k: meta[k] for k in (K.QUANTIZATION_REQUESTED, K.FP16_SIZE_MB, K.UINT8_SIZE_MB) if k in meta})
-    out.update({"model_size_mb": report["model_size_mb"], "max_size_mb": report["max_size_mb"],
-                "correlation": report["logits_correlation"], "top1_agreement": report["top1_agreement"],
-                "max_abs_diff": report["max_abs_diff"], "passed": report["passed"],
-                "latency_ms_median": report["latency_ms_median"], "max_latency_ms": report["max_latency_ms"],
-                "latency_runtime": report["latency_runtime"], "latency_backend": report["latency_backend"],
-                "latency_browser": report["latency_browser"],
-                "node_latency_ms_median": report["node_latency_ms_median"], "gates": report["gates"],
-                "toolchain": dict(meta.get(K.TOOLCHAIN) or {})})  # the converters' versions
+    out.update(
+        {
+            "model_size_mb": report["model_size_mb"],
+            "max_size_mb": report["max_size_mb"],
+            "correlation": report["logits_correlation"],
+            "top1_agreement": report["top1_agreement"],
+            "max_abs_diff": report["max_abs_diff"],
+            "passed": report["passed"],
+            "latency_ms_median": report["latency_ms_median"],
+            "max_latency_ms": report["max_latency_ms"],
+            "latency_runtime": report["latency_runtime"],
+            "latency_backend": report["latency_backend"],
+            "latency_browser": report["latency_browser"],
+            "node_latency_ms_median": report["node_latency_ms_median"],
+            "gates": report["gates"],
+            "toolchain": dict(meta.get(K.TOOLCHAIN) or {}),
+        }
+    )  # the converters' versions
     return _without_none(out)
 
 
@@ -600,13 +782,21 @@ def sample_image_paths(records: list[dict], cache_dir: str, n: int) -> list[str]
     return [str(resolve(cache_dir, r)) for r in picked[:n]]
 
 
-def run_export(checkpoint_path: str, calibration_json: str, test_records: list[dict], cache_dir: str,
-               out_dir: str, quantization: str, n_images: int = 16,
-               max_size_mb: float | None = None) -> dict[str, Any]:
+def run_export(
+    checkpoint_path: str,
+    calibration_json: str,
+    test_records: list[dict],
+    cache_dir: str,
+    out_dir: str,
+    quantization: str,
+    n_images: int = 16,
+    max_size_mb: float | None = None,
+) -> dict[str, Any]:
     """The export step: the bundle from a checkpoint, its calibration.json and test images
     (max_size_mb: the limit quantization "auto" picks against)."""
     if not Path(calibration_json).is_file():
         raise FileNotFoundError(f"calibration file not found: {calibration_json}")
     cal = json.loads(Path(calibration_json).read_text())
-    return export_tfjs_bundle(checkpoint_path, out_dir, sample_image_paths(test_records, cache_dir, n_images),
-                              quantization, cal, max_size_mb)
+    return export_tfjs_bundle(
+        checkpoint_path, out_dir, sample_image_paths(test_records, cache_dir, n_images), quantization, cal, max_size_mb
+    )

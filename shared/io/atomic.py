@@ -1,6 +1,7 @@
 """Atomic file writes (temp file + rename) with a sha256 checksum recorded beside
 the file, so a crash never leaves a truncated artifact that a later step loads; and
 path_safe_name, a name made safe as one path component."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", checksum: bool = False,
-                **kwargs: Any) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "w", checksum: bool = False, **kwargs: Any) -> Iterator[IO]:
     """Open a temp file next to `path`; on success fsync and rename it over `path`.
 
     On any exception the temp file is removed and `path` is left untouched.

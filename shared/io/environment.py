@@ -2,6 +2,7 @@
 that decide a run's results, and the GPU as torch sees it. Training steps record it in
 their model's metadata and the manifest step records its own (shared/manifest/training_manifest.py
 merges them: each image has only some of the packages)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -12,8 +13,20 @@ from typing import Any
 # table; minor-version compatibility inside a major). PyPI's torch 2.14.1 wheels are CUDA 13.
 MIN_DRIVER_FOR_CUDA = {"13": "580", "12": "525.60.13", "11": "450.80.02"}
 
-PACKAGES = ("torch", "torchvision", "timm", "kfp", "kfp-kubernetes", "numpy", "pillow", "onnx",
-            "onnxruntime", "tensorflow", "tensorflowjs", "onnx2tf")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "kfp",
+    "kfp-kubernetes",
+    "numpy",
+    "pillow",
+    "onnx",
+    "onnxruntime",
+    "tensorflow",
+    "tensorflowjs",
+    "onnx2tf",
+)
 
 
 def environment_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
@@ -35,7 +48,6 @@ def environment_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]
         if torch.version.cuda:
             env["nvidia_driver_required"] = f">= {MIN_DRIVER_FOR_CUDA.get(torch.version.cuda.split('.')[0], '?')}"
         if torch.cuda.is_available():
-            env["gpu"] = ", ".join(sorted({torch.cuda.get_device_name(i)
-                                           for i in range(torch.cuda.device_count())}))
+            env["gpu"] = ", ".join(sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}))
             env["gpu_count"] = torch.cuda.device_count()
     return env

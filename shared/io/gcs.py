@@ -3,6 +3,7 @@
 With STORAGE_EMULATOR_HOST set (a local emulator, as in the tests) the client is
 anonymous; otherwise it uses the pod's credentials (Workload Identity or the
 mounted key named by GOOGLE_APPLICATION_CREDENTIALS)."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ every `every_s` seconds, e.g.
 
 A pod's log (or a local run's run.log) then shows a long step is alive and when it
 will end, without one line per batch. The clock is injectable, so tests need no sleeps."""
+
 from __future__ import annotations
 
 import math
@@ -44,9 +45,18 @@ class Progress:
     step is counted, images per second are shown: update(1, work=batch_size), rate_unit="img").
     The ETA extrapolates the mean rate since the start (or since `start`, for a resumed count)."""
 
-    def __init__(self, total: int | None, unit: str = "it", *, every_s: float = 60.0, label: str = "",
-                 rate_unit: str | None = None, start: int = 0, log: Callable[[str], None] = _print_flush,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        unit: str = "it",
+        *,
+        every_s: float = 60.0,
+        label: str = "",
+        rate_unit: str | None = None,
+        start: int = 0,
+        log: Callable[[str], None] = _print_flush,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total, self.unit, self.every_s, self.label = total, unit, every_s, label
         self.rate_unit = rate_unit or unit
         self.log, self.clock = log, clock

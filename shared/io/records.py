@@ -29,6 +29,7 @@ the two differ:
    citations are not recognised: "Rosa canina L." becomes "Rosa canina l.".
 
 The form is idempotent, and no other spelling is rewritten ("ssp." stays "ssp.")."""
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,7 @@ class NotUtf8Error(ValueError):
 
     def __init__(self, line: int, byte_offset: int, bad: bytes, reason: str):
         self.line, self.byte_offset, self.bad = line, byte_offset, bad
-        super().__init__(f"line {line}: byte {bad.hex()} at byte offset {byte_offset} is not UTF-8 "
-                         f"({reason})")
+        super().__init__(f"line {line}: byte {bad.hex()} at byte offset {byte_offset} is not UTF-8 ({reason})")
 
 
 @dataclass
@@ -217,11 +217,11 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
         for n, raw in enumerate(f, 1):
             start, offset = offset, offset + len(raw)
             if n == 1 and raw.startswith(UTF8_BOM):  # written by some Windows tools; not part of the record
-                raw, start = raw[len(UTF8_BOM):], start + len(UTF8_BOM)
+                raw, start = raw[len(UTF8_BOM) :], start + len(UTF8_BOM)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield n, NotUtf8Error(n, start + e.start, raw[e.start:e.start + 1], e.reason)
+                yield n, NotUtf8Error(n, start + e.start, raw[e.start : e.start + 1], e.reason)
                 continue
             if not line.strip():
                 continue

@@ -10,6 +10,7 @@ build_training_manifest composes one builder per section (data, phase_0 ... phas
 environment, models, hyperparameters); the collect_* functions turn the manifest step's
 artifacts (path, uri, metadata) into its inputs, and write_training_manifest writes the
 manifest and its summary table (components/training_manifest.py only wires them)."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -33,18 +34,32 @@ from shared.io.environment import environment_versions
 # pipeline config's gates replace the ones it also defines.
 PLAN_CRITERIA = {
     "max_fetch_fail_rate": 0.05,
-    "teacher_min_top1": 0.70, "teacher_min_top5": 0.85,
-    "regional_min_top1": 0.80, "regional_min_gain_vs_global": 0.10,
+    "teacher_min_top1": 0.70,
+    "teacher_min_top5": 0.85,
+    "regional_min_top1": 0.80,
+    "regional_min_gain_vs_global": 0.10,
     "student_min_top1": 0.70,
-    "max_ece": 0.10, "min_coverage": 0.80, "min_precision_at_threshold": 0.95,
-    "max_model_size_mb": 150.0, "min_parity_correlation": 0.995,
-    "student_max_bundle_mb": 20.0, "max_latency_ms_cpu_browser": 5000.0,
+    "max_ece": 0.10,
+    "min_coverage": 0.80,
+    "min_precision_at_threshold": 0.95,
+    "max_model_size_mb": 150.0,
+    "min_parity_correlation": 0.995,
+    "student_max_bundle_mb": 20.0,
+    "max_latency_ms_cpu_browser": 5000.0,
 }
 
 MANIFEST_NAME = "TRAINING_MANIFEST.yaml"
 
-PHASES = ("baseline", "global_teacher", "regional_teachers", "soft_labels", "student",
-          "calibration", "export", "export_validation")
+PHASES = (
+    "baseline",
+    "global_teacher",
+    "regional_teachers",
+    "soft_labels",
+    "student",
+    "calibration",
+    "export",
+    "export_validation",
+)
 
 
 class ManifestError(ValueError):
@@ -56,8 +71,9 @@ def git_commit(repo: str | os.PathLike | None = None) -> str | None:
     if os.environ.get("GIT_COMMIT"):
         return os.environ["GIT_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
@@ -154,10 +170,15 @@ def _gate_section(config: dict, cal: dict | None) -> dict:
     """The thresholds this run's export gate used, labelled: the plan's, or local smoke-test ones."""
     gates = _get(config.get("pipeline") or {}, "export.gates") or {}
     profile = gates.get("profile", "plan")
-    out = {"profile": profile,
-           "label": ("the plan's criteria" if profile == "plan" else
-                     "LOCAL smoke-test thresholds (small models, bundled data): not the plan's criteria"),
-           "thresholds": {k: v for k, v in gates.items() if k != "profile"}}
+    out = {
+        "profile": profile,
+        "label": (
+            "the plan's criteria"
+            if profile == "plan"
+            else "LOCAL smoke-test thresholds (small models, bundled data): not the plan's criteria"
+        ),
+        "thresholds": {k: v for k, v in gates.items() if k != "profile"},
+    }
     if cal and isinstance(cal.get("gates"), list):
         out["table"] = cal["gates"]
         out["blessed"] = cal.get(K.BLESSED)
@@ -183,11 +204,14 @@ def _data_section(data_stats: dict) -> dict:
         "source": audit.get("source") or data_stats.get("source"),
         "total_samples": total,
         "total_species": split.get("classes_total", audit.get("classes")),
-        "train_samples": images.get("train"), "val_samples": images.get("val"),
+        "train_samples": images.get("train"),
+        "val_samples": images.get("val"),
         "test_samples": images.get("test"),
-        "train_species": classes.get("train"), "val_species": classes.get("val"),
+        "train_species": classes.get("train"),
+        "val_species": classes.get("val"),
         "test_species": classes.get("test"),
-        "records_read": audit.get(K.RECORDS_READ), "records_kept": audit.get(K.RECORDS_KEPT),
+        "records_read": audit.get(K.RECORDS_READ),
+        "records_kept": audit.get(K.RECORDS_KEPT),
         "permissive_license_share": audit.get(K.PERMISSIVE_SHARE_OF_VALID),
         "train_val_class_overlap": split.get(K.TRAIN_VAL_CLASS_OVERLAP),
         "leak_free": _get(split, "leakage.leak_free"),
@@ -219,21 +243,26 @@ def _check_phase_results(phase_results: dict) -> None:
         raise ManifestError(f"phase_results: unknown phase(s) {sorted(unknown)}; known: {list(PHASES)}")
     for key, value in phase_results.items():
         if value is not None and not isinstance(value, (list if key == "regional_teachers" else dict)):
-            raise ManifestError(f"phase_results.{key}: expected "
-                                f"{'a list' if key == 'regional_teachers' else 'a mapping'}, "
-                                f"got {type(value).__name__}")
+            raise ManifestError(
+                f"phase_results.{key}: expected "
+                f"{'a list' if key == 'regional_teachers' else 'a mapping'}, "
+                f"got {type(value).__name__}"
+            )
 
 
 def _phase_0(base: dict | None, data: dict, crit: dict) -> dict:
     """Phase 0: the baseline (pretrained, not fine-tuned) and the data audit's criteria (0.2)."""
     p0 = _skipped(base, "baseline step produced no report") or {
-        "status": "completed", "baseline_model": base.get(K.MODEL_NAME),
+        "status": "completed",
+        "baseline_model": base.get(K.MODEL_NAME),
         "baseline_weights": base.get(K.WEIGHTS),
         "baseline_top1": _num(base, K.TOP1_ACCURACY, "top1"),
-        "baseline_top5": _num(base, K.TOP5_ACCURACY, "top5")}
+        "baseline_top5": _num(base, K.TOP5_ACCURACY, "top5"),
+    }
     p0["criteria"] = {
         "fetch_fail_rate_below_max": _check(data.get("fetch_fail_rate"), "<", crit["max_fetch_fail_rate"]),
-        "split_leak_free": data.get("leak_free")}
+        "split_leak_free": data.get("leak_free"),
+    }
     return p0
 
 
@@ -242,8 +271,10 @@ def _phase_1(g: dict | None, gcfg: dict | None, crit: dict) -> dict:
     p1 = _skipped(g, "global teacher was not evaluated")
     if p1 is None:
         p1 = {"status": "completed", **_teacher_entry(g, gcfg)}
-        p1["criteria"] = {f"top1>={crit['teacher_min_top1']}": _check(p1["top1"], ">=", crit["teacher_min_top1"]),
-                          f"top5>={crit['teacher_min_top5']}": _check(p1["top5"], ">=", crit["teacher_min_top5"])}
+        p1["criteria"] = {
+            f"top1>={crit['teacher_min_top1']}": _check(p1["top1"], ">=", crit["teacher_min_top1"]),
+            f"top5>={crit['teacher_min_top5']}": _check(p1["top5"], ">=", crit["teacher_min_top5"]),
+        }
     return p1
 
 
@@ -283,11 +314,14 @@ def _regional_teacher(r: dict, item: dict, global_per_region: dict, crit: dict) 
     e["gain_vs_global"] = gains
     e["top1_own_regions"] = _own_regions_top1(r, own)
     e["test_set"] = "the common global test set (per_region: the same images for every teacher)"
-    e["criteria"] = {f"top1_own_regions>={crit['regional_min_top1']}":
-                     _check(e["top1_own_regions"], ">=", crit["regional_min_top1"]),
-                     f"gain_vs_global>={crit['regional_min_gain_vs_global']}":
-                         (all(v >= crit["regional_min_gain_vs_global"] for v in gains.values())
-                          if gains else None)}
+    e["criteria"] = {
+        f"top1_own_regions>={crit['regional_min_top1']}": _check(
+            e["top1_own_regions"], ">=", crit["regional_min_top1"]
+        ),
+        f"gain_vs_global>={crit['regional_min_gain_vs_global']}": (
+            all(v >= crit["regional_min_gain_vs_global"] for v in gains.values()) if gains else None
+        ),
+    }
     return e
 
 
@@ -297,12 +331,14 @@ def _phase_3(sl: dict | None, scfg: dict) -> dict:
     arch = _first(scfg, "model.name")
     alpha = _first(scfg, "model.alpha")
     if p3 is None:
-        p3 = {"status": "completed",
-              "samples": _count(sl.get(K.SAMPLES, sl.get("n_samples"))),
-              "classes": _count(sl.get(K.CLASSES, sl.get("n_classes"))),
-              "temperature": _num(sl, K.TEMPERATURE),
-              "teacher_weights": sl.get("teacher_weights") or sl.get(K.WEIGHTS),
-              "uri": sl.get("uri")}
+        p3 = {
+            "status": "completed",
+            "samples": _count(sl.get(K.SAMPLES, sl.get("n_samples"))),
+            "classes": _count(sl.get(K.CLASSES, sl.get("n_classes"))),
+            "temperature": _num(sl, K.TEMPERATURE),
+            "teacher_weights": sl.get("teacher_weights") or sl.get(K.WEIGHTS),
+            "uri": sl.get("uri"),
+        }
     p3["student_architecture"] = f"{arch}_{alpha}" if arch and alpha is not None else arch
     return p3
 
@@ -313,32 +349,43 @@ def _phase_4(st: dict | None, scfg: dict, crit: dict) -> dict:
     p4 = _skipped(st, "student was not trained")
     if p4 is not None:
         return p4
-    p4 = {"status": "completed",
-          # What ran (the results) before what was configured (shared/config/student.py).
-          "distillation_epochs": _count(_first(st, "distillation_epochs", "epochs_distillation")),
-          "finetuning_epochs": _count(_first(st, "finetune_epochs", "finetuning_epochs")),
-          "final_top1": _num(st, "final_top1", K.TOP1_ACCURACY, "val_top1_accuracy", K.VAL_TOP1, "top1"),
-          "final_top5": _num(st, "final_top5", K.TOP5_ACCURACY, "val_top5_accuracy", K.VAL_TOP5, "top5"),
-          "checkpoint": st.get("checkpoint")}
-    for key, path in (("distillation_epochs", "training.distillation_epochs"),
-                      ("finetuning_epochs", "training.finetune_epochs")):
+    p4 = {
+        "status": "completed",
+        # What ran (the results) before what was configured (shared/config/student.py).
+        "distillation_epochs": _count(_first(st, "distillation_epochs", "epochs_distillation")),
+        "finetuning_epochs": _count(_first(st, "finetune_epochs", "finetuning_epochs")),
+        "final_top1": _num(st, "final_top1", K.TOP1_ACCURACY, "val_top1_accuracy", K.VAL_TOP1, "top1"),
+        "final_top5": _num(st, "final_top5", K.TOP5_ACCURACY, "val_top5_accuracy", K.VAL_TOP5, "top5"),
+        "checkpoint": st.get("checkpoint"),
+    }
+    for key, path in (
+        ("distillation_epochs", "training.distillation_epochs"),
+        ("finetuning_epochs", "training.finetune_epochs"),
+    ):
         if p4[key] is None:
             p4[key] = _count(_get(scfg, path))
     # Which student shipped, and every stage's figures on val and on the held-out test set.
     p4["final_stage"] = st.get(K.FINAL_STAGE)
     p4["final_test_top1"] = _num(st, K.TEST_TOP1)
-    p4["stages"] = {s: {"val_top1": _num(st, f"{s}_{K.VAL_TOP1}"), "test_top1": _num(st, f"{s}_{K.TEST_TOP1}")}
-                    for s in K.STUDENT_STAGES if _num(st, f"{s}_{K.VAL_TOP1}") is not None}
+    p4["stages"] = {
+        s: {"val_top1": _num(st, f"{s}_{K.VAL_TOP1}"), "test_top1": _num(st, f"{s}_{K.TEST_TOP1}")}
+        for s in K.STUDENT_STAGES
+        if _num(st, f"{s}_{K.VAL_TOP1}") is not None
+    }
     if _num(st, K.CE_CONTROL_VAL_TOP1) is not None:
-        p4["ce_control"] = {"val_top1": _num(st, K.CE_CONTROL_VAL_TOP1),
-                            "test_top1": _num(st, K.CE_CONTROL_TEST_TOP1),
-                            "distillation_gain_val_top1": _num(st, K.DISTILLATION_GAIN_TOP1),
-                            "distillation_gain_test_top1": _num(st, K.DISTILLATION_GAIN_TEST_TOP1)}
+        p4["ce_control"] = {
+            "val_top1": _num(st, K.CE_CONTROL_VAL_TOP1),
+            "test_top1": _num(st, K.CE_CONTROL_TEST_TOP1),
+            "distillation_gain_val_top1": _num(st, K.DISTILLATION_GAIN_TOP1),
+            "distillation_gain_test_top1": _num(st, K.DISTILLATION_GAIN_TEST_TOP1),
+        }
     prefix = K.TEST_REGION_TOP1_PREFIX
-    p4["test_per_region"] = {k[len(prefix):]: float(v) for k, v in sorted(st.items())
-                             if k.startswith(prefix) and isinstance(v, (int, float))}
-    p4["criteria"] = {f"top1>={crit['student_min_top1']}":
-                      _check(p4["final_top1"], ">=", crit["student_min_top1"])}
+    p4["test_per_region"] = {
+        k[len(prefix) :]: float(v)
+        for k, v in sorted(st.items())
+        if k.startswith(prefix) and isinstance(v, (int, float))
+    }
+    p4["criteria"] = {f"top1>={crit['student_min_top1']}": _check(p4["final_top1"], ">=", crit["student_min_top1"])}
     return p4
 
 
@@ -349,24 +396,34 @@ def _phase_5(cal: dict | None, config: dict, crit: dict) -> dict:
     if p5 is not None:
         return p5
     ece = _num(cal, K.ECE_AFTER, "ece")
-    p5 = {"status": "completed", "ece": ece, "ece_before": _num(cal, K.ECE_BEFORE),
-          "mce": _num(cal, K.MCE_AFTER, "mce"), "temperature": _num(cal, K.TEMPERATURE),
-          "confidence_threshold": _num(cal, K.THRESHOLD, "confidence_threshold"),
-          "threshold_reached": cal.get(K.THRESHOLD_REACHED),
-          "coverage": _num(cal, K.COVERAGE),
-          "precision_at_threshold": _num(cal, K.PRECISION_AT_THRESHOLD),
-          # held out: temperature and threshold were fitted on val
-          "test_ece": _num(cal, K.TEST_ECE_AFTER), "test_coverage": _num(cal, K.TEST_COVERAGE),
-          "test_precision_at_threshold": _num(cal, K.TEST_PRECISION_AT_THRESHOLD),
-          "test_top1": _num(cal, K.TEST_TOP1)}
+    p5 = {
+        "status": "completed",
+        "ece": ece,
+        "ece_before": _num(cal, K.ECE_BEFORE),
+        "mce": _num(cal, K.MCE_AFTER, "mce"),
+        "temperature": _num(cal, K.TEMPERATURE),
+        "confidence_threshold": _num(cal, K.THRESHOLD, "confidence_threshold"),
+        "threshold_reached": cal.get(K.THRESHOLD_REACHED),
+        "coverage": _num(cal, K.COVERAGE),
+        "precision_at_threshold": _num(cal, K.PRECISION_AT_THRESHOLD),
+        # held out: temperature and threshold were fitted on val
+        "test_ece": _num(cal, K.TEST_ECE_AFTER),
+        "test_coverage": _num(cal, K.TEST_COVERAGE),
+        "test_precision_at_threshold": _num(cal, K.TEST_PRECISION_AT_THRESHOLD),
+        "test_top1": _num(cal, K.TEST_TOP1),
+    }
     p5["criteria"] = {}
     for split, pre in (("val", ""), ("test", "test_")):
         ece_s = ece if split == "val" else p5["test_ece"]
-        p5["criteria"].update({
-            f"{split}_ece<{crit['max_ece']}": _check(ece_s, "<", crit["max_ece"]),
-            f"{split}_coverage>={crit['min_coverage']}": _check(p5[f"{pre}coverage"], ">=", crit["min_coverage"]),
-            f"{split}_precision_at_threshold>={crit['min_precision_at_threshold']}":
-                _check(p5[f"{pre}precision_at_threshold"], ">=", crit["min_precision_at_threshold"])})
+        p5["criteria"].update(
+            {
+                f"{split}_ece<{crit['max_ece']}": _check(ece_s, "<", crit["max_ece"]),
+                f"{split}_coverage>={crit['min_coverage']}": _check(p5[f"{pre}coverage"], ">=", crit["min_coverage"]),
+                f"{split}_precision_at_threshold>={crit['min_precision_at_threshold']}": _check(
+                    p5[f"{pre}precision_at_threshold"], ">=", crit["min_precision_at_threshold"]
+                ),
+            }
+        )
     p5["gate"] = _gate_section(config, cal)
     return p5
 
@@ -380,32 +437,36 @@ def _phase_6(ex: dict | None, val: dict | None, not_run_reason: str, crit: dict)
     size_mb = _num(ex, K.MODEL_SIZE_MB)
     if size_mb is None and _num(ex, "size_bytes") is not None:
         size_mb = round(_num(ex, "size_bytes") / 1e6, 3)
-    p6 = {"status": "completed", "quantization": ex.get(K.QUANTIZATION),
-          "model_size_mb": size_mb, "tfjs_export": ex.get("uri") or ex.get("tfjs_export")}
+    p6 = {
+        "status": "completed",
+        "quantization": ex.get(K.QUANTIZATION),
+        "model_size_mb": size_mb,
+        "tfjs_export": ex.get("uri") or ex.get("tfjs_export"),
+    }
     parity = _skipped(val, "export was not validated") or {
         "status": "completed",
         "correlation": _num(val, "correlation", "pearson"),
         "max_abs_diff": _num(val, K.MAX_ABS_DIFF),
         "top1_agreement": _num(val, K.TOP1_AGREEMENT),
-        "passed": val.get(K.PASSED)}
+        "passed": val.get(K.PASSED),
+    }
     p6["parity"] = parity
     if isinstance(ex.get(K.TOOLCHAIN), dict):  # the converter environment's versions
         p6["toolchain"] = {str(k): v for k, v in ex[K.TOOLCHAIN].items()}
     latency = _num(ex, K.LATENCY_MS_MEDIAN)
-    for key in (K.QUANTIZATION_REASON, K.FP16_SIZE_MB, K.UINT8_SIZE_MB, K.LATENCY_RUNTIME, "latency_browser",
-                "gates"):
+    for key in (K.QUANTIZATION_REASON, K.FP16_SIZE_MB, K.UINT8_SIZE_MB, K.LATENCY_RUNTIME, "latency_browser", "gates"):
         if ex.get(key) is not None:
             p6[key] = ex[key]
     p6["latency_ms_median"] = latency
     # the plan's inequalities: 6.4 size <= 150 MB, 3.3 student < 20 MB, parity > 99.5 %, CPU browser < 5 s
-    p6["criteria"] = {f"model_size_mb<={crit['max_model_size_mb']}":
-                      _check(size_mb, "<=", crit["max_model_size_mb"]),
-                      f"model_size_mb<{crit['student_max_bundle_mb']}":
-                      _check(size_mb, "<", crit["student_max_bundle_mb"]),
-                      f"parity_correlation>{crit['min_parity_correlation']}":
-                      _check(parity.get("correlation"), ">", crit["min_parity_correlation"]),
-                      f"latency_ms<{crit['max_latency_ms_cpu_browser']}":
-                      _check(latency, "<", crit["max_latency_ms_cpu_browser"])}
+    p6["criteria"] = {
+        f"model_size_mb<={crit['max_model_size_mb']}": _check(size_mb, "<=", crit["max_model_size_mb"]),
+        f"model_size_mb<{crit['student_max_bundle_mb']}": _check(size_mb, "<", crit["student_max_bundle_mb"]),
+        f"parity_correlation>{crit['min_parity_correlation']}": _check(
+            parity.get("correlation"), ">", crit["min_parity_correlation"]
+        ),
+        f"latency_ms<{crit['max_latency_ms_cpu_browser']}": _check(latency, "<", crit["max_latency_ms_cpu_browser"]),
+    }
     return p6
 
 
@@ -414,14 +475,17 @@ def _phases_section(config: dict, pr: dict, data: dict, crit: dict) -> dict[str,
     manifest itself is phase 7."""
     scfg = config.get("student") or {}
     g = pr["global_teacher"]
-    phases = {"phase_0": _phase_0(pr["baseline"], data, crit),
-              "phase_1": _phase_1(g, config.get("global_teacher"), crit),
-              "phase_2": _phase_2(pr["regional_teachers"], config, (g or {}).get("per_region") or {}, crit),
-              "phase_3": _phase_3(pr["soft_labels"], scfg),
-              "phase_4": _phase_4(pr["student"], scfg, crit),
-              "phase_5": _phase_5(pr["calibration"], config, crit)}
-    phases["phase_6"] = _phase_6(pr["export"], pr["export_validation"],
-                                 _not_blessed_reason(phases["phase_4"], phases["phase_5"], crit), crit)
+    phases = {
+        "phase_0": _phase_0(pr["baseline"], data, crit),
+        "phase_1": _phase_1(g, config.get("global_teacher"), crit),
+        "phase_2": _phase_2(pr["regional_teachers"], config, (g or {}).get("per_region") or {}, crit),
+        "phase_3": _phase_3(pr["soft_labels"], scfg),
+        "phase_4": _phase_4(pr["student"], scfg, crit),
+        "phase_5": _phase_5(pr["calibration"], config, crit),
+    }
+    phases["phase_6"] = _phase_6(
+        pr["export"], pr["export_validation"], _not_blessed_reason(phases["phase_4"], phases["phase_5"], crit), crit
+    )
     return phases
 
 
@@ -431,9 +495,17 @@ def _environment_section(environment: dict | None, toolchain: dict | None) -> di
     return fill_from_reported(environment if environment is not None else environment_versions(), toolchain)
 
 
-def build_training_manifest(*, config: dict, phase_results: dict, data_stats: dict, seed: int,
-                            git_commit: str | None, environment: dict | None,
-                            timestamp: _dt.datetime | None = None, staged_weights: dict | None = None) -> dict:
+def build_training_manifest(
+    *,
+    config: dict,
+    phase_results: dict,
+    data_stats: dict,
+    seed: int,
+    git_commit: str | None,
+    environment: dict | None,
+    timestamp: _dt.datetime | None = None,
+    staged_weights: dict | None = None,
+) -> dict:
     """The manifest as a dict (see module doc).
 
     config: {"global_teacher": teacher config, "regional_teachers": [{"teacher",
@@ -486,7 +558,8 @@ def _models_section(staged: dict | None, config: dict) -> dict:
         if isinstance(t, dict) and t.get("teacher"):
             out[f"regional_teacher_{t['teacher']}"] = {
                 "init_from": "the global teacher's best checkpoint (head rows mapped by species name)",
-                "weights_downloaded": False}
+                "weights_downloaded": False,
+            }
     return out
 
 
@@ -571,8 +644,7 @@ def write_manifest(path: str | os.PathLike, manifest: dict) -> str:
     return str(path)
 
 
-def read_result(path: str | os.PathLike | None, metadata: dict | None = None,
-                uri: str | None = None) -> dict | None:
+def read_result(path: str | os.PathLike | None, metadata: dict | None = None, uri: str | None = None) -> dict | None:
     """A step's result for build_training_manifest: its JSON file merged with its
     artifact metadata and URI. A TF.js bundle directory (model.json + shards) gives
     its size. None without a path (the step did not run)."""
@@ -598,6 +670,7 @@ def read_result(path: str | os.PathLike | None, metadata: dict | None = None,
 
 
 # ---- the manifest step's inputs (components/training_manifest.py) -------------------------
+
 
 class ArtifactLike(Protocol):
     """What the collectors read of an upstream artifact; a KFP Artifact has these."""
@@ -627,15 +700,21 @@ def _with_checkpoint(result: dict | None, model: ArtifactLike | None) -> dict | 
     return result
 
 
-def collect_phase_results(*, baseline_report: ArtifactLike | None = None,
-                          global_teacher_results: ArtifactLike | None = None,
-                          global_teacher_model: ArtifactLike | None = None,
-                          regional_teacher_results: list[ArtifactLike] | None = None,
-                          regional_teacher_models: list[ArtifactLike] | None = None,
-                          soft_labels: ArtifactLike | None = None, student_model: ArtifactLike | None = None,
-                          student_metrics: ArtifactLike | None = None, calibration: ArtifactLike | None = None,
-                          export_bundle: ArtifactLike | None = None, export_validation: ArtifactLike | None = None,
-                          export_summary: dict | None = None) -> dict[str, Any]:
+def collect_phase_results(
+    *,
+    baseline_report: ArtifactLike | None = None,
+    global_teacher_results: ArtifactLike | None = None,
+    global_teacher_model: ArtifactLike | None = None,
+    regional_teacher_results: list[ArtifactLike] | None = None,
+    regional_teacher_models: list[ArtifactLike] | None = None,
+    soft_labels: ArtifactLike | None = None,
+    student_model: ArtifactLike | None = None,
+    student_metrics: ArtifactLike | None = None,
+    calibration: ArtifactLike | None = None,
+    export_bundle: ArtifactLike | None = None,
+    export_validation: ArtifactLike | None = None,
+    export_summary: dict | None = None,
+) -> dict[str, Any]:
     """build_training_manifest's phase_results from the steps' artifacts (None: the step did
     not run). Regional results meet their checkpoints by teacher name (a ParallelFor collects
     both lists in no guaranteed order); the student is its model's and metrics' metadata;
@@ -649,15 +728,21 @@ def collect_phase_results(*, baseline_report: ArtifactLike | None = None,
             regional.append(_with_checkpoint(r, models.get(r.get(K.TEACHER))))
     student = None
     if student_model is not None:
-        student = {**dict(student_model.metadata or {}),
-                   **(dict(student_metrics.metadata or {}) if student_metrics is not None else {}),
-                   "checkpoint": student_model.uri}
+        student = {
+            **dict(student_model.metadata or {}),
+            **(dict(student_metrics.metadata or {}) if student_metrics is not None else {}),
+            "checkpoint": student_model.uri,
+        }
     results = {
         "baseline": artifact_result(baseline_report),
         "global_teacher": _with_checkpoint(artifact_result(global_teacher_results), global_teacher_model),
-        "regional_teachers": regional, "soft_labels": artifact_result(soft_labels), "student": student,
-        "calibration": artifact_result(calibration), "export": artifact_result(export_bundle),
-        "export_validation": artifact_result(export_validation)}
+        "regional_teachers": regional,
+        "soft_labels": artifact_result(soft_labels),
+        "student": student,
+        "calibration": artifact_result(calibration),
+        "export": artifact_result(export_bundle),
+        "export_validation": artifact_result(export_validation),
+    }
     if export_summary and export_bundle is None:
         results["export"] = dict(export_summary)
         if export_validation is None and export_summary.get("status") not in ("skipped", "failed"):
@@ -665,19 +750,32 @@ def collect_phase_results(*, baseline_report: ArtifactLike | None = None,
     return results
 
 
-def collect_data_stats(snapshot_id: str, ingest_audit: ArtifactLike | None, split_stats: ArtifactLike | None,
-                       cache_report: ArtifactLike | None = None) -> dict[str, Any]:
+def collect_data_stats(
+    snapshot_id: str,
+    ingest_audit: ArtifactLike | None,
+    split_stats: ArtifactLike | None,
+    cache_report: ArtifactLike | None = None,
+) -> dict[str, Any]:
     """build_training_manifest's data_stats: the snapshot id and the JSON reports of ingest,
     split and cache_images ({} for a report not passed)."""
+
     def load(art: ArtifactLike | None) -> dict:
         return json.loads(Path(art.path).read_text()) if art is not None else {}
 
-    return {"snapshot_id": snapshot_id, "ingest": load(ingest_audit), "split": load(split_stats),
-            "cache": load(cache_report)}
+    return {
+        "snapshot_id": snapshot_id,
+        "ingest": load(ingest_audit),
+        "split": load(split_stats),
+        "cache": load(cache_report),
+    }
 
 
-def collect_staged_weights(*, global_teacher: ArtifactLike | None = None, student: ArtifactLike | None = None,
-                           baseline: ArtifactLike | None = None) -> dict[str, dict]:
+def collect_staged_weights(
+    *,
+    global_teacher: ArtifactLike | None = None,
+    student: ArtifactLike | None = None,
+    baseline: ArtifactLike | None = None,
+) -> dict[str, dict]:
     """role -> the stage_weights record of that model's pretrained weights (roles passed only)."""
     from shared.train.pretrained import read_staged
 
@@ -685,8 +783,12 @@ def collect_staged_weights(*, global_teacher: ArtifactLike | None = None, studen
     return {role: read_staged(art.path) for role, art in roles if art is not None}
 
 
-def collect_environment(*, training: ArtifactLike | None = None, student_training: ArtifactLike | None = None,
-                        export: ArtifactLike | None = None) -> dict[str, Any]:
+def collect_environment(
+    *,
+    training: ArtifactLike | None = None,
+    student_training: ArtifactLike | None = None,
+    export: ArtifactLike | None = None,
+) -> dict[str, Any]:
     """This step's environment, plus the ones the training and export images reported in their
     artifacts' metadata, under REPORTED_ENVIRONMENTS' keys (fill_from_reported reads them)."""
     env = environment_versions()
@@ -696,8 +798,9 @@ def collect_environment(*, training: ArtifactLike | None = None, student_trainin
     return env
 
 
-def write_training_manifest(manifest_dir: str | os.PathLike, summary_path: str | os.PathLike, manifest: dict,
-                            log: Callable[[str], None] = print) -> dict[str, Any]:
+def write_training_manifest(
+    manifest_dir: str | os.PathLike, summary_path: str | os.PathLike, manifest: dict, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Write MANIFEST_NAME into `manifest_dir` (a directory, so the file keeps its name when
     downloaded) and the summary table to `summary_path` (Markdown, the table a team compares
     across runs: KFP renders it); return the manifest artifact's metadata: the commit, the
@@ -727,10 +830,20 @@ def summary_markdown(manifest: dict) -> str:
     add("1 global teacher", "test top-1", p1.get("top1"), ">= 0.70", crit(p1, "top1>=0.7"))
     add("1 global teacher", "test top-5", p1.get("top5"), ">= 0.85", crit(p1, "top5>=0.85"))
     for name, t in sorted((p2.get("teachers") or {}).items()):
-        add(f"2 {name}", "test top-1, own regions", t.get("top1_own_regions"), ">= 0.80",
-            crit(t, "top1_own_regions>=0.8"))
-        add(f"2 {name}", "gain vs global, same images", t.get("gain_vs_global"), ">= +0.10",
-            crit(t, "gain_vs_global>=0.1"))
+        add(
+            f"2 {name}",
+            "test top-1, own regions",
+            t.get("top1_own_regions"),
+            ">= 0.80",
+            crit(t, "top1_own_regions>=0.8"),
+        )
+        add(
+            f"2 {name}",
+            "gain vs global, same images",
+            t.get("gain_vs_global"),
+            ">= +0.10",
+            crit(t, "gain_vs_global>=0.1"),
+        )
     add("4 student", "shipped stage", p4.get("final_stage"))
     add("4 student", "val top-1", p4.get("final_top1"), ">= 0.70", crit(p4, "top1>=0.7"))
     add("4 student", "test top-1", p4.get("final_test_top1"))
@@ -738,12 +851,27 @@ def summary_markdown(manifest: dict) -> str:
         add("4 student", "gain over CE-only control (test)", p4["ce_control"].get("distillation_gain_test_top1"))
     for split in ("val", "test"):
         pre = "" if split == "val" else "test_"
-        add("5 calibration", f"ECE ({split})", p5.get("ece" if split == "val" else "test_ece"), "< 0.10",
-            crit(p5, f"{split}_ece<0.1"))
-        add("5 calibration", f"coverage ({split})", p5.get(f"{pre}coverage"), ">= 0.80",
-            crit(p5, f"{split}_coverage>=0.8"))
-        add("5 calibration", f"precision at threshold ({split})", p5.get(f"{pre}precision_at_threshold"),
-            ">= 0.95", crit(p5, f"{split}_precision_at_threshold>=0.95"))
+        add(
+            "5 calibration",
+            f"ECE ({split})",
+            p5.get("ece" if split == "val" else "test_ece"),
+            "< 0.10",
+            crit(p5, f"{split}_ece<0.1"),
+        )
+        add(
+            "5 calibration",
+            f"coverage ({split})",
+            p5.get(f"{pre}coverage"),
+            ">= 0.80",
+            crit(p5, f"{split}_coverage>=0.8"),
+        )
+        add(
+            "5 calibration",
+            f"precision at threshold ({split})",
+            p5.get(f"{pre}precision_at_threshold"),
+            ">= 0.95",
+            crit(p5, f"{split}_precision_at_threshold>=0.95"),
+        )
     add("6 export", "status", p6.get("status"), "", None)
     add("6 export", "bundle MB", p6.get("model_size_mb"))
     add("6 export", "parity correlation", (p6.get("parity") or {}).get("correlation"), "> 0.995")
@@ -756,9 +884,16 @@ def summary_markdown(manifest: dict) -> str:
         return "-" if v is None else str(v)
 
     gate = p5.get("gate") or {}
-    lines = [f"# Training run {manifest.get('timestamp', '')} (commit {manifest.get('git_commit') or 'unknown'})", "",
-             f"Export gate: {gate.get('label', 'not run')}" + (f"; {gate['reason']}" if gate.get("reason") else ""),
-             "", "| phase | figure | value | plan criterion | met |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {p} | {f} | {show(v)} | {c or '-'} | {'-' if m is None else ('yes' if m else 'NO')} |"
-              for p, f, v, c, m in rows]
+    lines = [
+        f"# Training run {manifest.get('timestamp', '')} (commit {manifest.get('git_commit') or 'unknown'})",
+        "",
+        f"Export gate: {gate.get('label', 'not run')}" + (f"; {gate['reason']}" if gate.get("reason") else ""),
+        "",
+        "| phase | figure | value | plan criterion | met |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {p} | {f} | {show(v)} | {c or '-'} | {'-' if m is None else ('yes' if m else 'NO')} |"
+        for p, f, v, c, m in rows
+    ]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ the nearest class centroid (cosine) computed from the train split. The weights a
 the ones stage_weights staged (timm/hub, or `baseline.weights`); with
 `baseline.pretrained: false` the backbone is random and the report says its figure
 means nothing. Runs on the GPU when the pod has one."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,8 +22,7 @@ from shared.vision.augment import build_eval_transform
 from shared.vision.image_dataset import CachedImageDataset, class_list
 
 PLAN_EXPECTED_TOP1 = (0.30, 0.40)
-RANDOM_WEIGHTS = ("random initialisation (baseline.pretrained: false): this figure says nothing about "
-                  "a pretrained model")
+RANDOM_WEIGHTS = "random initialisation (baseline.pretrained: false): this figure says nothing about a pretrained model"
 
 
 def build_backbone(model_name: str, pretrained: bool, weights: dict | None) -> tuple[torch.nn.Module, str]:
@@ -43,8 +43,9 @@ def _features(model: torch.nn.Module, ds: CachedImageDataset, batch_size: int, d
     return np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
 
 
-def nearest_centroid_scores(train_feats: np.ndarray, train_labels: np.ndarray,
-                            test_feats: np.ndarray, num_classes: int) -> np.ndarray:
+def nearest_centroid_scores(
+    train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, num_classes: int
+) -> np.ndarray:
     """Cosine similarity of each test feature to each class centroid (N x C)."""
     cent = np.zeros((num_classes, train_feats.shape[1]), np.float32)
     np.add.at(cent, train_labels, train_feats)
@@ -52,13 +53,22 @@ def nearest_centroid_scores(train_feats: np.ndarray, train_labels: np.ndarray,
     return test_feats @ cent.T
 
 
-def run_baseline(train_path: str, test_path: str, cache_dir: str, model_name: str, pretrained: bool,
-                 weights: dict | None, image_size: int, batch_size: int = 32) -> dict[str, Any]:
+def run_baseline(
+    train_path: str,
+    test_path: str,
+    cache_dir: str,
+    model_name: str,
+    pretrained: bool,
+    weights: dict | None,
+    image_size: int,
+    batch_size: int = 32,
+) -> dict[str, Any]:
     """Nearest-centroid top-1/top-5 of the frozen backbone on the test split."""
     train, test = load_jsonl(train_path), load_jsonl(test_path)
     classes = class_list(train)
-    tf = build_eval_transform({"resize": int(round(image_size * 1.14)), "center_crop": image_size},
-                              image_size, smart_crop=False)
+    tf = build_eval_transform(
+        {"resize": int(round(image_size * 1.14)), "center_crop": image_size}, image_size, smart_crop=False
+    )
     model, described = build_backbone(model_name, pretrained, weights)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
@@ -75,11 +85,21 @@ def run_baseline(train_path: str, test_path: str, cache_dir: str, model_name: st
     if not pretrained:
         verdict = "not comparable: random weights"
     else:
-        verdict = ("within" if lo <= m["top1_accuracy"] <= hi else "below" if m["top1_accuracy"] < lo
-                   else "above") + f" the plan's expected {lo:.0%}-{hi:.0%}"
-    return {"model_name": model_name, "weights": described, "pretrained": pretrained,
-            "weights_staged": staged_summary(weights) if pretrained else {},
-            "method": "nearest class centroid on frozen features", "device": device,
-            "image_size": image_size, "test_images": len(test), "classes": len(classes),
-            "chance_top1": 1.0 / max(1, len(classes)), "plan_expected_top1": list(PLAN_EXPECTED_TOP1),
-            "versus_plan": verdict, **m}
+        verdict = (
+            "within" if lo <= m["top1_accuracy"] <= hi else "below" if m["top1_accuracy"] < lo else "above"
+        ) + f" the plan's expected {lo:.0%}-{hi:.0%}"
+    return {
+        "model_name": model_name,
+        "weights": described,
+        "pretrained": pretrained,
+        "weights_staged": staged_summary(weights) if pretrained else {},
+        "method": "nearest class centroid on frozen features",
+        "device": device,
+        "image_size": image_size,
+        "test_images": len(test),
+        "classes": len(classes),
+        "chance_top1": 1.0 / max(1, len(classes)),
+        "plan_expected_top1": list(PLAN_EXPECTED_TOP1),
+        "versus_plan": verdict,
+        **m,
+    }

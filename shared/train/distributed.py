@@ -4,6 +4,7 @@ group set-up, the DDP wrapper, barriers and sums over ranks, each rank's validat
 class-balanced sampling that works under DDP (DistributedWeightedSampler), the DataLoader
 worker seeding of deterministic runs, and `launch`, which starts a training module in this
 process or under torchrun."""
+
 from __future__ import annotations
 
 import importlib
@@ -22,8 +23,7 @@ from torch.utils.data import Dataset, Sampler, Subset
 
 def distributed_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -81,12 +81,19 @@ class DistributedWeightedSampler(Sampler[int]):
     set_epoch(epoch) before each epoch, as with DistributedSampler. num_replicas=1 is the
     single-process case (resumable: an epoch's draw depends on the epoch alone)."""
 
-    def __init__(self, weights: Sequence[float] | np.ndarray | torch.Tensor, num_samples: int | None = None,
-                 num_replicas: int | None = None, rank: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        weights: Sequence[float] | np.ndarray | torch.Tensor,
+        num_samples: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+    ):
         w = np.asarray(weights.detach().cpu() if isinstance(weights, torch.Tensor) else weights, dtype=np.float64)
         if w.ndim != 1 or len(w) == 0:
-            raise ValueError(f"DistributedWeightedSampler: weights must be a non-empty 1-D sequence, "
-                             f"got shape {w.shape}")
+            raise ValueError(
+                f"DistributedWeightedSampler: weights must be a non-empty 1-D sequence, got shape {w.shape}"
+            )
         if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
             raise ValueError("DistributedWeightedSampler: weights must be finite, non-negative and not all 0")
         dist_on = dist.is_available() and dist.is_initialized()
@@ -112,7 +119,7 @@ class DistributedWeightedSampler(Sampler[int]):
         return rng.choice(len(self.p), size=self.total_size, replace=True, p=self.p)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.global_draw()[self.rank::self.num_replicas].tolist())
+        return iter(self.global_draw()[self.rank :: self.num_replicas].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
@@ -131,7 +138,15 @@ def launch(args: list[str], nproc: int, module: str) -> None:
     if nproc <= 1:
         importlib.import_module(module).main(args)
         return
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", module, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *args,
+    ]
     print("launching:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)

@@ -16,6 +16,7 @@ weights bit for bit on the same hardware and software: torch's deterministic ker
 RNGs reseeded from (seed, epoch, rank) every epoch, and each sample's augmentation
 drawn from its own (seed, epoch, sample index) stream, whatever the worker count,
 the rank or a resume."""
+
 from __future__ import annotations
 
 import io
@@ -132,8 +133,12 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     if torch.cuda.is_available():  # read when cuBLAS first runs; a value set by the user is kept
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cudnn = torch.backends.cudnn
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              cudnn.deterministic, cudnn.benchmark)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.deterministic,
+        cudnn.benchmark,
+    )
     torch.use_deterministic_algorithms(True, warn_only=True)
     cudnn.deterministic, cudnn.benchmark = True, False
     try:
@@ -196,7 +201,6 @@ class EpochTaggedSampler(Sampler):
         return len(self.sampler)  # type: ignore[arg-type]
 
 
-
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     if setting == "off" or (setting == "auto" and device.type != "cuda"):
         return None
@@ -213,10 +217,15 @@ def _better(metric: str, new: float, best: float | None) -> bool:
     return new < best if metric == "loss" else new > best
 
 
-
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader: Iterable, device: torch.device, dtype: torch.dtype | None = None,
-             channels_last: bool = False, all_reduce: bool = False) -> dict[str, float]:
+def validate(
+    model: torch.nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    all_reduce: bool = False,
+) -> dict[str, float]:
     """Validation top-1/top-5 accuracy and CE loss (labels of -1 count as wrong, not in the loss).
     all_reduce: the loader holds this rank's shard; the counts are summed over ranks."""
     model.eval()
@@ -240,21 +249,42 @@ def validate(model: torch.nn.Module, loader: Iterable, device: torch.device, dty
     if all_reduce:
         sums = all_reduce_sum([n, hit1, hit5, loss_sum, loss_n], device)
         n, hit1, hit5, loss_sum, loss_n = int(sums[0]), int(sums[1]), int(sums[2]), float(sums[3]), int(sums[4])
-    return {"top1_acc": hit1 / max(1, n), "top5_acc": hit5 / max(1, n),
-            "loss": loss_sum / loss_n if loss_n else float("nan")}
+    return {
+        "top1_acc": hit1 / max(1, n),
+        "top5_acc": hit5 / max(1, n),
+        "loss": loss_sum / loss_n if loss_n else float("nan"),
+    }
 
 
 evaluate_top_k = validate  # its name before the timm-shaped split (callers and tests use both)
 
 
-def _save_training_state(path: Path, model, optimizer, scheduler, scaler, epoch: int, step: int,
-                         best: float | None, best_epoch: int, bad_epochs: int, history: list) -> None:
-    state = {"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-             "epoch": epoch, "global_step": step, "best": best, "best_epoch": best_epoch,
-             "bad_epochs": bad_epochs, "history": history,
-             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(),
-                     "python": random.getstate()}}
+def _save_training_state(
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    epoch: int,
+    step: int,
+    best: float | None,
+    best_epoch: int,
+    bad_epochs: int,
+    history: list,
+) -> None:
+    state = {
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler else None,
+        "epoch": epoch,
+        "global_step": step,
+        "best": best,
+        "best_epoch": best_epoch,
+        "bad_epochs": bad_epochs,
+        "history": history,
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
+    }
     buf = io.BytesIO()
     torch.save(state, buf)
     with atomic_open(path, "wb", checksum=True) as f:
@@ -286,8 +316,6 @@ def _load_training_state(path: Path, log: Callable) -> dict | None:
         return None
 
 
-
-
 class CheckpointSaver:
     """The resumable state of a run and its files, as timm's CheckpointSaver owns them: the
     model, optimizer, scheduler and AMP scaler; the epoch, update count, best metric, epochs
@@ -295,9 +323,16 @@ class CheckpointSaver:
     needs, RNG states included, read back weights_only), `resume` restores from it and
     `save_best` writes out/best_model.pt (the model and its metadata, shared/io/checkpoint.py)."""
 
-    def __init__(self, out: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, scaler: torch.amp.GradScaler | None, settings: TrainSettings,
-                 checkpoint_meta: dict) -> None:
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler | None,
+        settings: TrainSettings,
+        checkpoint_meta: dict,
+    ) -> None:
         self.out, self.model, self.optimizer, self.scheduler = Path(out), model, optimizer, scheduler
         self.scaler = scaler
         self.settings, self.checkpoint_meta = settings, checkpoint_meta
@@ -347,9 +382,19 @@ class CheckpointSaver:
 
     def save(self, epoch: int | None = None) -> None:
         """The resumable state after `epoch` (default: the last one recorded), atomically."""
-        _save_training_state(self.last_path, self.model, self.optimizer, self.scheduler, self.scaler,
-                             self.epoch if epoch is None else epoch, self.global_step, self.best, self.best_epoch,
-                             self.bad_epochs, self.history)
+        _save_training_state(
+            self.last_path,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.epoch if epoch is None else epoch,
+            self.global_step,
+            self.best,
+            self.best_epoch,
+            self.bad_epochs,
+            self.history,
+        )
 
     def save_best(self, metrics: dict, epoch: int) -> None:
         """best_model.pt: the model with checkpoint_meta and the epoch's validation metrics."""
@@ -369,14 +414,22 @@ class CheckpointSaver:
     def save_final(self) -> None:
         """With save_best off, best_model.pt is the last epoch's model, written once at the end."""
         if not self.best_path.exists() and self.settings.save_best is False:
-            save_checkpoint(self.best_path, self.model, metrics=self.history[-1] if self.history else {},
-                            **self.checkpoint_meta)
+            save_checkpoint(
+                self.best_path, self.model, metrics=self.history[-1] if self.history else {}, **self.checkpoint_meta
+            )
 
     def result(self) -> FitResult:
-        return FitResult(history=self.history, best_metric=self.best, best_epoch=self.best_epoch,
-                         epochs_run=len(self.history), stopped_early=self.stopped_early,
-                         global_step=self.global_step, resumed_from_epoch=self.resumed_from_epoch,
-                         best_path=str(self.best_path), last_path=str(self.last_path))
+        return FitResult(
+            history=self.history,
+            best_metric=self.best,
+            best_epoch=self.best_epoch,
+            epochs_run=len(self.history),
+            stopped_early=self.stopped_early,
+            global_step=self.global_step,
+            resumed_from_epoch=self.resumed_from_epoch,
+            best_path=str(self.best_path),
+            last_path=str(self.last_path),
+        )
 
 
 @dataclass
@@ -399,8 +452,13 @@ class TrainStep:
     finish: torch.nn.Module | None = None  # a DevicePhotometric when the train transform defers it
 
     @classmethod
-    def from_settings(cls, s: TrainSettings, device: torch.device, loss_fn: Callable | None = None,
-                      finish: torch.nn.Module | None = None) -> TrainStep:
+    def from_settings(
+        cls,
+        s: TrainSettings,
+        device: torch.device,
+        loss_fn: Callable | None = None,
+        finish: torch.nn.Module | None = None,
+    ) -> TrainStep:
         """The criterion (soft-target CE under mixup, label smoothing, plain CE), Mixup, AMP dtype
         and (fp16 only) GradScaler of `s`. A loss_fn (distillation) replaces the criterion and
         turns mixup off."""
@@ -410,16 +468,32 @@ class TrainStep:
         dtype = amp_dtype(s.amp, device)
         mixup = None
         if loss_fn is None and s.mixup_active:
-            mixup = Mixup(mixup_alpha=s.mixup_alpha, cutmix_alpha=s.cutmix_alpha, prob=s.mixup_prob,
-                          label_smoothing=s.label_smoothing, num_classes=s.num_classes)
+            mixup = Mixup(
+                mixup_alpha=s.mixup_alpha,
+                cutmix_alpha=s.cutmix_alpha,
+                prob=s.mixup_prob,
+                label_smoothing=s.label_smoothing,
+                num_classes=s.num_classes,
+            )
             criterion: Callable = SoftTargetCrossEntropy()
         elif s.label_smoothing > 0:
             criterion = LabelSmoothingCrossEntropy(s.label_smoothing)
         else:
             criterion = torch.nn.CrossEntropyLoss()
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-        return cls(device, criterion, loss_fn, mixup, s.num_classes, dtype, scaler, s.channels_last,
-                   s.grad_accum_steps, s.grad_clip, finish)
+        return cls(
+            device,
+            criterion,
+            loss_fn,
+            mixup,
+            s.num_classes,
+            dtype,
+            scaler,
+            s.channels_last,
+            s.grad_accum_steps,
+            s.grad_clip,
+            finish,
+        )
 
     def inputs(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images on the device, labels, the criterion's targets: mixed soft ones under mixup)."""
@@ -436,8 +510,9 @@ class TrainStep:
         # timm's Mixup mixes pairs: an odd last batch gets one-hot targets for the soft CE
         return x, y, torch.nn.functional.one_hot(y, self.num_classes).float()
 
-    def forward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor,
-                idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, idx: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, loss) under autocast; the loss in float32."""
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             logits = model(x)
@@ -462,10 +537,20 @@ class TrainStep:
         optimizer.zero_grad(set_to_none=True)
 
 
-def train_one_epoch(epoch: int, model: torch.nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, step: TrainStep, *, global_step: int = 0, batches: int | None = None,
-                    world: int = 1, progress: Progress | None = None,
-                    checkpoint_path: str | os.PathLike | None = None) -> tuple[dict[str, float], int]:
+def train_one_epoch(
+    epoch: int,
+    model: torch.nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: TrainStep,
+    *,
+    global_step: int = 0,
+    batches: int | None = None,
+    world: int = 1,
+    progress: Progress | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+) -> tuple[dict[str, float], int]:
     """One epoch over the first `batches` batches of `loader` (default: all) of (x, y, sample
     index); the scheduler steps per update (timm's step_update(num_updates)). Returns the
     epoch's train metrics and the update count after it. progress: counted per batch, in
@@ -485,7 +570,8 @@ def train_one_epoch(epoch: int, model: torch.nn.Module, loader: Iterable, optimi
             kept = f"the last good checkpoint {checkpoint_path} is kept" if checkpoint_path else "nothing was saved"
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at epoch {epoch} step {global_step} (batch {i}); stopped, {kept}. "
-                "Try a lower learning rate, a longer warmup, or check the inputs/soft labels.")
+                "Try a lower learning rate, a longer warmup, or check the inputs/soft labels."
+            )
         step.backward(loss)
         if (i + 1) % step.grad_accum_steps == 0 or i + 1 == batches:
             step.update(optimizer, params)
@@ -497,8 +583,12 @@ def train_one_epoch(epoch: int, model: torch.nn.Module, loader: Iterable, optimi
         seen += len(x)
         if progress is not None:
             progress.update(1, work=len(x) * world, loss=loss_sum / max(1, seen))
-    metrics = {"train_loss": loss_sum / max(1, seen), "train_top1": correct / max(1, seen),
-               "images_per_s": seen * world / max(1e-9, time.time() - t0), "lr": optimizer.param_groups[0]["lr"]}
+    metrics = {
+        "train_loss": loss_sum / max(1, seen),
+        "train_top1": correct / max(1, seen),
+        "images_per_s": seen * world / max(1e-9, time.time() - t0),
+        "lr": optimizer.param_groups[0]["lr"],
+    }
     return metrics, global_step
 
 
@@ -526,9 +616,16 @@ def _loader_kw(s: TrainSettings, device: torch.device) -> dict[str, Any]:
     return dict(num_workers=s.num_workers, pin_memory=device.type == "cuda", persistent_workers=s.num_workers > 0)
 
 
-def build_train_loader(dataset: Dataset, s: TrainSettings, *, rank: int = 0, world: int = 1,
-                       device: torch.device | None = None, sampler_weights: np.ndarray | None = None,
-                       log: Callable[[str], None] = print) -> EpochLoader:
+def build_train_loader(
+    dataset: Dataset,
+    s: TrainSettings,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+    sampler_weights: np.ndarray | None = None,
+    log: Callable[[str], None] = print,
+) -> EpochLoader:
     """The train loader: this rank's share of one weighted draw per epoch (weighted_sampling with
     weights), a DistributedSampler shard under DDP, else a shuffle; per-sample seeding in
     deterministic mode."""
@@ -541,8 +638,7 @@ def build_train_loader(dataset: Dataset, s: TrainSettings, *, rank: int = 0, wor
         if len(sampler_weights) != n:
             raise ValueError(f"sampler_weights: {len(sampler_weights)} weights for {n} samples")
         # one global weighted draw per epoch, each rank its share (DistributedSampler would drop the weights)
-        sampler = DistributedWeightedSampler(sampler_weights, num_samples=n, num_replicas=world, rank=rank,
-                                             seed=s.seed)
+        sampler = DistributedWeightedSampler(sampler_weights, num_samples=n, num_replicas=world, rank=rank, seed=s.seed)
     elif world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=s.seed)
     else:  # what shuffle=True builds, made explicit so that it can be wrapped below
@@ -552,17 +648,28 @@ def build_train_loader(dataset: Dataset, s: TrainSettings, *, rank: int = 0, wor
         sampler, items = EpochTaggedSampler(sampler), SeededSamples(dataset, s.seed)
         log("deterministic: torch deterministic algorithms on, RNGs seeded per epoch and per sample")
     drop_last = n // world > s.batch_size
-    loader = DataLoader(items, batch_size=s.batch_size, sampler=sampler, drop_last=drop_last, generator=loader_gen,
-                        worker_init_fn=seed_worker if s.deterministic else None,
-                        **_loader_kw(s, device or torch.device("cpu")))
+    loader = DataLoader(
+        items,
+        batch_size=s.batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        generator=loader_gen,
+        worker_init_fn=seed_worker if s.deterministic else None,
+        **_loader_kw(s, device or torch.device("cpu")),
+    )
     return EpochLoader(loader, sampler, shuffle_gen, loader_gen, s.seed)
 
 
-def build_val_loader(dataset: Dataset, s: TrainSettings, *, rank: int = 0, world: int = 1,
-                     device: torch.device | None = None) -> DataLoader:
+def build_val_loader(
+    dataset: Dataset, s: TrainSettings, *, rank: int = 0, world: int = 1, device: torch.device | None = None
+) -> DataLoader:
     """This rank's validation shard (the counts are summed over ranks), in batches of twice the train size."""
-    return DataLoader(rank_shard(dataset, rank, world), batch_size=s.batch_size * 2, shuffle=False,
-                      **_loader_kw(s, device or torch.device("cpu")))
+    return DataLoader(
+        rank_shard(dataset, rank, world),
+        batch_size=s.batch_size * 2,
+        shuffle=False,
+        **_loader_kw(s, device or torch.device("cpu")),
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, s: TrainSettings, updates_per_epoch: int) -> Any:
@@ -570,9 +677,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, s: TrainSettings, updates_
     import timm.scheduler
 
     return timm.scheduler.CosineLRScheduler(
-        optimizer, t_initial=updates_per_epoch * s.epochs, lr_min=s.min_lr,
-        warmup_t=int(s.warmup_epochs * updates_per_epoch), warmup_lr_init=s.lr * 0.01, warmup_prefix=True,
-        t_in_epochs=False)
+        optimizer,
+        t_initial=updates_per_epoch * s.epochs,
+        lr_min=s.min_lr,
+        warmup_t=int(s.warmup_epochs * updates_per_epoch),
+        warmup_lr_init=s.lr * 0.01,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
 
 
 def device_finisher(dataset: Dataset, device: torch.device) -> torch.nn.Module | None:
@@ -608,9 +720,17 @@ class _Run:
     writer: Any
 
 
-def _setup(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, s: TrainSettings, out: Path,
-           checkpoint_meta: dict, loss_fn: Callable | None, sampler_weights: np.ndarray | None,
-           log: Callable[[str], None]) -> tuple[_Run, int]:
+def _setup(
+    model: torch.nn.Module,
+    train_dataset: Dataset,
+    val_dataset: Dataset,
+    s: TrainSettings,
+    out: Path,
+    checkpoint_meta: dict,
+    loss_fn: Callable | None,
+    sampler_weights: np.ndarray | None,
+    log: Callable[[str], None],
+) -> tuple[_Run, int]:
     """Everything fit needs, in the order the RNG states depend on: seeded, built, resumed (which
     restores the saved RNG states), then wrapped (DDP, compile). Returns it and the first epoch."""
     import timm.optim
@@ -623,8 +743,9 @@ def _setup(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset,
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = timm.optim.create_optimizer_v2(model, opt=s.optimizer, lr=s.lr, weight_decay=s.weight_decay)
-    data = build_train_loader(train_dataset, s, rank=rank, world=world, device=device,
-                              sampler_weights=sampler_weights, log=say)
+    data = build_train_loader(
+        train_dataset, s, rank=rank, world=world, device=device, sampler_weights=sampler_weights, log=say
+    )
     val_loader = build_val_loader(val_dataset, s, rank=rank, world=world, device=device)
     batches = len(data.loader) if not s.max_steps_per_epoch else min(len(data.loader), s.max_steps_per_epoch)
     scheduler = build_scheduler(optimizer, s, max(1, math.ceil(batches / s.grad_accum_steps)))
@@ -639,16 +760,32 @@ def _setup(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset,
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "logs"))
-    return _Run(rank, world, device, say, model, train_model, optimizer, scheduler, data, val_loader, batches,
-                step, saver, writer), start
+    return _Run(
+        rank,
+        world,
+        device,
+        say,
+        model,
+        train_model,
+        optimizer,
+        scheduler,
+        data,
+        val_loader,
+        batches,
+        step,
+        saver,
+        writer,
+    ), start
 
 
 def _epoch_line(row: dict, epochs: int, run_progress: Progress) -> str:
     epoch = row["epoch"]
-    return (f"epoch {epoch + 1}/{epochs} step {row['step']} loss {row['train_loss']:.4f} "
-            f"train_top1 {row['train_top1']:.3f} val_top1 {row['val_top1_acc']:.3f} "
-            f"val_top5 {row['val_top5_acc']:.3f} val_loss {row['val_loss']:.4f} ({row['images_per_s']:.1f} img/s)"
-            + (f"  ETA {format_duration(run_progress.eta_s())}" if epoch + 1 < epochs else ""))
+    return (
+        f"epoch {epoch + 1}/{epochs} step {row['step']} loss {row['train_loss']:.4f} "
+        f"train_top1 {row['train_top1']:.3f} val_top1 {row['val_top1_acc']:.3f} "
+        f"val_top5 {row['val_top5_acc']:.3f} val_loss {row['val_loss']:.4f} ({row['images_per_s']:.1f} img/s)"
+        + (f"  ETA {format_duration(run_progress.eta_s())}" if epoch + 1 < epochs else "")
+    )
 
 
 def _log_scalars(writer: Any, row: dict, epoch: int) -> None:
@@ -658,10 +795,18 @@ def _log_scalars(writer: Any, row: dict, epoch: int) -> None:
     writer.flush()
 
 
-def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, settings: TrainSettings,
-        out_dir: str | os.PathLike, *, checkpoint_meta: dict,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        sampler_weights: np.ndarray | None = None, log: Callable[[str], None] = print) -> FitResult:
+def fit(
+    model: torch.nn.Module,
+    train_dataset: Dataset,
+    val_dataset: Dataset,
+    settings: TrainSettings,
+    out_dir: str | os.PathLike,
+    *,
+    checkpoint_meta: dict,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    sampler_weights: np.ndarray | None = None,
+    log: Callable[[str], None] = print,
+) -> FitResult:
     """Train `model`; resume from out_dir/last_checkpoint.pt when it is there.
 
     loss_fn(logits, targets, sample_indices) replaces the classification loss (the
@@ -670,8 +815,9 @@ def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, se
     (one per train sample) are used when settings.weighted_sampling is on."""
     s = settings
     with deterministic_algorithms(s.deterministic):
-        run, start = _setup(model, train_dataset, val_dataset, s, Path(out_dir), checkpoint_meta, loss_fn,
-                            sampler_weights, log)
+        run, start = _setup(
+            model, train_dataset, val_dataset, s, Path(out_dir), checkpoint_meta, loss_fn, sampler_weights, log
+        )
         saver, say = run.saver, run.say
         # the run's ETA (on each epoch's line), from the epochs run in this process (a resume counts from there)
         run_progress = Progress(s.epochs, "epoch", start=start, every_s=math.inf, log=say)
@@ -682,12 +828,22 @@ def fit(model: torch.nn.Module, train_dataset: Dataset, val_dataset: Dataset, se
             # a line at most once a minute inside the epoch (an epoch at the plan's size takes hours)
             progress = Progress(run.batches, "step", label=f"epoch {epoch + 1}/{s.epochs}", rate_unit="img", log=say)
             train, saver.global_step = train_one_epoch(
-                epoch, run.train_model, run.data.loader, run.optimizer, run.scheduler, run.step,
-                global_step=saver.global_step, batches=run.batches, world=run.world, progress=progress,
-                checkpoint_path=saver.last_path)
+                epoch,
+                run.train_model,
+                run.data.loader,
+                run.optimizer,
+                run.scheduler,
+                run.step,
+                global_step=saver.global_step,
+                batches=run.batches,
+                world=run.world,
+                progress=progress,
+                checkpoint_path=saver.last_path,
+            )
             run_progress.update(1)
-            val = validate(run.model, run.val_loader, run.device, run.step.dtype, s.channels_last,
-                           all_reduce=run.world > 1)
+            val = validate(
+                run.model, run.val_loader, run.device, run.step.dtype, s.channels_last, all_reduce=run.world > 1
+            )
             row = {"epoch": epoch, "step": saver.global_step, **train, **{f"val_{k}": v for k, v in val.items()}}
             improved = saver.update(epoch, row, val[s.early_stopping_metric])
             say(_epoch_line(row, s.epochs, run_progress))

@@ -20,6 +20,7 @@ Cache layout (a directory, or gs://bucket/prefix with a local copy per pod):
   blobs/<sha256><ext>                 the weights file, named by its content
   refs/<model id>@<revision>.json     what was staged for that id (sha256, source, timm config)
 Weights are data: safetensors, or torch.load(weights_only=True) through timm's loader."""
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,9 @@ def timm_pretrained_cfg(model_id: str, hub_config: dict | None = None) -> tuple[
         cfg = dict(hub_config or {})
         if "architecture" not in cfg:
             raise WeightsUnavailable(f"{model_id}: config.json has no 'architecture'")
-        pcfg = dict(cfg.get("pretrained_cfg") or {k: v for k, v in cfg.items() if k not in ("architecture",
-                                                                                           "model_args")})
+        pcfg = dict(
+            cfg.get("pretrained_cfg") or {k: v for k, v in cfg.items() if k not in ("architecture", "model_args")}
+        )
         for key in ("num_classes", "label_names"):
             if key in cfg:
                 pcfg[key] = cfg[key]
@@ -92,12 +94,15 @@ def timm_pretrained_cfg(model_id: str, hub_config: dict | None = None) -> tuple[
     except RuntimeError:  # timm: an invalid tag for a known architecture
         pcfg = None
     if pcfg is None:
-        raise ValueError(f"model.name {model_id!r}: timm has no pretrained tag {tag!r} for {arch} "
-                         f"(tags: {timm.list_pretrained(arch + '.*')[:8]})")
+        raise ValueError(
+            f"model.name {model_id!r}: timm has no pretrained tag {tag!r} for {arch} "
+            f"(tags: {timm.list_pretrained(arch + '.*')[:8]})"
+        )
     return arch, pcfg.to_dict(), {}
 
 
 # ---- the weights cache -----------------------------------------------------------------
+
 
 class WeightsCache:
     """The content-addressed weights cache: a directory, or gs://bucket/prefix (each pod
@@ -142,8 +147,10 @@ class WeightsCache:
             return None
         actual = sha256_file(p)
         if actual != sha256:
-            raise WeightsMismatch(f"weights cache {self.root}/blobs/{sha256}{ext}: content hashes to {actual}; "
-                                  "the cached file was changed: delete it and stage again")
+            raise WeightsMismatch(
+                f"weights cache {self.root}/blobs/{sha256}{ext}: content hashes to {actual}; "
+                "the cached file was changed: delete it and stage again"
+            )
         return p
 
     def add(self, path: Path, sha256: str, ext: str) -> str:
@@ -171,6 +178,7 @@ class WeightsCache:
 
 # ---- staging ---------------------------------------------------------------------------
 
+
 @dataclass
 class _Attempts:
     tried: list[str] = field(default_factory=list)
@@ -187,8 +195,9 @@ def weight_ext(name: str) -> str:
     return ".pth"  # torch.save files without a telling name: loaded with weights_only=True
 
 
-def _download_hub(repo: str, filenames: tuple[str, ...], revision: str, endpoint: str, tmp: Path,
-                  attempts: _Attempts) -> tuple[Path, str, str] | None:
+def _download_hub(
+    repo: str, filenames: tuple[str, ...], revision: str, endpoint: str, tmp: Path, attempts: _Attempts
+) -> tuple[Path, str, str] | None:
     """(local file, filename, commit) from the hub, or None with the reasons recorded."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
@@ -196,12 +205,16 @@ def _download_hub(repo: str, filenames: tuple[str, ...], revision: str, endpoint
     where = f"hub {endpoint or os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'}/{repo}"
     for filename in filenames:
         try:
-            p = Path(hf_hub_download(repo, filename, revision=revision or None, endpoint=endpoint or None,
-                                     cache_dir=str(tmp / "hf")))
+            p = Path(
+                hf_hub_download(
+                    repo, filename, revision=revision or None, endpoint=endpoint or None, cache_dir=str(tmp / "hf")
+                )
+            )
         except LocalEntryNotFoundError as e:  # a subclass of EntryNotFoundError: the hub did not answer
             cause = e.__cause__ or e.__context__ or e
-            attempts.fail(f"{where}/{filename}", f"hub unreachable ({type(cause).__name__}: "
-                          f"{str(cause).splitlines()[0][:160]})")
+            attempts.fail(
+                f"{where}/{filename}", f"hub unreachable ({type(cause).__name__}: {str(cause).splitlines()[0][:160]})"
+            )
             return None
         except EntryNotFoundError:
             attempts.fail(f"{where}/{filename}", "not in the repository")
@@ -259,8 +272,10 @@ def _load_state(path: Path) -> dict:
     try:
         state = load_state_dict(str(path))
     except Exception as e:  # noqa: BLE001 - pickles with code, truncated or foreign files
-        raise WeightsMismatch(f"{path}: not loadable as weights data (safetensors or torch weights_only): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        raise WeightsMismatch(
+            f"{path}: not loadable as weights data (safetensors or torch weights_only): "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        ) from None
     if not isinstance(state, dict) or not state:
         raise WeightsMismatch(f"{path}: holds no tensors")
     return state
@@ -281,18 +296,19 @@ def _check_fits(arch: str, pcfg: dict, model_args: dict, path: Path, state: dict
 
     n = head_rows(state, pcfg)
     try:
-        timm.create_model(arch, pretrained=True, **{**model_args, "num_classes": n},
-                          pretrained_cfg=_load_cfg(pcfg, path, n))
+        timm.create_model(
+            arch, pretrained=True, **{**model_args, "num_classes": n}, pretrained_cfg=_load_cfg(pcfg, path, n)
+        )
     except Exception as e:  # noqa: BLE001 - shape/key mismatches surface as several types
-        raise WeightsMismatch(f"{model_id}: {path.name} does not fit timm's {arch}: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        raise WeightsMismatch(
+            f"{model_id}: {path.name} does not fit timm's {arch}: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        ) from None
     return {"tensors": len(state), "head_rows": n}
 
 
 def _load_cfg(pcfg: dict, path: Path | str, num_classes: int) -> dict:
     """A pretrained_cfg that makes timm read `path` (and nothing from the network)."""
-    cfg = {k: v for k, v in pcfg.items() if k not in ("source", "hf_hub_id", "hf_hub_filename", "url",
-                                                       "state_dict")}
+    cfg = {k: v for k, v in pcfg.items() if k not in ("source", "hf_hub_id", "hf_hub_filename", "url", "state_dict")}
     cfg.update(file=str(path), num_classes=num_classes)
     return cfg
 
@@ -307,15 +323,24 @@ def _read_class_names(source: str, tmp: Path) -> list[str]:
     else:
         text = _fetch_path(source, "", tmp).read_text(encoding="utf-8")
     text = text.lstrip("\ufeff")
-    names = json.loads(text) if text.strip().startswith("[") else [
-        line.strip() for line in text.splitlines() if line.strip()]
+    names = (
+        json.loads(text)
+        if text.strip().startswith("[")
+        else [line.strip() for line in text.splitlines() if line.strip()]
+    )
     if not names or not all(isinstance(n, str) for n in names):
         raise ValueError(f"model.class_names {source}: expected one name per line or a JSON list of names")
     return names
 
 
-def stage(req: WeightsRequest, cache: WeightsCache, *, endpoint: str = "", offline: bool = False,
-          log: Callable[[str], None] = print) -> dict:
+def stage(
+    req: WeightsRequest,
+    cache: WeightsCache,
+    *,
+    endpoint: str = "",
+    offline: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Resolve, verify and cache one model's weights; returns the staged record (the
     contract with the training steps and the manifest). Raises WeightsUnavailable naming
     every source tried, or WeightsMismatch for a file that is not what it claims.
@@ -325,8 +350,12 @@ def stage(req: WeightsRequest, cache: WeightsCache, *, endpoint: str = "", offli
     req.check()
     base = {"role": req.role, "model_id": req.model_id, "revision": req.revision, "pretrained": req.pretrained}
     if not req.pretrained:
-        return {**base, "architecture": architecture_of(req.model_id) if not is_hub_id(req.model_id) else "",
-                "source": "none: model.pretrained is false (trained from scratch)", "sha256": ""}
+        return {
+            **base,
+            "architecture": architecture_of(req.model_id) if not is_hub_id(req.model_id) else "",
+            "source": "none: model.pretrained is false (trained from scratch)",
+            "sha256": "",
+        }
     attempts = _Attempts()
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="plantid-weights-") as tmp_s:
@@ -340,11 +369,13 @@ def stage(req: WeightsRequest, cache: WeightsCache, *, endpoint: str = "", offli
         arch, pcfg, model_args = timm_pretrained_cfg(req.model_id, hub_config)
         file, source, sha, ext, commit = None, "", "", "", ""
         # 1. the cache: pinned content first, then what was staged under this id and revision
-        for want, want_ext, what in ((req.sha256, None, "pinned sha256"),
-                                     ((ref or {}).get("sha256"), (ref or {}).get("ext"), "staged before")):
+        for want, want_ext, what in (
+            (req.sha256, None, "pinned sha256"),
+            ((ref or {}).get("sha256"), (ref or {}).get("ext"), "staged before"),
+        ):
             if not want:
                 continue
-            for e in ([want_ext] if want_ext else WEIGHT_EXTS):
+            for e in [want_ext] if want_ext else WEIGHT_EXTS:
                 p = cache.blob(want, e)
                 if p is not None:
                     file, sha, ext = p, want, e
@@ -372,8 +403,10 @@ def stage(req: WeightsRequest, cache: WeightsCache, *, endpoint: str = "", offli
                     file, filename, commit = got
                     source, ext = f"hf-hub:{repo}/{filename}", weight_ext(filename)
             elif pcfg.get("url"):
-                attempts.fail(f"timm url {pcfg['url']}", "not a hub repository: download it once, then set "
-                              "model.pretrained_path (and model.sha256)")
+                attempts.fail(
+                    f"timm url {pcfg['url']}",
+                    "not a hub repository: download it once, then set model.pretrained_path (and model.sha256)",
+                )
             else:
                 attempts.fail("hub", f"timm lists no pretrained weights for {req.model_id}")
         elif file is None:
@@ -382,26 +415,60 @@ def stage(req: WeightsRequest, cache: WeightsCache, *, endpoint: str = "", offli
             raise WeightsUnavailable(_unavailable(req, attempts, offline))
         sha = sha or sha256_file(file)
         if req.sha256 and sha != req.sha256:
-            raise WeightsMismatch(f"{req.role} {req.model_id}: {source} hashes to {sha}, but model.sha256 is "
-                                  f"{req.sha256}; refused")
+            raise WeightsMismatch(
+                f"{req.role} {req.model_id}: {source} hashes to {sha}, but model.sha256 is {req.sha256}; refused"
+            )
         state = _load_state(Path(file))
         fit = _check_fits(arch, pcfg, model_args, Path(file), state, req.model_id)
         rel = cache.add(Path(file), sha, ext)
-        class_names = (_read_class_names(req.class_names, tmp) if req.class_names
-                       else list(pcfg.get("label_names") or []))
+        class_names = (
+            _read_class_names(req.class_names, tmp) if req.class_names else list(pcfg.get("label_names") or [])
+        )
         if class_names and fit["head_rows"] and len(class_names) != fit["head_rows"]:
-            raise WeightsMismatch(f"{req.role} {req.model_id}: {len(class_names)} class names but the head has "
-                                  f"{fit['head_rows']} rows ({req.class_names or 'label_names'})")
-        record = {**base, "architecture": arch, "source": source, "sha256": sha, "ext": ext, "commit": commit,
-                  "file": rel, "bytes": Path(file).stat().st_size, "hub_config": hub_config,
-                  "pretrained_cfg": _plain_cfg(pcfg), "model_args": model_args, **fit,
-                  "class_names": class_names, "sources_tried": attempts.tried,
-                  "cache": cache.root, "staged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        cache.add_ref(req, {k: record[k] for k in ("model_id", "revision", "sha256", "ext", "source", "commit",
-                                                    "hub_config", "file", "staged_at")})
-    log(f"staged {req.role} {req.model_id}{'@' + req.revision if req.revision else ''}: {source} "
+            raise WeightsMismatch(
+                f"{req.role} {req.model_id}: {len(class_names)} class names but the head has "
+                f"{fit['head_rows']} rows ({req.class_names or 'label_names'})"
+            )
+        record = {
+            **base,
+            "architecture": arch,
+            "source": source,
+            "sha256": sha,
+            "ext": ext,
+            "commit": commit,
+            "file": rel,
+            "bytes": Path(file).stat().st_size,
+            "hub_config": hub_config,
+            "pretrained_cfg": _plain_cfg(pcfg),
+            "model_args": model_args,
+            **fit,
+            "class_names": class_names,
+            "sources_tried": attempts.tried,
+            "cache": cache.root,
+            "staged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        cache.add_ref(
+            req,
+            {
+                k: record[k]
+                for k in (
+                    "model_id",
+                    "revision",
+                    "sha256",
+                    "ext",
+                    "source",
+                    "commit",
+                    "hub_config",
+                    "file",
+                    "staged_at",
+                )
+            },
+        )
+    log(
+        f"staged {req.role} {req.model_id}{'@' + req.revision if req.revision else ''}: {source} "
         f"sha256={sha[:12]} {record['bytes'] / 1e6:.1f} MB, {fit['tensors']} tensors, "
-        f"head {fit['head_rows']} rows ({time.time() - t0:.1f} s)")
+        f"head {fit['head_rows']} rows ({time.time() - t0:.1f} s)"
+    )
     return record
 
 
@@ -417,21 +484,38 @@ def _hub_source(req: WeightsRequest, pcfg: dict) -> tuple[str, tuple[str, ...]]:
 
 def _unavailable(req: WeightsRequest, attempts: _Attempts, offline: bool, what: str = "") -> str:
     tried = "\n  ".join(attempts.tried) or "(none configured)"
-    hint = ("set model.pretrained_path (a volume path or gs:// URI), pre-seed weights.cache_dir with "
-            "`make stage-weights`, or set weights.hub_endpoint to a reachable mirror"
-            if offline else "check the model id, HF_ENDPOINT / weights.hub_endpoint and HF_TOKEN")
-    return (f"{req.role}: pretrained weights for {req.model_id}"
-            f"{'@' + req.revision if req.revision else ''} cannot be had{': ' + what if what else ''}; "
-            f"tried:\n  {tried}\n{hint}; or say model.pretrained: false to train from scratch on purpose")
+    hint = (
+        "set model.pretrained_path (a volume path or gs:// URI), pre-seed weights.cache_dir with "
+        "`make stage-weights`, or set weights.hub_endpoint to a reachable mirror"
+        if offline
+        else "check the model id, HF_ENDPOINT / weights.hub_endpoint and HF_TOKEN"
+    )
+    return (
+        f"{req.role}: pretrained weights for {req.model_id}"
+        f"{'@' + req.revision if req.revision else ''} cannot be had{': ' + what if what else ''}; "
+        f"tried:\n  {tried}\n{hint}; or say model.pretrained: false to train from scratch on purpose"
+    )
 
 
 def _plain_cfg(pcfg: dict) -> dict:
-    keep = ("input_size", "mean", "std", "interpolation", "crop_pct", "num_classes", "classifier", "license",
-            "hf_hub_id", "tag", "architecture")
+    keep = (
+        "input_size",
+        "mean",
+        "std",
+        "interpolation",
+        "crop_pct",
+        "num_classes",
+        "classifier",
+        "license",
+        "hf_hub_id",
+        "tag",
+        "architecture",
+    )
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in pcfg.items() if k in keep and v is not None}
 
 
 # ---- using staged weights --------------------------------------------------------------
+
 
 def read_staged(path: str | os.PathLike | None) -> dict | None:
     """The staged record a stage_weights artifact holds (a file or a directory with it)."""
@@ -449,12 +533,15 @@ def require_staged(weights: dict | None, model_id: str, role: str) -> dict:
     """The staged weights for `model_id`, or WeightsUnavailable: a model whose config says
     `pretrained: true` never starts from random weights."""
     if not weights or not weights.get("pretrained"):
-        raise WeightsUnavailable(f"{role} {model_id}: model.pretrained is true but no staged weights were given "
-                                 "(the pipeline's stage_weights step provides them; by hand: `python pipeline.py "
-                                 "stage-weights`); set model.pretrained: false to train from scratch on purpose")
+        raise WeightsUnavailable(
+            f"{role} {model_id}: model.pretrained is true but no staged weights were given "
+            "(the pipeline's stage_weights step provides them; by hand: `python pipeline.py "
+            "stage-weights`); set model.pretrained: false to train from scratch on purpose"
+        )
     if weights["model_id"] != model_id:
-        raise WeightsUnavailable(f"{role}: staged weights are for {weights['model_id']}, but the config names "
-                                 f"{model_id}")
+        raise WeightsUnavailable(
+            f"{role}: staged weights are for {weights['model_id']}, but the config names {model_id}"
+        )
     return weights
 
 
@@ -463,8 +550,10 @@ def local_weights_file(staged: dict) -> Path:
     cache = WeightsCache(staged["cache"])
     p = cache.blob(staged["sha256"], staged["ext"])
     if p is None:
-        raise WeightsUnavailable(f"{staged['role']} {staged['model_id']}: {staged['cache']}/{staged['file']} is "
-                                 "gone from the weights cache (stage_weights put it there): run the pipeline again")
+        raise WeightsUnavailable(
+            f"{staged['role']} {staged['model_id']}: {staged['cache']}/{staged['file']} is "
+            "gone from the weights cache (stage_weights put it there): run the pipeline again"
+        )
     return p
 
 
@@ -506,9 +595,17 @@ def copy_head_rows(model: Any, src_state: dict, src_classes: list[str], dst_clas
     return mapped
 
 
-def create_model(name: str, num_classes: int, dropout: float = 0.0, image_size: int | None = None,
-                 *, weights: dict | None = None, classes: list[str] | None = None,
-                 model_args: dict | None = None, log: Callable[[str], None] = print) -> Any:
+def create_model(
+    name: str,
+    num_classes: int,
+    dropout: float = 0.0,
+    image_size: int | None = None,
+    *,
+    weights: dict | None = None,
+    classes: list[str] | None = None,
+    model_args: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> Any:
     """A timm model for training. With `weights` (a staged record with pretrained true) the
     body comes from the staged file through timm's pretrained loader and the head is new
     for `num_classes` (rows of species the weights' class names share are copied); without,
@@ -517,24 +614,32 @@ def create_model(name: str, num_classes: int, dropout: float = 0.0, image_size: 
 
     if weights is None or not weights.get("pretrained"):
         arch = name if not is_hub_id(name) else architecture_of(name, (weights or {}).get("hub_config"))
-        return timm.create_model(arch, pretrained=False, **{**(model_args or {}),
-                                                            **model_kwargs_for(arch, dropout, image_size),
-                                                            "num_classes": num_classes})
+        return timm.create_model(
+            arch,
+            pretrained=False,
+            **{**(model_args or {}), **model_kwargs_for(arch, dropout, image_size), "num_classes": num_classes},
+        )
     arch = weights["architecture"]
     path = local_weights_file(weights)
     rows = int(weights.get("head_rows") or 0)
-    kwargs = {**weights.get("model_args", {}), **model_kwargs_for(arch, dropout, image_size),
-              "num_classes": num_classes}
-    model = timm.create_model(arch, pretrained=True, pretrained_cfg=_load_cfg(weights["pretrained_cfg"], path, rows),
-                              **kwargs)
+    kwargs = {
+        **weights.get("model_args", {}),
+        **model_kwargs_for(arch, dropout, image_size),
+        "num_classes": num_classes,
+    }
+    model = timm.create_model(
+        arch, pretrained=True, pretrained_cfg=_load_cfg(weights["pretrained_cfg"], path, rows), **kwargs
+    )
     if rows == num_classes and num_classes:  # timm kept the pretrained head: ours is a new one
         model.reset_classifier(num_classes)
     info = {"tensors": weights.get("tensors"), "head_rows_mapped": 0}
     if weights.get("class_names") and classes:
         info["head_rows_mapped"] = copy_head_rows(model, _load_state(path), weights["class_names"], classes)
-    log(f"pretrained {weights['model_id']} ({weights['source']}, sha256 {weights['sha256'][:12]}): "
+    log(
+        f"pretrained {weights['model_id']} ({weights['source']}, sha256 {weights['sha256'][:12]}): "
         f"{info['tensors']} tensors; new head of {num_classes} classes, {info['head_rows_mapped']} rows "
-        "copied by species name")
+        "copied by species name"
+    )
     return model
 
 
@@ -552,8 +657,10 @@ def preprocessing_mismatches(weights: dict | None, mean: list, std: list, image_
             out.append(f"normalize.{key} is {list(ours)} but {weights['model_id']} was trained with {list(theirs)}")
     size = (pc.get("input_size") or [None, None, None])[-1]
     if size and int(size) != int(image_size):
-        out.append(f"image size is {image_size} but {weights['model_id']} was trained at {size} px "
-                   "(timm resamples ViT position embeddings)")
+        out.append(
+            f"image size is {image_size} but {weights['model_id']} was trained at {size} px "
+            "(timm resamples ViT position embeddings)"
+        )
     return out
 
 
@@ -561,8 +668,11 @@ def staged_summary(staged: dict | None) -> dict:
     """What the manifest records for a model: id, revision, sha256, source."""
     if not staged:
         return {}
-    out = {k: staged[k] for k in ("model_id", "revision", "commit", "sha256", "source", "architecture")
-           if staged.get(k) not in (None, "")}
+    out = {
+        k: staged[k]
+        for k in ("model_id", "revision", "commit", "sha256", "source", "architecture")
+        if staged.get(k) not in (None, "")
+    }
     return {**out, "pretrained": bool(staged.get("pretrained"))}
 
 
@@ -570,5 +680,7 @@ def stage_run(cfg: dict, cache_dir: str | None = None, log: Callable[[str], None
     """Stage every model of a pipeline config (`make stage-weights`)."""
     w = cfg["weights"]
     cache = WeightsCache(cache_dir or w["cache_dir"])
-    return [stage(model_request(role, kind, config), cache, endpoint=w["hub_endpoint"], offline=w["offline"],
-                  log=log) for role, kind, config in run_requests(cfg)]
+    return [
+        stage(model_request(role, kind, config), cache, endpoint=w["hub_endpoint"], offline=w["offline"], log=log)
+        for role, kind, config in run_requests(cfg)
+    ]

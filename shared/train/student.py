@@ -5,6 +5,7 @@ Stage 1, distillation: the plan's KD loss against the teachers' soft labels
 lower learning rate and aggressive augmentation, from stage 1's best
 checkpoint. With no soft labels the same two stages run on CE alone: the
 control that shows what distillation adds."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,18 +42,28 @@ def stage_settings(cfg: dict, stage: str, num_classes: int) -> TrainSettings:
     t = cfg["training"]
     distill = stage == "distillation"
     return TrainSettings(
-        epochs=t["distillation_epochs"] if distill else t["finetune_epochs"], batch_size=t["batch_size"],
+        epochs=t["distillation_epochs"] if distill else t["finetune_epochs"],
+        batch_size=t["batch_size"],
         grad_accum_steps=t["grad_accum_steps"],
         lr=t["learning_rate"] if distill else cfg["finetune"]["learning_rate"],
-        warmup_epochs=t["warmup_epochs"] if distill else 0, optimizer=t["optimizer"],
-        weight_decay=t["weight_decay"], grad_clip=t["gradient_clip"],
-        label_smoothing=0.0 if distill else cfg["finetune"]["label_smoothing"], num_classes=num_classes,
-        patience=t["early_stopping_patience"], amp=t["amp"], channels_last=t["channels_last"],
-        num_workers=t["num_workers"], seed=t["seed"], deterministic=t["deterministic"])
+        warmup_epochs=t["warmup_epochs"] if distill else 0,
+        optimizer=t["optimizer"],
+        weight_decay=t["weight_decay"],
+        grad_clip=t["gradient_clip"],
+        label_smoothing=0.0 if distill else cfg["finetune"]["label_smoothing"],
+        num_classes=num_classes,
+        patience=t["early_stopping_patience"],
+        amp=t["amp"],
+        channels_last=t["channels_last"],
+        num_workers=t["num_workers"],
+        seed=t["seed"],
+        deterministic=t["deterministic"],
+    )
 
 
-def rendition_records(cfg: dict, train_records: list[dict], val_records: list[dict],
-                      log: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
+def rendition_records(
+    cfg: dict, train_records: list[dict], val_records: list[dict], log: Callable[[str], None] = print
+) -> tuple[list[dict], list[dict]]:
     """The train and val records as the student's datasets read them: with
     data.student_rendition (the pipeline sets it from cache.student_resize) each one's
     student rendition, an error naming any record without it (never the main file
@@ -76,15 +87,20 @@ def rendition_records(cfg: dict, train_records: list[dict], val_records: list[di
 
         need = math.ceil(need / SmartCrop().crop_fraction)
     if short < need:
-        log(f"WARNING: data.student_rendition {short} px is below the {need} px the student's resize needs: "
-            "its crops are upsampled from the rendition")
+        log(
+            f"WARNING: data.student_rendition {short} px is below the {need} px the student's resize needs: "
+            "its crops are upsampled from the rendition"
+        )
     log(f"student: reading the cache's {short} px student rendition (data.student_rendition)")
-    return (student_records(train_records, short, "student train records"),
-            student_records(val_records, short, "student val records"))
+    return (
+        student_records(train_records, short, "student train records"),
+        student_records(val_records, short, "student val records"),
+    )
 
 
-def _student_model(cfg: dict, name: str, classes: list[str], weights: dict | None,
-                   log: Callable[[str], None]) -> tuple[Any, str, dict, dict | None]:
+def _student_model(
+    cfg: dict, name: str, classes: list[str], weights: dict | None, log: Callable[[str], None]
+) -> tuple[Any, str, dict, dict | None]:
     """(model, timm architecture, model args, staged weights) of the student: from the staged
     weights when model.pretrained is true (warning where their preprocessing differs from the
     config's), else randomly initialised."""
@@ -101,22 +117,35 @@ def _student_model(cfg: dict, name: str, classes: list[str], weights: dict | Non
     return model, name, {}, weights
 
 
-def _distillation_loss(cfg: dict, soft: SoftLabels, train_records: list[dict],
-                       classes: list[str]) -> tuple[Callable, float]:
+def _distillation_loss(
+    cfg: dict, soft: SoftLabels, train_records: list[dict], classes: list[str]
+) -> tuple[Callable, float]:
     """(the distillation stage's KD loss, soft-label coverage of the train records); refuses
     soft labels that miss train records."""
     lookup = SoftLabelLookup(soft, [r["image_id"] for r in train_records], classes)
     if lookup.coverage < 1.0:  # combine_soft_labels covers every train record or fails
-        raise ValueError(f"soft labels cover {lookup.coverage:.1%} of the train records: distillation "
-                         "would run partly or wholly on CE alone; re-run combine_soft_labels")
+        raise ValueError(
+            f"soft labels cover {lookup.coverage:.1%} of the train records: distillation "
+            "would run partly or wholly on CE alone; re-run combine_soft_labels"
+        )
     w = cfg["distillation"]["loss_weights"]
-    return make_kd_loss_fn(lookup, cfg["distillation"]["temperature"], w["kl_divergence"],
-                           w["cross_entropy"]), lookup.coverage
+    return make_kd_loss_fn(
+        lookup, cfg["distillation"]["temperature"], w["kl_divergence"], w["cross_entropy"]
+    ), lookup.coverage
 
 
-def train_student(config: dict, train_records: list[dict], val_records: list[dict], cache_dir: str,
-                  out_dir: str, soft_labels_path: str | None, *, classes: list[str] | None = None,
-                  weights: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_student(
+    config: dict,
+    train_records: list[dict],
+    val_records: list[dict],
+    cache_dir: str,
+    out_dir: str,
+    soft_labels_path: str | None,
+    *,
+    classes: list[str] | None = None,
+    weights: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Both stages; returns per-stage metrics, size and the final checkpoint path.
     `weights`: the staged pretrained weights (needed when model.pretrained is true)."""
     cfg = load_student_config(config)
@@ -128,27 +157,43 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
         soft.check_made_for(train_records, f"soft labels {soft_labels_path}")
     classes = list(soft.classes) if soft else (classes or class_list(train_records))
     if cfg["model"]["num_classes"] != len(classes):
-        log(f"student: {len(classes)} classes from the data (config model.num_classes="
-            f"{cfg['model']['num_classes']} is the plan's expectation)")
+        log(
+            f"student: {len(classes)} classes from the data (config model.num_classes="
+            f"{cfg['model']['num_classes']} is the plan's expectation)"
+        )
     name = timm_model_name(cfg["model"])
     size = cfg["model"]["image_size"]
     aug, smart = cfg["augmentation"], cfg["data"]["smart_crop"]
     seed_everything(cfg["training"]["seed"])
     dropout = cfg["model"]["dropout_rate"]
     model, arch, model_args, weights = _student_model(cfg, name, classes, weights, log)
-    meta = {"model_name": arch, "model_id": name, "classes": classes, "image_size": size,
-            "model_kwargs": {**model_args, "drop_rate": dropout},
-            "mean": aug["val"]["normalize"]["mean"], "std": aug["val"]["normalize"]["std"],
-            "config": cfg, "smart_crop": smart, "eval_resize": aug["val"]["resize"]}
+    meta = {
+        "model_name": arch,
+        "model_id": name,
+        "classes": classes,
+        "image_size": size,
+        "model_kwargs": {**model_args, "drop_rate": dropout},
+        "mean": aug["val"]["normalize"]["mean"],
+        "std": aug["val"]["normalize"]["std"],
+        "config": cfg,
+        "smart_crop": smart,
+        "eval_resize": aug["val"]["resize"],
+    }
     train_images, val_images = rendition_records(cfg, train_records, val_records, log)
-    val_ds = CachedImageDataset(val_images, cache_dir, classes, build_eval_transform(aug["val"], size, smart),
-                                label_missing="ignore")
+    val_ds = CachedImageDataset(
+        val_images, cache_dir, classes, build_eval_transform(aug["val"], size, smart), label_missing="ignore"
+    )
     defer = photometric_on_gpu(cfg["training"]["photometric_on_gpu"])  # the trainer finishes deferred batches
     log(f"student: train photometric augmentation on the {'GPU (deferred)' if defer else 'CPU loader'}")
-    result: dict[str, Any] = {"model_name": name, "num_classes": len(classes), "image_size": size,
-                              "distilled": soft is not None, "trained_from_scratch": not cfg["model"]["pretrained"],
-                              "pretrained": staged_summary(weights) if cfg["model"]["pretrained"] else {},
-                              **model_size(model)}
+    result: dict[str, Any] = {
+        "model_name": name,
+        "num_classes": len(classes),
+        "image_size": size,
+        "distilled": soft is not None,
+        "trained_from_scratch": not cfg["model"]["pretrained"],
+        "pretrained": staged_summary(weights) if cfg["model"]["pretrained"] else {},
+        **model_size(model),
+    }
     stages = []
     if cfg["training"]["distillation_epochs"] > 0:
         stages.append("distillation")
@@ -168,13 +213,26 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
             loss_fn, result["soft_label_coverage"] = _distillation_loss(cfg, soft, train_records, classes)
         if final is not None:  # fine-tuning starts from the distilled student's best weights
             model.load_state_dict(load_checkpoint(final)["state_dict"])
-        r = fit(model, train_ds, val_ds, stage_settings(cfg, stage, len(classes)), out / stage,
-                checkpoint_meta={**meta, "stage": stage}, loss_fn=loss_fn, log=log)
+        r = fit(
+            model,
+            train_ds,
+            val_ds,
+            stage_settings(cfg, stage, len(classes)),
+            out / stage,
+            checkpoint_meta={**meta, "stage": stage},
+            loss_fn=loss_fn,
+            log=log,
+        )
         best = next((h for h in r.history if h["epoch"] == r.best_epoch), r.history[-1])
-        result[stage] = {"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
-                         "val_top1": best["val_top1_acc"], "val_top5": best["val_top5_acc"],
-                         "val_loss": best["val_loss"], "train_top1": best["train_top1"],
-                         "stopped_early": r.stopped_early}
+        result[stage] = {
+            "epochs_run": r.epochs_run,
+            "best_epoch": r.best_epoch,
+            "val_top1": best["val_top1_acc"],
+            "val_top5": best["val_top5_acc"],
+            "val_loss": best["val_loss"],
+            "train_top1": best["train_top1"],
+            "stopped_early": r.stopped_early,
+        }
         final = r.best_path
     if final is None:
         raise ValueError("student: training.distillation_epochs and finetune_epochs are both 0")
@@ -186,27 +244,67 @@ def train_student(config: dict, train_records: list[dict], val_records: list[dic
         shutil.copyfile(src, out / "best_model.pt")
         shutil.copyfile(str(src) + ".sha256", str(out / "best_model.pt") + ".sha256")
     best = result[chosen]
-    result.update({"final_checkpoint": str(out / "best_model.pt"), "final_stage": chosen,
-                   "val_top1": best["val_top1"], "val_top5": best["val_top5"], "val_loss": best["val_loss"],
-                   "train_top1": best["train_top1"]})
+    result.update(
+        {
+            "final_checkpoint": str(out / "best_model.pt"),
+            "final_stage": chosen,
+            "val_top1": best["val_top1"],
+            "val_top5": best["val_top5"],
+            "val_loss": best["val_loss"],
+            "train_top1": best["train_top1"],
+        }
+    )
     return result
 
 
-def run_student_job(config: dict, train_path: str, val_path: str, cache_dir: str, out_dir: str,
-                    soft_labels_path: str | None, gpus: int = 1, classes: list[str] | None = None,
-                    weights_path: str | None = None) -> dict[str, Any]:
+def run_student_job(
+    config: dict,
+    train_path: str,
+    val_path: str,
+    cache_dir: str,
+    out_dir: str,
+    soft_labels_path: str | None,
+    gpus: int = 1,
+    classes: list[str] | None = None,
+    weights_path: str | None = None,
+) -> dict[str, Any]:
     """The student as the pipeline runs it: in this process on one device, torchrun DDP
     (one process per GPU) on several; returns train_student's summary either way."""
     if int(gpus) <= 1:
-        return train_student(config, load_jsonl(train_path), load_jsonl(val_path), cache_dir, out_dir,
-                             soft_labels_path, classes=classes, weights=read_staged(weights_path))
+        return train_student(
+            config,
+            load_jsonl(train_path),
+            load_jsonl(val_path),
+            cache_dir,
+            out_dir,
+            soft_labels_path,
+            classes=classes,
+            weights=read_staged(weights_path),
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "job.json", {"config": config, "soft_labels": soft_labels_path, "classes": classes,
-                                  "weights": weights_path})
-    launch(["--job-json", str(out / "job.json"), "--train-jsonl", train_path, "--val-jsonl", val_path,
-            "--cache-dir", cache_dir, "--out-dir", out_dir, "--summary-json", str(out / "summary.json")],
-           nproc=int(gpus), module="shared.train.student")
+    write_json(
+        out / "job.json",
+        {"config": config, "soft_labels": soft_labels_path, "classes": classes, "weights": weights_path},
+    )
+    launch(
+        [
+            "--job-json",
+            str(out / "job.json"),
+            "--train-jsonl",
+            train_path,
+            "--val-jsonl",
+            val_path,
+            "--cache-dir",
+            cache_dir,
+            "--out-dir",
+            out_dir,
+            "--summary-json",
+            str(out / "summary.json"),
+        ],
+        nproc=int(gpus),
+        module="shared.train.student",
+    )
     return json.loads((out / "summary.json").read_text())
 
 
@@ -220,9 +318,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--summary-json")
     a = ap.parse_args(argv)
     job = json.loads(Path(a.job_json).read_text())
-    summary = train_student(job["config"], load_jsonl(a.train_jsonl), load_jsonl(a.val_jsonl), a.cache_dir,
-                            a.out_dir, job.get("soft_labels"), classes=job.get("classes"),
-                            weights=read_staged(job.get("weights")))
+    summary = train_student(
+        job["config"],
+        load_jsonl(a.train_jsonl),
+        load_jsonl(a.val_jsonl),
+        a.cache_dir,
+        a.out_dir,
+        job.get("soft_labels"),
+        classes=job.get("classes"),
+        weights=read_staged(job.get("weights")),
+    )
     if a.summary_json and distributed_env()[0] == 0:
         write_json(a.summary_json, summary)
     return summary
@@ -232,8 +337,9 @@ if __name__ == "__main__":
     main()
 
 
-def evaluate_on_test(result: dict[str, Any], test_records: list[dict], cache_dir: str,
-                     out_dir: str) -> tuple[dict[str, Any], Any, Any, list[str]]:
+def evaluate_on_test(
+    result: dict[str, Any], test_records: list[dict], cache_dir: str, out_dir: str
+) -> tuple[dict[str, Any], Any, Any, list[str]]:
     """Score each stage's best checkpoint and the shipped one on the held-out test set (the
     common test set every teacher is scored on); adds test_top1/test_top5 per stage, the shipped
     student's per-region top-1 and says which stage shipped. Returns (figures, logits, labels,
@@ -246,15 +352,22 @@ def evaluate_on_test(result: dict[str, Any], test_records: list[dict], cache_dir
             m = evaluate_checkpoint(str(out / stage / "best_model.pt"), test_records, cache_dir)[0]
             result[stage].update({"test_top1": m["top1_accuracy"], "test_top5": m["top5_accuracy"]})
     final, logits, labels, classes = evaluate_checkpoint(result["final_checkpoint"], test_records, cache_dir)
-    result.update({"test_top1": final["top1_accuracy"], "test_top5": final["top5_accuracy"],
-                   "test_per_region": final["per_region"], "test_per_region_samples": final["per_region_samples"],
-                   "test_samples": final["samples"],
-                   "shipped": f"the {result['final_stage']} stage's best checkpoint (best val top-1 of the stages)"})
+    result.update(
+        {
+            "test_top1": final["top1_accuracy"],
+            "test_top5": final["top5_accuracy"],
+            "test_per_region": final["per_region"],
+            "test_per_region_samples": final["per_region_samples"],
+            "test_samples": final["samples"],
+            "shipped": f"the {result['final_stage']} stage's best checkpoint (best val top-1 of the stages)",
+        }
+    )
     return final, logits, labels, classes
 
 
 def tensorboard_dirs(out_dir: str) -> dict[str, str]:
     """Each stage's TensorBoard log directory under a student run."""
     out = Path(out_dir)
-    return {stage: str(out / stage / "logs") for stage in ("distillation", "finetuning")
-            if (out / stage / "logs").is_dir()}
+    return {
+        stage: str(out / stage / "logs") for stage in ("distillation", "finetuning") if (out / stage / "logs").is_dir()
+    }

@@ -11,6 +11,7 @@ Regional configs are layered: each regional teacher starts from
 `teachers.regional_base_config` (the plan's teacher_regional.yaml) and its own file
 (e.g. teacher_eu_core.yaml, which has no training section) overrides only what it says;
 the base's data.region_filter is replaced by the teacher's own regions."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,14 +38,15 @@ def teacher_set(cfg: dict) -> tuple[dict, list[dict[str, Any]]]:
     t = cfg["teachers"]
     global_cfg = load_teacher_config(t["global_config"], t["overrides"])
     if global_cfg["data"]["region_filter"].strip():  # it would quietly narrow the teacher of every region
-        raise ConfigError(f"{t['global_config']}: data.region_filter {global_cfg['data']['region_filter']!r} "
-                          "would narrow the global teacher; regional teachers go under teachers.regional")
+        raise ConfigError(
+            f"{t['global_config']}: data.region_filter {global_cfg['data']['region_filter']!r} "
+            "would narrow the global teacher; regional teachers go under teachers.regional"
+        )
     student = load_student_config(cfg["student"]["config"], cfg["student"]["overrides"])
     regional = []
     for item in t["regional"]:
         rc = regional_config(t["regional_base_config"], item, {**t["overrides"], **item.get("overrides", {})})
         weight = item["weight"] if "weight" in item else teacher_weight(student, item["regions"], 1.0)
         # "teacher", not "name": a loop item's .name is KFP's own attribute
-        regional.append({"teacher": item["name"], "regions": item["regions"], "weight": float(weight),
-                         "config": rc})
+        regional.append({"teacher": item["name"], "regions": item["regions"], "weight": float(weight), "config": rc})
     return global_cfg, regional

@@ -33,6 +33,7 @@ rotation, jitter factors and blur sigma. The fast path
 What differs from the Compose is rounding: per pixel within a few grey levels, the same
 statistics over a batch (tests/bench/test_datapath.py compares both with `.reference`, and
 the jitter with torchvision's tensor functions, on the same seeds and images)."""
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,7 @@ from torchvision.transforms.functional import _compute_resized_output_size
 
 from shared.vision.smart_crop import SmartCrop, smart_crop_box
 
-TRAIN_KEYS = {"resize", "crop", "horizontal_flip", "vertical_flip", "rotation", "color_jitter",
-              "blur", "normalize"}
+TRAIN_KEYS = {"resize", "crop", "horizontal_flip", "vertical_flip", "rotation", "color_jitter", "blur", "normalize"}
 VAL_KEYS = {"resize", "center_crop", "normalize"}
 JITTER_KEYS = {"brightness", "contrast", "saturation", "hue"}
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -95,9 +95,15 @@ def _resize_for(size: int) -> int:
     return int(round(size * 448 / 384))  # the plan's resize:crop ratio
 
 
-def build_train_transform(aug: dict | None, image_size: int, smart_crop: bool = False, *, fast: bool = True,
-                          decode_upsample: float = 1.0, defer_photometric: bool = False
-                          ) -> Callable[[Image.Image], torch.Tensor]:
+def build_train_transform(
+    aug: dict | None,
+    image_size: int,
+    smart_crop: bool = False,
+    *,
+    fast: bool = True,
+    decode_upsample: float = 1.0,
+    defer_photometric: bool = False,
+) -> Callable[[Image.Image], torch.Tensor]:
     """The plan's train augmentation. fast=True (default): a `TrainTransform`, the same
     augmentation as the torchvision Compose that fast=False returns (module docstring).
     decode_upsample > 1 lets the dataset decode a JPEG reduced by up to that much
@@ -116,8 +122,7 @@ def build_train_transform(aug: dict | None, image_size: int, smart_crop: bool = 
     cj = aug.get("color_jitter")
     if cj:
         _check(cj, JITTER_KEYS, f"{where}.color_jitter")
-        jitter = {k: _number(cj, k, f"{where}.color_jitter", 0, 0, 0.5 if k == "hue" else float("inf"))
-                  for k in cj}
+        jitter = {k: _number(cj, k, f"{where}.color_jitter", 0, 0, 0.5 if k == "hue" else float("inf")) for k in cj}
     norm = _normalize(aug, where)
     steps: list = [SmartCrop()] if smart_crop else []
     steps += [T.Resize(resize), T.RandomCrop(crop)]
@@ -137,9 +142,16 @@ def build_train_transform(aug: dict | None, image_size: int, smart_crop: bool = 
     reference = T.Compose(steps)
     if not fast:
         return reference
-    return TrainTransform(reference, resize=resize, crop=crop, smart_crop=smart_crop, blur=blur,
-                          blur_kernel=blur_kernel, decode_upsample=decode_upsample,
-                          defer_photometric=defer_photometric)
+    return TrainTransform(
+        reference,
+        resize=resize,
+        crop=crop,
+        smart_crop=smart_crop,
+        blur=blur,
+        blur_kernel=blur_kernel,
+        decode_upsample=decode_upsample,
+        defer_photometric=defer_photometric,
+    )
 
 
 BLUR_SIGMA = (0.5, 2.0)
@@ -151,16 +163,27 @@ class TrainTransform:
     order, with fewer passes over the pixels (module docstring). Called on a PIL image
     like the Compose; returns a float32 (3, crop, crop) tensor."""
 
-    def __init__(self, reference: T.Compose, *, resize: int, crop: int, smart_crop: bool, blur: float,
-                 blur_kernel: int, decode_upsample: float = 1.0, defer_photometric: bool = False):
+    def __init__(
+        self,
+        reference: T.Compose,
+        *,
+        resize: int,
+        crop: int,
+        smart_crop: bool,
+        blur: float,
+        blur_kernel: int,
+        decode_upsample: float = 1.0,
+        defer_photometric: bool = False,
+    ):
         if not decode_upsample >= 1.0:
             raise ValueError(f"decode_upsample must be >= 1, got {decode_upsample}")
         self.reference, self.resize, self.crop = reference, resize, crop
         steps = reference.transforms
         self.smart = next((t for t in steps if isinstance(t, SmartCrop)), None) if smart_crop else None
         # the Compose's own flip and rotation objects: PIL ops, cheap, same draws
-        self.geometric = [t for t in steps if isinstance(t, (T.RandomHorizontalFlip, T.RandomVerticalFlip,
-                                                             T.RandomRotation))]
+        self.geometric = [
+            t for t in steps if isinstance(t, (T.RandomHorizontalFlip, T.RandomVerticalFlip, T.RandomRotation))
+        ]
         self.jitter = next((t for t in steps if isinstance(t, T.ColorJitter)), None)
         self.blur_p, self.blur_kernel = float(blur), int(blur_kernel)
         norm = next(t for t in steps if isinstance(t, T.Normalize))
@@ -243,8 +266,9 @@ def to_float_chw(img: Image.Image) -> np.ndarray:
 _BAND_PIXELS = 24_576
 
 
-def photometric(a: np.ndarray, ops: list[tuple[str, float]], mean: np.ndarray | None = None,
-                std: np.ndarray | None = None) -> np.ndarray:
+def photometric(
+    a: np.ndarray, ops: list[tuple[str, float]], mean: np.ndarray | None = None, std: np.ndarray | None = None
+) -> np.ndarray:
     """uint8 (H, W, 3) -> float32 (3, H, W): / 255 (T.ToTensor), then the jitter ops in
     order (jitter_ops), then with mean/std T.Normalize, band by band. A contrast op needs
     the mean grey level of the whole image as the ops before it leave it: the bands are
@@ -259,9 +283,9 @@ def photometric(a: np.ndarray, ops: list[tuple[str, float]], mean: np.ndarray | 
         last = si == len(stages) - 1
         grey_sum = 0.0
         for r0 in range(0, h, rows):
-            band = out[:, r0:r0 + rows]
+            band = out[:, r0 : r0 + rows]
             if si == 0:  # deinterleaving the bytes first is faster than a strided float conversion
-                np.divide(np.ascontiguousarray(a[r0:r0 + rows].transpose(2, 0, 1)), np.float32(255), out=band)
+                np.divide(np.ascontiguousarray(a[r0 : r0 + rows].transpose(2, 0, 1)), np.float32(255), out=band)
             x = band
             for name, f in stage:
                 if name == "contrast":
@@ -361,8 +385,12 @@ def adjust_hue(x: np.ndarray, hue: float) -> np.ndarray:
     return out
 
 
-_JITTER = {"brightness": adjust_brightness_, "saturation": adjust_saturation_, "hue": adjust_hue,
-           "contrast": adjust_contrast_}
+_JITTER = {
+    "brightness": adjust_brightness_,
+    "saturation": adjust_saturation_,
+    "hue": adjust_hue,
+    "contrast": adjust_contrast_,
+}
 
 
 def jitter_ops(jitter: T.ColorJitter) -> list[tuple[str, float]]:
@@ -399,16 +427,16 @@ def gaussian_blur_float(x: np.ndarray, kernel_size: int, sigma: float) -> np.nda
     tmp = np.empty((h, w), dtype=np.float32)
     for c in range(c_):
         pad = np.pad(x[c], ((0, 0), (p, p)), mode="reflect")
-        rows = pad[:, p:p + w] * k[p]
+        rows = pad[:, p : p + w] * k[p]
         for i in range(p):  # taps i and 2p - i have the same weight
-            np.add(pad[:, i:i + w], pad[:, 2 * p - i:2 * p - i + w], out=tmp)
+            np.add(pad[:, i : i + w], pad[:, 2 * p - i : 2 * p - i + w], out=tmp)
             tmp *= k[i]
             rows += tmp
         pad = np.pad(rows, ((p, p), (0, 0)), mode="reflect")
         col = out[c]
-        np.multiply(pad[p:p + h], k[p], out=col)
+        np.multiply(pad[p : p + h], k[p], out=col)
         for i in range(p):
-            np.add(pad[i:i + h], pad[2 * p - i:2 * p - i + h], out=tmp)
+            np.add(pad[i : i + h], pad[2 * p - i : 2 * p - i + h], out=tmp)
             tmp *= k[i]
             col += tmp
     return out
@@ -528,19 +556,20 @@ def _t_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Ten
     return y.view(n, ch, h, w)
 
 
-def build_eval_transform(aug: dict | None, image_size: int, smart_crop: bool = False
-                         ) -> Callable[[Image.Image], torch.Tensor]:
+def build_eval_transform(
+    aug: dict | None, image_size: int, smart_crop: bool = False
+) -> Callable[[Image.Image], torch.Tensor]:
     aug = dict(aug or {})
     _check(aug, VAL_KEYS, "augmentation.val")
     resize, crop = _sizes(aug, "augmentation.val", "center_crop", image_size)
     steps: list = [SmartCrop()] if smart_crop else []
-    steps += [T.Resize(resize), T.CenterCrop(crop), T.ToTensor(),
-              _normalize(aug, "augmentation.val")]
+    steps += [T.Resize(resize), T.CenterCrop(crop), T.ToTensor(), _normalize(aug, "augmentation.val")]
     return T.Compose(steps)
 
 
-def aggressive_train_aug(image_size: int, normalize: dict | None = None, smart_crop: bool = False
-                         ) -> Callable[[Image.Image], torch.Tensor]:
+def aggressive_train_aug(
+    image_size: int, normalize: dict | None = None, smart_crop: bool = False
+) -> Callable[[Image.Image], torch.Tensor]:
     """The plan's "augmentation aggressive" for student fine-tuning: random resized
     crops, flips, rotation, strong colour jitter, RandAugment (timm) and erasing."""
     from timm.data.auto_augment import rand_augment_transform
@@ -549,9 +578,13 @@ def aggressive_train_aug(image_size: int, normalize: dict | None = None, smart_c
     steps: list = [SmartCrop()] if smart_crop else []
     steps += [
         T.RandomResizedCrop(image_size, scale=(0.35, 1.0)),
-        T.RandomHorizontalFlip(0.5), T.RandomVerticalFlip(0.2), T.RandomRotation(30),
+        T.RandomHorizontalFlip(0.5),
+        T.RandomVerticalFlip(0.2),
+        T.RandomRotation(30),
         T.ColorJitter(0.4, 0.4, 0.4, 0.1),
         rand_augment_transform("rand-m9-mstd0.5", {"translate_const": max(1, int(image_size * 0.45))}),
-        T.ToTensor(), T.Normalize(norm["mean"], norm["std"]), T.RandomErasing(p=0.25),
+        T.ToTensor(),
+        T.Normalize(norm["mean"], norm["std"]),
+        T.RandomErasing(p=0.25),
     ]
     return T.Compose(steps)

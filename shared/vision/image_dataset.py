@@ -9,6 +9,7 @@ domain (PIL's draft: 1/2, 1/4, 1/8) when the reduced image keeps at least that
 short side, i.e. when the crop it takes would be downscaled anyway. With a smart-crop
 train transform, each image's saliency box is computed once (the first epoch) and
 kept in a table shared with the DataLoader's workers."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -30,8 +31,14 @@ def class_list(records: list[dict]) -> list[str]:
 
 
 class CachedImageDataset(Dataset):
-    def __init__(self, records: list[dict], cache_dir: str, classes: list[str],
-                 transform: Callable[[Image.Image], torch.Tensor], label_missing: str = "error"):
+    def __init__(
+        self,
+        records: list[dict],
+        cache_dir: str,
+        classes: list[str],
+        transform: Callable[[Image.Image], torch.Tensor],
+        label_missing: str = "error",
+    ):
         if label_missing not in ("error", "ignore"):
             raise ValueError("label_missing must be 'error' or 'ignore'")
         self.records, self.cache_dir, self.transform = records, str(cache_dir), transform
@@ -49,8 +56,9 @@ class CachedImageDataset(Dataset):
                 raise ValueError(f"record {r.get('image_id')}: no cache_path (not a cached record)")
             label = self.class_index.get(r["taxon"], -1)
             if label < 0 and label_missing == "error":
-                raise ValueError(f"record {r.get('image_id')}: taxon {r['taxon']!r} is not in the "
-                                 f"model's {len(classes)} classes")
+                raise ValueError(
+                    f"record {r.get('image_id')}: taxon {r['taxon']!r} is not in the model's {len(classes)} classes"
+                )
             self.labels[i] = label
 
     def __len__(self) -> int:
@@ -64,8 +72,7 @@ class CachedImageDataset(Dataset):
         try:  # a cache_path escaping the cache stays a ValueError; a gs:// cache downloads here
             p = self.path(i)
         except (OSError, RemoteCacheError) as e:
-            raise RuntimeError(f"record {rid}: cannot fetch cached image {self.records[i]['cache_path']}: "
-                               f"{e}") from e
+            raise RuntimeError(f"record {rid}: cannot fetch cached image {self.records[i]['cache_path']}: {e}") from e
         try:
             img = decode_image(p, getattr(self.transform, "min_decode_side", 0))
         except (OSError, ValueError) as e:
@@ -122,9 +129,13 @@ def class_balanced_sample_weights(records: list[dict], classes: list[str] | None
     Normalised to mean 1 over the samples kept."""
     known = set(classes) if classes is not None else None
     counts = Counter(r["taxon"] for r in records)
-    w = np.array([0.0 if known is not None and r["taxon"] not in known else 1.0 / counts[r["taxon"]]
-                  for r in records], dtype=np.float64)
+    w = np.array(
+        [0.0 if known is not None and r["taxon"] not in known else 1.0 / counts[r["taxon"]] for r in records],
+        dtype=np.float64,
+    )
     if len(w) and w.sum() == 0:
-        raise ValueError(f"class_balanced_sample_weights: none of the {len(records)} records has a taxon "
-                         f"among the {len(known or ())} classes")
+        raise ValueError(
+            f"class_balanced_sample_weights: none of the {len(records)} records has a taxon "
+            f"among the {len(known or ())} classes"
+        )
     return w / w.sum() * np.count_nonzero(w) if len(w) else w

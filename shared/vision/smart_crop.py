@@ -5,6 +5,7 @@ Saliency combines the spectral residual (Hou & Zhang 2007: what is unexpected in
 the image's log spectrum) with colour distinctness (how far each pixel's colour
 is from the image's mean colour). The crop is the window of the requested size
 with the most saliency; with no clear salient region it is a centre crop."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,7 @@ def working_copy(img: Image.Image) -> Image.Image:
     w, h = img.size
     scale = _WORK / max(w, h)
     rgb = img if img.mode == "RGB" else img.convert("RGB")
-    return rgb.resize((max(8, round(w * scale)), max(8, round(h * scale))), Image.BILINEAR,
-                      reducing_gap=_REDUCING_GAP)
+    return rgb.resize((max(8, round(w * scale)), max(8, round(h * scale))), Image.BILINEAR, reducing_gap=_REDUCING_GAP)
 
 
 def saliency_map(img: Image.Image) -> np.ndarray:
@@ -87,8 +87,7 @@ def smart_crop(img: Image.Image, crop_fraction: float = 0.8, min_gain: float = 1
     return img.crop(smart_crop_box(img, crop_fraction, min_gain))
 
 
-def smart_crop_box(img: Image.Image, crop_fraction: float = 0.8,
-                   min_gain: float = 1.05) -> tuple[int, int, int, int]:
+def smart_crop_box(img: Image.Image, crop_fraction: float = 0.8, min_gain: float = 1.05) -> tuple[int, int, int, int]:
     """The (left, top, right, bottom) box that smart_crop takes."""
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"smart_crop: crop_fraction must be in (0, 1], got {crop_fraction}")

@@ -1,5 +1,6 @@
 """bench/bench_scale.py (`make bench-scale`) at a tiny size: every step runs through the
 real code in its own process and the figures land under "scale" in the results file."""
+
 import json
 import sys
 from pathlib import Path
@@ -36,8 +37,9 @@ def test_synthetic_logits_are_valid_teacher_logits():
         assert idx.shape == vals.shape == (300, k) and vals.dtype == np.float16
         assert all(len(set(row)) == k for row in idx.tolist())  # k distinct classes a row
         assert (conf > 0).all() and (conf <= 1).all()
-        TeacherLogits(np.array([f"i{i}" for i in range(300)]), idx, vals, lse, conf, labels,
-                      [f"c{i}" for i in range(n_classes)])  # validates ranges and order
+        TeacherLogits(
+            np.array([f"i{i}" for i in range(300)]), idx, vals, lse, conf, labels, [f"c{i}" for i in range(n_classes)]
+        )  # validates ranges and order
 
 
 def test_evaluate_flags_a_superlinear_step_and_missed_targets():
@@ -45,14 +47,15 @@ def test_evaluate_flags_a_superlinear_step_and_missed_targets():
         return {"seconds": sec, "cpu_seconds": sec, "peak_rss_mib": mib, "ru_maxrss_mib": mib, "synthetic": False}
 
     sizes = {
-        "full": {"records": bs.FULL_RECORDS, "steps": {
-            "split": step(40.0), "combine_soft_labels": step(100.0, 20_000.0)}},
-        "quarter": {"records": bs.FULL_RECORDS // 4, "steps": {
-            "split": step(10.0), "combine_soft_labels": step(10.0)}},
+        "full": {
+            "records": bs.FULL_RECORDS,
+            "steps": {"split": step(40.0), "combine_soft_labels": step(100.0, 20_000.0)},
+        },
+        "quarter": {"records": bs.FULL_RECORDS // 4, "steps": {"split": step(10.0), "combine_soft_labels": step(10.0)}},
     }
     r = bs.evaluate(sizes)
-    assert r["ratios"]["split"]["superlinear"] is False                 # 4x: linear
-    assert r["ratios"]["combine_soft_labels"]["superlinear"] is True    # 10x > 6x
+    assert r["ratios"]["split"]["superlinear"] is False  # 4x: linear
+    assert r["ratios"]["combine_soft_labels"]["superlinear"] is True  # 10x > 6x
     c = r["checks"]
     assert c["size_ratio"] == 4.0 and c["superlinear_threshold"] == 6.0
     assert c["no_superlinear_step"] is False
@@ -65,8 +68,22 @@ def test_evaluate_flags_a_superlinear_step_and_missed_targets():
 def test_bench_scale_tiny_end_to_end(tmp_path):
     out = tmp_path / "results.json"
     out.write_text(json.dumps({"benchmarks": {"bench_split": {"split_seconds": 1.0}}}))
-    rc = bs.main(["--records", "3000", "--species", "200", "--scales", "1", "--mongo-slice", "400",
-                  "--output", str(out), "--workdir", str(tmp_path / "work")])
+    rc = bs.main(
+        [
+            "--records",
+            "3000",
+            "--species",
+            "200",
+            "--scales",
+            "1",
+            "--mongo-slice",
+            "400",
+            "--output",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["benchmarks"] == {"bench_split": {"split_seconds": 1.0}}  # other keys kept

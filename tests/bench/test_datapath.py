@@ -1,6 +1,7 @@
 """The training data path's fast train transform (shared/vision/augment.TrainTransform), JPEG
 decoding (shared/vision/image_dataset.decode_image) and the smart-crop box cache, against the
 torchvision Compose they replace; bench/bench_datapath's table on a tiny run."""
+
 import numpy as np
 import pytest
 import torch
@@ -20,11 +21,24 @@ from shared.vision.image_dataset import (
 
 NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 # every train key, scaled down from the plan's teacher section (448 -> 80, 384 -> 64)
-FULL = {"resize": 80, "crop": 64, "horizontal_flip": 0.5, "vertical_flip": 0.2, "rotation": 20,
-        "color_jitter": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.15},
-        "blur": 0.5, "normalize": NORM}
-STUDENT = {"resize": 73, "crop": 64, "horizontal_flip": 0.5, "rotation": 10,
-           "color_jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05}, "normalize": NORM}
+FULL = {
+    "resize": 80,
+    "crop": 64,
+    "horizontal_flip": 0.5,
+    "vertical_flip": 0.2,
+    "rotation": 20,
+    "color_jitter": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.15},
+    "blur": 0.5,
+    "normalize": NORM,
+}
+STUDENT = {
+    "resize": 73,
+    "crop": 64,
+    "horizontal_flip": 0.5,
+    "rotation": 10,
+    "color_jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05},
+    "normalize": NORM,
+}
 
 
 def photo(seed: int, size=(120, 90)) -> Image.Image:
@@ -100,8 +114,14 @@ def test_fast_path_draws_the_same_random_numbers(photos):
 def test_geometry_is_exactly_the_references_without_jitter(photos):
     """Crop offsets, flips and rotation: pixel for pixel the Compose's (within the box
     resize's rounding: at most 2 grey levels, almost everywhere none)."""
-    aug = {"resize": 80, "crop": 64, "horizontal_flip": 0.5, "vertical_flip": 0.5, "rotation": 30,
-           "normalize": {"mean": [0, 0, 0], "std": [1, 1, 1]}}
+    aug = {
+        "resize": 80,
+        "crop": 64,
+        "horizontal_flip": 0.5,
+        "vertical_flip": 0.5,
+        "rotation": 30,
+        "normalize": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+    }
     fast = build_train_transform(aug, 64, smart_crop=True)
     for img in photos:
         for seed in range(4):
@@ -153,8 +173,7 @@ def test_deferred_is_the_fast_path_at_the_plans_sizes(model):
     short = 448 if model == "teacher" else aug["resize"]
     fast = build_train_transform(aug, size, smart)
     defer = build_train_transform(aug, size, smart, defer_photometric=True)
-    imgs = [photo(40 + i, (round(short * 4 / 3), short) if i % 2 else (short, round(short * 4 / 3)))
-            for i in range(3)]
+    imgs = [photo(40 + i, (round(short * 4 / 3), short) if i % 2 else (short, round(short * 4 / 3))) for i in range(3)]
     expected, crops, params, old = [], [], [], []
     for seed in range(8):
         img = imgs[seed % 3]
@@ -189,13 +208,32 @@ def test_trainer_finishes_deferred_batches_before_the_model(tmp_path, monkeypatc
         return forward(self, x, params)
 
     monkeypatch.setattr(A.DevicePhotometric, "forward", spy)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten(), torch.nn.Linear(4, len(classes)))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=4),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, len(classes)),
+    )
     model.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, float(args[0].min()))))
-    settings = TrainSettings(epochs=1, batch_size=4, lr=1e-3, optimizer="adam", num_classes=len(classes),
-                             max_steps_per_epoch=1, num_workers=0, amp="off")
-    r = fit(model, train, val, settings, tmp_path / "run", checkpoint_meta={"model_name": "tiny", "classes": classes,
-                                                                           "image_size": 64}, log=lambda *_: None)
+    settings = TrainSettings(
+        epochs=1,
+        batch_size=4,
+        lr=1e-3,
+        optimizer="adam",
+        num_classes=len(classes),
+        max_steps_per_epoch=1,
+        num_workers=0,
+        amp="off",
+    )
+    r = fit(
+        model,
+        train,
+        val,
+        settings,
+        tmp_path / "run",
+        checkpoint_meta={"model_name": "tiny", "classes": classes, "image_size": 64},
+        log=lambda *_: None,
+    )
     assert r.epochs_run == 1 and r.global_step == 1
     assert calls == [(torch.uint8, (4, 3, 64, 64), (4, A.PARAMS))]  # one train batch, finished once
     assert seen[0][0] == torch.float32 and seen[0][1] < 0  # normalised, not 0..255
@@ -222,8 +260,11 @@ def test_hue_is_torchvisions_tensor_hue(hue):
 @pytest.mark.parametrize("f", [0.0, 0.6, 1.0, 1.4])
 def test_brightness_contrast_saturation_are_torchvisions(f):
     x = _float_image(2)
-    for ours, theirs in ((A.adjust_brightness_, F.adjust_brightness), (A.adjust_contrast_, F.adjust_contrast),
-                         (A.adjust_saturation_, F.adjust_saturation)):
+    for ours, theirs in (
+        (A.adjust_brightness_, F.adjust_brightness),
+        (A.adjust_contrast_, F.adjust_contrast),
+        (A.adjust_saturation_, F.adjust_saturation),
+    ):
         assert np.abs(ours(x.numpy().copy(), f) - theirs(x, f).numpy()).max() < 2e-6
 
 
@@ -355,7 +396,9 @@ def test_bench_datapath_runs_and_reports(tmp_path):
     steps = res["steps_ms_per_image_1_thread"]
     assert steps["ours_teacher"]["hue"] == pytest.approx(
         steps["ours_teacher"]["jitter_with_hue_to_float_normalise"]
-        - steps["ours_teacher"]["jitter_without_hue_to_float_normalise"], abs=2e-3)
+        - steps["ours_teacher"]["jitter_without_hue_to_float_normalise"],
+        abs=2e-3,
+    )
     assert steps["timm_teacher"]["whole_transform"] > 0
     assert all(r["images_per_cpu_second"] > 0 for r in res["rows"])
     assert set(res["ratios"]) == {"teacher_workers0", "student_workers0"}
@@ -367,12 +410,26 @@ def test_bench_datapath_runs_and_reports(tmp_path):
 # bench/bench_gpu.py: its code on the CPU with timm's tiny test models (no GPU figure is
 # measured or recorded here)
 
+
 def _tiny_gpu_config():
     from bench import bench_gpu
 
-    return bench_gpu.Config(teacher_model="test_vit", teacher_size=32, teacher_classes=10,
-                            student_model="test_efficientnet", student_size=32, student_classes=20, student_batch=4,
-                            soft_k=4, compile=False, start_batch=2, max_batch=4, max_infer_batch=8, warmup=1, iters=1)
+    return bench_gpu.Config(
+        teacher_model="test_vit",
+        teacher_size=32,
+        teacher_classes=10,
+        student_model="test_efficientnet",
+        student_size=32,
+        student_classes=20,
+        student_batch=4,
+        soft_k=4,
+        compile=False,
+        start_batch=2,
+        max_batch=4,
+        max_infer_batch=8,
+        warmup=1,
+        iters=1,
+    )
 
 
 def test_bench_gpu_refuses_to_run_without_cuda(tmp_path, monkeypatch, capsys):
@@ -424,6 +481,7 @@ def test_bench_gpu_records_a_failing_compile_and_goes_on(monkeypatch):
 
     def no_compile(model, *a, **k):
         raise RuntimeError("no C++ compiler here")
+
     monkeypatch.setattr(torch, "compile", no_compile)
     cfg = dataclasses.replace(_tiny_gpu_config(), compile=True, max_batch=2, max_infer_batch=8)
     t = bench_gpu.bench_teacher(cfg, torch.device("cpu"), None, log=lambda *_: None)
@@ -451,12 +509,14 @@ def test_bench_gpu_batch_search_backs_off_at_out_of_memory():
     def fits_below_64(b):
         if b >= 64:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
     best, tried = bench_gpu.find_batch(fits_below_64, 8, 1024, torch.device("cpu"), log=lambda *_: None)
     assert best == 32 and tried[-1] == {"batch": 64, "fits": False} and len(tried) == 4
     assert bench_gpu.find_batch(lambda b: None, 8, 32, torch.device("cpu"), log=lambda *_: None)[0] == 32
 
     def broken(b):
         raise ValueError("not a memory problem")
+
     with pytest.raises(ValueError):
         bench_gpu.find_batch(broken, 8, 32, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="not even batch 64"):

@@ -1,6 +1,7 @@
 """What the compiled pipeline carries for the KFP UI and the cluster: a description for every
 component input and output (from the components' Google-style Args:/Returns: docstrings), and
 each task's image from the config the pipeline is built for (registry and tag, or a digest)."""
+
 import importlib
 import sys
 from pathlib import Path
@@ -37,8 +38,12 @@ def cluster_spec(tmp_path_factory) -> dict:
 
 def undocumented(definitions: dict) -> list[str]:
     """Names of the parameters/artifacts of an inputDefinitions/outputDefinitions without a description."""
-    return [f"{kind[:-1]} {name}" for kind in ("parameters", "artifacts")
-            for name, d in (definitions or {}).get(kind, {}).items() if not str(d.get("description", "")).strip()]
+    return [
+        f"{kind[:-1]} {name}"
+        for kind in ("parameters", "artifacts")
+        for name, d in (definitions or {}).get(kind, {}).items()
+        if not str(d.get("description", "")).strip()
+    ]
 
 
 def test_every_component_input_and_output_has_a_description_in_the_compiled_spec(cluster_spec):
@@ -49,13 +54,15 @@ def test_every_component_input_and_output_has_a_description_in_the_compiled_spec
             continue  # a DAG the compiler made (ParallelFor, If/Else): its inputs are pipeline channels
         checked += 1
         gaps = undocumented(comp.get("inputDefinitions")) + [
-            f"output {g}" for g in undocumented(comp.get("outputDefinitions"))]
+            f"output {g}" for g in undocumented(comp.get("outputDefinitions"))
+        ]
         if gaps:
             missing[name] = gaps
     assert checked >= 15, f"only {checked} components compiled; is the pipeline complete?"
     assert not missing, (
         "inputs/outputs without a description (document each under the component's Args: / Returns:, "
-        f"one `name: description.` entry per line): {missing}")
+        f"one `name: description.` entry per line): {missing}"
+    )
 
 
 def component_objects():
@@ -64,49 +71,66 @@ def component_objects():
         mod = importlib.import_module(f"components.{path.stem}")
         for attr, obj in vars(mod).items():
             func = getattr(obj, "python_func", None)
-            if getattr(obj, "component_spec", None) is not None and func is not None \
-                    and func.__module__ == mod.__name__:
+            if (
+                getattr(obj, "component_spec", None) is not None
+                and func is not None
+                and func.__module__ == mod.__name__
+            ):
                 yield f"components/{path.name}:{attr}", obj.component_spec
 
 
 def test_every_component_documents_each_input_and_output():
     found = dict(component_objects())
     assert {"components/ingest.py:ingest", "components/export_tfjs.py:export_skipped"} <= set(found)
-    missing = {where: [n for n, s in {**(spec.inputs or {}), **(spec.outputs or {})}.items()
-                       if not (s.description or "").strip()]
-               for where, spec in found.items()}
+    missing = {
+        where: [
+            n for n, s in {**(spec.inputs or {}), **(spec.outputs or {})}.items() if not (s.description or "").strip()
+        ]
+        for where, spec in found.items()
+    }
     assert not {k: v for k, v in missing.items() if v}, missing
 
 
 # --- images from the config, at build time ---------------------------------------------------
 
+
 def test_two_configs_in_one_process_each_get_their_own_images(tmp_path, monkeypatch):
     # The former mechanism read these at import; they must no longer matter.
     monkeypatch.setenv("PLANTID_IMAGE_REGISTRY", "env.example/ignored")
     monkeypatch.setenv("PLANTID_IMAGE_TAG", "ignored")
-    a = load_pipeline_config(CLUSTER, {"pipeline.images.registry": "registry-a.example/ml",
-                                       "pipeline.images.tag": "1.0.0"})
-    b = load_pipeline_config(CLUSTER, {"pipeline.images.registry": "registry-b.example:5000/team",
-                                       "pipeline.images.tag": "2.0.0-rc1"})
+    a = load_pipeline_config(
+        CLUSTER, {"pipeline.images.registry": "registry-a.example/ml", "pipeline.images.tag": "1.0.0"}
+    )
+    b = load_pipeline_config(
+        CLUSTER, {"pipeline.images.registry": "registry-b.example:5000/team", "pipeline.images.tag": "2.0.0-rc1"}
+    )
     spec_a = compiled(a, tmp_path / "a.yaml")
     spec_b = compiled(b, tmp_path / "b.yaml")
     spec_a_again = compiled(a, tmp_path / "a2.yaml")
-    for spec, reg, tag in ((spec_a, "registry-a.example/ml", "1.0.0"),
-                           (spec_b, "registry-b.example:5000/team", "2.0.0-rc1"),
-                           (spec_a_again, "registry-a.example/ml", "1.0.0")):
+    for spec, reg, tag in (
+        (spec_a, "registry-a.example/ml", "1.0.0"),
+        (spec_b, "registry-b.example:5000/team", "2.0.0-rc1"),
+        (spec_a_again, "registry-a.example/ml", "1.0.0"),
+    ):
         refs = executor_images(spec)
         assert set(refs.values()) == {f"{reg}/plantid-{n}:{tag}" for n in images.IMAGES}, refs
     # Each task keeps the image its component declares (the TF.js export in the export image, ...).
-    declared = {"exec-ingest": "data", "exec-train-teacher": "train", "exec-export-tfjs": "export",
-                "exec-export-skipped": "data", "exec-stage-weights": "train"}
+    declared = {
+        "exec-ingest": "data",
+        "exec-train-teacher": "train",
+        "exec-export-tfjs": "export",
+        "exec-export-skipped": "data",
+        "exec-stage-weights": "train",
+    }
     for label, name in declared.items():
         assert executor_images(spec_b)[label] == f"registry-b.example:5000/team/plantid-{name}:2.0.0-rc1"
 
 
 def test_the_pipeline_object_kfp_local_runs_carries_the_config_images():
     """kfp.local (DockerRunner) runs the executors of the built pipeline's own spec."""
-    cfg = load_pipeline_config(CLUSTER, {"pipeline.images.registry": "localhost:5000/plantid",
-                                         "pipeline.images.tag": "dev"})
+    cfg = load_pipeline_config(
+        CLUSTER, {"pipeline.images.registry": "localhost:5000/plantid", "pipeline.images.tag": "dev"}
+    )
     spec = json_format.MessageToDict(pipeline.build_pipeline(cfg).pipeline_spec)
     refs = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
     assert refs == {f"localhost:5000/plantid/plantid-{n}:dev" for n in images.IMAGES}
@@ -121,14 +145,17 @@ def test_a_digest_replaces_the_tag_of_that_image_only(tmp_path):
     assert refs["exec-export-tfjs"] == f"{registry}/plantid-export:{tag}"
 
 
-@pytest.mark.parametrize("digests, message", [
-    ({"train": "sha256:abc"}, "pipeline.images.digests.train: expected 'sha256:' and 64 lowercase hex"),
-    ({"train": DIGEST.upper()}, "pipeline.images.digests.train:"),
-    ({"train": DIGEST[len("sha256:"):]}, "pipeline.images.digests.train:"),
-    ({"train": 123}, "pipeline.images.digests.train:"),
-    ({"trian": DIGEST}, "pipeline.images.digests.trian: unknown image (did you mean train?)"),
-    (["train"], "pipeline.images.digests: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "digests, message",
+    [
+        ({"train": "sha256:abc"}, "pipeline.images.digests.train: expected 'sha256:' and 64 lowercase hex"),
+        ({"train": DIGEST.upper()}, "pipeline.images.digests.train:"),
+        ({"train": DIGEST[len("sha256:") :]}, "pipeline.images.digests.train:"),
+        ({"train": 123}, "pipeline.images.digests.train:"),
+        ({"trian": DIGEST}, "pipeline.images.digests.trian: unknown image (did you mean train?)"),
+        (["train"], "pipeline.images.digests: expected a mapping"),
+    ],
+)
 def test_bad_digests_are_a_config_error_naming_the_key(digests, message):
     with pytest.raises(ConfigError) as e:
         load_pipeline_config(CLUSTER, {"pipeline.images.digests": digests})
@@ -137,13 +164,17 @@ def test_bad_digests_are_a_config_error_naming_the_key(digests, message):
 
 def test_digests_from_a_config_file(tmp_path):
     path = tmp_path / "pipeline.yaml"
-    path.write_text(f"pipeline:\n  images:\n    registry: r.example/ml\n    tag: '1.2.3'\n"
-                    f"    digests:\n      data: {DIGEST}\n      export: {DIGEST}\n")
+    path.write_text(
+        f"pipeline:\n  images:\n    registry: r.example/ml\n    tag: '1.2.3'\n"
+        f"    digests:\n      data: {DIGEST}\n      export: {DIGEST}\n"
+    )
     cfg = load_pipeline_config(path)
     assert cfg["pipeline"]["images"]["digests"] == {"data": DIGEST, "export": DIGEST}
     assert images.image_refs(cfg["pipeline"]["images"]) == {
-        "data": f"r.example/ml/plantid-data@{DIGEST}", "train": "r.example/ml/plantid-train:1.2.3",
-        "export": f"r.example/ml/plantid-export@{DIGEST}"}
+        "data": f"r.example/ml/plantid-data@{DIGEST}",
+        "train": "r.example/ml/plantid-train:1.2.3",
+        "export": f"r.example/ml/plantid-export@{DIGEST}",
+    }
 
 
 def test_image_references():
@@ -173,6 +204,7 @@ def test_a_component_with_a_foreign_base_image_fails_the_build():
         return x
 
     with pytest.raises(KeyError, match="base_image=DATA_IMAGE, TRAIN_IMAGE or EXPORT_IMAGE"):
+
         @dsl.pipeline(name="foreign")
         def p():
             foreign(x=1)

@@ -1,6 +1,7 @@
 """The data-image components' bodies, called through `.python_func` with real KFP artifact
 objects over temporary paths (as kubeflow/pipelines-components tests them): what each writes,
 the metadata its consumers read, the metrics the KFP UI shows."""
+
 import json
 from pathlib import Path
 
@@ -27,16 +28,42 @@ def phase0(sample_catalogue, tmp_path_factory):
     arts.update({n: _out(dsl.Artifact, tmp, n) for n in ("audit", "report", "stats")})
     arts["histogram"] = _out(dsl.HTML, tmp, "histogram")
     metrics = {n: _out(dsl.Metrics, tmp, f"{n}_metrics") for n in ("ingest", "cache", "split")}
-    ingest.python_func(source="jsonl", records_uri=str(sample_catalogue / "records.jsonl"), mongo={},
-                       license_allow=["CC0", "CC-BY", "CC-BY-SA"], min_side=100, snapshot_id="t1",
-                       records=arts["records"], audit=arts["audit"], rejections=arts["rejections"],
-                       metrics=metrics["ingest"])
-    cache_images.python_func(records=arts["records"], cache_dir=str(tmp / "cache"), resize=40, min_side=100,
-                             max_fail_rate=0.5, workers=2, fetch_policy={"allow_local_paths": True},
-                             cached=arts["cached"], report=arts["report"], metrics=metrics["cache"],
-                             student_resize=32)
-    split.python_func(cached=arts["cached"], regions="", seed=7, train=arts["train"], val=arts["val"],
-                      test=arts["test"], stats=arts["stats"], histogram=arts["histogram"], metrics=metrics["split"])
+    ingest.python_func(
+        source="jsonl",
+        records_uri=str(sample_catalogue / "records.jsonl"),
+        mongo={},
+        license_allow=["CC0", "CC-BY", "CC-BY-SA"],
+        min_side=100,
+        snapshot_id="t1",
+        records=arts["records"],
+        audit=arts["audit"],
+        rejections=arts["rejections"],
+        metrics=metrics["ingest"],
+    )
+    cache_images.python_func(
+        records=arts["records"],
+        cache_dir=str(tmp / "cache"),
+        resize=40,
+        min_side=100,
+        max_fail_rate=0.5,
+        workers=2,
+        fetch_policy={"allow_local_paths": True},
+        cached=arts["cached"],
+        report=arts["report"],
+        metrics=metrics["cache"],
+        student_resize=32,
+    )
+    split.python_func(
+        cached=arts["cached"],
+        regions="",
+        seed=7,
+        train=arts["train"],
+        val=arts["val"],
+        test=arts["test"],
+        stats=arts["stats"],
+        histogram=arts["histogram"],
+        metrics=metrics["split"],
+    )
     return arts, metrics, tmp
 
 
@@ -70,9 +97,18 @@ def test_regional_split_is_nested_in_the_global_one(phase0, tmp_path):
     out = {n: _out(dsl.Dataset, tmp_path, n) for n in ("train", "val", "test")}
     stats, hist = _out(dsl.Artifact, tmp_path, "s"), _out(dsl.HTML, tmp_path, "h")
     metrics = _out(dsl.Metrics, tmp_path, "m")
-    regional_split.python_func(global_train=arts["train"], global_val=arts["val"], global_test=arts["test"],
-                               regions="EU_SW", train=out["train"], val=out["val"], test=out["test"],
-                               stats=stats, histogram=hist, metrics=metrics)
+    regional_split.python_func(
+        global_train=arts["train"],
+        global_val=arts["val"],
+        global_test=arts["test"],
+        regions="EU_SW",
+        train=out["train"],
+        val=out["val"],
+        test=out["test"],
+        stats=stats,
+        histogram=hist,
+        metrics=metrics,
+    )
     for n in ("train", "val", "test"):
         global_ids = {json.loads(line)["image_id"] for line in open(arts[n].path)}
         regional = [json.loads(line) for line in open(out[n].path)]
@@ -82,10 +118,16 @@ def test_regional_split_is_nested_in_the_global_one(phase0, tmp_path):
 
 def test_stage_weights_without_pretrained_weights_says_so(tmp_path):
     weights = _out(dsl.Model, tmp_path, "w")
-    stage_weights.python_func(role="student", kind="student", config={"model": {"name": "test_efficientnet",
-                                                                               "pretrained": False}},
-                              overrides={}, weights_cache=str(tmp_path / "cache"), hub_endpoint="", offline=True,
-                              weights=weights)
+    stage_weights.python_func(
+        role="student",
+        kind="student",
+        config={"model": {"name": "test_efficientnet", "pretrained": False}},
+        overrides={},
+        weights_cache=str(tmp_path / "cache"),
+        hub_endpoint="",
+        offline=True,
+        weights=weights,
+    )
     staged = json.loads((Path(weights.path) / "staged_weights.json").read_text())
     assert staged["pretrained"] is False and "from scratch" in staged["source"]
 

@@ -2,6 +2,7 @@
 only files that exist (and that its .dockerignore lets through), installs a
 complete lock file that resolves against the configured package indexes, and
 every component names an image that components/images.py maps to a Dockerfile."""
+
 import fnmatch
 import importlib
 import json
@@ -38,7 +39,7 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 def final_stage(ins):
     starts = [i for i, (w, _) in enumerate(ins) if w == "FROM"]
-    return ins[starts[-1]:]
+    return ins[starts[-1] :]
 
 
 def copy_sources(ins) -> list[str]:
@@ -87,17 +88,20 @@ def test_dockerfile_copies_existing_files_its_dockerignore_lets_through(name):
     srcs = copy_sources(ins)
     assert f"images/{name}/requirements.lock" in srcs, f"{name}: does not install its own lock file"
     assert "shared" in srcs and "components" in srcs, f"{name}: the project code is not in the image"
-    ignore = [ln.strip() for ln in (dockerfile.parent / "Dockerfile.dockerignore").read_text().splitlines()
-              if ln.strip() and not ln.startswith("#")]
+    ignore = [
+        ln.strip()
+        for ln in (dockerfile.parent / "Dockerfile.dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert ignore[0] == "**", "the context must start from nothing (the repo holds a multi-GB .venv)"
     allowed = [p[1:] for p in ignore if p.startswith("!")]
     for src in srcs:
         matches = list(ROOT.glob(src))
         assert matches, f"{dockerfile.relative_to(ROOT)}: COPY {src}: no such file in the repository"
         # "!dir" lets the whole directory through, "!a/*/b" what matches it
-        assert any(src == a or src.startswith(a.rstrip("/") + "/") or fnmatch.fnmatch(src, a)
-                   for a in allowed), (
-            f"{name}: COPY {src} is excluded by Dockerfile.dockerignore")
+        assert any(src == a or src.startswith(a.rstrip("/") + "/") or fnmatch.fnmatch(src, a) for a in allowed), (
+            f"{name}: COPY {src} is excluded by Dockerfile.dockerignore"
+        )
     for word, args in ins:
         if word == "RUN" and "pip install" in args and "-r /tmp/requirements.lock" in args:
             assert "--no-deps" in args, f"{name}: the lock must be installed as-is (--no-deps)"
@@ -112,15 +116,19 @@ def test_lock_is_exact_and_agrees_with_the_tested_environment(name):
     assert "kfp" in pins, f"{name}: components run with install_kfp_package=False, so kfp must be in the image"
     differ = {p: (v, root[p]) for p, v in pins.items() if p in root and root[p] != v}
     assert not differ, f"{name}: versions differ from requirements.lock (re-run scripts/build_images.sh lock): {differ}"
-    direct = [ln.strip().lower() for ln in (lock_path(name).parent / "requirements.in").read_text().splitlines()
-              if ln.strip() and not ln.startswith("#")]
+    direct = [
+        ln.strip().lower()
+        for ln in (lock_path(name).parent / "requirements.in").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     missing = [d for d in direct if d.replace("_", "-") not in pins]
     assert not missing, f"{name}: requirements.in lists {missing}, absent from the lock"
 
 
 def index_reachable() -> bool:
-    probe = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "kfp"],
-                           capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", "kfp"], capture_output=True, text=True, timeout=60
+    )
     return probe.returncode == 0 and "kfp" in probe.stdout
 
 
@@ -135,12 +143,29 @@ def test_lock_resolves_completely(name, package_index, tmp_path):
     """pip resolves the lock with dependencies to exactly the pinned set: nothing
     missing (the image installs it with --no-deps) and nothing conflicting."""
     report = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-                           "--quiet", "--report", str(report), "-r", str(lock_path(name))],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            "-r",
+            str(lock_path(name)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"{name}: the lock does not resolve:\n{proc.stderr[-3000:]}"
-    resolved = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
-                for i in json.loads(report.read_text())["install"]}
+    resolved = {
+        i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
     assert resolved == read_pins(lock_path(name))
 
 
@@ -163,9 +188,11 @@ def test_every_component_names_a_mapped_image_with_a_dockerfile():
                 continue
             assert container.image in known, (
                 f"components/{mod_name}.py: {attr} runs in {container.image!r}, which components/images.py "
-                f"does not map to a Dockerfile ({sorted(known)})")
+                f"does not map to a Dockerfile ({sorted(known)})"
+            )
             assert not any("pip install" in c and "kfp==" in c for c in container.command or []), (
-                f"{attr}: installs kfp at runtime; use install_kfp_package=False (the image has it)")
+                f"{attr}: installs kfp at runtime; use install_kfp_package=False (the image has it)"
+            )
             seen[attr] = known[container.image]
     assert {"ingest", "train_teacher", "training_manifest"} <= set(seen), seen
     for name in set(seen.values()):
@@ -177,7 +204,13 @@ def test_build_script_says_when_no_container_engine_exists():
     script = ROOT / "scripts" / "build_images.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     # ENGINE forces the engine; a name that is no engine behaves as a machine without one.
-    proc = subprocess.run(["bash", str(script), "--tag", "t1", "data"], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT, env={**os.environ, "ENGINE": "none"})
+    proc = subprocess.run(
+        ["bash", str(script), "--tag", "t1", "data"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "ENGINE": "none"},
+    )
     assert proc.returncode == 2
     assert "No container engine" in proc.stderr and "--tag t1" in proc.stderr

@@ -1,6 +1,7 @@
 """Cluster settings: the `cluster:` schema (shared/config/cluster.py) and their
 translation into kfp-kubernetes platform settings (components/platform.py),
 checked on compiled specs; a pipeline with them still runs on the local runner."""
+
 import copy
 import sys
 from pathlib import Path
@@ -33,11 +34,13 @@ def compile_spec(pipeline_func, tmp_path) -> tuple[dict, dict]:
 
 def one_task_per_step(cluster: dict):
     """A pipeline with one task per known step, each with that step's settings."""
+
     @dsl.pipeline(name="platform-check")
     def p(gpus: int = 2):
         for i, step in enumerate(sorted(STEPS)):
             t = echo(x=i).set_display_name(step)
             apply_platform(t, step, cluster, accelerator_limit=gpus if step == "train_teacher" else None)
+
     return p
 
 
@@ -54,36 +57,47 @@ def task_by_step(spec: dict) -> dict[str, dict]:
 
 # --- schema -------------------------------------------------------------------
 
+
 def test_defaults_load_and_loading_is_idempotent():
     cl = load_cluster_config({})
     assert cl["kinds"]["gpu"]["accelerator_type"] == "nvidia.com/gpu"
-    assert cl["kinds"]["gpu"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                                  "effect": "NoSchedule"}]
+    assert cl["kinds"]["gpu"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     assert load_cluster_config(cl) == cl
     assert load_cluster_config(None) == cl
 
 
-@pytest.mark.parametrize("section, fragment", [
-    ({"kinds": {"gpu": {"acelerator_type": "x"}}},
-     "cluster.kinds.gpu.acelerator_type: unknown key (did you mean accelerator_type?)"),
-    ({"namspace": "x"}, "cluster.namspace: unknown key"),
-    ({"steps": {"train_teachers": {"cpu_request": "2"}}}, "cluster.steps.train_teachers: unknown step"),
-    ({"steps": {"cache_images": {"cpus": "2"}}}, "cluster.steps.cache_images: unknown key(s) ['cpus']"),
-    ({"kinds": {"cpu": {"memory_limit": "8 GB"}}}, "cluster.kinds.cpu.memory_limit: expected a memory quantity"),
-    ({"kinds": {"cpu": {"cpu_request": "two"}}}, "cluster.kinds.cpu.cpu_request: expected a CPU quantity"),
-    ({"kinds": {"gpu": {"tolerations": [{"key": "a", "operator": "In"}]}}}, "tolerations[0].operator"),
-    ({"kinds": {"gpu": {"tolerations": [{"key": "a", "efect": "NoSchedule"}]}}},
-     "tolerations[0]: unknown key(s) ['efect']"),
-    ({"caching": {"split": "yes"}}, "cluster.caching.split: expected true/false"),
-    ({"retry": {"steps": ["train"]}}, "cluster.retry.steps: unknown step 'train'"),
-    ({"retry": {"backoff_duration": "2m"}}, "cluster.retry.backoff_duration"),
-    ({"gpus_per_teacher": 0}, "cluster.gpus_per_teacher: must be >= 1"),
-    ({"namespace": "Plant_ID"}, "cluster.namespace"),
-    ({"gcp_service_account": "sa@p.iam.gserviceaccount.com",
-      "secrets": {"gcs_credentials": {"enabled": True}}}, "exclude each other"),
-    ({"image_pull_policy": "Sometimes"}, "cluster.image_pull_policy"),
-    ("gpu", "cluster: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "section, fragment",
+    [
+        (
+            {"kinds": {"gpu": {"acelerator_type": "x"}}},
+            "cluster.kinds.gpu.acelerator_type: unknown key (did you mean accelerator_type?)",
+        ),
+        ({"namspace": "x"}, "cluster.namspace: unknown key"),
+        ({"steps": {"train_teachers": {"cpu_request": "2"}}}, "cluster.steps.train_teachers: unknown step"),
+        ({"steps": {"cache_images": {"cpus": "2"}}}, "cluster.steps.cache_images: unknown key(s) ['cpus']"),
+        ({"kinds": {"cpu": {"memory_limit": "8 GB"}}}, "cluster.kinds.cpu.memory_limit: expected a memory quantity"),
+        ({"kinds": {"cpu": {"cpu_request": "two"}}}, "cluster.kinds.cpu.cpu_request: expected a CPU quantity"),
+        ({"kinds": {"gpu": {"tolerations": [{"key": "a", "operator": "In"}]}}}, "tolerations[0].operator"),
+        (
+            {"kinds": {"gpu": {"tolerations": [{"key": "a", "efect": "NoSchedule"}]}}},
+            "tolerations[0]: unknown key(s) ['efect']",
+        ),
+        ({"caching": {"split": "yes"}}, "cluster.caching.split: expected true/false"),
+        ({"retry": {"steps": ["train"]}}, "cluster.retry.steps: unknown step 'train'"),
+        ({"retry": {"backoff_duration": "2m"}}, "cluster.retry.backoff_duration"),
+        ({"gpus_per_teacher": 0}, "cluster.gpus_per_teacher: must be >= 1"),
+        ({"namespace": "Plant_ID"}, "cluster.namespace"),
+        (
+            {"gcp_service_account": "sa@p.iam.gserviceaccount.com", "secrets": {"gcs_credentials": {"enabled": True}}},
+            "exclude each other",
+        ),
+        ({"image_pull_policy": "Sometimes"}, "cluster.image_pull_policy"),
+        ("gpu", "cluster: expected a mapping"),
+    ],
+)
 def test_bad_cluster_sections_name_the_key(section, fragment):
     with pytest.raises(ConfigError) as e:
         load_cluster_config(section)
@@ -91,8 +105,9 @@ def test_bad_cluster_sections_name_the_key(section, fragment):
 
 
 def test_numeric_quantities_are_read_as_kubernetes_quantities():
-    cl = load_cluster_config({"kinds": {"gpu": {"cpu_request": 8, "cpu_limit": 12.5}},
-                              "steps": {"split": {"cpu_limit": 1}}})
+    cl = load_cluster_config(
+        {"kinds": {"gpu": {"cpu_request": 8, "cpu_limit": 12.5}}, "steps": {"split": {"cpu_limit": 1}}}
+    )
     assert (cl["kinds"]["gpu"]["cpu_request"], cl["kinds"]["gpu"]["cpu_limit"]) == ("8", "12.5")
     assert step_settings("split", cl)["resources"]["cpu_limit"] == "1"
 
@@ -106,9 +121,14 @@ def test_user_node_selector_and_tolerations_replace_the_defaults():
 
 
 def test_step_settings_follow_the_table():
-    cl = load_cluster_config({"gpus_per_teacher": 4, "gpus_per_student": 2,
-                              "steps": {"cache_images": {"cpu_request": "8", "memory_limit": "24Gi"}},
-                              "caching": {"cache_images": True}})
+    cl = load_cluster_config(
+        {
+            "gpus_per_teacher": 4,
+            "gpus_per_student": 2,
+            "steps": {"cache_images": {"cpu_request": "8", "memory_limit": "24Gi"}},
+            "caching": {"cache_images": True},
+        }
+    )
     t = step_settings("train_teacher", cl)
     assert (t["kind"], t["gpus"], t["accelerator_type"]) == ("gpu", 4, "nvidia.com/gpu")
     assert t["retry"]["num_retries"] == 3 and t["cache_pvc"]["name"] == "plantid-cache"
@@ -147,6 +167,7 @@ def test_cluster_problems_catch_a_mongo_env_the_secret_does_not_set():
 
 # --- platform settings in the compiled spec ---------------------------------------
 
+
 def test_every_step_gets_its_platform_settings(tmp_path):
     cl = load_cluster_config({"secrets": {"gcs_credentials": {"enabled": True}}})
     spec, platform = compile_spec(one_task_per_step(cl), tmp_path)
@@ -180,8 +201,7 @@ def test_every_step_gets_its_platform_settings(tmp_path):
     assert evaluate["accelerator"]["resourceCount"] == "1"
     assert platform[execs["train_teacher"]]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     retry = tasks["train_teacher"]["retryPolicy"]
-    assert retry == {"maxRetryCount": 3, "backoffDuration": "120s", "backoffFactor": 2.0,
-                     "backoffMaxDuration": "3600s"}
+    assert retry == {"maxRetryCount": 3, "backoffDuration": "120s", "backoffFactor": 2.0, "backoffMaxDuration": "3600s"}
     ingest_env = platform[execs["ingest"]]["secretAsEnv"][0]
     assert ingest_env["keyToEnv"] == [{"secretKey": "uri", "envVar": "MONGO_URI"}]
     assert ingest_env["secretNameParameter"]["runtimeValue"]["constant"] == "plantid-mongo"
@@ -217,8 +237,7 @@ def test_platform_settings_still_run_on_the_local_runner(tmp_path, monkeypatch):
         b = apply_platform(echo(x=a.output), "ingest", cl)
         return b.output
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
-               raise_on_error=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
     assert p().output == 3
 
 
@@ -234,18 +253,19 @@ def test_real_pipeline_places_every_step(tmp_path):
     cl = load_cluster_config(cfg["cluster"])
     missing = []
     for label in docs[0]["deploymentSpec"]["executors"]:
-        step = label[len("exec-"):].rsplit("-", 1)[0] if label[-1].isdigit() else label[len("exec-"):]
+        step = label[len("exec-") :].rsplit("-", 1)[0] if label[-1].isdigit() else label[len("exec-") :]
         step = step.replace("-", "_")
         if step not in STEPS:
             continue
         kind = cl["kinds"][STEPS[step].kind]
         if platform.get(label, {}).get("nodeSelector", {}).get("labels") != kind["node_selector"]:
             missing.append(label)
-    assert not missing, (f"pipeline.py does not call components.platform.apply_platform for {missing}")
+    assert not missing, f"pipeline.py does not call components.platform.apply_platform for {missing}"
 
 
 def test_apply_platform_refuses_an_unknown_step():
     with pytest.raises(KeyError, match="train_teachers"):
+
         @dsl.pipeline(name="bad")
         def p():
             apply_platform(echo(x=1), "train_teachers", copy.deepcopy(CLUSTER_DEFAULTS))
@@ -272,7 +292,10 @@ def test_apply_platform_to_pipeline_reaches_nested_tasks(tmp_path):
             with dsl.If(t.output == 1):
                 train_teacher(x=s.output)
         assert apply_platform_to_pipeline(cl, accelerator_limits={"train_teacher": gpus}) == {
-            "split": "split", "train-teacher": "train_teacher", "train-teacher-2": "train_teacher"}
+            "split": "split",
+            "train-teacher": "train_teacher",
+            "train-teacher-2": "train_teacher",
+        }
 
     spec, platform = compile_spec(p, tmp_path)
     assert set(platform) == {"exec-split", "exec-train-teacher", "exec-train-teacher-2"}
@@ -285,6 +308,7 @@ def test_apply_platform_to_pipeline_reaches_nested_tasks(tmp_path):
 
 def test_apply_platform_to_pipeline_refuses_a_component_without_settings():
     with pytest.raises(KeyError, match="component 'echo' has no entry"):
+
         @dsl.pipeline(name="unknown")
         def p():
             echo(x=1)

@@ -1,5 +1,6 @@
 """Submitting runs (components/submission.py) against a local fake of the KFP
 REST API (v2beta1): the requests kfp.Client makes, as the server receives them."""
+
 import json
 import sys
 import threading
@@ -42,8 +43,13 @@ class FakeKFP:
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n) if n else b""
                 url = urlparse(self.path)
-                req = {"method": method, "path": url.path, "query": parse_qs(url.query),
-                       "body": json.loads(raw) if raw else None, "auth": self.headers.get("Authorization")}
+                req = {
+                    "method": method,
+                    "path": url.path,
+                    "query": parse_qs(url.query),
+                    "body": json.loads(raw) if raw else None,
+                    "auth": self.headers.get("Authorization"),
+                }
                 fake.requests.append(req)
                 return req
 
@@ -53,10 +59,16 @@ class FakeKFP:
                     return self._reply(200, {"multi_user": False})
                 if req["path"] == "/apis/v2beta1/experiments":
                     flt = json.loads(req["query"].get("filter", ["{}"])[0])
-                    wanted = [p.get("stringValue", p.get("string_value")) for p in flt.get("predicates", [])
-                              if p.get("key") == "display_name"]
-                    found = [{"experiment_id": fake.experiments[n], "display_name": n}
-                             for n in wanted if n in fake.experiments]
+                    wanted = [
+                        p.get("stringValue", p.get("string_value"))
+                        for p in flt.get("predicates", [])
+                        if p.get("key") == "display_name"
+                    ]
+                    found = [
+                        {"experiment_id": fake.experiments[n], "display_name": n}
+                        for n in wanted
+                        if n in fake.experiments
+                    ]
                     return self._reply(200, {"experiments": found, "total_size": len(found)} if found else {})
                 return self._reply(404, {"error": f"no fake for GET {req['path']}"})
 
@@ -67,9 +79,15 @@ class FakeKFP:
                     fake.experiments[name] = f"exp-{len(fake.experiments) + 1}"
                     return self._reply(200, {"experiment_id": fake.experiments[name], "display_name": name})
                 if req["path"] == "/apis/v2beta1/runs":
-                    return self._reply(200, {"run_id": "run-0042", "display_name": req["body"]["display_name"],
-                                             "experiment_id": req["body"].get("experiment_id"),
-                                             "state": "PENDING"})
+                    return self._reply(
+                        200,
+                        {
+                            "run_id": "run-0042",
+                            "display_name": req["body"]["display_name"],
+                            "experiment_id": req["body"].get("experiment_id"),
+                            "state": "PENDING",
+                        },
+                    )
                 return self._reply(404, {"error": f"no fake for POST {req['path']}"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -112,17 +130,28 @@ def package(tmp_path_factory):
 def no_ambient_kfp_settings(monkeypatch, tmp_path):
     # kfp.Client reads ~/.config/kfp/context.json and these variables: keep the test hermetic.
     monkeypatch.setenv("HOME", str(tmp_path))
-    for var in ("KF_PIPELINES_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_ENDPOINT",
-                "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME", "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
-                "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID"):
+    for var in (
+        "KF_PIPELINES_TOKEN",
+        "KF_PIPELINES_SA_TOKEN_PATH",
+        "KF_PIPELINES_ENDPOINT",
+        "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
+        "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
+        "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
 def test_submit_creates_the_experiment_and_the_run(package, monkeypatch):
     monkeypatch.setenv("KF_PIPELINES_TOKEN", "tok-123")
     with FakeKFP() as kfp_api:
-        run_id = submit_run(kfp_api.host, package, experiment="plantid-dev", run_name="teachers 2025-12-20",
-                            params={"a": 5, "b": 0.5}, service_account="plantid-pipeline")
+        run_id = submit_run(
+            kfp_api.host,
+            package,
+            experiment="plantid-dev",
+            run_name="teachers 2025-12-20",
+            params={"a": 5, "b": 0.5},
+            service_account="plantid-pipeline",
+        )
     assert run_id == "run-0042"
     [exp] = kfp_api.posts("/apis/v2beta1/experiments")
     assert exp["body"]["display_name"] == "plantid-dev"
@@ -178,15 +207,35 @@ def test_a_given_client_is_used_as_is(package):
             calls.append((path, kw))
             return type("R", (), {"run_id": "r-9"})()
 
-    assert submit_run("unused", package, experiment="e", run_name="r", params={"a": 2},
-                      namespace="plantid", client=Client()) == "r-9"
-    assert calls == [(str(package), {"arguments": {"a": 2}, "run_name": "r", "experiment_name": "e",
-                                     "namespace": "plantid", "service_account": None})]
+    assert (
+        submit_run(
+            "unused", package, experiment="e", run_name="r", params={"a": 2}, namespace="plantid", client=Client()
+        )
+        == "r-9"
+    )
+    assert calls == [
+        (
+            str(package),
+            {
+                "arguments": {"a": 2},
+                "run_name": "r",
+                "experiment_name": "e",
+                "namespace": "plantid",
+                "service_account": None,
+            },
+        )
+    ]
 
 
 def test_parse_params():
     assert parse_params(["a=5", "b=0.5", "label=EU_SW", "flag=true", "items=[1, 2]", "empty="]) == {
-        "a": 5, "b": 0.5, "label": "EU_SW", "flag": True, "items": [1, 2], "empty": ""}
+        "a": 5,
+        "b": 0.5,
+        "label": "EU_SW",
+        "flag": True,
+        "items": [1, 2],
+        "empty": "",
+    }
     assert parse_params(["uri=gs://b/x=y"]) == {"uri": "gs://b/x=y"}
     with pytest.raises(SubmissionError, match="expected NAME=VALUE"):
         parse_params(["novalue"])

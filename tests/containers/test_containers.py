@@ -4,6 +4,7 @@ before `make test`) and the whole local DAG run in them through kfp.local.Docker
 
 Runs where PLANTID_CONTAINER_TESTS=1 (.ci/run sets it after building the images; there a
 missing engine or image is a failure); elsewhere the module is skipped with the reason."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,11 @@ from shared.config.pipeline import load_pipeline_config  # noqa: E402
 pytestmark = pytest.mark.containers
 REQUIRED = os.environ.get("PLANTID_CONTAINER_TESTS") == "1"
 if not REQUIRED:
-    pytest.skip("container tests run where PLANTID_CONTAINER_TESTS=1 (.ci/run builds the images first; "
-                "locally: make images && PLANTID_CONTAINER_TESTS=1 .venv/bin/python -m pytest tests/containers)",
-                allow_module_level=True)
+    pytest.skip(
+        "container tests run where PLANTID_CONTAINER_TESTS=1 (.ci/run builds the images first; "
+        "locally: make images && PLANTID_CONTAINER_TESTS=1 .venv/bin/python -m pytest tests/containers)",
+        allow_module_level=True,
+    )
 
 CONFIG = ROOT / "config" / "local.yaml"
 
@@ -66,10 +69,27 @@ def container_run(tmp_path_factory, engine):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("DOCKER_HOST", None)  # run-containers starts its own engine endpoint when it needs one
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "pipeline.py"), "run-containers", "--config", str(CONFIG),
-         "--records", str(data / "sample" / "records.jsonl"), "--data-dir", str(data), "--output", str(out),
-         "--set", "export.gates.max_ece=0.5"],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=3000)
+        [
+            sys.executable,
+            str(ROOT / "pipeline.py"),
+            "run-containers",
+            "--config",
+            str(CONFIG),
+            "--records",
+            str(data / "sample" / "records.jsonl"),
+            "--data-dir",
+            str(data),
+            "--output",
+            str(out),
+            "--set",
+            "export.gates.max_ece=0.5",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=3000,
+    )
     after = sorted((p.relative_to(data), p.stat().st_mtime_ns) for p in data.rglob("*"))
     assert proc.returncode == 0, f"run-containers failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     yield {"out": out, "stdout": proc.stdout, "data_before": before, "data_after": after}
@@ -128,10 +148,19 @@ def test_nothing_written_outside_the_output_and_tmp(container_run, engine, tmp_p
     out.chmod(0o777)
     for name, ref in _images().items():
         code = run_task_container(
-            engine, ref, ["sh", "-c", "for d in /app /opt /usr/local /etc /var /home; do "
-                                      "touch $d/.probe 2>/dev/null && { echo wrote $d; exit 3; }; done; "
-                                      f"touch /tmp/ok && touch {out}/ok"],
-            {}, output=out, data_dir=out)
+            engine,
+            ref,
+            [
+                "sh",
+                "-c",
+                "for d in /app /opt /usr/local /etc /var /home; do "
+                "touch $d/.probe 2>/dev/null && { echo wrote $d; exit 3; }; done; "
+                f"touch /tmp/ok && touch {out}/ok",
+            ],
+            {},
+            output=out,
+            data_dir=out,
+        )
         assert code == 0, f"{name}: a write outside the output folder and /tmp succeeded (exit {code})"
         assert (out / "ok").exists()
         (out / "ok").unlink()
@@ -145,13 +174,28 @@ def test_images_carry_the_commit_and_pass_pip_check(engine, tmp_path):
         image = engine.images.get(ref)
         assert image.labels.get("org.opencontainers.image.revision") == head, (name, image.labels)
         assert f"GIT_COMMIT={head}" in image.attrs["Config"]["Env"], name
-        code = run_task_container(engine, ref, ["sh", "-c", "pip check && test ! -s /run/secrets/extra_ca"],
-                                  {}, output=tmp_path, data_dir=tmp_path)
+        code = run_task_container(
+            engine,
+            ref,
+            ["sh", "-c", "pip check && test ! -s /run/secrets/extra_ca"],
+            {},
+            output=tmp_path,
+            data_dir=tmp_path,
+        )
         assert code == 0, f"{name}: pip check failed or a build secret is in the image"
-    code = run_task_container(engine, _images()["export"],
-                              ["sh", "-c", "onnx2tf -h >/dev/null && tensorflowjs_converter --version && "
-                                           "node -e \"require('@tensorflow/tfjs'); console.log('tfjs ok')\""],
-                              {}, output=tmp_path, data_dir=tmp_path)
+    code = run_task_container(
+        engine,
+        _images()["export"],
+        [
+            "sh",
+            "-c",
+            "onnx2tf -h >/dev/null && tensorflowjs_converter --version && "
+            "node -e \"require('@tensorflow/tfjs'); console.log('tfjs ok')\"",
+        ],
+        {},
+        output=tmp_path,
+        data_dir=tmp_path,
+    )
     assert code == 0, "the export image's converters or TF.js in Node do not run"
 
 
@@ -159,8 +203,24 @@ def test_images_carry_the_commit_and_pass_pip_check(engine, tmp_path):
 def test_a_path_the_containers_cannot_see_is_an_error_before_the_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "pipeline.py"), "run-containers", "--config", str(CONFIG),
-         "--records", "/etc/hostname", "--data-dir", str(tmp_path), "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "pipeline.py"),
+            "run-containers",
+            "--config",
+            str(CONFIG),
+            "--records",
+            "/etc/hostname",
+            "--data-dir",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "data.records_uri=/etc/hostname is outside the folders mounted" in proc.stderr + proc.stdout

@@ -1,5 +1,6 @@
 """End to end: the whole DAG through kfp.local on a small synthetic catalogue, and
 the compiled pipeline. Slow (minutes), so it runs once per session."""
+
 import contextlib
 import io
 import json
@@ -23,13 +24,16 @@ PHASE0_TASKS = {"ingest", "cache-images", "split", "baseline"}
 def local_run_console(sample_catalogue, tmp_path_factory):
     """The one full local run of this module: (cfg, summary, what it printed, its --output)."""
     out = tmp_path_factory.mktemp("run")
-    cfg = load_pipeline_config(ROOT / "config" / "local.yaml", {
-        "data.records_uri": str(sample_catalogue / "records.jsonl"),
-        "cache.dir": str(out / "cache"),
-        # 24 val images of 12 species make ECE noisy: this run tests the blessed path
-        # (the gate's other side is strict_gate_run below).
-        "export.gates.max_ece": 0.5,
-    })
+    cfg = load_pipeline_config(
+        ROOT / "config" / "local.yaml",
+        {
+            "data.records_uri": str(sample_catalogue / "records.jsonl"),
+            "cache.dir": str(out / "cache"),
+            # 24 val images of 12 species make ECE noisy: this run tests the blessed path
+            # (the gate's other side is strict_gate_run below).
+            "export.gates.max_ece": 0.5,
+        },
+    )
     console = io.StringIO()
     with contextlib.redirect_stdout(console):  # what a user of `make run` sees
         summary = pipeline.run_local(cfg, str(out))
@@ -55,8 +59,9 @@ def test_local_run_console_is_short_and_the_log_holds_the_detail(local_run_conso
     assert len(ends) == len(starts) == len(tasks), console
     assert sorted(line.split()[2] for line in ends) == sorted(tasks)
     assert all(re.search(r" \d+(\.\d)?s  \S|\dm\d\ds  \S", line) for line in ends), console
-    metric = {line.split()[2] + (" " + line.split()[3] if line.split()[3].startswith("[") else ""): line
-              for line in ends}
+    metric = {
+        line.split()[2] + (" " + line.split()[3] if line.split()[3].startswith("[") else ""): line for line in ends
+    }
     assert "records kept" in metric["ingest"] and "val top-1" in metric["train-teacher [global]"]
     assert "val top-1" in metric["train-teacher-2 [EU_SW]"] and "val top-1" in metric["train-teacher-2 [EU_CORE]"]
     assert "gate: blessed" in metric["calibrate"] and " MB (fp16)" in metric["export-tfjs"]
@@ -89,8 +94,11 @@ def test_local_run_produces_phase0_outputs(local_run):
     assert report["pretrained"] is False and report["versus_plan"] == "not comparable: random weights"
     assert "says nothing about a pretrained model" in report["weights"]
     assert 0.0 <= report["top1_accuracy"] <= 1.0
-    staged = [json.loads((Path(o["weights"]) / "staged_weights.json").read_text())
-              for k, o in outs.items() if k.startswith("stage-weights")]
+    staged = [
+        json.loads((Path(o["weights"]) / "staged_weights.json").read_text())
+        for k, o in outs.items()
+        if k.startswith("stage-weights")
+    ]
     assert sorted(s["role"] for s in staged) == ["baseline", "global teacher", "student"]
     assert all(s["pretrained"] is False and "trained from scratch" in s["source"] for s in staged)
 
@@ -104,8 +112,9 @@ def test_local_run_trains_teachers(local_run):
     n_classes = len(json.loads(Path(outs["split"]["stats"]).read_text())["images_per_class"])
     assert res["top1_accuracy"] > 4.0 / n_classes  # far above chance
     loops = [k for k in outs if k.startswith("for-loop")]
-    regional = [json.loads(Path(outs[k]["results"]).read_text())["teacher"]
-                for k in loops if k.endswith("evaluate-teacher-2")]
+    regional = [
+        json.loads(Path(outs[k]["results"]).read_text())["teacher"] for k in loops if k.endswith("evaluate-teacher-2")
+    ]
     assert sorted(regional) == ["EU_CORE", "EU_SW"]
     tl = TeacherLogits.load(outs["teacher-logits"]["logits"])
     assert tl.name == "global" and tl.k == min(16, len(tl.classes)) and len(tl.image_ids) > 100
@@ -168,10 +177,14 @@ def test_local_run_exports_blessed_student_and_writes_manifest(local_run):
     assert "| 4 student | test top-1 |" in summary_md and "LOCAL smoke-test thresholds" in summary_md
     # every model's starting weights: the local configs train from scratch on purpose, and say so
     models = m["models"]
-    assert {models[r]["model_id"] for r in ("global_teacher", "student", "baseline")} == {"test_resnet",
-                                                                                       "test_efficientnet"}
-    assert all(models[r]["pretrained"] is False and "model.pretrained is false" in models[r]["source"]
-               for r in ("global_teacher", "student", "baseline"))
+    assert {models[r]["model_id"] for r in ("global_teacher", "student", "baseline")} == {
+        "test_resnet",
+        "test_efficientnet",
+    }
+    assert all(
+        models[r]["pretrained"] is False and "model.pretrained is false" in models[r]["source"]
+        for r in ("global_teacher", "student", "baseline")
+    )
     assert models["regional_teacher_EU_SW"]["weights_downloaded"] is False
 
 
@@ -179,14 +192,17 @@ def test_local_run_exports_blessed_student_and_writes_manifest(local_run):
 def strict_gate_run(sample_catalogue, tmp_path_factory, local_run):
     """A quick second run (1 epoch each) whose student cannot pass a 99% gate."""
     out = tmp_path_factory.mktemp("run_strict")
-    cfg = load_pipeline_config(ROOT / "config" / "local.yaml", {
-        "data.records_uri": str(sample_catalogue / "records.jsonl"),
-        "cache.dir": local_run[0]["cache"]["dir"],  # shared cache: nothing is fetched again
-        "teachers.overrides": {"training.epochs": 1},
-        "student.overrides": {"training.distillation_epochs": 1, "training.finetune_epochs": 1},
-        "student.train_ce_control": False,
-        "export.gates.min_val_top1": 0.99,
-    })
+    cfg = load_pipeline_config(
+        ROOT / "config" / "local.yaml",
+        {
+            "data.records_uri": str(sample_catalogue / "records.jsonl"),
+            "cache.dir": local_run[0]["cache"]["dir"],  # shared cache: nothing is fetched again
+            "teachers.overrides": {"training.epochs": 1},
+            "student.overrides": {"training.distillation_epochs": 1, "training.finetune_epochs": 1},
+            "student.train_ce_control": False,
+            "export.gates.min_val_top1": 0.99,
+        },
+    )
     return pipeline.run_local(cfg, str(out))
 
 
@@ -214,10 +230,24 @@ def test_compile_contains_all_components(tmp_path):
     path = pipeline.compile_pipeline(cfg, str(tmp_path / "p.yaml"))
     spec = next(yaml.safe_load_all(Path(path).read_text()))  # then the Kubernetes platform spec
     execs = set(spec["deploymentSpec"]["executors"])
-    for name in ("ingest", "cache-images", "split", "regional-split", "stage-weights", "baseline", "train-teacher",
-                 "evaluate-teacher",
-                 "teacher-logits", "combine-soft-labels", "train-student", "calibrate", "export-tfjs",
-                 "validate-export", "export-skipped", "training-manifest"):
+    for name in (
+        "ingest",
+        "cache-images",
+        "split",
+        "regional-split",
+        "stage-weights",
+        "baseline",
+        "train-teacher",
+        "evaluate-teacher",
+        "teacher-logits",
+        "combine-soft-labels",
+        "train-student",
+        "calibrate",
+        "export-tfjs",
+        "validate-export",
+        "export-skipped",
+        "training-manifest",
+    ):
         assert f"exec-{name}" in execs, execs
     # The regional teachers run as one ParallelFor.
     dag = spec["root"]["dag"]["tasks"]

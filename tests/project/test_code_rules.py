@@ -17,6 +17,7 @@ Which modules the component rules cover:
   it reads shared.config.cluster) nor components/submission.py (the client that submits
   runs): neither defines a component or runs in a pod.
 """
+
 import ast
 import builtins
 import importlib.util
@@ -35,18 +36,36 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 ALLOWED_IN_COMPONENT_MODULES = ("kfp", "components.images")
 COMPONENT_DECORATORS = {"component", "container_component"}
 # What the KFP executor defines before the component's source (component_factory, kfp 2.17).
-EXECUTOR_PREAMBLE = ({"kfp", "dsl"} | set(getattr(kfp.dsl, "__all__", dir(kfp.dsl)))
-                     | set(typing.__all__))
+EXECUTOR_PREAMBLE = {"kfp", "dsl"} | set(getattr(kfp.dsl, "__all__", dir(kfp.dsl))) | set(typing.__all__)
 
 
 def test_ruff_check_passes():
     if importlib.util.find_spec("ruff") is None:
         pytest.fail("ruff is not installed in this environment: run `make setup` (requirements.lock pins it)")
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, (
         f"ruff check reports problems (settings: pyproject.toml [tool.ruff]; many are fixed by "
-        f"`ruff check --fix`):\n{proc.stdout}{proc.stderr}")
+        f"`ruff check --fix`):\n{proc.stdout}{proc.stderr}"
+    )
+
+
+def test_ruff_format_is_applied():
+    if importlib.util.find_spec("ruff") is None:
+        pytest.fail("ruff is not installed in this environment: run `make setup` (requirements.lock pins it)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"files not formatted (run `.venv/bin/ruff format .`):\n{proc.stdout}{proc.stderr}"
 
 
 def _is_component_decorator(node: ast.expr) -> bool:
@@ -56,8 +75,11 @@ def _is_component_decorator(node: ast.expr) -> bool:
 
 
 def component_functions(tree: ast.Module) -> list[ast.FunctionDef]:
-    return [n for n in tree.body if isinstance(n, ast.FunctionDef)
-            and any(_is_component_decorator(d) for d in n.decorator_list)]
+    return [
+        n
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef) and any(_is_component_decorator(d) for d in n.decorator_list)
+    ]
 
 
 def module_scope_imports(tree: ast.Module) -> list[tuple[int, str]]:
@@ -97,10 +119,15 @@ def test_the_rules_cover_every_component_module_and_only_those():
 @pytest.mark.parametrize("name", sorted(component_modules()))
 def test_component_modules_import_only_kfp_and_the_standard_library_at_module_scope(name):
     tree = component_modules()[name]
-    bad = [f"line {line}: {mod}" for line, mod in module_scope_imports(tree)
-           if not _allowed(mod, ALLOWED_IN_COMPONENT_MODULES)]
-    assert not bad, (f"components/{name} imports {bad} at module scope; import them inside the component "
-                     f"function (only its source runs in the container)")
+    bad = [
+        f"line {line}: {mod}"
+        for line, mod in module_scope_imports(tree)
+        if not _allowed(mod, ALLOWED_IN_COMPONENT_MODULES)
+    ]
+    assert not bad, (
+        f"components/{name} imports {bad} at module scope; import them inside the component "
+        f"function (only its source runs in the container)"
+    )
 
 
 def test_images_module_imports_only_the_standard_library():
@@ -111,8 +138,13 @@ def test_images_module_imports_only_the_standard_library():
 
 def free_names(func: ast.FunctionDef) -> set[str]:
     """Names the function's signature and body read but never bind themselves."""
-    parts = [*func.args.defaults, *func.args.kw_defaults, func.returns,
-             *(a.annotation for a in [*func.args.args, *func.args.kwonlyargs]), *func.body]
+    parts = [
+        *func.args.defaults,
+        *func.args.kw_defaults,
+        func.returns,
+        *(a.annotation for a in [*func.args.args, *func.args.kwonlyargs]),
+        *func.body,
+    ]
     bound = {a.arg for a in [*func.args.posonlyargs, *func.args.args, *func.args.kwonlyargs]}
     bound |= {a.arg for a in (func.args.vararg, func.args.kwarg) if a is not None}
     used = set()
@@ -133,8 +165,13 @@ def free_names(func: ast.FunctionDef) -> set[str]:
 
 @pytest.mark.parametrize("name", sorted(component_modules()))
 def test_component_functions_use_nothing_from_their_module(name):
-    unavailable = {f.name: sorted(free_names(f) - EXECUTOR_PREAMBLE) for f in component_modules()[name].body
-                   if isinstance(f, ast.FunctionDef) and f in component_functions(component_modules()[name])}
+    unavailable = {
+        f.name: sorted(free_names(f) - EXECUTOR_PREAMBLE)
+        for f in component_modules()[name].body
+        if isinstance(f, ast.FunctionDef) and f in component_functions(component_modules()[name])
+    }
     unavailable = {k: v for k, v in unavailable.items() if v}
-    assert not unavailable, (f"components/{name}: {unavailable} are not defined in the container (KFP runs only "
-                             f"the function's source); import or define them inside the function")
+    assert not unavailable, (
+        f"components/{name}: {unavailable} are not defined in the container (KFP runs only "
+        f"the function's source); import or define them inside the function"
+    )

@@ -1,5 +1,6 @@
 """Image digests: `make images PUSH=1` records them (images/digests.yaml) and `make manifests`
 pins an overlay's images by digest when its registry and tag were pushed."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +47,7 @@ def test_build_script_merges_digests_per_tag(tmp_path):
     for tag, digests in (("0.1.0", D), ("0.2.0", {"train": "sha256:" + "d" * 64})):
         new = tmp_path / "new.txt"
         new.write_text("".join(f"{k}: {v}\n" for k, v in digests.items()))
-        subprocess.run([sys.executable, "-c", merge, str(path), "ghcr.io/plantid", tag, "c0ffee", str(new)],
-                       check=True)
+        subprocess.run([sys.executable, "-c", merge, str(path), "ghcr.io/plantid", tag, "c0ffee", str(new)], check=True)
     data = yaml.safe_load(path.read_text())
     assert data["ghcr.io/plantid"]["0.1.0"] == {**D, "commit": "c0ffee"}
     assert data["ghcr.io/plantid"]["0.2.0"]["train"] == "sha256:" + "d" * 64

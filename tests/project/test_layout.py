@@ -8,6 +8,7 @@ shared/artifact_keys.py (constants) may be imported by every layer, and shared/r
 (the local run's console, used by pipeline.py) may import anything. No two modules import
 each other, directly or around a loop. A function longer than MAX_FUNCTION_LINES says why in
 its docstring, on a line starting with "Long:"."""
+
 import ast
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def imported_modules(module: str, path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         else:
@@ -71,9 +72,11 @@ GRAPH = {m: imported_modules(m, p) for m, p in MODULES.items()}
 
 
 def test_every_module_belongs_to_a_layer():
-    stray = sorted(m for m in MODULES if m not in TOP_LEVEL and layer(m) is None and m[len("shared."):] not in LAYERS)
-    assert not stray, (f"{stray} are outside the layer packages {LAYERS}: put each in the package of its "
-                       "phase (see README's layout table)")
+    stray = sorted(m for m in MODULES if m not in TOP_LEVEL and layer(m) is None and m[len("shared.") :] not in LAYERS)
+    assert not stray, (
+        f"{stray} are outside the layer packages {LAYERS}: put each in the package of its "
+        "phase (see README's layout table)"
+    )
     assert {p.name for p in SHARED.iterdir() if p.is_dir() and (p / "__init__.py").is_file()} == set(LAYERS)
 
 
@@ -87,10 +90,14 @@ def test_the_import_graph_follows_the_layer_order():
                 continue
             src, dst = layer(module), layer(target)
             if dst is None or src is None or LAYERS.index(dst) > LAYERS.index(src):
-                against.append(f"{MODULES[module].relative_to(ROOT)}:{line} ({src or 'top level'}) imports "
-                               f"{target} ({dst or 'top level'})")
-    assert not against, ("imports against the layer order " + " < ".join(LAYERS) + " (move the function "
-                         "to the layer where it belongs rather than importing upwards):\n  " + "\n  ".join(against))
+                against.append(
+                    f"{MODULES[module].relative_to(ROOT)}:{line} ({src or 'top level'}) imports "
+                    f"{target} ({dst or 'top level'})"
+                )
+    assert not against, (
+        "imports against the layer order " + " < ".join(LAYERS) + " (move the function "
+        "to the layer where it belongs rather than importing upwards):\n  " + "\n  ".join(against)
+    )
 
 
 def cycles(graph: dict[str, list[str]]) -> list[list[str]]:
@@ -152,8 +159,10 @@ def long_functions() -> list[str]:
 
 def test_long_functions_say_why():
     long = long_functions()
-    assert not long, (f"functions longer than {MAX_FUNCTION_LINES} lines: split them, or give the reason in "
-                      "the docstring on a line starting with 'Long:':\n  " + "\n  ".join(long))
+    assert not long, (
+        f"functions longer than {MAX_FUNCTION_LINES} lines: split them, or give the reason in "
+        "the docstring on a line starting with 'Long:':\n  " + "\n  ".join(long)
+    )
 
 
 @pytest.mark.parametrize("package", LAYERS)

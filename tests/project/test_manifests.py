@@ -3,6 +3,7 @@ built-in kinds pass kubernetes-validate, the KFP Pipeline / PipelineVersion
 resources pass their CRD schemas and the KFP webhook's rules, RBAC has no
 wildcards, names agree with the cluster config, and the generated files are not
 stale versus the code (re-rendered into a temporary copy and compared)."""
+
 import re
 import shutil
 import subprocess
@@ -32,27 +33,42 @@ KFP_PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")  # backend common.
 # pipelines.kubeflow.org_{pipelines,pipelineversions}.yaml; spec fields from
 # backend/src/crd/kubernetes/v2beta1/*_types.go). pipelineSpec/platformSpec are schemaless.
 PIPELINE_SCHEMA = {
-    "type": "object", "required": ["apiVersion", "kind", "metadata"],
-    "properties": {"apiVersion": {"const": KFP_GROUP}, "kind": {"const": "Pipeline"},
-                   "metadata": {"type": "object", "required": ["name"]},
-                   "spec": {"type": "object", "additionalProperties": False,
-                            "properties": {"description": {"type": "string"},
-                                           "displayName": {"type": "string"}}}},
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata"],
+    "properties": {
+        "apiVersion": {"const": KFP_GROUP},
+        "kind": {"const": "Pipeline"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"description": {"type": "string"}, "displayName": {"type": "string"}},
+        },
+    },
 }
 PIPELINE_VERSION_SCHEMA = {
-    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
     "properties": {
-        "apiVersion": {"const": KFP_GROUP}, "kind": {"const": "PipelineVersion"},
+        "apiVersion": {"const": KFP_GROUP},
+        "kind": {"const": "PipelineVersion"},
         "metadata": {"type": "object", "required": ["name"]},
-        "spec": {"type": "object", "required": ["pipelineSpec"], "additionalProperties": False,
-                 "properties": {
-                     "codeSourceURL": {"type": "string"}, "description": {"type": "string"},
-                     "displayName": {"type": "string"}, "pipelineName": {"type": "string"},
-                     "versionName": {"type": "string", "maxLength": 253,
-                                     "pattern": r"^[a-z0-9]([a-z0-9\.\-]*[a-z0-9])?$"},
-                     "pipelineSpec": {"type": "object"}, "platformSpec": {"type": "object"},
-                     "pipelineSpecURI": {"type": "string"},
-                     "tags": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "spec": {
+            "type": "object",
+            "required": ["pipelineSpec"],
+            "additionalProperties": False,
+            "properties": {
+                "codeSourceURL": {"type": "string"},
+                "description": {"type": "string"},
+                "displayName": {"type": "string"},
+                "pipelineName": {"type": "string"},
+                "versionName": {"type": "string", "maxLength": 253, "pattern": r"^[a-z0-9]([a-z0-9\.\-]*[a-z0-9])?$"},
+                "pipelineSpec": {"type": "object"},
+                "platformSpec": {"type": "object"},
+                "pipelineSpecURI": {"type": "string"},
+                "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
     },
 }
 
@@ -87,8 +103,14 @@ def test_there_are_dev_and_prod_overlays():
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_builtin_kinds_pass_the_kubernetes_schemas(rendered, overlay):
     builtin = [d for d in rendered[overlay] if not d["apiVersion"].startswith("pipelines.kubeflow.org")]
-    assert {d["kind"] for d in builtin} >= {"Namespace", "ServiceAccount", "Role", "RoleBinding",
-                                            "PersistentVolumeClaim", "ConfigMap"}
+    assert {d["kind"] for d in builtin} >= {
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "PersistentVolumeClaim",
+        "ConfigMap",
+    }
     for d in builtin:
         try:
             kubernetes_validate.validate(d, K8S_VERSION, strict=True)
@@ -98,8 +120,12 @@ def test_builtin_kinds_pass_the_kubernetes_schemas(rendered, overlay):
 
 def test_kubernetes_validate_catches_a_bad_resource():
     """The validator in use rejects what the API server would."""
-    bad = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "x"},
-           "spec": {"accessModes": "ReadWriteMany", "resources": {"requests": {"storage": "1Ti"}}}}
+    bad = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "x"},
+        "spec": {"accessModes": "ReadWriteMany", "resources": {"requests": {"storage": "1Ti"}}},
+    }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
 
@@ -124,8 +150,11 @@ def test_kfp_resources_pass_their_schema_and_webhook_rules(rendered, overlay):
     assert {"root", "components", "deploymentSpec", "schemaVersion"} <= set(spec)
     # immutable spec: the version name is derived from it (hashed as compiled: kustomize
     # re-serialises numbers, 20.0 -> 20, which the API server reads the same)
-    committed = [d for d in yaml.safe_load_all((MANIFESTS / "overlays" / overlay / "pipeline.yaml").read_text())
-                 if d and d["kind"] == "PipelineVersion"][0]
+    committed = [
+        d
+        for d in yaml.safe_load_all((MANIFESTS / "overlays" / overlay / "pipeline.yaml").read_text())
+        if d and d["kind"] == "PipelineVersion"
+    ][0]
     assert v["metadata"]["name"] == committed["metadata"]["name"] == f"{p['metadata']['name']}-{spec_hash(committed)}"
 
 
@@ -137,8 +166,9 @@ def test_overlays_compile_different_images_into_different_versions(rendered):
         executors = v["spec"]["pipelineSpec"]["deploymentSpec"]["executors"]
         images[overlay] = {e["container"]["image"] for e in executors.values()}
     tags = {o: {i.rsplit(":", 1)[1] for i in imgs} for o, imgs in images.items()}
-    render = {o: yaml.safe_load((MANIFESTS / "overlays" / o / "render.yaml").read_text())["overrides"]
-              for o in rendered}
+    render = {
+        o: yaml.safe_load((MANIFESTS / "overlays" / o / "render.yaml").read_text())["overrides"] for o in rendered
+    }
     for o in rendered:
         assert tags[o] == {str(render[o]["pipeline.images.tag"])}, (o, tags[o])
     if len({frozenset(t) for t in tags.values()}) > 1:
@@ -154,7 +184,8 @@ def test_rbac_is_namespaced_and_has_no_wildcards(rendered, overlay):
             for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
                 values = rule.get(field, [])
                 assert not any("*" in str(x) for x in values), (
-                    f"{overlay}: Role {role['metadata']['name']} rule {i} has a wildcard in {field}: {values}")
+                    f"{overlay}: Role {role['metadata']['name']} rule {i} has a wildcard in {field}: {values}"
+                )
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
             if "secrets" in rule["resources"]:
                 assert rule.get("resourceNames"), "secrets may be read only by name"
@@ -188,8 +219,13 @@ def test_names_agree_with_the_cluster_config_and_the_pipeline(rendered, cluster,
     assert set(cm["data"]) == {p.name for p in (ROOT / "config").glob("*.yaml")}
     # every PVC the pipeline mounts is one this overlay creates
     [v] = by_kind(docs, "PipelineVersion")
-    execs = (v["spec"].get("platformSpec") or {}).get("platforms", {}).get("kubernetes", {}) \
-        .get("deploymentSpec", {}).get("executors", {})
+    execs = (
+        (v["spec"].get("platformSpec") or {})
+        .get("platforms", {})
+        .get("kubernetes", {})
+        .get("deploymentSpec", {})
+        .get("executors", {})
+    )
     for label, k8s in execs.items():
         for mount in k8s.get("pvcMount", []):
             name = mount.get("pvcNameParameter", {}).get("runtimeValue", {}).get("constant") or mount.get("constant")
@@ -202,20 +238,41 @@ def test_generated_manifests_are_not_stale(tmp_path):
     """Re-render into a copy of manifests/ and compare every generated file."""
     copy = tmp_path / "manifests"
     shutil.copytree(MANIFESTS, copy)
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_manifests.py"), "--config",
-                           str(ROOT / "config" / "cluster.yaml"), "--manifests-dir", str(copy)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "render_manifests.py"),
+            "--config",
+            str(ROOT / "config" / "cluster.yaml"),
+            "--manifests-dir",
+            str(copy),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
-    generated = [p.relative_to(copy) for p in copy.rglob("*")
-                 if p.is_file() and ("/config/" in f"/{p.relative_to(copy)}" or p.name == "pipeline.yaml")]
+    generated = [
+        p.relative_to(copy)
+        for p in copy.rglob("*")
+        if p.is_file() and ("/config/" in f"/{p.relative_to(copy)}" or p.name == "pipeline.yaml")
+    ]
     assert any(g.name == "pipeline.yaml" for g in generated) and any(g.parent.name == "config" for g in generated)
-    stale = [str(g) for g in generated if not (MANIFESTS / g).is_file()
-             or (MANIFESTS / g).read_bytes() != (copy / g).read_bytes()]
-    extra = [str(p.relative_to(MANIFESTS)) for p in (MANIFESTS / "base" / "config").glob("*")
-             if not (copy / "base" / "config" / p.name).exists()]
+    stale = [
+        str(g)
+        for g in generated
+        if not (MANIFESTS / g).is_file() or (MANIFESTS / g).read_bytes() != (copy / g).read_bytes()
+    ]
+    extra = [
+        str(p.relative_to(MANIFESTS))
+        for p in (MANIFESTS / "base" / "config").glob("*")
+        if not (copy / "base" / "config" / p.name).exists()
+    ]
     assert not stale and not extra, (
         f"manifests are stale versus the code: {stale + extra}; run "
-        "`python scripts/render_manifests.py --config config/cluster.yaml`")
+        "`python scripts/render_manifests.py --config config/cluster.yaml`"
+    )
 
 
 def test_generated_pipeline_names_no_path_of_this_checkout():
@@ -230,7 +287,19 @@ def test_render_refuses_a_config_unfit_for_the_cluster(tmp_path):
     bad.write_text((ROOT / "config" / "local.yaml").read_text())
     copy = tmp_path / "manifests"
     shutil.copytree(MANIFESTS, copy)
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_manifests.py"), "--config", str(bad),
-                           "--manifests-dir", str(copy)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "render_manifests.py"),
+            "--config",
+            str(bad),
+            "--manifests-dir",
+            str(copy),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 1
     assert "not fit for the cluster" in proc.stderr and "allow_local_paths" in proc.stderr

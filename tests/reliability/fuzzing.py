@@ -2,6 +2,7 @@
 derandomised set of examples in CI, so a new find never turns an unrelated change red;
 PLANTID_FUZZ_EXAMPLES=5000 fuzzes deeper with fresh draws) and the count of inputs each
 test tried, written to the file PLANTID_FUZZ_COUNTS names (bench/bench_reliability.py)."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,12 @@ from hypothesis import HealthCheck, settings
 
 
 def fuzz_settings(default_examples: int = 150) -> settings:
-    return settings(max_examples=int(os.environ.get("PLANTID_FUZZ_EXAMPLES", default_examples)), deadline=None,
-                    derandomize="PLANTID_FUZZ_EXAMPLES" not in os.environ,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=int(os.environ.get("PLANTID_FUZZ_EXAMPLES", default_examples)),
+        deadline=None,
+        derandomize="PLANTID_FUZZ_EXAMPLES" not in os.environ,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
 
 
 def write_counts(tried: Counter, prefix: str = "") -> None:

@@ -2,6 +2,7 @@
 code (a pickled payload in any loader is refused and never runs); soft labels made for
 other records or classes are refused; config values that would change a run silently
 fail when the config is loaded, naming the key."""
+
 import sys
 from pathlib import Path
 
@@ -36,8 +37,9 @@ def test_checkpoint_with_a_payload_is_refused_and_never_runs(tmp_path):
     from shared.io.checkpoint import CheckpointError, load_checkpoint
 
     p = tmp_path / "best_model.pt"
-    _planted(p, {"model_name": "test_resnet", "classes": ["a"], "image_size": 32, "state_dict": {},
-                 "config": Payload()})
+    _planted(
+        p, {"model_name": "test_resnet", "classes": ["a"], "image_size": 32, "state_dict": {}, "config": Payload()}
+    )
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_checkpoint(p)
     assert RAN == []
@@ -90,16 +92,24 @@ def test_npz_artifacts_with_pickled_objects_are_refused(tmp_path, what):
 
 # ---- soft labels for other records or classes -------------------------------------------
 
+
 @pytest.fixture()
 def soft_setup(cached_splits, tmp_path):
     from tests.unit.train.test_student_training import noisy_teacher_soft_labels
 
     train = cached_splits["train"]
     noisy_teacher_soft_labels(train, tmp_path / "soft.npz")
-    cfg = {"model": {"name": "test_efficientnet", "image_size": 32, "pretrained": False},
-           "training": {"batch_size": 16, "distillation_epochs": 1, "finetune_epochs": 0, "num_workers": 0,
-                        "channels_last": False},
-           "augmentation": {"train": {"resize": 36, "crop": 32}, "val": {"resize": 36, "center_crop": 32}}}
+    cfg = {
+        "model": {"name": "test_efficientnet", "image_size": 32, "pretrained": False},
+        "training": {
+            "batch_size": 16,
+            "distillation_epochs": 1,
+            "finetune_epochs": 0,
+            "num_workers": 0,
+            "channels_last": False,
+        },
+        "augmentation": {"train": {"resize": 36, "crop": 32}, "val": {"resize": 36, "center_crop": 32}},
+    }
     return cfg, train, tmp_path
 
 
@@ -109,12 +119,26 @@ def test_soft_labels_for_other_records_are_refused(soft_setup, cached_splits):
     cfg, train, tmp = soft_setup
     other = [dict(r, image_id=f"other-{r['image_id']}") for r in train]
     with pytest.raises(ValueError, match="made for other train records \\(0 of"):
-        train_student(cfg, other, cached_splits["val"], cached_splits["cache_dir"], str(tmp / "o"),
-                      str(tmp / "soft.npz"), log=lambda *_: None)
+        train_student(
+            cfg,
+            other,
+            cached_splits["val"],
+            cached_splits["cache_dir"],
+            str(tmp / "o"),
+            str(tmp / "soft.npz"),
+            log=lambda *_: None,
+        )
     relabelled = [dict(r, taxon="Unknown plant") if i == 0 else r for i, r in enumerate(train)]
     with pytest.raises(ValueError, match="made for other train records"):
-        train_student(cfg, relabelled, cached_splits["val"], cached_splits["cache_dir"], str(tmp / "r"),
-                      str(tmp / "soft.npz"), log=lambda *_: None)
+        train_student(
+            cfg,
+            relabelled,
+            cached_splits["val"],
+            cached_splits["cache_dir"],
+            str(tmp / "r"),
+            str(tmp / "soft.npz"),
+            log=lambda *_: None,
+        )
     assert not (tmp / "o" / "best_model.pt").exists()
 
 
@@ -134,8 +158,15 @@ def test_matching_soft_labels_distil_with_full_coverage(soft_setup, cached_split
     from shared.train.student import train_student
 
     cfg, train, tmp = soft_setup
-    r = train_student(cfg, train, cached_splits["val"], cached_splits["cache_dir"], str(tmp / "ok"),
-                      str(tmp / "soft.npz"), log=lambda *_: None)
+    r = train_student(
+        cfg,
+        train,
+        cached_splits["val"],
+        cached_splits["cache_dir"],
+        str(tmp / "ok"),
+        str(tmp / "soft.npz"),
+        log=lambda *_: None,
+    )
     assert r["distilled"] and r["soft_label_coverage"] == 1.0
 
 
@@ -144,46 +175,56 @@ def test_matching_soft_labels_distil_with_full_coverage(soft_setup, cached_split
 LOCAL = ROOT / "config" / "local.yaml"
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"cache.resize": 0}, "cache.resize"),
-    ({"cache.resize": -448}, "cache.resize"),
-    ({"cache.max_fail_rate": 1.5}, "cache.max_fail_rate"),
-    ({"cache.max_fail_rate": -0.1}, "cache.max_fail_rate"),
-    ({"teachers.logits_top_k": 0}, "teachers.logits_top_k"),
-    ({"teachers.global_weight": 0.0}, "teachers.global_weight"),
-    ({"teachers.global_weight": -1.0}, "teachers.global_weight"),
-    ({"calibration.target_precision": 1.2}, "calibration.target_precision"),
-    ({"export.gates.max_ece": -0.1}, "export.gates.max_ece"),
-    ({"teachers.regional": [{"name": "A", "regions": " , ,"}]}, "teachers.regional[0].regions"),
-    ({"teachers.regional": [{"name": "A", "regions": "EU_SW"}, {"name": "A", "regions": "EU_EAST"}]},
-     "teachers.regional[1].name"),
-    ({"teachers.regional": [{"name": "EU/SW", "regions": "EU_SW"}, {"name": "EU SW", "regions": "EU_EAST"}]},
-     "teachers.regional[1].name"),
-    ({"teachers.regional": [{"name": "global", "regions": "EU_SW"}]}, "teachers.regional[0].name"),
-    ({"teachers.regional": [{"name": "Student", "regions": "EU_SW"}]}, "teachers.regional[0].name"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"cache.resize": 0}, "cache.resize"),
+        ({"cache.resize": -448}, "cache.resize"),
+        ({"cache.max_fail_rate": 1.5}, "cache.max_fail_rate"),
+        ({"cache.max_fail_rate": -0.1}, "cache.max_fail_rate"),
+        ({"teachers.logits_top_k": 0}, "teachers.logits_top_k"),
+        ({"teachers.global_weight": 0.0}, "teachers.global_weight"),
+        ({"teachers.global_weight": -1.0}, "teachers.global_weight"),
+        ({"calibration.target_precision": 1.2}, "calibration.target_precision"),
+        ({"export.gates.max_ece": -0.1}, "export.gates.max_ece"),
+        ({"teachers.regional": [{"name": "A", "regions": " , ,"}]}, "teachers.regional[0].regions"),
+        (
+            {"teachers.regional": [{"name": "A", "regions": "EU_SW"}, {"name": "A", "regions": "EU_EAST"}]},
+            "teachers.regional[1].name",
+        ),
+        (
+            {"teachers.regional": [{"name": "EU/SW", "regions": "EU_SW"}, {"name": "EU SW", "regions": "EU_EAST"}]},
+            "teachers.regional[1].name",
+        ),
+        ({"teachers.regional": [{"name": "global", "regions": "EU_SW"}]}, "teachers.regional[0].name"),
+        ({"teachers.regional": [{"name": "Student", "regions": "EU_SW"}]}, "teachers.regional[0].name"),
+    ],
+)
 def test_pipeline_config_values_fail_at_load_naming_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
         load_pipeline_config(LOCAL, overrides)
     assert str(e.value).startswith(key), str(e.value)
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"callbacks.early_stopping_patience": 0}, "callbacks.early_stopping_patience"),
-    ({"callbacks.early_stopping_patience": -2}, "callbacks.early_stopping_patience"),
-    ({"data.region_filter": ", "}, "data.region_filter"),
-    ({"augmentation.train.horizontal_flip": 1.5}, "augmentation.train.horizontal_flip"),
-    ({"augmentation.train.vertical_flip": -0.2}, "augmentation.train.vertical_flip"),
-    ({"augmentation.train.rotation": 400}, "augmentation.train.rotation"),
-    ({"augmentation.train.blur": 2.0}, "augmentation.train.blur"),
-    ({"augmentation.train.color_jitter.hue": 0.9}, "augmentation.train.color_jitter.hue"),
-    ({"augmentation.train.color_jitter.brightness": -0.3}, "augmentation.train.color_jitter.brightness"),
-    ({"augmentation.val.normalize.std": [0.2, 0.0, 0.2]}, "augmentation.val.normalize.std"),
-    ({"augmentation.train.normalize.mean": [0.5, 0.5]}, "augmentation.train.normalize.mean"),
-    ({"augmentation.train.crop": 40, "augmentation.train.resize": 48}, "augmentation.train.crop"),
-    ({"augmentation.val.center_crop": 28}, "augmentation.val.center_crop"),
-    ({"augmentation.train.resize": 30}, "augmentation.train.crop"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"callbacks.early_stopping_patience": 0}, "callbacks.early_stopping_patience"),
+        ({"callbacks.early_stopping_patience": -2}, "callbacks.early_stopping_patience"),
+        ({"data.region_filter": ", "}, "data.region_filter"),
+        ({"augmentation.train.horizontal_flip": 1.5}, "augmentation.train.horizontal_flip"),
+        ({"augmentation.train.vertical_flip": -0.2}, "augmentation.train.vertical_flip"),
+        ({"augmentation.train.rotation": 400}, "augmentation.train.rotation"),
+        ({"augmentation.train.blur": 2.0}, "augmentation.train.blur"),
+        ({"augmentation.train.color_jitter.hue": 0.9}, "augmentation.train.color_jitter.hue"),
+        ({"augmentation.train.color_jitter.brightness": -0.3}, "augmentation.train.color_jitter.brightness"),
+        ({"augmentation.val.normalize.std": [0.2, 0.0, 0.2]}, "augmentation.val.normalize.std"),
+        ({"augmentation.train.normalize.mean": [0.5, 0.5]}, "augmentation.train.normalize.mean"),
+        ({"augmentation.train.crop": 40, "augmentation.train.resize": 48}, "augmentation.train.crop"),
+        ({"augmentation.val.center_crop": 28}, "augmentation.val.center_crop"),
+        ({"augmentation.train.resize": 30}, "augmentation.train.crop"),
+    ],
+)
 def test_teacher_config_values_fail_at_load_naming_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
         load_teacher_config(TINY_TEACHER, overrides)
@@ -195,10 +236,13 @@ def test_the_plans_vit_with_a_mismatched_crop_is_refused():
         load_teacher_config(ROOT / "config" / "teacher_global.yaml", {"augmentation.train.crop": 224})
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"teachers": [{"path": "g", "weight": 0.0}]}, "teachers[0].weight"),
-    ({"augmentation.val.center_crop": 200}, "augmentation.val.center_crop"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"teachers": [{"path": "g", "weight": 0.0}]}, "teachers[0].weight"),
+        ({"augmentation.val.center_crop": 200}, "augmentation.val.center_crop"),
+    ],
+)
 def test_student_config_values_fail_at_load_naming_the_key(overrides, key):
     raw = {"teachers": overrides.pop("teachers")} if "teachers" in overrides else {}
     with pytest.raises(ConfigError) as e:

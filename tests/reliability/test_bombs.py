@@ -1,6 +1,7 @@
 """Hostile image bytes through the whole cache step: decompression bombs (pixel and
 gzip), truncated and fake images, too-small images, an image wider than JPEG stores. Each is rejected with a named
 reason and leaves nothing in the cache; the good images beside them are cached."""
+
 import gzip
 import io
 import struct
@@ -43,13 +44,13 @@ def files(tmp_path):
     good = jpeg_bytes(240, 200, seed=3)
     cases = {
         "good.jpg": good,
-        "pixel_bomb.png": png_declaring(60_000, 60_000),      # 3.6 gigapixels declared
-        "moderate_bomb.png": png_declaring(8_000, 8_000),     # 64 MP: above our 50 MP cap, below PIL's 89 MP warning
+        "pixel_bomb.png": png_declaring(60_000, 60_000),  # 3.6 gigapixels declared
+        "moderate_bomb.png": png_declaring(8_000, 8_000),  # 64 MP: above our 50 MP cap, below PIL's 89 MP warning
         "truncated.jpg": good[: len(good) // 3],
         "html_as_jpg.jpg": b"<!doctype html><html><body>not an image</body></html>",
         "empty.jpg": b"",
         "tiny.jpg": jpeg_bytes(90, 60, seed=1),
-        "too_wide.png": _png_l(70_000, 100),                 # 7 MP, under every cap, but JPEG stores 65,500 px a side
+        "too_wide.png": _png_l(70_000, 100),  # 7 MP, under every cap, but JPEG stores 65,500 px a side
     }
     src = tmp_path / "src"
     src.mkdir()
@@ -58,17 +59,31 @@ def files(tmp_path):
     return src
 
 
-EXPECTED = {"pixel_bomb.png": "decompression_bomb", "moderate_bomb.png": "decompression_bomb",
-            "truncated.jpg": "decode_error", "html_as_jpg.jpg": "decode_error", "empty.jpg": "decode_error",
-            "tiny.jpg": "too_small", "too_wide.png": "too_wide_for_jpeg"}
+EXPECTED = {
+    "pixel_bomb.png": "decompression_bomb",
+    "moderate_bomb.png": "decompression_bomb",
+    "truncated.jpg": "decode_error",
+    "html_as_jpg.jpg": "decode_error",
+    "empty.jpg": "decode_error",
+    "tiny.jpg": "too_small",
+    "too_wide.png": "too_wide_for_jpeg",
+}
 
 
 def test_hostile_images_are_rejected_by_reason_and_never_cached(files, tmp_path):
     names = sorted(p.name for p in files.iterdir())
     recs = [_rec(i, str(files / n)) for i, n in enumerate(names)]
     cache = tmp_path / "cache"
-    rep = cache_images(recs, cache, resize=100, min_side=100, max_pixels=50_000_000,
-                       policy=FetchPolicy(allow_local_paths=True), workers=2, progress=lambda d, t: None)
+    rep = cache_images(
+        recs,
+        cache,
+        resize=100,
+        min_side=100,
+        max_pixels=50_000_000,
+        policy=FetchPolicy(allow_local_paths=True),
+        workers=2,
+        progress=lambda d, t: None,
+    )
     assert [r["image_url"] for r in rep.cached] == [str(files / "good.jpg")]
     by_url = {f["image_url"]: f["reason"] for f in rep.failures}
     assert {u.rsplit("/", 1)[1]: r for u, r in by_url.items()} == EXPECTED
@@ -107,8 +122,15 @@ def test_gzip_bomb_is_cut_on_the_decoded_size():
 
 
 def test_good_image_still_decodes_after_the_checks(files, tmp_path):
-    rep = cache_images([_rec(0, str(files / "good.jpg"))], tmp_path / "c", resize=100, min_side=100,
-                       policy=FetchPolicy(allow_local_paths=True), workers=1, progress=lambda d, t: None)
+    rep = cache_images(
+        [_rec(0, str(files / "good.jpg"))],
+        tmp_path / "c",
+        resize=100,
+        min_side=100,
+        policy=FetchPolicy(allow_local_paths=True),
+        workers=1,
+        progress=lambda d, t: None,
+    )
     (entry,) = rep.cached
     img = Image.open(io.BytesIO((tmp_path / "c" / entry["cache_path"]).read_bytes()))
     assert min(img.size) == 100 and img.mode == "RGB"

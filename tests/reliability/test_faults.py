@@ -1,6 +1,7 @@
 """Faults mid-run: a cache step killed half way, a student killed mid-training,
 truncated artifacts, a full disk and a read-only output directory. Each is detected,
 redone or reported by path; nothing is lost and nothing half-written is loaded."""
+
 import errno
 import json
 import os
@@ -44,18 +45,33 @@ def test_cache_killed_half_way_resumes_without_refetching(tmp_path):
         recs = [_rec(i, u) for i, u in enumerate(urls)]
         write_jsonl(tmp_path / "records.jsonl", recs)
         policy = dict(allow_private_networks=True, per_host_rate=25.0, per_host_concurrency=1, retries=0)
-        ref = cache_images(recs, tmp_path / "reference", resize=100, min_side=100,
-                           policy=FetchPolicy(**{**policy, "per_host_rate": 0}), workers=2)
+        ref = cache_images(
+            recs,
+            tmp_path / "reference",
+            resize=100,
+            min_side=100,
+            policy=FetchPolicy(**{**policy, "per_host_rate": 0}),
+            workers=2,
+        )
         server.hits.clear()
 
         cache = tmp_path / "cache"
-        child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""
             from shared.data.fetch import FetchPolicy
             from shared.data.image_cache import cache_images
             from shared.io.records import load_jsonl
-            cache_images(load_jsonl({str(tmp_path / 'records.jsonl')!r}), {str(cache)!r}, resize=100,
+            cache_images(load_jsonl({str(tmp_path / "records.jsonl")!r}), {str(cache)!r}, resize=100,
                          min_side=100, policy=FetchPolicy(**{policy!r}), workers=2)
-            """)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            """),
+            ],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.time() + 60
         while _index_lines(cache) < N_IMAGES // 2 and time.time() < deadline and child.poll() is None:
             time.sleep(0.01)
@@ -65,8 +81,9 @@ def test_cache_killed_half_way_resumes_without_refetching(tmp_path):
         assert 0 < indexed_before < N_IMAGES, "the kill must land half way"
         hits_before = dict(server.hits)
 
-        resumed = cache_images(recs, cache, resize=100, min_side=100,
-                               policy=FetchPolicy(**{**policy, "per_host_rate": 0}), workers=2)
+        resumed = cache_images(
+            recs, cache, resize=100, min_side=100, policy=FetchPolicy(**{**policy, "per_host_rate": 0}), workers=2
+        )
         # nothing fetched twice: an image indexed before the kill is never requested again;
         # only the ones in flight at the kill (at most the 2 workers) may be
         refetched = [p for p, n in server.hits.items() if n > 1]
@@ -105,9 +122,19 @@ def _student(cached_splits, tmp_path, out):
     write_jsonl(tmp_path / "val.jsonl", cached_splits["val"])
     script = tmp_path / "student.py"
     script.write_text(STUDENT_SCRIPT)
-    return subprocess.Popen([sys.executable, str(script), str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl"),
-                             cached_splits["cache_dir"], str(out)], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "train.jsonl"),
+            str(tmp_path / "val.jsonl"),
+            cached_splits["cache_dir"],
+            str(out),
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_student_killed_mid_distillation_resumes_to_the_same_steps(cached_splits, tmp_path):
@@ -147,7 +174,7 @@ def _tiny_model():
 
 def _truncate(path, keep=0.5):
     data = Path(path).read_bytes()
-    Path(path).write_bytes(data[:max(1, int(len(data) * keep))])
+    Path(path).write_bytes(data[: max(1, int(len(data) * keep))])
 
 
 def test_truncated_checkpoint_is_refused_not_loaded(tmp_path):
@@ -165,9 +192,17 @@ def test_truncated_checkpoint_is_refused_not_loaded(tmp_path):
 def _logits(n=6, c=5, k=3):
     rng = np.random.default_rng(0)
     z = np.sort(rng.normal(size=(n, c)), axis=1)[:, ::-1][:, :k].astype(np.float16)
-    return TeacherLogits(image_ids=np.array([f"i{i}" for i in range(n)]), indices=np.tile(np.arange(k), (n, 1)),
-                         values=z, logsumexp=np.ones(n, np.float32), confidences=np.full(n, 0.5, np.float32),
-                         labels=np.zeros(n, np.int32), classes=[f"c{i}" for i in range(c)], name="g", regions="")
+    return TeacherLogits(
+        image_ids=np.array([f"i{i}" for i in range(n)]),
+        indices=np.tile(np.arange(k), (n, 1)),
+        values=z,
+        logsumexp=np.ones(n, np.float32),
+        confidences=np.full(n, 0.5, np.float32),
+        labels=np.zeros(n, np.int32),
+        classes=[f"c{i}" for i in range(c)],
+        name="g",
+        regions="",
+    )
 
 
 @pytest.mark.parametrize("what", ["teacher logits", "soft labels"])
@@ -179,6 +214,7 @@ def test_truncated_logits_and_soft_labels_are_refused(tmp_path, what):
         loader = TeacherLogits.load
     else:
         from shared.distill.soft_labels import TeacherSpec, combine_soft_labels
+
         tl = _logits()
         combine_soft_labels([TeacherSpec(tl, 1.0, None)], list(tl.image_ids), [""] * 6, 3.0, 3).save(p)
         SoftLabels.load(p)
@@ -220,16 +256,19 @@ def test_read_only_output_directory_is_a_clear_error(tmp_path, monkeypatch):
         ro.chmod(0o555)
     else:  # root ignores permission bits: simulate what a read-only mount returns
         import tempfile
+
         real = tempfile.mkstemp
 
         def erofs(*a, dir=None, **k):
             if dir is not None and Path(dir) == ro:
                 raise OSError(errno.EROFS, "Read-only file system")
             return real(*a, dir=dir, **k)
+
         monkeypatch.setattr(tempfile, "mkstemp", erofs)
     try:
-        with pytest.raises(OutputWriteError,
-                           match=r"cannot write .*ro/cached\.jsonl: (Read-only file system|Permission denied)"):
+        with pytest.raises(
+            OutputWriteError, match=r"cannot write .*ro/cached\.jsonl: (Read-only file system|Permission denied)"
+        ):
             with atomic_open(ro / "cached.jsonl") as f:
                 f.write("x")
     finally:

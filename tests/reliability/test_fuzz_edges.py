@@ -7,6 +7,7 @@ a traceback from deep inside (or a silently accepted value) before its guard.
 
 When PLANTID_FUZZ_COUNTS names a file, the number of inputs each fuzz test tried is
 added to it (`make bench` reports them)."""
+
 import copy
 import json
 import math
@@ -53,8 +54,12 @@ EDGE_LINES = {
     "5000-digit number": ('{"image_id": ' + "1" * 5000 + "}", "invalid_json", "<line>"),
     "nesting 100k deep": ("[" * 100_000 + "]" * 100_000, "invalid_json", "<line>"),
     "lone surrogate id": (_line(1, '"\\ud800"'), "malformed_field", "image_id"),
-    "lone surrogate taxon": ('{"image_id": "s2", "image_url": "http://img.example/s2.jpg", "taxon": "Rosa \\udfff",'
-                             ' "region": "EU_SW", "license": "CC0"}', "malformed_field", "taxon"),
+    "lone surrogate taxon": (
+        '{"image_id": "s2", "image_url": "http://img.example/s2.jpg", "taxon": "Rosa \\udfff",'
+        ' "region": "EU_SW", "license": "CC0"}',
+        "malformed_field",
+        "taxon",
+    ),
     "NUL in a field": (_line(3, '"a\\u0000b"'), "malformed_field", "image_id"),
 }
 
@@ -71,11 +76,25 @@ def test_edge_jsonl_lines_are_rejected_by_line_and_the_step_writes_its_outputs(t
     assert rejected == {f"records.jsonl:{i}": EDGE_LINES[n][1:] for i, n in enumerate(names, 1)}
 
 
-HOSTILE_TEXT = st.sampled_from(["\\ud800", "\\udfff", "\\u0000", "\\u202e", "\\ufeff", "\\r", "\\n", "\\t",
-                                "\u00e9", "\U0001f331", "../../etc/passwd", "x" * 5000])
+HOSTILE_TEXT = st.sampled_from(
+    [
+        "\\ud800",
+        "\\udfff",
+        "\\u0000",
+        "\\u202e",
+        "\\ufeff",
+        "\\r",
+        "\\n",
+        "\\t",
+        "\u00e9",
+        "\U0001f331",
+        "../../etc/passwd",
+        "x" * 5000,
+    ]
+)
 HOSTILE_ATOM = st.one_of(
-    st.integers(4301, 6000).map(lambda n: "9" * n),                   # too long to convert to int
-    st.integers(1000, 50_000).map(lambda d: "[" * d + "]" * d),      # too deep to parse
+    st.integers(4301, 6000).map(lambda n: "9" * n),  # too long to convert to int
+    st.integers(1000, 50_000).map(lambda d: "[" * d + "]" * d),  # too deep to parse
     st.integers(1000, 50_000).map(lambda d: '{"a":' * d + "1" + "}" * d),
     st.lists(HOSTILE_TEXT, min_size=1, max_size=3).map(lambda xs: '"' + "".join(xs) + '"'),
     st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-0", "1.0", "true", "null", "[]", "{}", '""']),
@@ -89,8 +108,13 @@ def edge_line(draw):
     i = draw(st.integers(0, 10**6))
     if draw(st.booleans()):
         return draw(HOSTILE_ATOM)
-    fields = {"image_id": f'"r{i}"', "image_url": f'"http://img.example/{i}.jpg"', "taxon": '"Rosa canina"',
-              "region": '"EU_SW"', "license": '"CC0"'}
+    fields = {
+        "image_id": f'"r{i}"',
+        "image_url": f'"http://img.example/{i}.jpg"',
+        "taxon": '"Rosa canina"',
+        "region": '"EU_SW"',
+        "license": '"CC0"',
+    }
     for name in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=3, unique=True)):
         fields[name] = draw(HOSTILE_ATOM)
     if draw(st.booleans()):  # a duplicate key: JSON takes the last one
@@ -130,7 +154,8 @@ def test_fuzzed_edge_jsonl_never_crashes_ingest(tmp_path_factory, lines):
 # --- YAML config files ----------------------------------------------------------------
 
 LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8))
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)
+)
 EDGE_YAML = {
     "5000-digit number": "training: {batch_size: " + "1" * 5000 + "}\n",
     "nesting 5000 deep": "training: " + "[" * 5000 + "]" * 5000 + "\n",
@@ -187,16 +212,30 @@ def test_non_finite_numbers_are_refused_in_every_numeric_key(which):
             assert math.isfinite(node) and abs(node) <= 1e300, (key, value, node)  # only 1e308 may pass
 
 
-STUDENT_BAD = [("training.learning_rate", -1e-4), ("finetune.learning_rate", 2.0), ("training.batch_size", 0),
-               ("training.epochs", 0), ("training.weight_decay", -0.1), ("model.image_size", 0),
-               ("model.dropout_rate", 1.0), ("distillation.loss_weights.kl_divergence", -0.5),
-               ("training.grad_accum_steps", 0), ("finetune.label_smoothing", -0.1)]
-TEACHER_BAD = [("training.weight_decay", -0.05), ("training.min_lr", -1e-7), ("training.gradient_clip", -1.0),
-               ("regularization.mixup_alpha", -1.0), ("data.num_workers", -2)]
+STUDENT_BAD = [
+    ("training.learning_rate", -1e-4),
+    ("finetune.learning_rate", 2.0),
+    ("training.batch_size", 0),
+    ("training.epochs", 0),
+    ("training.weight_decay", -0.1),
+    ("model.image_size", 0),
+    ("model.dropout_rate", 1.0),
+    ("distillation.loss_weights.kl_divergence", -0.5),
+    ("training.grad_accum_steps", 0),
+    ("finetune.label_smoothing", -0.1),
+]
+TEACHER_BAD = [
+    ("training.weight_decay", -0.05),
+    ("training.min_lr", -1e-7),
+    ("training.gradient_clip", -1.0),
+    ("regularization.mixup_alpha", -1.0),
+    ("data.num_workers", -2),
+]
 
 
-@pytest.mark.parametrize("which,key,value", [("student", k, v) for k, v in STUDENT_BAD]
-                         + [("teacher", k, v) for k, v in TEACHER_BAD])
+@pytest.mark.parametrize(
+    "which,key,value", [("student", k, v) for k, v in STUDENT_BAD] + [("teacher", k, v) for k, v in TEACHER_BAD]
+)
 def test_out_of_range_training_values_name_the_key(which, key, value):
     """Accepted before: a negative learning rate or weight decay trains silently wrong, a zero
     batch size or image size fails deep inside the DataLoader or timm."""
@@ -211,15 +250,19 @@ def test_student_teacher_weights_must_not_be_negative():
 
 # --- the cluster: section ---------------------------------------------------------------
 
-@pytest.mark.parametrize("section,fragment", [
-    ({"retry": {"steps": [["train_teacher"]]}}, "cluster.retry.steps: unknown step"),     # was TypeError
-    ({"caching": {"split": True, "x": {}}}, "cluster.caching.x: unknown step"),
-    ({"kinds": {"cpu": {"node_selector": ["pool"]}}}, "cluster.kinds.cpu.node_selector"),  # was AttributeError
-    ({"kinds": {"gpu": {"node_selector": "nvidia-l4"}}}, "cluster.kinds.gpu.node_selector"),
-    ({"kinds": {"gpu": {"tolerations": [{"key": 1, "operator": "Exists"}]}}}, "tolerations[0].key"),
-    ({"kinds": {"gpu": {"tolerations": [{"key": "a", "toleration_seconds": "soon"}]}}}, "toleration_seconds"),
-    ({"image_pull_secrets": [{"name": "regcred"}]}, "cluster.image_pull_secrets"),
-])
+
+@pytest.mark.parametrize(
+    "section,fragment",
+    [
+        ({"retry": {"steps": [["train_teacher"]]}}, "cluster.retry.steps: unknown step"),  # was TypeError
+        ({"caching": {"split": True, "x": {}}}, "cluster.caching.x: unknown step"),
+        ({"kinds": {"cpu": {"node_selector": ["pool"]}}}, "cluster.kinds.cpu.node_selector"),  # was AttributeError
+        ({"kinds": {"gpu": {"node_selector": "nvidia-l4"}}}, "cluster.kinds.gpu.node_selector"),
+        ({"kinds": {"gpu": {"tolerations": [{"key": 1, "operator": "Exists"}]}}}, "tolerations[0].key"),
+        ({"kinds": {"gpu": {"tolerations": [{"key": "a", "toleration_seconds": "soon"}]}}}, "toleration_seconds"),
+        ({"image_pull_secrets": [{"name": "regcred"}]}, "cluster.image_pull_secrets"),
+    ],
+)
 def test_malformed_cluster_sections_name_the_key(section, fragment):
     with pytest.raises(ConfigError) as e:
         load_cluster_config(section)
@@ -233,12 +276,26 @@ def _leaf_paths(d, prefix=()):
             yield from _leaf_paths(v, prefix + (k,))
 
 
-CLUSTER_PATHS = sorted(_leaf_paths(CLUSTER_DEFAULTS)) + [("steps", "cache_images"), ("caching", "split"),
-                                                         ("steps", "split", "cpu_limit")]
-VALUES = st.recursive(st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=True)
-                      | st.text(max_size=12) | st.sampled_from(["8Gi", "500m", "Exists", "NoSchedule", "120s"]),
-                      lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6) | st.sampled_from(
-                          ["key", "operator", "effect", "value", "cpu_request"]), c, max_size=3), max_leaves=5)
+CLUSTER_PATHS = sorted(_leaf_paths(CLUSTER_DEFAULTS)) + [
+    ("steps", "cache_images"),
+    ("caching", "split"),
+    ("steps", "split", "cpu_limit"),
+]
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**6)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=12)
+    | st.sampled_from(["8Gi", "500m", "Exists", "NoSchedule", "120s"]),
+    lambda c: (
+        st.lists(c, max_size=3)
+        | st.dictionaries(
+            st.text(max_size=6) | st.sampled_from(["key", "operator", "effect", "value", "cpu_request"]), c, max_size=3
+        )
+    ),
+    max_leaves=5,
+)
 
 
 @FUZZ
@@ -265,12 +322,19 @@ def test_fuzzed_cluster_sections_are_accepted_or_name_the_key(path, value):
 
 # --- artifacts and local files ------------------------------------------------------------
 
+
 def test_truncated_npz_without_a_checksum_is_a_named_error(tmp_path):
     """A kill can land between the rename and the checksum write: no sidecar. Truncated too,
     np.load raised zipfile.BadZipFile, which no caller expected."""
     p = tmp_path / "soft_labels.npz"
-    save_npz(p, image_ids=np.array(["a"]), indices=np.zeros((1, 2), np.int32), values=np.ones((1, 2), np.float16),
-             classes=np.array(["x", "y"]), temperature=np.float32(3.0))
+    save_npz(
+        p,
+        image_ids=np.array(["a"]),
+        indices=np.zeros((1, 2), np.int32),
+        values=np.ones((1, 2), np.float16),
+        classes=np.array(["x", "y"]),
+        temperature=np.float32(3.0),
+    )
     os.remove(str(p) + ".sha256")
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"soft labels .*soft_labels\.npz is not readable"):
@@ -285,10 +349,19 @@ def test_unreadable_local_file_fails_its_record_not_the_run(tmp_path):
     file) used to abort the whole cache step as 'cannot write to the image cache'."""
     good = tmp_path / "good.jpg"
     good.write_bytes(jpeg_bytes(220, 200, seed=4))
-    recs = [{"image_id": "u0", "image_url": "/proc/self/mem", "taxon": "t", "region": "EU_SW", "license": "CC0"},
-            {"image_id": "u1", "image_url": str(good), "taxon": "t", "region": "EU_SW", "license": "CC0"}]
-    rep = cache_images(recs, tmp_path / "cache", resize=100, min_side=100,
-                       policy=FetchPolicy(allow_local_paths=True), workers=1, progress=lambda d, t: None)
+    recs = [
+        {"image_id": "u0", "image_url": "/proc/self/mem", "taxon": "t", "region": "EU_SW", "license": "CC0"},
+        {"image_id": "u1", "image_url": str(good), "taxon": "t", "region": "EU_SW", "license": "CC0"},
+    ]
+    rep = cache_images(
+        recs,
+        tmp_path / "cache",
+        resize=100,
+        min_side=100,
+        policy=FetchPolicy(allow_local_paths=True),
+        workers=1,
+        progress=lambda d, t: None,
+    )
     assert [r["image_id"] for r in rep.cached] == ["u1"]
     assert rep.fail_counts == {"not_readable": 1}
 

@@ -4,6 +4,7 @@ never a traceback from deep inside, never a silently wrong result.
 
 When PLANTID_FUZZ_COUNTS names a file, the number of inputs each test tried is added
 to it (`make bench` reports them)."""
+
 import json
 import string
 from collections import Counter
@@ -34,18 +35,21 @@ def _report_counts():
     write_counts(TRIED)
 
 
-json_scalars = (st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True)
-                | st.text(max_size=30))
+json_scalars = (
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=True) | st.text(max_size=30)
+)
 json_values = st.recursive(
-    json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-    max_leaves=6)
-good = st.fixed_dictionaries({
-    "image_id": st.text(string.ascii_letters + string.digits + "-_", min_size=1, max_size=12),
-    "image_url": st.sampled_from(["http://img.example/a.jpg", "https://x.example/p/b.png", "gs://b/c.jpg"]),
-    "taxon": st.sampled_from(["Rosa canina", "Quercus ilex", "Pinus pinea"]),
-    "region": st.sampled_from(["EU_SW", "EU_NORTH", "EU_EAST"]),
-    "license": st.sampled_from(["CC0", "CC-BY", "cc-by-sa-4.0", "All rights reserved"]),
-})
+    json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=6
+)
+good = st.fixed_dictionaries(
+    {
+        "image_id": st.text(string.ascii_letters + string.digits + "-_", min_size=1, max_size=12),
+        "image_url": st.sampled_from(["http://img.example/a.jpg", "https://x.example/p/b.png", "gs://b/c.jpg"]),
+        "taxon": st.sampled_from(["Rosa canina", "Quercus ilex", "Pinus pinea"]),
+        "region": st.sampled_from(["EU_SW", "EU_NORTH", "EU_EAST"]),
+        "license": st.sampled_from(["CC0", "CC-BY", "cc-by-sa-4.0", "All rights reserved"]),
+    }
+)
 
 
 @st.composite

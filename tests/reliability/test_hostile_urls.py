@@ -2,6 +2,7 @@
 cloud metadata service or the cluster network is refused before any byte is sent;
 bodies that lie about their size or drip forever are cut off; a record's fields
 never become a file path in the cache."""
+
 import ipaddress
 import socket
 import threading
@@ -16,14 +17,27 @@ from shared.data.image_cache import cache_images
 from tests.image_server import jpeg_bytes
 
 NON_PUBLIC = [
-    "127.0.0.1", "127.8.8.8", "0.0.0.0", "10.1.2.3", "172.16.0.9", "192.168.1.1",
-    "169.254.169.254",          # AWS/GCP/Azure metadata
-    "100.100.100.200",          # Alibaba metadata, CGNAT space (not "private" to ipaddress)
-    "100.64.0.1", "198.18.0.1", "224.0.0.1", "255.255.255.255",
-    "::1", "::", "fe80::1", "fd00:ec2::254",
-    "::ffff:127.0.0.1", "::ffff:169.254.169.254",   # IPv4-mapped
-    "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1",        # NAT64 of metadata / loopback
-    "2002:7f00:1::",                                 # 6to4 of 127.0.0.1
+    "127.0.0.1",
+    "127.8.8.8",
+    "0.0.0.0",
+    "10.1.2.3",
+    "172.16.0.9",
+    "192.168.1.1",
+    "169.254.169.254",  # AWS/GCP/Azure metadata
+    "100.100.100.200",  # Alibaba metadata, CGNAT space (not "private" to ipaddress)
+    "100.64.0.1",
+    "198.18.0.1",
+    "224.0.0.1",
+    "255.255.255.255",
+    "::1",
+    "::",
+    "fe80::1",
+    "fd00:ec2::254",
+    "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254",  # IPv4-mapped
+    "64:ff9b::a9fe:a9fe",
+    "64:ff9b::7f00:1",  # NAT64 of metadata / loopback
+    "2002:7f00:1::",  # 6to4 of 127.0.0.1
 ]
 PUBLIC = ["8.8.8.8", "151.101.1.1", "2606:4700:4700::1111", "64:ff9b::808:808"]
 
@@ -41,16 +55,25 @@ def test_public_addresses_pass(addr):
 def _resolver(mapping):
     def fake(host, *a, **k):
         addrs = mapping[host]
-        return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 0))
-                for ip in addrs]
+        return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 0)) for ip in addrs]
+
     return fake
 
 
 def test_hostname_resolving_to_a_private_address_is_refused(monkeypatch):
     """DNS names are judged by what they resolve to; one bad address among good ones is enough."""
-    monkeypatch.setattr(socket, "getaddrinfo", _resolver({
-        "rebind.example": ["127.0.0.1"], "mixed.example": ["8.8.8.8", "10.0.0.5"],
-        "meta.example": ["::ffff:169.254.169.254"], "ok.example": ["8.8.8.8"]}))
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        _resolver(
+            {
+                "rebind.example": ["127.0.0.1"],
+                "mixed.example": ["8.8.8.8", "10.0.0.5"],
+                "meta.example": ["::ffff:169.254.169.254"],
+                "ok.example": ["8.8.8.8"],
+            }
+        ),
+    )
     for host in ("rebind.example", "mixed.example", "meta.example"):
         with pytest.raises(FetchError) as e:
             check_address(host, f"http://{host}/x.jpg", allow_private=False)
@@ -58,12 +81,17 @@ def test_hostname_resolving_to_a_private_address_is_refused(monkeypatch):
     check_address("ok.example", "http://ok.example/x.jpg", allow_private=False)
 
 
-@pytest.mark.parametrize("url", [
-    "http://2130706433/x.jpg",        # 127.0.0.1 as one decimal number
-    "http://0x7f000001/x.jpg",        # ... in hex
-    "http://[::1]/x.jpg", "http://[::ffff:127.0.0.1]/x.jpg",
-    "http://169.254.169.254/computeMetadata/v1/", "http://metadata.google.internal.localhost/x.jpg",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/x.jpg",  # 127.0.0.1 as one decimal number
+        "http://0x7f000001/x.jpg",  # ... in hex
+        "http://[::1]/x.jpg",
+        "http://[::ffff:127.0.0.1]/x.jpg",
+        "http://169.254.169.254/computeMetadata/v1/",
+        "http://metadata.google.internal.localhost/x.jpg",
+    ],
+)
 def test_encoded_loopback_and_metadata_urls_never_connect(url):
     f = Fetcher(FetchPolicy(retries=0))
     with pytest.raises(FetchError) as e:
@@ -72,11 +100,17 @@ def test_encoded_loopback_and_metadata_urls_never_connect(url):
     assert f.stats["requests"] == 0  # refused before any request
 
 
-@pytest.mark.parametrize("url,reason", [
-    ("file:///etc/passwd", "blocked_scheme"), ("/etc/passwd", "blocked_scheme"),
-    ("../../etc/passwd", "blocked_scheme"), ("ftp://example.org/a.jpg", "blocked_scheme"),
-    ("gopher://example.org/a", "blocked_scheme"), ("javascript:alert(1)", "blocked_scheme"),
-])
+@pytest.mark.parametrize(
+    "url,reason",
+    [
+        ("file:///etc/passwd", "blocked_scheme"),
+        ("/etc/passwd", "blocked_scheme"),
+        ("../../etc/passwd", "blocked_scheme"),
+        ("ftp://example.org/a.jpg", "blocked_scheme"),
+        ("gopher://example.org/a", "blocked_scheme"),
+        ("javascript:alert(1)", "blocked_scheme"),
+    ],
+)
 def test_cluster_policy_refuses_local_and_odd_schemes(url, reason):
     with pytest.raises(FetchError) as e:
         Fetcher(FetchPolicy()).fetch(url)
@@ -176,10 +210,14 @@ def test_cache_names_come_from_content_hashes_only(tmp_path):
     src.mkdir()
     (src / "a.jpg").write_bytes(jpeg_bytes(220, 200, seed=5))
     cache = tmp_path / "cache"
-    rec = {"image_id": "../../../../tmp/evil", "image_url": str(src / "a.jpg"), "taxon": "../../etc",
-           "region": "/etc/passwd", "license": "CC0"}
-    rep = cache_images([rec], cache, resize=100, min_side=100,
-                       policy=FetchPolicy(allow_local_paths=True), workers=1)
+    rec = {
+        "image_id": "../../../../tmp/evil",
+        "image_url": str(src / "a.jpg"),
+        "taxon": "../../etc",
+        "region": "/etc/passwd",
+        "license": "CC0",
+    }
+    rep = cache_images([rec], cache, resize=100, min_side=100, policy=FetchPolicy(allow_local_paths=True), workers=1)
     (entry,) = rep.cached
     files = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*.jpg"))
     assert files == [entry["cache_path"]] and entry["cache_path"] == f"{entry['sha256'][:2]}/{entry['sha256']}.jpg"

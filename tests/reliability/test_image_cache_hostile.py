@@ -3,6 +3,7 @@ store, an encoder error and a real full disk told apart; 16-bit, 32-bit and floa
 images scaled rather than saturated; the same bytes under two taxa; a cache made
 under looser settings, an index from before settings were recorded, and a cached
 file replaced by another of the same size. Each test fails if its guard is removed."""
+
 import errno
 import io
 import json
@@ -72,8 +73,12 @@ def png16(arr: np.ndarray) -> bytes:
     h, w = arr.shape[:2]
     colour = 0 if arr.ndim == 2 else 2
     raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0))
+        + _chunk(b"IDAT", zlib.compress(raw))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def tiff(arr: np.ndarray) -> bytes:
@@ -94,11 +99,19 @@ def tiff(arr: np.ndarray) -> bytes:
     def long_(v: int) -> bytes:
         return struct.pack("<I", v)
 
-    tags = [(256, 4, 1, long_(w)), (257, 4, 1, long_(h)),
-            (258, 3, spp, short(bits) if spp == 1 else long_(extra)), (259, 3, 1, short(1)),
-            (262, 3, 1, short(1 if spp == 1 else 2)), (273, 4, 1, long_(data_off)), (277, 3, 1, short(spp)),
-            (278, 4, 1, long_(h)), (279, 4, 1, long_(len(data))), (284, 3, 1, short(1)),
-            (339, 3, spp, short(fmt) if spp == 1 else long_(extra + 2 * spp))]
+    tags = [
+        (256, 4, 1, long_(w)),
+        (257, 4, 1, long_(h)),
+        (258, 3, spp, short(bits) if spp == 1 else long_(extra)),
+        (259, 3, 1, short(1)),
+        (262, 3, 1, short(1 if spp == 1 else 2)),
+        (273, 4, 1, long_(data_off)),
+        (277, 3, 1, short(spp)),
+        (278, 4, 1, long_(h)),
+        (279, 4, 1, long_(len(data))),
+        (284, 3, 1, short(1)),
+        (339, 3, spp, short(fmt) if spp == 1 else long_(extra + 2 * spp)),
+    ]
     ifd = struct.pack("<H", n) + b"".join(struct.pack("<HHI", *t[:3]) + t[3] for t in tags) + long_(0)
     arrays = struct.pack("<" + "H" * spp, *[bits] * spp) + struct.pack("<" + "H" * spp, *[fmt] * spp)
     return b"II*\x00" + long_(8) + ifd + arrays + data
@@ -112,19 +125,31 @@ def _pil_tiff(arr: np.ndarray) -> bytes:
 
 # --- 1. one record never stops the step; a real disk error still does ----------------------
 
+
 def test_image_too_wide_for_jpeg_is_rejected_and_the_step_goes_on(tmp_path):
     """A 70,000 x 8 PNG (560 kP, far under the pixel cap) used to fail the JPEG write,
     reported as a cache-disk problem: the whole step failed, on every re-run."""
-    urls = _files(tmp_path / "src", {
-        "wide.png": _png(np.full((8, 70_000), 90, np.uint8)),
-        "tall.png": _png(np.full((70_000, 8), 90, np.uint8)),
-        **{f"good{i}.jpg": jpeg_bytes(240, 200, seed=i) for i in range(3)}})
+    urls = _files(
+        tmp_path / "src",
+        {
+            "wide.png": _png(np.full((8, 70_000), 90, np.uint8)),
+            "tall.png": _png(np.full((70_000, 8), 90, np.uint8)),
+            **{f"good{i}.jpg": jpeg_bytes(240, 200, seed=i) for i in range(3)},
+        },
+    )
     write_jsonl(tmp_path / "records.jsonl", [_rec(f"w{i}", u) for i, u in enumerate(urls.values())])
     out = {"out_cached": str(tmp_path / "cached.jsonl"), "out_report": str(tmp_path / "report.json")}
     for _ in range(2):  # and the re-run does the same, instead of failing again
-        summary = run_cache_images(str(tmp_path / "records.jsonl"), str(tmp_path / "cache"), resize=448,
-                                   min_side=8, max_fail_rate=0.05, workers=2,
-                                   fetch_policy={"allow_local_paths": True}, **out)
+        summary = run_cache_images(
+            str(tmp_path / "records.jsonl"),
+            str(tmp_path / "cache"),
+            resize=448,
+            min_side=8,
+            max_fail_rate=0.05,
+            workers=2,
+            fetch_policy={"allow_local_paths": True},
+            **out,
+        )
         assert summary["fail_counts"] == {"too_wide_for_jpeg": 2} and summary["failed"] == 0
         assert [r["image_id"] for r in load_jsonl(out["out_cached"])] == ["w2", "w3", "w4"]
     failures = {f["image_id"]: f for f in json.loads((tmp_path / "report.json").read_text())["failures"]}
@@ -144,8 +169,9 @@ def test_an_encoder_error_is_the_records_rejection_not_a_disk_error(tmp_path, mo
         return real_save(self, fp, format, **kw)
 
     monkeypatch.setattr(Image.Image, "save", failing_save)
-    rep = cache_images([_rec("e0", urls["odd.jpg"]), _rec("e1", urls["ok.jpg"])], tmp_path / "cache",
-                       resize=448, min_side=100, **QUIET)
+    rep = cache_images(
+        [_rec("e0", urls["odd.jpg"]), _rec("e1", urls["ok.jpg"])], tmp_path / "cache", resize=448, min_side=100, **QUIET
+    )
     assert [r["image_id"] for r in rep.cached] == ["e1"]
     assert rep.fail_counts == {"encode_error": 1} and "encoder error -2" in rep.failures[0]["detail"]
 
@@ -158,8 +184,11 @@ def test_a_real_disk_error_still_stops_the_step_as_a_cache_error(tmp_path, monke
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "fsync", broken)
-    with pytest.raises(CacheWriteError, match=rf"cannot write to the image cache .*{errno.errorcode[code]}: "
-                                              rf".*{os.strerror(code)}"):
+    with pytest.raises(
+        CacheWriteError,
+        match=rf"cannot write to the image cache .*{errno.errorcode[code]}: "
+        rf".*{os.strerror(code)}",
+    ):
         cache_images([_rec("d0", urls["a.jpg"])], tmp_path / "cache", resize=100, min_side=100, **QUIET)
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []  # no partial file left
 
@@ -190,8 +219,11 @@ CASES = {  # name: (bytes, source mode PIL gives, expected 8-bit row)
     "tiff_int32": (_pil_tiff(_grey(I32, np.int32)), "I", _unit(I32, -2e9, 2e9)),
     "tiff_uint32": (tiff(_grey(U32, np.uint32)), "I", _unit(U32, 0, 4e9)),
     "tiff_float_0_1": (_pil_tiff(_grey(RAMP, np.float32)), "F", np.rint(RAMP.astype(np.float32) * 255.0)),
-    "tiff_float_range": (_pil_tiff(_grey(F_RANGE, np.float32)), "F",
-                         _unit(F_RANGE.astype(np.float32), float(np.float32(-5)), float(np.float32(20)))),
+    "tiff_float_range": (
+        _pil_tiff(_grey(F_RANGE, np.float32)),
+        "F",
+        _unit(F_RANGE.astype(np.float32), float(np.float32(-5)), float(np.float32(20))),
+    ),
     "png_16bit_rgb": (png16(np.stack([_grey(U16, np.uint16)] * 3, -1)), "RGB", np.floor(U16 / 256)),
     "tiff_16bit_rgb": (tiff(np.stack([_grey(U16, np.uint16)] * 3, -1)), "RGB", np.rint(U16 / 257)),
 }
@@ -217,46 +249,69 @@ def test_float_pixels_that_are_not_numbers_and_flat_images_are_rejected_by_reaso
     nan[5, 7] = np.nan
     inf = _grey(RAMP * 3, np.float32)
     inf[0, 0] = np.inf
-    cases = {"non_finite_pixels": [nan, inf], "flat_image": [np.full((ROWS, 256), 3.0, np.float32),
-                                                             np.full((ROWS, 256), 70_000, np.int32)]}
+    cases = {
+        "non_finite_pixels": [nan, inf],
+        "flat_image": [np.full((ROWS, 256), 3.0, np.float32), np.full((ROWS, 256), 70_000, np.int32)],
+    }
     for reason, arrays in cases.items():
         for arr in arrays:
             with pytest.raises(image_cache.ImageRejected) as e:
                 render_image(_pil_tiff(arr), resize=0, min_side=100, max_pixels=10**8)
             assert e.value.reason == reason, e.value
     assert "1 of 26624 pixels are NaN or infinite (1 NaN)" in str(
-        pytest.raises(image_cache.ImageRejected, render_image, _pil_tiff(nan), 0, 100, 10**8).value)
+        pytest.raises(image_cache.ImageRejected, render_image, _pil_tiff(nan), 0, 100, 10**8).value
+    )
     # a flat float image inside 0..1 has a meaning (mid grey), not a missing range
     r = render_image(_pil_tiff(np.full((ROWS, 256), 0.5, np.float32)), resize=0, min_side=100, max_pixels=10**8)
     assert abs(np.asarray(Image.open(io.BytesIO(r.jpeg)).convert("L")).mean() - 128) <= 1
 
 
 def test_high_bit_depth_conversions_are_reported_and_indexed(tmp_path):
-    urls = _files(tmp_path / "src", {"g16.png": CASES["png_16bit_grey"][0], "f.tif": CASES["tiff_float_range"][0],
-                                     "ok.jpg": jpeg_bytes(240, 200)})
-    rep = cache_images([_rec(f"h{i}", u) for i, u in enumerate(urls.values())], tmp_path / "cache",
-                       resize=0, min_side=100, **QUIET)
+    urls = _files(
+        tmp_path / "src",
+        {"g16.png": CASES["png_16bit_grey"][0], "f.tif": CASES["tiff_float_range"][0], "ok.jpg": jpeg_bytes(240, 200)},
+    )
+    rep = cache_images(
+        [_rec(f"h{i}", u) for i, u in enumerate(urls.values())], tmp_path / "cache", resize=0, min_side=100, **QUIET
+    )
     assert len(rep.cached) == 3 and rep.to_dict()["high_bit_depth"] == {"F": 1, "I;16": 1}
     index = [json.loads(line) for line in (tmp_path / "cache" / INDEX_NAME).read_text().splitlines()]
     assert {e["source_mode"]: e.get("value_range") for e in index} == {
-        "I;16": [0.0, 65535.0], "F": [-5.0, 20.0], "RGB": None}
+        "I;16": [0.0, 65535.0],
+        "F": [-5.0, 20.0],
+        "RGB": None,
+    }
 
 
 # --- 3. the same image under two taxa ------------------------------------------------------------
 
+
 def test_same_bytes_under_two_taxa_are_both_excluded_and_reported(tmp_path):
     x, y = jpeg_bytes(240, 200, seed=1), jpeg_bytes(240, 200, seed=2)
-    urls = _files(tmp_path / "src", {"x.jpg": x, "x_again.jpg": x, "y.jpg": y, "y_again.jpg": y,
-                                     "z.jpg": jpeg_bytes(240, 200, seed=3)})
-    recs = [_rec("a", urls["x.jpg"], "Quercus ilex"), _rec("b", urls["x_again.jpg"], "Quercus suber"),
-            _rec("c", urls["y.jpg"], "Pinus pinea"), _rec("d", urls["y_again.jpg"], "Pinus pinea"),
-            _rec("e", urls["z.jpg"], "Pinus pinea")]
+    urls = _files(
+        tmp_path / "src",
+        {"x.jpg": x, "x_again.jpg": x, "y.jpg": y, "y_again.jpg": y, "z.jpg": jpeg_bytes(240, 200, seed=3)},
+    )
+    recs = [
+        _rec("a", urls["x.jpg"], "Quercus ilex"),
+        _rec("b", urls["x_again.jpg"], "Quercus suber"),
+        _rec("c", urls["y.jpg"], "Pinus pinea"),
+        _rec("d", urls["y_again.jpg"], "Pinus pinea"),
+        _rec("e", urls["z.jpg"], "Pinus pinea"),
+    ]
     for order in (recs, recs[::-1]):  # input order decides nothing
         write_jsonl(tmp_path / "records.jsonl", order)
-        summary = run_cache_images(str(tmp_path / "records.jsonl"), str(tmp_path / "cache"), resize=100,
-                                   min_side=100, max_fail_rate=0.05, workers=2,
-                                   fetch_policy={"allow_local_paths": True},
-                                   out_cached=str(tmp_path / "cached.jsonl"), out_report=str(tmp_path / "r.json"))
+        summary = run_cache_images(
+            str(tmp_path / "records.jsonl"),
+            str(tmp_path / "cache"),
+            resize=100,
+            min_side=100,
+            max_fail_rate=0.05,
+            workers=2,
+            fetch_policy={"allow_local_paths": True},
+            out_cached=str(tmp_path / "cached.jsonl"),
+            out_report=str(tmp_path / "r.json"),
+        )
         cached = {r["image_id"] for r in load_jsonl(tmp_path / "cached.jsonl")}
         assert cached.isdisjoint({"a", "b"}) and {"e"} <= cached and len(cached & {"c", "d"}) == 1
         assert summary["label_conflicts"] == 2 and summary["duplicates"] == 1 and summary["failed"] == 0
@@ -266,12 +321,15 @@ def test_same_bytes_under_two_taxa_are_both_excluded_and_reported(tmp_path):
         for f in conflicts.values():
             assert f["field"] == "taxon"
             assert sorted(f["conflict"], key=lambda g: g["image_id"]) == [
-                {"image_id": "a", "taxon": "Quercus ilex"}, {"image_id": "b", "taxon": "Quercus suber"}]
+                {"image_id": "a", "taxon": "Quercus ilex"},
+                {"image_id": "b", "taxon": "Quercus suber"},
+            ]
             for word in ("'Quercus ilex' in a", "'Quercus suber' in b"):
                 assert word in f["detail"]
 
 
 # --- 4. settings and checksums in the index ------------------------------------------------------
+
 
 def test_raised_min_side_and_lowered_max_pixels_rejudge_cached_entries(tmp_path):
     urls = _files(tmp_path / "src", {"small.jpg": jpeg_bytes(80, 70, seed=1), "big.jpg": jpeg_bytes(240, 200)})
@@ -286,8 +344,9 @@ def test_raised_min_side_and_lowered_max_pixels_rejudge_cached_entries(tmp_path)
     assert [r["image_id"] for r in raised.cached] == ["b"] and raised.fail_counts == {"too_small": 1}
     assert "80x70 < 100px (source size from the cache index)" in raised.failures[0]["detail"]
 
-    lowered = cache_images(recs, cache, resize=60, min_side=50, max_pixels=40_000, fetcher=f, workers=2,
-                           progress=lambda d, t: None)
+    lowered = cache_images(
+        recs, cache, resize=60, min_side=50, max_pixels=40_000, fetcher=f, workers=2, progress=lambda d, t: None
+    )
     assert lowered.fail_counts == {"decompression_bomb": 1} and "240x200 > 40000" in lowered.failures[0]["detail"]
 
     back = cache_images(recs, cache, resize=60, min_side=50, fetcher=f, workers=2, progress=lambda d, t: None)

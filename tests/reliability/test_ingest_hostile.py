@@ -6,6 +6,7 @@ rejected (ingest succeeded, split failed later with a message about regions).
 
 When PLANTID_FUZZ_COUNTS names a file, the number of names the property test tried is
 added to it (`make bench` reports them)."""
+
 import json
 import os
 import unicodedata
@@ -36,8 +37,13 @@ def _report_counts():
 
 
 def _rec(i, taxon="Rosa canina", **kw):
-    r = {"image_id": f"i{i}", "image_url": f"http://img.example/{i}.jpg", "taxon": taxon,
-         "region": "EU_SW", "license": "CC-BY"}
+    r = {
+        "image_id": f"i{i}",
+        "image_url": f"http://img.example/{i}.jpg",
+        "taxon": taxon,
+        "region": "EU_SW",
+        "license": "CC-BY",
+    }
     r.update(kw)
     return r
 
@@ -54,12 +60,27 @@ def _outs(tmp_path):
 
 ISOETES = "Iso\u00ebtes lacustris"  # NFC: e with diaeresis as one code point
 VARIANTS = {
-    "Quercus ilex": ["Quercus ilex", "quercus ilex", "QUERCUS ILEX", "Quercus  ilex", " Quercus ilex\t",
-                     "Quercus\u00a0ilex", "Quer\u200bcus ilex", "Quercus\u200c ilex", "\ufeffQuercus ilex",
-                     "Quercus il\u200dex", "Quercus ilex\u2060", "quercus\u3000ILEX\u00a0"],
+    "Quercus ilex": [
+        "Quercus ilex",
+        "quercus ilex",
+        "QUERCUS ILEX",
+        "Quercus  ilex",
+        " Quercus ilex\t",
+        "Quercus\u00a0ilex",
+        "Quer\u200bcus ilex",
+        "Quercus\u200c ilex",
+        "\ufeffQuercus ilex",
+        "Quercus il\u200dex",
+        "Quercus ilex\u2060",
+        "quercus\u3000ILEX\u00a0",
+    ],
     "Cistus ladanifer": ["Cistus ladanifer", "cistus LADANIFER", "Cistus\u2060 ladanifer"],
-    ISOETES: [ISOETES, unicodedata.normalize("NFD", ISOETES), "ISO\u00cbTES LACUSTRIS",
-              unicodedata.normalize("NFD", "iso\u00ebtes\u00a0lacustris\u200b")],
+    ISOETES: [
+        ISOETES,
+        unicodedata.normalize("NFD", ISOETES),
+        "ISO\u00cbTES LACUSTRIS",
+        unicodedata.normalize("NFD", "iso\u00ebtes\u00a0lacustris\u200b"),
+    ],
 }
 
 
@@ -86,10 +107,20 @@ def test_name_variants_collapse_to_one_class_with_the_raw_name_kept(tmp_path):
 
 def test_mongo_source_normalises_names_too(tmp_path, monkeypatch):
     coll = mongomock.MongoClient().db.photos
-    names = ["QUERCUS ILEX", "Quercus\u00a0ilex", "quercus ilex\u200b", "Quercus ilex",
-             unicodedata.normalize("NFD", ISOETES), ISOETES.upper()]
-    coll.insert_many([{"_id": i, "url": f"http://img.example/{i}.jpg", "species": {"name": s},
-                       "zone": "EU_SW", "lic": "cc0"} for i, s in enumerate(names)])
+    names = [
+        "QUERCUS ILEX",
+        "Quercus\u00a0ilex",
+        "quercus ilex\u200b",
+        "Quercus ilex",
+        unicodedata.normalize("NFD", ISOETES),
+        ISOETES.upper(),
+    ]
+    coll.insert_many(
+        [
+            {"_id": i, "url": f"http://img.example/{i}.jpg", "species": {"name": s}, "zone": "EU_SW", "lic": "cc0"}
+            for i, s in enumerate(names)
+        ]
+    )
     fm = {"image_url": "url", "taxon": "species.name", "region": "zone", "license": "lic"}
     res = ingest(iter_mongo_source(coll, {}, fm))
     assert [r.taxon for r in res.records] == ["Quercus ilex"] * 4 + [ISOETES] * 2
@@ -99,9 +130,15 @@ def test_mongo_source_normalises_names_too(tmp_path, monkeypatch):
     out = _outs(tmp_path)
     audit = run_ingest("mongo", "", {"database": "db", "collection": "photos", "field_map": fm}, None, 0, *out)
     assert audit["classes"] == 2
-    assert load_jsonl(out[0])[0] == {"image_id": "0", "image_url": "http://img.example/0.jpg", "taxon": "Quercus ilex",
-                                     "taxon_raw": "QUERCUS ILEX", "region": "EU_SW", "license": "cc0",
-                                     "license_family": "CC0"}
+    assert load_jsonl(out[0])[0] == {
+        "image_id": "0",
+        "image_url": "http://img.example/0.jpg",
+        "taxon": "Quercus ilex",
+        "taxon_raw": "QUERCUS ILEX",
+        "region": "EU_SW",
+        "license": "cc0",
+        "license_family": "CC0",
+    }
 
 
 # A canonical name: genus (or a nothogenus after "×"), epithet, maybe "×" before it, maybe
@@ -166,11 +203,14 @@ def test_a_name_of_invisible_characters_is_missing(raw):
 
 # --- 2. bytes that are not UTF-8 ------------------------------------------------------------
 
+
 def test_a_latin1_line_is_rejected_by_line_and_byte_offset_and_the_others_kept(tmp_path):
-    lines = [_line(_rec(1, "Crepis biennis")),
-             (json.dumps(_rec(2, "Cr\u00e9pis foetida"), ensure_ascii=False) + "\n").encode("latin-1"),
-             _line(_rec(3, ISOETES)),  # real UTF-8 accents are fine
-             _line(_rec(4, "Crepis foetida"))]
+    lines = [
+        _line(_rec(1, "Crepis biennis")),
+        (json.dumps(_rec(2, "Cr\u00e9pis foetida"), ensure_ascii=False) + "\n").encode("latin-1"),
+        _line(_rec(3, ISOETES)),  # real UTF-8 accents are fine
+        _line(_rec(4, "Crepis foetida")),
+    ]
     data = b"".join(lines)
     src = tmp_path / "records.jsonl"
     src.write_bytes(data)
@@ -186,17 +226,24 @@ def test_a_latin1_line_is_rejected_by_line_and_byte_offset_and_the_others_kept(t
     assert load_jsonl(out[2]) == [rej.to_dict()] and load_jsonl(out[2])[0]["byte_offset"] == offset
 
 
-@pytest.mark.parametrize("bad", [
-    b"\xed\xa0\x80",  # a surrogate encoded as UTF-8 (CESU-8)
-    b"\xc0\xaf",      # an overlong "/"
-    b"\x80",          # a lone continuation byte
-    b"\xe2\x82",      # a sequence cut short
-    b"\xff",
-], ids=["surrogate", "overlong", "continuation", "truncated", "ff"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\xed\xa0\x80",  # a surrogate encoded as UTF-8 (CESU-8)
+        b"\xc0\xaf",  # an overlong "/"
+        b"\x80",  # a lone continuation byte
+        b"\xe2\x82",  # a sequence cut short
+        b"\xff",
+    ],
+    ids=["surrogate", "overlong", "continuation", "truncated", "ff"],
+)
 def test_every_kind_of_bad_utf8_names_its_first_byte(tmp_path, bad):
     good = _line(_rec(1))
-    line = b'{"image_id": "i2", "image_url": "http://img.example/2.jpg", "taxon": "Rosa ' + bad + \
-        b'", "region": "EU_SW", "license": "CC0"}\n'
+    line = (
+        b'{"image_id": "i2", "image_url": "http://img.example/2.jpg", "taxon": "Rosa '
+        + bad
+        + b'", "region": "EU_SW", "license": "CC0"}\n'
+    )
     src = tmp_path / "r.jsonl"
     src.write_bytes(good + line + _line(_rec(3)))
     res = ingest(iter_jsonl_source(src))
@@ -229,9 +276,14 @@ def test_a_bom_inside_the_file_is_not_silently_eaten(tmp_path):
 
 # --- 3. nothing kept -------------------------------------------------------------------------
 
+
 def _latin1_file(p: Path) -> None:
-    p.write_bytes(b"".join((json.dumps(_rec(i, "Cr\u00e9pis " + e), ensure_ascii=False) + "\n").encode("latin-1")
-                           for i, e in enumerate(["biennis", "foetida", "capillaris"])))
+    p.write_bytes(
+        b"".join(
+            (json.dumps(_rec(i, "Cr\u00e9pis " + e), ensure_ascii=False) + "\n").encode("latin-1")
+            for i, e in enumerate(["biennis", "foetida", "capillaris"])
+        )
+    )
 
 
 def _filtered_file(p: Path) -> None:
@@ -239,21 +291,43 @@ def _filtered_file(p: Path) -> None:
 
 
 def _mixed_file(p: Path) -> None:
-    rows = ([_line(_rec(i, license="CC-BY-NC")) for i in range(5)] + [b"{not json\n"] * 4
-            + [_line(_rec(10 + i, taxon="")) for i in range(3)] + [b'{"taxon": "Cr\xe9pis"}\n'] * 2
-            + [_line(_rec(20, width=10, height=10))])
+    rows = (
+        [_line(_rec(i, license="CC-BY-NC")) for i in range(5)]
+        + [b"{not json\n"] * 4
+        + [_line(_rec(10 + i, taxon="")) for i in range(3)]
+        + [b'{"taxon": "Cr\xe9pis"}\n'] * 2
+        + [_line(_rec(20, width=10, height=10))]
+    )
     p.write_bytes(b"".join(rows))
 
 
-@pytest.mark.parametrize("make, allow, min_side, expect", [
-    (_latin1_file, None, 0, ["all 3 records read were rejected", "not_utf8=3", "another encoding",
-                             "records.jsonl:1 field '<line>'"]),
-    (_filtered_file, None, 100, ["all 4 records", "too_small=4", "data.min_side"]),
-    (_mixed_file, ["CC0", "CC-BY"], 100,
-     ["all 15 records", "top reasons: license_not_allowed=5", "; invalid_json=4", "; missing_field=3",
-      "2 other reason(s)", "data.license_allow"]),
-    (lambda p: p.write_bytes(b"\n\n"), None, 0, ["the source is empty (0 records read"]),
-], ids=["latin1_file", "all_filtered", "mixed_top3", "empty_file"])
+@pytest.mark.parametrize(
+    "make, allow, min_side, expect",
+    [
+        (
+            _latin1_file,
+            None,
+            0,
+            ["all 3 records read were rejected", "not_utf8=3", "another encoding", "records.jsonl:1 field '<line>'"],
+        ),
+        (_filtered_file, None, 100, ["all 4 records", "too_small=4", "data.min_side"]),
+        (
+            _mixed_file,
+            ["CC0", "CC-BY"],
+            100,
+            [
+                "all 15 records",
+                "top reasons: license_not_allowed=5",
+                "; invalid_json=4",
+                "; missing_field=3",
+                "2 other reason(s)",
+                "data.license_allow",
+            ],
+        ),
+        (lambda p: p.write_bytes(b"\n\n"), None, 0, ["the source is empty (0 records read"]),
+    ],
+    ids=["latin1_file", "all_filtered", "mixed_top3", "empty_file"],
+)
 def test_a_run_that_keeps_nothing_fails_naming_the_dominant_reasons(tmp_path, make, allow, min_side, expect):
     src = tmp_path / "records.jsonl"
     make(src)
@@ -272,7 +346,17 @@ def test_a_run_that_keeps_nothing_fails_naming_the_dominant_reasons(tmp_path, ma
 
 def test_a_mongo_query_that_keeps_nothing_names_its_documents(tmp_path):
     coll = mongomock.MongoClient().db.photos
-    coll.insert_many([{"_id": i, "image_url": f"http://img.example/{i}.jpg", "taxon": "Rosa canina",
-                       "region": "EU_SW", "license": "All rights reserved"} for i in range(3)])
+    coll.insert_many(
+        [
+            {
+                "_id": i,
+                "image_url": f"http://img.example/{i}.jpg",
+                "taxon": "Rosa canina",
+                "region": "EU_SW",
+                "license": "All rights reserved",
+            }
+            for i in range(3)
+        ]
+    )
     with pytest.raises(NothingKeptError, match=r"all 3 records .*license_not_allowed=3 \(e\.g\. mongo:_id=0"):
         ingest(iter_mongo_source(coll))

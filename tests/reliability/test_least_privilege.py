@@ -2,6 +2,7 @@
 compiled from config/cluster.yaml and the rendered GitOps manifests. (Per-setting
 checks live in tests/components/test_platform.py and tests/project/test_manifests.py; these look at the
 whole artifacts for anything that slipped past them.)"""
+
 import re
 import shutil
 import sys
@@ -43,16 +44,26 @@ def test_every_pod_of_the_real_pipeline_runs_as_non_root(compiled):
 
 def test_only_ingest_gets_the_database_secret_and_only_stage_weights_the_hub_token(compiled):
     _, _, platform = compiled
-    with_secret = {label: [e["secretNameParameter"]["runtimeValue"]["constant"] for e in k8s["secretAsEnv"]]
-                   for label, k8s in platform.items() if "secretAsEnv" in k8s}
+    with_secret = {
+        label: [e["secretNameParameter"]["runtimeValue"]["constant"] for e in k8s["secretAsEnv"]]
+        for label, k8s in platform.items()
+        if "secretAsEnv" in k8s
+    }
     assert with_secret.pop("exec-ingest") == ["plantid-mongo"]
     assert len(with_secret) == 3  # the three stage_weights tasks (teacher, student, baseline)
-    assert all(label.startswith("exec-stage-weights") and names == ["plantid-hf-token"]
-               for label, names in with_secret.items())
+    assert all(
+        label.startswith("exec-stage-weights") and names == ["plantid-hf-token"] for label, names in with_secret.items()
+    )
 
 
-SECRET_LOOKING = [r"mongodb(\+srv)?://", r"-----BEGIN [A-Z ]*PRIVATE KEY", r"\"private_key\"",
-                  r"(?i)password\s*[:=]\s*\S+", r"AKIA[0-9A-Z]{16}", r"ya29\.[0-9A-Za-z_-]+"]
+SECRET_LOOKING = [
+    r"mongodb(\+srv)?://",
+    r"-----BEGIN [A-Z ]*PRIVATE KEY",
+    r"\"private_key\"",
+    r"(?i)password\s*[:=]\s*\S+",
+    r"AKIA[0-9A-Z]{16}",
+    r"ya29\.[0-9A-Za-z_-]+",
+]
 
 
 @pytest.mark.parametrize("pattern", SECRET_LOOKING)
@@ -67,8 +78,9 @@ def test_no_secret_material_in_the_gitops_manifests():
         for pattern in SECRET_LOOKING:
             assert not re.search(pattern, text), f"{p.relative_to(ROOT)} contains {pattern}"
         for doc in yaml.safe_load_all(text):
-            assert not (isinstance(doc, dict) and doc.get("kind") == "Secret"), \
+            assert not (isinstance(doc, dict) and doc.get("kind") == "Secret"), (
                 f"{p.relative_to(ROOT)}: Secrets are created outside git (manifests/README.md)"
+            )
 
 
 @pytest.mark.parametrize("security", [{"run_as_user": 0}, {"run_as_group": 0}, {"run_as_non_root": False}])
@@ -94,8 +106,10 @@ def rendered_roles():
 
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")
-    return {name: [d for d in kustomize(MANIFESTS / "overlays" / name) if d.get("kind") in ("Role", "ClusterRole")]
-            for name in OVERLAYS}
+    return {
+        name: [d for d in kustomize(MANIFESTS / "overlays" / name) if d.get("kind") in ("Role", "ClusterRole")]
+        for name in OVERLAYS
+    }
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])

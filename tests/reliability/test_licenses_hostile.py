@@ -5,6 +5,7 @@ spelling, plus hypothesis tests that generate spellings.
 
 When PLANTID_FUZZ_COUNTS names a file, the number of inputs each test tried is added
 to it (as in test_fuzz_inputs.py)."""
+
 import unicodedata
 from collections import Counter
 from itertools import pairwise
@@ -36,35 +37,38 @@ def _report_counts():
 
 # --- fixed cases -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("raw,family,terms", [
-    ("CC BY 4.0 NC", "CC-BY-NC", {"NC"}),
-    ("https://creativecommons.org/licenses/by/4.0/ (non-commercial use only)", "CC-BY-NC", {"NC"}),
-    ("cc-by-4.0-nc", "CC-BY-NC", {"NC"}),
-    ("CC BY 4.0 / NoDerivatives", "CC-BY-ND", {"ND"}),
-    ("https://creativecommons.org/licenses/by-nc/4.0/", "CC-BY-NC", {"NC"}),
-    ("https://creativecommons.org/licenses/by/4.0/?nc", "CC-BY-NC", {"NC"}),
-    ("Cc By-Nc 4.0", "CC-BY-NC", {"NC"}),                       # mixed case
-    ("CC_BY_NC_4.0", "CC-BY-NC", {"NC"}),                       # underscores
-    ("  CC    BY     NC   4.0 ", "CC-BY-NC", {"NC"}),           # extra spaces
-    ("CC\u2010BY\u2013NC\u20144.0", "CC-BY-NC", {"NC"}),        # hyphen, en and em dash
-    ("CC BY\u2212ND 4.0", "CC-BY-ND", {"ND"}),                  # minus sign
-    ("\uff23\uff23 \uff22\uff39-\uff2e\uff23", "CC-BY-NC", {"NC"}),  # fullwidth
-    ("CC BY N\u200bC", "CC-BY-NC", {"NC"}),                     # zero-width space inside NC
-    ("CC BY\u00adNC 4.0", "CC-BY-NC", {"NC"}),                  # soft hyphen glues BY and NC
-    ("ccbyncsa4.0", "CC-BY-NC-SA", {"NC"}),                     # glued
-    ("CC BY 4.0 NoDerivs", "CC-BY-ND", {"ND"}),
-    ("cc by 4.0 no derivative works", "CC-BY-ND", {"ND"}),
-    ("Creative Commons Attribution-NonCommercial-ShareAlike 4.0 International", "CC-BY-NC-SA", {"NC"}),
-    ("CC BY 4.0, non commercial", "CC-BY-NC", {"NC"}),
-    ("CC BY 4.0 no comercial", "CC-BY-NC", {"NC"}),
-    ("CC BY 4.0 sin obra derivada", "CC-BY-ND", {"ND"}),
-    ("Creative Commons Reconocimiento-NoComercial-SinObraDerivada 4.0 Internacional", "CC-BY-NC-ND",
-     {"NC", "ND"}),
-    ("cc-by-nc-nd", "CC-BY-NC-ND", {"NC", "ND"}),
-    ("CC_BY_NC_4_0", "CC-BY-NC", {"NC"}),                      # GBIF's enumeration
-    ("Creative Commons Atribuci\u00f3n-NoComercial 4.0 Internacional", "CC-BY-NC", {"NC"}),  # accents
-    ("CC BY 4.0 \u00f1c", "CC-BY-NC", {"NC"}),                  # an accent on the term itself
-])
+
+@pytest.mark.parametrize(
+    "raw,family,terms",
+    [
+        ("CC BY 4.0 NC", "CC-BY-NC", {"NC"}),
+        ("https://creativecommons.org/licenses/by/4.0/ (non-commercial use only)", "CC-BY-NC", {"NC"}),
+        ("cc-by-4.0-nc", "CC-BY-NC", {"NC"}),
+        ("CC BY 4.0 / NoDerivatives", "CC-BY-ND", {"ND"}),
+        ("https://creativecommons.org/licenses/by-nc/4.0/", "CC-BY-NC", {"NC"}),
+        ("https://creativecommons.org/licenses/by/4.0/?nc", "CC-BY-NC", {"NC"}),
+        ("Cc By-Nc 4.0", "CC-BY-NC", {"NC"}),  # mixed case
+        ("CC_BY_NC_4.0", "CC-BY-NC", {"NC"}),  # underscores
+        ("  CC    BY     NC   4.0 ", "CC-BY-NC", {"NC"}),  # extra spaces
+        ("CC\u2010BY\u2013NC\u20144.0", "CC-BY-NC", {"NC"}),  # hyphen, en and em dash
+        ("CC BY\u2212ND 4.0", "CC-BY-ND", {"ND"}),  # minus sign
+        ("\uff23\uff23 \uff22\uff39-\uff2e\uff23", "CC-BY-NC", {"NC"}),  # fullwidth
+        ("CC BY N\u200bC", "CC-BY-NC", {"NC"}),  # zero-width space inside NC
+        ("CC BY\u00adNC 4.0", "CC-BY-NC", {"NC"}),  # soft hyphen glues BY and NC
+        ("ccbyncsa4.0", "CC-BY-NC-SA", {"NC"}),  # glued
+        ("CC BY 4.0 NoDerivs", "CC-BY-ND", {"ND"}),
+        ("cc by 4.0 no derivative works", "CC-BY-ND", {"ND"}),
+        ("Creative Commons Attribution-NonCommercial-ShareAlike 4.0 International", "CC-BY-NC-SA", {"NC"}),
+        ("CC BY 4.0, non commercial", "CC-BY-NC", {"NC"}),
+        ("CC BY 4.0 no comercial", "CC-BY-NC", {"NC"}),
+        ("CC BY 4.0 sin obra derivada", "CC-BY-ND", {"ND"}),
+        ("Creative Commons Reconocimiento-NoComercial-SinObraDerivada 4.0 Internacional", "CC-BY-NC-ND", {"NC", "ND"}),
+        ("cc-by-nc-nd", "CC-BY-NC-ND", {"NC", "ND"}),
+        ("CC_BY_NC_4_0", "CC-BY-NC", {"NC"}),  # GBIF's enumeration
+        ("Creative Commons Atribuci\u00f3n-NoComercial 4.0 Internacional", "CC-BY-NC", {"NC"}),  # accents
+        ("CC BY 4.0 \u00f1c", "CC-BY-NC", {"NC"}),  # an accent on the term itself
+    ],
+)
 def test_nc_nd_anywhere_parses_to_the_restricted_family(raw, family, terms):
     lic = parse_license(raw)
     assert (lic.family, lic.restrictions) == (family, frozenset(terms))
@@ -73,27 +77,30 @@ def test_nc_nd_anywhere_parses_to_the_restricted_family(raw, family, terms):
     assert not is_allowed(raw, list(DEFAULT_ALLOWED) + ["PD", "All rights reserved"])
 
 
-@pytest.mark.parametrize("raw,terms,why", [
-    ("Attribution-NonCommercial", {"NC"}, "without a Creative Commons marker"),
-    ("by-nc", {"NC"}, "without a Creative Commons marker"),
-    ("Reconocimiento-NoComercial-SinObraDerivada 4.0", {"NC", "ND"}, "without a Creative Commons marker"),
-    ("CC BY 4.0 non-commerical", {"NC"}, "unrecognised words 'non', 'commerical'"),  # typo
-    ("CC BY 4.0 noncommercially", {"NC"}, "unrecognised word 'noncommercially'"),
-    ("CC BY 4.0 (NC-ish)", {"NC"}, "unrecognised word 'ish'"),
-    ("CC0 NC", {"NC"}, "CC0 mixed with NC"),
-    ("public domain, no derivatives", {"ND"}, "PD mixed with ND"),
-    ("CC BY-ND-SA 4.0", {"ND"}, "no-derivatives with share-alike"),
-    ("All rights reserved, CC BY", set(), "'all rights reserved' mixed"),
-    ("\u0421\u0421 BY 4.0", set(), "unrecognised word"),     # Cyrillic homoglyphs for CC
-    ("CC BY 4.0 no", set(), "unrecognised word 'no'"),        # a dangling negation
-    ("CC BY 4.0 except commercial use", set(), "unrecognised word"),
-    ("CC BY 5.0", set(), "not a version Creative Commons published"),
-    ("CC BY 3.0 / CC BY 4.0", set(), "several versions"),
-    ("https://evil.example/creativecommons.org/licenses/by/4.0/", set(), "unrecognised word"),
-    ("BY 4.0", set(), "without a Creative Commons marker"),
-    ("CC 4.0", set(), "no licence terms"),
-    ("zero", set(), "without a Creative Commons marker"),
-])
+@pytest.mark.parametrize(
+    "raw,terms,why",
+    [
+        ("Attribution-NonCommercial", {"NC"}, "without a Creative Commons marker"),
+        ("by-nc", {"NC"}, "without a Creative Commons marker"),
+        ("Reconocimiento-NoComercial-SinObraDerivada 4.0", {"NC", "ND"}, "without a Creative Commons marker"),
+        ("CC BY 4.0 non-commerical", {"NC"}, "unrecognised words 'non', 'commerical'"),  # typo
+        ("CC BY 4.0 noncommercially", {"NC"}, "unrecognised word 'noncommercially'"),
+        ("CC BY 4.0 (NC-ish)", {"NC"}, "unrecognised word 'ish'"),
+        ("CC0 NC", {"NC"}, "CC0 mixed with NC"),
+        ("public domain, no derivatives", {"ND"}, "PD mixed with ND"),
+        ("CC BY-ND-SA 4.0", {"ND"}, "no-derivatives with share-alike"),
+        ("All rights reserved, CC BY", set(), "'all rights reserved' mixed"),
+        ("\u0421\u0421 BY 4.0", set(), "unrecognised word"),  # Cyrillic homoglyphs for CC
+        ("CC BY 4.0 no", set(), "unrecognised word 'no'"),  # a dangling negation
+        ("CC BY 4.0 except commercial use", set(), "unrecognised word"),
+        ("CC BY 5.0", set(), "not a version Creative Commons published"),
+        ("CC BY 3.0 / CC BY 4.0", set(), "several versions"),
+        ("https://evil.example/creativecommons.org/licenses/by/4.0/", set(), "unrecognised word"),
+        ("BY 4.0", set(), "without a Creative Commons marker"),
+        ("CC 4.0", set(), "no licence terms"),
+        ("zero", set(), "without a Creative Commons marker"),
+    ],
+)
 def test_what_cannot_be_classified_is_refused_with_a_reason(raw, terms, why):
     lic = parse_license(raw)
     assert lic.family == UNKNOWN and why in lic.reason
@@ -104,12 +111,30 @@ def test_what_cannot_be_classified_is_refused_with_a_reason(raw, terms, why):
 
 
 def test_ingest_keeps_only_the_permissive_spellings():
-    hostile = ["CC BY 4.0 NC", "https://creativecommons.org/licenses/by/4.0/ (non-commercial use only)",
-               "cc-by-4.0-nc", "CC BY 4.0 / NoDerivatives", "Attribution-NonCommercial",
-               "CC\u2013BY\u2013NC", "\u0421\u0421 BY 4.0", "CC0 NC"]
+    hostile = [
+        "CC BY 4.0 NC",
+        "https://creativecommons.org/licenses/by/4.0/ (non-commercial use only)",
+        "cc-by-4.0-nc",
+        "CC BY 4.0 / NoDerivatives",
+        "Attribution-NonCommercial",
+        "CC\u2013BY\u2013NC",
+        "\u0421\u0421 BY 4.0",
+        "CC0 NC",
+    ]
     good = ["CC BY 4.0", "https://creativecommons.org/licenses/by-sa/4.0/", "cc0-1.0"]
-    src = [(f"t:{i}", {"image_id": f"i{i}", "image_url": f"http://x/{i}.jpg", "taxon": "Rosa canina",
-                       "region": "EU_SW", "license": lic}) for i, lic in enumerate(hostile + good)]
+    src = [
+        (
+            f"t:{i}",
+            {
+                "image_id": f"i{i}",
+                "image_url": f"http://x/{i}.jpg",
+                "taxon": "Rosa canina",
+                "region": "EU_SW",
+                "license": lic,
+            },
+        )
+        for i, lic in enumerate(hostile + good)
+    ]
     res = ingest(src)
     assert [r.license for r in res.records] == good
     assert [r.extra["license_family"] for r in res.records] == ["CC-BY", "CC-BY-SA", "CC0"]
@@ -119,14 +144,47 @@ def test_ingest_keeps_only_the_permissive_spellings():
 # --- generated spellings -----------------------------------------------------------------
 
 SEPARATORS = [" ", "-", "_", "  ", "/", " - ", ".", "\u2010", "\u2013", "\u2014", "\u2212", "\u00a0", "\t"]
-NC_TERMS = ["nc", "non-commercial", "noncommercial", "NonCommercial", "non commercial", "non_commercial",
-            "non\u2013commercial", "no commercial", "no comercial", "nocomercial", "(non-commercial use only)",
-            "non-commercial use only", "N\u200bC", "\uff2e\uff23"]
-ND_TERMS = ["nd", "NoDerivatives", "no-derivatives", "NoDerivs", "no derivs", "no derivative works",
-            "no_derivatives", "sin obra derivada", "SinObraDerivada", "N\u00adD"]
+NC_TERMS = [
+    "nc",
+    "non-commercial",
+    "noncommercial",
+    "NonCommercial",
+    "non commercial",
+    "non_commercial",
+    "non\u2013commercial",
+    "no commercial",
+    "no comercial",
+    "nocomercial",
+    "(non-commercial use only)",
+    "non-commercial use only",
+    "N\u200bC",
+    "\uff2e\uff23",
+]
+ND_TERMS = [
+    "nd",
+    "NoDerivatives",
+    "no-derivatives",
+    "NoDerivs",
+    "no derivs",
+    "no derivative works",
+    "no_derivatives",
+    "sin obra derivada",
+    "SinObraDerivada",
+    "N\u00adD",
+]
 # Cyrillic and Greek letters that look like Latin ones
-HOMOGLYPHS = {"c": "\u0441", "a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "y": "\u0443",
-              "b": "\u044c", "i": "\u0456", "s": "\u0455", "n": "\u03b7"}
+HOMOGLYPHS = {
+    "c": "\u0441",
+    "a": "\u0430",
+    "e": "\u0435",
+    "o": "\u043e",
+    "p": "\u0440",
+    "y": "\u0443",
+    "b": "\u044c",
+    "i": "\u0456",
+    "s": "\u0455",
+    "n": "\u03b7",
+}
 
 
 @st.composite
@@ -163,25 +221,38 @@ def permissive(draw) -> tuple[str, str]:
         v = v if "." in v else v + ".0"
         port = draw(st.sampled_from(["", "es/", "fr/"])) if v in ("2.0", "2.5", "3.0") else ""
         tail = draw(st.sampled_from(["", "legalcode", "deed.en", "deed.pt_BR", "?ref=chooser-v1"]))
-        url = (draw(st.sampled_from(["https://", "http://", ""])) + draw(st.sampled_from(["", "www."]))
-               + f"creativecommons.org/{path}/{v}/{port}{tail}")
+        url = (
+            draw(st.sampled_from(["https://", "http://", ""]))
+            + draw(st.sampled_from(["", "www."]))
+            + f"creativecommons.org/{path}/{v}/{port}{tail}"
+        )
         text = draw(recased(url))
     elif form == "long":
         if family == "CC0":
-            text = draw(st.sampled_from(["CC0 1.0 Universal", "CC0 1.0 Universal Public Domain Dedication",
-                                         "Creative Commons Zero"]))
+            text = draw(
+                st.sampled_from(
+                    ["CC0 1.0 Universal", "CC0 1.0 Universal Public Domain Dedication", "Creative Commons Zero"]
+                )
+            )
         else:
             name = {"CC-BY": "Attribution", "CC-BY-SA": "Attribution-ShareAlike"}[family]
-            text = " ".join(x for x in ["Creative Commons", name, version,
-                                        draw(st.sampled_from(["", "International", "Unported", "Generic"])),
-                                        draw(st.sampled_from(["", "License", "licence", "Public License"]))] if x)
+            text = " ".join(
+                x
+                for x in [
+                    "Creative Commons",
+                    name,
+                    version,
+                    draw(st.sampled_from(["", "International", "Unported", "Generic"])),
+                    draw(st.sampled_from(["", "License", "licence", "Public License"])),
+                ]
+                if x
+            )
         text = draw(recased(text))
     elif form == "gbif":
         text = draw(recased({"CC-BY": "CC_BY_4_0", "CC-BY-SA": "CC_BY_SA_4_0", "CC0": "CC0_1_0"}[family]))
     else:
         prefix = draw(st.sampled_from(["cc", "creative commons", "creativecommons"]))
-        terms = {"CC-BY": ["by"], "CC-BY-SA": ["by", "sa"],
-                 "CC0": [draw(st.sampled_from(["0", "zero"]))]}[family]
+        terms = {"CC-BY": ["by"], "CC-BY-SA": ["by", "sa"], "CC0": [draw(st.sampled_from(["0", "zero"]))]}[family]
         parts = prefix.split() + terms + ([version] if version else [])
         if version in ("2.0", "2.5", "3.0") and draw(st.booleans()):
             parts.append(draw(st.sampled_from(["es", "fr", "de"])))
@@ -240,7 +311,7 @@ def test_generated_foreign_words_and_homoglyphs_are_refused(data):
     else:
         spots = [i for i, c in enumerate(base) if c.lower() in HOMOGLYPHS]
         i = data.draw(st.sampled_from(spots))
-        text = base[:i] + HOMOGLYPHS[base[i].lower()] + base[i + 1:]
+        text = base[:i] + HOMOGLYPHS[base[i].lower()] + base[i + 1 :]
     lic = parse_license(text)
     assert lic.family == UNKNOWN and not is_permissive(text), (text, lic)
 
@@ -251,8 +322,25 @@ def _squashed(text: str) -> str:
 
 
 # licence words and junk, but never a Creative Commons marker ("cc", "creative commons")
-NO_MARKER_PIECES = st.sampled_from(["by", "sa", "BY-SA", "4.0", "v3", "attribution", "ShareAlike", "zero", "0",
-                                    "International", "licenses", "https://", "org", "es", "deed"]) | st.text(max_size=6)
+NO_MARKER_PIECES = st.sampled_from(
+    [
+        "by",
+        "sa",
+        "BY-SA",
+        "4.0",
+        "v3",
+        "attribution",
+        "ShareAlike",
+        "zero",
+        "0",
+        "International",
+        "licenses",
+        "https://",
+        "org",
+        "es",
+        "deed",
+    ]
+) | st.text(max_size=6)
 
 
 @FUZZ

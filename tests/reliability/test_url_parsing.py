@@ -8,6 +8,7 @@ No test here reaches anything but 127.0.0.1: every test that fetches replaces th
 resolver (the `dns` fixture) so that every host name leads to the local image server
 and is recorded, which makes a URL that slips past the policy show up as a hit on that
 server and as the name requests asked for."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -28,8 +29,13 @@ from tests.image_server import ImageServer, jpeg_bytes
 from tests.reliability.fuzzing import fuzz_settings, write_counts  # noqa: E402
 
 ALLOWLIST = ["allowed.example", "*.cdn.example", "bücher.example"]
-POLICY = {"allow_private_networks": True,  # the server is on loopback; the URL policy is under test here
-          "host_allowlist": ALLOWLIST, "retries": 0, "per_host_rate": 0, "timeout_s": 2.0}
+POLICY = {
+    "allow_private_networks": True,  # the server is on loopback; the URL policy is under test here
+    "host_allowlist": ALLOWLIST,
+    "retries": 0,
+    "per_host_rate": 0,
+    "timeout_s": 2.0,
+}
 TRIED: Counter = Counter()
 # the project's fuzz settings (tests/reliability/test_fuzz_inputs.py): a fixed set in CI,
 # fresh draws when PLANTID_FUZZ_EXAMPLES asks for more
@@ -139,16 +145,19 @@ def test_trick_urls_are_refused_before_any_request(server, dns, url, reason):
     assert sum(server.hits.values()) == before
 
 
-@pytest.mark.parametrize("url,host,port", [
-    ("http://allowed.example/img/a.jpg", "allowed.example", 80),
-    ("http://ALLOWED.Example./img/a.jpg", "allowed.example", 80),           # case and trailing dot
-    ("http://img.cdn.example/img/a.jpg", "img.cdn.example", 80),            # allowed subdomain
-    ("http://a.b.cdn.example/img/a.jpg", "a.b.cdn.example", 80),
-    ("http://allowed.example:8080/img/a.jpg", "allowed.example", 8080),     # explicit port
-    ("http://bücher.example/img/a.jpg", "xn--bcher-kva.example", 80),        # IDNA, either spelling
-    ("http://xn--bcher-kva.example/img/a.jpg", "xn--bcher-kva.example", 80),
-    ("http://allowed.example/img/a.jpg#@evil.example", "allowed.example", 80),  # '@' after '#'
-])
+@pytest.mark.parametrize(
+    "url,host,port",
+    [
+        ("http://allowed.example/img/a.jpg", "allowed.example", 80),
+        ("http://ALLOWED.Example./img/a.jpg", "allowed.example", 80),  # case and trailing dot
+        ("http://img.cdn.example/img/a.jpg", "img.cdn.example", 80),  # allowed subdomain
+        ("http://a.b.cdn.example/img/a.jpg", "a.b.cdn.example", 80),
+        ("http://allowed.example:8080/img/a.jpg", "allowed.example", 8080),  # explicit port
+        ("http://bücher.example/img/a.jpg", "xn--bcher-kva.example", 80),  # IDNA, either spelling
+        ("http://xn--bcher-kva.example/img/a.jpg", "xn--bcher-kva.example", 80),
+        ("http://allowed.example/img/a.jpg#@evil.example", "allowed.example", 80),  # '@' after '#'
+    ],
+)
 def test_legitimate_urls_on_the_allowlist_are_fetched(server, dns, url, host, port):
     assert Fetcher(FetchPolicy(**POLICY)).fetch(url) == server.images["a.jpg"]
     assert dns == [(host, port)]
@@ -161,12 +170,32 @@ def test_at_sign_in_the_path_is_not_userinfo(server, dns):
 
 
 def test_trick_urls_fail_per_record_and_the_run_goes_on(server, dns, tmp_path):
-    recs = [{"image_id": "good", "image_url": "http://allowed.example/img/a.jpg", "taxon": "Rosa canina",
-             "region": "EU_SW", "license": "CC0"},
-            {"image_id": "trick", "image_url": "http://evil.example:80\\@allowed.example/img/a.jpg",
-             "taxon": "Rosa canina", "region": "EU_SW", "license": "CC0"}]
-    rep = cache_images(recs, tmp_path, resize=64, min_side=50, policy=FetchPolicy(**POLICY), workers=1,
-                       max_fail_rate=1.0, progress=lambda d, t: None)
+    recs = [
+        {
+            "image_id": "good",
+            "image_url": "http://allowed.example/img/a.jpg",
+            "taxon": "Rosa canina",
+            "region": "EU_SW",
+            "license": "CC0",
+        },
+        {
+            "image_id": "trick",
+            "image_url": "http://evil.example:80\\@allowed.example/img/a.jpg",
+            "taxon": "Rosa canina",
+            "region": "EU_SW",
+            "license": "CC0",
+        },
+    ]
+    rep = cache_images(
+        recs,
+        tmp_path,
+        resize=64,
+        min_side=50,
+        policy=FetchPolicy(**POLICY),
+        workers=1,
+        max_fail_rate=1.0,
+        progress=lambda d, t: None,
+    )
     assert [c["image_id"] for c in rep.cached] == ["good"]
     (fail,) = rep.failures
     assert fail["image_id"] == "trick" and fail["reason"] == "ambiguous_url" and "backslash" in fail["detail"]
@@ -196,13 +225,16 @@ def redirector():
     httpd.server_close()
 
 
-@pytest.mark.parametrize("location,reason", [
-    ("http://allowed.example/img/a.jpg", None),  # the chain works: the refusals below are the policy's
-    ("http://evil.example:80\\@allowed.example/img/a.jpg", "ambiguous_url"),
-    ("http://allowed.example@evil.example/img/a.jpg", "ambiguous_url"),
-    ("http://allowed.example\t/img/a.jpg", "ambiguous_url"),  # urljoin would drop the tab
-    ("//evil.example/img/a.jpg", "blocked_host"),
-])
+@pytest.mark.parametrize(
+    "location,reason",
+    [
+        ("http://allowed.example/img/a.jpg", None),  # the chain works: the refusals below are the policy's
+        ("http://evil.example:80\\@allowed.example/img/a.jpg", "ambiguous_url"),
+        ("http://allowed.example@evil.example/img/a.jpg", "ambiguous_url"),
+        ("http://allowed.example\t/img/a.jpg", "ambiguous_url"),  # urljoin would drop the tab
+        ("//evil.example/img/a.jpg", "blocked_host"),
+    ],
+)
 def test_redirects_to_trick_urls_are_refused(server, dns, redirector, location, reason):
     _Redirect.location = location
     f = Fetcher(FetchPolicy(**{**POLICY, "host_allowlist": [*ALLOWLIST, "127.0.0.1"]}))
@@ -216,15 +248,56 @@ def test_redirects_to_trick_urls_are_refused(server, dns, redirector, location, 
     assert f.stats["requests"] == 1 and sum(server.hits.values()) == before
 
 
-ALLOWED_FORMS = ["allowed.example", "ALLOWED.Example", "allowed.example.", "img.cdn.example",
-                 "bücher.example", "xn--bcher-kva.example"]
-EVIL_FORMS = ["evil.example", "allowed.example.evil.example", "evilallowed.example", "cdn.example",
-              "\u0430llowed.example", "127.0.0.1", "[::1]", "evil.example."]
+ALLOWED_FORMS = [
+    "allowed.example",
+    "ALLOWED.Example",
+    "allowed.example.",
+    "img.cdn.example",
+    "bücher.example",
+    "xn--bcher-kva.example",
+]
+EVIL_FORMS = [
+    "evil.example",
+    "allowed.example.evil.example",
+    "evilallowed.example",
+    "cdn.example",
+    "\u0430llowed.example",
+    "127.0.0.1",
+    "[::1]",
+    "evil.example.",
+]
 # Half the separators drawn are these, the ones urllib.parse and urllib3 split apart (a
 # backslash ends the authority for urllib3 only; tab and newline vanish for urllib.parse only).
 CONFUSING = ["\\@", ":80\\@", "\\", "\\\\@", ":8080\\@", "\\.", "\t@", "\n@", "@"]
-SEPARATORS = [":pass@", "@@", "#@", "?@", "/@", "/\\@", "#", "?", "/", ".", ":", ";", "%40", "%2e", "%5c",
-              "%09", "\t", "\n", "\r\n", " ", "\x00", "\u3002", "\u200b", "\u00ad", "[", "]", ""]
+SEPARATORS = [
+    ":pass@",
+    "@@",
+    "#@",
+    "?@",
+    "/@",
+    "/\\@",
+    "#",
+    "?",
+    "/",
+    ".",
+    ":",
+    ";",
+    "%40",
+    "%2e",
+    "%5c",
+    "%09",
+    "\t",
+    "\n",
+    "\r\n",
+    " ",
+    "\x00",
+    "\u3002",
+    "\u200b",
+    "\u00ad",
+    "[",
+    "]",
+    "",
+]
 PORTS = [":80", ":8080", ":", ":0x50", ":65536", ": 80", ":80:80"]
 SCHEMES = ["HTTP://", "http:/", "http:\\\\", " http://", "http:///", "http:", "ht\ttp://"]
 PATHS = ["/img/a.jpg", "/img/a@2x.jpg", "", "/img/a.jpg#@evil.example", "?@evil.example/img/a.jpg"]
@@ -240,8 +313,12 @@ def tricky_urls(draw) -> str:
     odd = st.integers(0, 3).map(lambda n: n == 0)  # one time in four
     pairs = draw(st.sampled_from([0, 0, 1, 1, 2]))
     authority = draw(host) + "".join(draw(sep) + draw(host) for _ in range(pairs))
-    return ((draw(st.sampled_from(SCHEMES)) if draw(odd) else "http://") + authority
-            + (draw(st.sampled_from(PORTS)) if draw(odd) else "") + draw(st.sampled_from(PATHS)))
+    return (
+        (draw(st.sampled_from(SCHEMES)) if draw(odd) else "http://")
+        + authority
+        + (draw(st.sampled_from(PORTS)) if draw(odd) else "")
+        + draw(st.sampled_from(PATHS))
+    )
 
 
 @FUZZ

@@ -1,6 +1,7 @@
 """shared/artifact_keys.py: the metadata keys and metric names steps share. Metric names are
 what the KFP UI shows and runs are compared by: their values are frozen here, and components
 name them only through the module (never as string literals)."""
+
 import ast
 from pathlib import Path
 
@@ -9,28 +10,81 @@ from shared import artifact_keys as K
 ROOT = Path(__file__).resolve().parents[2]
 
 # The names whose value is not simply the constant's name in lower case.
-IRREGULAR = {"TOP_K": "k", "TEACHER_VAL_TOP1": "val_top1_acc", "REGION_TOP1_PREFIX": "top1_",
-             "TEST_REGION_TOP1_PREFIX": "test_top1_", "TEACHER_VAL_PREFIX": "val_"}
+IRREGULAR = {
+    "TOP_K": "k",
+    "TEACHER_VAL_TOP1": "val_top1_acc",
+    "REGION_TOP1_PREFIX": "top1_",
+    "TEST_REGION_TOP1_PREFIX": "test_top1_",
+    "TEACHER_VAL_PREFIX": "val_",
+}
 
 # The metric lists the components logged before the constants existed, in their order.
 LOGGED = {
-    "INGEST_METRICS": ("records_read", "records_valid", "records_kept", "unique_images", "classes",
-                       "permissive_share_of_valid"),
-    "CACHE_METRICS": ("cached", "fetched", "reused", "failed", "fail_rate", "too_small", "duplicates",
-                      "label_conflicts", "images_per_second"),
+    "INGEST_METRICS": (
+        "records_read",
+        "records_valid",
+        "records_kept",
+        "unique_images",
+        "classes",
+        "permissive_share_of_valid",
+    ),
+    "CACHE_METRICS": (
+        "cached",
+        "fetched",
+        "reused",
+        "failed",
+        "fail_rate",
+        "too_small",
+        "duplicates",
+        "label_conflicts",
+        "images_per_second",
+    ),
     "BASELINE_METRICS": ("top1_accuracy", "top5_accuracy", "chance_top1"),
     "TEACHER_TEST_METRICS": ("top1_accuracy", "top5_accuracy", "loss", "share_classes_recall_above_threshold"),
-    "SOFT_LABEL_METRICS": ("samples", "classes", "mean_entropy", "teacher_agreement", "max_row_sum_error",
-                           "bytes_per_sample", "temperature"),
-    "STUDENT_METRICS": ("val_top1", "val_top5", "val_loss", "test_top1", "test_top5", "train_top1", "parameters",
-                        "size_mb_fp32"),
+    "SOFT_LABEL_METRICS": (
+        "samples",
+        "classes",
+        "mean_entropy",
+        "teacher_agreement",
+        "max_row_sum_error",
+        "bytes_per_sample",
+        "temperature",
+    ),
+    "STUDENT_METRICS": (
+        "val_top1",
+        "val_top5",
+        "val_loss",
+        "test_top1",
+        "test_top5",
+        "train_top1",
+        "parameters",
+        "size_mb_fp32",
+    ),
     "STUDENT_STAGES": ("distillation", "finetuning"),
-    "CALIBRATION_METRICS": ("temperature", "ece_before", "ece_after", "mce_before", "mce_after", "threshold",
-                            "coverage", "precision_at_threshold", "val_top1", "test_top1", "test_ece_after",
-                            "test_coverage", "test_precision_at_threshold"),
+    "CALIBRATION_METRICS": (
+        "temperature",
+        "ece_before",
+        "ece_after",
+        "mce_before",
+        "mce_after",
+        "threshold",
+        "coverage",
+        "precision_at_threshold",
+        "val_top1",
+        "test_top1",
+        "test_ece_after",
+        "test_coverage",
+        "test_precision_at_threshold",
+    ),
     "EXPORT_METRICS": ("model_size_mb", "fp16_size_mb", "uint8_size_mb", "onnx_max_abs_diff", "export_seconds"),
-    "VALIDATION_METRICS": ("logits_correlation", "top1_agreement", "max_abs_diff", "model_size_mb",
-                           "node_latency_ms_median", "latency_ms_median"),
+    "VALIDATION_METRICS": (
+        "logits_correlation",
+        "top1_agreement",
+        "max_abs_diff",
+        "model_size_mb",
+        "node_latency_ms_median",
+        "latency_ms_median",
+    ),
 }
 
 
@@ -41,9 +95,9 @@ def test_every_name_keeps_its_value():
         if name in IRREGULAR:
             want = IRREGULAR[name]
         elif name.endswith("_PREFIX"):
-            want = name[:-len("PREFIX")].lower()
+            want = name[: -len("PREFIX")].lower()
         elif name.endswith("_SUFFIX"):
-            want = "_" + name[:-len("_SUFFIX")].lower()
+            want = "_" + name[: -len("_SUFFIX")].lower()
         else:
             want = name.lower()
         assert value == want, f"{name} = {value!r}: a metric or metadata name changed (expected {want!r})"
@@ -73,10 +127,17 @@ def _literal_names(tree: ast.AST) -> list[str]:
                 args = [node.args[0]]
             else:
                 continue
-            found += [f"line {a.lineno}: {a.value!r}" for a in args
-                      if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) \
-                and node.value.attr == "metadata" and isinstance(node.slice, ast.Constant):
+            found += [
+                f"line {a.lineno}: {a.value!r}"
+                for a in args
+                if isinstance(a, ast.Constant) and isinstance(a.value, str)
+            ]
+        elif (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "metadata"
+            and isinstance(node.slice, ast.Constant)
+        ):
             found.append(f"line {node.lineno}: {node.slice.value!r}")
     return found
 

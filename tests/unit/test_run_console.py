@@ -1,6 +1,7 @@
 """shared.run_console: kfp.local's log lines parsed into task events, the console's task lines
 and key metrics, and a real (tiny) kfp.local run followed through two parallel tasks and a
 failing one. The full DAG's console is checked in test_pipeline_local.py."""
+
 import builtins
 import io
 import json
@@ -28,16 +29,21 @@ from shared.run_console import (
 # What kfp.local 2.17 writes (task_dispatcher / enhanced_dag_orchestrator), colours included.
 KFP_LINES = {
     "22:34:36.479 - INFO - Executing task \x1b[96m'ingest'\x1b[0m": TaskEvent("start", "ingest"),
-    "22:34:36.692 - INFO - Task \x1b[96m'ingest'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m":
-        TaskEvent("end", "ingest", "SUCCESS"),
-    "22:40:01.002 - ERROR - Task \x1b[96m'calibrate'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m":
-        TaskEvent("end", "calibrate", "FAILURE"),
-    "22:40:01.002 - INFO - Task train-teacher cache hit (key=0123456789ab); skipping execution.":
-        TaskEvent("cached", "train-teacher"),
-    "22:40:01.002 - INFO - Skipping conditional task condition-3 (condition evaluated to False)":
-        TaskEvent("skipped", "condition-3", "condition false"),
-    "22:40:01.002 - INFO - Skipping task export-tfjs: upstream task(s) ['calibrate'] failed.":
-        TaskEvent("skipped", "export-tfjs", "upstream failed"),
+    "22:34:36.692 - INFO - Task \x1b[96m'ingest'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m": TaskEvent(
+        "end", "ingest", "SUCCESS"
+    ),
+    "22:40:01.002 - ERROR - Task \x1b[96m'calibrate'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m": TaskEvent(
+        "end", "calibrate", "FAILURE"
+    ),
+    "22:40:01.002 - INFO - Task train-teacher cache hit (key=0123456789ab); skipping execution.": TaskEvent(
+        "cached", "train-teacher"
+    ),
+    "22:40:01.002 - INFO - Skipping conditional task condition-3 (condition evaluated to False)": TaskEvent(
+        "skipped", "condition-3", "condition false"
+    ),
+    "22:40:01.002 - INFO - Skipping task export-tfjs: upstream task(s) ['calibrate'] failed.": TaskEvent(
+        "skipped", "export-tfjs", "upstream failed"
+    ),
     # a task's own output quoting kfp is no event; nor are kfp's other records
     "    Executing task 'ingest'": None,
     "    [KFP Executor 2026-11-30 22:34:36,564 INFO]: Got executor_input:": None,
@@ -63,8 +69,12 @@ def test_format_task_line():
 
 def _executor_output(task_dir, artifacts, params=None):
     task_dir.mkdir(parents=True)
-    data = {"artifacts": {name: {"artifacts": [{"name": name, "uri": str(task_dir / name), "metadata": md}]}
-                          for name, md in artifacts.items()}}
+    data = {
+        "artifacts": {
+            name: {"artifacts": [{"name": name, "uri": str(task_dir / name), "metadata": md}]}
+            for name, md in artifacts.items()
+        }
+    }
     if params:
         data["parameterValues"] = params
     (task_dir / "executor_output.json").write_text(json.dumps(data))
@@ -72,20 +82,28 @@ def _executor_output(task_dir, artifacts, params=None):
 
 
 def test_key_metrics_from_executor_output(tmp_path):
-    d = _executor_output(tmp_path / "for-loop-1-iteration-0" / "train-teacher-2",
-                         {"model": {"teacher": "EU_SW"}, "metrics": {"val_top1_acc": 0.8181, "epochs_run": 6}})
+    d = _executor_output(
+        tmp_path / "for-loop-1-iteration-0" / "train-teacher-2",
+        {"model": {"teacher": "EU_SW"}, "metrics": {"val_top1_acc": 0.8181, "epochs_run": 6}},
+    )
     o = TaskOutputs.read(d, {"name": "EU_SW", "regions": "EU_SW"})
     assert key_metric("train-teacher-2", o) == "val top-1 0.818 (6 epochs)"
     assert task_label("train-teacher-2", o.inputs.__dict__) == "EU_SW"
-    d = _executor_output(tmp_path / "calibrate",
-                         {"metrics": {"ece_before": 0.21, "ece_after": 0.05, "temperature": 1.7, "blessed": 0.0}},
-                         {"blessed": False, "reason": "val_top1 0.25 < 0.99"})
-    assert key_metric("calibrate", TaskOutputs.read(d)) == \
-        "ECE 0.210 -> 0.050 (T 1.70); gate: NOT blessed: val_top1 0.25 < 0.99"
+    d = _executor_output(
+        tmp_path / "calibrate",
+        {"metrics": {"ece_before": 0.21, "ece_after": 0.05, "temperature": 1.7, "blessed": 0.0}},
+        {"blessed": False, "reason": "val_top1 0.25 < 0.99"},
+    )
+    assert (
+        key_metric("calibrate", TaskOutputs.read(d))
+        == "ECE 0.210 -> 0.050 (T 1.70); gate: NOT blessed: val_top1 0.25 < 0.99"
+    )
     d = _executor_output(tmp_path / "export-skipped", {}, {"Output": {"status": "skipped", "reason": "not blessed"}})
     assert key_metric("export-skipped", TaskOutputs.read(d)) == "not blessed"
-    d = _executor_output(tmp_path / "training-manifest", {"manifest": {
-        "git_commit": "", "phase_0": "completed", "phase_5": "completed", "phase_6": "skipped"}})
+    d = _executor_output(
+        tmp_path / "training-manifest",
+        {"manifest": {"git_commit": "", "phase_0": "completed", "phase_5": "completed", "phase_6": "skipped"}},
+    )
     assert key_metric("training-manifest", TaskOutputs.read(d)) == "phases: 2 completed, 1 skipped (phase_6)"
     d = _executor_output(tmp_path / "ingest", {"metrics": {"records_kept": 462.0}})
     with pytest.raises(AttributeError):  # a figure missing: RunConsole then shows the line without one
@@ -145,8 +163,9 @@ def _run(pipeline_func, tmp_path):
     rc = RunConsole(tmp_path / "run.log", out)
     error = None
     with rc.capture():
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
-                   raise_on_error=True)
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True
+        )
         try:
             pipeline_func()
         except RuntimeError as e:

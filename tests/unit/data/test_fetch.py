@@ -59,8 +59,12 @@ def test_timeout_size_and_content_type(server):
 def test_default_policy_refuses_loopback_metadata_and_redirects(server):
     f = Fetcher(FetchPolicy())
     before = sum(server.hits.values())
-    for url in (f"{server.base}/img/a.jpg", "http://169.254.169.254/latest/meta-data/",
-                "http://localhost:9/x.jpg", "http://10.0.0.8/x.jpg"):
+    for url in (
+        f"{server.base}/img/a.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://localhost:9/x.jpg",
+        "http://10.0.0.8/x.jpg",
+    ):
         with pytest.raises(FetchError) as e:
             f.fetch(url)
         assert e.value.reason == "blocked_address", url
@@ -100,13 +104,30 @@ def test_redirect_cap_and_allowlist(server):
 
 
 def test_allowlist_matches_normalised_hosts_exactly_or_at_a_dot_boundary():
-    allow = HostAllowlist(["Images.Example.org.", "*.cdn.example", ".static.example", "bücher.example",
-                           "10.0.0.1", "[::1]"])
-    for host in ("images.example.org", "a.cdn.example", "a.b.cdn.example", "x.static.example",
-                 "xn--bcher-kva.example", "10.0.0.1", "::1"):
+    allow = HostAllowlist(
+        ["Images.Example.org.", "*.cdn.example", ".static.example", "bücher.example", "10.0.0.1", "[::1]"]
+    )
+    for host in (
+        "images.example.org",
+        "a.cdn.example",
+        "a.b.cdn.example",
+        "x.static.example",
+        "xn--bcher-kva.example",
+        "10.0.0.1",
+        "::1",
+    ):
         assert allow.allows(normalise_host(host)), host
-    for host in ("example.org", "evilimages.example.org", "images.example.org.evil.com", "cdn.example",
-                 "evilcdn.example", "cdn.example.evil", "bucher.example", "10.0.0.10", "0.0.0.1"):
+    for host in (
+        "example.org",
+        "evilimages.example.org",
+        "images.example.org.evil.com",
+        "cdn.example",
+        "evilcdn.example",
+        "cdn.example.evil",
+        "bucher.example",
+        "10.0.0.10",
+        "0.0.0.1",
+    ):
         assert not allow.allows(normalise_host(host)), host
     assert normalise_host("IMAGES.example.ORG.") == "images.example.org"
     assert normalise_host("[0:0::1]") == "::1" and normalise_host("BÜCHER.example") == "xn--bcher-kva.example"
@@ -115,9 +136,18 @@ def test_allowlist_matches_normalised_hosts_exactly_or_at_a_dot_boundary():
             normalise_host(bad)
 
 
-@pytest.mark.parametrize("entries", [["https://images.example.org"], ["images.example.org:443"],
-                                     ["images.example.org/photos"], ["*.10.0.0.1"], [""], [None],
-                                     "images.example.org"])
+@pytest.mark.parametrize(
+    "entries",
+    [
+        ["https://images.example.org"],
+        ["images.example.org:443"],
+        ["images.example.org/photos"],
+        ["*.10.0.0.1"],
+        [""],
+        [None],
+        "images.example.org",
+    ],
+)
 def test_allowlist_entries_that_are_not_hosts_fail_when_the_policy_is_built(entries):
     with pytest.raises(ValueError, match="host_allowlist"):
         FetchPolicy.from_dict({"host_allowlist": entries})
@@ -129,9 +159,11 @@ def test_judged_host_is_where_requests_connects(monkeypatch):
     assert judge_http_url("HTTP://Allowed.Example.:8080/a.jpg#x").url == "http://allowed.example:8080/a.jpg"
     session = requests.Session()
     adapter = session.get_adapter("http://allowed.example/")
-    monkeypatch.setattr(adapter, "build_connection_pool_key_attributes",
-                        lambda request, verify, cert=None: ({"scheme": "http", "host": "evil.example",
-                                                              "port": None}, {}))
+    monkeypatch.setattr(
+        adapter,
+        "build_connection_pool_key_attributes",
+        lambda request, verify, cert=None: ({"scheme": "http", "host": "evil.example", "port": None}, {}),
+    )
     with pytest.raises(FetchError) as e:
         judge_http_url("http://allowed.example/a.jpg", session)
     assert e.value.reason == "ambiguous_url" and "evil.example" in e.value.detail
@@ -167,7 +199,7 @@ class _FakeBlob:
         self.data, self.size = data, len(data) if size is None else size
 
     def download_as_bytes(self, start=0, end=None):
-        return self.data[start:None if end is None else end + 1]  # GCS ranges are inclusive
+        return self.data[start : None if end is None else end + 1]  # GCS ranges are inclusive
 
 
 class _FakeGCS:
@@ -185,6 +217,7 @@ class _FakeGCS:
                 if isinstance(got, Exception):
                     raise got
                 return got
+
         return _Bucket()
 
 
@@ -194,10 +227,17 @@ def test_gcs_failures_named():
     from google.api_core import exceptions as gexc
 
     img = jpeg_bytes(200, 150, seed=2)
-    fake = _FakeGCS({"plants": {"a.jpg": _FakeBlob(img), "big.jpg": _FakeBlob(b"x" * (len(img) + 1)),
-                                "lying.jpg": _FakeBlob(b"x" * 100, size=10),
-                                "denied.jpg": gexc.Forbidden("no access to plants/denied.jpg"),
-                                "busy.jpg": gexc.ServiceUnavailable("try later")}})
+    fake = _FakeGCS(
+        {
+            "plants": {
+                "a.jpg": _FakeBlob(img),
+                "big.jpg": _FakeBlob(b"x" * (len(img) + 1)),
+                "lying.jpg": _FakeBlob(b"x" * 100, size=10),
+                "denied.jpg": gexc.Forbidden("no access to plants/denied.jpg"),
+                "busy.jpg": gexc.ServiceUnavailable("try later"),
+            }
+        }
+    )
     f = Fetcher(FetchPolicy(max_bytes=len(img)))
     f._gcs = fake
     assert f.fetch("gs://plants/a.jpg") == img
@@ -206,8 +246,12 @@ def test_gcs_failures_named():
         with pytest.raises(FetchError) as e:
             f.fetch(f"gs://plants/{name}")
         reasons[name] = e.value.reason
-    assert reasons == {"missing.jpg": "not_found", "big.jpg": "too_large", "denied.jpg": "http_403",
-                       "busy.jpg": "http_503"}
+    assert reasons == {
+        "missing.jpg": "not_found",
+        "big.jpg": "too_large",
+        "denied.jpg": "http_403",
+        "busy.jpg": "http_503",
+    }
     small = Fetcher(FetchPolicy(max_bytes=50))
     small._gcs = fake
     with pytest.raises(FetchError, match="too_large"):  # metadata said 10 bytes: the ranged read still cuts

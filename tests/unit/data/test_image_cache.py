@@ -16,8 +16,7 @@ from shared.data.image_cache import (
 from shared.io.records import load_jsonl, write_jsonl
 from tests.image_server import ImageServer, jpeg_bytes
 
-POLICY = FetchPolicy(allow_private_networks=True, backoff_s=0.01, timeout_s=0.5, retries=1,
-                     per_host_rate=0)
+POLICY = FetchPolicy(allow_private_networks=True, backoff_s=0.01, timeout_s=0.5, retries=1, per_host_rate=0)
 
 
 def _png(w, h, mode="RGBA"):
@@ -40,14 +39,25 @@ def test_mixed_failures_rate_and_reasons(server, tmp_path):
     good = [server.add(f"g{i}.jpg", jpeg_bytes(300, 220, seed=i)) for i in range(12)]
     tiny = server.add("tiny.jpg", jpeg_bytes(80, 60, seed=99))
     corrupt = server.add("bad.jpg", b"\xff\xd8\xff not a jpeg")
-    urls = good + [f"{server.base}/404.jpg", f"{server.base}/429once/g0.jpg", f"{server.base}/slow",
-                   corrupt, tiny, good[3]]
+    urls = good + [
+        f"{server.base}/404.jpg",
+        f"{server.base}/429once/g0.jpg",
+        f"{server.base}/slow",
+        corrupt,
+        tiny,
+        good[3],
+    ]
     recs = [_rec(i, u) for i, u in enumerate(urls)]
     recs[-1]["image_url"] = f"{server.base}/redirect/g3.jpg"  # same bytes as g3: a duplicate
     rep = cache_images(recs, tmp_path, resize=100, min_side=100, policy=POLICY, workers=4)
     counts = rep.fail_counts
-    assert counts == {"http_404": 1, "timeout": 1, "decode_error": 1, "too_small": 1,
-                      "duplicate_content": 2}  # 429once/g0 and redirect/g3 duplicate g0 and g3
+    assert counts == {
+        "http_404": 1,
+        "timeout": 1,
+        "decode_error": 1,
+        "too_small": 1,
+        "duplicate_content": 2,
+    }  # 429once/g0 and redirect/g3 duplicate g0 and g3
     assert server.hits["/429once/g0.jpg"] == 2  # the 429 was retried
     assert len(rep.cached) == 12
     assert rep.failed == 3 and rep.fail_rate == pytest.approx(3 / 18)
@@ -87,6 +97,7 @@ def test_process_image_modes_bombs_and_no_upscale():
     data, w, h = process_image(_png(150, 120, "L"), resize=448, min_side=100, max_pixels=10**8)
     assert (w, h) == (150, 120)  # smaller than resize: kept, never upscaled
     from shared.data.image_cache import ImageRejected
+
     with pytest.raises(ImageRejected) as e:
         process_image(_png(2000, 2000, "L"), resize=100, min_side=10, max_pixels=1_000_000)
     assert e.value.reason == "decompression_bomb"
@@ -100,11 +111,13 @@ def test_index_records_settings_source_size_and_checksums(server, tmp_path):
     from shared.io.atomic import sha256_file
 
     url = server.add("s.jpg", jpeg_bytes(300, 220, seed=5))
-    (rec,) = cache_images([_rec(0, url)], tmp_path, resize=100, min_side=100, max_pixels=10**7,
-                          policy=POLICY).cached
+    (rec,) = cache_images([_rec(0, url)], tmp_path, resize=100, min_side=100, max_pixels=10**7, policy=POLICY).cached
     (e,) = [json.loads(line) for line in (tmp_path / INDEX_NAME).read_text().splitlines()]
-    assert e["settings"] == cache_settings(100, 100, 10**7) == {
-        "resize": 100, "min_side": 100, "max_pixels": 10**7, "jpeg_quality": 90, "rendition": 2}
+    assert (
+        e["settings"]
+        == cache_settings(100, 100, 10**7)
+        == {"resize": 100, "min_side": 100, "max_pixels": 10**7, "jpeg_quality": 90, "rendition": 2}
+    )
     assert (e["source_width"], e["source_height"], e["source_mode"]) == (300, 220, "RGB")
     assert (e["cached_width"], e["cached_height"], e["resize"]) == (136, 100, 100)  # old readers' keys kept
     path = resolve(tmp_path, rec)
@@ -122,10 +135,17 @@ def test_run_cache_images_writes_report_before_failing(server, tmp_path):
     write_jsonl(tmp_path / "r.jsonl", recs)
     out_c, out_r = tmp_path / "cached.jsonl", tmp_path / "report.json"
     with pytest.raises(CacheFailRateError):
-        run_cache_images(str(tmp_path / "r.jsonl"), str(tmp_path / "cache"), resize=100, min_side=100,
-                         max_fail_rate=0.05, workers=2,
-                         fetch_policy={"allow_private_networks": True, "retries": 0},
-                         out_cached=str(out_c), out_report=str(out_r))
+        run_cache_images(
+            str(tmp_path / "r.jsonl"),
+            str(tmp_path / "cache"),
+            resize=100,
+            min_side=100,
+            max_fail_rate=0.05,
+            workers=2,
+            fetch_policy={"allow_private_networks": True, "retries": 0},
+            out_cached=str(out_c),
+            out_report=str(out_r),
+        )
     assert json.loads(out_r.read_text())["fail_counts"] == {"http_404": 1}
     assert [r["image_id"] for r in load_jsonl(out_c)] == ["i0"]
 
@@ -196,9 +216,16 @@ def test_student_rendition_is_stored_indexed_reused_and_rebuilt(server, tmp_path
 def test_student_records_read_the_rendition_or_name_the_record():
     from shared.data.image_cache import student_records
 
-    rec = {"image_id": "x1", "cache_path": "ab/ab.jpg", "cached_width": 597, "cached_height": 448,
-           "student_cache_path": "ab/ab.s256.jpg", "student_width": 341, "student_height": 256,
-           "student_resize": 256}
+    rec = {
+        "image_id": "x1",
+        "cache_path": "ab/ab.jpg",
+        "cached_width": 597,
+        "cached_height": 448,
+        "student_cache_path": "ab/ab.s256.jpg",
+        "student_width": 341,
+        "student_height": 256,
+        "student_resize": 256,
+    }
     (s,) = student_records([rec], 256)
     assert (s["cache_path"], s["cached_width"], s["image_id"]) == ("ab/ab.s256.jpg", 341, "x1")
     with pytest.raises(ValueError, match=r"record x2: no student rendition.*cache.student_resize"):

@@ -8,8 +8,13 @@ from shared.io.records import load_jsonl
 
 
 def _rec(i, **kw):
-    r = {"image_id": f"i{i}", "image_url": f"http://x/{i}.jpg", "taxon": "Rosa canina",
-         "region": "EU_SW", "license": "CC-BY"}
+    r = {
+        "image_id": f"i{i}",
+        "image_url": f"http://x/{i}.jpg",
+        "taxon": "Rosa canina",
+        "region": "EU_SW",
+        "license": "CC-BY",
+    }
     r.update(kw)
     return r
 
@@ -22,11 +27,20 @@ def _write(path, rows):
 
 
 def test_license_filter_malformed_and_duplicates(tmp_path):
-    rows = [_rec(1), _rec(2, license="cc-by-nc-4.0"), _rec(3, license="CC0 1.0"),
-            _rec(4, taxon=""), "{not json", _rec(5, width="wide"), [1, 2],
-            _rec(6, image_url="http://x/1.jpg"), _rec(1, image_url="http://x/other.jpg"),
-            _rec(7, license="All rights reserved"), _rec(8, region=None),
-            _rec(9, width=50, height=300)]
+    rows = [
+        _rec(1),
+        _rec(2, license="cc-by-nc-4.0"),
+        _rec(3, license="CC0 1.0"),
+        _rec(4, taxon=""),
+        "{not json",
+        _rec(5, width="wide"),
+        [1, 2],
+        _rec(6, image_url="http://x/1.jpg"),
+        _rec(1, image_url="http://x/other.jpg"),
+        _rec(7, license="All rights reserved"),
+        _rec(8, region=None),
+        _rec(9, width=50, height=300),
+    ]
     p = tmp_path / "r.jsonl"
     _write(p, rows)
     res = ingest(iter_jsonl_source(p), min_side=100)
@@ -55,21 +69,32 @@ def test_license_filter_malformed_and_duplicates(tmp_path):
 
 def test_field_map_and_mongo(tmp_path):
     coll = mongomock.MongoClient().db.photos
-    coll.insert_many([
-        {"_id": 1, "url": "http://x/1.jpg", "species": {"name": "Quercus ilex"}, "zone": "EU_SW",
-         "lic": "cc0"},
-        {"_id": 2, "url": "http://x/2.jpg", "species": {"name": "Pinus nigra"}, "zone": "EU_EAST",
-         "lic": "cc-by-nc"},
-        {"_id": 3, "url": "http://x/3.jpg", "zone": "EU_EAST", "lic": "cc-by"},
-        {"_id": 4, "url": "http://x/4.jpg", "species": {"name": "Pinus nigra"}, "zone": "OTHER",
-         "lic": "cc-by", "hidden": True},
-    ])
+    coll.insert_many(
+        [
+            {"_id": 1, "url": "http://x/1.jpg", "species": {"name": "Quercus ilex"}, "zone": "EU_SW", "lic": "cc0"},
+            {
+                "_id": 2,
+                "url": "http://x/2.jpg",
+                "species": {"name": "Pinus nigra"},
+                "zone": "EU_EAST",
+                "lic": "cc-by-nc",
+            },
+            {"_id": 3, "url": "http://x/3.jpg", "zone": "EU_EAST", "lic": "cc-by"},
+            {
+                "_id": 4,
+                "url": "http://x/4.jpg",
+                "species": {"name": "Pinus nigra"},
+                "zone": "OTHER",
+                "lic": "cc-by",
+                "hidden": True,
+            },
+        ]
+    )
     fm = {"image_url": "url", "taxon": "species.name", "region": "zone", "license": "lic"}
     res = ingest(iter_mongo_source(coll, {"hidden": {"$ne": True}}, fm))
     assert [(r.image_id, r.taxon) for r in res.records] == [("1", "Quercus ilex")]
     reasons = sorted((r.locator, r.reason, r.field) for r in res.rejections)
-    assert reasons == [("mongo:_id=2", "license_not_allowed", "license"),
-                       ("mongo:_id=3", "missing_field", "taxon")]
+    assert reasons == [("mongo:_id=2", "license_not_allowed", "license"), ("mongo:_id=3", "missing_field", "taxon")]
     with pytest.raises(ValueError, match="unknown record field"):
         map_fields({}, {"texon": "x"})
 
@@ -89,25 +114,28 @@ def test_run_ingest_writes_outputs(tmp_path, monkeypatch):
         run_ingest("mongo", "", {"database": "d", "collection": "c"}, None, 0, *out.values())
 
 
-@pytest.mark.parametrize("raw, canonical", [
-    ("QUERCUS ILEX", "Quercus ilex"),
-    ("quercus ilex subsp. BALLOTA", "Quercus ilex subsp. ballota"),
-    ("Quercus ilex VAR. Rotundifolia", "Quercus ilex var. rotundifolia"),
-    ("Mentha ×piperita", "Mentha \u00d7 piperita"),
-    ("mentha X piperita", "Mentha \u00d7 piperita"),
-    ("×cupressocyparis LEYLANDII", "\u00d7 Cupressocyparis leylandii"),
-    ("x Cupressocyparis leylandii", "\u00d7 Cupressocyparis leylandii"),
-    ("salix alba x salix fragilis", "Salix alba \u00d7 Salix fragilis"),
-    ("Salix alba × FRAGILIS", "Salix alba \u00d7 fragilis"),
-    ("Xanthium strumarium", "Xanthium strumarium"),
-    ("prunus \u2018KANZAN\u2019", "Prunus 'Kanzan'"),
-    ("Rosa 'gloire de dijon'", "Rosa 'Gloire De Dijon'"),
-    ("Quercus (cerris) SUBER", "Quercus (Cerris) suber"),
-    ("Quercus sp.", "Quercus sp."),
-    ("ROSACEAE", "Rosaceae"),
-    ("Iso\u0065\u0308tes\u00a0lacustris", "Iso\u00ebtes lacustris"),
-    ("\u200bRosa\u2060 \u00a0canina\ufeff ", "Rosa canina"),
-])
+@pytest.mark.parametrize(
+    "raw, canonical",
+    [
+        ("QUERCUS ILEX", "Quercus ilex"),
+        ("quercus ilex subsp. BALLOTA", "Quercus ilex subsp. ballota"),
+        ("Quercus ilex VAR. Rotundifolia", "Quercus ilex var. rotundifolia"),
+        ("Mentha ×piperita", "Mentha \u00d7 piperita"),
+        ("mentha X piperita", "Mentha \u00d7 piperita"),
+        ("×cupressocyparis LEYLANDII", "\u00d7 Cupressocyparis leylandii"),
+        ("x Cupressocyparis leylandii", "\u00d7 Cupressocyparis leylandii"),
+        ("salix alba x salix fragilis", "Salix alba \u00d7 Salix fragilis"),
+        ("Salix alba × FRAGILIS", "Salix alba \u00d7 fragilis"),
+        ("Xanthium strumarium", "Xanthium strumarium"),
+        ("prunus \u2018KANZAN\u2019", "Prunus 'Kanzan'"),
+        ("Rosa 'gloire de dijon'", "Rosa 'Gloire De Dijon'"),
+        ("Quercus (cerris) SUBER", "Quercus (Cerris) suber"),
+        ("Quercus sp.", "Quercus sp."),
+        ("ROSACEAE", "Rosaceae"),
+        ("Iso\u0065\u0308tes\u00a0lacustris", "Iso\u00ebtes lacustris"),
+        ("\u200bRosa\u2060 \u00a0canina\ufeff ", "Rosa canina"),
+    ],
+)
 def test_taxon_normalisation_policy(raw, canonical):
     """The documented policy (shared/io/records.py), example by example."""
     from shared.io.records import normalize_taxon, parse_record

@@ -10,15 +10,26 @@ from shared.data.licenses import (
 )
 
 
-@pytest.mark.parametrize("raw,canon", [
-    ("CC0", "CC0"), ("cc0-1.0", "CC0"), ("CC0 1.0", "CC0"), ("cc-zero", "CC0"),
-    ("https://creativecommons.org/publicdomain/zero/1.0/", "CC0"),
-    ("cc-by-4.0", "CC-BY"), ("CC BY 4.0", "CC-BY"), ("CC-BY", "CC-BY"),
-    ("cc-by-sa-3.0-es", "CC-BY-SA"), ("CC BY-SA 4.0", "CC-BY-SA"),
-    ("https://creativecommons.org/licenses/by-nc/4.0/", "CC-BY-NC"),
-    ("cc-by-nc-nd-4.0", "CC-BY-NC-ND"), ("CC_BY_ND", "CC-BY-ND"),
-    ("All rights reserved", "ALL-RIGHTS-RESERVED"), ("", ""),
-])
+@pytest.mark.parametrize(
+    "raw,canon",
+    [
+        ("CC0", "CC0"),
+        ("cc0-1.0", "CC0"),
+        ("CC0 1.0", "CC0"),
+        ("cc-zero", "CC0"),
+        ("https://creativecommons.org/publicdomain/zero/1.0/", "CC0"),
+        ("cc-by-4.0", "CC-BY"),
+        ("CC BY 4.0", "CC-BY"),
+        ("CC-BY", "CC-BY"),
+        ("cc-by-sa-3.0-es", "CC-BY-SA"),
+        ("CC BY-SA 4.0", "CC-BY-SA"),
+        ("https://creativecommons.org/licenses/by-nc/4.0/", "CC-BY-NC"),
+        ("cc-by-nc-nd-4.0", "CC-BY-NC-ND"),
+        ("CC_BY_ND", "CC-BY-ND"),
+        ("All rights reserved", "ALL-RIGHTS-RESERVED"),
+        ("", ""),
+    ],
+)
 def test_normalize(raw, canon):
     assert normalize_license(raw) == canon
 
@@ -30,22 +41,32 @@ def test_permissive_allow_list():
     assert allowed_set(["cc-by-4.0", "CC0"]) == {"CC-BY", "CC0"}
 
 
-@pytest.mark.parametrize("raw,family,version", [
-    ("https://creativecommons.org/licenses/by-sa/4.0/", "CC-BY-SA", "4.0"),
-    ("http://creativecommons.org/licenses/by/4.0/legalcode", "CC-BY", "4.0"),
-    ("https://creativecommons.org/licenses/by/4.0/deed.pt_BR", "CC-BY", "4.0"),
-    ("https://creativecommons.org/licenses/by/4.0/?ref=chooser-v1", "CC-BY", "4.0"),
-    ("creativecommons.org/licenses/by-sa/3.0/es/", "CC-BY-SA", "3.0"),
-    ("Creative Commons Attribution-ShareAlike 4.0 International", "CC-BY-SA", "4.0"),
-    ("Creative Commons Attribution 3.0 Unported License", "CC-BY", "3.0"),
-    ("Creative Commons Attribution 4.0 International Public License", "CC-BY", "4.0"),
-    ("CC_BY_4_0", "CC-BY", "4.0"), ("CC0_1_0", "CC0", "1.0"),  # GBIF's enumeration
-    ("cc by v4", "CC-BY", "4.0"), ("CC BY 3.0 IGO", "CC-BY", "3.0"), ("cc-by", "CC-BY", None),
-    ("CC0 1.0 Universal (CC0 1.0) Public Domain Dedication", "CC0", "1.0"),
-    ("Public Domain", "PD", None), ("PDM", "PD", None), ("public-domain", "PD", None),
-    ("https://creativecommons.org/publicdomain/mark/1.0/", "PD", "1.0"),
-    ("Public Domain Mark 1.0", "PD", "1.0"), ("Dominio P\u00fablico", "PD", None), ("(c)", "ALL-RIGHTS-RESERVED", None),
-])
+@pytest.mark.parametrize(
+    "raw,family,version",
+    [
+        ("https://creativecommons.org/licenses/by-sa/4.0/", "CC-BY-SA", "4.0"),
+        ("http://creativecommons.org/licenses/by/4.0/legalcode", "CC-BY", "4.0"),
+        ("https://creativecommons.org/licenses/by/4.0/deed.pt_BR", "CC-BY", "4.0"),
+        ("https://creativecommons.org/licenses/by/4.0/?ref=chooser-v1", "CC-BY", "4.0"),
+        ("creativecommons.org/licenses/by-sa/3.0/es/", "CC-BY-SA", "3.0"),
+        ("Creative Commons Attribution-ShareAlike 4.0 International", "CC-BY-SA", "4.0"),
+        ("Creative Commons Attribution 3.0 Unported License", "CC-BY", "3.0"),
+        ("Creative Commons Attribution 4.0 International Public License", "CC-BY", "4.0"),
+        ("CC_BY_4_0", "CC-BY", "4.0"),
+        ("CC0_1_0", "CC0", "1.0"),  # GBIF's enumeration
+        ("cc by v4", "CC-BY", "4.0"),
+        ("CC BY 3.0 IGO", "CC-BY", "3.0"),
+        ("cc-by", "CC-BY", None),
+        ("CC0 1.0 Universal (CC0 1.0) Public Domain Dedication", "CC0", "1.0"),
+        ("Public Domain", "PD", None),
+        ("PDM", "PD", None),
+        ("public-domain", "PD", None),
+        ("https://creativecommons.org/publicdomain/mark/1.0/", "PD", "1.0"),
+        ("Public Domain Mark 1.0", "PD", "1.0"),
+        ("Dominio P\u00fablico", "PD", None),
+        ("(c)", "ALL-RIGHTS-RESERVED", None),
+    ],
+)
 def test_usual_spellings_parse_to_family_and_version(raw, family, version):
     lic = parse_license(raw)
     assert (lic.family, lic.version, lic.restrictions, lic.reason) == (family, version, frozenset(), "")

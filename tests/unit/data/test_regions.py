@@ -1,5 +1,6 @@
 """shared/data/regions.py: the one parser of region lists ("EU_NORTH,EU_EAST"), and the
 places that read one agree with it."""
+
 import pytest
 
 from shared.config.pipeline import ConfigError

@@ -11,8 +11,15 @@ def _records(sizes, region="EU_SW", start=0):
     out, n = [], start
     for t, k in sizes.items():
         for _ in range(k):
-            out.append({"image_id": f"i{n:05d}", "taxon": t, "region": region,
-                        "sha256": f"{n:064x}", "observation_id": f"o{n}"})
+            out.append(
+                {
+                    "image_id": f"i{n:05d}",
+                    "taxon": t,
+                    "region": region,
+                    "sha256": f"{n:064x}",
+                    "observation_id": f"o{n}",
+                }
+            )
             n += 1
     return out
 
@@ -45,8 +52,12 @@ def test_deterministic_for_seed_and_input_order():
 
 
 def test_region_filter_single_and_several():
-    recs = (_records({"a": 5, "b": 5}, "EU_SW") + _records({"a": 4, "c": 6}, "EU_NORTH", 100)
-            + _records({"d": 6}, "EU_EAST", 200) + _records({"e": 6}, "OTHER", 300))
+    recs = (
+        _records({"a": 5, "b": 5}, "EU_SW")
+        + _records({"a": 4, "c": 6}, "EU_NORTH", 100)
+        + _records({"d": 6}, "EU_EAST", 200)
+        + _records({"e": 6}, "OTHER", 300)
+    )
     sw = stratified_split(recs, regions="EU_SW")
     assert {x["region"] for s in sw.by_name().values() for x in s} == {"EU_SW"}
     assert sum(sw.stats["images"].values()) == 10
@@ -72,8 +83,11 @@ def test_groups_keep_observations_and_duplicate_hashes_together():
 
 
 def test_leakage_check_detects_conflicts():
-    splits = {"train": [{"image_id": "1", "taxon": "a", "sha256": "h"}],
-              "val": [{"image_id": "2", "taxon": "b", "sha256": "h"}], "test": []}
+    splits = {
+        "train": [{"image_id": "1", "taxon": "a", "sha256": "h"}],
+        "val": [{"image_id": "2", "taxon": "b", "sha256": "h"}],
+        "test": [],
+    }
     res = check_leakage(splits)
     assert not res["leak_free"] and "sha256=h in train and val" in res["conflicts"][0]
     assert res["eval_classes_missing_from_train"] == ["b"]

@@ -104,8 +104,9 @@ def test_sparse_lookup_gives_dense_reference_loss():
     classes = [f"c{i}" for i in range(c)]
     dense_q = _softmax(rng.normal(0, 2, (n, c)))
     idx = np.argsort(-dense_q, 1).astype(np.int32)
-    sl = SoftLabels(np.array([f"s{i}" for i in range(n)]), idx, np.take_along_axis(dense_q, idx, 1).astype(np.float16),
-                    classes, 2.0)
+    sl = SoftLabels(
+        np.array([f"s{i}" for i in range(n)]), idx, np.take_along_axis(dense_q, idx, 1).astype(np.float16), classes, 2.0
+    )
     # the dataset lists the samples in another order, and the student orders classes differently
     order = rng.permutation(n)
     student_classes = classes[::-1]
@@ -119,8 +120,9 @@ def test_sparse_lookup_gives_dense_reference_loss():
     log_p = F.log_softmax(logits / 2.0, 1)
     ref = 0.7 * F.kl_div(log_p, q_student, reduction="batchmean") * 4 + 0.3 * F.cross_entropy(logits, labels)
     assert torch.allclose(got, ref, atol=2e-3)
-    assert torch.allclose(dense_targets(torch.tensor([[0, -1]]), torch.tensor([[0.5, 0.5]]), 3),
-                          torch.tensor([[1.0, 0.0, 0.0]]))
+    assert torch.allclose(
+        dense_targets(torch.tensor([[0, -1]]), torch.tensor([[0.5, 0.5]]), 3), torch.tensor([[1.0, 0.0, 0.0]])
+    )
 
 
 def test_student_config_as_in_plan():

@@ -1,5 +1,6 @@
 """Sparse teacher logits (shared/distill/teacher_logits.py): exactness against the dense
 logits, the storage round trip, and rejection of broken files."""
+
 import numpy as np
 import pytest
 import torch
@@ -115,9 +116,17 @@ def test_inconsistent_arrays_are_rejected(case, tmp_path):
     tl = case[-1]
     from shared.io.atomic import save_npz
 
-    good = dict(image_ids=np.asarray(tl.image_ids), indices=tl.indices, values=tl.values,
-                logsumexp=tl.logsumexp, confidences=tl.confidences, labels=tl.labels,
-                classes=np.asarray(tl.classes), name=np.asarray("g"), regions=np.asarray(""))
+    good = dict(
+        image_ids=np.asarray(tl.image_ids),
+        indices=tl.indices,
+        values=tl.values,
+        logsumexp=tl.logsumexp,
+        confidences=tl.confidences,
+        labels=tl.labels,
+        classes=np.asarray(tl.classes),
+        name=np.asarray("g"),
+        regions=np.asarray(""),
+    )
     cases = {
         "lack the array 'logsumexp'": {k: v for k, v in good.items() if k != "logsumexp"},
         "labels has shape": {**good, "labels": tl.labels[:-1]},
@@ -146,6 +155,7 @@ def test_scoring_errors_name_the_problem(case):
             out = model(t)
             out[t[:, 0] == x[7, 0]] = float("nan")
             return out
+
     with pytest.raises(ValueError, match="non-finite logits for image img007"):
         compute_teacher_logits(Broken(), loader, ids, classes)
 
@@ -160,7 +170,13 @@ def test_bytes_per_sample_is_far_below_dense(case):
     tl = case[-1]
     assert bytes_per_sample(tl) == 8 * 6 + 12  # int32 index + fp16 value per kept class; lse, conf, label
     n = 10
-    big = TeacherLogits(np.array([f"i{i}" for i in range(n)]), np.tile(np.arange(32, dtype=np.int32), (n, 1)),
-                        np.tile(np.linspace(5, 0, 32, dtype=np.float16), (n, 1)), np.zeros(n, np.float32),
-                        np.zeros(n, np.float32), np.zeros(n, np.int32), [f"c{i}" for i in range(9000)])
+    big = TeacherLogits(
+        np.array([f"i{i}" for i in range(n)]),
+        np.tile(np.arange(32, dtype=np.int32), (n, 1)),
+        np.tile(np.linspace(5, 0, 32, dtype=np.float16), (n, 1)),
+        np.zeros(n, np.float32),
+        np.zeros(n, np.float32),
+        np.zeros(n, np.int32),
+        [f"c{i}" for i in range(9000)],
+    )
     assert bytes_per_sample(big) == 204 < 9000 * 4 / 100

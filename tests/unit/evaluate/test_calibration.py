@@ -42,7 +42,7 @@ def _overconfident(n=4000, c=10, seed=0):
     labels = rng.integers(0, c, n)
     logits = rng.normal(0, 1, (n, c))
     logits[np.arange(n), labels] += 1.5  # moderately informative...
-    return logits * 4.0, labels         # ...but scaled up: over-confident
+    return logits * 4.0, labels  # ...but scaled up: over-confident
 
 
 def test_temperature_scaling_lowers_nll_and_ece():
@@ -141,15 +141,24 @@ def test_ece_objective_never_raises_ece_and_finds_the_grid_minimum():
 def test_export_gate_checks_val_and_held_out_test_with_strict_inequalities():
     from shared.evaluate.calibration import export_gate
 
-    good = {"val_top1": 0.75, "ece_after": 0.05, "coverage": 0.85, "precision_at_threshold": 0.96,
-            "test_ece_after": 0.06, "test_coverage": 0.82, "test_precision_at_threshold": 0.95}
+    good = {
+        "val_top1": 0.75,
+        "ece_after": 0.05,
+        "coverage": 0.85,
+        "precision_at_threshold": 0.96,
+        "test_ece_after": 0.06,
+        "test_coverage": 0.82,
+        "test_precision_at_threshold": 0.95,
+    }
     ok, reason, table = export_gate(good, 0.70, 0.10, 0.80, 0.95)
     assert ok and reason.startswith("blessed") and len(table) == 7 and all(g["passed"] for g in table)
-    for change, name in (({"test_coverage": 0.40}, "test_coverage 0.400 (needs >= 0.8)"),
-                         ({"coverage": 0.79}, "coverage 0.790 (needs >= 0.8)"),
-                         ({"test_ece_after": 0.10}, "test_ece_after 0.100 (needs < 0.1)"),  # the plan's "< 0.10"
-                         ({"test_precision_at_threshold": 0.83}, "test_precision_at_threshold 0.830"),
-                         ({"test_precision_at_threshold": None}, "test_precision_at_threshold missing"),
-                         ({"val_top1": 0.69}, "val_top1 0.690")):
+    for change, name in (
+        ({"test_coverage": 0.40}, "test_coverage 0.400 (needs >= 0.8)"),
+        ({"coverage": 0.79}, "coverage 0.790 (needs >= 0.8)"),
+        ({"test_ece_after": 0.10}, "test_ece_after 0.100 (needs < 0.1)"),  # the plan's "< 0.10"
+        ({"test_precision_at_threshold": 0.83}, "test_precision_at_threshold 0.830"),
+        ({"test_precision_at_threshold": None}, "test_precision_at_threshold missing"),
+        ({"val_top1": 0.69}, "val_top1 0.690"),
+    ):
         ok, reason, _ = export_gate({**good, **change}, 0.70, 0.10, 0.80, 0.95)
         assert not ok and name in reason, (change, reason)

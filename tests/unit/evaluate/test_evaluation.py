@@ -1,4 +1,5 @@
 """Evaluation metrics (shared/evaluate/evaluation.py) checked against torch references."""
+
 import re
 
 import numpy as np
@@ -16,11 +17,13 @@ def reference(logits: np.ndarray, labels: np.ndarray, classes: list[str], thresh
     hit1 = top[:, 0] == y
     known = y >= 0
     recall = {classes[c]: float(hit1[y == c].double().mean()) for c in sorted(set(y[known].tolist()))}
-    return {"top1_accuracy": float(hit1.double().mean()),
-            "top5_accuracy": float((top == y[:, None]).any(1).double().mean()),
-            "loss": float(F.cross_entropy(t, y, ignore_index=-1)),
-            "per_class_recall": recall,
-            "share_classes_recall_above_threshold": np.mean([v > threshold for v in recall.values()])}
+    return {
+        "top1_accuracy": float(hit1.double().mean()),
+        "top5_accuracy": float((top == y[:, None]).any(1).double().mean()),
+        "loss": float(F.cross_entropy(t, y, ignore_index=-1)),
+        "per_class_recall": recall,
+        "share_classes_recall_above_threshold": np.mean([v > threshold for v in recall.values()]),
+    }
 
 
 def random_case(n: int, c: int, seed: int, unknown: float = 0.1):
@@ -55,8 +58,10 @@ def test_threshold_is_strict_and_configurable():
     m = classification_metrics(logits, labels, ["a", "b"])
     assert m["per_class_recall"] == {"a": 0.6, "b": 1.0}
     assert m["share_classes_recall_above_threshold"] == 0.5
-    assert classification_metrics(logits, labels, ["a", "b"], recall_threshold=0.5)[
-        "share_classes_recall_above_threshold"] == 1.0
+    assert (
+        classification_metrics(logits, labels, ["a", "b"], recall_threshold=0.5)["share_classes_recall_above_threshold"]
+        == 1.0
+    )
 
 
 def test_fewer_than_five_classes_and_unknown_labels():

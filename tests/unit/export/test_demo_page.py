@@ -1,6 +1,7 @@
 """The bundle's demo page in headless Chromium (Debian's chromium driven by playwright-core):
 served over localhost, a photo loaded through the file input, the page must show PyTorch's
 top-1 with the temperature-calibrated probability, and "no concluyente" below the threshold."""
+
 import json
 import shutil
 import subprocess
@@ -19,12 +20,17 @@ from shared.io.checkpoint import build_model, load_checkpoint, save_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium missing (scripts/setup_export_env.sh "
-                                                     "installs Debian's chromium when run as root)"),
-    pytest.mark.skipif(not (TFJS_DIR / "node_modules" / "playwright-core").exists(),
-                       reason="shared/export/tfjs/node_modules missing (scripts/setup_export_env.sh runs npm ci)"),
-    pytest.mark.skipif(not (export_bin() / "onnx2tf").exists(),
-                       reason="converter environment missing (scripts/setup_export_env.sh)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="/usr/bin/chromium missing (scripts/setup_export_env.sh installs Debian's chromium when run as root)",
+    ),
+    pytest.mark.skipif(
+        not (TFJS_DIR / "node_modules" / "playwright-core").exists(),
+        reason="shared/export/tfjs/node_modules missing (scripts/setup_export_env.sh runs npm ci)",
+    ),
+    pytest.mark.skipif(
+        not (export_bin() / "onnx2tf").exists(), reason="converter environment missing (scripts/setup_export_env.sh)"
+    ),
 ]
 CLASSES = [f"Species {i}" for i in range(6)]
 TEMPERATURE = 1.5
@@ -39,8 +45,9 @@ def site(tmp_path_factory):
     d = tmp_path_factory.mktemp("demo")
     torch.manual_seed(0)
     model = timm.create_model("test_efficientnet", pretrained=False, num_classes=len(CLASSES))
-    save_checkpoint(d / "student.pt", model, model_name="test_efficientnet", classes=CLASSES, image_size=32,
-                    eval_resize=36)
+    save_checkpoint(
+        d / "student.pt", model, model_name="test_efficientnet", classes=CLASSES, image_size=32, eval_resize=36
+    )
     rng = np.random.default_rng(1)
     paths = []
     for i in range(8):  # already at the resize size: the page only centre-crops, like PyTorch
@@ -48,8 +55,9 @@ def site(tmp_path_factory):
         render_species_image(i % 6, rng, (36, 36)).save(p)
         paths.append(str(p))
     root = d / "www"
-    export_tfjs_bundle(str(d / "student.pt"), str(root / "low"), paths, "fp16",
-                       {"temperature": TEMPERATURE, "threshold": 0.3})
+    export_tfjs_bundle(
+        str(d / "student.pt"), str(root / "low"), paths, "fp16", {"temperature": TEMPERATURE, "threshold": 0.3}
+    )
     shutil.copytree(root / "low", root / "high")
     cal = json.loads((root / "high" / "calibration.json").read_text())
     (root / "high" / "calibration.json").write_text(json.dumps({**cal, "threshold": 0.99}))
@@ -65,8 +73,9 @@ def site(tmp_path_factory):
 
 
 def _page(url: str, images: list[str]) -> list[dict]:
-    r = subprocess.run(["node", "page_check.mjs", url, *images], cwd=TFJS_DIR, capture_output=True, text=True,
-                       timeout=240)
+    r = subprocess.run(
+        ["node", "page_check.mjs", url, *images], cwd=TFJS_DIR, capture_output=True, text=True, timeout=240
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -2,6 +2,7 @@
 and @tensorflow/tfjs in Node (cpu and wasm backends). One tiny model, converted once per
 module (fp16 and uint8). The demo page in Chromium is tests/unit/export/test_demo_page.py; the phase 6.4
 gates (auto quantization, size, browser latency) tests/unit/export/test_export_gate.py."""
+
 import json
 from pathlib import Path
 
@@ -24,12 +25,20 @@ from shared.io.checkpoint import CheckpointError, build_model, load_checkpoint, 
 
 HAVE_CONVERTERS = (export_bin() / "onnx2tf").exists() and (export_bin() / "tensorflowjs_converter").exists()
 HAVE_TFJS = (TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs").exists()
-needs_tools = pytest.mark.skipif(not (HAVE_CONVERTERS and HAVE_TFJS),
-                                 reason="converter env or shared/export/tfjs/node_modules missing: "
-                                        "run scripts/setup_export_env.sh")
+needs_tools = pytest.mark.skipif(
+    not (HAVE_CONVERTERS and HAVE_TFJS),
+    reason="converter env or shared/export/tfjs/node_modules missing: run scripts/setup_export_env.sh",
+)
 CLASSES = [f"Species {i}" for i in range(6)]
-CALIBRATION = {"temperature": 1.5, "threshold": 0.3, "applied": True, "ece_before": 0.2, "ece_after": 0.04,
-               "coverage": 0.85, "bins_before": [{"lo": 0, "hi": 1, "count": 1, "accuracy": 1, "confidence": 1}]}
+CALIBRATION = {
+    "temperature": 1.5,
+    "threshold": 0.3,
+    "applied": True,
+    "ece_before": 0.2,
+    "ece_after": 0.04,
+    "coverage": 0.85,
+    "bins_before": [{"lo": 0, "hi": 1, "count": 1, "accuracy": 1, "confidence": 1}],
+}
 
 
 def _tiny_model(seed: int, num_classes: int = len(CLASSES)):
@@ -43,8 +52,9 @@ def _tiny_model(seed: int, num_classes: int = len(CLASSES)):
 def tiny_checkpoint(tmp_path_factory):
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("export")
-    save_checkpoint(d / "student.pt", _tiny_model(0), model_name="test_efficientnet", classes=CLASSES,
-                    image_size=32, eval_resize=36)
+    save_checkpoint(
+        d / "student.pt", _tiny_model(0), model_name="test_efficientnet", classes=CLASSES, image_size=32, eval_resize=36
+    )
     rng = np.random.default_rng(0)
     paths = []
     for i in range(12):
@@ -61,9 +71,12 @@ def bundles(tiny_checkpoint):
     d, paths = tiny_checkpoint
     ck = load_checkpoint(d / "student.pt")
     # fp16 from image paths; uint8 through its alias "int8" and from a preprocessed array
-    return {"fp16": export_tfjs_bundle(str(d / "student.pt"), str(d / "bundle_fp16"), paths, "fp16", CALIBRATION),
-            "uint8": export_tfjs_bundle(str(d / "student.pt"), str(d / "bundle_uint8"), preprocess(ck, paths[:4]),
-                                        "int8", CALIBRATION)}
+    return {
+        "fp16": export_tfjs_bundle(str(d / "student.pt"), str(d / "bundle_fp16"), paths, "fp16", CALIBRATION),
+        "uint8": export_tfjs_bundle(
+            str(d / "student.pt"), str(d / "bundle_uint8"), preprocess(ck, paths[:4]), "int8", CALIBRATION
+        ),
+    }
 
 
 def test_onnx_matches_pytorch(tiny_checkpoint, tmp_path):
@@ -83,8 +96,12 @@ def test_onnx_matches_pytorch(tiny_checkpoint, tmp_path):
 
 def _weight_dtypes(bundle: Path) -> set:
     manifest = json.loads((bundle / "model.json").read_text())["weightsManifest"]
-    return {w.get("quantization", {}).get("dtype", w["dtype"]) for g in manifest for w in g["weights"]
-            if w["dtype"] == "float32"}
+    return {
+        w.get("quantization", {}).get("dtype", w["dtype"])
+        for g in manifest
+        for w in g["weights"]
+        if w["dtype"] == "float32"
+    }
 
 
 @needs_tools
@@ -118,8 +135,15 @@ def test_bundles_fp16_and_uint8(bundles):
 @pytest.mark.parametrize("q,backend", [("fp16", "cpu"), ("uint8", "wasm")])
 def test_tfjs_in_node_matches_pytorch(bundles, tiny_checkpoint, q, backend):
     d, paths = tiny_checkpoint
-    r = validate_tfjs_bundle(bundles[q]["bundle"], str(d / "student.pt"), paths, repeats=5, backend=backend,
-                             latency_runtime="node-wasm", latency_runs=3)
+    r = validate_tfjs_bundle(
+        bundles[q]["bundle"],
+        str(d / "student.pt"),
+        paths,
+        repeats=5,
+        backend=backend,
+        latency_runtime="node-wasm",
+        latency_runs=3,
+    )
     assert r["logits_correlation"] > 0.995 and r["top1_agreement"] >= 0.99, r
     assert r["passed"] and not r["reasons"] and r["node_backend"] == backend
     assert r["latency_runtime"] == "node-wasm" and 0 < r["latency_ms_median"] < 5000
@@ -130,14 +154,33 @@ def test_tfjs_in_node_matches_pytorch(bundles, tiny_checkpoint, q, backend):
 @needs_tools
 def test_validation_fails_for_another_model(bundles, tiny_checkpoint, tmp_path):
     d, paths = tiny_checkpoint
-    save_checkpoint(tmp_path / "other.pt", _tiny_model(7), model_name="test_efficientnet",
-                    classes=[c.upper() for c in CLASSES], image_size=32, eval_resize=36)
-    r = validate_tfjs_bundle(bundles["fp16"]["bundle"], str(tmp_path / "other.pt"), paths, repeats=1,
-                             latency_runtime="node-wasm", latency_runs=1)
+    save_checkpoint(
+        tmp_path / "other.pt",
+        _tiny_model(7),
+        model_name="test_efficientnet",
+        classes=[c.upper() for c in CLASSES],
+        image_size=32,
+        eval_resize=36,
+    )
+    r = validate_tfjs_bundle(
+        bundles["fp16"]["bundle"],
+        str(tmp_path / "other.pt"),
+        paths,
+        repeats=1,
+        latency_runtime="node-wasm",
+        latency_runs=1,
+    )
     assert not r["passed"] and r["logits_correlation"] < 0.995
     assert any("correlation" in x for x in r["reasons"]) and any("labels.json" in x for x in r["reasons"])
-    r = validate_tfjs_bundle(bundles["fp16"]["bundle"], str(d / "student.pt"), paths, repeats=1, max_size_mb=1e-4,
-                             latency_runtime="node-wasm", latency_runs=1)
+    r = validate_tfjs_bundle(
+        bundles["fp16"]["bundle"],
+        str(d / "student.pt"),
+        paths,
+        repeats=1,
+        max_size_mb=1e-4,
+        latency_runtime="node-wasm",
+        latency_runs=1,
+    )
     assert not r["passed"] and any("model size" in x for x in r["reasons"])
 
 
@@ -146,8 +189,9 @@ def test_bad_inputs_give_clear_errors(tiny_checkpoint, tmp_path, monkeypatch):
     ckpt = str(d / "student.pt")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         export_tfjs_bundle(str(tmp_path / "missing.pt"), str(tmp_path / "b"), paths)
-    save_checkpoint(tmp_path / "wrong.pt", _tiny_model(0, 3), model_name="test_efficientnet", classes=CLASSES,
-                    image_size=32)
+    save_checkpoint(
+        tmp_path / "wrong.pt", _tiny_model(0, 3), model_name="test_efficientnet", classes=CLASSES, image_size=32
+    )
     with pytest.raises(CheckpointError, match="6 classes"):
         export_tfjs_bundle(str(tmp_path / "wrong.pt"), str(tmp_path / "b"), paths)
     with pytest.raises(ValueError, match="quantization"):

@@ -5,6 +5,7 @@ bundle is under the size limit, else uint8), the bundle size gate (<), the laten
 validate_export component failing with every reason. The tiny model and images are
 tests/unit/export/test_export.py's; two real exports (auto under a generous limit, auto under a
 limit between the fp16 and uint8 sizes)."""
+
 import json
 from pathlib import Path
 
@@ -28,14 +29,22 @@ from tests.unit.export.test_export import CALIBRATION, HAVE_CONVERTERS, HAVE_TFJ
 tiny_checkpoint = test_export.tiny_checkpoint  # the same tiny model and images (a module-scoped fixture here too)
 
 CHROMIUM = Path("/usr/bin/chromium")
-needs_tools = pytest.mark.skipif(not (HAVE_CONVERTERS and HAVE_TFJS),
-                                 reason="converter env or shared/export/tfjs/node_modules missing: "
-                                        "run scripts/setup_export_env.sh")
-STRICT = {"logits_correlation": ">", "top1_agreement": ">=", "model_size_mb": "<", "latency_ms_median": "<",
-          "labels_match_checkpoint": "==", "input_size_matches_checkpoint": "=="}
+needs_tools = pytest.mark.skipif(
+    not (HAVE_CONVERTERS and HAVE_TFJS),
+    reason="converter env or shared/export/tfjs/node_modules missing: run scripts/setup_export_env.sh",
+)
+STRICT = {
+    "logits_correlation": ">",
+    "top1_agreement": ">=",
+    "model_size_mb": "<",
+    "latency_ms_median": "<",
+    "labels_match_checkpoint": "==",
+    "input_size_matches_checkpoint": "==",
+}
 
 
 # --- fast: the selection rule and the gate rows -------------------------------------------
+
 
 def _fake_convert(sizes: dict):
     built = []
@@ -43,6 +52,7 @@ def _fake_convert(sizes: dict):
     def convert(q):
         built.append(q)
         return sizes[q]
+
     return convert, built
 
 
@@ -79,8 +89,15 @@ def test_gate_rows_are_strict_and_say_why():
     assert gate("model_size_mb", "model size", 20.0, "<", 20.0, "MB")["passed"] is False  # equal fails "<"
     assert gate("logits_correlation", "logits correlation", 0.995, ">", 0.995)["passed"] is False
     row = gate("model_size_mb", "model size", 21.5, "<", 20.0, "MB", note="model.json + weight shards")
-    assert row == {"gate": "model_size_mb", "value": 21.5, "operator": "<", "bound": 20.0, "unit": "MB",
-                   "passed": False, "reason": "model size 21.5 MB is not < 20 MB (model.json + weight shards)"}
+    assert row == {
+        "gate": "model_size_mb",
+        "value": 21.5,
+        "operator": "<",
+        "bound": 20.0,
+        "unit": "MB",
+        "passed": False,
+        "reason": "model size 21.5 MB is not < 20 MB (model.json + weight shards)",
+    }
     row = gate("latency_ms_median", "latency median", None, "<", 5000.0, "ms", note="Chromium not found at /x")
     assert not row["passed"] and row["reason"] == "latency median: not measured (Chromium not found at /x)"
     assert gate("top1_agreement", "top-1 agreement", 0.99, ">=", 0.99)["passed"] is True
@@ -88,6 +105,7 @@ def test_gate_rows_are_strict_and_say_why():
 
 
 # --- real exports ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def auto_bundles(tiny_checkpoint):
@@ -98,8 +116,7 @@ def auto_bundles(tiny_checkpoint):
     d, paths = tiny_checkpoint
     ck = str(d / "student.pt")
     roomy = export_tfjs_bundle(ck, str(d / "auto_roomy"), paths, "auto", CALIBRATION, max_size_mb=150.0)
-    tight = export_tfjs_bundle(ck, str(d / "auto_tight"), paths, "auto", CALIBRATION,
-                               max_size_mb=roomy["fp16_size_mb"])
+    tight = export_tfjs_bundle(ck, str(d / "auto_tight"), paths, "auto", CALIBRATION, max_size_mb=roomy["fp16_size_mb"])
     return {"roomy": roomy, "tight": tight}
 
 
@@ -108,8 +125,10 @@ def test_auto_picks_fp16_under_a_generous_limit(auto_bundles):
     r = auto_bundles["roomy"]
     b = Path(r["bundle"])
     assert r["quantization"] == "fp16" and r["quantization_requested"] == "auto" and r["max_size_mb"] == 150.0
-    assert r["quantization_reason"] == (f"auto: the fp16 bundle ({r['fp16_size_mb']} MB) is < the 150.0 MB limit; "
-                                        "fp16 loses less than uint8, so uint8 was not built")
+    assert r["quantization_reason"] == (
+        f"auto: the fp16 bundle ({r['fp16_size_mb']} MB) is < the 150.0 MB limit; "
+        "fp16 loses less than uint8, so uint8 was not built"
+    )
     assert "uint8_size_mb" not in r and r["model_size_mb"] == r["fp16_size_mb"]
     assert _weight_dtypes(b) == {"float16"}
     assert json.loads((b / "preprocessing.json").read_text())["quantization"] == "fp16"
@@ -122,8 +141,10 @@ def test_auto_picks_uint8_under_a_limit_between_the_two_sizes(auto_bundles):
     print(f"fp16 {r['fp16_size_mb']} MB, uint8 {r['uint8_size_mb']} MB, limit {limit} MB")
     assert r["uint8_size_mb"] < limit == r["fp16_size_mb"]  # fp16 at the limit is not under it
     assert r["quantization"] == "uint8" and r["model_size_mb"] == r["uint8_size_mb"]
-    assert r["quantization_reason"] == (f"auto: the fp16 bundle ({limit} MB) is not < the {limit} MB limit; "
-                                        f"the uint8 bundle ({r['uint8_size_mb']} MB) is")
+    assert r["quantization_reason"] == (
+        f"auto: the fp16 bundle ({limit} MB) is not < the {limit} MB limit; "
+        f"the uint8 bundle ({r['uint8_size_mb']} MB) is"
+    )
     assert _weight_dtypes(b) == {"uint8"}
     assert json.loads((b / "preprocessing.json").read_text())["quantization"] == "uint8"
     assert not list(b.parent.glob(".bundle-*"))
@@ -185,8 +206,9 @@ def test_missing_chromium_fails_the_latency_gate_clearly(auto_bundles, tiny_chec
     nowhere = tmp_path / "no-such-chromium"
     with pytest.raises(ExportError, match=f"Chromium not found at {nowhere}.*latency_runtime='node-wasm'"):
         browser_latency(auto_bundles["roomy"]["bundle"], chromium=nowhere)
-    r = validate_tfjs_bundle(auto_bundles["roomy"]["bundle"], str(d / "student.pt"), paths[:4], repeats=1,
-                             chromium=nowhere)
+    r = validate_tfjs_bundle(
+        auto_bundles["roomy"]["bundle"], str(d / "student.pt"), paths[:4], repeats=1, chromium=nowhere
+    )
     assert not r["passed"] and len(r["reasons"]) == 1, r["reasons"]
     assert r["reasons"][0].startswith(f"latency median: not measured (Chromium not found at {nowhere}")
     lat = next(g for g in r["gates"] if g["gate"] == "latency_ms_median")
@@ -199,8 +221,15 @@ def test_missing_chromium_fails_the_latency_gate_clearly(auto_bundles, tiny_chec
 @needs_tools
 def test_a_latency_bound_of_a_microsecond_fails_the_latency_gate(auto_bundles, tiny_checkpoint):
     d, paths = tiny_checkpoint
-    r = validate_tfjs_bundle(auto_bundles["roomy"]["bundle"], str(d / "student.pt"), paths[:4], repeats=1,
-                             max_latency_ms=0.001, latency_runtime="node-wasm", latency_runs=5)
+    r = validate_tfjs_bundle(
+        auto_bundles["roomy"]["bundle"],
+        str(d / "student.pt"),
+        paths[:4],
+        repeats=1,
+        max_latency_ms=0.001,
+        latency_runtime="node-wasm",
+        latency_runs=5,
+    )
     assert not r["passed"] and len(r["reasons"]) == 1, r["reasons"]
     assert r["reasons"][0].startswith(f"latency median {r['latency_ms_median']:.6g} ms is not < 0.001 ms (Node")
     assert r["latency_runtime"] == "node-wasm" and r["latency_browser"] is None  # labelled Node, not a browser
@@ -215,18 +244,31 @@ def test_a_bundle_at_or_over_the_size_limit_fails_the_size_gate(auto_bundles, ti
     d, paths = tiny_checkpoint
     u8 = auto_bundles["tight"]
     # exactly the bundle's size is not under it (strict, like the plan's "< 20MB")
-    r = validate_tfjs_bundle(u8["bundle"], str(d / "student.pt"), paths[:4], repeats=1,
-                             max_size_mb=u8["uint8_size_mb"], latency_runtime="node-wasm", latency_runs=3)
+    r = validate_tfjs_bundle(
+        u8["bundle"],
+        str(d / "student.pt"),
+        paths[:4],
+        repeats=1,
+        max_size_mb=u8["uint8_size_mb"],
+        latency_runtime="node-wasm",
+        latency_runs=3,
+    )
     assert not r["passed"] and r["reasons"] == [
-        f"model size {u8['uint8_size_mb']:.6g} MB is not < {u8['uint8_size_mb']:g} MB (model.json + weight shards)"]
+        f"model size {u8['uint8_size_mb']:.6g} MB is not < {u8['uint8_size_mb']:g} MB (model.json + weight shards)"
+    ]
     size = next(g for g in r["gates"] if g["gate"] == "model_size_mb")
     assert (size["value"], size["operator"], size["bound"], size["passed"]) == (
-        pytest.approx(u8["uint8_size_mb"]), "<", u8["uint8_size_mb"], False)
+        pytest.approx(u8["uint8_size_mb"]),
+        "<",
+        u8["uint8_size_mb"],
+        False,
+    )
 
 
 @needs_tools
 def test_validate_export_component_reports_every_gate_and_raises_with_every_reason(
-        auto_bundles, tiny_checkpoint, tmp_path):
+    auto_bundles, tiny_checkpoint, tmp_path
+):
     from kfp.dsl import Artifact, Dataset, Metrics, Model
 
     from components.validate_export import validate_export
@@ -235,16 +277,28 @@ def test_validate_export_component_reports_every_gate_and_raises_with_every_reas
     d, paths = tiny_checkpoint
     spec = validate_export.component_spec.inputs
     assert (spec["max_latency_ms"].default, spec["latency_runtime"].default) == (5000.0, "node-wasm")
-    write_jsonl(tmp_path / "test.jsonl", [{"image_id": f"i{i:02d}", "taxon": f"Species {i % 6}",
-                                           "cache_path": Path(p).name} for i, p in enumerate(paths)])
+    write_jsonl(
+        tmp_path / "test.jsonl",
+        [
+            {"image_id": f"i{i:02d}", "taxon": f"Species {i % 6}", "cache_path": Path(p).name}
+            for i, p in enumerate(paths)
+        ],
+    )
     meta = {k: v for k, v in auto_bundles["roomy"].items() if k != "bundle"}
 
     def run(tag, **kw):
         return validate_export.python_func(
             bundle=Artifact(uri=auto_bundles["roomy"]["bundle"], metadata=dict(meta)),
-            model=Model(uri=str(d / "student.pt")), test=Dataset(uri=str(tmp_path / "test.jsonl")),
-            cache_dir=str(d), images=6, min_correlation=0.995, report=Artifact(uri=str(tmp_path / f"{tag}.json")),
-            metrics=Metrics(uri=str(tmp_path / f"{tag}.metrics")), latency_runs=3, **kw)
+            model=Model(uri=str(d / "student.pt")),
+            test=Dataset(uri=str(tmp_path / "test.jsonl")),
+            cache_dir=str(d),
+            images=6,
+            min_correlation=0.995,
+            report=Artifact(uri=str(tmp_path / f"{tag}.json")),
+            metrics=Metrics(uri=str(tmp_path / f"{tag}.metrics")),
+            latency_runs=3,
+            **kw,
+        )
 
     s = run("ok", max_size_mb=20.0)  # the student budget (plan 3.3); defaults: 5000 ms, node-wasm
     assert s["passed"] and s["latency_runtime"] == "node-wasm" and s["quantization"] == "fp16"
@@ -262,4 +316,6 @@ def test_the_summary_for_the_manifest_holds_no_none():
     from shared.export.tfjs import _without_none
 
     assert _without_none({"a": None, "b": [1, None, {"c": None, "d": 2}], "e": {"f": None}}) == {
-        "b": [1, "", {"d": 2}], "e": {}}
+        "b": [1, "", {"d": 2}],
+        "e": {},
+    }

@@ -2,6 +2,7 @@
 fetches, the records file, and the image cache kept in a bucket instead of on a
 volume (uploaded by cache_images, resumed from the bucket by a fresh pod, read on
 demand by the training datasets)."""
+
 import json
 
 import pytest
@@ -50,8 +51,10 @@ class _NoFetch:
 
 def _records(n):
     imgs = {f"gs://plants/src/{i}.jpg": jpeg_bytes(240, 180, seed=100 + i) for i in range(n)}
-    return imgs, [{"image_id": f"g{i}", "image_url": u, "taxon": f"t{i % 2}", "region": "EU_SW",
-                   "license": "CC0"} for i, u in enumerate(imgs)]
+    return imgs, [
+        {"image_id": f"g{i}", "image_url": u, "taxon": f"t{i % 2}", "region": "EU_SW", "license": "CC0"}
+        for i, u in enumerate(imgs)
+    ]
 
 
 def test_cache_in_bucket_resumes_on_a_fresh_pod_and_is_read_on_demand(bucket, tmp_path, monkeypatch):
@@ -112,14 +115,16 @@ def test_student_renditions_in_a_bucket_are_made_from_it_listed_and_read(bucket,
     monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod1"))
     cache_images(recs, uri, resize=120, min_side=100, progress=lambda d, t: None)
     monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod2"))
-    a = cache_images(recs, uri, resize=120, min_side=100, student_resize=90, fetcher=_NoFetch(),
-                     progress=lambda d, t: None)
+    a = cache_images(
+        recs, uri, resize=120, min_side=100, student_resize=90, fetcher=_NoFetch(), progress=lambda d, t: None
+    )
     assert a.student_renditions == {"missing_entry": 3} and a.fetched == 0
     names = {b.name for b in gcs.client().list_blobs("plants", prefix="student-cache/")}
     assert all("student-cache/" + r["student_cache_path"] in names for r in a.cached)
     monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod3"))
-    b = cache_images(recs, uri, resize=120, min_side=100, student_resize=90, fetcher=_NoFetch(),
-                     progress=lambda d, t: None)
+    b = cache_images(
+        recs, uri, resize=120, min_side=100, student_resize=90, fetcher=_NoFetch(), progress=lambda d, t: None
+    )
     assert b.student_renditions == {"listing": 3} and b.cached == a.cached
     monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "trainer"))
     ds = CachedImageDataset(student_records(b.cached, 90), uri, ["t0", "t1"], transform=lambda im: im.size)

@@ -1,4 +1,5 @@
 """shared.io.progress: rate and ETA lines at most every every_s seconds, on a fake clock."""
+
 import pytest
 
 from shared.io.progress import Progress, format_duration
@@ -13,8 +14,15 @@ class FakeClock:
 
 
 def test_format_duration():
-    assert [format_duration(s) for s in (0, 44.6, 60, 490, 3599, 3600, 7500)] == \
-        ["0s", "45s", "1m00s", "8m10s", "59m59s", "1h00m", "2h05m"]
+    assert [format_duration(s) for s in (0, 44.6, 60, 490, 3599, 3600, 7500)] == [
+        "0s",
+        "45s",
+        "1m00s",
+        "8m10s",
+        "59m59s",
+        "1h00m",
+        "2h05m",
+    ]
     assert format_duration(None) == format_duration(float("inf")) == format_duration(-1) == "?"
 
 

@@ -1,5 +1,6 @@
 """Phase 7: the training manifest (shared/manifest/training_manifest.py) and its component,
 run through kfp.local with fake upstream steps."""
+
 import datetime as dt
 import json
 import os
@@ -27,52 +28,107 @@ def plan_config():
     return {
         "global_teacher": load_teacher_config(str(c / "teacher_global.yaml"), {}),
         "regional_teachers": [
-            {"teacher": "EU_SW", "regions": "EU_SW", "weight": 0.4,
-             "config": load_teacher_config(str(c / "teacher_regional.yaml"), {})},
-            {"teacher": "EU_CORE", "regions": "EU_NORTH,EU_EAST", "weight": 0.2,
-             "config": load_teacher_config(str(c / "teacher_eu_core.yaml"), {})}],
+            {
+                "teacher": "EU_SW",
+                "regions": "EU_SW",
+                "weight": 0.4,
+                "config": load_teacher_config(str(c / "teacher_regional.yaml"), {}),
+            },
+            {
+                "teacher": "EU_CORE",
+                "regions": "EU_NORTH,EU_EAST",
+                "weight": 0.2,
+                "config": load_teacher_config(str(c / "teacher_eu_core.yaml"), {}),
+            },
+        ],
         "student": load_student_config(str(c / "student.yaml")),
-        "pipeline": {"export": {"gates": {"min_val_top1": 0.70, "max_ece": 0.10}},
-                     "calibration": {"ece_threshold": 0.10, "target_precision": 0.95}},
+        "pipeline": {
+            "export": {"gates": {"min_val_top1": 0.70, "max_ece": 0.10}},
+            "calibration": {"ece_threshold": 0.10, "target_precision": 0.95},
+        },
     }
 
 
-DATA = {"snapshot_id": "catalogue-2025-12-20",
-        "ingest": {"source": "mongo", "records_read": 200, "records_kept": 171, "classes": 12,
-                   "permissive_share_of_valid": 0.924},
-        "split": {"images": {"train": 136, "val": 17, "test": 18}, "classes": {"train": 12, "val": 9, "test": 9},
-                  "classes_total": 12, "train_val_class_overlap": 1.0, "leakage": {"leak_free": True}},
-        "cache": {"cached": 171, "fail_rate": 0.02}}
+DATA = {
+    "snapshot_id": "catalogue-2025-12-20",
+    "ingest": {
+        "source": "mongo",
+        "records_read": 200,
+        "records_kept": 171,
+        "classes": 12,
+        "permissive_share_of_valid": 0.924,
+    },
+    "split": {
+        "images": {"train": 136, "val": 17, "test": 18},
+        "classes": {"train": 12, "val": 9, "test": 9},
+        "classes_total": 12,
+        "train_val_class_overlap": 1.0,
+        "leakage": {"leak_free": True},
+    },
+    "cache": {"cached": 171, "fail_rate": 0.02},
+}
 
 
 def full_results():
     return {
-        "baseline": {"model_name": "mobilenetv2_100", "weights": "random", "top1_accuracy": 0.35,
-                     "top5_accuracy": 0.6},
-        "global_teacher": {"teacher": "global", "model_name": "vit_base_patch16_384", "top1_accuracy": 0.72,
-                           "top5_accuracy": 0.84, "loss": 0.98, "checkpoint": "gs://b/global/model",
-                           "per_region": {"EU_SW": 0.70, "EU_NORTH": 0.66, "EU_EAST": 0.71}},
+        "baseline": {"model_name": "mobilenetv2_100", "weights": "random", "top1_accuracy": 0.35, "top5_accuracy": 0.6},
+        "global_teacher": {
+            "teacher": "global",
+            "model_name": "vit_base_patch16_384",
+            "top1_accuracy": 0.72,
+            "top5_accuracy": 0.84,
+            "loss": 0.98,
+            "checkpoint": "gs://b/global/model",
+            "per_region": {"EU_SW": 0.70, "EU_NORTH": 0.66, "EU_EAST": 0.71},
+        },
         "regional_teachers": [
-            {"teacher": "EU_SW", "regions": "EU_SW", "top1_accuracy": 0.85, "top5_accuracy": 0.95,
-             "per_region": {"EU_SW": 0.85}, "checkpoint": "gs://b/eu_sw/model"},
-            {"teacher": "EU_CORE", "regions": "EU_NORTH,EU_EAST", "top1_accuracy": 0.78,
-             "per_region": {"EU_NORTH": 0.80, "EU_EAST": 0.75, "EU_SW": 0.2},
-             "per_region_samples": {"EU_NORTH": 40, "EU_EAST": 60, "EU_SW": 50},
-             "checkpoint": "gs://b/eu_core/model"}],
+            {
+                "teacher": "EU_SW",
+                "regions": "EU_SW",
+                "top1_accuracy": 0.85,
+                "top5_accuracy": 0.95,
+                "per_region": {"EU_SW": 0.85},
+                "checkpoint": "gs://b/eu_sw/model",
+            },
+            {
+                "teacher": "EU_CORE",
+                "regions": "EU_NORTH,EU_EAST",
+                "top1_accuracy": 0.78,
+                "per_region": {"EU_NORTH": 0.80, "EU_EAST": 0.75, "EU_SW": 0.2},
+                "per_region_samples": {"EU_NORTH": 40, "EU_EAST": 60, "EU_SW": 50},
+                "checkpoint": "gs://b/eu_core/model",
+            },
+        ],
         "soft_labels": {"samples": 136, "classes": 12, "temperature": 3.0, "uri": "gs://b/soft"},
         "student": {"val_top1": 0.74, "val_top5": 0.88, "checkpoint": "gs://b/student/model"},
-        "calibration": {"temperature": 1.4, "threshold": 0.75, "threshold_reached": True, "ece_before": 0.12,
-                        "ece_after": 0.06, "mce_after": 0.2, "coverage": 0.78, "precision_at_threshold": 0.96,
-                        "test_ece_after": 0.07, "test_coverage": 0.76, "test_precision_at_threshold": 0.93},
+        "calibration": {
+            "temperature": 1.4,
+            "threshold": 0.75,
+            "threshold_reached": True,
+            "ece_before": 0.12,
+            "ece_after": 0.06,
+            "mce_after": 0.2,
+            "coverage": 0.78,
+            "precision_at_threshold": 0.96,
+            "test_ece_after": 0.07,
+            "test_coverage": 0.76,
+            "test_precision_at_threshold": 0.93,
+        },
         "export": {"uri": "gs://b/tfjs", "quantization": "fp16", "size_bytes": 7_200_000},
-        "export_validation": {"correlation": 0.9991, "max_abs_diff": 0.015, "top1_agreement": 1.0,
-                              "passed": True},
+        "export_validation": {"correlation": 0.9991, "max_abs_diff": 0.015, "top1_agreement": 1.0, "passed": True},
     }
 
 
 def build(config, results, **kw):
-    args = dict(config=config, phase_results=results, data_stats=DATA, seed=42, git_commit="abc1234",
-                environment={"python_version": "3.11"}, timestamp=TS)
+    args = dict(
+        config=config,
+        phase_results=results,
+        data_stats=DATA,
+        seed=42,
+        git_commit="abc1234",
+        environment={"python_version": "3.11"},
+        timestamp=TS,
+    )
     args.update(kw)
     return tm.build_training_manifest(**args)
 
@@ -91,7 +147,11 @@ def test_full_manifest_has_the_plan_shape_and_checks_the_criteria(plan_config):
     assert ph["phase_0"]["criteria"] == {"fetch_fail_rate_below_max": True, "split_leak_free": True}
     p1 = ph["phase_1"]
     assert (p1["teacher"], p1["top1"], p1["top5"], p1["checkpoint"]) == (
-        "vit_base_patch16_384", 0.72, 0.84, "gs://b/global/model")
+        "vit_base_patch16_384",
+        0.72,
+        0.84,
+        "gs://b/global/model",
+    )
     assert p1["criteria"] == {"top1>=0.7": True, "top5>=0.85": False}  # 0.84 misses the plan's 85 %
     sw, core = ph["phase_2"]["teachers"]["EU_SW"], ph["phase_2"]["teachers"]["EU_CORE"]
     assert sw["top1_eu_sw"] == 0.85 and sw["gain_vs_global"] == {"EU_SW": pytest.approx(0.15)}
@@ -108,15 +168,24 @@ def test_full_manifest_has_the_plan_shape_and_checks_the_criteria(plan_config):
     assert (p4["distillation_epochs"], p4["finetuning_epochs"]) == (10, 10)
     p5 = ph["phase_5"]
     assert (p5["ece"], p5["confidence_threshold"], p5["temperature"]) == (0.06, 0.75, 1.4)
-    assert p5["criteria"] == {"val_ece<0.1": True, "val_coverage>=0.8": False,
-                              "val_precision_at_threshold>=0.95": True, "test_ece<0.1": True,
-                              "test_coverage>=0.8": False, "test_precision_at_threshold>=0.95": False}
+    assert p5["criteria"] == {
+        "val_ece<0.1": True,
+        "val_coverage>=0.8": False,
+        "val_precision_at_threshold>=0.95": True,
+        "test_ece<0.1": True,
+        "test_coverage>=0.8": False,
+        "test_precision_at_threshold>=0.95": False,
+    }
     p6 = ph["phase_6"]
     assert (p6["model_size_mb"], p6["tfjs_export"], p6["quantization"]) == (7.2, "gs://b/tfjs", "fp16")
     assert p6["parity"]["correlation"] == 0.9991
     # 7.2 MB: under the plan's 150 MB (6.4) and the student's 20 MB (3.3); no latency reported here
-    assert p6["criteria"] == {"model_size_mb<=150.0": True, "model_size_mb<20.0": True,
-                              "parity_correlation>0.995": True, "latency_ms<5000.0": None}
+    assert p6["criteria"] == {
+        "model_size_mb<=150.0": True,
+        "model_size_mb<20.0": True,
+        "parity_correlation>0.995": True,
+        "latency_ms<5000.0": None,
+    }
     assert "toolchain" not in p6  # the export did not report its converter versions
     hp = m["hyperparameters"]
     assert hp["teacher_global_lr"] == 3e-5 and hp["teacher_eu_sw_lr"] == 2e-5
@@ -143,28 +212,48 @@ def test_criteria_are_the_plans_and_a_local_gate_is_labelled_local(plan_config):
     """Local smoke-test thresholds never appear under the plan's name."""
     from shared.evaluate.calibration import export_gate
 
-    cfg = {**plan_config, "pipeline": {"export": {"gates": {"profile": "local", "min_val_top1": 0.30,
-                                                            "max_ece": 0.20}}}}
+    cfg = {
+        **plan_config,
+        "pipeline": {"export": {"gates": {"profile": "local", "min_val_top1": 0.30, "max_ece": 0.20}}},
+    }
     r = full_results()
-    cal = {"val_top1": 0.74, "ece_after": 0.15, "coverage": 0.4, "precision_at_threshold": 0.96,
-           "test_ece_after": 0.18, "test_coverage": 0.35, "test_precision_at_threshold": 0.83}
+    cal = {
+        "val_top1": 0.74,
+        "ece_after": 0.15,
+        "coverage": 0.4,
+        "precision_at_threshold": 0.96,
+        "test_ece_after": 0.18,
+        "test_coverage": 0.35,
+        "test_precision_at_threshold": 0.83,
+    }
     blessed, reason, table = export_gate(cal, 0.30, 0.20, 0.10, 0.80)
     r["calibration"] = {**cal, "gates": table, "blessed": blessed, "reason": reason}
     m = build(cfg, r)
     p4, p5 = m["phases"]["phase_4"], m["phases"]["phase_5"]
     assert p4["criteria"] == {"top1>=0.7": True}  # the plan's 0.70, not the local 0.30
     # the plan's 5.4 on val and on the held-out test set: test precision 0.83 is not ">= 0.95: true"
-    assert p5["criteria"] == {"val_ece<0.1": False, "val_coverage>=0.8": False,
-                              "val_precision_at_threshold>=0.95": True, "test_ece<0.1": False,
-                              "test_coverage>=0.8": False, "test_precision_at_threshold>=0.95": False}
+    assert p5["criteria"] == {
+        "val_ece<0.1": False,
+        "val_coverage>=0.8": False,
+        "val_precision_at_threshold>=0.95": True,
+        "test_ece<0.1": False,
+        "test_coverage>=0.8": False,
+        "test_precision_at_threshold>=0.95": False,
+    }
     assert p5["gate"]["profile"] == "local" and "not the plan's criteria" in p5["gate"]["label"]
     assert p5["gate"]["thresholds"]["min_val_top1"] == 0.30 and p5["gate"]["blessed"] is True
     assert {g["name"]: g["op"] for g in p5["gate"]["table"]}["test_ece_after"] == "<"
 
 
 def test_absent_and_explicitly_skipped_phases(plan_config):
-    m = build(plan_config, {"baseline": None, "global_teacher": full_results()["global_teacher"],
-                            "student": {"status": "failed", "reason": "NaN loss at epoch 3"}})
+    m = build(
+        plan_config,
+        {
+            "baseline": None,
+            "global_teacher": full_results()["global_teacher"],
+            "student": {"status": "failed", "reason": "NaN loss at epoch 3"},
+        },
+    )
     ph = m["phases"]
     assert ph["phase_0"]["status"] == "skipped" and "baseline" in ph["phase_0"]["reason"]
     assert ph["phase_1"]["status"] == "completed"
@@ -205,8 +294,10 @@ def test_converter_versions_from_the_export_fill_the_environment(plan_config):
     versions, and the manifest's package list takes them where it has none."""
     res = full_results()
     res["export"]["toolchain"] = {"tensorflow": "2.19.0", "tensorflowjs": "4.22.0", "onnx": "1.17.0"}
-    env = {"python_version": "3.11", "packages": {"torch": "2.14.1", "tensorflow": None,
-                                                   "tensorflowjs": None, "onnx": "1.23.2"}}
+    env = {
+        "python_version": "3.11",
+        "packages": {"torch": "2.14.1", "tensorflow": None, "tensorflowjs": None, "onnx": "1.23.2"},
+    }
     m = build(plan_config, res, environment=env)
     assert m["phases"]["phase_6"]["toolchain"]["tensorflowjs"] == "4.22.0"
     pk = m["environment"]["packages"]
@@ -218,10 +309,17 @@ def test_converter_versions_from_the_export_fill_the_environment(plan_config):
 def test_training_steps_report_what_the_manifest_image_lacks(plan_config):
     """On the cluster the manifest step runs in the CPU data image (no torch, no GPU):
     torch, timm and the GPU come from the environment the training step reported."""
-    env = {"python_version": "3.11", "gpu": "none",
-           "packages": {"torch": None, "timm": None, "kfp": "2.17.3", "tensorflow": None},
-           "training": {"packages": {"torch": "2.14.1", "timm": "1.0.31", "kfp": "2.17.0"},
-                        "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 4, "cuda": "13.0"}}
+    env = {
+        "python_version": "3.11",
+        "gpu": "none",
+        "packages": {"torch": None, "timm": None, "kfp": "2.17.3", "tensorflow": None},
+        "training": {
+            "packages": {"torch": "2.14.1", "timm": "1.0.31", "kfp": "2.17.0"},
+            "gpu": "NVIDIA H100 80GB HBM3",
+            "gpu_count": 4,
+            "cuda": "13.0",
+        },
+    }
     m = build(plan_config, full_results(), environment=env)
     e = m["environment"]
     assert (e["packages"]["torch"], e["packages"]["timm"]) == ("2.14.1", "1.0.31")
@@ -251,8 +349,7 @@ def test_environment_versions_and_git_commit(monkeypatch):
 def test_read_result_merges_file_metadata_and_bundle_size(tmp_path):
     f = tmp_path / "results"
     f.write_text(json.dumps({"top1_accuracy": 0.5}))
-    assert tm.read_result(f, {"teacher": "x"}, uri="gs://u") == {"top1_accuracy": 0.5, "teacher": "x",
-                                                                 "uri": "gs://u"}
+    assert tm.read_result(f, {"teacher": "x"}, uri="gs://u") == {"top1_accuracy": 0.5, "teacher": "x", "uri": "gs://u"}
     (tmp_path / "bin").write_bytes(b"\x80\x02binary")
     assert tm.read_result(tmp_path / "bin", {"model_name": "m"}) == {"model_name": "m"}
     b = tmp_path / "bundle"
@@ -267,6 +364,7 @@ def test_read_result_merges_file_metadata_and_bundle_size(tmp_path):
 
 # --- the component through the local runner ------------------------------------------
 
+
 def test_component_writes_the_manifest_locally(tmp_path, monkeypatch):
     from kfp import dsl, local
     from kfp.dsl import Artifact, Metrics, Model, Output
@@ -278,14 +376,20 @@ def test_component_writes_the_manifest_locally(tmp_path, monkeypatch):
     @dsl.component(base_image="python:3.11")
     def fake_json(payload: str, out: Output[Artifact]):
         import json
+
         open(out.path, "w").write(payload)
         out.metadata["teacher"] = json.loads(payload).get("teacher", "")
 
     @dsl.component(base_image="python:3.11")
     def fake_model(name: str, model: Output[Model]):
         open(model.path, "wb").write(b"\x80checkpoint")
-        model.metadata.update({"teacher": name, "model_name": "test_vit",
-                               "environment": {"packages": {"torch": "2.14.1"}, "gpu": "NVIDIA L4"}})
+        model.metadata.update(
+            {
+                "teacher": name,
+                "model_name": "test_vit",
+                "environment": {"packages": {"torch": "2.14.1"}, "gpu": "NVIDIA L4"},
+            }
+        )
 
     @dsl.component(base_image="python:3.11")
     def fake_student(model: Output[Model], metrics: Output[Metrics]):
@@ -305,19 +409,27 @@ def test_component_writes_the_manifest_locally(tmp_path, monkeypatch):
     def export_skipped(reason: str) -> dict:
         return {"status": "skipped", "reason": reason}
 
-    teachers = [{"teacher": "EU_SW", "regions": "EU_SW", "weight": 0.4, "config": {}},
-                {"teacher": "EU_CORE", "regions": "EU_NORTH,EU_EAST", "weight": 0.2, "config": {}}]
+    teachers = [
+        {"teacher": "EU_SW", "regions": "EU_SW", "weight": 0.4, "config": {}},
+        {"teacher": "EU_CORE", "regions": "EU_NORTH,EU_EAST", "weight": 0.2, "config": {}},
+    ]
 
     @dsl.pipeline(name="manifest-local")
     def p(regional: list = teachers, student_top1: float = 0.55):
         audit = fake_json(payload=json.dumps(DATA["ingest"]))
         stats = fake_json(payload=json.dumps(DATA["split"]))
-        ge = fake_json(payload=json.dumps({"teacher": "global", "top1_accuracy": 0.72, "top5_accuracy": 0.9,
-                                           "per_region": {"EU_SW": 0.7}}))
+        ge = fake_json(
+            payload=json.dumps(
+                {"teacher": "global", "top1_accuracy": 0.72, "top5_accuracy": 0.9, "per_region": {"EU_SW": 0.7}}
+            )
+        )
         gm = fake_model(name="global")
         with dsl.ParallelFor(regional):
-            re_ = fake_json(payload=json.dumps({"teacher": "EU_SW", "regions": "EU_SW", "top1_accuracy": 0.85,
-                                                "per_region": {"EU_SW": 0.85}}))
+            re_ = fake_json(
+                payload=json.dumps(
+                    {"teacher": "EU_SW", "regions": "EU_SW", "top1_accuracy": 0.85, "per_region": {"EU_SW": 0.85}}
+                )
+            )
             rm = fake_model(name="EU_SW")
         st = fake_student()
         g = gates(top1=student_top1)
@@ -326,18 +438,26 @@ def test_component_writes_the_manifest_locally(tmp_path, monkeypatch):
         with dsl.Else():
             sk = export_skipped(reason="export not blessed: student top1 below 0.70")
         training_manifest(
-            seed=7, git_commit="", snapshot_id="snap-1", global_teacher_config={"training": {"learning_rate": 3e-5}},
-            regional_teachers=regional, student_config={"model": {"name": "mobilenetv2", "alpha": 1.0}},
-            pipeline_settings={}, ingest_audit=audit.outputs["out"], split_stats=stats.outputs["out"],
-            global_teacher_results=ge.outputs["out"], global_teacher_model=gm.outputs["model"],
+            seed=7,
+            git_commit="",
+            snapshot_id="snap-1",
+            global_teacher_config={"training": {"learning_rate": 3e-5}},
+            regional_teachers=regional,
+            student_config={"model": {"name": "mobilenetv2", "alpha": 1.0}},
+            pipeline_settings={},
+            ingest_audit=audit.outputs["out"],
+            split_stats=stats.outputs["out"],
+            global_teacher_results=ge.outputs["out"],
+            global_teacher_model=gm.outputs["model"],
             regional_teacher_results=dsl.Collected(re_.outputs["out"]),
             regional_teacher_models=dsl.Collected(rm.outputs["model"]),
-            student_model=st.outputs["model"], student_metrics=st.outputs["metrics"],
-            export_summary=dsl.OneOf(ex.output, sk.output))
+            student_model=st.outputs["model"],
+            student_metrics=st.outputs["metrics"],
+            export_summary=dsl.OneOf(ex.output, sk.output),
+        )
 
     monkeypatch.setenv("GIT_COMMIT", "c0ffee")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
-               raise_on_error=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
     p()
     found = sorted((tmp_path / "root").rglob(tm.MANIFEST_NAME))
     assert len(found) == 1
@@ -366,17 +486,23 @@ def test_component_writes_the_manifest_locally(tmp_path, monkeypatch):
 REFERENCE = ROOT / "tests" / "data" / "training_manifest_reference.yaml"
 
 INLINE_CONFIG = {
-    "global_teacher": {"model": {"name": "vit_base_patch16_384"},
-                       "training": {"learning_rate": 3e-5, "epochs": 30}},
+    "global_teacher": {"model": {"name": "vit_base_patch16_384"}, "training": {"learning_rate": 3e-5, "epochs": 30}},
     "regional_teachers": [
         {"teacher": "EU_SW", "regions": "EU_SW", "weight": 0.4, "config": {"training": {"learning_rate": 2e-5}}},
-        {"teacher": "EU_CORE", "regions": "EU_NORTH,EU_EAST", "weight": 0.2,
-         "config": {"training": {"learning_rate": 1e-5}, "data": {"region_filter": "EU_NORTH,EU_EAST"}}}],
-    "student": {"model": {"name": "mobilenetv2", "alpha": 1.0},
-                "training": {"learning_rate": 1e-4, "distillation_epochs": 10, "finetune_epochs": 10},
-                "finetune": {"learning_rate": 5e-5},
-                "distillation": {"temperature": 3.0, "loss_weights": {"kl_divergence": 0.7, "cross_entropy": 0.3}},
-                "teachers": [{"region_filter": "", "weight": 0.4}]},
+        {
+            "teacher": "EU_CORE",
+            "regions": "EU_NORTH,EU_EAST",
+            "weight": 0.2,
+            "config": {"training": {"learning_rate": 1e-5}, "data": {"region_filter": "EU_NORTH,EU_EAST"}},
+        },
+    ],
+    "student": {
+        "model": {"name": "mobilenetv2", "alpha": 1.0},
+        "training": {"learning_rate": 1e-4, "distillation_epochs": 10, "finetune_epochs": 10},
+        "finetune": {"learning_rate": 5e-5},
+        "distillation": {"temperature": 3.0, "loss_weights": {"kl_divergence": 0.7, "cross_entropy": 0.3}},
+        "teachers": [{"region_filter": "", "weight": 0.4}],
+    },
     "pipeline": {"export": {"gates": {"profile": "plan", "min_val_top1": 0.7, "max_ece": 0.1}}},
 }
 
@@ -387,35 +513,78 @@ def reference_cases():
     rich = full_results()
     rich["regional_teachers"].append({"teacher": "EU_SW", "regions": "", "top1": 0.5, "per_region": {}})
     rich["regional_teachers"].append({"regions": "EU_EAST", "top1_accuracy": 0.9, "per_region": {"EU_EAST": 0.9}})
-    rich["student"].update({
-        "distillation_epochs": 7.0, "finetune_epochs": 3, "final_stage": "finetuning", "test_top1": 0.7,
-        "distillation_val_top1": 0.7, "distillation_test_top1": 0.69, "finetuning_val_top1": 0.74,
-        "finetuning_test_top1": 0.7, "ce_control_val_top1": 0.6, "ce_control_test_top1": 0.58,
-        "distillation_gain_top1": 0.14, "distillation_gain_test_top1": 0.12, "test_top1_EU_SW": 0.8,
-        "test_top1_EU_EAST": 1, "test_top1_bad": "x"})
-    rich["calibration"].update({"gates": [{"name": "val_top1", "op": ">=", "value": 0.74, "passed": True}],
-                                "blessed": True, "reason": "all gates passed", "test_top1": 0.71})
-    rich["export"] = {"uri": "gs://b/tfjs", "quantization": "uint8", "model_size_mb": 3.3,
-                      "quantization_reason": "auto", "fp16_size_mb": 6.6, "uint8_size_mb": 3.3,
-                      "latency_ms_median": 812.0, "latency_runtime": "node", "latency_browser": {"chrome": 900},
-                      "gates": [{"gate": "x"}], "toolchain": {"tensorflowjs": "4.22.0", "onnx": "1.17.0"}}
-    staged = {"student": {"model_id": "mobilenetv2_100", "sha256": "a" * 64, "source": "hub", "pretrained": True,
-                          "revision": "main", "architecture": "mobilenetv2_100"},
-              "baseline": {"model_id": "mobilenetv2_100", "pretrained": False}}
-    env = {"python_version": "3.11", "gpu": "none", "packages": {"torch": None, "kfp": "2.17.3", "tensorflowjs": None},
-           "training": {"packages": {"torch": "2.14.1"}, "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 4,
-                        "cuda": "13.0"}}
+    rich["student"].update(
+        {
+            "distillation_epochs": 7.0,
+            "finetune_epochs": 3,
+            "final_stage": "finetuning",
+            "test_top1": 0.7,
+            "distillation_val_top1": 0.7,
+            "distillation_test_top1": 0.69,
+            "finetuning_val_top1": 0.74,
+            "finetuning_test_top1": 0.7,
+            "ce_control_val_top1": 0.6,
+            "ce_control_test_top1": 0.58,
+            "distillation_gain_top1": 0.14,
+            "distillation_gain_test_top1": 0.12,
+            "test_top1_EU_SW": 0.8,
+            "test_top1_EU_EAST": 1,
+            "test_top1_bad": "x",
+        }
+    )
+    rich["calibration"].update(
+        {
+            "gates": [{"name": "val_top1", "op": ">=", "value": 0.74, "passed": True}],
+            "blessed": True,
+            "reason": "all gates passed",
+            "test_top1": 0.71,
+        }
+    )
+    rich["export"] = {
+        "uri": "gs://b/tfjs",
+        "quantization": "uint8",
+        "model_size_mb": 3.3,
+        "quantization_reason": "auto",
+        "fp16_size_mb": 6.6,
+        "uint8_size_mb": 3.3,
+        "latency_ms_median": 812.0,
+        "latency_runtime": "node",
+        "latency_browser": {"chrome": 900},
+        "gates": [{"gate": "x"}],
+        "toolchain": {"tensorflowjs": "4.22.0", "onnx": "1.17.0"},
+    }
+    staged = {
+        "student": {
+            "model_id": "mobilenetv2_100",
+            "sha256": "a" * 64,
+            "source": "hub",
+            "pretrained": True,
+            "revision": "main",
+            "architecture": "mobilenetv2_100",
+        },
+        "baseline": {"model_id": "mobilenetv2_100", "pretrained": False},
+    }
+    env = {
+        "python_version": "3.11",
+        "gpu": "none",
+        "packages": {"torch": None, "kfp": "2.17.3", "tensorflowjs": None},
+        "training": {"packages": {"torch": "2.14.1"}, "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 4, "cuda": "13.0"},
+    }
     refused = full_results()
     refused["student"]["val_top1"] = 0.62
-    refused["calibration"].update({"ece_after": 0.13, "blessed": False, "reason": "val_top1 0.62 < 0.7",
-                                   "gates": []})
+    refused["calibration"].update({"ece_after": 0.13, "blessed": False, "reason": "val_top1 0.62 < 0.7", "gates": []})
     refused["export"] = refused["export_validation"] = None
     refused["soft_labels"] = {"n_samples": 10.0, "n_classes": 3, "weights": [0.4, 0.6]}
     refused["baseline"] = {"status": "skipped", "reason": "no baseline configured"}
-    return {"rich": (INLINE_CONFIG, rich, {"staged_weights": staged, "environment": env}),
-            "refused": (INLINE_CONFIG, refused, {}),
-            "data_only": ({}, {}, {"data_stats": {"snapshot_id": "s", "source": "file",
-                                                  "split": {"images": {"train": 3}}}})}
+    return {
+        "rich": (INLINE_CONFIG, rich, {"staged_weights": staged, "environment": env}),
+        "refused": (INLINE_CONFIG, refused, {}),
+        "data_only": (
+            {},
+            {},
+            {"data_stats": {"snapshot_id": "s", "source": "file", "split": {"images": {"train": 3}}}},
+        ),
+    }
 
 
 def test_the_manifest_and_its_summary_match_the_reference():
@@ -432,6 +601,7 @@ def test_the_manifest_and_its_summary_match_the_reference():
 
 
 # --- the component's inputs, gathered by the library ---------------------------------------
+
 
 def _art(tmp_path, name, payload=None, metadata=None, binary=None):
     """A stand-in for a KFP artifact: path, uri, metadata."""
@@ -450,21 +620,39 @@ def test_collect_phase_results_matches_results_to_their_checkpoints(tmp_path):
     gm = _art(tmp_path, "gm", binary=b"\x80", metadata={"teacher": "global", "model_name": "vit"})
     re0 = _art(tmp_path, "re0", {"teacher": "EU_SW", "model_name": "own"}, {"teacher": "EU_SW"})
     re1 = _art(tmp_path, "re1", {"teacher": "EU_CORE"}, {"teacher": "EU_CORE"})
-    rm = [_art(tmp_path, "rm1", binary=b"\x80", metadata={"teacher": "EU_CORE", "model_name": "vit_r"}),
-          _art(tmp_path, "rm0", binary=b"\x80", metadata={"teacher": "EU_SW", "model_name": "vit_r"})]
+    rm = [
+        _art(tmp_path, "rm1", binary=b"\x80", metadata={"teacher": "EU_CORE", "model_name": "vit_r"}),
+        _art(tmp_path, "rm0", binary=b"\x80", metadata={"teacher": "EU_SW", "model_name": "vit_r"}),
+    ]
     sm = _art(tmp_path, "sm", binary=b"\x80", metadata={"val_top1": 0.8, "final_stage": "distillation"})
     smet = _art(tmp_path, "smet", metadata={"val_top1": 0.81, "test_top1": 0.79})
-    pr = tm.collect_phase_results(global_teacher_results=ge, global_teacher_model=gm,
-                                  regional_teacher_results=[re0, re1], regional_teacher_models=rm,
-                                  student_model=sm, student_metrics=smet,
-                                  export_summary={"uri": "gs://b/tfjs", "correlation": 0.999})
+    pr = tm.collect_phase_results(
+        global_teacher_results=ge,
+        global_teacher_model=gm,
+        regional_teacher_results=[re0, re1],
+        regional_teacher_models=rm,
+        student_model=sm,
+        student_metrics=smet,
+        export_summary={"uri": "gs://b/tfjs", "correlation": 0.999},
+    )
     assert list(pr) == list(tm.PHASES)
-    assert pr["global_teacher"] == {"teacher": "global", "top1_accuracy": 0.72, "uri": "gs://root/ge",
-                                    "checkpoint": "gs://root/gm", "model_name": "vit"}
+    assert pr["global_teacher"] == {
+        "teacher": "global",
+        "top1_accuracy": 0.72,
+        "uri": "gs://root/ge",
+        "checkpoint": "gs://root/gm",
+        "model_name": "vit",
+    }
     assert [(r["checkpoint"], r["model_name"]) for r in pr["regional_teachers"]] == [
-        ("gs://root/rm0", "own"), ("gs://root/rm1", "vit_r")]  # by name; a result's own model_name stays
-    assert pr["student"] == {"val_top1": 0.81, "final_stage": "distillation", "test_top1": 0.79,
-                             "checkpoint": "gs://root/sm"}  # the metrics' figures over the model's
+        ("gs://root/rm0", "own"),
+        ("gs://root/rm1", "vit_r"),
+    ]  # by name; a result's own model_name stays
+    assert pr["student"] == {
+        "val_top1": 0.81,
+        "final_stage": "distillation",
+        "test_top1": 0.79,
+        "checkpoint": "gs://root/sm",
+    }  # the metrics' figures over the model's
     assert pr["export"] == pr["export_validation"] == {"uri": "gs://b/tfjs", "correlation": 0.999}
     assert pr["baseline"] is None and pr["soft_labels"] is None and pr["calibration"] is None
     skipped = tm.collect_phase_results(export_summary={"status": "skipped", "reason": "not blessed"})
@@ -474,8 +662,12 @@ def test_collect_phase_results_matches_results_to_their_checkpoints(tmp_path):
 
 def test_collect_inputs_and_write_the_manifest(tmp_path, monkeypatch):
     audit, stats = _art(tmp_path, "audit", DATA["ingest"]), _art(tmp_path, "stats", DATA["split"])
-    assert tm.collect_data_stats("snap", audit, stats) == {"snapshot_id": "snap", "ingest": DATA["ingest"],
-                                                           "split": DATA["split"], "cache": {}}
+    assert tm.collect_data_stats("snap", audit, stats) == {
+        "snapshot_id": "snap",
+        "ingest": DATA["ingest"],
+        "split": DATA["split"],
+        "cache": {},
+    }
     w = tmp_path / "weights"
     w.mkdir()
     (w / "staged_weights.json").write_text(json.dumps({"model_id": "m", "pretrained": False}))
@@ -483,13 +675,17 @@ def test_collect_inputs_and_write_the_manifest(tmp_path, monkeypatch):
     assert tm.collect_staged_weights(student=weights) == {"student": {"model_id": "m", "pretrained": False}}
     monkeypatch.setattr(tm, "environment_versions", lambda: {"python_version": "3.11"})
     model = _art(tmp_path, "m", metadata={"environment": {"gpu": "NVIDIA L4"}})
-    assert tm.collect_environment(training=model, student_training=_art(tmp_path, "s", metadata={"environment": "x"}),
-                                  export=None) == {"python_version": "3.11", "training": {"gpu": "NVIDIA L4"}}
+    assert tm.collect_environment(
+        training=model, student_training=_art(tmp_path, "s", metadata={"environment": "x"}), export=None
+    ) == {"python_version": "3.11", "training": {"gpu": "NVIDIA L4"}}
     m = build(INLINE_CONFIG, full_results())
     logged = []
     meta = tm.write_training_manifest(tmp_path / "manifest", tmp_path / "summary.md", m, log=logged.append)
     assert yaml.safe_load((tmp_path / "manifest" / tm.MANIFEST_NAME).read_text()) == m
     assert (tmp_path / "summary.md").read_text() == tm.summary_markdown(m)
-    assert meta == {"git_commit": "abc1234", "timestamp": "2026-01-02T03:04:05Z",
-                    **{f"phase_{i}": "completed" for i in range(7)}}
+    assert meta == {
+        "git_commit": "abc1234",
+        "timestamp": "2026-01-02T03:04:05Z",
+        **{f"phase_{i}": "completed" for i in range(7)},
+    }
     assert logged == [f"training manifest: { {f'phase_{i}': 'completed' for i in range(7)} }"]

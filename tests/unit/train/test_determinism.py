@@ -1,6 +1,7 @@
 """training.deterministic (plan 7.3, "Seed fijo produce mismo accuracy", "Script reproducible
 genera exactamente mismo model"): the same seed gives bitwise-identical teacher and student
 weights on CPU, with 0 or 2 data workers, and after a resume; a different seed does not."""
+
 import copy
 import random
 
@@ -28,8 +29,7 @@ from tests.unit.train.test_student_training import TINY_STUDENT, noisy_teacher_s
 # (torch, main process), mixup/cutmix (numpy, main process), weighted sampling (sampler).
 TEACHER = copy.deepcopy(TINY_TEACHER)
 TEACHER["training"].update({"epochs": 2, "deterministic": True, "weighted_sampling": True})
-TEACHER["augmentation"]["train"].update({"horizontal_flip": 0.5, "vertical_flip": 0.2, "rotation": 20,
-                                         "blur": 0.3})
+TEACHER["augmentation"]["train"].update({"horizontal_flip": 0.5, "vertical_flip": 0.2, "rotation": 20, "blur": 0.3})
 TEACHER["regularization"].update({"dropout": 0.2, "mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mixup_prob": 0.8})
 # The student's fine-tuning stage uses the aggressive augmentation: timm's RandAugment draws
 # from python's `random`, RandomErasing and the crops from torch's.
@@ -60,8 +60,10 @@ def _weights(best) -> dict[str, torch.Tensor]:
     """Every tensor of best_model.pt and of the final epoch's weights in last_checkpoint.pt beside it
     (the best epoch may be an early one)."""
     last = torch.load(best.parent / "last_checkpoint.pt", map_location="cpu", weights_only=True)["model"]
-    return {**{f"best.{k}": v for k, v in load_checkpoint(best)["state_dict"].items()},
-            **{f"last.{k}": v for k, v in last.items()}}
+    return {
+        **{f"best.{k}": v for k, v in load_checkpoint(best)["state_dict"].items()},
+        **{f"last.{k}": v for k, v in last.items()},
+    }
 
 
 def _identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -79,8 +81,14 @@ def test_config_switch_defaults_off_and_reaches_the_trainer():
 def test_same_seed_same_teacher_bit_for_bit(cached_splits, tmp_path):
     runs = {}
     for name, seed, workers in (("a", 0, 0), ("b", 0, 0), ("workers", 0, 2), ("other_seed", 1, 0)):
-        s = train_teacher(_with(TEACHER, seed, workers, True), cached_splits["train"], cached_splits["val"],
-                          cached_splits["cache_dir"], str(tmp_path / name), log=lambda m: None)
+        s = train_teacher(
+            _with(TEACHER, seed, workers, True),
+            cached_splits["train"],
+            cached_splits["val"],
+            cached_splits["cache_dir"],
+            str(tmp_path / name),
+            log=lambda m: None,
+        )
         assert s["epochs_run"] == 2
         curve = [{k: v for k, v in h.items() if k != "images_per_s"} for h in s["history"]]  # timing varies
         runs[name] = (_weights(tmp_path / name / "best_model.pt"), curve)
@@ -98,8 +106,15 @@ def test_same_seed_same_student_bit_for_bit(cached_splits, tmp_path):
     finals = {}
     for name, seed, workers in (("a", 0, 0), ("b", 0, 0), ("workers", 0, 2), ("other_seed", 1, 0)):
         out = tmp_path / name
-        r = train_student(_with(STUDENT, seed, workers, False), cached_splits["train"], cached_splits["val"],
-                          cached_splits["cache_dir"], str(out), str(soft), log=lambda m: None)
+        r = train_student(
+            _with(STUDENT, seed, workers, False),
+            cached_splits["train"],
+            cached_splits["val"],
+            cached_splits["cache_dir"],
+            str(out),
+            str(soft),
+            log=lambda m: None,
+        )
         assert r["distillation"]["epochs_run"] == 1 and r["finetuning"]["epochs_run"] == 1
         # both stages, not only the one shipped
         finals[name] = [_weights(out / stage / "best_model.pt") for stage in ("distillation", "finetuning")]
@@ -139,10 +154,26 @@ class _AugmentedToy(torch.utils.data.Dataset):
 def _toy_fit(out, workers: int = 0, fail_at: int = 0, deterministic: bool = True):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.3), torch.nn.Linear(192, 4))
-    settings = TrainSettings(epochs=4, batch_size=16, lr=0.05, early_stopping=False, mixup_alpha=0.4,
-                             mixup_prob=1.0, num_classes=4, num_workers=workers, deterministic=deterministic)
-    r = fit(model, _AugmentedToy(fail_at=fail_at), _AugmentedToy(32), settings, out,
-            checkpoint_meta={"model_name": "toy", "classes": list("abcd"), "image_size": 8}, log=lambda m: None)
+    settings = TrainSettings(
+        epochs=4,
+        batch_size=16,
+        lr=0.05,
+        early_stopping=False,
+        mixup_alpha=0.4,
+        mixup_prob=1.0,
+        num_classes=4,
+        num_workers=workers,
+        deterministic=deterministic,
+    )
+    r = fit(
+        model,
+        _AugmentedToy(fail_at=fail_at),
+        _AugmentedToy(32),
+        settings,
+        out,
+        checkpoint_meta={"model_name": "toy", "classes": list("abcd"), "image_size": 8},
+        log=lambda m: None,
+    )
     return model, r
 
 

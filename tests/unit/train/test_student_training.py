@@ -1,5 +1,6 @@
 """The student job as the pipeline runs it: in-process on one device, torchrun DDP on
 several (two gloo CPU processes here), distillation then fine-tuning either way."""
+
 import json
 from pathlib import Path
 
@@ -13,10 +14,23 @@ from shared.io.records import write_jsonl
 from shared.train.student import run_student_job
 
 TINY_STUDENT = {
-    "model": {"name": "test_efficientnet", "num_classes": 12, "image_size": 32, "dropout_rate": 0.0,
-              "pretrained": False},
-    "training": {"learning_rate": 3e-3, "batch_size": 16, "distillation_epochs": 2, "finetune_epochs": 1,
-                 "warmup_epochs": 0, "optimizer": "adam", "channels_last": False, "num_workers": 0},
+    "model": {
+        "name": "test_efficientnet",
+        "num_classes": 12,
+        "image_size": 32,
+        "dropout_rate": 0.0,
+        "pretrained": False,
+    },
+    "training": {
+        "learning_rate": 3e-3,
+        "batch_size": 16,
+        "distillation_epochs": 2,
+        "finetune_epochs": 1,
+        "warmup_epochs": 0,
+        "optimizer": "adam",
+        "channels_last": False,
+        "num_workers": 0,
+    },
     "augmentation": {"train": {"resize": 36, "crop": 32}, "val": {"resize": 36, "center_crop": 32}},
     "data": {"smart_crop": False},
 }
@@ -32,12 +46,20 @@ def noisy_teacher_soft_labels(train: list[dict], path) -> list[str]:
     idx = np.argsort(-logits, axis=1)[:, :8]
     vals = np.take_along_axis(logits, idx, 1)
     lse = np.log(np.exp(logits).sum(1))
-    tl = TeacherLogits(image_ids=np.array([r["image_id"] for r in train]), indices=idx.astype(np.int32),
-                       values=vals.astype(np.float16), logsumexp=lse.astype(np.float32),
-                       confidences=np.exp(vals[:, 0] - lse).astype(np.float32), labels=labels.astype(np.int32),
-                       classes=classes, name="global", regions="")
-    sl = combine_soft_labels([TeacherSpec(tl, 1.0, None)], [r["image_id"] for r in train],
-                             [r["region"] for r in train], 3.0, 8)
+    tl = TeacherLogits(
+        image_ids=np.array([r["image_id"] for r in train]),
+        indices=idx.astype(np.int32),
+        values=vals.astype(np.float16),
+        logsumexp=lse.astype(np.float32),
+        confidences=np.exp(vals[:, 0] - lse).astype(np.float32),
+        labels=labels.astype(np.int32),
+        classes=classes,
+        name="global",
+        regions="",
+    )
+    sl = combine_soft_labels(
+        [TeacherSpec(tl, 1.0, None)], [r["image_id"] for r in train], [r["region"] for r in train], 3.0, 8
+    )
     sl.records_digest = records_digest(train)  # as run_combine records it
     sl.save(path)
     return classes
@@ -50,8 +72,15 @@ def test_student_job_one_process_or_torchrun(cached_splits, tmp_path, gpus):
     soft = tmp_path / "soft.npz"
     classes = noisy_teacher_soft_labels(cached_splits["train"], soft)
     out = tmp_path / "student"
-    r = run_student_job(TINY_STUDENT, str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl"),
-                        cached_splits["cache_dir"], str(out), str(soft), gpus=gpus)
+    r = run_student_job(
+        TINY_STUDENT,
+        str(tmp_path / "train.jsonl"),
+        str(tmp_path / "val.jsonl"),
+        cached_splits["cache_dir"],
+        str(out),
+        str(soft),
+        gpus=gpus,
+    )
     assert r["distilled"] and r["soft_label_coverage"] == 1.0
     assert r["distillation"]["epochs_run"] == 2 and r["finetuning"]["epochs_run"] == 1
     assert 0.0 <= r["val_top1"] <= 1.0 and r["final_stage"] in ("distillation", "finetuning")
@@ -74,8 +103,14 @@ def rendition_splits(sample_catalogue, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("rendition_cache")
     recs = ingest(iter_jsonl_source(sample_catalogue / "records.jsonl")).records
-    rep = cache_images(recs, cache, resize=40, student_resize=36, policy=FetchPolicy(allow_local_paths=True),
-                       progress=lambda done, total: None)
+    rep = cache_images(
+        recs,
+        cache,
+        resize=40,
+        student_resize=36,
+        policy=FetchPolicy(allow_local_paths=True),
+        progress=lambda done, total: None,
+    )
     sp = stratified_split(rep.cached, seed=42)
     return {"train": sp.train, "val": sp.val, "cache_dir": str(cache)}
 
@@ -87,8 +122,11 @@ def test_student_reads_its_rendition_and_never_the_main_files(rendition_splits, 
 
     from shared.train.student import train_student
 
-    cfg = {**TINY_STUDENT, "training": {**TINY_STUDENT["training"], "distillation_epochs": 1, "finetune_epochs": 0},
-           "data": {"smart_crop": False, "student_rendition": 36}}
+    cfg = {
+        **TINY_STUDENT,
+        "training": {**TINY_STUDENT["training"], "distillation_epochs": 1, "finetune_epochs": 0},
+        "data": {"smart_crop": False, "student_rendition": 36},
+    }
     train, val, cache = rendition_splits["train"], rendition_splits["val"], rendition_splits["cache_dir"]
     assert all(r["student_cache_path"].endswith(".s36.jpg") for r in train + val)
     for p in list(Path(cache).rglob("*.jpg")):  # only the renditions are left to read

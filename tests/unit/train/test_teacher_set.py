@@ -2,6 +2,7 @@
 (the pipeline parameters), regional configs layered on the regional base (EU_CORE takes
 the plan's regional training settings), and combine_soft_labels using exactly those
 weights."""
+
 import sys
 from pathlib import Path
 
@@ -33,9 +34,15 @@ def test_the_pipeline_weights_decide_and_student_yaml_is_only_the_default(tmp_pa
     cfg = load_pipeline_config(CLUSTER)
     _, regional = teacher_set(cfg)
     assert {t["teacher"]: t["weight"] for t in regional} == {"EU_SW": 0.4, "EU_CORE": 0.2}  # not student.yaml's 0.5
-    no_weight = load_pipeline_config(CLUSTER, {"teachers.regional": [
-        {"name": "EU_SW", "regions": "EU_SW", "config": str(ROOT / "config" / "teacher_regional.yaml")},
-        {"name": "EU_EAST", "regions": "EU_EAST"}]})
+    no_weight = load_pipeline_config(
+        CLUSTER,
+        {
+            "teachers.regional": [
+                {"name": "EU_SW", "regions": "EU_SW", "config": str(ROOT / "config" / "teacher_regional.yaml")},
+                {"name": "EU_EAST", "regions": "EU_EAST"},
+            ]
+        },
+    )
     _, regional = teacher_set(no_weight)
     # EU_SW has none in the pipeline config: student.yaml's entry for EU_SW (0.5); EU_EAST: none anywhere -> 1.0
     assert {t["teacher"]: t["weight"] for t in regional} == {"EU_SW": 0.5, "EU_EAST": 1.0}
@@ -54,16 +61,29 @@ def test_combine_uses_the_pipeline_weight_not_student_yaml(tmp_path):
         order = np.argsort(-vals.astype(np.float32), 1)
         v = np.take_along_axis(vals, order, 1)
         lse = np.log(np.exp(vals.astype(np.float32)).sum(1))
-        tl = TeacherLogits(image_ids=np.array(["x"]), indices=order.astype(np.int32), values=v,
-                           logsumexp=lse.astype(np.float32), confidences=np.exp(v[:, 0] - lse).astype(np.float32),
-                           labels=np.array([0], np.int32), classes=classes, name=name, regions=regions)
+        tl = TeacherLogits(
+            image_ids=np.array(["x"]),
+            indices=order.astype(np.int32),
+            values=v,
+            logsumexp=lse.astype(np.float32),
+            confidences=np.exp(v[:, 0] - lse).astype(np.float32),
+            labels=np.array([0], np.int32),
+            classes=classes,
+            name=name,
+            regions=regions,
+        )
         p = tmp_path / f"{name}.npz"
         tl.save(p)
         return str(p)
 
     student = load_student_config(ROOT / "config" / "student.yaml")  # says 0.5 / 0.5
-    m = run_combine([(logits("global", "", 0), 0.9), (logits("EU_SW", "EU_SW", 1), 0.1)], train, student,
-                    str(tmp_path / "soft.npz"), k=2)
+    m = run_combine(
+        [(logits("global", "", 0), 0.9), (logits("EU_SW", "EU_SW", 1), 0.1)],
+        train,
+        student,
+        str(tmp_path / "soft.npz"),
+        k=2,
+    )
     assert m["weights"] == {"global": 0.9, "EU_SW": 0.1}
     sl = SoftLabels.load(tmp_path / "soft.npz")
     p_a = float(sl.values[0][list(sl.indices[0]).index(0)])
@@ -80,9 +100,13 @@ def test_compiled_pipeline_nests_regional_splits_and_scores_every_teacher_on_the
     spec = next(yaml.safe_load_all(Path(path).read_text()))
     loop = next(v for k, v in spec["components"].items() if k.startswith("comp-for-loop"))["dag"]["tasks"]
     assert loop["regional-split"]["inputs"]["artifacts"] == {
-        f"global_{s}": {"componentInputArtifact": f"pipelinechannel--split-{s}"} for s in ("train", "val", "test")}
+        f"global_{s}": {"componentInputArtifact": f"pipelinechannel--split-{s}"} for s in ("train", "val", "test")
+    }
     assert loop["evaluate-teacher-2"]["inputs"]["artifacts"]["test"] == {
-        "componentInputArtifact": "pipelinechannel--split-test"}
+        "componentInputArtifact": "pipelinechannel--split-test"
+    }
     root = spec["root"]["dag"]["tasks"]
     assert root["evaluate-teacher"]["inputs"]["artifacts"]["test"]["taskOutputArtifact"] == {
-        "producerTask": "split", "outputArtifactKey": "test"}
+        "producerTask": "split",
+        "outputArtifactKey": "test",
+    }

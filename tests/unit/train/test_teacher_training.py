@@ -84,8 +84,13 @@ def test_head_mapping_by_class_name():
 
 
 def test_teacher_learns_and_checkpoints(cached_splits, tmp_path):
-    s = train_teacher(tiny(**{"training.epochs": 6}), cached_splits["train"], cached_splits["val"],
-                      cached_splits["cache_dir"], str(tmp_path))
+    s = train_teacher(
+        tiny(**{"training.epochs": 6}),
+        cached_splits["train"],
+        cached_splits["val"],
+        cached_splits["cache_dir"],
+        str(tmp_path),
+    )
     chance = 1.0 / s["num_classes"]
     assert s["best_metrics"]["top1_acc"] > 4 * chance
     assert s["trained_from_scratch"] and s["epochs_run"] == 6
@@ -95,8 +100,14 @@ def test_teacher_learns_and_checkpoints(cached_splits, tmp_path):
     assert (tmp_path / "logs").is_dir() and (tmp_path / "history.json").exists()
     # a regional teacher initialised from it maps its head by class name
     region = [r for r in cached_splits["train"] if r["region"] == "EU_SW"]
-    rs = train_teacher(tiny(**{"training.epochs": 1}), region, cached_splits["val"], cached_splits["cache_dir"],
-                       str(tmp_path / "regional"), init_from=str(tmp_path / "best_model.pt"))
+    rs = train_teacher(
+        tiny(**{"training.epochs": 1}),
+        region,
+        cached_splits["val"],
+        cached_splits["cache_dir"],
+        str(tmp_path / "regional"),
+        init_from=str(tmp_path / "best_model.pt"),
+    )
     assert not rs["trained_from_scratch"] and rs["init"]["head_rows_mapped"] == rs["num_classes"]
 
 
@@ -137,8 +148,9 @@ def test_training_keys_have_effects(tmp_path):
 
 def test_early_stopping_stops(tmp_path):
     # lr 0: the metric never improves after the first epoch
-    _, r = _fit(tmp_path, TrainSettings(epochs=10, batch_size=16, lr=0.0, patience=2, optimizer="sgd",
-                                        weight_decay=0.0))
+    _, r = _fit(
+        tmp_path, TrainSettings(epochs=10, batch_size=16, lr=0.0, patience=2, optimizer="sgd", weight_decay=0.0)
+    )
     assert r.stopped_early and r.epochs_run == 3
 
 
@@ -159,8 +171,13 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
 
 def _run_cli(args, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "shared.train.teacher", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "shared.train.teacher", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kw,
+    )
 
 
 def _cli_args(cached_splits, tmp_path, out, epochs):
@@ -168,9 +185,20 @@ def _cli_args(cached_splits, tmp_path, out, epochs):
     cfg.write_text(yaml.safe_dump(tiny(**{"training.epochs": epochs})))
     write_jsonl(tmp_path / "train.jsonl", cached_splits["train"])
     write_jsonl(tmp_path / "val.jsonl", cached_splits["val"])
-    return ["--config", str(cfg), "--train-jsonl", str(tmp_path / "train.jsonl"), "--val-jsonl",
-            str(tmp_path / "val.jsonl"), "--cache-dir", cached_splits["cache_dir"], "--out-dir", str(out),
-            "--summary-json", str(out / "summary.json")]
+    return [
+        "--config",
+        str(cfg),
+        "--train-jsonl",
+        str(tmp_path / "train.jsonl"),
+        "--val-jsonl",
+        str(tmp_path / "val.jsonl"),
+        "--cache-dir",
+        cached_splits["cache_dir"],
+        "--out-dir",
+        str(out),
+        "--summary-json",
+        str(out / "summary.json"),
+    ]
 
 
 def test_resume_after_kill_same_step_count(cached_splits, tmp_path):
@@ -182,8 +210,10 @@ def test_resume_after_kill_same_step_count(cached_splits, tmp_path):
     deadline = time.time() + 120
     # the epoch's history is written just after its checkpoint: wait for both (on a loaded machine
     # a kill can land between the two)
-    while not ((out / "last_checkpoint.pt.sha256").exists() and (out / "history.json").exists()) \
-            and time.time() < deadline:
+    while (
+        not ((out / "last_checkpoint.pt.sha256").exists() and (out / "history.json").exists())
+        and time.time() < deadline
+    ):
         time.sleep(0.02)
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -196,7 +226,8 @@ def test_resume_after_kill_same_step_count(cached_splits, tmp_path):
     assert s["global_step"] == reference["global_step"] and s["epochs_run"] == 5
     # Same seed and data: the resumed curve continues the uninterrupted one.
     assert [h["train_loss"] for h in s["history"]] == pytest.approx(
-        [h["train_loss"] for h in reference["history"]], rel=1e-3)
+        [h["train_loss"] for h in reference["history"]], rel=1e-3
+    )
 
 
 def test_truncated_checkpoint_is_ignored(tmp_path):
@@ -212,8 +243,9 @@ def test_copy_checkpoint_takes_its_checksum_along(tmp_path):
     from shared.io.checkpoint import CheckpointError, copy_checkpoint, save_checkpoint
 
     src = tmp_path / "best_model.pt"
-    save_checkpoint(src, create_model("test_resnet", 3), model_name="test_resnet", classes=["a", "b", "c"],
-                    image_size=32)
+    save_checkpoint(
+        src, create_model("test_resnet", 3), model_name="test_resnet", classes=["a", "b", "c"], image_size=32
+    )
     (tmp_path / "out").mkdir()
     copy_checkpoint(src, tmp_path / "out" / "model")  # a KFP output path: a file name without extension
     assert (tmp_path / "out" / "model.sha256").read_text() == (tmp_path / "best_model.pt.sha256").read_text()
@@ -241,12 +273,26 @@ if not dist.is_initialized() or dist.get_rank() == 0:
     json.dump([h["train_loss"] for h in r.history], open(out + "/losses.json", "w"))
 """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), "16", str(tmp_path / "one")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, str(script), "16", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), "8", str(tmp_path / "two")], env=env, capture_output=True, text=True,
-                         timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            "8",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     l1 = json.loads((tmp_path / "one" / "losses.json").read_text())
     l2 = json.loads((tmp_path / "two" / "losses.json").read_text())
@@ -278,12 +324,25 @@ if rank == 0:
     json.dump(m, open(sys.argv[1], "w"))
 """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one.json")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), str(tmp_path / "two.json")], env=env, capture_output=True, text=True,
-                         timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path / "two.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     m1, m2 = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert m1["top1_acc"] == m2["top1_acc"] and m1["top5_acc"] == m2["top5_acc"]
@@ -372,9 +431,21 @@ json.dump({{"seen": train.seen, "losses": [h["train_loss"] for h in r.history]}}
           open(sys.argv[1] + f"/rank{{rank}}.json", "w"))
 """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), str(tmp_path / "two")], env=env, capture_output=True, text=True,
-                         timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     runs = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(np.isfinite(run["losses"]).all() and len(run["losses"]) == 3 for run in runs)
@@ -386,7 +457,7 @@ json.dump({{"seen": train.seen, "losses": [h["train_loss"] for h in r.history]}}
         s.set_epoch(epoch)
         draw = s.global_draw()
         for rank, run in enumerate(runs):
-            assert run["seen"][epoch * 128:(epoch + 1) * 128] == draw[rank::2].tolist()
+            assert run["seen"][epoch * 128 : (epoch + 1) * 128] == draw[rank::2].tolist()
         union += draw.tolist()
     counts = np.bincount(labels[union], minlength=4)  # 768 draws, 192 expected per class
     assert ((counts - 192) ** 2 / 192).sum() < 16.3, counts  # chi-square, 3 dof, p = 0.001

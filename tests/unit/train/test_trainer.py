@@ -2,6 +2,7 @@
 gradient accumulation, scheduler steps, progress, a non-finite loss), validate (top-k and
 loss, unknown labels), TrainStep (mixup's odd batch), CheckpointSaver (save/resume in the
 existing file format, best checkpoint, early stop) and shared/train/distributed.launch."""
+
 import inspect
 import random
 import sys
@@ -59,8 +60,16 @@ def test_train_one_epoch_updates_counts_and_learns():
     progress = Progress(6, "step", every_s=0, rate_unit="img", log=lines.append)
     losses, global_step = [], 0
     for epoch in range(3):
-        m, global_step = train_one_epoch(epoch, model, _batches(), opt, sched, step, global_step=global_step,
-                                         progress=progress if epoch == 0 else None)
+        m, global_step = train_one_epoch(
+            epoch,
+            model,
+            _batches(),
+            opt,
+            sched,
+            step,
+            global_step=global_step,
+            progress=progress if epoch == 0 else None,
+        )
         losses.append(m["train_loss"])
         assert set(m) == {"train_loss", "train_top1", "images_per_s", "lr"} and m["images_per_s"] > 0
     assert global_step == 18 and losses[2] < losses[0]
@@ -99,8 +108,9 @@ def test_non_finite_loss_names_the_kept_checkpoint():
     s = TrainSettings(lr=0.1)
     model = _model()
     opt, sched, _ = _parts(s, model, 6)
-    step = TrainStep(torch.device("cpu"), torch.nn.CrossEntropyLoss(),
-                     loss_fn=lambda logits, y, idx: logits.sum() * float("nan"))
+    step = TrainStep(
+        torch.device("cpu"), torch.nn.CrossEntropyLoss(), loss_fn=lambda logits, y, idx: logits.sum() * float("nan")
+    )
     before = model[1].weight.detach().clone()
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2 step 7 \(batch 0\).*/x/last_checkpoint.pt"):
         train_one_epoch(2, model, _batches(), opt, sched, step, global_step=7, checkpoint_path="/x/last_checkpoint.pt")
@@ -190,13 +200,40 @@ def test_saver_writes_the_existing_training_state_format(tmp_path):
     saver.save(0)
     new = _load_training_state(tmp_path / "new" / "last_checkpoint.pt", print)
     (tmp_path / "old").mkdir()
-    _save_training_state(tmp_path / "old" / "last_checkpoint.pt", saver.model, saver.optimizer, saver.scheduler,
-                         None, 0, saver.global_step, 0.5, 0, 0, saver.history)
+    _save_training_state(
+        tmp_path / "old" / "last_checkpoint.pt",
+        saver.model,
+        saver.optimizer,
+        saver.scheduler,
+        None,
+        0,
+        saver.global_step,
+        0.5,
+        0,
+        0,
+        saver.history,
+    )
     old = _load_training_state(tmp_path / "old" / "last_checkpoint.pt", print)
-    assert set(new) == set(old) == {"model", "optimizer", "scheduler", "scaler", "epoch", "global_step", "best",
-                                    "best_epoch", "bad_epochs", "history", "rng"}
-    assert {k: new[k] for k in ("epoch", "global_step", "best", "best_epoch", "bad_epochs", "history", "scaler")} \
-        == {k: old[k] for k in ("epoch", "global_step", "best", "best_epoch", "bad_epochs", "history", "scaler")}
+    assert (
+        set(new)
+        == set(old)
+        == {
+            "model",
+            "optimizer",
+            "scheduler",
+            "scaler",
+            "epoch",
+            "global_step",
+            "best",
+            "best_epoch",
+            "bad_epochs",
+            "history",
+            "rng",
+        }
+    )
+    assert {k: new[k] for k in ("epoch", "global_step", "best", "best_epoch", "bad_epochs", "history", "scaler")} == {
+        k: old[k] for k in ("epoch", "global_step", "best", "best_epoch", "bad_epochs", "history", "scaler")
+    }
     resumed = _saver(tmp_path / "old", seed=1)
     assert resumed.resume(print) == 1 and resumed.global_step == saver.global_step
 

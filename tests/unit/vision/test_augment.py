@@ -1,4 +1,5 @@
 """Transforms built from the plan's augmentation sections (shared/vision/augment.py)."""
+
 import numpy as np
 import pytest
 import torch
@@ -8,11 +9,21 @@ from shared.vision.augment import aggressive_train_aug, build_eval_transform, bu
 from tests.unit.vision.test_smart_crop import blob_image
 
 # The plan's sections exactly as in its teacher YAMLs.
-PLAN_TRAIN = {"resize": 448, "crop": 384, "horizontal_flip": 0.5, "vertical_flip": 0.2, "rotation": 20,
-              "color_jitter": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.15},
-              "blur": 0.1, "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
-PLAN_VAL = {"resize": 448, "center_crop": 384,
-            "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+PLAN_TRAIN = {
+    "resize": 448,
+    "crop": 384,
+    "horizontal_flip": 0.5,
+    "vertical_flip": 0.2,
+    "rotation": 20,
+    "color_jitter": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.15},
+    "blur": 0.1,
+    "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+}
+PLAN_VAL = {
+    "resize": 448,
+    "center_crop": 384,
+    "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+}
 SMALL = {"resize": 40, "crop": 32, "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
 
 
@@ -47,6 +58,7 @@ def test_blur_probability_one_removes_high_frequencies():
 
     def edge_energy(x):
         return (x[:, 1:, :] - x[:, :-1, :]).abs().mean() + (x[:, :, 1:] - x[:, :, :-1]).abs().mean()
+
     for seed in range(5):  # every draw of sigma blurs: the same crop loses edge energy
         sharp = seeded(build_train_transform(SMALL, 32), img, seed)
         blurred = seeded(build_train_transform({**SMALL, "blur": 1.0}, 32), img, seed)
@@ -75,24 +87,28 @@ def test_smart_crop_in_eval_keeps_more_of_an_off_centre_subject():
 
     def yellow_or_red(x):  # the blob's colours have a high red channel; the background does not
         return float((x[0] > 0.7).float().mean())
+
     plain = build_eval_transform(val, 32, smart_crop=False)(img)
     smart = build_eval_transform(val, 32, smart_crop=True)(img)
     assert yellow_or_red(smart) > yellow_or_red(plain) + 0.1
 
 
-@pytest.mark.parametrize("section,match", [
-    ({"horizontal_flip": 1.5}, r"augmentation.train.horizontal_flip: 1.5 is outside"),
-    ({"vertical_flip": -0.1}, r"augmentation.train.vertical_flip"),
-    ({"blur": "often"}, r"augmentation.train.blur: expected a number"),
-    ({"rotation": -5}, r"augmentation.train.rotation"),
-    ({"color_jitter": {"hue": 0.7}}, r"augmentation.train.color_jitter.hue"),
-    ({"color_jitter": {"brightness": -1}}, r"augmentation.train.color_jitter.brightness"),
-    ({"resize": 30, "crop": 32}, r"augmentation.train.resize: 30 is smaller than augmentation.train.crop"),
-    ({"normalize": {"mean": [0.5, 0.5], "std": [1, 1, 1]}}, r"augmentation.train.normalize"),
-    ({"normalize": {"mean": [0, 0, 0], "std": [1, 0, 1]}}, r"augmentation.train.normalize"),
-    ({"normalize": {"mean": [0, 0, 0], "sd": [1, 1, 1]}}, r"augmentation.train.normalize.sd: unknown key"),
-    ({"rotate": 10}, r"augmentation.train.rotate: unknown key"),
-])
+@pytest.mark.parametrize(
+    "section,match",
+    [
+        ({"horizontal_flip": 1.5}, r"augmentation.train.horizontal_flip: 1.5 is outside"),
+        ({"vertical_flip": -0.1}, r"augmentation.train.vertical_flip"),
+        ({"blur": "often"}, r"augmentation.train.blur: expected a number"),
+        ({"rotation": -5}, r"augmentation.train.rotation"),
+        ({"color_jitter": {"hue": 0.7}}, r"augmentation.train.color_jitter.hue"),
+        ({"color_jitter": {"brightness": -1}}, r"augmentation.train.color_jitter.brightness"),
+        ({"resize": 30, "crop": 32}, r"augmentation.train.resize: 30 is smaller than augmentation.train.crop"),
+        ({"normalize": {"mean": [0.5, 0.5], "std": [1, 1, 1]}}, r"augmentation.train.normalize"),
+        ({"normalize": {"mean": [0, 0, 0], "std": [1, 0, 1]}}, r"augmentation.train.normalize"),
+        ({"normalize": {"mean": [0, 0, 0], "sd": [1, 1, 1]}}, r"augmentation.train.normalize.sd: unknown key"),
+        ({"rotate": 10}, r"augmentation.train.rotate: unknown key"),
+    ],
+)
 def test_bad_train_values_name_the_key(section, match):
     with pytest.raises(ValueError, match=match):
         build_train_transform(section, 32)

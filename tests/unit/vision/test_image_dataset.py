@@ -1,5 +1,6 @@
 """CachedImageDataset, class_list and class-balanced sampling (shared/vision/image_dataset.py)
 over a tiny hand-made image cache."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,16 +14,26 @@ EVAL = build_eval_transform({"resize": 16, "center_crop": 16, "normalize": {"mea
 
 
 def record(i: int, taxon: str, path: str) -> dict:
-    return {"image_id": f"img{i:03d}", "taxon": taxon, "region": "EU_SW", "license": "cc-by",
-            "sha256": "0" * 64, "cache_path": path, "cached_width": 20, "cached_height": 16, "split": "train"}
+    return {
+        "image_id": f"img{i:03d}",
+        "taxon": taxon,
+        "region": "EU_SW",
+        "license": "cc-by",
+        "sha256": "0" * 64,
+        "cache_path": path,
+        "cached_width": 20,
+        "cached_height": 16,
+        "split": "train",
+    }
 
 
 @pytest.fixture()
 def cache(tmp_path):
     """Six cached images: the colour encodes the record index, so items can be traced."""
     recs = []
-    for i, taxon in enumerate(["Quercus ilex", "Pinus pinea", "Quercus ilex", "Abies alba", "Pinus pinea",
-                               "Quercus ilex"]):
+    for i, taxon in enumerate(
+        ["Quercus ilex", "Pinus pinea", "Quercus ilex", "Abies alba", "Pinus pinea", "Quercus ilex"]
+    ):
         rel = f"ab/{i:02d}.jpg"
         (tmp_path / "ab").mkdir(exist_ok=True)
         mode = "L" if i == 4 else "RGB"  # a greyscale file must come out as 3 channels too

@@ -1,5 +1,6 @@
 """Smart crop (shared/vision/smart_crop.py) on synthetic photos: a textured coloured blob
 placed off centre on a noisy foliage-like background."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,8 +8,9 @@ from PIL import Image
 from shared.vision.smart_crop import SmartCrop, saliency_map, smart_crop, smart_crop_box
 
 
-def blob_image(size: tuple[int, int], centre: tuple[int, int], radius: int, seed: int = 0
-               ) -> tuple[Image.Image, np.ndarray]:
+def blob_image(
+    size: tuple[int, int], centre: tuple[int, int], radius: int, seed: int = 0
+) -> tuple[Image.Image, np.ndarray]:
     """An RGB image (w, h) = size with a red/yellow striped disc at `centre`; returns it and the disc mask."""
     w, h = size
     rng = np.random.default_rng(seed)
@@ -16,7 +18,7 @@ def blob_image(size: tuple[int, int], centre: tuple[int, int], radius: int, seed
     img[...] = (50, 95, 45)  # greenish background ...
     img += rng.normal(0, 12, (h, w, 3))  # ... with some texture, so the background is not trivially flat
     yy, xx = np.mgrid[:h, :w]
-    mask = (yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= radius ** 2
+    mask = (yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= radius**2
     stripes = ((xx + yy) // 4) % 2 == 0
     petal = np.where(stripes[..., None], (230, 40, 60), (250, 210, 40)).astype(np.float32)
     img[mask] = petal[mask]
@@ -32,9 +34,16 @@ def centre_box(w: int, h: int, side: int) -> tuple[int, int, int, int]:
     return (w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side
 
 
-@pytest.mark.parametrize("size,centre", [((240, 160), (40, 80)), ((240, 160), (200, 80)),
-                                         ((160, 240), (80, 40)), ((160, 240), (80, 205)),
-                                         ((200, 200), (45, 155))])
+@pytest.mark.parametrize(
+    "size,centre",
+    [
+        ((240, 160), (40, 80)),
+        ((240, 160), (200, 80)),
+        ((160, 240), (80, 40)),
+        ((160, 240), (80, 205)),
+        ((200, 200), (45, 155)),
+    ],
+)
 def test_smart_crop_keeps_off_centre_blob_that_centre_crop_cuts(size, centre):
     img, mask = blob_image(size, centre, radius=28)
     box = smart_crop_box(img, 0.6)

@@ -53,8 +53,9 @@ def test_every_train_key_has_an_effect():
     assert torch.allclose(_run({**BASE, "horizontal_flip": 1.0}), base.flip(2))
     assert torch.equal(_run({**BASE, "vertical_flip": 0.0}), base)
     assert not torch.allclose(_run({**BASE, "rotation": 20}), base)
-    assert not torch.allclose(_run({**BASE, "color_jitter": {"brightness": 0.3, "contrast": 0.3,
-                                                             "saturation": 0.3, "hue": 0.15}}), base)
+    assert not torch.allclose(
+        _run({**BASE, "color_jitter": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.15}}), base
+    )
     blurred = _run({**BASE, "blur": 1.0})
     assert blurred.std() < base.std()  # a blur smooths random noise
     assert _run({**BASE, "resize": 64}).shape == (3, 32, 32)
