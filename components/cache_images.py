@@ -41,6 +41,7 @@ def cache_images(
             the failures with their reasons (JSON).
         metrics: The report's counts, the fail rate and images per second.
     """
+    from shared import artifact_keys as K
     from shared.data.image_cache import run_cache_images
 
     r = run_cache_images(
@@ -55,16 +56,6 @@ def cache_images(
         out_report=report.path,
         student_resize=student_resize,
     )
-    cached.metadata.update({"cache_dir": cache_dir, "images": r["cached"], "student_resize": student_resize})
-    for key in (
-        "cached",
-        "fetched",
-        "reused",
-        "failed",
-        "fail_rate",
-        "too_small",
-        "duplicates",
-        "label_conflicts",
-        "images_per_second",
-    ):
+    cached.metadata.update({K.CACHE_DIR: cache_dir, K.IMAGES: r["cached"], K.STUDENT_RESIZE: student_resize})
+    for key in K.CACHE_METRICS:
         metrics.log_metric(key, r[key])

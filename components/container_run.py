@@ -272,6 +272,11 @@ def container_session(cfg: dict, output: Path, data_dir: Path, images: set[str],
     Yields the config to run."""
     if not data_dir.is_dir():
         raise ContainerRunError(f"data folder {data_dir} does not exist (make sample-data writes data/sample)")
+    if output.resolve() == data_dir.resolve() or _under(data_dir.resolve(), output.resolve()):
+        raise ContainerRunError(
+            f"the output folder {output} (read-write) and the data folder {data_dir} "
+            "(read-only) must be separate folders"
+        )
     run_cfg, moved = container_config(cfg, output, data_dir)
     for line in moved:
         log(f"container run: {line}")

@@ -212,7 +212,10 @@ def _quantities_as_text(section: dict) -> dict:
 def load_cluster_config(section: dict | None) -> dict:
     """Validate the `cluster:` section over CLUSTER_DEFAULTS and return the full
     settings. Unknown keys raise ConfigError naming the key; idempotent (a loaded
-    section loads to itself)."""
+    section loads to itself).
+
+    Long: one validation pass over every cluster key in the file's order, so each error names its key.
+    """
     section = {} if section is None else section
     if not isinstance(section, dict):
         raise _error(f"cluster: expected a mapping, got {type(section).__name__}")

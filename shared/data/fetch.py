@@ -511,6 +511,10 @@ class Fetcher:
                 self.sleep(wait)
 
     def _http_once(self, url: str, deadline: float) -> bytes:
+        """One GET with its redirects, each hop judged by the URL policy, the body read within the size and time limits.
+
+        Long: the hops, peer checks and limits share the open response's state; split, each piece would need all of it.
+        """
         p = self.policy
         current = url
         for hop in range(p.max_redirects + 1):

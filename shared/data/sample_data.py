@@ -107,7 +107,10 @@ def class_sizes(n_species: int, rng: np.random.Generator) -> list[int]:
 
 
 def generate(output: str | Path, n_species: int = 40, seed: int = 0, image_size: tuple[int, int] = (256, 208)) -> dict:
-    """Write images under output/images and output/records.jsonl; return a summary."""
+    """Write images under output/images and output/records.jsonl; return a summary.
+
+    Long: the synthetic catalogue record by record, with the bad records the tests rely on, in one sequence.
+    """
     out = Path(output).resolve()
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)

@@ -337,7 +337,10 @@ def export_tfjs_bundle(
     the SavedModel is converted once, then to TF.js fp16, and uint8 only if needed).
     Returns sizes and checks: quantization is the one used (canonical: fp16 / uint8 / none),
     quantization_requested what was asked, quantization_reason why, and
-    <quantization>_size_mb for every bundle built."""
+    <quantization>_size_mb for every bundle built.
+
+    Long: the export chain (ONNX, onnx2tf, tensorflowjs_converter, assets) in order, each step with its own error.
+    """
     from shared.io.checkpoint import build_model, load_checkpoint
 
     check_quantization(quantization, allow_auto=True)
@@ -634,7 +637,10 @@ def validate_tfjs_bundle(
     when asked; a latency that cannot be measured fails its gate with the reason), labels.json
     and preprocessing.json matching the checkpoint. `gates` is the table (gate, value,
     operator, bound, unit, passed, reason), `passed` + `reasons` the verdict. The Node
-    parity run's own latency (backend, `repeats` runs) stays as node_latency_ms_median."""
+    parity run's own latency (backend, `repeats` runs) stays as node_latency_ms_median.
+
+    Long: the phase 6.3 checks (Node load, parity, size, latency) and their report, in the plan's order.
+    """
     from shared.io.checkpoint import build_model, load_checkpoint
 
     if latency_runtime not in LATENCY_RUNTIMES:

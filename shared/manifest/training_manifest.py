@@ -815,7 +815,10 @@ def write_training_manifest(
 
 def summary_markdown(manifest: dict) -> str:
     """The one table a team compares across runs (KFP renders it): each phase's headline
-    figures beside the plan's criteria, and whether they were met."""
+    figures beside the plan's criteria, and whether they were met.
+
+    Long: a Markdown template, one section after another.
+    """
     ph = manifest.get("phases") or {}
     rows: list[tuple[str, str, Any, str, Any]] = []
 

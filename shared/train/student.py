@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from shared.data.image_cache import student_records
 from shared.distill.losses import SoftLabelLookup, make_kd_loss_fn
 from shared.distill.soft_labels import SoftLabels
 from shared.io.atomic import write_json
-from shared.io.checkpoint import load_checkpoint
+from shared.io.checkpoint import copy_checkpoint, load_checkpoint
 from shared.io.records import load_jsonl
 from shared.train.distributed import distributed_env, launch
 from shared.train.loop import TrainSettings, fit, seed_everything
@@ -147,7 +146,10 @@ def train_student(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Both stages; returns per-stage metrics, size and the final checkpoint path.
-    `weights`: the staged pretrained weights (needed when model.pretrained is true)."""
+    `weights`: the staged pretrained weights (needed when model.pretrained is true).
+
+    Long: the plan's phase 4 stages in order (distillation, fine-tuning, CE control, evaluation), each a few lines.
+    """
     cfg = load_student_config(config)
     out = Path(out_dir)
     main_proc = distributed_env()[0] == 0
@@ -241,8 +243,7 @@ def train_student(
     chosen = max(stages, key=lambda st: (result[st]["val_top1"], stages.index(st)))
     src = out / chosen / "best_model.pt"
     if main_proc:  # under torchrun every rank holds the same weights; one copy is shipped
-        shutil.copyfile(src, out / "best_model.pt")
-        shutil.copyfile(str(src) + ".sha256", str(out / "best_model.pt") + ".sha256")
+        copy_checkpoint(src, out / "best_model.pt")
     best = result[chosen]
     result.update(
         {

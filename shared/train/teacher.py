@@ -119,7 +119,10 @@ def train_teacher(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train one teacher; returns a summary (best metrics, epochs, checkpoint paths).
-    `weights` is the staged record of model.name (needed when model.pretrained is true)."""
+    `weights` is the staged record of model.name (needed when model.pretrained is true).
+
+    Long: the plan's teacher steps in order (data, model, weights, fit, evaluation, outputs), each a few lines.
+    """
     cfg = load_teacher_config(config)
     m, d, aug = cfg["model"], cfg["data"], cfg["augmentation"]
     region = d["region_filter"]

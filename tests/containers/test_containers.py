@@ -100,7 +100,11 @@ def container_run(tmp_path_factory, engine):
 def test_dag_runs_in_the_images_to_a_manifest_and_a_tfjs_bundle(container_run):
     out = container_run["out"]
     manifest = yaml.safe_load((out / "TRAINING_MANIFEST.yaml").read_text())
-    assert manifest["phase_4"] and manifest["phase_5"]
+    assert {f"phase_{i}" for i in range(7)} <= set(manifest["phases"])
+    # the commit the images carry, and the CUDA runtime of the train image with the driver it needs
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert manifest["git_commit"] == head
+    assert manifest["environment"]["cuda"] and manifest["environment"]["nvidia_driver_required"] == ">= 580"
     bundle = out / "tfjs_model"
     assert (bundle / "model.json").is_file() and list(bundle.glob("*.bin"))
     # The export image converted (onnx2tf, tensorflowjs_converter) and ran TF.js in Node against PyTorch.
@@ -146,6 +150,8 @@ def test_nothing_written_outside_the_output_and_tmp(container_run, engine, tmp_p
     # Every task's root filesystem is read-only: writing anywhere but the output folder and /tmp fails.
     out = Path(tempfile.mkdtemp(prefix="plantid-rofs-", dir="/tmp"))
     out.chmod(0o777)
+    data = Path(tempfile.mkdtemp(prefix="plantid-rofs-data-", dir="/tmp"))
+    data.chmod(0o755)
     for name, ref in _images().items():
         code = run_task_container(
             engine,
@@ -165,6 +171,7 @@ def test_nothing_written_outside_the_output_and_tmp(container_run, engine, tmp_p
         assert (out / "ok").exists()
         (out / "ok").unlink()
     shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.mark.timeout(600)
