@@ -40,6 +40,15 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def shutdown_distributed() -> None:
+    """Tear the process group down at the end of a torchrun worker: left to interpreter exit,
+    gloo/NCCL threads can abort the process ("terminate called without an active exception")
+    after the work succeeded, and torchrun then reports the task as failed."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_distributed() -> bool:
     """Whether a process group with more than one rank is up."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

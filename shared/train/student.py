@@ -24,7 +24,7 @@ from shared.distill.soft_labels import SoftLabels
 from shared.io.atomic import write_json
 from shared.io.checkpoint import copy_checkpoint, load_checkpoint
 from shared.io.records import load_jsonl
-from shared.train.distributed import distributed_env, launch
+from shared.train.distributed import distributed_env, launch, shutdown_distributed
 from shared.train.loop import TrainSettings, fit, seed_everything
 from shared.train.pretrained import create_model, preprocessing_mismatches, read_staged, require_staged, staged_summary
 from shared.vision.augment import aggressive_train_aug, build_eval_transform, build_train_transform, photometric_on_gpu
@@ -334,10 +334,6 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-if __name__ == "__main__":
-    main()
-
-
 def evaluate_on_test(
     result: dict[str, Any], test_records: list[dict], cache_dir: str, out_dir: str
 ) -> tuple[dict[str, Any], Any, Any, list[str]]:
@@ -372,3 +368,8 @@ def tensorboard_dirs(out_dir: str) -> dict[str, str]:
     return {
         stage: str(out / stage / "logs") for stage in ("distillation", "finetuning") if (out / stage / "logs").is_dir()
     }
+
+
+if __name__ == "__main__":
+    main()
+    shutdown_distributed()

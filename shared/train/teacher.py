@@ -19,7 +19,7 @@ from shared.data.regions import region_list
 from shared.io.atomic import write_json
 from shared.io.checkpoint import load_checkpoint
 from shared.io.records import load_jsonl
-from shared.train.distributed import distributed_env
+from shared.train.distributed import distributed_env, shutdown_distributed
 from shared.train.loop import TrainSettings, fit, seed_everything
 from shared.train.pretrained import (
     WeightsUnavailable,
@@ -254,3 +254,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+    shutdown_distributed()

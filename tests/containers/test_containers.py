@@ -165,7 +165,7 @@ def test_nothing_written_outside_the_output_and_tmp(container_run, engine, tmp_p
             ],
             {},
             output=out,
-            data_dir=out,
+            data_dir=data,
         )
         assert code == 0, f"{name}: a write outside the output folder and /tmp succeeded (exit {code})"
         assert (out / "ok").exists()

@@ -322,6 +322,8 @@ shard = Subset(ds, range(rank, len(ds), world)) if world > 1 else ds
 m = evaluate_top_k(model, DataLoader(shard, batch_size=4), device, None, False, all_reduce=world > 1)
 if rank == 0:
     json.dump(m, open(sys.argv[1], "w"))
+if world > 1:  # without it gloo's threads can abort the process at exit ("terminate called ...")
+    torch.distributed.destroy_process_group()
 """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     one = subprocess.run(
