@@ -450,18 +450,15 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
 
 
 def run_containers(cfg: dict, output: str, data_dir: str) -> dict:
-    """run_local with kfp.local.DockerRunner: each task in the image the compiled pipeline names,
-    with the checks and podman handling of components/container_run.py."""
-    import tempfile
-
-    import yaml
+    """run_local with kfp.local.DockerRunner: each task in the image the config names for it, with
+    the checks and podman handling of components/container_run.py."""
     from kfp import local
 
     from components.container_run import ContainerRunError, container_session
+    from components.images import image_refs
 
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = next(yaml.safe_load_all(Path(compile_pipeline(cfg, str(Path(tmp) / "p.yaml"))).read_text()))
-    images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
+    # the references apply_images_to_pipeline gives the tasks (the pipeline uses all three images)
+    images = set(image_refs(cfg["pipeline"]["images"]).values())
     try:
         with container_session(cfg, Path(output).resolve(), Path(data_dir).resolve(), images) as run_cfg:
             return run_local(run_cfg, output, runner=local.DockerRunner())

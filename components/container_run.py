@@ -59,13 +59,13 @@ def container_config(cfg: dict, output: Path, data_dir: Path) -> tuple[dict, lis
                 moved.append(f"{section}.{key}: {value} -> {target}")
             continue
         path = Path(value).resolve()
-        if not (_under(path, data) or _under(path, out)):
+        if not (path.is_relative_to(data) or path.is_relative_to(out)):
             problems.append(
                 f"{section}.{key}={value} is outside the folders mounted into the containers "
                 f"({data} read-only, {out} read-write)"
             )
     if cfg["baseline"].get("weights") and "://" not in cfg["baseline"]["weights"]:
-        if not _under(Path(cfg["baseline"]["weights"]).resolve(), data):
+        if not Path(cfg["baseline"]["weights"]).resolve().is_relative_to(data):
             problems.append(f"baseline.weights={cfg['baseline']['weights']} is outside {data} (mounted read-only)")
     if problems:
         raise ContainerRunError(
@@ -74,10 +74,6 @@ def container_config(cfg: dict, output: Path, data_dir: Path) -> tuple[dict, lis
             + "\nput them under the data folder (--data-dir) or use gs:// URIs"
         )
     return cfg, moved
-
-
-def _under(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
 
 
 def prepare_output(output: Path) -> None:
@@ -272,7 +268,7 @@ def container_session(cfg: dict, output: Path, data_dir: Path, images: set[str],
     Yields the config to run."""
     if not data_dir.is_dir():
         raise ContainerRunError(f"data folder {data_dir} does not exist (make sample-data writes data/sample)")
-    if output.resolve() == data_dir.resolve() or _under(data_dir.resolve(), output.resolve()):
+    if data_dir.resolve().is_relative_to(output.resolve()):
         raise ContainerRunError(
             f"the output folder {output} (read-write) and the data folder {data_dir} "
             "(read-only) must be separate folders"

@@ -37,11 +37,9 @@ CONFIG = ROOT / "config" / "local.yaml"
 
 
 def _images() -> dict[str, str]:
-    from components import images
+    from components.images import image_refs
 
-    cfg = load_pipeline_config(CONFIG)
-    reg, tag = cfg["pipeline"]["images"]["registry"], cfg["pipeline"]["images"]["tag"]
-    return {name: f"{reg}/plantid-{name}:{tag}" for name in images.IMAGES}
+    return image_refs(load_pipeline_config(CONFIG)["pipeline"]["images"])
 
 
 @pytest.fixture(scope="module")
