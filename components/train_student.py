@@ -124,6 +124,10 @@ def train_student(
             K.VAL_TOP1: r["val_top1"],
             K.TEST_TOP1: r["test_top1"],
             K.FINAL_STAGE: r["final_stage"],
+            K.SHIP_RULE: r.get("ship_rule", ""),
+            K.STOP_REASON: {st: r[st]["stop_reason"] for st in K.STUDENT_STAGES if st in r},
+            K.BATCH_PLAN: r.get("batch_plan", {}),
+            K.DETERMINISM: {st: r[st]["determinism"] for st in K.STUDENT_STAGES if st in r},
             **{K.PRETRAINED_PREFIX + k: str(v) for k, v in r.get("pretrained", {}).items()},
             K.ENVIRONMENT: environment_versions(),
         }

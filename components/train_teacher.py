@@ -73,6 +73,9 @@ def train_teacher(
             K.REGIONS: regions,
             K.MODEL_NAME: s.get("model_name", ""),
             K.CLASSES: s.get("num_classes", 0),
+            K.STOP_REASON: s.get("stop_reason", ""),
+            K.BATCH_PLAN: s.get("batch_plan", {}),
+            K.DETERMINISM: s.get("determinism", {}),
             **{K.PRETRAINED_PREFIX + k: str(v) for k, v in s.get("pretrained", {}).items()},
             K.ENVIRONMENT: environment_versions(),
         }

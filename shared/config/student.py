@@ -10,9 +10,13 @@ Keys we add, all optional (defaults below): model.image_size; model.pretrained
 pretrained_path, sha256, class_names (as in the teacher configs); training
 distillation_epochs / finetune_epochs (the plan's 10 + 10; default: half of
 `epochs` each), weight_decay, gradient_clip, grad_accum_steps, amp, seed,
-channels_last, num_workers, early_stopping_patience, deterministic (false; true: the
-same seed gives the same weights bit for bit, as training.deterministic in the teacher
-configs); finetune.learning_rate
+channels_last, num_workers, early_stopping_patience, deterministic (true, the plan's 7.3:
+the same seed gives the same weights bit for bit, as training.deterministic in the teacher
+configs), min_epochs / min_delta (as callbacks.* in the teacher configs), per_gpu_batch_size /
+lr_scaling / plan_exact (as in the teacher configs: shared/config/teacher.batch_plan; the
+scaling factor applies to both stages' learning rates), ship (finetuned: the plan's
+fine-tuned model, the fine-tuning stage's best checkpoint, is shipped; best_val: whichever
+stage's best checkpoint has the higher val top-1); finetune.learning_rate
 (5e-5), finetune.augmentation (aggressive | standard), finetune.label_smoothing;
 augmentation train/val sections as in the teacher configs; data.smart_crop;
 data.student_rendition (0; set by the pipeline from cache.student_resize: the short side
@@ -30,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from shared.config.schema import ConfigError, merge_checked, merge_dotted, read_config_source
-from shared.config.teacher import TEACHER_DEFAULTS, check_augmentation, check_photometric_setting, photometric_words
+from shared.config.teacher import (
+    LR_SCALING_RULES,
+    TEACHER_DEFAULTS,
+    check_augmentation,
+    check_photometric_setting,
+    photometric_words,
+)
 from shared.config.weights import request_from_section
 from shared.data.regions import region_list
 
@@ -74,7 +84,13 @@ STUDENT_DEFAULTS: dict[str, Any] = {
         "channels_last": True,
         "num_workers": 6,
         "early_stopping_patience": 5,
-        "deterministic": False,
+        "min_epochs": 0,
+        "min_delta": 0.0,
+        "per_gpu_batch_size": 0,
+        "lr_scaling": "none",
+        "plan_exact": False,
+        "ship": "finetuned",
+        "deterministic": True,
         "photometric_on_gpu": "auto",
     },
     "finetune": {"learning_rate": 5e-5, "augmentation": "aggressive", "label_smoothing": 0.0},
@@ -98,6 +114,7 @@ STUDENT_DEFAULTS: dict[str, Any] = {
     "data": {"smart_crop": False, "student_rendition": 0},
 }
 TEACHER_ENTRY = {"path": "", "weight": 1.0, "region_filter": ""}
+SHIP_RULES = ("finetuned", "best_val")
 
 
 def load_student_config(source: str | Path | dict | None, overrides: dict | None = None) -> dict:
@@ -111,6 +128,10 @@ def load_student_config(source: str | Path | dict | None, overrides: dict | None
     if not t["distillation_epochs"] and not t["finetune_epochs"]:
         t["distillation_epochs"] = (t["epochs"] + 1) // 2
         t["finetune_epochs"] = t["epochs"] - t["distillation_epochs"]
+    if t["ship"] not in SHIP_RULES:
+        raise ConfigError(f"training.ship: {t['ship']!r} is not one of {', '.join(SHIP_RULES)}")
+    if t["lr_scaling"] not in LR_SCALING_RULES:
+        raise ConfigError(f"training.lr_scaling: {t['lr_scaling']!r} is not one of {', '.join(LR_SCALING_RULES)}")
     if cfg["finetune"]["augmentation"] not in ("aggressive", "standard"):
         raise ConfigError("finetune.augmentation: must be aggressive or standard")
     if cfg["distillation"]["temperature"] <= 0:
@@ -145,6 +166,9 @@ def _check_values(cfg: dict) -> None:
             "num_workers",
             "weight_decay",
             "gradient_clip",
+            "min_epochs",
+            "min_delta",
+            "per_gpu_batch_size",
         )
     ]
     at_least.append(("data.student_rendition", cfg["data"]["student_rendition"], 0))

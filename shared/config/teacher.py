@@ -14,18 +14,33 @@ global-teacher values). Keys we add to the plan's, all optional:
                              species we share are copied (a plant checkpoint)
   `pretrained: true` weights are staged by the stage_weights step (shared/train/pretrained.py)
   and a run fails when they cannot be had; `pretrained: false` trains from scratch.
-  training.grad_accum_steps  micro-batches per optimizer step (the plan's batch
-                             of 4 on a 4 GB GPU x 16 = an effective batch of 64)
+  training.per_gpu_batch_size  the batch each GPU trains at (0 = training.batch_size, the
+                             plan's 4, sized for its 4 GB GPU); config/cluster.yaml sets it
+  training.grad_accum_steps  micro-batches per optimizer step: effective batch =
+                             per-GPU batch x grad_accum_steps x GPUs
+  training.lr_scaling        none | linear | sqrt: the learning rate applied is the plan's
+                             learning_rate x (effective batch / the plan's batch_size)^(1 | 1/2),
+                             or as written (none). batch_plan() computes it; the manifest shows it
+  training.plan_exact        true: the plan's numbers (batch_size per step over all GPUs, no
+                             accumulation, learning_rate as written), whatever the keys above say
   training.min_lr            floor of the cosine decay
   training.amp               auto | bf16 | fp16 | off (auto: bf16/fp16 on CUDA, off on CPU)
   training.channels_last, training.compile, training.seed
   training.weighted_sampling class-balanced sampling (each class drawn about equally often),
                              one global weighted draw per epoch shared out between DDP ranks
   training.max_steps_per_epoch  cap for smoke runs (0 = no cap)
-  training.deterministic     true: the same seed gives the same weights bit for bit (same
-                             hardware and versions): torch deterministic algorithms, cuDNN
-                             benchmark off, RNGs seeded per epoch and per sample (augmentation
-                             independent of data.num_workers); slower on GPU. Default false
+  training.deterministic     true (default, the plan's 7.3): the same seed gives the same weights
+                             bit for bit (same hardware and versions): torch deterministic
+                             algorithms in warn_only mode, cuDNN benchmark off, RNGs seeded per
+                             epoch and per sample (augmentation independent of data.num_workers).
+                             warn_only: an op with no deterministic CUDA kernel (the ViT's
+                             memory-efficient attention backward) runs and is named in the
+                             manifest, rather than failing a multi-day run; its cost on a GPU is
+                             unmeasured here (cuDNN/cuBLAS choices; expect a few per cent)
+  callbacks.min_epochs       epochs after warm-up before early stopping or a best checkpoint can
+                             happen (0): neither ever happens inside warm-up
+  callbacks.min_delta        the smallest change of callbacks.early_stopping_metric that counts
+                             as an improvement (0.0)
   training.photometric_on_gpu auto | true | false: colour jitter, blur and normalisation of
                              the train batches on the GPU (the loader only decodes and crops;
                              shared/vision/augment.py DevicePhotometric). auto: on when CUDA is there;
@@ -37,6 +52,7 @@ sizes the cache volume (manifests) and is checked against the cache's usage.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +82,9 @@ TEACHER_DEFAULTS: dict[str, Any] = {
         "gradient_clip": 1.0,
         "label_smoothing": 0.1,
         "grad_accum_steps": 1,
+        "per_gpu_batch_size": 0,
+        "lr_scaling": "none",
+        "plan_exact": False,
         "min_lr": 1.0e-7,
         "amp": "auto",
         "channels_last": True,
@@ -73,7 +92,7 @@ TEACHER_DEFAULTS: dict[str, Any] = {
         "seed": 42,
         "weighted_sampling": False,
         "max_steps_per_epoch": 0,
-        "deterministic": False,
+        "deterministic": True,
         "photometric_on_gpu": "auto",
     },
     "data": {
@@ -103,6 +122,8 @@ TEACHER_DEFAULTS: dict[str, Any] = {
         "early_stopping": True,
         "early_stopping_patience": 3,
         "early_stopping_metric": "top1_acc",
+        "min_epochs": 0,
+        "min_delta": 0.0,
         "save_best": True,
         "save_checkpoint_every": 1,
         "checkpoint_dir": "./checkpoints/teacher",
@@ -111,6 +132,48 @@ TEACHER_DEFAULTS: dict[str, Any] = {
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion")
 METRICS = ("top1_acc", "top5_acc", "loss")
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+
+
+def batch_plan(training: dict, world: int = 1) -> dict[str, Any]:
+    """The batch a run trains at and the learning rate it applies, against the plan's numbers
+    (training.batch_size and learning_rate as the plan's file writes them), for `world` GPUs:
+    plan_batch, per_gpu_batch, grad_accum_steps, gpus, effective_batch, lr_scaling, plan_lr,
+    lr, lr_factor, plan_exact and a one-line `deviation`. Shared by teachers and the student.
+
+    plan_exact keeps the plan's optimizer step: batch_size images over all GPUs (it must
+    divide by them), no accumulation, the plan's learning rate."""
+    plan_batch, plan_lr, world = int(training["batch_size"]), float(training["learning_rate"]), max(1, int(world))
+    if training["plan_exact"]:
+        if plan_batch % world:
+            raise ConfigError(f"training.plan_exact: the plan's batch {plan_batch} does not divide over {world} GPUs")
+        per_gpu, accum, rule = plan_batch // world, 1, "none"
+    else:
+        per_gpu = int(training["per_gpu_batch_size"]) or plan_batch
+        accum, rule = int(training["grad_accum_steps"]), training["lr_scaling"]
+    effective = per_gpu * accum * world
+    ratio = effective / plan_batch
+    factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+    plan = {
+        "plan_batch": plan_batch,
+        "per_gpu_batch": per_gpu,
+        "grad_accum_steps": accum,
+        "gpus": world,
+        "effective_batch": effective,
+        "lr_scaling": rule,
+        "plan_lr": plan_lr,
+        "lr_factor": factor,
+        "lr": plan_lr * factor,
+        "plan_exact": bool(training["plan_exact"]),
+    }
+    gpus = f"{world} GPU" + ("s" if world > 1 else "")
+    plan["deviation"] = (
+        "the plan's batch and learning rate"
+        if effective == plan_batch and factor == 1.0
+        else f"effective batch {effective} ({per_gpu} per GPU x {accum} accumulation x {gpus}) instead of the "
+        f"plan's {plan_batch}; learning rate {plan_lr:g} x {factor:.4g} ({rule} scaling) = {plan_lr * factor:.4g}"
+    )
+    return plan
 
 
 def load_teacher_config(source: str | Path | dict | None, overrides: dict | None = None) -> dict:
@@ -193,6 +256,8 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError(f"training.optimizer: {t['optimizer']!r} is not one of {OPTIMIZERS}")
     if c["early_stopping_metric"] not in METRICS:
         raise ConfigError(f"callbacks.early_stopping_metric: {c['early_stopping_metric']!r} is not one of {METRICS}")
+    if t["lr_scaling"] not in LR_SCALING_RULES:
+        raise ConfigError(f"training.lr_scaling: {t['lr_scaling']!r} is not one of {', '.join(LR_SCALING_RULES)}")
     if t["amp"] not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"training.amp: {t['amp']!r} is not one of auto, bf16, fp16, off")
     for where, v, lo, hi in (
@@ -216,8 +281,16 @@ def _check_values(cfg: dict) -> None:
             raise ConfigError(f"{where}: must be at least 1, got {v}")
     non_negative = [
         (f"training.{k}", t[k])
-        for k in ("min_lr", "weight_decay", "gradient_clip", "warmup_epochs", "max_steps_per_epoch")
+        for k in (
+            "min_lr",
+            "weight_decay",
+            "gradient_clip",
+            "warmup_epochs",
+            "max_steps_per_epoch",
+            "per_gpu_batch_size",
+        )
     ]
+    non_negative += [(f"callbacks.{k}", c[k]) for k in ("min_epochs", "min_delta")]
     non_negative += [(f"regularization.{k}", r[k]) for k in ("mixup_alpha", "cutmix_alpha")]
     non_negative.append(("data.num_workers", cfg["data"]["num_workers"]))
     for where, v in non_negative:

@@ -194,10 +194,9 @@ def run_teacher_logits(
 ) -> dict:
     """Score `records` (the train split, filtered to `regions` when given) with a
     teacher checkpoint and save the sparse logits."""
-    from torch.utils.data import DataLoader
-
     from shared.data.regions import parse_regions
     from shared.evaluate.evaluation import eval_transform_for
+    from shared.evaluate.inference import inference_dtype, inference_loader
     from shared.io.checkpoint import build_model, load_checkpoint
     from shared.vision.image_dataset import CachedImageDataset
 
@@ -209,13 +208,14 @@ def run_teacher_logits(
     model = build_model(ckpt)
     ds = CachedImageDataset(recs, cache_dir, list(ckpt["classes"]), eval_transform_for(ckpt), label_missing="ignore")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tl = compute_teacher_logits(
+    tl = compute_teacher_logits(  # decoding on worker processes; fp16 autocast on CUDA, float32 on the CPU
         model,
-        DataLoader(ds, batch_size=batch_size),
+        inference_loader(ds, batch_size, device),
         [r["image_id"] for r in recs],
         list(ckpt["classes"]),
         k,
         device,
+        amp=inference_dtype(device) is not None,
         name=name,
         regions=regions,
     )

@@ -12,17 +12,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from shared.evaluate.inference import inference_autocast, inference_loader
+
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, loader: DataLoader, device: str = "cpu", amp: bool = False
+    model: torch.nn.Module, loader: DataLoader, device: str = "cpu", amp: bool = False, precision: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N x C float32) and labels (N) for an evaluation set."""
+    """Logits (N x C float32) and labels (N) for an evaluation set, under
+    shared/evaluate/inference.inference_autocast(device, precision) (fp16 on CUDA, float32 on
+    the CPU); amp=True asks for half precision on the CPU too (bf16)."""
+    if amp and precision == "auto" and torch.device(device).type == "cpu":
+        precision = "bf16"
     model.eval().to(device)
     outs, labels = [], []
-    dtype = torch.bfloat16 if device == "cpu" else torch.float16
     for x, y, _ in loader:
-        with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=amp):
+        with inference_autocast(device, precision):
             logits = model(x.to(device, non_blocking=True))
         outs.append(logits.float().cpu().numpy())
         labels.append(np.asarray(y))
@@ -170,9 +175,17 @@ def eval_transform_for(ckpt: dict):
 
 
 def evaluate_checkpoint(
-    checkpoint_path: str, records: list[dict], cache_dir: str, batch_size: int = 64, recall_threshold: float = 0.6
+    checkpoint_path: str,
+    records: list[dict],
+    cache_dir: str,
+    batch_size: int = 64,
+    recall_threshold: float = 0.6,
+    num_workers: int | None = None,
+    precision: str = "auto",
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[str]]:
-    """Metrics of a checkpoint on cached records, plus its logits, labels and classes."""
+    """Metrics of a checkpoint on cached records, plus its logits, labels and classes, on the
+    GPU when there is one (shared/evaluate/inference.py: worker processes for decoding, fp16
+    autocast on CUDA; num_workers None = one per usable CPU on CUDA, none on the CPU)."""
     from shared.io.checkpoint import build_model, load_checkpoint
     from shared.vision.image_dataset import CachedImageDataset
 
@@ -181,6 +194,7 @@ def evaluate_checkpoint(
     classes = list(ckpt["classes"])
     ds = CachedImageDataset(records, cache_dir, classes, eval_transform_for(ckpt), label_missing="ignore")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    logits, labels = predict(model, DataLoader(ds, batch_size=batch_size, num_workers=0), device)
+    loader = inference_loader(ds, batch_size, device, num_workers)
+    logits, labels = predict(model, loader, device, precision=precision)
     m = classification_metrics(logits, labels, classes, [r.get("region", "") for r in records], recall_threshold)
     return m, logits, labels, classes

@@ -233,7 +233,37 @@ def _teacher_entry(r: dict, cfg: dict | None) -> dict:
         "per_region": r.get("per_region") or {},
         "share_classes_recall_above_threshold": _num(r, K.SHARE_CLASSES_RECALL_ABOVE_THRESHOLD),
         "checkpoint": r.get("checkpoint"),
+        **_training_record(r),
     }
+
+
+def _training_record(r: dict) -> dict:
+    """How a model trained, from its model's metadata: why it stopped (and which epoch is its
+    best checkpoint), its batch and learning rate against the plan's, and whether it trained in
+    torch's deterministic mode (plan 7.3) with the ops that had no deterministic kernel."""
+    out = {}
+    if r.get(K.STOP_REASON):
+        out["stop_reason"] = r[K.STOP_REASON]
+    batch = r.get(K.BATCH_PLAN)
+    if isinstance(batch, dict) and batch:
+        out["batch"] = {
+            k: batch.get(k)
+            for k in (
+                "deviation",
+                "plan_batch",
+                "effective_batch",
+                "per_gpu_batch",
+                "grad_accum_steps",
+                "gpus",
+                "lr_scaling",
+                "plan_lr",
+                "lr",
+                "plan_exact",
+            )
+        }
+    if isinstance(r.get(K.DETERMINISM), dict) and r[K.DETERMINISM]:
+        out["determinism"] = r[K.DETERMINISM]
+    return out
 
 
 def _check_phase_results(phase_results: dict) -> None:
@@ -364,8 +394,11 @@ def _phase_4(st: dict | None, scfg: dict, crit: dict) -> dict:
     ):
         if p4[key] is None:
             p4[key] = _count(_get(scfg, path))
-    # Which student shipped, and every stage's figures on val and on the held-out test set.
+    # Which student shipped (and by which rule), and every stage's figures on val and test.
     p4["final_stage"] = st.get(K.FINAL_STAGE)
+    if st.get(K.SHIP_RULE):
+        p4["ship_rule"] = st[K.SHIP_RULE]
+    p4.update(_training_record(st))
     p4["final_test_top1"] = _num(st, K.TEST_TOP1)
     p4["stages"] = {
         s: {"val_top1": _num(st, f"{s}_{K.VAL_TOP1}"), "test_top1": _num(st, f"{s}_{K.TEST_TOP1}")}
@@ -697,6 +730,9 @@ def _with_checkpoint(result: dict | None, model: ArtifactLike | None) -> dict | 
     if result is not None and model is not None:
         result["checkpoint"] = model.uri
         result.setdefault(K.MODEL_NAME, model.metadata.get(K.MODEL_NAME))
+        for key in (K.STOP_REASON, K.BATCH_PLAN, K.DETERMINISM):  # how it trained (train_teacher's model)
+            if key in (model.metadata or {}):
+                result.setdefault(key, model.metadata[key])
     return result
 
 

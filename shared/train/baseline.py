@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from shared.evaluate.evaluation import classification_metrics
+from shared.evaluate.inference import inference_autocast, inference_loader
 from shared.io.records import load_jsonl
 from shared.train.pretrained import create_model, require_staged, staged_summary
 from shared.vision.augment import build_eval_transform
@@ -35,10 +35,14 @@ def build_backbone(model_name: str, pretrained: bool, weights: dict | None) -> t
 
 
 @torch.no_grad()
-def _features(model: torch.nn.Module, ds: CachedImageDataset, batch_size: int, device: str) -> np.ndarray:
+def _features(
+    model: torch.nn.Module, ds: CachedImageDataset, batch_size: int, device: str, num_workers: int | None = None
+) -> np.ndarray:
+    """L2-normalised pooled features, through shared/evaluate/inference.py's loader and autocast."""
     feats = []
-    for x, _, _ in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
-        f = model(x.to(device, non_blocking=True))
+    for x, _, _ in inference_loader(ds, batch_size, device, num_workers):
+        with inference_autocast(device):
+            f = model(x.to(device, non_blocking=True))
         feats.append(torch.nn.functional.normalize(f.flatten(1).float(), dim=1).cpu().numpy())
     return np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
 

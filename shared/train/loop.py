@@ -24,6 +24,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -74,6 +75,8 @@ class TrainSettings:
     early_stopping: bool = True
     patience: int = 3
     early_stopping_metric: str = "top1_acc"  # top1_acc | top5_acc | loss
+    min_epochs: int = 0  # epochs after warm-up before a stop or a best checkpoint can happen
+    min_delta: float = 0.0  # an improvement smaller than this does not count (nor become the best)
     save_best: bool = True
     checkpoint_every: int = 1
     amp: str = "auto"  # auto | bf16 | fp16 | off
@@ -101,9 +104,21 @@ class FitResult:
     resumed_from_epoch: int = -1
     best_path: str = ""
     last_path: str = ""
+    stop_reason: str = ""  # why training ended and which epoch became the best checkpoint
+    deterministic: bool = False
+    nondeterministic_ops: list[str] = field(default_factory=list)  # torch's warn_only alerts, by op
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def determinism(self) -> dict[str, Any]:
+        """What the manifest says about this training's reproducibility (plan 7.3): whether torch's
+        deterministic mode was on and the ops it alerted on (warn_only: those ran nondeterministically)."""
+        return {
+            "deterministic": self.deterministic,
+            "nondeterministic_ops": list(self.nondeterministic_ops),
+            "bitwise_reproducible": self.deterministic and not self.nondeterministic_ops,
+        }
 
 
 def seed_everything(seed: int) -> None:
@@ -119,16 +134,37 @@ def derived_seed(*parts: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+# Ops seen without a deterministic CUDA kernel in these models (PyTorch 2.x; the run's own
+# alerts are what the manifest reports, this list is what to expect): adaptive_avg_pool2d's
+# backward (every timm CNN head, the student) and the memory-efficient SDPA attention backward
+# (timm ViT's fused attention, the teachers). With warn_only they run and are named.
+KNOWN_NONDETERMINISTIC_CUDA_OPS = ("adaptive_avg_pool2d_backward_cuda", "_efficient_attention_backward")
+_NONDETERMINISTIC_ALERT = "does not have a deterministic implementation"
+
+
+def _alerted_op(text: str) -> str | None:
+    """The op an alert of torch's warn_only mode names ("<op> does not have a deterministic
+    implementation, but you set ..."; "Memory Efficient attention defaults to a
+    non-deterministic algorithm ..."), or None for any other warning."""
+    if _NONDETERMINISTIC_ALERT in text:
+        return text.split(_NONDETERMINISTIC_ALERT)[0].strip() or "unnamed op"
+    if "non-deterministic algorithm" in text and "attention" in text.lower():
+        return "_efficient_attention_backward"
+    return None
+
+
 @contextmanager
-def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+def deterministic_algorithms(enabled: bool) -> Iterator[list[str]]:
     """torch's deterministic mode (PyTorch's reproducibility notes) while the block runs, restored
-    after it: the student's two stages, tests and notebooks share one process.
+    after it: the student's two stages, tests and notebooks share one process. Yields a list
+    that collects the ops torch alerted on (sorted, once each) for the manifest.
 
     Ops torch has no deterministic kernel for warn (torch names them) instead of failing: on
     CUDA that includes adaptive_avg_pool2d's backward, which every timm CNN head uses and
-    which with a 1x1 output still sums each gradient once."""
+    which with a 1x1 output still sums each gradient once (KNOWN_NONDETERMINISTIC_CUDA_OPS)."""
+    ops: list[str] = []
     if not enabled:
-        yield
+        yield ops
         return
     if torch.cuda.is_available():  # read when cuBLAS first runs; a value set by the user is kept
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -141,11 +177,23 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     )
     torch.use_deterministic_algorithms(True, warn_only=True)
     cudnn.deterministic, cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        cudnn.deterministic, cudnn.benchmark = before[2], before[3]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("default", message=".*deterministic.*")  # shown (and noted) once per place
+        shown = warnings.showwarning
+
+        def note(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            op = _alerted_op(str(message))
+            if op is not None and op not in ops:
+                ops.append(op)
+                ops.sort()
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = note
+        try:
+            yield ops
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+            cudnn.deterministic, cudnn.benchmark = before[2], before[3]
 
 
 @contextmanager
@@ -211,10 +259,11 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _better(metric: str, new: float, best: float | None) -> bool:
+def _better(metric: str, new: float, best: float | None, min_delta: float = 0.0) -> bool:
+    """Whether `new` beats `best` by more than min_delta (lower is better for the loss)."""
     if best is None:
-        return True
-    return new < best if metric == "loss" else new > best
+        return not math.isnan(new)  # the first eligible value is the best, unless it is NaN
+    return new < best - min_delta if metric == "loss" else new > best + min_delta
 
 
 @torch.no_grad()
@@ -343,8 +392,41 @@ class CheckpointSaver:
 
     @property
     def should_stop(self) -> bool:
-        """Early stopping: `patience` epochs in a row without a better metric."""
+        """Early stopping: `patience` epochs in a row without a better metric (counted only from
+        first_eligible_epoch on, so warm-up can never end a run)."""
         return self.settings.early_stopping and self.bad_epochs >= self.settings.patience
+
+    @property
+    def first_eligible_epoch(self) -> int:
+        """The first epoch (0-based) that may become the best checkpoint or count towards a stop:
+        after warm-up (rounded up to whole epochs) plus min_epochs, and never later than the
+        last epoch, so a run shorter than that still ships its last epoch."""
+        s = self.settings
+        guard = math.ceil(s.warmup_epochs) + max(0, s.min_epochs)
+        return max(0, min(guard, s.epochs - 1))
+
+    def stop_reason(self) -> str:
+        """Why training ended and which epoch is the best checkpoint, in words (the manifest's)."""
+        s, metric = self.settings, self.settings.early_stopping_metric
+        ran = len(self.history)
+        if self.stopped_early:
+            why = (
+                f"early stop at epoch {self.epoch + 1}: {metric} did not improve by min_delta {s.min_delta:g} "
+                f"for {self.bad_epochs} epochs after epoch {self.best_epoch + 1}"
+            )
+        elif ran >= s.epochs:
+            why = f"completed all {s.epochs} epochs"
+        else:
+            why = f"ended after {ran} of {s.epochs} epochs"
+        guard = self.first_eligible_epoch
+        held = (
+            f"; epochs 1-{guard} were not eligible (warm-up {s.warmup_epochs:g} + min_epochs {s.min_epochs})"
+            if guard
+            else ""
+        )
+        if self.best_epoch >= 0 and self.best is not None:
+            return f"{why}; best checkpoint: epoch {self.best_epoch + 1} ({metric} {self.best:.4f}){held}"
+        return f"{why}; no epoch had a finite {metric}{held}"
 
     def resume(self, log: Callable[[str], None] = print) -> int:
         """Restore everything from last_checkpoint.pt when a readable one is there (a truncated or
@@ -370,11 +452,15 @@ class CheckpointSaver:
         return self.epoch + 1
 
     def update(self, epoch: int, row: dict, metric: float) -> bool:
-        """Record an epoch's history row and validation metric; whether the metric is the best yet."""
-        improved = _better(self.settings.early_stopping_metric, metric, self.best)
+        """Record an epoch's history row and validation metric; whether the metric is the best yet
+        (by more than min_delta; an epoch before first_eligible_epoch never is)."""
+        s = self.settings
+        improved = epoch >= self.first_eligible_epoch and _better(
+            s.early_stopping_metric, metric, self.best, s.min_delta
+        )
         if improved:
             self.best, self.best_epoch, self.bad_epochs = metric, epoch, 0
-        else:
+        elif epoch >= self.first_eligible_epoch:
             self.bad_epochs += 1
         self.epoch = epoch
         self.history.append(row)
@@ -429,6 +515,8 @@ class CheckpointSaver:
             resumed_from_epoch=self.resumed_from_epoch,
             best_path=str(self.best_path),
             last_path=str(self.last_path),
+            stop_reason=self.stop_reason(),
+            deterministic=self.settings.deterministic,
         )
 
 
@@ -814,7 +902,7 @@ def fit(
     save_checkpoint fields (model_name, classes, image_size, ...). sampler_weights
     (one per train sample) are used when settings.weighted_sampling is on."""
     s = settings
-    with deterministic_algorithms(s.deterministic):
+    with deterministic_algorithms(s.deterministic) as alerted_ops:
         run, start = _setup(
             model, train_dataset, val_dataset, s, Path(out_dir), checkpoint_meta, loss_fn, sampler_weights, log
         )
@@ -851,8 +939,8 @@ def fit(
                 _log_scalars(run.writer, row, epoch)
                 saver.save_epoch(epoch, val, improved)
             if saver.should_stop:
-                say(f"early stopping: no {s.early_stopping_metric} improvement for {saver.bad_epochs} epochs")
                 saver.stopped_early = True
+                say(saver.stop_reason())
                 break
             barrier()
         if run.rank == 0:
@@ -860,4 +948,8 @@ def fit(
         barrier()  # every rank sees the best checkpoint before the caller reads it (the next stage loads it)
         if run.writer:
             run.writer.close()
-        return saver.result()
+        result = saver.result()
+        result.nondeterministic_ops = list(alerted_ops)
+        if not saver.stopped_early:
+            say(result.stop_reason)
+        return result

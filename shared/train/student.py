@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from shared.config.student import load_student_config, timm_model_name
+from shared.config.teacher import batch_plan
 from shared.data.image_cache import student_records
 from shared.distill.losses import SoftLabelLookup, make_kd_loss_fn
 from shared.distill.soft_labels import SoftLabels
@@ -37,14 +38,16 @@ def model_size(model: torch.nn.Module) -> dict[str, float]:
     return {"parameters": params, "size_mb_fp32": nbytes / 1e6, "size_mb_fp16": nbytes / 2e6}
 
 
-def stage_settings(cfg: dict, stage: str, num_classes: int) -> TrainSettings:
+def stage_settings(cfg: dict, stage: str, num_classes: int, world: int = 1) -> TrainSettings:
+    """A stage's loop settings on `world` GPUs; batch and learning-rate factor from batch_plan."""
     t = cfg["training"]
     distill = stage == "distillation"
+    batch = batch_plan(t, world)
     return TrainSettings(
         epochs=t["distillation_epochs"] if distill else t["finetune_epochs"],
-        batch_size=t["batch_size"],
-        grad_accum_steps=t["grad_accum_steps"],
-        lr=t["learning_rate"] if distill else cfg["finetune"]["learning_rate"],
+        batch_size=batch["per_gpu_batch"],
+        grad_accum_steps=batch["grad_accum_steps"],
+        lr=(t["learning_rate"] if distill else cfg["finetune"]["learning_rate"]) * batch["lr_factor"],
         warmup_epochs=t["warmup_epochs"] if distill else 0,
         optimizer=t["optimizer"],
         weight_decay=t["weight_decay"],
@@ -52,6 +55,8 @@ def stage_settings(cfg: dict, stage: str, num_classes: int) -> TrainSettings:
         label_smoothing=0.0 if distill else cfg["finetune"]["label_smoothing"],
         num_classes=num_classes,
         patience=t["early_stopping_patience"],
+        min_epochs=t["min_epochs"],
+        min_delta=t["min_delta"],
         amp=t["amp"],
         channels_last=t["channels_last"],
         num_workers=t["num_workers"],
@@ -196,6 +201,9 @@ def train_student(
         "pretrained": staged_summary(weights) if cfg["model"]["pretrained"] else {},
         **model_size(model),
     }
+    world = distributed_env()[1]
+    result["batch_plan"] = batch_plan(cfg["training"], world)
+    log(f"student batch: {result['batch_plan']['deviation']}")
     stages = []
     if cfg["training"]["distillation_epochs"] > 0:
         stages.append("distillation")
@@ -219,7 +227,7 @@ def train_student(
             model,
             train_ds,
             val_ds,
-            stage_settings(cfg, stage, len(classes)),
+            stage_settings(cfg, stage, len(classes), world),
             out / stage,
             checkpoint_meta={**meta, "stage": stage},
             loss_fn=loss_fn,
@@ -234,13 +242,14 @@ def train_student(
             "val_loss": best["val_loss"],
             "train_top1": best["train_top1"],
             "stopped_early": r.stopped_early,
+            "stop_reason": r.stop_reason,
+            "determinism": r.determinism(),
         }
         final = r.best_path
     if final is None:
         raise ValueError("student: training.distillation_epochs and finetune_epochs are both 0")
-    # The shipped student is the best on val over both stages: fine-tuning is kept only
-    # when it adds points (on small data aggressive augmentation can cost some).
-    chosen = max(stages, key=lambda st: (result[st]["val_top1"], stages.index(st)))
+    chosen, result["ship_rule"] = shipped_stage(cfg["training"]["ship"], stages, result)
+    log(f"student: shipping the {chosen} stage ({result['ship_rule']})")
     src = out / chosen / "best_model.pt"
     if main_proc:  # under torchrun every rank holds the same weights; one copy is shipped
         copy_checkpoint(src, out / "best_model.pt")
@@ -256,6 +265,20 @@ def train_student(
         }
     )
     return result
+
+
+def shipped_stage(rule: str, stages: list[str], result: dict[str, Any]) -> tuple[str, str]:
+    """(the stage whose best checkpoint ships, the rule in words). finetuned (the default): the
+    plan's fine-tuned model, whatever its val top-1 (the distillation stage only when no
+    fine-tuning ran); best_val: the stage with the higher val top-1 (the later on a tie)."""
+    if rule == "best_val":
+        chosen = max(stages, key=lambda st: (result[st]["val_top1"], stages.index(st)))
+        return chosen, "ship: best_val (the stage with the best val top-1)"
+    if rule != "finetuned":
+        raise ValueError(f"training.ship: {rule!r} is not finetuned or best_val")
+    if "finetuning" in stages:
+        return "finetuning", "ship: finetuned (the plan's fine-tuned model)"
+    return stages[-1], "ship: finetuned, but no fine-tuning epochs ran: the distillation stage ships"
 
 
 def run_student_job(
@@ -356,7 +379,7 @@ def evaluate_on_test(
             "test_per_region": final["per_region"],
             "test_per_region_samples": final["per_region_samples"],
             "test_samples": final["samples"],
-            "shipped": f"the {result['final_stage']} stage's best checkpoint (best val top-1 of the stages)",
+            "shipped": f"the {result['final_stage']} stage's best checkpoint ({result.get('ship_rule', '')})",
         }
     )
     return final, logits, labels, classes

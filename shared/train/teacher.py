@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from shared.config.teacher import load_teacher_config
+from shared.config.teacher import batch_plan, load_teacher_config
 from shared.data.regions import region_list
 from shared.io.atomic import write_json
 from shared.io.checkpoint import load_checkpoint
@@ -58,13 +58,16 @@ def map_head_by_class(
     return {"head_rows_mapped": mapped, "head_rows_new": len(dst_classes) - mapped}
 
 
-def settings_from_config(cfg: dict, num_classes: int) -> TrainSettings:
+def settings_from_config(cfg: dict, num_classes: int, world: int = 1) -> TrainSettings:
+    """The loop's settings for a teacher config on `world` GPUs: the batch and learning rate
+    from batch_plan (the plan's, or the cluster's per-GPU batch with accumulation and scaling)."""
     t, r, c = cfg["training"], cfg["regularization"], cfg["callbacks"]
+    batch = batch_plan(t, world)
     return TrainSettings(
         epochs=t["epochs"],
-        batch_size=t["batch_size"],
-        grad_accum_steps=t["grad_accum_steps"],
-        lr=t["learning_rate"],
+        batch_size=batch["per_gpu_batch"],
+        grad_accum_steps=batch["grad_accum_steps"],
+        lr=batch["lr"],
         min_lr=t["min_lr"],
         warmup_epochs=t["warmup_epochs"],
         optimizer=t["optimizer"],
@@ -78,6 +81,8 @@ def settings_from_config(cfg: dict, num_classes: int) -> TrainSettings:
         early_stopping=c["early_stopping"],
         patience=c["early_stopping_patience"],
         early_stopping_metric=c["early_stopping_metric"],
+        min_epochs=c["min_epochs"],
+        min_delta=c["min_delta"],
         save_best=c["save_best"],
         checkpoint_every=c["save_checkpoint_every"],
         amp=t["amp"],
@@ -177,7 +182,10 @@ def train_teacher(
     val_ds = CachedImageDataset(
         val_records, cache_dir, classes, build_eval_transform(aug["val"], size, d["smart_crop"]), label_missing="ignore"
     )
-    settings = settings_from_config(cfg, len(classes))
+    world = distributed_env()[1]
+    settings = settings_from_config(cfg, len(classes), world)
+    batch = batch_plan(cfg["training"], world)
+    log(f"batch: {batch['deviation']}")
     meta = {
         "model_name": arch,
         "model_id": m["name"],
@@ -214,6 +222,9 @@ def train_teacher(
         "history": result.history,
         "best_checkpoint": result.best_path,
         "last_checkpoint": result.last_path,
+        "stop_reason": result.stop_reason,
+        "batch_plan": batch,
+        "determinism": result.determinism(),
     }
 
 

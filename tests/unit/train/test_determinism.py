@@ -70,12 +70,38 @@ def _identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_config_switch_defaults_off_and_reaches_the_trainer():
-    assert load_teacher_config({})["training"]["deterministic"] is False
-    assert settings_from_config(load_teacher_config({"training": {"deterministic": True}}), 3).deterministic
-    s = load_student_config({"training": {"deterministic": True}})
+def test_config_switch_defaults_on_and_reaches_the_trainer():
+    """Plan 7.3 by default: teachers and the student train deterministically unless a config says not."""
+    assert load_teacher_config({})["training"]["deterministic"] is True
+    assert settings_from_config(load_teacher_config({}), 3).deterministic
+    assert not settings_from_config(load_teacher_config({"training": {"deterministic": False}}), 3).deterministic
+    s = load_student_config({})
     assert stage_settings(s, "distillation", 3).deterministic and stage_settings(s, "finetuning", 3).deterministic
-    assert not stage_settings(load_student_config({}), "finetuning", 3).deterministic
+    assert not stage_settings(
+        load_student_config({"training": {"deterministic": False}}), "finetuning", 3
+    ).deterministic
+
+
+def test_deterministic_mode_names_the_ops_torch_alerts_on():
+    """warn_only: an op without a deterministic kernel runs, and the block collects its name once
+    (what the manifest reports); other warnings pass through and are not taken for alerts."""
+    import warnings
+
+    alert = (
+        "adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set "
+        "'torch.use_deterministic_algorithms(True, warn_only=True)'."
+    )
+    with warnings.catch_warnings(record=True):
+        with deterministic_algorithms(True) as ops:
+            assert torch.are_deterministic_algorithms_enabled()
+            for _ in range(3):
+                warnings.warn(alert, UserWarning, stacklevel=1)
+            warnings.warn("an unrelated warning", UserWarning, stacklevel=1)
+        with deterministic_algorithms(False) as off:
+            warnings.warn(alert, UserWarning, stacklevel=1)
+    assert ops == ["adaptive_avg_pool2d_backward_cuda"]
+    assert off == []  # not collected (nor set) when the mode is off
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_same_seed_same_teacher_bit_for_bit(cached_splits, tmp_path):
