@@ -214,6 +214,7 @@ def build_pipeline(cfg: dict):
             train=sp.outputs["train"],
             cache_dir=cache_dir,
             top_k=logits_top_k,
+            student_config=student_config,
         )
         gl.set_display_name("teacher logits: global (1.5)")
 
@@ -258,6 +259,7 @@ def build_pipeline(cfg: dict):
                 train=sp.outputs["train"],
                 cache_dir=cache_dir,
                 top_k=logits_top_k,
+                student_config=student_config,
             )
             rl.set_display_name("regional teacher logits (2.5)")
 

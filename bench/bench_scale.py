@@ -706,6 +706,22 @@ def synthetic_logits(labels, n_classes: int, k: int, rng, accuracy: float = 0.75
     return idx, vals16, lse.astype(np.float32), conf.astype(np.float32)
 
 
+def synthetic_tempered_lse(vals16, n_classes: int, temperatures: list[float]):
+    """(n, m) logsumexp(z / T) of synthetic_logits' teacher (its tail 2 below the k-th logit),
+    one column per temperature: what teacher_logits stores for the distillation temperature."""
+    import numpy as np
+
+    v = vals16.astype(np.float64)
+    cols = []
+    for t in temperatures:
+        m = v[:, :1] / t
+        lse = m[:, 0] + np.log(np.exp(v / t - m).sum(1))
+        if n_classes > v.shape[1]:
+            lse = np.logaddexp(lse, np.log(n_classes - v.shape[1]) + (v[:, -1] - 2.0) / t)
+        cols.append(lse)
+    return np.stack(cols, 1).astype(np.float32)
+
+
 def _taxa(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(ln)["taxon"] for ln in f]
@@ -717,8 +733,9 @@ def teacher_logits(ctx: dict) -> dict:
     split it was trained on (global, or its regional split)."""
     import numpy as np
 
+    from shared.config.student import load_student_config
     from shared.data.regions import parse_regions
-    from shared.distill.teacher_logits import TeacherLogits
+    from shared.distill.teacher_logits import TeacherLogits, logits_temperatures
     from shared.io.records import load_jsonl
 
     work = Path(ctx["workdir"])
@@ -736,8 +753,21 @@ def teacher_logits(ctx: dict) -> dict:
         pos = {c: i for i, c in enumerate(classes)}
         labels = np.array([pos.get(r["taxon"], -1) for r in recs], dtype=np.int32)
         idx, vals, lse, conf = synthetic_logits(labels, len(classes), TOP_K, rng)
+        temps = logits_temperatures(
+            load_student_config(str(ROOT / "config" / "student.yaml"))["distillation"]["temperature"]
+        )
         tl = TeacherLogits(
-            np.asarray([r["image_id"] for r in recs], dtype=str), idx, vals, lse, conf, labels, classes, name, regions
+            np.asarray([r["image_id"] for r in recs], dtype=str),
+            idx,
+            vals,
+            lse,
+            conf,
+            labels,
+            classes,
+            name,
+            regions,
+            np.asarray(temps, np.float32),
+            synthetic_tempered_lse(vals, len(classes), temps),
         )
         path = out / f"{name}.npz"
         tl.save(path)

@@ -15,6 +15,7 @@ def teacher_logits(
     train: Input[Dataset],
     cache_dir: str,
     top_k: int,
+    student_config: dict,
     logits: Output[Artifact],
     metrics: Output[Metrics],
 ):
@@ -28,17 +29,32 @@ def teacher_logits(
         train: The train split (JSONL records).
         cache_dir: The image cache (volume path or gs://).
         top_k: Logits kept per sample (the largest k, with the full log-sum-exp).
+        student_config: The student config (the plan's student.yaml, loaded): its distillation
+            temperature is the one, beside T=1, whose log-sum-exp is stored, so the soft labels'
+            top-k probabilities at that temperature are exact.
 
     Returns:
-        logits: The sparse top-k logits per sample; its metadata names the teacher, regions and weight.
+        logits: The sparse top-k logits per sample; its metadata names the teacher, regions, weight
+            and the temperatures whose log-sum-exp is stored.
         metrics: Samples, classes, k, bytes per sample, mean confidence and the teacher's train top-1.
     """
     from shared import artifact_keys as K
-    from shared.distill.teacher_logits import run_teacher_logits
+    from shared.config.student import load_student_config
+    from shared.distill.teacher_logits import logits_temperatures, run_teacher_logits
     from shared.io.records import load_jsonl
 
-    s = run_teacher_logits(model.path, load_jsonl(train.path), cache_dir, logits.path, top_k, name, regions)
+    temperatures = logits_temperatures(load_student_config(student_config)["distillation"]["temperature"])
+    s = run_teacher_logits(
+        model.path,
+        load_jsonl(train.path),
+        cache_dir,
+        logits.path,
+        top_k,
+        name,
+        regions,
+        temperatures=temperatures,
+    )
     # combine_soft_labels reads who this teacher is from the artifact's metadata.
-    logits.metadata.update({K.TEACHER: name, K.REGIONS: regions, K.WEIGHT: weight, **s})
+    logits.metadata.update({K.TEACHER: name, K.REGIONS: regions, K.WEIGHT: weight, K.TEMPERATURES: temperatures, **s})
     for key, value in s.items():
         metrics.log_metric(key, value)

@@ -109,6 +109,18 @@ MEAN_ENTROPY = "mean_entropy"
 TEACHER_AGREEMENT = "teacher_agreement"
 MAX_ROW_SUM_ERROR = "max_row_sum_error"
 COVERAGE_PREFIX = "coverage_"  # coverage_<teacher>: samples that teacher labelled
+TEMPERATURES = "temperatures"  # teacher_logits (logits: temperatures whose log-sum-exp is stored) -> UI
+EFFECTIVE_WEIGHTS = "effective_weights"  # combine_soft_labels (per coverage pattern) -> training_manifest
+TOPK_MASS_MEAN = "topk_mass_mean"  # combine_soft_labels (metric, metadata: kept T-mass) -> training_manifest
+TOPK_MASS_MIN = "topk_mass_min"
+KEPT_MASS_SHORTFALL_BOUND_MEAN = "kept_mass_shortfall_bound_mean"  # (soft_labels.kept_mass_shortfall_bound)
+KEPT_MASS_SHORTFALL_BOUND_MAX = "kept_mass_shortfall_bound_max"
+SOFT_LABEL_MASS_METRICS = (
+    TOPK_MASS_MEAN,
+    TOPK_MASS_MIN,
+    KEPT_MASS_SHORTFALL_BOUND_MEAN,
+    KEPT_MASS_SHORTFALL_BOUND_MAX,
+)
 SOFT_LABEL_METRICS = (
     SAMPLES,
     CLASSES,

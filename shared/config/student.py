@@ -5,7 +5,8 @@ cross_entropy), teachers (path, weight, region_filter), training (learning_rate,
 batch_size, epochs, warmup_epochs, optimizer). Unknown keys are errors naming
 the key; numeric strings ("1e-4", which YAML reads as text) are accepted.
 
-Keys we add, all optional (defaults below): model.image_size; model.pretrained
+Keys we add, all optional (defaults below): distillation.target (topk_with_rest |
+topk_renormalised, KD_TARGETS); model.image_size; model.pretrained
 (true: an ImageNet MobileNetV2 from timm/the hub, staged by stage_weights), model.revision,
 pretrained_path, sha256, class_names (as in the teacher configs); training
 distillation_epochs / finetune_epochs (the plan's 10 + 10; default: half of
@@ -66,7 +67,11 @@ STUDENT_DEFAULTS: dict[str, Any] = {
         "sha256": "",
         "class_names": "",
     },
-    "distillation": {"temperature": 3.0, "loss_weights": {"kl_divergence": 0.7, "cross_entropy": 0.3}},
+    "distillation": {
+        "temperature": 3.0,
+        "loss_weights": {"kl_divergence": 0.7, "cross_entropy": 0.3},
+        "target": "topk_with_rest",
+    },
     "teachers": [],
     "training": {
         "learning_rate": 1e-4,
@@ -114,6 +119,10 @@ STUDENT_DEFAULTS: dict[str, Any] = {
     "data": {"smart_crop": False, "student_rendition": 0},
 }
 TEACHER_ENTRY = {"path": "", "weight": 1.0, "region_filter": ""}
+# distillation.target: what the KD loss compares (shared/distill/losses.py). topk_with_rest: the
+# plan's T distribution over the k kept classes plus one bin for the rest; topk_renormalised: the
+# kept classes renormalised to sum to 1 (the target before the rest bin, much sharper at 9,000 classes).
+KD_TARGETS = ("topk_with_rest", "topk_renormalised")
 SHIP_RULES = ("finetuned", "best_val")
 
 
@@ -136,6 +145,10 @@ def load_student_config(source: str | Path | dict | None, overrides: dict | None
         raise ConfigError("finetune.augmentation: must be aggressive or standard")
     if cfg["distillation"]["temperature"] <= 0:
         raise ConfigError("distillation.temperature: must be positive")
+    if cfg["distillation"]["target"] not in KD_TARGETS:
+        raise ConfigError(
+            f"distillation.target: {cfg['distillation']['target']!r} is not one of {', '.join(KD_TARGETS)}"
+        )
     _check_values(cfg)
     return cfg
 

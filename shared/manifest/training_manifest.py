@@ -355,6 +355,12 @@ def _regional_teacher(r: dict, item: dict, global_per_region: dict, crit: dict) 
     return e
 
 
+def _default_kd_target() -> str:
+    from shared.config.student import STUDENT_DEFAULTS
+
+    return STUDENT_DEFAULTS["distillation"]["target"]
+
+
 def _phase_3(sl: dict | None, scfg: dict) -> dict:
     """Phase 3: the combined soft labels, and the student architecture the config names."""
     p3 = _skipped(sl, "soft labels were not combined")
@@ -367,6 +373,16 @@ def _phase_3(sl: dict | None, scfg: dict) -> dict:
             "classes": _count(sl.get(K.CLASSES, sl.get("n_classes"))),
             "temperature": _num(sl, K.TEMPERATURE),
             "teacher_weights": sl.get("teacher_weights") or sl.get(K.WEIGHTS),
+            # what each sample's soft label actually uses: the weights renormalised per coverage pattern
+            "effective_teacher_weights": sl.get(K.EFFECTIVE_WEIGHTS),
+            # the probability mass at T the kept classes hold (the rest is one bin of the target)
+            "topk_mass_at_T": {
+                "mean": _num(sl, K.TOPK_MASS_MEAN),
+                "min": _num(sl, K.TOPK_MASS_MIN),
+                "shortfall_bound_max": _num(sl, K.KEPT_MASS_SHORTFALL_BOUND_MAX),
+            },
+            "distillation_target": _first(scfg, "distillation.target") or _default_kd_target(),
+            "bytes_per_sample": _num(sl, K.BYTES_PER_SAMPLE),
             "uri": sl.get("uri"),
         }
     p3["student_architecture"] = f"{arch}_{alpha}" if arch and alpha is not None else arch

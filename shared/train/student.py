@@ -132,9 +132,15 @@ def _distillation_loss(
             f"soft labels cover {lookup.coverage:.1%} of the train records: distillation "
             "would run partly or wholly on CE alone; re-run combine_soft_labels"
         )
-    w = cfg["distillation"]["loss_weights"]
+    d = cfg["distillation"]
+    if abs(soft.temperature - d["temperature"]) > 1e-6 * max(1.0, d["temperature"]):
+        raise ValueError(  # their probabilities are at another temperature than the student's KD term
+            f"soft labels were made at T={soft.temperature:g}, the student distils at "
+            f"T={d['temperature']:g}: re-run teacher_logits and combine_soft_labels with this student config"
+        )
+    w = d["loss_weights"]
     return make_kd_loss_fn(
-        lookup, cfg["distillation"]["temperature"], w["kl_divergence"], w["cross_entropy"]
+        lookup, d["temperature"], w["kl_divergence"], w["cross_entropy"], d["target"]
     ), lookup.coverage
 
 

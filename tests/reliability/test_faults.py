@@ -191,17 +191,20 @@ def test_truncated_checkpoint_is_refused_not_loaded(tmp_path):
 
 def _logits(n=6, c=5, k=3):
     rng = np.random.default_rng(0)
-    z = np.sort(rng.normal(size=(n, c)), axis=1)[:, ::-1][:, :k].astype(np.float16)
+    full = np.sort(rng.normal(size=(n, c)), axis=1)[:, ::-1].astype(np.float16).astype(np.float64)
+    lse = np.stack([np.log(np.exp(full / t).sum(1)) for t in (1.0, 3.0)], 1).astype(np.float32)
     return TeacherLogits(
         image_ids=np.array([f"i{i}" for i in range(n)]),
         indices=np.tile(np.arange(k), (n, 1)),
-        values=z,
-        logsumexp=np.ones(n, np.float32),
-        confidences=np.full(n, 0.5, np.float32),
+        values=full[:, :k].astype(np.float16),
+        logsumexp=lse[:, 0],
+        confidences=np.exp(full[:, 0] - lse[:, 0]).astype(np.float32),
         labels=np.zeros(n, np.int32),
         classes=[f"c{i}" for i in range(c)],
         name="g",
         regions="",
+        temperatures=np.array([1.0, 3.0], np.float32),  # the log-sum-exp at the distillation temperature
+        tempered_logsumexp=lse,
     )
 
 

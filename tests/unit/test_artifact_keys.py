@@ -50,6 +50,12 @@ LOGGED = {
         "bytes_per_sample",
         "temperature",
     ),
+    "SOFT_LABEL_MASS_METRICS": (
+        "topk_mass_mean",
+        "topk_mass_min",
+        "kept_mass_shortfall_bound_mean",
+        "kept_mass_shortfall_bound_max",
+    ),
     "STUDENT_METRICS": (
         "val_top1",
         "val_top5",

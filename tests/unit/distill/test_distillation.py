@@ -9,14 +9,19 @@ from shared.config.pipeline import ConfigError
 from shared.config.student import load_student_config, teacher_weight, timm_model_name
 from shared.distill.losses import SoftLabelLookup, dense_targets, kd_loss, make_kd_loss_fn
 from shared.distill.soft_labels import SoftLabels, TeacherSpec, combine_soft_labels, soft_label_metrics
-from shared.distill.teacher_logits import TeacherLogits, sparsify
+from shared.distill.teacher_logits import TeacherLogits, sparsify, tempered_logsumexp
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _tl(name, classes, ids, logits, regions=""):
-    idx, val, lse, conf = sparsify(torch.tensor(logits, dtype=torch.float32), k=len(classes))
-    return TeacherLogits(np.array(ids), idx, val, lse, conf, np.zeros(len(ids), np.int32), classes, name, regions)
+def _tl(name, classes, ids, logits, regions="", k=None, temperatures=(1.0, 2.0, 3.0)):
+    z = torch.tensor(logits, dtype=torch.float32)
+    idx, val, lse, conf = sparsify(z, k=k or len(classes))
+    labels = np.zeros(len(ids), np.int32)
+    t = np.array(temperatures, np.float32)
+    return TeacherLogits(
+        np.array(ids), idx, val, lse, conf, labels, classes, name, regions, t, tempered_logsumexp(z, temperatures)
+    )
 
 
 def _softmax(z, t=1.0):
@@ -67,15 +72,27 @@ def test_rows_sum_to_one_at_scale_and_roundtrip(tmp_path):
     n, c = 500, 300
     classes = [f"c{i}" for i in range(c)]
     ids = [f"s{i}" for i in range(n)]
-    a = _tl("a", classes, ids, rng.normal(0, 3, (n, c)))
-    a.indices, a.values = a.indices[:, :32], a.values[:, :32]  # keep top-32 like the pipeline
-    b = _tl("b", classes[100:], ids[:200], rng.normal(0, 3, (200, c - 100)), "EU_SW")
-    b.indices, b.values = b.indices[:, :32], b.values[:, :32]
+    a = _tl("a", classes, ids, rng.normal(0, 3, (n, c)), k=32)  # top-32 like the pipeline
+    b = _tl("b", classes[100:], ids[:200], rng.normal(0, 3, (200, c - 100)), "EU_SW", k=32)
     sl = combine_soft_labels([TeacherSpec(a, 0.5), TeacherSpec(b, 0.5, {"EU_SW"})], ids, ["EU_SW"] * n, 3.0, k=32)
-    assert np.abs(sl.values.astype(np.float64).sum(1) - 1).max() < 1e-3
+    assert np.abs(sl.values.astype(np.float64).sum(1) + sl.rest - 1).max() < 1e-6  # k + 1 bins
+    assert sl.rest.min() > 0.05  # 32 of 300 classes at T=3: the rest bin holds real mass
     sl.save(tmp_path / "sl.npz")
     back = SoftLabels.load(tmp_path / "sl.npz")
     assert np.array_equal(back.indices, sl.indices) and back.classes == sl.classes and back.temperature == 3.0
+    assert np.array_equal(back.rest, sl.rest) and np.array_equal(back.values, sl.values)
+    assert sl.bytes_per_sample() == 32 * 8 + 4
+    from shared.io.atomic import load_npz, save_npz
+
+    old = {k: v for k, v in load_npz(tmp_path / "sl.npz", "x").items() if k != "rest"}
+    save_npz(tmp_path / "old.npz", **old)  # a file from before the rest bin: renormalised values
+    with pytest.raises(ValueError, match="older version: no 'rest' array.*re-run combine_soft_labels"):
+        SoftLabels.load(tmp_path / "old.npz")
+    save_npz(tmp_path / "bad.npz", **{**old, "rest": np.full(n, 0.5, np.float32)})
+    with pytest.raises(ValueError, match="bad.npz: soft labels: sample s0 is not a distribution"):
+        SoftLabels.load(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match=r"no log-sum-exp at T=4 \(stored: 1, 2, 3\)"):
+        combine_soft_labels([TeacherSpec(a, 1.0)], ids, ["EU_SW"] * n, 4.0, k=32)
     (tmp_path / "sl.npz").write_bytes((tmp_path / "sl.npz").read_bytes()[:-100])
     with pytest.raises(ValueError, match="checksum"):
         SoftLabels.load(tmp_path / "sl.npz")
@@ -111,7 +128,14 @@ def test_sparse_lookup_gives_dense_reference_loss():
     order = rng.permutation(n)
     student_classes = classes[::-1]
     lookup = SoftLabelLookup(sl, [f"s{i}" for i in order], student_classes)
-    loss_fn = make_kd_loss_fn(lookup, 2.0, 0.7, 0.3)
+    # every class kept: both targets are the dense one (the rest bin is empty)
+    for target in ("topk_with_rest", "topk_renormalised"):
+        _check_lookup_loss(make_kd_loss_fn(lookup, 2.0, 0.7, 0.3, target), dense_q, order, c)
+    with pytest.raises(ValueError, match="distillation target 'plan' is not one of"):
+        make_kd_loss_fn(lookup, 2.0, 0.7, 0.3, "plan")
+
+
+def _check_lookup_loss(loss_fn, dense_q, order, c):
     logits = torch.randn(5, c)
     batch = torch.tensor([0, 3, 7, 8, 19])
     labels = torch.tensor([1, 2, 3, 4, 5])
@@ -158,3 +182,57 @@ def test_plan_student_one_distillation_step():
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
+
+
+def test_distillation_target_is_a_named_config_choice():
+    assert load_student_config({})["distillation"]["target"] == "topk_with_rest"
+    cfg = load_student_config({"distillation": {"target": "topk_renormalised"}})
+    assert cfg["distillation"]["target"] == "topk_renormalised"
+    with pytest.raises(ConfigError, match="distillation.target: 'renormalised' is not one of topk_with_rest"):
+        load_student_config({"distillation": {"target": "renormalised"}})
+
+
+def test_the_rest_bin_changes_the_target_and_absorbs_classes_the_student_lacks():
+    torch.manual_seed(3)
+    s = torch.randn(3, 10)
+    idx = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    vals = torch.tensor([[0.3, 0.1], [0.5, 0.2], [0.05, 0.01]])
+    rest = 1 - vals.sum(1)
+    y = torch.tensor([0, 2, 4])
+    with_rest = kd_loss(s, idx, vals, y, 3.0, 1.0, 0.0, soft_rest=rest)
+    assert torch.allclose(with_rest, kd_loss(s, idx, vals, y, 3.0, 1.0, 0.0))  # rest defaults to 1 - kept
+    renorm = kd_loss(s, idx, vals, y, 3.0, 1.0, 0.0, target="topk_renormalised")
+    assert renorm > 2 * with_rest  # the renormalised target is far sharper than the plan's
+    # a kept class the student does not have (-1) has student probability 0: its mass joins the rest bin
+    folded = kd_loss(s, torch.tensor([[0, -1], [2, -1], [4, -1]]), vals, y, 3.0, 1.0, 0.0, soft_rest=rest)
+    merged = kd_loss(s, idx[:, :1], vals[:, :1], y, 3.0, 1.0, 0.0, soft_rest=rest + vals[:, 1])
+    assert torch.allclose(folded, merged)
+    with pytest.raises(ValueError, match="target 'x' is not one of"):
+        kd_loss(s, idx, vals, y, 3.0, target="x")
+
+
+def test_effective_weights_and_kept_mass_metrics():
+    g = _tl("global", ["x", "y", "z"], ["s1", "s2", "s3"], [[2.0, 0.0, -1.0]] * 3, k=2)
+    r = _tl("EU_SW", ["x", "y", "z"], ["s1", "s2", "s3"], [[0.0, 2.0, 1.0]] * 3, "EU_SW", k=2)
+    e = _tl("EU_CORE", ["x", "y", "z"], ["s1", "s2", "s3"], [[0.0, 2.0, 1.0]] * 3, k=2)
+    specs = [TeacherSpec(g, 0.4), TeacherSpec(r, 0.4, {"EU_SW"}), TeacherSpec(e, 0.2, {"EU_SW", "EU_N"})]
+    regions = ["EU_SW", "EU_N", "OTHER"]
+    sl = combine_soft_labels(specs, ["s1", "s2", "s3"], regions, 3.0, k=2)
+    m = soft_label_metrics(sl, specs, regions)
+    table = {tuple(row["teachers"]): (row["weights"], row["samples"]) for row in m["effective_weights"]}
+    assert table == {
+        ("global", "EU_SW", "EU_CORE"): ({"global": 0.4, "EU_SW": 0.4, "EU_CORE": 0.2}, 1),
+        ("global", "EU_CORE"): ({"global": 0.666667, "EU_CORE": 0.333333}, 1),
+        ("global",): ({"global": 1.0}, 1),
+    }
+    assert np.isclose(m["topk_mass_mean"], sl.kept_mass.mean()) and np.isclose(m["topk_mass_min"], sl.kept_mass.min())
+    # s3: the global teacher alone, which stored x and y: exact, no shortfall
+    p3 = _softmax([2.0, 0.0, -1.0], 3.0)
+    assert np.allclose(np.sort(sl.values[2])[::-1], [p3[0], p3[1]], rtol=1e-3) and np.isclose(sl.rest[2], p3[2])
+    # s1: y and z kept by EU_SW/EU_CORE, x by global; the kept x, y are in the others' tails:
+    # each kept value is short of the dense mix by at most the bound, never more
+    dense = 0.4 * p3 + 0.6 * _softmax([0.0, 2.0, 1.0], 3.0)
+    kept = dict(zip(sl.indices[0].tolist(), sl.values[0].tolist(), strict=True))
+    shortfall = sum(dense[c] - v for c, v in kept.items())
+    assert all(v <= dense[c] + 1e-6 for c, v in kept.items())
+    assert 0 < shortfall <= m["kept_mass_shortfall_bound_max"] + 1e-6

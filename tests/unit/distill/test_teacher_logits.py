@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from shared.distill.teacher_logits import TeacherLogits, bytes_per_sample, compute_teacher_logits, topk_probs
+from shared.distill.teacher_logits import (
+    TeacherLogits,
+    bytes_per_sample,
+    compute_teacher_logits,
+    logits_temperatures,
+    topk_probs,
+)
 from shared.io.atomic import CHECKSUM_SUFFIX, write_checksum
 
 N, C, D = 53, 40, 12
@@ -38,7 +44,7 @@ def case():
     classes = [f"sp{i:02d}" for i in range(C)]
     # shuffled order: results must land in their sample's row, not the order seen
     loader = DataLoader(Features(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
-    tl = compute_teacher_logits(model, loader, ids, classes, k=8, name="global", regions="")
+    tl = compute_teacher_logits(model, loader, ids, classes, k=8, name="global", regions="", temperatures=(4.0,))
     return model, x, y, dense, ids, classes, tl
 
 
@@ -48,8 +54,12 @@ def test_topk_match_the_dense_logits(case):
     assert tl.indices.dtype == np.int32 and tl.values.dtype == np.float16 and tl.k == 8
     assert np.array_equal(tl.indices, idx.numpy())
     assert np.allclose(tl.values.astype(np.float32), vals.numpy(), rtol=1e-3, atol=1e-2)
-    assert np.allclose(tl.logsumexp, torch.logsumexp(dense, 1).numpy(), atol=1e-5)
-    assert np.allclose(tl.confidences, dense.softmax(1).max(1).values.numpy(), atol=1e-6)
+    # the log-sum-exp is over the logits as stored (fp16): within fp16's rounding of the dense one
+    fp16_err = float(dense.abs().max()) * 2**-11
+    assert np.allclose(tl.logsumexp, torch.logsumexp(dense, 1).numpy(), atol=fp16_err)
+    assert np.allclose(tl.logsumexp, torch.logsumexp(dense.half().float(), 1).numpy(), atol=1e-5)
+    assert np.allclose(tl.confidences, dense.softmax(1).max(1).values.numpy(), rtol=2 * fp16_err)
+    assert tl.temperatures.tolist() == [1.0, 4.0] and tl.tempered_logsumexp.shape == (N, 2)
     assert tl.labels.tolist() == y.tolist() and list(tl.image_ids) == ids and tl.classes == classes
 
 
@@ -61,19 +71,23 @@ def test_probabilities_at_t1_are_the_dense_softmax(case):
     assert (p.sum(1) <= 1 + 1e-3).all() and p.sum(1).mean() > 0.8
 
 
-def test_probabilities_at_other_temperatures(case):
+def test_probabilities_at_a_stored_temperature_are_the_dense_tempered_softmax(case):
     _, _, _, dense, _, _, tl = case
     idx, p = topk_probs(tl, 4.0)
-    assert np.allclose(p.sum(1), 1, atol=1e-6)
-    kept = np.take_along_axis(dense.numpy(), idx.astype(np.int64), 1) / 4.0
-    approx = torch.from_numpy(kept).softmax(1).numpy()  # renormalised over the kept classes
-    assert np.allclose(p, approx, atol=2e-3)
+    exact = np.take_along_axis((dense / 4.0).softmax(1).numpy(), idx.astype(np.int64), 1)
+    # fp16 logits: each probability within expm1(|z|max * 2^-11 / T) relative, not renormalised
+    rtol = float(np.expm1(float(dense.abs().max()) * 2**-11 / 4.0)) * 2
+    assert np.allclose(p, exact, rtol=rtol, atol=1e-7)
+    assert (p.sum(1) < 1 - 1e-3).all()  # 8 of 40 classes at T=4: the tail holds real mass
     assert (np.diff(p, axis=1) <= 1e-7).all()
-    # higher temperature flattens the kept distribution
-    assert (topk_probs(tl, 0.5)[1][:, 0] >= topk_probs(tl, 4.0)[1][:, 0]).all()
+    with pytest.raises(ValueError, match=r"no log-sum-exp at T=0.5 \(stored: 1, 4\).*re-run teacher_logits"):
+        topk_probs(tl, 0.5)  # never the kept classes renormalised in its place
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="temperature"):
             topk_probs(tl, bad)
+    assert logits_temperatures(3) == [1.0, 3.0] and logits_temperatures(1.0) == [1.0]
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        logits_temperatures(0)
 
 
 def test_k_equal_to_c_gives_the_exact_tempered_softmax(case):
@@ -91,7 +105,7 @@ def test_save_load_round_trip(case, tmp_path):
     tl.save(path)
     assert (tmp_path / ("teacher_logits_global.npz" + CHECKSUM_SUFFIX)).exists()
     back = TeacherLogits.load(path)
-    for f in ("image_ids", "indices", "values", "logsumexp", "confidences", "labels"):
+    for f in ("image_ids", "indices", "values", "logsumexp", "confidences", "labels", "tempered_logsumexp"):
         a, b = getattr(tl, f), getattr(back, f)
         assert a.dtype == b.dtype and np.array_equal(a, b), f
     assert back.classes == tl.classes and back.name == "global" and back.regions == ""
@@ -126,8 +140,12 @@ def test_inconsistent_arrays_are_rejected(case, tmp_path):
         classes=np.asarray(tl.classes),
         name=np.asarray("g"),
         regions=np.asarray(""),
+        temperatures=tl.temperatures,
+        tempered_logsumexp=tl.tempered_logsumexp,
     )
     cases = {
+        "older version.*re-run teacher_logits": {k: v for k, v in good.items() if k != "tempered_logsumexp"},
+        "tempered_logsumexp has shape": {**good, "tempered_logsumexp": tl.tempered_logsumexp[:, :1]},
         "lack the array 'logsumexp'": {k: v for k, v in good.items() if k != "logsumexp"},
         "labels has shape": {**good, "labels": tl.labels[:-1]},
         "indices .* and values .* differ": {**good, "values": tl.values[:, :4]},
@@ -168,7 +186,8 @@ def test_amp_on_cpu_keeps_the_ranking_mostly(case):
 
 def test_bytes_per_sample_is_far_below_dense(case):
     tl = case[-1]
-    assert bytes_per_sample(tl) == 8 * 6 + 12  # int32 index + fp16 value per kept class; lse, conf, label
+    # int32 index + fp16 value per kept class; lse at T=1 and 4, conf, label
+    assert bytes_per_sample(tl) == 8 * 6 + 2 * 4 + 12
     n = 10
     big = TeacherLogits(
         np.array([f"i{i}" for i in range(n)]),
@@ -179,4 +198,4 @@ def test_bytes_per_sample_is_far_below_dense(case):
         np.zeros(n, np.int32),
         [f"c{i}" for i in range(9000)],
     )
-    assert bytes_per_sample(big) == 204 < 9000 * 4 / 100
+    assert bytes_per_sample(big) == 208 < 9000 * 4 / 100  # T=1 only: one log-sum-exp

@@ -46,6 +46,7 @@ def noisy_teacher_soft_labels(train: list[dict], path) -> list[str]:
     idx = np.argsort(-logits, axis=1)[:, :8]
     vals = np.take_along_axis(logits, idx, 1)
     lse = np.log(np.exp(logits).sum(1))
+    lse3 = np.log(np.exp(logits / 3.0).sum(1))  # the distillation temperature's, as teacher_logits stores
     tl = TeacherLogits(
         image_ids=np.array([r["image_id"] for r in train]),
         indices=idx.astype(np.int32),
@@ -56,6 +57,8 @@ def noisy_teacher_soft_labels(train: list[dict], path) -> list[str]:
         classes=classes,
         name="global",
         regions="",
+        temperatures=np.array([1.0, 3.0], np.float32),
+        tempered_logsumexp=np.stack([lse, lse3], 1).astype(np.float32),
     )
     sl = combine_soft_labels(
         [TeacherSpec(tl, 1.0, None)], [r["image_id"] for r in train], [r["region"] for r in train], 3.0, 8
