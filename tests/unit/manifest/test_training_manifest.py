@@ -99,7 +99,28 @@ def full_results():
                 "checkpoint": "gs://b/eu_core/model",
             },
         ],
-        "soft_labels": {"samples": 136, "classes": 12, "temperature": 3.0, "uri": "gs://b/soft"},
+        "soft_labels": {
+            "samples": 136,
+            "classes": 12,
+            "temperature": 3.0,
+            "uri": "gs://b/soft",
+            # combine_soft_labels' metadata: the kept T-mass and the weights each sample uses
+            "topk_mass_mean": 0.031,
+            "topk_mass_min": 0.012,
+            "kept_mass_shortfall_bound_max": 0.004,
+            "effective_weights": [
+                {
+                    "teachers": ["global", "EU_SW", "EU_CORE"],
+                    "weights": {"global": 0.4, "EU_SW": 0.4, "EU_CORE": 0.2},
+                    "samples": 50,
+                },
+                {
+                    "teachers": ["global", "EU_CORE"],
+                    "weights": {"global": 0.666667, "EU_CORE": 0.333333},
+                    "samples": 86,
+                },
+            ],
+        },
         "student": {"val_top1": 0.74, "val_top5": 0.88, "checkpoint": "gs://b/student/model"},
         "calibration": {
             "temperature": 1.4,
@@ -160,6 +181,10 @@ def test_full_manifest_has_the_plan_shape_and_checks_the_criteria(plan_config):
     assert core["gain_vs_global"] == {"EU_NORTH": pytest.approx(0.14), "EU_EAST": pytest.approx(0.04)}
     # scored on the common test set: its own regions' images only (0.8 x 40 + 0.75 x 60) / 100
     assert core["top1_own_regions"] == pytest.approx(0.77)
+    p3 = ph["phase_3"]
+    assert p3["topk_mass_at_T"] == {"mean": 0.031, "min": 0.012, "shortfall_bound_max": 0.004}
+    assert p3["temperature"] == 3.0 and p3["distillation_target"] == "topk_with_rest"
+    assert p3["effective_teacher_weights"][0]["weights"] == {"global": 0.4, "EU_SW": 0.4, "EU_CORE": 0.2}
     assert core["criteria"] == {"top1_own_regions>=0.8": False, "gain_vs_global>=0.1": False}
     assert ph["phase_3"]["student_architecture"] == "mobilenetv2_1.0"
     p4 = ph["phase_4"]
