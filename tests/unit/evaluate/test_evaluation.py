@@ -134,3 +134,42 @@ def test_predict_streams_batches_and_handles_amp():
     amp_logits, _ = predict(model, loader, amp=True)  # bf16 autocast on CPU
     assert amp_logits.dtype == np.float32 and np.allclose(amp_logits, logits, atol=0.1)
     assert not model.training
+
+
+def test_inference_precision_and_workers_rules():
+    """shared/evaluate/inference.py: fp16 autocast on CUDA, float32 on the CPU unless asked; worker
+    processes by default only where a GPU waits for them; a bad value is named."""
+    from shared.evaluate.inference import inference_dtype, inference_loader, inference_workers, usable_cpus
+
+    assert inference_dtype("cpu") is None and inference_dtype("cpu", "fp32") is None
+    assert inference_dtype("cpu", "bf16") == torch.bfloat16 and inference_dtype("cpu", "fp16") == torch.float16
+    assert inference_dtype("cuda:0") == torch.float16 and inference_dtype("cuda", "fp32") is None
+    with pytest.raises(ValueError, match="precision: 'int8'"):
+        inference_dtype("cpu", "int8")
+    assert inference_workers("cpu") == 0 and inference_workers("cpu", 3) == 3
+    assert 1 <= inference_workers("cuda") <= min(8, usable_cpus())
+    with pytest.raises(ValueError, match="num_workers"):
+        inference_workers("cpu", -1)
+    loader = inference_loader(TensorDataset(torch.zeros(5, 2)), 2, "cuda", num_workers=2)
+    assert loader.num_workers == 2 and loader.pin_memory and not loader.persistent_workers
+    assert not inference_loader(TensorDataset(torch.zeros(5, 2)), 2, "cpu").pin_memory
+
+
+def test_evaluate_checkpoint_with_worker_processes_matches_one_process(cached_splits, tmp_path):
+    """The multi-worker loader keeps the order: the same logits, labels and metrics as 0 workers."""
+    import timm
+
+    from shared.evaluate.evaluation import evaluate_checkpoint
+    from shared.io.checkpoint import save_checkpoint
+    from shared.vision.image_dataset import class_list
+
+    torch.manual_seed(0)
+    classes = class_list(cached_splits["train"])
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=len(classes))
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, model, model_name="test_resnet", classes=classes, image_size=32, eval_resize=36)
+    test, cache = cached_splits["test"], cached_splits["cache_dir"]
+    one = evaluate_checkpoint(str(ckpt), test, cache, batch_size=8, num_workers=0)
+    two = evaluate_checkpoint(str(ckpt), test, cache, batch_size=8, num_workers=2)
+    assert np.array_equal(one[1], two[1]) and np.array_equal(one[2], two[2]) and one[0] == two[0]
+    assert one[0]["samples"] == len(test) and one[1].shape == (len(test), len(classes))
