@@ -116,6 +116,9 @@ def test_same_seed_same_teacher_bit_for_bit(cached_splits, tmp_path):
             log=lambda m: None,
         )
         assert s["epochs_run"] == 2
+        # what the manifest reports: deterministic, no op alerted on the CPU, the plan's batch
+        assert s["determinism"] == {"deterministic": True, "nondeterministic_ops": [], "bitwise_reproducible": True}
+        assert s["stop_reason"].startswith("completed all 2 epochs") and s["batch_plan"]["effective_batch"] == 16
         curve = [{k: v for k, v in h.items() if k != "images_per_s"} for h in s["history"]]  # timing varies
         runs[name] = (_weights(tmp_path / name / "best_model.pt"), curve)
     a, a_hist = runs["a"]
