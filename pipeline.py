@@ -73,8 +73,12 @@ def teacher_parameters(cfg: dict) -> tuple[dict, list[dict]]:
     return teacher_set(cfg)
 
 
-def build_pipeline(cfg: dict):
-    """Return the @dsl.pipeline function for `cfg` (its values are the parameter defaults)."""
+def build_pipeline(cfg: dict, local: bool = False):
+    """Return the @dsl.pipeline function for `cfg` (its values are the parameter defaults).
+
+    The manifest step runs after any upstream failure (ignore_upstream_failure) in the compiled
+    pipeline; `local` (kfp.local) leaves that out: kfp 2.17.3's local runner raises resolving a
+    failed task's outputs for it, so run_local writes the manifest itself after a failure."""
     from kfp import dsl
 
     c = _import_components()
@@ -303,6 +307,7 @@ def build_pipeline(cfg: dict):
             min_precision=gate_min_precision,
         )
         cal.set_display_name("calibrate + quality gate (5)")
+            gate_profile=cfg["export"]["gates"]["profile"],
         # Phase 6: only a blessed student is exported (TFX-style: blessed, then pushed).
         with dsl.If(cal.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (a KFP condition)
             ex = c["export_tfjs"](
@@ -359,11 +364,14 @@ def build_pipeline(cfg: dict):
         )
         mf.set_display_name("training manifest (7)")
 
+            failure={},  # every input named: ignore_upstream_failure() reads each (kfp 2.17.3)
         # Kubernetes settings of every task (resources, GPUs, node pools, PVC, secrets,
         # caching, retries); the pod's GPU count follows the torchrun process count.
         apply_platform_to_pipeline(
             cfg["cluster"], accelerator_limits={"train_teacher": gpus_per_teacher, "train_student": gpus_per_student}
         )
+        if not local:  # a manifest whatever happens upstream: the run itself still ends failed
+            mf.ignore_upstream_failure()
         # Each task's image from this config (registry and tag, or digests), not from import time.
         apply_images_to_pipeline(cfg["pipeline"]["images"])
 
@@ -387,11 +395,15 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
     return where outputs are.
 
     The console gets one line per task as it starts and ends (seconds, status, key metric) and
-    a closing summary; everything kfp and the tasks print goes to <output>/run.log. A failed
-    run shows the failing task's last lines and raises shared.run_console.LocalRunFailed."""
+    a closing summary ending with the verdict (the gate, the plan's criteria); everything kfp and
+    the tasks print goes to <output>/run.log. A failed run shows the failing task's last lines,
+    still writes TRAINING_MANIFEST.yaml (which task failed and why, and what did run) and raises
+    shared.run_console.LocalRunFailed. A TF.js bundle is copied out only once it passed validation.
+
+    Long: the run, its failure path and the copying of its results, in order."""
     from kfp import local
 
-    from shared.run_console import RUN_LOG, LocalRunFailed, RunConsole, summary_lines
+    from shared.run_console import RUN_LOG, LocalRunFailed, RunConsole, summary_lines, verdict_of_manifest
 
     out = Path(output).resolve()
     root = out / "pipeline_root"
@@ -402,6 +414,10 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     runner = runner if runner is not None else local.SubprocessRunner(use_venv=False)
     console = RunConsole(out / RUN_LOG)
+    # a previous run's bundle and manifest must not pass for this run's
+    shutil.rmtree(out / "tfjs_model", ignore_errors=True)
+    for stale in ("TRAINING_MANIFEST.yaml", "run_summary.json"):
+        (out / stale).unlink(missing_ok=True)
     console.say(
         f"{cfg['pipeline']['name']}: running the DAG with kfp.local ({type(runner).__name__}); "
         f"full log: {console.log_path}"
@@ -410,10 +426,11 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
     try:
         with console.capture():
             local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
-            build_pipeline(cfg)()
+            pipe()
     except Exception as err:
         console.failure_report(err)
-        console.close()
+    pipe = build_pipeline(cfg, local=True)
+        manifest = _manifest_after_failure(pipe, console, out, err)
         failed = console.failed[0].name if console.failed else "the run"
         raise LocalRunFailed(f"{failed} failed; see {console.log_path}") from err
     run_dir = _latest_run_dir(root, cfg["pipeline"]["name"])
@@ -421,6 +438,14 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
     if run_dir:
         # A task's directory holds executor_output.json; ParallelFor iterations nest them.
         for marker in sorted(run_dir.rglob("executor_output.json")):
+        (out / "run_summary.json").write_text(
+            json.dumps({"failed": failed, "training_manifest": manifest, "seconds": round(time.time() - t0, 1)}) + "\n"
+        )
+        console.say(f"TRAINING_MANIFEST.yaml: {manifest or 'not written (see the log)'}")
+        console.say("TF.js model: none (the run failed)")
+        for line in verdict_of_manifest(manifest):
+            console.say(line)
+        console.close()
             task = marker.parent
             summary["outputs"][str(task.relative_to(run_dir))] = {
                 f.name: str(f)
@@ -434,7 +459,9 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
             src = Path(files["manifest"]) / "TRAINING_MANIFEST.yaml"
             shutil.copyfile(src, out / "TRAINING_MANIFEST.yaml")
             summary["training_manifest"] = str(out / "TRAINING_MANIFEST.yaml")
-        if name == "export-tfjs" and "bundle" in files:
+        # only a bundle that passed validate_export (a task that failed leaves no executor_output.json)
+        validated = any(t.rsplit("/", 1)[-1] == "validate-export" for t in summary["outputs"])
+        if name == "export-tfjs" and "bundle" in files and validated:
             dst = out / "tfjs_model"
             if dst.exists():
                 shutil.rmtree(dst)
@@ -457,6 +484,47 @@ def run_containers(cfg: dict, output: str, data_dir: str) -> dict:
     from kfp import local
 
     from components.container_run import ContainerRunError, container_session
+def _manifest_after_failure(pipe, console, out: Path, error: BaseException) -> str | None:
+    """After a failed local run, the training-manifest step run here on whatever the tasks that
+    ran left (the same component, inputs from shared.manifest.after_failure), with the failed
+    task and its error's last line; returns <out>/TRAINING_MANIFEST.yaml, or None when even
+    that failed (the log says why; the run's own failure stays the one reported)."""
+    from kfp import dsl
+
+    from components.training_manifest import training_manifest
+    from shared.manifest.after_failure import FinishedTask, error_line, manifest_inputs
+    from shared.manifest.training_manifest import MANIFEST_NAME, phase_of_task
+
+    run = console.failed[0] if console.failed else None
+    failure = {
+        "task": run.name if run else "the local run",
+        "phase": phase_of_task(run.task) if run else None,
+        "error": error_line(list(run.lines)) if run else f"{type(error).__name__}: {error}",
+    }
+    tasks = [FinishedTask(r.task, r.label, r.status, r.task_dir) for r in console.runs]
+    params = ("seed", "snapshot_id", "global_teacher_config", "regional_teachers", "student_config")
+    dest = out / "manifest_after_failure"
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        defaults = {name: spec.default for name, spec in (pipe.component_spec.inputs or {}).items()}
+        with console.capture():  # its lines go to the log
+            training_manifest.python_func(
+                git_commit="",
+                pipeline_settings=defaults["pipeline_settings"],
+                **{k: defaults[k] for k in params},
+                **manifest_inputs(tasks),
+                manifest=dsl.Artifact(uri=str(dest / "manifest")),
+                summary=dsl.Markdown(uri=str(dest / "summary.md")),
+                metrics=dsl.Metrics(uri=str(dest / "metrics")),
+                failure=failure,
+            )
+        shutil.copyfile(dest / "manifest" / MANIFEST_NAME, out / MANIFEST_NAME)
+    except Exception as err:  # noqa: BLE001 (the run's own failure is the one to report)
+        console.log(f"no manifest after the failure: {type(err).__name__}: {err}")
+        return None
+    return str(out / MANIFEST_NAME)
+
+
     from components.images import image_refs
 
     # the references apply_images_to_pipeline gives the tasks (the pipeline uses all three images)

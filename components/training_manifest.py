@@ -1,8 +1,10 @@
 """Phase 7 component: TRAINING_MANIFEST.yaml from every phase's outputs.
 
-Inputs of steps that may not have run are optional: the export bundle and its
-validation (under the quality gates' dsl.If; pass them with dsl.OneOf over an
-If/Else, or leave them out) and, for partial pipelines, the later phases."""
+Every artifact input is optional: the step runs after any upstream failure (on the cluster
+through PipelineTask.ignore_upstream_failure(); locally run_local calls it on whatever
+outputs exist), and a phase without its inputs is recorded as not run, with where and why
+the run failed. The export (under the quality gates' dsl.If) arrives as one parameter,
+export_summary, through dsl.OneOf over the If/Else."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
@@ -19,10 +21,11 @@ def training_manifest(
     regional_teachers: list,
     student_config: dict,
     pipeline_settings: dict,
-    ingest_audit: Input[Artifact],
-    split_stats: Input[Artifact],
     manifest: Output[Artifact],
     summary: Output[Markdown],
+    metrics: Output[Metrics],
+    ingest_audit: Input[Artifact] = None,
+    split_stats: Input[Artifact] = None,
     cache_report: Input[Artifact] = None,
     baseline_report: Input[Artifact] = None,
     global_teacher_results: Input[Artifact] = None,
@@ -33,12 +36,11 @@ def training_manifest(
     student_model: Input[Model] = None,
     student_metrics: Input[Metrics] = None,
     calibration: Input[Artifact] = None,
-    export_bundle: Input[Artifact] = None,
-    export_validation: Input[Artifact] = None,
     export_summary: dict = {},
     global_teacher_weights: Input[Model] = None,
     student_weights: Input[Model] = None,
     baseline_weights: Input[Model] = None,
+    failure: dict = {},  # noqa: B006 (a KFP parameter default: a constant in the spec)
 ):
     """Write the reproducibility manifest (plan 7.1); absent phases are 'skipped' with the reason.
 
@@ -62,21 +64,25 @@ def training_manifest(
         student_model: The student checkpoint (train_student).
         student_metrics: The student's metrics (train_student).
         calibration: calibration.json with the gate table (calibrate).
-        export_bundle: The TF.js bundle (export_tfjs), when passed as an artifact.
-        export_validation: The export validation report (validate_export), when passed as an artifact.
         export_summary: The export's figures as a parameter (uri, model_size_mb, quantization,
-            correlation, max_abs_diff, top1_agreement, passed) or {"status": "skipped", "reason": ...};
-            it stands in for export_bundle / export_validation, e.g. through dsl.OneOf over the gates'
-            If/Else, which the local runner supports for parameters but not for artifacts (kfp 2.17).
+            correlation, max_abs_diff, top1_agreement, passed) or {"status": "skipped", "reason": ...},
+            through dsl.OneOf over the gates' If/Else, which the local runner supports for parameters
+            but not for artifacts (kfp 2.17); no artifact inputs for the export, as every input must
+            be passed for ignore_upstream_failure() and a constant None is refused.
         global_teacher_weights: The global teacher's staged pretrained weights (stage_weights).
         student_weights: The student's staged pretrained weights (stage_weights).
         baseline_weights: The baseline's staged pretrained weights (stage_weights).
+        failure: {"task", "error", "phase"} of the task that failed, when the caller knows it (the
+            local runner); {} lets the manifest name the first phase left without a result.
 
     Returns:
         manifest: A directory holding TRAINING_MANIFEST.yaml; its metadata carries the commit, the
-            timestamp and each phase's status.
-        summary: The run's figures as a table (Markdown) to compare runs.
+            timestamp, the run's status (and failed task), the gate's bounds, blessed, whether the
+            plan's criteria were met and each phase's status.
+        summary: The run's figures as a table (Markdown) to compare runs, under the verdict lines.
+        metrics: plan_criteria_met and blessed (1/0) and run_status as 1 completed / 0 failed.
     """
+    from shared import artifact_keys as K
     from shared.manifest import training_manifest as tm
 
     m = tm.build_training_manifest(
@@ -96,19 +102,20 @@ def training_manifest(
             student_model=student_model,
             student_metrics=student_metrics,
             calibration=calibration,
-            export_bundle=export_bundle,
-            export_validation=export_validation,
             export_summary=export_summary,
         ),
         data_stats=tm.collect_data_stats(snapshot_id, ingest_audit, split_stats, cache_report),
         seed=seed,
         git_commit=git_commit or tm.git_commit(),
         # The training and export images report their own versions in their artifacts' metadata.
-        environment=tm.collect_environment(
-            training=global_teacher_model, student_training=student_model, export=export_bundle
-        ),
+        environment=tm.collect_environment(training=global_teacher_model, student_training=student_model),
         staged_weights=tm.collect_staged_weights(
             global_teacher=global_teacher_weights, student=student_weights, baseline=baseline_weights
         ),
+        failure=failure or None,
     )
-    manifest.metadata.update(tm.write_training_manifest(manifest.path, summary.path, m))
+    meta = tm.write_training_manifest(manifest.path, summary.path, m)
+    manifest.metadata.update(meta)
+    metrics.log_metric(K.PLAN_CRITERIA_MET, float(meta[K.PLAN_CRITERIA_MET] is True))
+    metrics.log_metric(K.BLESSED, float(meta[K.BLESSED] is True))
+    metrics.log_metric(K.RUN_STATUS, float(meta[K.RUN_STATUS] == "completed"))

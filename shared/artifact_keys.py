@@ -52,6 +52,11 @@ PRETRAINED = "pretrained"  # stage_weights (weights metadata), baseline (metric)
 GIT_COMMIT = "git_commit"  # training_manifest (manifest) -> UI
 TIMESTAMP = "timestamp"  # training_manifest (manifest) -> UI
 PHASE_PREFIX = "phase_"  # training_manifest (manifest): phase_<n> -> its status -> run_console
+PLAN_CRITERIA = "plan_criteria"  # calibrate (calibration.json: value/bound/met each) -> bundle, manifest
+PLAN_CRITERIA_MET = "plan_criteria_met"  # calibrate, training_manifest (metric, metadata) -> run_console
+GATE_BOUNDS = "gate_bounds"  # calibrate (calibration.json: bounds used vs the plan's) -> bundle, manifest
+RUN_STATUS = "run_status"  # training_manifest (manifest: completed | failed) -> run_console
+FAILED_TASK = "failed_task"  # training_manifest (manifest: the task that failed, "" when none) -> run_console
 
 # ---- metric names -------------------------------------------------------------------------
 

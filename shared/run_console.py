@@ -146,7 +146,13 @@ def _calibrate(o: TaskOutputs) -> str:
     m = o.metrics
     # calibrate's output parameter `reason`, not its metadata key (the same text)
     gate = "blessed" if _yes(m[K.BLESSED]) else f"NOT blessed: {getattr(o.params, 'reason', '')}".rstrip(": ")
-    return f"ECE {m[K.ECE_BEFORE]:.3f} -> {m[K.ECE_AFTER]:.3f} (T {m[K.TEMPERATURE]:.2f}); gate: {gate}"
+    bounds = o.artifacts.get("calibration", {}).get(K.GATE_BOUNDS)
+    met = getattr(m, K.PLAN_CRITERIA_MET, None)
+    plan = "not reported" if met is None else ("met" if _yes(met) else "NOT met")
+    return (
+        f"ECE {m[K.ECE_BEFORE]:.3f} -> {m[K.ECE_AFTER]:.3f} (T {m[K.TEMPERATURE]:.2f}); "
+        f"plan criteria {plan}; gate ({bounds or 'unlabelled'} bounds): {gate}"
+    )
 
 
 def _manifest(o: TaskOutputs) -> str:
@@ -154,7 +160,9 @@ def _manifest(o: TaskOutputs) -> str:
     if not phases:
         raise AttributeError("the manifest's metadata has no phase statuses")
     counts = collections.Counter(phases.values())
+    run = getattr(o.manifest, K.RUN_STATUS, None)
     text = "phases: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    text = (f"run {run}; " if run else "") + text
     odd = [k for k, v in sorted(phases.items()) if v != "completed"]
     return text + (f" ({', '.join(odd)})" if odd else "")
 
@@ -558,10 +566,23 @@ class RunConsole:
         return lines[-TAIL_LINES:]
 
 
+def verdict_of_manifest(path: str | Path | None) -> list[str]:
+    """The verdict lines TRAINING_MANIFEST.yaml ends a run with (the gate and its bounds, the
+    plan's criteria, the run's failure): computed once, by the manifest step
+    (shared/evaluate/plan_criteria.verdict_lines), only read here."""
+    if not path or not Path(path).is_file():
+        return ["verdict: unknown (no TRAINING_MANIFEST.yaml was written)"]
+    import yaml
+
+    verdict = (yaml.safe_load(Path(path).read_text()) or {}).get("verdict") or {}
+    return list(verdict.get("lines") or ["verdict: not in the manifest"])
+
+
 def summary_lines(
     summary: dict, output: str | Path, log_path: str | Path, tasks_ok: int, skipped: int = 0
 ) -> list[str]:
-    """The closing lines of a local run: how long, how many tasks, where the results are."""
+    """The closing lines of a local run: how long, how many tasks, where the results are, and
+    last the verdict (the gate with its bounds, and the plan's criteria, met or not)."""
     out = Path(output).resolve()
     done = f"Done in {format_seconds(float(summary.get('seconds', 0)))}: {tasks_ok} tasks ok"
     lines = [done + (f", {skipped} skipped" if skipped else "") + "."]
@@ -573,4 +594,4 @@ def summary_lines(
         ("full log", str(log_path)),
     ]
     lines += [f"  {k + ':':<24}{v}" for k, v in rows]
-    return lines
+    return lines + verdict_of_manifest(summary.get("training_manifest"))

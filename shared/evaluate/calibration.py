@@ -412,19 +412,12 @@ def gate_table(
     cal: dict[str, Any], min_val_top1: float, max_ece: float, min_coverage: float, min_precision: float
 ) -> list[dict[str, Any]]:
     """The plan's phase 4/5 criteria on val (where temperature and threshold were fitted) and on
-    the held-out test set, with the plan's own inequalities (ECE < 0.10 is strict)."""
-    rows = [("val_top1", "val", cal.get("val_top1"), ">=", min_val_top1)]
-    for split, prefix in (("val", ""), ("test", "test_")):
-        rows += [
-            (f"{prefix}ece_after", split, cal.get(f"{prefix}ece_after"), "<", max_ece),
-            (f"{prefix}coverage", split, cal.get(f"{prefix}coverage"), ">=", min_coverage),
-            (f"{prefix}precision_at_threshold", split, cal.get(f"{prefix}precision_at_threshold"), ">=", min_precision),
-        ]
-    table = []
-    for name, split, value, op, bound in rows:
-        ok = value is not None and (value >= bound if op == ">=" else value < bound)
-        table.append({"name": name, "split": split, "value": value, "op": op, "bound": bound, "passed": bool(ok)})
-    return table
+    the held-out test set, with the plan's own inequalities (ECE < 0.10 is strict), at the bounds
+    given; the rows are shared/evaluate/plan_criteria.py's (a criterion not measured fails)."""
+    from shared.evaluate.plan_criteria import criteria_rows
+
+    rows = criteria_rows(cal, min_val_top1, max_ece, min_coverage, min_precision)
+    return [{**{k: v for k, v in r.items() if k != "met"}, "passed": r["met"] is True} for r in rows]
 
 
 def export_gate(

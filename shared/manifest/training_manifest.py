@@ -27,6 +27,8 @@ import yaml
 
 from shared import artifact_keys as K
 from shared.data.regions import region_list
+from shared.evaluate.plan_criteria import PLAN_BOUNDS as PLAN_GATE_BOUNDS
+from shared.evaluate.plan_criteria import gate_bounds, plan_verdict, verdict_lines
 from shared.io.atomic import write_text
 from shared.io.environment import environment_versions
 
@@ -166,24 +168,163 @@ def _criteria(config: dict) -> dict[str, float]:
     return dict(PLAN_CRITERIA)
 
 
+# calibrate's gate table rows -> the gate parameter each row's bound came from
+_GATE_ROW_BOUND = {
+    "val_top1": "min_val_top1",
+    "ece_after": "max_ece",
+    "test_ece_after": "max_ece",
+    "coverage": "min_coverage",
+    "test_coverage": "min_coverage",
+    "precision_at_threshold": "min_precision",
+    "test_precision_at_threshold": "min_precision",
+}
+
+
 def _gate_section(config: dict, cal: dict | None) -> dict:
-    """The thresholds this run's export gate used, labelled: the plan's, or local smoke-test ones."""
+    """The bounds this run's export gate used (calibrate's table where it ran: a bound passed as
+    a run parameter shows there; the config's otherwise), labelled from the bounds themselves:
+    "the plan's criteria" only when every bound equals the plan's (plan_criteria.gate_bounds)."""
     gates = _get(config.get("pipeline") or {}, "export.gates") or {}
-    profile = gates.get("profile", "plan")
+    profile = gates.get("profile")
+    used = {k: v for k, v in gates.items() if k in PLAN_GATE_BOUNDS}
+    for row in (cal or {}).get("gates") or []:
+        if isinstance(row, dict) and row.get("name") in _GATE_ROW_BOUND and row.get("bound") is not None:
+            used[_GATE_ROW_BOUND[row["name"]]] = row["bound"]
+    bounds = gate_bounds(used, profile)
     out = {
-        "profile": profile,
-        "label": (
-            "the plan's criteria"
-            if profile == "plan"
-            else "LOCAL smoke-test thresholds (small models, bundled data): not the plan's criteria"
-        ),
-        "thresholds": {k: v for k, v in gates.items() if k != "profile"},
+        "profile": profile or "not set",
+        "bounds": bounds["kind"],
+        "label": bounds["label"],
+        "thresholds": bounds["used"],
+        "plan_thresholds": bounds["plan"],
+        "deviations": bounds["deviations"],
     }
     if cal and isinstance(cal.get("gates"), list):
         out["table"] = cal["gates"]
         out["blessed"] = cal.get(K.BLESSED)
         out["reason"] = cal.get(K.REASON)
     return out
+
+
+# Which phase a task of the DAG belongs to (kfp.local's task names: a component's second use is
+# numbered, "train-teacher-2"; the global teacher's tasks are the unnumbered ones).
+TASK_PHASES = {
+    "ingest": "phase_0",
+    "cache-images": "phase_0",
+    "split": "phase_0",
+    "stage-weights": "phase_0",
+    "baseline": "phase_0",
+    "train-teacher": "phase_1",
+    "evaluate-teacher": "phase_1",
+    "teacher-logits": "phase_1",
+    "regional-split": "phase_2",
+    "combine-soft-labels": "phase_3",
+    "train-student": "phase_4",
+    "calibrate": "phase_5",
+    "export-tfjs": "phase_6",
+    "validate-export": "phase_6",
+    "export-skipped": "phase_6",
+    "training-manifest": "phase_7",
+}
+# build_training_manifest's phase results -> the manifest phase they fill
+_RESULT_PHASE = {
+    "baseline": "phase_0",
+    "global_teacher": "phase_1",
+    "regional_teachers": "phase_2",
+    "soft_labels": "phase_3",
+    "student": "phase_4",
+    "calibration": "phase_5",
+    "export": "phase_6",
+    "export_validation": "phase_6",
+}
+
+
+def phase_of_task(task: str) -> str | None:
+    """The manifest phase of a DAG task ("train-teacher-2" -> phase_2: the regional teachers')."""
+    name = task.split(" [", 1)[0].rsplit("/", 1)[-1]
+    base = name.rstrip("0123456789").rstrip("-") if name[-1:].isdigit() else name
+    phase = TASK_PHASES.get(base)
+    if phase == "phase_1" and base != name:  # the same components, used again in the regional fan-out
+        return "phase_2"
+    return phase
+
+
+def _run_section(failure: dict | None, phase_results: dict, phases: dict) -> dict:
+    """Whether the run completed, and if not which task (and phase) failed and why. Given
+    `failure` (the local runner knows the failed task and its error's last line) it is
+    recorded as is; without it (the cluster's manifest runs after any upstream failure) a
+    phase that should have a result and has none names where the run stopped."""
+    if failure:
+        task = str(failure.get("task") or "unknown")
+        return {
+            "status": "failed",
+            "failed_task": task,
+            "failed_phase": failure.get("phase") or phase_of_task(task),
+            "error": failure.get("error") or "not recorded",
+        }
+    for key in PHASES:
+        result = phase_results.get(key)
+        if isinstance(result, dict) and result.get("status") == "failed":
+            return {
+                "status": "failed",
+                "failed_task": f"the {key} step",
+                "failed_phase": _RESULT_PHASE[key],
+                "error": result.get("reason") or "not recorded",
+            }
+        if result in (None, {}, []) and not (key.startswith("export") and _export_not_expected(phases)):
+            return {
+                "status": "failed",
+                "failed_task": "not known here (see the run's task states)",
+                "failed_phase": _RESULT_PHASE[key],
+                "error": f"{key}: no result, although every step before it delivered",
+                "inferred": True,
+            }
+    return {"status": "completed", "failed_task": None, "failed_phase": None, "error": None}
+
+
+def _export_not_expected(phases: dict) -> bool:
+    """No export is due when the student was not blessed (or never calibrated)."""
+    return (phases.get("phase_5", {}).get("gate") or {}).get("blessed") is not True
+
+
+def _mark_not_run(phases: dict, phase_results: dict, run: dict) -> None:
+    """After a failure, a phase with no result says it did not run because of it (not 'skipped')."""
+    if run["status"] != "failed" or run.get("inferred"):
+        return  # inferred from absent results: each phase keeps its own 'skipped' reason
+    for key in PHASES:
+        phase = phases.get(_RESULT_PHASE[key])
+        if phase_results.get(key) in (None, {}, []) and phase and phase.get("status") == "skipped":
+            if key.startswith("export") and (phases["phase_5"].get("gate") or {}).get("blessed") is False:
+                continue  # not blessed: the gate's reason stands
+            phase["status"] = "not_run"
+            phase["reason"] = f"the run failed at {run['failed_task']} ({run['failed_phase']}): {run['error']}"
+    failed = phases.get(run["failed_phase"] or "")
+    if failed is not None:  # its figures (if any) stay: e.g. the export's failed gates
+        failed["status"] = "failed"
+
+
+def _verdict_section(phases: dict, run: dict, cal: dict | None) -> dict:
+    """One verdict: the run's outcome, the gate (its bounds labelled against the plan's) and the
+    plan's criteria for the student, each value/bound/met, and the lines the console ends with."""
+    p5 = phases.get("phase_5") or {}
+    gate = p5.get("gate") or {}
+    figures = None
+    if p5.get("status") == "completed":  # calibrate's figures; val top-1 from phase 4 where they lack it
+        figures = {"val_top1": (phases.get("phase_4") or {}).get("final_top1"), **(cal or {})}
+    plan = plan_verdict(figures)
+    bounds = {"kind": gate.get("bounds"), "deviations": gate.get("deviations") or {}}
+    lines = verdict_lines(bounds, gate.get("blessed"), plan)
+    if run["status"] == "failed":
+        lines.append(f"run: FAILED at {run['failed_task']} ({run['failed_phase']}): {run['error']}")
+    return {
+        "run_status": run["status"],
+        "gate_bounds": gate.get("bounds"),
+        "gate_label": gate.get("label"),
+        "blessed": gate.get("blessed"),
+        "plan_criteria_met": plan["met"],
+        "plan_criteria": plan["criteria"],
+        "lines": lines,
+    }
 
 
 def _data_section(data_stats: dict) -> dict:
@@ -558,6 +699,7 @@ def build_training_manifest(
     """The manifest as a dict (see module doc).
 
     config: {"global_teacher": teacher config, "regional_teachers": [{"teacher",
+    failure: dict | None = None,
         "regions", "weight", "config"}], "student": student config, "pipeline": the
         pipeline config (calibration/export gates, cache, teachers ...)}; all optional.
     phase_results: keys in PHASES, each a step's result dict (its JSON output merged
@@ -566,12 +708,17 @@ def build_training_manifest(
         {"status": "skipped"|"failed", "reason": ...}.
     data_stats: {"snapshot_id", "ingest": audit, "split": split stats, "cache": cache report}.
     environment: versions (environment_versions()); None collects them here.
-    staged_weights: role -> the stage_weights record of that model's pretrained weights."""
+    staged_weights: role -> the stage_weights record of that model's pretrained weights.
+    failure: {"task", "error", optional "phase"} when the run failed and the caller knows where
+        (the local runner); None infers it from the phases that have no result."""
     _check_phase_results(phase_results)
     crit = _criteria(config)
     ts = (timestamp or _dt.datetime.now(_dt.UTC)).astimezone(_dt.UTC)
     data = _data_section(data_stats)
-    phases = _phases_section(config, {k: phase_results.get(k) for k in PHASES}, data, crit)
+    results = {k: phase_results.get(k) for k in PHASES}
+    phases = _phases_section(config, results, data, crit)
+    run = _run_section(failure, results, phases)
+    _mark_not_run(phases, results, run)
     manifest = {
         "timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit,
@@ -581,6 +728,8 @@ def build_training_manifest(
         "environment": _environment_section(environment, phases["phase_6"].get("toolchain")),
         "models": _models_section(staged_weights, config),
         "hyperparameters": collect_hyperparameters(config),
+        "run": run,
+        "verdict": _verdict_section(phases, run, results["calibration"]),
     }
     return _plain(manifest)
 
@@ -862,7 +1011,19 @@ def write_training_manifest(
     write_text(summary_path, summary_markdown(manifest))
     statuses = {k: v["status"] for k, v in manifest["phases"].items()}
     log(f"training manifest: {statuses}")
-    return {K.GIT_COMMIT: manifest["git_commit"] or "", K.TIMESTAMP: manifest["timestamp"], **statuses}
+    verdict, run = manifest.get("verdict") or {}, manifest.get("run") or {}
+    for line in verdict.get("lines") or []:
+        log(line)
+    return {
+        K.GIT_COMMIT: manifest["git_commit"] or "",
+        K.TIMESTAMP: manifest["timestamp"],
+        K.RUN_STATUS: run.get("status"),
+        K.FAILED_TASK: run.get("failed_task") or "",
+        K.GATE_BOUNDS: verdict.get("gate_bounds"),
+        K.BLESSED: verdict.get("blessed"),
+        K.PLAN_CRITERIA_MET: verdict.get("plan_criteria_met"),
+        **statuses,
+    }
 
 
 def summary_markdown(manifest: dict) -> str:
@@ -943,9 +1104,12 @@ def summary_markdown(manifest: dict) -> str:
         f"# Training run {manifest.get('timestamp', '')} (commit {manifest.get('git_commit') or 'unknown'})",
         "",
         f"Export gate: {gate.get('label', 'not run')}" + (f"; {gate['reason']}" if gate.get("reason") else ""),
+    verdict = manifest.get("verdict") or {}
         "",
         "| phase | figure | value | plan criterion | met |",
         "| --- | --- | --- | --- | --- |",
+        *[f"- {line}" for line in verdict.get("lines") or []],
+        "",
     ]
     lines += [
         f"| {p} | {f} | {show(v)} | {c or '-'} | {'-' if m is None else ('yes' if m else 'NO')} |"

@@ -91,13 +91,30 @@ def test_key_metrics_from_executor_output(tmp_path):
     assert task_label("train-teacher-2", o.inputs.__dict__) == "EU_SW"
     d = _executor_output(
         tmp_path / "calibrate",
-        {"metrics": {"ece_before": 0.21, "ece_after": 0.05, "temperature": 1.7, "blessed": 0.0}},
+        {
+            "metrics": {"ece_before": 0.21, "ece_after": 0.05, "temperature": 1.7, "blessed": 0.0},
+            "calibration": {"gate_bounds": "custom"},
+        },
         {"blessed": False, "reason": "val_top1 0.25 < 0.99"},
     )
-    assert (
-        key_metric("calibrate", TaskOutputs.read(d))
-        == "ECE 0.210 -> 0.050 (T 1.70); gate: NOT blessed: val_top1 0.25 < 0.99"
+    assert key_metric("calibrate", TaskOutputs.read(d)).startswith(
+        "ECE 0.210 -> 0.050 (T 1.70); plan criteria not reported; gate (custom bounds): NOT blessed: val_"
     )
+    d = _executor_output(
+        tmp_path / "calibrate-2",
+        {
+            "metrics": {
+                "ece_before": 0.2,
+                "ece_after": 0.05,
+                "temperature": 1.7,
+                "blessed": 1.0,
+                "plan_criteria_met": 0.0,
+            },
+            "calibration": {"gate_bounds": "local"},
+        },
+        {"blessed": True, "reason": "blessed: ..."},
+    )
+    assert key_metric("calibrate", TaskOutputs.read(d)).endswith("plan criteria NOT met; gate (local bounds): blessed")
     d = _executor_output(tmp_path / "export-skipped", {}, {"Output": {"status": "skipped", "reason": "not blessed"}})
     assert key_metric("export-skipped", TaskOutputs.read(d)) == "not blessed"
     d = _executor_output(
@@ -105,6 +122,11 @@ def test_key_metrics_from_executor_output(tmp_path):
         {"manifest": {"git_commit": "", "phase_0": "completed", "phase_5": "completed", "phase_6": "skipped"}},
     )
     assert key_metric("training-manifest", TaskOutputs.read(d)) == "phases: 2 completed, 1 skipped (phase_6)"
+    d = _executor_output(
+        tmp_path / "training-manifest-2",
+        {"manifest": {"run_status": "failed", "phase_5": "completed", "phase_6": "failed"}},
+    )
+    assert key_metric("training-manifest", TaskOutputs.read(d)) == "run failed; phases: 1 completed, 1 failed (phase_6)"
     d = _executor_output(tmp_path / "ingest", {"metrics": {"records_kept": 462.0}})
     with pytest.raises(AttributeError):  # a figure missing: RunConsole then shows the line without one
         key_metric("ingest", TaskOutputs.read(d))
@@ -123,7 +145,9 @@ def test_summary_lines(tmp_path):
     lines = summary_lines(s, tmp_path, tmp_path / "run.log", tasks_ok=23)
     assert lines[0] == "Done in 4m12s: 23 tasks ok."
     assert any(line.endswith("/o/tfjs_model") and "TF.js model" in line for line in lines)
-    assert lines[-1].endswith(str(tmp_path / "run.log"))
+    assert lines[-2].endswith(str(tmp_path / "run.log"))
+    # last, the verdict the manifest computed (here none was written: it says so, not "blessed")
+    assert lines[-1] == "verdict: unknown (no TRAINING_MANIFEST.yaml was written)"
     assert "not exported" in "\n".join(summary_lines({"seconds": 1}, tmp_path, "run.log", 1))
 
 
@@ -206,12 +230,18 @@ def test_failed_task_shows_its_last_lines(tmp_path):
 def test_cli_run_local_fails_with_the_task_and_exit_1(tmp_path, monkeypatch, capsys):
     import pipeline
 
-    monkeypatch.setattr(pipeline, "build_pipeline", lambda cfg: failing)  # the CLI path, a one-task DAG
+    monkeypatch.setattr(pipeline, "build_pipeline", lambda cfg, local=False: failing)  # the CLI path, a one-task DAG
     config = Path(pipeline.__file__).parent / "config" / "local.yaml"
     code = pipeline.main(["run-local", "--config", str(config), "--output", str(tmp_path)])
     console = capsys.readouterr().out.splitlines()
     assert code == 1
     assert console[0].endswith(f"full log: {tmp_path / 'run.log'}")
     assert any("FAILED  calibrate" in line for line in console)
-    assert "  | ValueError: the gate is shut" in console and console[-1] == f"full log: {tmp_path / 'run.log'}"
+    assert "  | ValueError: the gate is shut" in console and f"full log: {tmp_path / 'run.log'}" in console
+    # this one-task DAG has none of the manifest's parameters: no manifest, and the console says so
+    assert console[-3:] == [
+        "TRAINING_MANIFEST.yaml: not written (see the log)",
+        "TF.js model: none (the run failed)",
+        "verdict: unknown (no TRAINING_MANIFEST.yaml was written)",
+    ]
     assert "Traceback" in (tmp_path / "run.log").read_text()

@@ -711,6 +711,114 @@ def test_collect_inputs_and_write_the_manifest(tmp_path, monkeypatch):
     assert meta == {
         "git_commit": "abc1234",
         "timestamp": "2026-01-02T03:04:05Z",
+        "run_status": "completed",
+        "failed_task": "",
+        "gate_bounds": "plan",
+        "blessed": None,  # these results carry no gate table
+        "plan_criteria_met": False,  # val and test coverage 0.78 / 0.76 < 0.80
         **{f"phase_{i}": "completed" for i in range(7)},
     }
-    assert logged == [f"training manifest: { {f'phase_{i}': 'completed' for i in range(7)} }"]
+    assert logged[0] == f"training manifest: { {f'phase_{i}': 'completed' for i in range(7)} }"
+    assert logged[1:] == m["verdict"]["lines"] and logged[2].startswith("plan criteria: NOT met (val coverage 0.780")
+
+
+# ---- a manifest whatever happens; one verdict ------------------------------------------------
+
+
+def test_a_failed_run_names_the_task_phase_and_error_and_what_did_not_run(plan_config):
+    r = full_results()
+    r["export"] = {"uri": "/runs/export-tfjs/bundle", "quantization": "fp16", "model_size_mb": 3.1}
+    r["export_validation"] = None
+    cal_gate = {"gates": [], "blessed": True, "reason": "blessed: ..."}
+    r["calibration"] = {**r["calibration"], **cal_gate}
+    failure = {
+        "task": "validate-export",
+        "error": "RuntimeError: the TF.js export fails its gates: model_size_mb 3.1 >= 0.001",
+    }
+    m = build(plan_config, r, failure=failure)
+    assert m["run"] == {
+        "status": "failed",
+        "failed_task": "validate-export",
+        "failed_phase": "phase_6",
+        "error": failure["error"],
+    }
+    p6 = m["phases"]["phase_6"]
+    assert p6["status"] == "failed" and p6["model_size_mb"] == 3.1  # its figures stay
+    assert m["phases"]["phase_5"]["status"] == "completed"
+    assert m["verdict"]["run_status"] == "failed"
+    assert m["verdict"]["lines"][-1] == f"run: FAILED at validate-export (phase_6): {failure['error']}"
+    assert "model_size_mb 3.1 >= 0.001" in tm.summary_markdown(m)
+
+
+def test_after_an_early_failure_later_phases_say_they_did_not_run(plan_config):
+    r = {k: full_results()[k] for k in ("baseline", "global_teacher")}
+    failure = {"task": "train-teacher-2 [EU_SW]", "error": "RuntimeError: CUDA out of memory"}
+    m = build(plan_config, r, failure=failure)
+    assert m["run"]["failed_phase"] == "phase_2"  # a regional teacher's task (kfp numbered it -2)
+    ph = m["phases"]
+    assert ph["phase_2"]["status"] == "failed"
+    for key in ("phase_3", "phase_4", "phase_5", "phase_6"):
+        assert ph[key]["status"] == "not_run", key
+        assert ph[key]["reason"].startswith("the run failed at train-teacher-2 [EU_SW] (phase_2)")
+    assert ph["phase_1"]["status"] == "completed"
+    assert m["verdict"]["lines"][1] == "plan criteria: not measured (the student was not calibrated)"
+
+
+def test_without_a_failure_record_the_first_phase_without_a_result_is_named(plan_config):
+    """The cluster's manifest (ignore_upstream_failure) is not told which task failed."""
+    r = full_results()
+    del r["calibration"]
+    m = build(plan_config, r)
+    assert m["run"]["status"] == "failed" and m["run"]["inferred"] is True
+    assert m["run"]["failed_phase"] == "phase_5" and "calibration: no result" in m["run"]["error"]
+    assert m["phases"]["phase_5"]["status"] == "skipped"  # each phase keeps its own reason
+    # an export that was not due (the student not blessed) is no failure
+    r = full_results()
+    r["calibration"] = {**r["calibration"], "gates": [], "blessed": False, "reason": "not blessed: val_top1"}
+    r["export"] = {"status": "skipped", "reason": "not blessed"}
+    r["export_validation"] = None
+    assert build(plan_config, r)["run"]["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("phase_task", "phase"),
+    [
+        ("ingest", "phase_0"),
+        ("stage-weights-3", "phase_0"),
+        ("train-teacher", "phase_1"),
+        ("evaluate-teacher-2", "phase_2"),
+        ("for-loop-2/teacher-logits-2 [EU_SW]", "phase_2"),
+        ("regional-split", "phase_2"),
+        ("combine-soft-labels", "phase_3"),
+        ("train-student", "phase_4"),
+        ("calibrate", "phase_5"),
+        ("validate-export", "phase_6"),
+        ("unknown-task", None),
+    ],
+)
+def test_phase_of_task(phase_task, phase):
+    assert tm.phase_of_task(phase_task) == phase
+
+
+def test_the_gate_label_comes_from_the_bounds_used_not_the_profile(plan_config):
+    """profile: plan in the config, gate_min_coverage=0.0 passed at submission: not the plan's."""
+    from shared.evaluate.calibration import export_gate
+
+    r = full_results()
+    cal = {**r["calibration"], "val_top1": 0.74}
+    blessed, reason, table = export_gate(cal, 0.70, 0.10, 0.0, 0.0)
+    r["calibration"] = {**cal, "gates": table, "blessed": blessed, "reason": reason}
+    cfg = {**plan_config, "pipeline": {"export": {"gates": {"profile": "plan", "min_val_top1": 0.7, "max_ece": 0.1}}}}
+    m = build(cfg, r)
+    gate = m["phases"]["phase_5"]["gate"]
+    assert gate["bounds"] == "custom" and "not the plan's criteria" in gate["label"]
+    assert gate["deviations"] == {
+        "min_coverage": {"used": 0.0, "plan": 0.8},
+        "min_precision": {"used": 0.0, "plan": 0.95},
+    }
+    v = m["verdict"]
+    assert v["blessed"] is True and v["plan_criteria_met"] is False
+    assert v["lines"][0].startswith("gate (NON-plan bounds): blessed (min_coverage 0, plan 0.8")
+    assert v["lines"][1].startswith("plan criteria: NOT met (val coverage 0.780 < 0.8")
+    md = tm.summary_markdown(m)
+    assert "- gate (NON-plan bounds): blessed" in md and "Export gate: the plan's criteria" not in md
