@@ -13,7 +13,9 @@ distillation_epochs / finetune_epochs (the plan's 10 + 10; default: half of
 `epochs` each), weight_decay, gradient_clip, grad_accum_steps, amp, seed,
 channels_last, num_workers, early_stopping_patience, deterministic (true, the plan's 7.3:
 the same seed gives the same weights bit for bit, as training.deterministic in the teacher
-configs), min_epochs / min_delta (as callbacks.* in the teacher configs), per_gpu_batch_size /
+configs; deterministic_ops warn by default: the CNN head's adaptive_avg_pool2d backward has no
+deterministic CUDA kernel, and with its 1x1 output each gradient is still summed once),
+min_epochs / min_delta (as callbacks.* in the teacher configs), per_gpu_batch_size /
 lr_scaling / plan_exact (as in the teacher configs: shared/config/teacher.batch_plan; the
 scaling factor applies to both stages' learning rates), ship (finetuned: the plan's
 fine-tuned model, the fine-tuning stage's best checkpoint, is shipped; best_val: whichever
@@ -39,6 +41,7 @@ from shared.config.teacher import (
     LR_SCALING_RULES,
     TEACHER_DEFAULTS,
     check_augmentation,
+    check_deterministic_ops,
     check_photometric_setting,
     photometric_words,
 )
@@ -96,6 +99,7 @@ STUDENT_DEFAULTS: dict[str, Any] = {
         "plan_exact": False,
         "ship": "finetuned",
         "deterministic": True,
+        "deterministic_ops": "warn",
         "photometric_on_gpu": "auto",
     },
     "finetune": {"learning_rate": 5e-5, "augmentation": "aggressive", "label_smoothing": 0.0},
@@ -141,6 +145,7 @@ def load_student_config(source: str | Path | dict | None, overrides: dict | None
         raise ConfigError(f"training.ship: {t['ship']!r} is not one of {', '.join(SHIP_RULES)}")
     if t["lr_scaling"] not in LR_SCALING_RULES:
         raise ConfigError(f"training.lr_scaling: {t['lr_scaling']!r} is not one of {', '.join(LR_SCALING_RULES)}")
+    check_deterministic_ops(t["deterministic_ops"])
     if cfg["finetune"]["augmentation"] not in ("aggressive", "standard"):
         raise ConfigError("finetune.augmentation: must be aggressive or standard")
     if cfg["distillation"]["temperature"] <= 0:

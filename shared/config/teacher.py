@@ -31,12 +31,18 @@ global-teacher values). Keys we add to the plan's, all optional:
   training.max_steps_per_epoch  cap for smoke runs (0 = no cap)
   training.deterministic     true (default, the plan's 7.3): the same seed gives the same weights
                              bit for bit (same hardware and versions): torch deterministic
-                             algorithms in warn_only mode, cuDNN benchmark off, RNGs seeded per
-                             epoch and per sample (augmentation independent of data.num_workers).
-                             warn_only: an op with no deterministic CUDA kernel (the ViT's
-                             memory-efficient attention backward) runs and is named in the
-                             manifest, rather than failing a multi-day run; its cost on a GPU is
-                             unmeasured here (cuDNN/cuBLAS choices; expect a few per cent)
+                             algorithms, cuDNN benchmark off, RNGs seeded per epoch and per
+                             sample (augmentation independent of data.num_workers). Its cost on a
+                             GPU is unmeasured here (deterministic attention backward, cuDNN and
+                             cuBLAS choices)
+  training.deterministic_ops strict (teachers' default) | warn: with strict, an op with no
+                             deterministic kernel is an error at the first step that runs it
+                             (seconds into a run, naming the op), and SDPA attention uses its
+                             deterministic backward, which torch picks only in strict mode: a
+                             timm ViT is expected to need no other op (no adaptive pooling).
+                             warn (torch's warn_only): such ops run nondeterministically and the
+                             manifest names them (the student's default: its CNN head's
+                             adaptive_avg_pool2d backward has no deterministic CUDA kernel)
   callbacks.min_epochs       epochs after warm-up before early stopping or a best checkpoint can
                              happen (0): neither ever happens inside warm-up
   callbacks.min_delta        the smallest change of callbacks.early_stopping_metric that counts
@@ -93,6 +99,7 @@ TEACHER_DEFAULTS: dict[str, Any] = {
         "weighted_sampling": False,
         "max_steps_per_epoch": 0,
         "deterministic": True,
+        "deterministic_ops": "strict",
         "photometric_on_gpu": "auto",
     },
     "data": {
@@ -133,6 +140,12 @@ TEACHER_DEFAULTS: dict[str, Any] = {
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion")
 METRICS = ("top1_acc", "top5_acc", "loss")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
+DETERMINISTIC_OPS = ("strict", "warn")  # shared/train/loop.py deterministic_algorithms
+
+
+def check_deterministic_ops(value: str) -> None:
+    if value not in DETERMINISTIC_OPS:
+        raise ConfigError(f"training.deterministic_ops: {value!r} is not one of {', '.join(DETERMINISTIC_OPS)}")
 
 
 def batch_plan(training: dict, world: int = 1) -> dict[str, Any]:
@@ -258,6 +271,7 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError(f"callbacks.early_stopping_metric: {c['early_stopping_metric']!r} is not one of {METRICS}")
     if t["lr_scaling"] not in LR_SCALING_RULES:
         raise ConfigError(f"training.lr_scaling: {t['lr_scaling']!r} is not one of {', '.join(LR_SCALING_RULES)}")
+    check_deterministic_ops(t["deterministic_ops"])
     if t["amp"] not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"training.amp: {t['amp']!r} is not one of auto, bf16, fp16, off")
     for where, v, lo, hi in (

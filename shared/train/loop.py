@@ -87,6 +87,7 @@ class TrainSettings:
     weighted_sampling: bool = False
     max_steps_per_epoch: int = 0  # 0: whole epoch
     deterministic: bool = False  # bitwise-reproducible runs (slower kernels on GPU)
+    deterministic_ops: str = "warn"  # strict: an op with no deterministic kernel is an error; warn: it runs, named
 
     @property
     def mixup_active(self) -> bool:
@@ -106,6 +107,7 @@ class FitResult:
     last_path: str = ""
     stop_reason: str = ""  # why training ended and which epoch became the best checkpoint
     deterministic: bool = False
+    deterministic_ops: str = "warn"  # strict | warn (TrainSettings.deterministic_ops)
     nondeterministic_ops: list[str] = field(default_factory=list)  # torch's warn_only alerts, by op
 
     def to_dict(self) -> dict:
@@ -116,6 +118,7 @@ class FitResult:
         deterministic mode was on and the ops it alerted on (warn_only: those ran nondeterministically)."""
         return {
             "deterministic": self.deterministic,
+            "mode": self.deterministic_ops if self.deterministic else "off",
             "nondeterministic_ops": list(self.nondeterministic_ops),
             "bitwise_reproducible": self.deterministic and not self.nondeterministic_ops,
         }
@@ -140,6 +143,7 @@ def derived_seed(*parts: int) -> int:
 # (timm ViT's fused attention, the teachers). With warn_only they run and are named.
 KNOWN_NONDETERMINISTIC_CUDA_OPS = ("adaptive_avg_pool2d_backward_cuda", "_efficient_attention_backward")
 _NONDETERMINISTIC_ALERT = "does not have a deterministic implementation"
+DETERMINISTIC_OPS = ("strict", "warn")
 
 
 def _alerted_op(text: str) -> str | None:
@@ -154,17 +158,22 @@ def _alerted_op(text: str) -> str | None:
 
 
 @contextmanager
-def deterministic_algorithms(enabled: bool) -> Iterator[list[str]]:
+def deterministic_algorithms(enabled: bool, ops: str = "warn") -> Iterator[list[str]]:
     """torch's deterministic mode (PyTorch's reproducibility notes) while the block runs, restored
     after it: the student's two stages, tests and notebooks share one process. Yields a list
     that collects the ops torch alerted on (sorted, once each) for the manifest.
 
-    Ops torch has no deterministic kernel for warn (torch names them) instead of failing: on
-    CUDA that includes adaptive_avg_pool2d's backward, which every timm CNN head uses and
-    which with a 1x1 output still sums each gradient once (KNOWN_NONDETERMINISTIC_CUDA_OPS)."""
-    ops: list[str] = []
+    ops "warn" (torch's warn_only): an op torch has no deterministic kernel for runs and is
+    named instead of failing: on CUDA that includes adaptive_avg_pool2d's backward, which every
+    timm CNN head uses and which with a 1x1 output still sums each gradient once
+    (KNOWN_NONDETERMINISTIC_CUDA_OPS). ops "strict": such an op is an error (at the first step
+    that uses it), and SDPA attention takes its deterministic backward, which torch uses only
+    in strict mode (in warn_only mode it keeps the faster nondeterministic one)."""
+    if ops not in DETERMINISTIC_OPS:
+        raise ValueError(f"deterministic ops: {ops!r} is not one of {', '.join(DETERMINISTIC_OPS)}")
+    alerted: list[str] = []
     if not enabled:
-        yield ops
+        yield alerted
         return
     if torch.cuda.is_available():  # read when cuBLAS first runs; a value set by the user is kept
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -175,7 +184,7 @@ def deterministic_algorithms(enabled: bool) -> Iterator[list[str]]:
         cudnn.deterministic,
         cudnn.benchmark,
     )
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True, warn_only=ops == "warn")
     cudnn.deterministic, cudnn.benchmark = True, False
     with warnings.catch_warnings():
         warnings.filterwarnings("default", message=".*deterministic.*")  # shown (and noted) once per place
@@ -183,14 +192,21 @@ def deterministic_algorithms(enabled: bool) -> Iterator[list[str]]:
 
         def note(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
             op = _alerted_op(str(message))
-            if op is not None and op not in ops:
-                ops.append(op)
-                ops.sort()
+            if op is not None and op not in alerted:
+                alerted.append(op)
+                alerted.sort()
             shown(message, category, filename, lineno, file, line)
 
         warnings.showwarning = note
         try:
-            yield ops
+            yield alerted
+        except RuntimeError as e:
+            if _NONDETERMINISTIC_ALERT not in str(e):
+                raise
+            raise RuntimeError(
+                f"{e}\n(training.deterministic_ops: strict.) Set training.deterministic_ops: warn to let this op "
+                "run nondeterministically (the manifest names it), or training.deterministic: false."
+            ) from e
         finally:
             torch.use_deterministic_algorithms(before[0], warn_only=before[1])
             cudnn.deterministic, cudnn.benchmark = before[2], before[3]
@@ -517,6 +533,7 @@ class CheckpointSaver:
             last_path=str(self.last_path),
             stop_reason=self.stop_reason(),
             deterministic=self.settings.deterministic,
+            deterministic_ops=self.settings.deterministic_ops,
         )
 
 
@@ -902,7 +919,7 @@ def fit(
     save_checkpoint fields (model_name, classes, image_size, ...). sampler_weights
     (one per train sample) are used when settings.weighted_sampling is on."""
     s = settings
-    with deterministic_algorithms(s.deterministic) as alerted_ops:
+    with deterministic_algorithms(s.deterministic, s.deterministic_ops) as alerted_ops:
         run, start = _setup(
             model, train_dataset, val_dataset, s, Path(out_dir), checkpoint_meta, loss_fn, sampler_weights, log
         )

@@ -62,6 +62,7 @@ def stage_settings(cfg: dict, stage: str, num_classes: int, world: int = 1) -> T
         num_workers=t["num_workers"],
         seed=t["seed"],
         deterministic=t["deterministic"],
+        deterministic_ops=t["deterministic_ops"],
     )
 
 

@@ -93,6 +93,7 @@ def settings_from_config(cfg: dict, num_classes: int, world: int = 1) -> TrainSe
         weighted_sampling=t["weighted_sampling"],
         max_steps_per_epoch=t["max_steps_per_epoch"],
         deterministic=t["deterministic"],
+        deterministic_ops=t["deterministic_ops"],
     )
 
 

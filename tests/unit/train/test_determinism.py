@@ -104,6 +104,33 @@ def test_deterministic_mode_names_the_ops_torch_alerts_on():
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_a_real_alert_is_named_in_warn_mode_and_an_error_in_strict_mode():
+    """put_ without accumulate has no deterministic kernel on the CPU either: torch's own alert."""
+    import warnings
+
+    def nondeterministic_op():
+        torch.zeros(3).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+
+    with warnings.catch_warnings(record=True):
+        with deterministic_algorithms(True, "warn") as ops:
+            nondeterministic_op()
+    assert ops == ["put_"]
+    with pytest.raises(RuntimeError, match=r"put_ does not have(.|\n)*training.deterministic_ops: warn"):
+        with deterministic_algorithms(True, "strict"):
+            nondeterministic_op()
+    assert not torch.are_deterministic_algorithms_enabled()  # given back after the error too
+    with pytest.raises(ValueError, match="'loose'"):
+        with deterministic_algorithms(True, "loose"):
+            pass
+
+
+def test_teachers_default_to_strict_and_the_student_to_warn():
+    assert settings_from_config(load_teacher_config({}), 3).deterministic_ops == "strict"
+    assert stage_settings(load_student_config({}), "distillation", 3).deterministic_ops == "warn"
+    with pytest.raises(Exception, match="training.deterministic_ops: 'sometimes'"):
+        load_teacher_config({"training": {"deterministic_ops": "sometimes"}})
+
+
 def test_same_seed_same_teacher_bit_for_bit(cached_splits, tmp_path):
     runs = {}
     for name, seed, workers in (("a", 0, 0), ("b", 0, 0), ("workers", 0, 2), ("other_seed", 1, 0)):
@@ -117,7 +144,12 @@ def test_same_seed_same_teacher_bit_for_bit(cached_splits, tmp_path):
         )
         assert s["epochs_run"] == 2
         # what the manifest reports: deterministic, no op alerted on the CPU, the plan's batch
-        assert s["determinism"] == {"deterministic": True, "nondeterministic_ops": [], "bitwise_reproducible": True}
+        assert s["determinism"] == {
+            "deterministic": True,
+            "mode": "strict",
+            "nondeterministic_ops": [],
+            "bitwise_reproducible": True,
+        }
         assert s["stop_reason"].startswith("completed all 2 epochs") and s["batch_plan"]["effective_batch"] == 16
         curve = [{k: v for k, v in h.items() if k != "images_per_s"} for h in s["history"]]  # timing varies
         runs[name] = (_weights(tmp_path / name / "best_model.pt"), curve)

@@ -126,6 +126,7 @@ def test_fit_reports_why_it_stopped_and_never_picks_warm_up(tmp_path):
     assert load_checkpoint(tmp_path / "best_model.pt")["metrics"]["epoch"] == 3
     assert r.deterministic is False and r.determinism() == {
         "deterministic": False,
+        "mode": "off",
         "nondeterministic_ops": [],
         "bitwise_reproducible": False,
     }
