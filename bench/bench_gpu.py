@@ -282,6 +282,9 @@ def bench_teacher(cfg: Config, device: torch.device, peak: float | None, log=pri
         "batch": batch,
         "grad_accum": cfg.grad_accum,
         "effective_batch": batch * cfg.grad_accum,
+        # what config/cluster.yaml's teachers.overrides would say for this batch (its lr scaling
+        # rule then adapts the plan's learning rate to the effective batch)
+        "config_keys": {"training.per_gpu_batch_size": batch, "training.grad_accum_steps": cfg.grad_accum},
         "train": {},
     }
     for compiled in (False, True) if cfg.compile else (False,):
