@@ -17,7 +17,9 @@ et al. 2015). Two targets (student config distillation.target, KD_TARGETS):
   tail (the teacher's tail shape is not stored).
 - topk_renormalised: the kept values renormalised to sum to 1 and compared with
   p over all classes, as before the rest bin existed (a much sharper target than
-  the plan's at 9,000 classes).
+  the plan's at 9,000 classes). With one teacher it is the old target exactly; with
+  several it renormalises their exact mix, where the old soft labels mixed each
+  teacher's renormalised top-k (the two differ when the teachers' kept masses do).
 
 Only (batch, C) student-side tensors are built, never N x C."""
 
