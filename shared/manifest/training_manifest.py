@@ -496,6 +496,14 @@ def _regional_teacher(r: dict, item: dict, global_per_region: dict, crit: dict) 
     return e
 
 
+def _effective_weights(table: Any) -> Any:
+    """combine_soft_labels' coverage-pattern table with its sample counts back to ints (KFP's
+    JSON turns 173 into 173.0)."""
+    if not isinstance(table, list):
+        return table
+    return [{**row, "samples": _count(row.get("samples"))} if isinstance(row, dict) else row for row in table]
+
+
 def _default_kd_target() -> str:
     from shared.config.student import STUDENT_DEFAULTS
 
@@ -515,7 +523,7 @@ def _phase_3(sl: dict | None, scfg: dict) -> dict:
             "temperature": _num(sl, K.TEMPERATURE),
             "teacher_weights": sl.get("teacher_weights") or sl.get(K.WEIGHTS),
             # what each sample's soft label actually uses: the weights renormalised per coverage pattern
-            "effective_teacher_weights": sl.get(K.EFFECTIVE_WEIGHTS),
+            "effective_teacher_weights": _effective_weights(sl.get(K.EFFECTIVE_WEIGHTS)),
             # the probability mass at T the kept classes hold (the rest is one bin of the target)
             "topk_mass_at_T": {
                 "mean": _num(sl, K.TOPK_MASS_MEAN),

@@ -117,7 +117,7 @@ def full_results():
                 {
                     "teachers": ["global", "EU_CORE"],
                     "weights": {"global": 0.666667, "EU_CORE": 0.333333},
-                    "samples": 86,
+                    "samples": 86.0,  # as KFP's JSON passes it
                 },
             ],
         },
@@ -185,6 +185,8 @@ def test_full_manifest_has_the_plan_shape_and_checks_the_criteria(plan_config):
     assert p3["topk_mass_at_T"] == {"mean": 0.031, "min": 0.012, "shortfall_bound_max": 0.004}
     assert p3["temperature"] == 3.0 and p3["distillation_target"] == "topk_with_rest"
     assert p3["effective_teacher_weights"][0]["weights"] == {"global": 0.4, "EU_SW": 0.4, "EU_CORE": 0.2}
+    assert [r["samples"] for r in p3["effective_teacher_weights"]] == [50, 86]
+    assert isinstance(p3["effective_teacher_weights"][1]["samples"], int)
     assert core["criteria"] == {"top1_own_regions>=0.8": False, "gain_vs_global>=0.1": False}
     assert ph["phase_3"]["student_architecture"] == "mobilenetv2_1.0"
     p4 = ph["phase_4"]
