@@ -136,6 +136,8 @@ def build_pipeline(cfg: dict, local: bool = False):
         quantization: str = cfg["export"]["quantization"],
         export_images: int = cfg["export"]["validation_images"],
         min_parity_correlation: float = cfg["export"]["min_correlation"],
+        min_parity_agreement: float = cfg["export"]["min_top1_agreement"],
+        weight_shard_mb: float = cfg["export"]["weight_shard_mb"],
         gate_max_bundle_mb: float = cfg["export"]["gates"]["max_bundle_mb"],
         gate_max_latency_ms: float = cfg["export"]["gates"]["max_latency_ms"],
         latency_runtime: str = cfg["export"]["latency_runtime"],
@@ -318,6 +320,9 @@ def build_pipeline(cfg: dict, local: bool = False):
                 quantization=quantization,
                 sample_images=export_images,
                 max_size_mb=gate_max_bundle_mb,
+                min_correlation=min_parity_correlation,
+                min_agreement=min_parity_agreement,
+                weight_shard_mb=weight_shard_mb,
             )
             ex.set_display_name("export to TF.js (6.2)")
             va = c["validate_export"](
@@ -327,6 +332,7 @@ def build_pipeline(cfg: dict, local: bool = False):
                 cache_dir=cache_dir,
                 images=export_images,
                 min_correlation=min_parity_correlation,
+                min_agreement=min_parity_agreement,
                 max_size_mb=gate_max_bundle_mb,
                 max_latency_ms=gate_max_latency_ms,
                 latency_runtime=latency_runtime,

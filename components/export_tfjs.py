@@ -1,4 +1,4 @@
-"""Phase 6: the blessed, calibrated student to a TF.js bundle (fp16, uint8, or auto)."""
+"""Phase 6: the blessed, calibrated student to a TF.js bundle (fp16, mixed, uint8, or auto)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
@@ -17,11 +17,17 @@ def export_tfjs(
     bundle: Output[Artifact],
     metrics: Output[Metrics],
     max_size_mb: float = 150.0,
+    min_correlation: float = 0.995,
+    min_agreement: float = 0.99,
+    weight_shard_mb: float = 30.0,
 ):
     """PyTorch -> ONNX (checked with onnxruntime) -> SavedModel -> TF.js graph model + demo page.
-    quantization fp16 / uint8 (int8 = uint8) / none, or auto: fp16 if its bundle is < max_size_mb,
-    else uint8 (then validate_export's size gate decides). The bundle's metadata records the
-    quantization used, quantization_reason and the size of every bundle built.
+    quantization fp16 / mixed (fp16 backbone, uint8 classifier head) / uint8 (int8 = uint8) / none,
+    or auto: the first of fp16, mixed, uint8 whose bundle is < max_size_mb and whose parity with
+    PyTorch on the sampled test images passes (correlation > min_correlation, top-1 agreement >=
+    min_agreement); when none does, uint8 is kept and validate_export's gates fail. The bundle's
+    metadata records the quantization used, quantization_reason (with why each earlier mode was
+    rejected), auto_trials and the size of every bundle built.
 
     Args:
         model: The blessed, calibrated student checkpoint (calibrate).
@@ -29,12 +35,16 @@ def export_tfjs(
         test: The test split (sample images for the ONNX check and onnx2tf's calibration).
         cache_dir: The image cache.
         quantization: fp16, uint8 (int8 = uint8), none, or auto.
-        sample_images: How many test images are sampled (the checks use at most 8).
+        sample_images: How many test images are sampled (all of test when fewer): auto's parity
+            sample (export.validation_images); the ONNX check uses the first 8.
         max_size_mb: The bundle size bound auto chooses against (the export gate's max_bundle_mb).
+        min_correlation: auto's parity bound: logits correlation > this (export.min_correlation).
+        min_agreement: auto's parity bound: top-1 agreement >= this (export.min_top1_agreement).
+        weight_shard_mb: The largest weight shard in MB (export.weight_shard_mb).
 
     Returns:
         bundle: The TF.js graph model, its labels and calibration, and the demo page.
-        metrics: Bundle size (and each quantization's size built), ONNX max abs diff, export seconds.
+        metrics: Bundle size (and each quantization's size built), shards, ONNX max abs diff, export seconds.
     """
     from shared import artifact_keys as K
     from shared.export.tfjs import run_export
@@ -49,6 +59,9 @@ def export_tfjs(
         quantization,
         sample_images,
         max_size_mb,
+        min_correlation,
+        min_agreement,
+        weight_shard_mb,
     )
     bundle.metadata.update({k: v for k, v in r.items() if k != "bundle"})
     for key in K.EXPORT_METRICS:

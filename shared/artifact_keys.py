@@ -185,9 +185,13 @@ CALIBRATION_METRICS = (
 MODEL_SIZE_MB = "model_size_mb"  # also validate_export's
 FP16_SIZE_MB = "fp16_size_mb"
 UINT8_SIZE_MB = "uint8_size_mb"
+MIXED_SIZE_MB = "mixed_size_mb"  # fp16 backbone + uint8 classifier head
 ONNX_MAX_ABS_DIFF = "onnx_max_abs_diff"
 EXPORT_SECONDS = "export_seconds"
-EXPORT_METRICS = (MODEL_SIZE_MB, FP16_SIZE_MB, UINT8_SIZE_MB, ONNX_MAX_ABS_DIFF, EXPORT_SECONDS)
+SHARDS = "shards"  # weight shards in the bundle
+EXPORT_METRICS = (MODEL_SIZE_MB, FP16_SIZE_MB, UINT8_SIZE_MB, ONNX_MAX_ABS_DIFF, EXPORT_SECONDS, MIXED_SIZE_MB, SHARDS)
+AUTO_TRIALS = "auto_trials"  # export_tfjs (bundle): quantization auto's modes tried, each with why -> manifest
+WEIGHT_SHARD_MB = "weight_shard_mb"  # export_tfjs (bundle) -> validate_export's summary, manifest
 
 # validate_export -> run_console (logits_correlation, top1_agreement, passed), training_manifest (phase 6)
 LOGITS_CORRELATION = "logits_correlation"
@@ -195,6 +199,11 @@ TOP1_AGREEMENT = "top1_agreement"
 MAX_ABS_DIFF = "max_abs_diff"
 NODE_LATENCY_MS_MEDIAN = "node_latency_ms_median"
 LATENCY_MS_MEDIAN = "latency_ms_median"
+TOP1_FLIPS = "top1_flips"  # parity images whose TF.js top-1 differs from PyTorch's
+PYTORCH_TEST_TOP1 = "pytorch_test_top1"  # the PyTorch student's top-1 on the parity (test) images
+EXPORTED_TEST_TOP1 = "exported_test_top1"  # the TF.js bundle's top-1 on the same images
+TOP1_AGREEMENT_CI95 = "top1_agreement_ci95"  # [low, high], 95 % Wilson interval
+PARITY_SAMPLE = "parity_sample"  # plan-sized (>= 1,000 images or all of test) or local
 VALIDATION_METRICS = (
     LOGITS_CORRELATION,
     TOP1_AGREEMENT,
@@ -202,4 +211,7 @@ VALIDATION_METRICS = (
     MODEL_SIZE_MB,
     NODE_LATENCY_MS_MEDIAN,
     LATENCY_MS_MEDIAN,
+    TOP1_FLIPS,
+    PYTORCH_TEST_TOP1,
+    EXPORTED_TEST_TOP1,
 )

@@ -2,7 +2,7 @@
 
 PyTorch -> ONNX (static 1x3xHxW, opset 13; checked against PyTorch with
 onnxruntime) -> TensorFlow SavedModel (onnx2tf; NHWC input) -> TF.js graph model
-(tensorflowjs_converter, fp16 or uint8 weight quantization). The converters run
+(tensorflowjs_converter, fp16, mixed or uint8 weight quantization). The converters run
 as command-line tools from their own environment (TensorFlow and kfp need
 incompatible protobufs): `.venv-export/bin` here (scripts/setup_export_env.sh),
 baked into the export image there; PLANTID_EXPORT_BIN points elsewhere. Nothing
@@ -15,11 +15,35 @@ tf.min.js and the WASM backend (tf-backend-wasm.min.js + .wasm): the page needs
 no CDN.
 
 Quantization (tensorflowjs_converter weight quantization; activations stay
-float32): fp16 (default, --quantize_float16), uint8 (--quantize_uint8, affine
-8-bit weights); "int8" is accepted as an alias of uint8 since TF.js has no
-signed 8-bit weight format; "none" keeps float32; "auto" picks the smallest-loss
-one that meets the size limit: fp16 when its bundle is < max_size_mb, else uint8
-(converted only then), recorded with the reason and both sizes.
+float32): fp16 (default, --quantize_float16), mixed (fp16 backbone, uint8
+classifier head: bare --quantize_float16 is the converter's fallthrough dtype and
+--quantize_uint8=<head weights> names the head; a '*' for fp16 would clash with
+the head's names, which the converter refuses), uint8 (--quantize_uint8, affine
+per-tensor 8-bit weights, depthwise convolutions included); "int8" is accepted
+as an alias of uint8 since TF.js has no signed 8-bit weight format; "none"
+keeps float32; "auto" tries fp16, then mixed, then uint8 (AUTO_ORDER: least
+loss first) and ships the first that passes every gate it can check at export
+time: bundle size < max_size_mb and, given parity images, logits correlation and
+top-1 agreement with PyTorch (parity_figures); each rejected mode is recorded
+with why. At 9,000 classes the head is ~11.5M of MobileNetV2's ~13.7M weights,
+so mixed is ~60 % of the fp16 bundle while the backbone stays fp16.
+
+Weight shards: WEIGHT_SHARD_MB (30 MB) per shard instead of the converter's
+4 MB, so any bundle up to 180 MB (above the 150 MB size bound) has at most 6
+shards: Chromium serves 6 connections per host, and a page sent with
+Cache-Control: no-store stalled for good on the 7th shard of a 7-shard model
+(notes/BROWSER.md). A plan-sized bundle (< 20 MB) is one shard.
+
+Parity (plan 6.3) is measured on >= PARITY_MIN_IMAGES (1,000) test images (all
+of test when fewer; fewer is labelled local): logits correlation, top-1
+agreement with its 95 % Wilson interval, and the exported model's and the
+PyTorch model's top-1 against the test labels. The agreement gate is the plan's,
+on the point estimate (agreement >= 0.99); the sample size makes it mean
+something: flips of a faithful export are Binomial(n, 1 - a), so at n = 1,500
+(the cluster's export.validation_images) a true agreement of 99.5 % passes with
+probability 0.9955 and a true 98 % (twice the allowed flips) fails with
+probability 0.998; at n = 1,000 these are 0.9865 and 0.990
+(agreement_pass_probability computes them; the summary records them).
 
 The plan's 6.4 gates (validate_tfjs_bundle, all strict like the plan): logits
 correlation > min_corr, bundle size < max_size_mb, single-image latency median
@@ -59,10 +83,22 @@ QUANTIZATIONS = {
     "float16": "--quantize_float16",
     "uint8": "--quantize_uint8",
     "int8": "--quantize_uint8",
+    "mixed": "--quantize_float16",  # the fallthrough; the head's names go to --quantize_uint8
     "none": None,
 }
-CANONICAL_QUANTIZATION = {"fp16": "fp16", "float16": "fp16", "uint8": "uint8", "int8": "uint8", "none": "none"}
-AUTO = "auto"  # fp16 if its bundle is under the size limit, else uint8
+CANONICAL_QUANTIZATION = {
+    "fp16": "fp16",
+    "float16": "fp16",
+    "uint8": "uint8",
+    "int8": "uint8",
+    "mixed": "mixed",
+    "none": "none",
+}
+AUTO = "auto"  # the first of AUTO_ORDER that passes the size and parity gates
+AUTO_ORDER = ("fp16", "mixed", "uint8")  # least weight loss first
+WEIGHT_SHARD_MB = 30.0  # <= 6 shards up to 180 MB (Chromium's 6 connections per host; see module doc)
+PARITY_MIN_IMAGES = 1000  # the plan-sized parity sample (all of test when fewer)
+WILSON_Z = 1.96  # 95 % two-sided
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 TFJS_MIN = TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs" / "dist" / "tf.min.js"
 WASM_DIST = TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs-backend-wasm" / "dist"
@@ -182,18 +218,121 @@ def check_quantization(quantization: str, allow_auto: bool = False) -> str:
     if quantization not in allowed:
         raise ValueError(
             f"export.quantization: {quantization!r} is not one of {allowed} "
-            "(int8 = uint8 weight quantization; auto = fp16 if under the size limit, else uint8)"
+            "(int8 = uint8 weight quantization; mixed = fp16 backbone + uint8 classifier head; "
+            "auto = the first of fp16, mixed, uint8 that passes the size and parity gates)"
         )
     return quantization
 
 
-def saved_model_to_tfjs(saved_dir: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "fp16") -> None:
-    """tensorflowjs_converter: SavedModel -> TF.js graph model (model.json + shards)."""
+def saved_model_to_tfjs(
+    saved_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    quantization: str = "fp16",
+    shard_mb: float = WEIGHT_SHARD_MB,
+    uint8_weights: list[str] | None = None,
+) -> None:
+    """tensorflowjs_converter: SavedModel -> TF.js graph model (model.json + weight shards of
+    at most shard_mb MB). quantization mixed needs uint8_weights (head_weight_names): those
+    are uint8, every other weight fp16."""
     check_quantization(quantization)
-    cmd = [_tool("tensorflowjs_converter"), "--input_format=tf_saved_model", "--output_format=tfjs_graph_model"]
-    if QUANTIZATIONS[quantization]:
+    if not shard_mb > 0:
+        raise ValueError(f"export.weight_shard_mb must be > 0, got {shard_mb!r}")
+    cmd = [
+        _tool("tensorflowjs_converter"),
+        "--input_format=tf_saved_model",
+        "--output_format=tfjs_graph_model",
+        f"--weight_shard_size_bytes={int(shard_mb * 1e6)}",
+    ]
+    if quantization == "mixed":
+        if not uint8_weights:
+            raise ValueError("quantization mixed needs the classifier head's weight names (uint8_weights)")
+        cmd += ["--quantize_float16", "--quantize_uint8=" + ",".join(uint8_weights)]
+    elif QUANTIZATIONS[quantization]:
         cmd.append(f"{QUANTIZATIONS[quantization]}=*")
     _run(cmd + [str(saved_dir), str(out_dir)], what="tensorflowjs_converter")
+
+
+def head_weight_names(model_json: str | os.PathLike, num_classes: int) -> list[str]:
+    """The classifier head's weights in a converted graph model: the weights whose last
+    dimension is the class count (onnx2tf's MatMul kernel, in_features x classes, and its
+    bias). ExportError when there is none, naming the shapes seen."""
+    manifest = json.loads(Path(model_json).read_text())["weightsManifest"]
+    weights = [w for group in manifest for w in group["weights"]]
+    names = [w["name"] for w in weights if w["shape"] and int(w["shape"][-1]) == int(num_classes)]
+    if not names:
+        shapes = sorted({tuple(w["shape"]) for w in weights}, key=len)[-5:]
+        raise ExportError(
+            f"{model_json}: no weight has the class count ({num_classes}) as its last dimension, so the "
+            f"classifier head cannot be quantised on its own (quantization mixed); shapes seen: {shapes}"
+        )
+    return names
+
+
+def shard_count(weight_bytes: int, shard_mb: float = WEIGHT_SHARD_MB) -> int:
+    """How many shards tensorflowjs_converter writes for weight_bytes of weights at shard_mb
+    (it fills each shard up to the limit, in bytes)."""
+    return max(1, -(-int(weight_bytes) // int(shard_mb * 1e6)))
+
+
+def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95 % at z = 1.96)."""
+    if n <= 0:
+        raise ValueError(f"a proportion needs n > 0, got {n}")
+    p = successes / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def agreement_pass_probability(n: int, true_agreement: float, min_agreement: float) -> float:
+    """P(observed agreement >= min_agreement) when each of n images agrees independently with
+    probability true_agreement: the binomial CDF of the flips at floor((1 - min_agreement) n)."""
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    allowed = int(np.floor((1 - min_agreement) * n + 1e-9))
+    q = 1.0 - true_agreement
+    from math import comb
+
+    return float(min(1.0, sum(comb(n, k) * q**k * (1 - q) ** (n - k) for k in range(allowed + 1))))
+
+
+def parity_figures(
+    ref: np.ndarray,
+    got: np.ndarray,
+    labels: list[int] | np.ndarray | None = None,
+    min_corr: float = 0.995,
+    min_agreement: float = 0.99,
+) -> dict[str, Any]:
+    """TF.js logits (got) against PyTorch's (ref), both N x classes: correlation, top-1
+    agreement with its Wilson 95 % interval, and, given the true class indices, each model's
+    top-1 accuracy. passed: correlation > min_corr and agreement >= min_agreement (the plan's
+    6.4 bounds, on the point estimate); pass_probability_at_99_5: the chance a faithful export
+    (true agreement 99.5 %) passes at this n."""
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    if ref.shape != got.shape or ref.ndim != 2:
+        raise ExportError(f"TF.js logits have shape {got.shape}, PyTorch {ref.shape}: the bundle is not this model")
+    n = len(ref)
+    agree_n = int((ref.argmax(1) == got.argmax(1)).sum())
+    corr = float(np.corrcoef(ref.ravel(), got.ravel())[0, 1])
+    lo, hi = wilson_interval(agree_n, n)
+    out = {
+        "images": n,
+        "logits_correlation": corr,
+        "top1_agreement": agree_n / n,
+        "top1_flips": n - agree_n,
+        "top1_agreement_ci95": [round(lo, 6), round(hi, 6)],
+        "max_abs_diff": float(np.abs(ref - got).max()),
+        "pass_probability_at_99_5": round(agreement_pass_probability(n, 0.995, min_agreement), 6),
+        "passed": corr > min_corr and agree_n / n >= min_agreement,
+    }
+    if labels is not None:
+        y = np.asarray(labels)
+        if len(y) != n:
+            raise ValueError(f"{len(y)} labels for {n} parity images")
+        out["pytorch_test_top1"] = float((ref.argmax(1) == y).mean())
+        out["exported_test_top1"] = float((got.argmax(1) == y).mean())
+    return out
 
 
 def preprocess(ckpt: dict, images: list[str] | np.ndarray) -> np.ndarray:
@@ -294,32 +433,102 @@ def write_bundle_assets(bundle_dir: str | os.PathLike, ckpt: dict, calibration: 
         shutil.copyfile(WASM_DIST / name, d / name)
 
 
-def choose_quantization(convert: Callable[[str], float], max_size_mb: float) -> dict[str, Any]:
-    """quantization "auto": the smallest-loss weight quantization whose bundle is under the
-    size limit. convert(q) builds the q bundle and returns its size in MB (model.json +
-    shards); fp16 is built first, uint8 only when fp16 is not < max_size_mb. When even
-    uint8 is not under the limit, uint8 (the smallest) is still picked: the size gate of
-    validate_tfjs_bundle then fails with the figures. Returns quantization,
-    quantization_reason and the size of every bundle built (fp16_size_mb, uint8_size_mb)."""
+def choose_quantization(
+    convert: Callable[[str], float],
+    max_size_mb: float,
+    check: Callable[[str], dict[str, Any]] | None = None,
+    order: tuple[str, ...] = AUTO_ORDER,
+) -> dict[str, Any]:
+    """quantization "auto": the first mode of `order` (fp16, mixed, uint8: least loss first)
+    whose bundle passes every gate checked here. convert(q) builds the q bundle and returns
+    its size in MB (model.json + shards); check(q), when given, returns its parity figures
+    (parity_figures: passed, logits_correlation, top1_agreement) and is called only for a
+    bundle under the size limit. A mode is built only when every earlier one was rejected.
+    When none passes, the last (the smallest) is kept and validate_export's gates fail with
+    the figures. Returns quantization, quantization_reason (why this one and why each earlier
+    one was rejected), auto_trials (per mode: size_mb, and the parity figures when checked,
+    passed, reason) and <mode>_size_mb for every bundle built."""
     if not max_size_mb > 0:
         raise ValueError(f"quantization auto needs a size limit > 0 MB, got {max_size_mb!r}")
-    fp16 = convert("fp16")
-    if fp16 < max_size_mb:
-        return {
-            "quantization": "fp16",
-            "fp16_size_mb": fp16,
-            "quantization_reason": f"auto: the fp16 bundle ({fp16} MB) is < the {max_size_mb} MB limit; "
-            "fp16 loses less than uint8, so uint8 was not built",
-        }
-    u8 = convert("uint8")
-    if u8 < max_size_mb:
-        why = f"auto: the fp16 bundle ({fp16} MB) is not < the {max_size_mb} MB limit; the uint8 bundle ({u8} MB) is"
+    trials: list[dict[str, Any]] = []
+    for q in order:
+        size = convert(q)
+        trial: dict[str, Any] = {"mode": q, "size_mb": size}
+        if not size < max_size_mb:
+            trial.update(passed=False, reason=f"{q}: bundle {size} MB is not < the {max_size_mb} MB limit")
+        elif check is not None:
+            p = check(q)
+            trial.update({k: p[k] for k in ("images", "logits_correlation", "top1_agreement", "top1_flips") if k in p})
+            trial["passed"] = bool(p["passed"])
+            trial["reason"] = (
+                f"{q}: {size} MB, parity passed"
+                if p["passed"]
+                else f"{q}: {size} MB, but parity fails (correlation {p['logits_correlation']:.6f}, top-1 "
+                f"agreement {p['top1_agreement']:.4f} on {p['images']} images)"
+            )
+        else:
+            trial.update(passed=True, reason=f"{q}: {size} MB < the {max_size_mb} MB limit (parity not checked here)")
+        trials.append(trial)
+        if trial["passed"]:
+            break
+    picked = next((t for t in trials if t["passed"]), trials[-1])
+    rejected = [t["reason"] for t in trials if not t["passed"]]
+    if picked["passed"]:
+        why = f"auto: {picked['mode']} is the first of {', '.join(order)} to pass ({picked['reason']})"
     else:
-        why = (
-            f"auto: neither bundle is < the {max_size_mb} MB limit (fp16 {fp16} MB, uint8 {u8} MB); "
-            "kept uint8, the smallest: the size gate of validate_export fails"
-        )
-    return {"quantization": "uint8", "quantization_reason": why, "fp16_size_mb": fp16, "uint8_size_mb": u8}
+        why = f"auto: no mode passes; kept {picked['mode']}, the smallest: validate_export's gates fail"
+    if rejected:
+        why += "; rejected: " + "; ".join(rejected)
+    return {
+        "quantization": picked["mode"],
+        "quantization_reason": why,
+        "auto_trials": trials,
+        **{f"{t['mode']}_size_mb": t["size_mb"] for t in trials},
+    }
+
+
+class TfjsModes:
+    """One SavedModel converted to TF.js by quantization mode, each mode once, under `work`
+    (tfjs_<mode>/). mixed reads the head's weight names from the fp16 bundle's model.json
+    (the names do not depend on the dtype), building fp16 first when needed."""
+
+    def __init__(self, saved_dir: str | os.PathLike, work: str | os.PathLike, num_classes: int, shard_mb: float):
+        self.saved, self.work, self.num_classes, self.shard_mb = Path(saved_dir), Path(work), num_classes, shard_mb
+        self.head_weights: list[str] | None = None
+
+    def build(self, quantization: str) -> Path:
+        q = CANONICAL_QUANTIZATION[check_quantization(quantization)]
+        d = self.work / f"tfjs_{q}"
+        if not (d / "model.json").exists():
+            uint8 = None
+            if q == "mixed":
+                uint8 = self.head_weights = head_weight_names(self.build("fp16") / "model.json", self.num_classes)
+            saved_model_to_tfjs(self.saved, d, q, self.shard_mb, uint8)
+        return d
+
+    def size_mb(self, quantization: str) -> float:
+        return round(bundle_size_mb(self.build(quantization)), 6)  # 6 decimals: exact bytes
+
+
+def parity_check(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    labels: list[int] | None,
+    min_corr: float,
+    min_agreement: float,
+    backend: str = "wasm",
+) -> Callable[[str | os.PathLike], dict[str, Any]]:
+    """A function bundle_dir -> parity_figures of that bundle on x (N x 3 x H x W model input)
+    against `model`, whose logits are computed once here."""
+    with torch.no_grad():
+        ref = np.concatenate([model(torch.from_numpy(b)).numpy() for b in np.array_split(x, max(1, len(x) // 64))])
+    nhwc = x.transpose(0, 2, 3, 1)
+
+    def check(bundle_dir: str | os.PathLike) -> dict[str, Any]:
+        got, _ = run_tfjs_node(bundle_dir, nhwc, backend, repeats=0, warmup=0)
+        return parity_figures(ref, got, labels, min_corr, min_agreement)
+
+    return check
 
 
 def export_tfjs_bundle(
@@ -329,15 +538,22 @@ def export_tfjs_bundle(
     quantization: str = "fp16",
     calibration: dict | None = None,
     max_size_mb: float | None = None,
+    parity_images: list[str] | np.ndarray | None = None,
+    parity_labels: list[int] | None = None,
+    min_corr: float = 0.995,
+    min_agreement: float = 0.99,
+    shard_mb: float = WEIGHT_SHARD_MB,
 ) -> dict[str, Any]:
     """The checkpoint to a complete TF.js bundle in out_dir, built in a temp dir beside it
     and renamed into place (a failed export leaves no partial bundle). sample_images:
     image paths or an N x 3 x H x W array of model input, used for the ONNX check and
-    onnx2tf's calibration sample. quantization "auto" needs max_size_mb (choose_quantization;
-    the SavedModel is converted once, then to TF.js fp16, and uint8 only if needed).
-    Returns sizes and checks: quantization is the one used (canonical: fp16 / uint8 / none),
-    quantization_requested what was asked, quantization_reason why, and
-    <quantization>_size_mb for every bundle built.
+    onnx2tf's calibration sample. quantization "auto" needs max_size_mb and checks parity on
+    parity_images (with parity_labels, their class indices) when given (choose_quantization:
+    the SavedModel is converted once, then to TF.js fp16, mixed and uint8 as far as needed).
+    Weight shards of at most shard_mb MB. Returns sizes and checks: quantization is the one
+    used (canonical: fp16 / mixed / uint8 / none), quantization_requested what was asked,
+    quantization_reason why, auto_trials (auto), <mode>_size_mb for every bundle built,
+    head_uint8_weights (mixed) and shards.
 
     Long: the export chain (ONNX, onnx2tf, tensorflowjs_converter, assets) in order, each step with its own error.
     """
@@ -351,6 +567,9 @@ def export_tfjs_bundle(
     ckpt = load_checkpoint(checkpoint_path)
     model = build_model(ckpt)
     sample = preprocess(ckpt, sample_images[:8])  # enough for the checks; keeps export fast
+    parity = None
+    if quantization == AUTO and parity_images is not None and len(parity_images):
+        parity = parity_check(model, preprocess(ckpt, parity_images), parity_labels, min_corr, min_agreement)
     size = int(ckpt["image_size"])
     cal = bundle_calibration(calibration, ckpt)  # bad values fail before the slow part
     out = Path(out_dir)
@@ -365,22 +584,18 @@ def export_tfjs_bundle(
             onnx_diff = check_onnx(model, onnx_path, sample)
             saved = Path(work) / "saved_model"
             onnx_to_saved_model(onnx_path, saved, unnormalize(ckpt, sample))
-
-            def convert(q: str) -> float:
-                d = Path(work) / f"tfjs_{CANONICAL_QUANTIZATION[q]}"
-                saved_model_to_tfjs(saved, d, q)
-                return round(bundle_size_mb(d), 6)  # 6 decimals: exact bytes
-
+            modes = TfjsModes(saved, work, len(ckpt["classes"]), shard_mb)
             if quantization == AUTO:
-                choice = choose_quantization(convert, float(max_size_mb))
+                check = (lambda q: parity(modes.build(q))) if parity else None
+                choice = choose_quantization(modes.size_mb, float(max_size_mb), check)
             else:
                 q = CANONICAL_QUANTIZATION[quantization]
                 choice = {
                     "quantization": q,
-                    f"{q}_size_mb": convert(quantization),
+                    f"{q}_size_mb": modes.size_mb(q),
                     "quantization_reason": f"{quantization} as configured (export.quantization)",
                 }
-            for f in (Path(work) / f"tfjs_{choice['quantization']}").iterdir():
+            for f in modes.build(choice["quantization"]).iterdir():
                 shutil.move(str(f), stage / f.name)
         write_bundle_assets(stage, ckpt, cal, choice["quantization"])
         if out.exists():
@@ -389,17 +604,19 @@ def export_tfjs_bundle(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    size_mb = bundle_size_mb(out)
     r = {
         "bundle": str(out),
         "quantization": choice["quantization"],
         "quantization_requested": quantization,
         "quantization_reason": choice["quantization_reason"],
-        "model_size_mb": round(size_mb, 6),
-        **{k: v for k, v in choice.items() if k.endswith("_size_mb")},
+        "model_size_mb": round(bundle_size_mb(out), 6),
+        **{k: v for k, v in choice.items() if k.endswith("_size_mb") or k == "auto_trials"},
+        "weight_shard_mb": float(shard_mb),
     }
     if max_size_mb is not None:
         r["max_size_mb"] = float(max_size_mb)
+    if choice["quantization"] == "mixed":
+        r["head_uint8_weights"] = list(modes.head_weights or [])
     return {
         **r,
         "shards": len(list(out.glob("*.bin"))),
@@ -413,18 +630,35 @@ def export_tfjs_bundle(
     }
 
 
+NODE_CHUNK = 200  # images per Node process: 200 x 224 x 224 x 3 float32 is 120 MB of input
+
+
 def run_tfjs_node(
     bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str = "cpu", repeats: int = 20, warmup: int = 3
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Logits of the bundle on N x H x W x 3 inputs with @tensorflow/tfjs in Node
-    (shared/export/tfjs/validate.mjs), and its latency: median ms of `repeats` single-image
-    runs after `warmup` runs (info: backend, median_ms, times_ms, warmup, repeats).
-    backend: cpu (pure JS) or wasm."""
+    (shared/export/tfjs/validate.mjs, NODE_CHUNK images per process), and its latency: median
+    ms of `repeats` single-image runs after `warmup` runs, in the first process (info: backend,
+    median_ms (None when repeats is 0), times_ms, warmup, repeats). backend: cpu (pure JS) or wasm."""
     if backend not in ("cpu", "wasm"):
         raise ValueError(f"TF.js Node backend must be cpu or wasm, got {backend!r}")
     if not (TFJS_DIR / "node_modules" / "@tensorflow" / "tfjs").exists() or shutil.which("node") is None:
         raise ExportError(f"Node or {TFJS_DIR / 'node_modules'} missing: {NODE_SETUP_HINT}")
     nhwc = np.ascontiguousarray(nhwc, np.float32)
+    logits, info = [], None
+    for start in range(0, len(nhwc), NODE_CHUNK):
+        first = start == 0
+        out, i = _run_validate_mjs(
+            bundle_dir, nhwc[start : start + NODE_CHUNK], backend, repeats if first else 0, warmup if first else 0
+        )
+        logits.append(out)
+        info = i if first else info
+    return np.concatenate(logits), info
+
+
+def _run_validate_mjs(
+    bundle_dir: str | os.PathLike, nhwc: np.ndarray, backend: str, repeats: int, warmup: int
+) -> tuple[np.ndarray, dict[str, Any]]:
     with tempfile.TemporaryDirectory() as work:
         nhwc.tofile(os.path.join(work, "input.bin"))
         r = subprocess.run(
@@ -622,15 +856,20 @@ def validate_tfjs_bundle(
     min_agreement: float = 0.99,
     max_size_mb: float = 150.0,
     repeats: int = 20,
-    backend: str = "cpu",
+    backend: str = "wasm",
     max_latency_ms: float = 5000.0,
     latency_runtime: str = "chromium-wasm",
     latency_runs: int = 20,
     latency_warmup: int = 3,
     chromium: str | os.PathLike | None = None,
+    labels: list[int] | None = None,
+    test_images: int | None = None,
 ) -> dict[str, Any]:
-    """Run the bundle with the real @tensorflow/tfjs in Node on `images` (paths, or an
-    N x 3 x H x W array of model input) and compare with the PyTorch model, then gate it
+    """Run the bundle with the real @tensorflow/tfjs in Node (backend wasm, what a CPU-only
+    browser runs; cpu = pure JS, ~2 s an image at 9,000 classes) on `images` (paths, or an
+    N x 3 x H x W array of model input; labels: their class indices, for each model's top-1;
+    test_images: how many the test split holds, to label a sample under PARITY_MIN_IMAGES)
+    and compare with the PyTorch model (parity_figures), then gate it
     (plan 6.4; strict like the plan): logits correlation > min_corr, top-1 agreement
     >= min_agreement, model size < max_size_mb, single-image latency median < max_latency_ms
     (measure_latency: headless Chromium + WASM by default; latency_runtime="node-wasm" only
@@ -653,13 +892,11 @@ def validate_tfjs_bundle(
     model = build_model(ckpt)
     x = preprocess(ckpt, images)
     with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
+        ref = np.concatenate([model(torch.from_numpy(b)).numpy() for b in np.array_split(x, max(1, len(x) // 64))])
     nhwc = x.transpose(0, 2, 3, 1)
     got, info = run_tfjs_node(bundle, nhwc, backend, repeats)
-    if got.shape != ref.shape:
-        raise ExportError(f"TF.js logits have shape {got.shape}, PyTorch {ref.shape}: the bundle is not this model")
-    corr = float(np.corrcoef(ref.ravel(), got.ravel())[0, 1])
-    agree = float((ref.argmax(1) == got.argmax(1)).mean())
+    par = parity_figures(ref, got, labels, min_corr, min_agreement)
+    corr, agree = par["logits_correlation"], par["top1_agreement"]
     size = bundle_size_mb(bundle)
     try:
         lat, lat_error = measure_latency(bundle, nhwc, latency_runtime, latency_runs, latency_warmup, chromium), None
@@ -670,7 +907,15 @@ def validate_tfjs_bundle(
     size_ok = json.loads((bundle / "preprocessing.json").read_text()).get("input_size") == int(ckpt["image_size"])
     gates = [
         gate("logits_correlation", "logits correlation", corr, ">", float(min_corr), note="TF.js vs PyTorch"),
-        gate("top1_agreement", "top-1 agreement", agree, ">=", float(min_agreement), note="TF.js vs PyTorch"),
+        gate(
+            "top1_agreement",
+            "top-1 agreement",
+            agree,
+            ">=",
+            float(min_agreement),
+            note=f"TF.js vs PyTorch, {par['top1_flips']} flips in {len(x)} images, 95 % Wilson interval "
+            f"{par['top1_agreement_ci95']}",
+        ),
         gate("model_size_mb", "model size", size, "<", float(max_size_mb), "MB", note="model.json + weight shards"),
         gate(
             "latency_ms_median",
@@ -705,10 +950,8 @@ def validate_tfjs_bundle(
         "passed": not reasons,
         "reasons": reasons,
         "gates": gates,
-        "images": len(x),
-        "logits_correlation": corr,
-        "top1_agreement": agree,
-        "max_abs_diff": float(np.abs(ref - got).max()),
+        **{k: v for k, v in par.items() if k != "passed"},
+        "parity_sample": parity_sample_label(len(x), test_images),
         "model_size_mb": size,
         "max_size_mb": float(max_size_mb),
         "student_under_20mb": size < 20.0,
@@ -724,11 +967,22 @@ def validate_tfjs_bundle(
         "latency_wasm_simd": lat.get("simd") if lat else None,
         "latency_wasm_threads": lat.get("threads") if lat else None,
         "latency_error": lat_error,
-        "node_backend": info["backend"],
+        "node_backend": info["backend"],  # the parity run's backend
         "node_latency_ms_median": info["median_ms"],
         "node_latency_repeats": repeats,
-        "pytorch_top1": [ckpt["classes"][i] for i in ref.argmax(1)],
+        "pytorch_top1_classes": [ckpt["classes"][i] for i in ref.argmax(1)],
     }
+
+
+def parity_sample_label(images: int, test_images: int | None) -> str:
+    """Says whether the parity sample is plan-sized: >= PARITY_MIN_IMAGES, or all of a smaller
+    test split; otherwise "local" (a smoke-test sample the manifest must not pass off as the plan's)."""
+    if images >= PARITY_MIN_IMAGES:
+        return f"plan: {images} images (>= {PARITY_MIN_IMAGES})"
+    if test_images is not None and images >= test_images:
+        return f"plan: all {images} test images (fewer than {PARITY_MIN_IMAGES})"
+    of = f" of {test_images} test images" if test_images is not None else ""
+    return f"local: {images} images{of} (the plan's parity needs >= {PARITY_MIN_IMAGES}, or all of test)"
 
 
 def validation_summary(report: dict[str, Any], uri: str, bundle_metadata: dict | None = None) -> dict[str, Any]:
@@ -742,13 +996,20 @@ def validation_summary(report: dict[str, Any], uri: str, bundle_metadata: dict |
         "quantization": meta.get(K.QUANTIZATION, ""),
         "quantization_reason": meta.get(K.QUANTIZATION_REASON, ""),
     }
-    out.update({k: meta[k] for k in (K.QUANTIZATION_REQUESTED, K.FP16_SIZE_MB, K.UINT8_SIZE_MB) if k in meta})
+    built = (K.QUANTIZATION_REQUESTED, K.FP16_SIZE_MB, K.MIXED_SIZE_MB, K.UINT8_SIZE_MB, K.AUTO_TRIALS)
+    out.update({k: meta[k] for k in (*built, K.SHARDS, K.WEIGHT_SHARD_MB, "head_uint8_weights") if k in meta})
+    out.update({k: report[k] for k in (K.PYTORCH_TEST_TOP1, K.EXPORTED_TEST_TOP1) if k in report})
     out.update(
         {
             "model_size_mb": report["model_size_mb"],
             "max_size_mb": report["max_size_mb"],
             "correlation": report["logits_correlation"],
+            "images": report["images"],
+            K.PARITY_SAMPLE: report[K.PARITY_SAMPLE],
             "top1_agreement": report["top1_agreement"],
+            K.TOP1_FLIPS: report[K.TOP1_FLIPS],
+            K.TOP1_AGREEMENT_CI95: report[K.TOP1_AGREEMENT_CI95],
+            "pass_probability_at_99_5": report["pass_probability_at_99_5"],
             "max_abs_diff": report["max_abs_diff"],
             "passed": report["passed"],
             "latency_ms_median": report["latency_ms_median"],
@@ -774,18 +1035,35 @@ def _without_none(obj: Any) -> Any:
     return obj
 
 
-def sample_image_paths(records: list[dict], cache_dir: str, n: int) -> list[str]:
-    """A fixed, class-spread set of cached test images (sorted by image id)."""
-    from shared.data.cache_paths import resolve
-
-    picked, seen = [], set()
+def sample_test_records(records: list[dict], n: int) -> list[dict]:
+    """A fixed, class-spread set of n test records (sorted by image id): one per class first,
+    then filled up in id order."""
     ordered = sorted(records, key=lambda r: str(r["image_id"]))
-    for r in ordered:  # one per class first, then fill up
+    first, seen = [], set()
+    for i, r in enumerate(ordered):
         if r["taxon"] not in seen:
             seen.add(r["taxon"])
-            picked.append(r)
-    picked += [r for r in ordered if r not in picked]
-    return [str(resolve(cache_dir, r)) for r in picked[:n]]
+            first.append(i)
+    taken = set(first)
+    order = first + [i for i in range(len(ordered)) if i not in taken]
+    return [ordered[i] for i in order[:n]]
+
+
+def sample_image_paths(records: list[dict], cache_dir: str, n: int) -> list[str]:
+    """The cached images of sample_test_records(records, n)."""
+    from shared.data.cache_paths import resolve
+
+    return [str(resolve(cache_dir, r)) for r in sample_test_records(records, n)]
+
+
+def parity_sample(records: list[dict], cache_dir: str, n: int, classes: list[str]) -> tuple[list[str], list[int]]:
+    """The parity images (sample_test_records: n of them, all of test when fewer) and their
+    class indices in `classes` (-1 for a taxon the model does not know: never counted correct)."""
+    from shared.data.cache_paths import resolve
+
+    index = {c: i for i, c in enumerate(classes)}
+    picked = sample_test_records(records, n)
+    return [str(resolve(cache_dir, r)) for r in picked], [index.get(r["taxon"], -1) for r in picked]
 
 
 def run_export(
@@ -795,14 +1073,32 @@ def run_export(
     cache_dir: str,
     out_dir: str,
     quantization: str,
-    n_images: int = 16,
+    n_images: int = PARITY_MIN_IMAGES,
     max_size_mb: float | None = None,
+    min_corr: float = 0.995,
+    min_agreement: float = 0.99,
+    shard_mb: float = WEIGHT_SHARD_MB,
 ) -> dict[str, Any]:
     """The export step: the bundle from a checkpoint, its calibration.json and test images
-    (max_size_mb: the limit quantization "auto" picks against)."""
+    (max_size_mb: the limit quantization "auto" picks against; n_images test images, all of
+    test when fewer, are auto's parity sample, the first 8 the ONNX check's and onnx2tf's)."""
+    from shared.io.checkpoint import load_checkpoint
+
     if not Path(calibration_json).is_file():
         raise FileNotFoundError(f"calibration file not found: {calibration_json}")
     cal = json.loads(Path(calibration_json).read_text())
-    return export_tfjs_bundle(
-        checkpoint_path, out_dir, sample_image_paths(test_records, cache_dir, n_images), quantization, cal, max_size_mb
+    paths, labels = parity_sample(test_records, cache_dir, n_images, list(load_checkpoint(checkpoint_path)["classes"]))
+    r = export_tfjs_bundle(
+        checkpoint_path,
+        out_dir,
+        paths[:8],
+        quantization,
+        cal,
+        max_size_mb,
+        parity_images=paths if quantization == AUTO else None,
+        parity_labels=labels,
+        min_corr=min_corr,
+        min_agreement=min_agreement,
+        shard_mb=shard_mb,
     )
+    return {**r, "parity_sample": parity_sample_label(len(paths), len(test_records))}

@@ -648,11 +648,15 @@ def _phase_6(ex: dict | None, val: dict | None, not_run_reason: str, crit: dict)
         "top1_agreement": _num(val, K.TOP1_AGREEMENT),
         "passed": val.get(K.PASSED),
     }
+    if parity.get("status") == "completed":  # the sample, the agreement's interval, each model's test top-1
+        keys = ("images", K.PARITY_SAMPLE, K.TOP1_FLIPS, K.TOP1_AGREEMENT_CI95, "pass_probability_at_99_5")
+        parity.update({k: val[k] for k in (*keys, K.PYTORCH_TEST_TOP1, K.EXPORTED_TEST_TOP1) if k in val})
     p6["parity"] = parity
     if isinstance(ex.get(K.TOOLCHAIN), dict):  # the converter environment's versions
         p6["toolchain"] = {str(k): v for k, v in ex[K.TOOLCHAIN].items()}
     latency = _num(ex, K.LATENCY_MS_MEDIAN)
-    for key in (K.QUANTIZATION_REASON, K.FP16_SIZE_MB, K.UINT8_SIZE_MB, K.LATENCY_RUNTIME, "latency_browser", "gates"):
+    built = (K.FP16_SIZE_MB, K.MIXED_SIZE_MB, K.UINT8_SIZE_MB, K.AUTO_TRIALS, K.SHARDS, K.WEIGHT_SHARD_MB)
+    for key in (K.QUANTIZATION_REASON, *built, K.LATENCY_RUNTIME, "latency_browser", "gates"):
         if ex.get(key) is not None:
             p6[key] = ex[key]
     p6["latency_ms_median"] = latency

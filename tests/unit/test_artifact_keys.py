@@ -82,7 +82,15 @@ LOGGED = {
         "test_coverage",
         "test_precision_at_threshold",
     ),
-    "EXPORT_METRICS": ("model_size_mb", "fp16_size_mb", "uint8_size_mb", "onnx_max_abs_diff", "export_seconds"),
+    "EXPORT_METRICS": (
+        "model_size_mb",
+        "fp16_size_mb",
+        "uint8_size_mb",
+        "onnx_max_abs_diff",
+        "export_seconds",
+        "mixed_size_mb",
+        "shards",
+    ),
     "VALIDATION_METRICS": (
         "logits_correlation",
         "top1_agreement",
@@ -90,6 +98,9 @@ LOGGED = {
         "model_size_mb",
         "node_latency_ms_median",
         "latency_ms_median",
+        "top1_flips",
+        "pytorch_test_top1",
+        "exported_test_top1",
     ),
 }
 

@@ -3,7 +3,7 @@
 // runtime (BACKEND: cpu = pure JS, the default; wasm = @tensorflow/tfjs-backend-wasm),
 // writes the logits as float32, prints {"backend", "median_ms", "warmup", "repeats", "times_ms",
 // "runtime": "node", "tfjs", "node"} as JSON (latency: the first image, REPEATS runs after WARMUP
-// warm-up runs, default 20 and 3).
+// warm-up runs, default 20 and 3; REPEATS 0: logits only, median_ms null).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { loadBundle, tf } from './load_bundle.mjs';
 
@@ -41,6 +41,7 @@ for (let i = 0; i < repeats; i++) {
 }
 const sorted = [...times].sort((a, b) => a - b);
 const mid = Math.floor(sorted.length / 2);
-const median = sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+// no timed runs (REPEATS 0: a parity-only chunk): no median
+const median = !sorted.length ? null : sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 console.log(JSON.stringify({ backend: tf.getBackend(), median_ms: median, warmup, repeats, times_ms: times,
                              runtime: 'node', tfjs: tf.version.tfjs, node: process.version }));

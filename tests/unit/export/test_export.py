@@ -1,7 +1,8 @@
 """The export chain with the real tools: ONNX (onnxruntime), onnx2tf, tensorflowjs_converter
 and @tensorflow/tfjs in Node (cpu and wasm backends). One tiny model, converted once per
-module (fp16 and uint8). The demo page in Chromium is tests/unit/export/test_demo_page.py; the phase 6.4
-gates (auto quantization, size, browser latency) tests/unit/export/test_export_gate.py."""
+module (fp16, mixed and uint8), and once more with a shard size that forces several shards.
+The demo page in Chromium is tests/unit/export/test_demo_page.py; the phase 6.4 gates (auto
+quantization, size, browser latency) tests/unit/export/test_export_gate.py."""
 
 import json
 from pathlib import Path
@@ -13,12 +14,15 @@ import torch
 from shared.data.sample_data import render_species_image
 from shared.export.tfjs import (
     TFJS_DIR,
+    WEIGHT_SHARD_MB,
     ExportError,
     check_onnx,
     export_bin,
     export_onnx,
     export_tfjs_bundle,
+    head_weight_names,
     preprocess,
+    shard_count,
     validate_tfjs_bundle,
 )
 from shared.io.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
@@ -76,6 +80,7 @@ def bundles(tiny_checkpoint):
         "uint8": export_tfjs_bundle(
             str(d / "student.pt"), str(d / "bundle_uint8"), preprocess(ck, paths[:4]), "int8", CALIBRATION
         ),
+        "mixed": export_tfjs_bundle(str(d / "student.pt"), str(d / "bundle_mixed"), paths, "mixed", CALIBRATION),
     }
 
 
@@ -131,8 +136,54 @@ def test_bundles_fp16_and_uint8(bundles):
     assert fp16["toolchain"]["tensorflowjs"] and fp16["toolchain"]["onnx2tf"] and fp16["toolchain"]["tensorflow"]
 
 
+def _weights(bundle: Path) -> list[dict]:
+    return [w for g in json.loads((bundle / "model.json").read_text())["weightsManifest"] for w in g["weights"]]
+
+
 @needs_tools
-@pytest.mark.parametrize("q,backend", [("fp16", "cpu"), ("uint8", "wasm")])
+def test_mixed_quantises_only_the_classifier_head_to_uint8(bundles):
+    r, b = bundles["mixed"], Path(bundles["mixed"]["bundle"])
+    head = set(r["head_uint8_weights"])
+    dtypes = {w["name"]: w.get("quantization", {}).get("dtype") for w in _weights(b) if w["dtype"] == "float32"}
+    assert head and {dtypes[n] for n in head} == {"uint8"}  # the head: the weights ending in the class count
+    assert {dt for n, dt in dtypes.items() if n not in head} == {"float16"}  # everything else fp16
+    assert all(w["shape"][-1] == len(CLASSES) for w in _weights(b) if w["name"] in head)
+    assert r["quantization"] == "mixed" and r["mixed_size_mb"] == r["model_size_mb"]
+    assert json.loads((b / "preprocessing.json").read_text())["quantization"] == "mixed"
+    assert head_weight_names(b / "model.json", len(CLASSES)) == r["head_uint8_weights"]
+    with pytest.raises(ExportError, match="no weight has the class count \\(9000\\)"):
+        head_weight_names(b / "model.json", 9000)
+
+
+def test_a_9000_class_student_bundle_has_at_most_6_shards():
+    """Chromium stalled for good on the 7th shard of a 7-shard model served no-store; the
+    converter's default 4 MiB shards give the 9,000-class fp16 bundle (~27.5 MB) exactly 7."""
+    import timm
+
+    n = sum(p.numel() for p in timm.create_model("mobilenetv2_100", num_classes=9000).parameters())
+    fp16_bytes = 2 * n
+    assert 27e6 < fp16_bytes < 28e6
+    assert shard_count(fp16_bytes, 4 * 1024 * 1024 / 1e6) == 7  # the converter's default: the stall
+    assert shard_count(fp16_bytes, WEIGHT_SHARD_MB) == 1
+    assert shard_count(4 * n, WEIGHT_SHARD_MB) == 2  # even float32 (55 MB)
+    assert shard_count(150e6, WEIGHT_SHARD_MB) <= 6  # anything up to the 150 MB size bound
+
+
+@needs_tools
+def test_the_converter_shards_as_shard_count_says(bundles, tiny_checkpoint):
+    d, paths = tiny_checkpoint
+    weight_bytes = sum(p.stat().st_size for p in Path(bundles["fp16"]["bundle"]).glob("*.bin"))
+    assert bundles["fp16"]["shards"] == 1 and bundles["fp16"]["weight_shard_mb"] == WEIGHT_SHARD_MB
+    shard_mb = weight_bytes / 3.5 / 1e6  # forces 4 shards, the same arithmetic as 27.5 MB at 7.9 MB
+    r = export_tfjs_bundle(str(d / "student.pt"), str(d / "bundle_shards"), paths, "fp16", shard_mb=shard_mb)
+    shards = sorted(Path(r["bundle"]).glob("*.bin"))
+    assert r["shards"] == len(shards) == shard_count(weight_bytes, shard_mb) == 4
+    assert max(p.stat().st_size for p in shards) <= int(shard_mb * 1e6)
+    assert sum(p.stat().st_size for p in shards) == weight_bytes
+
+
+@needs_tools
+@pytest.mark.parametrize("q,backend", [("fp16", "cpu"), ("uint8", "wasm"), ("mixed", "wasm")])
 def test_tfjs_in_node_matches_pytorch(bundles, tiny_checkpoint, q, backend):
     d, paths = tiny_checkpoint
     r = validate_tfjs_bundle(

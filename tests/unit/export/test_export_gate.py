@@ -1,10 +1,11 @@
-"""The plan's phase 6 gates (6.4), strict like the plan: quantization "auto" (fp16 if its
-bundle is under the size limit, else uint8), the bundle size gate (<), the latency gate
+"""The plan's phase 6 gates (6.4), strict like the plan: quantization "auto" (the first of
+fp16, mixed, uint8 under the size limit whose parity passes, saying why each earlier one was
+rejected), the parity statistics (Wilson interval, pass probability), the bundle size gate (<), the latency gate
 (median single-image ms < bound) measured in headless Chromium with the WASM backend
 (or, only when asked, TF.js WASM in Node, labelled as Node), the gate table, and the
 validate_export component failing with every reason. The tiny model and images are
-tests/unit/export/test_export.py's; two real exports (auto under a generous limit, auto under a
-limit between the fp16 and uint8 sizes)."""
+tests/unit/export/test_export.py's; three real exports (auto under a generous limit with parity
+checked, auto under a limit at the fp16 size, auto with a parity bound nothing can meet)."""
 
 import json
 from pathlib import Path
@@ -13,15 +14,20 @@ import numpy as np
 import pytest
 
 from shared.export.tfjs import (
+    AUTO_ORDER,
     ExportError,
+    agreement_pass_probability,
     browser_latency,
     check_quantization,
     choose_quantization,
     export_tfjs_bundle,
     gate,
+    parity_figures,
+    parity_sample_label,
     saved_model_to_tfjs,
     validate_tfjs_bundle,
     validation_summary,
+    wilson_interval,
 )
 from tests.unit.export import test_export
 from tests.unit.export.test_export import CALIBRATION, HAVE_CONVERTERS, HAVE_TFJS, _weight_dtypes
@@ -56,23 +62,88 @@ def _fake_convert(sizes: dict):
     return convert, built
 
 
-def test_auto_rule_prefers_fp16_and_builds_uint8_only_when_needed():
-    convert, built = _fake_convert({"fp16": 12.0, "uint8": 6.5})
+def _fake_check(passing: set):
+    checked = []
+
+    def check(q):
+        checked.append(q)
+        ok = q in passing
+        return {"passed": ok, "logits_correlation": 0.999 if ok else 0.9, "top1_agreement": 0.995, "images": 1000}
+
+    return check, checked
+
+
+def test_auto_tries_fp16_then_mixed_then_uint8_and_says_why_each_was_rejected():
+    assert AUTO_ORDER == ("fp16", "mixed", "uint8")
+    convert, built = _fake_convert({"fp16": 12.0, "mixed": 8.0, "uint8": 6.5})
     c = choose_quantization(convert, 20.0)
-    assert (c["quantization"], built, "uint8_size_mb" in c) == ("fp16", ["fp16"], False)
-    assert c["fp16_size_mb"] == 12.0 and "is < the 20.0 MB limit" in c["quantization_reason"]
-    convert, built = _fake_convert({"fp16": 20.0, "uint8": 10.5})  # equal is not under: strict
-    c = choose_quantization(convert, 20.0)
-    assert (c["quantization"], built) == ("uint8", ["fp16", "uint8"])
-    assert (c["fp16_size_mb"], c["uint8_size_mb"]) == (20.0, 10.5)
-    assert "fp16 bundle (20.0 MB) is not < the 20.0 MB limit; the uint8 bundle (10.5 MB) is" in c["quantization_reason"]
-    convert, built = _fake_convert({"fp16": 60.0, "uint8": 30.0})  # even uint8 too big: still uint8
-    c = choose_quantization(convert, 20.0)
-    assert c["quantization"] == "uint8" and c["uint8_size_mb"] == 30.0
-    assert "neither bundle is < the 20.0 MB limit" in c["quantization_reason"]
-    assert "size gate of validate_export fails" in c["quantization_reason"]
+    assert (c["quantization"], built, "mixed_size_mb" in c) == ("fp16", ["fp16"], False)
+    assert c["quantization_reason"].startswith("auto: fp16 is the first of fp16, mixed, uint8 to pass")
+    # the plan's 9,000-class case: fp16 27.5 MB is over 20 MB, mixed fits and its parity passes
+    convert, built = _fake_convert({"fp16": 27.5, "mixed": 16.2, "uint8": 13.8})
+    check, checked = _fake_check({"mixed", "uint8"})
+    c = choose_quantization(convert, 20.0, check)
+    assert (c["quantization"], built, checked) == ("mixed", ["fp16", "mixed"], ["mixed"])  # no parity for > 20 MB
+    assert "rejected: fp16: bundle 27.5 MB is not < the 20.0 MB limit" in c["quantization_reason"]
+    assert (c["fp16_size_mb"], c["mixed_size_mb"]) == (27.5, 16.2) and "uint8_size_mb" not in c
+    assert [t["mode"] for t in c["auto_trials"]] == ["fp16", "mixed"] and c["auto_trials"][1]["passed"]
+    # equal is not under (strict); a parity failure moves on to the next mode, with the figures
+    convert, built = _fake_convert({"fp16": 20.0, "mixed": 15.0, "uint8": 10.5})
+    check, checked = _fake_check({"uint8"})
+    c = choose_quantization(convert, 20.0, check)
+    assert (c["quantization"], built, checked) == ("uint8", ["fp16", "mixed", "uint8"], ["mixed", "uint8"])
+    assert "fp16: bundle 20.0 MB is not < the 20.0 MB limit" in c["quantization_reason"]
+    assert (
+        "mixed: 15.0 MB, but parity fails (correlation 0.900000, top-1 agreement 0.9950 on 1000 images)"
+        in (c["quantization_reason"])
+    )
+    # nothing passes: the smallest is kept and validate_export's gates fail
+    convert, built = _fake_convert({"fp16": 60.0, "mixed": 40.0, "uint8": 30.0})
+    c = choose_quantization(convert, 20.0, _fake_check(set())[0])
+    assert c["quantization"] == "uint8" and c["uint8_size_mb"] == 30.0 and not c["auto_trials"][-1]["passed"]
+    assert "no mode passes; kept uint8" in c["quantization_reason"]
+    assert "validate_export's gates fail" in c["quantization_reason"]
     with pytest.raises(ValueError, match="size limit > 0"):
         choose_quantization(convert, 0.0)
+
+
+def test_agreement_interval_and_the_chance_a_faithful_export_passes():
+    lo, hi = wilson_interval(990, 1000)
+    assert lo < 0.99 < hi and (round(lo, 4), round(hi, 4)) == (0.9817, 0.9946)  # Wilson, z = 1.96
+    assert wilson_interval(1000, 1000)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
+    # the figures the docs quote: the point-estimate gate >= 0.99 with a true agreement of 99.5 % / 98 %
+    assert round(agreement_pass_probability(1000, 0.995, 0.99), 4) == 0.9865
+    assert round(agreement_pass_probability(1500, 0.995, 0.99), 4) == 0.9955
+    assert agreement_pass_probability(1500, 0.98, 0.99) < 0.003
+    assert agreement_pass_probability(100, 1.0, 0.99) == 1.0
+    with pytest.raises(ValueError, match="n must be > 0"):
+        agreement_pass_probability(0, 0.99, 0.99)
+
+
+def test_parity_figures_count_flips_and_each_models_top1():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 30)).astype(np.float32)
+    got = ref + rng.normal(scale=1e-4, size=ref.shape).astype(np.float32)
+    got[:3] = ref[:3]
+    for i in range(3):  # three flips: the runner-up made top-1
+        j = np.argsort(ref[i])[-2]
+        got[i, j] = ref[i].max() + 1
+    labels = ref.argmax(1)
+    p = parity_figures(ref, got, labels, 0.99, 0.99)
+    assert (p["images"], p["top1_flips"], p["top1_agreement"]) == (200, 3, 0.985)
+    assert p["top1_agreement_ci95"][0] < 0.985 < p["top1_agreement_ci95"][1]
+    assert (p["pytorch_test_top1"], p["exported_test_top1"]) == (1.0, 0.985) and not p["passed"]
+    assert parity_figures(ref, ref, None, 0.99, 0.99)["passed"] and "pytorch_test_top1" not in parity_figures(ref, ref)
+    with pytest.raises(ExportError, match="not this model"):
+        parity_figures(ref, got[:, :10])
+    with pytest.raises(ValueError, match="199 labels for 200"):
+        parity_figures(ref, got, labels[:199])
+
+
+def test_a_parity_sample_under_1000_images_is_labelled_local():
+    assert parity_sample_label(1500, 70000).startswith("plan: 1500 images")
+    assert parity_sample_label(52, 52) == "plan: all 52 test images (fewer than 1000)"
+    assert parity_sample_label(16, 52).startswith("local: 16 images of 52 test images")
 
 
 def test_auto_is_an_export_choice_not_a_converter_flag(tiny_checkpoint, tmp_path):
@@ -115,9 +186,15 @@ def auto_bundles(tiny_checkpoint):
         pytest.skip("converter environment not built")
     d, paths = tiny_checkpoint
     ck = str(d / "student.pt")
-    roomy = export_tfjs_bundle(ck, str(d / "auto_roomy"), paths, "auto", CALIBRATION, max_size_mb=150.0)
+    labels = [i % 6 for i in range(len(paths))]
+    parity = {"parity_images": paths, "parity_labels": labels}
+    roomy = export_tfjs_bundle(ck, str(d / "auto_roomy"), paths, "auto", CALIBRATION, max_size_mb=150.0, **parity)
     tight = export_tfjs_bundle(ck, str(d / "auto_tight"), paths, "auto", CALIBRATION, max_size_mb=roomy["fp16_size_mb"])
-    return {"roomy": roomy, "tight": tight}
+    # a correlation bound of 1.0 ("> 1.0") no bundle can meet: every mode is built, checked and rejected
+    strict = export_tfjs_bundle(
+        ck, str(d / "auto_strict"), paths, "auto", CALIBRATION, max_size_mb=150.0, min_corr=1.0, **parity
+    )
+    return {"roomy": roomy, "tight": tight, "strict": strict}
 
 
 @needs_tools
@@ -126,28 +203,44 @@ def test_auto_picks_fp16_under_a_generous_limit(auto_bundles):
     b = Path(r["bundle"])
     assert r["quantization"] == "fp16" and r["quantization_requested"] == "auto" and r["max_size_mb"] == 150.0
     assert r["quantization_reason"] == (
-        f"auto: the fp16 bundle ({r['fp16_size_mb']} MB) is < the 150.0 MB limit; "
-        "fp16 loses less than uint8, so uint8 was not built"
+        f"auto: fp16 is the first of fp16, mixed, uint8 to pass (fp16: {r['fp16_size_mb']} MB, parity passed)"
     )
-    assert "uint8_size_mb" not in r and r["model_size_mb"] == r["fp16_size_mb"]
+    (trial,) = r["auto_trials"]  # parity checked on the 12 images, and nothing else built
+    assert trial["passed"] and trial["images"] == 12 and trial["top1_agreement"] == 1.0
+    assert "uint8_size_mb" not in r and "mixed_size_mb" not in r and r["model_size_mb"] == r["fp16_size_mb"]
     assert _weight_dtypes(b) == {"float16"}
     assert json.loads((b / "preprocessing.json").read_text())["quantization"] == "fp16"
 
 
 @needs_tools
-def test_auto_picks_uint8_under_a_limit_between_the_two_sizes(auto_bundles):
+def test_auto_moves_past_fp16_at_the_limit_to_the_first_mode_under_it(auto_bundles):
     r, limit = auto_bundles["tight"], auto_bundles["roomy"]["fp16_size_mb"]
     b = Path(r["bundle"])
-    print(f"fp16 {r['fp16_size_mb']} MB, uint8 {r['uint8_size_mb']} MB, limit {limit} MB")
-    assert r["uint8_size_mb"] < limit == r["fp16_size_mb"]  # fp16 at the limit is not under it
-    assert r["quantization"] == "uint8" and r["model_size_mb"] == r["uint8_size_mb"]
-    assert r["quantization_reason"] == (
-        f"auto: the fp16 bundle ({limit} MB) is not < the {limit} MB limit; "
-        f"the uint8 bundle ({r['uint8_size_mb']} MB) is"
-    )
-    assert _weight_dtypes(b) == {"uint8"}
-    assert json.loads((b / "preprocessing.json").read_text())["quantization"] == "uint8"
+    sizes = {t["mode"]: t["size_mb"] for t in r["auto_trials"]}
+    print(f"sizes {sizes} MB, limit {limit} MB")
+    assert r["fp16_size_mb"] == limit and not r["auto_trials"][0]["passed"]  # at the limit is not under it
+    assert [t["mode"] for t in r["auto_trials"]] == list(AUTO_ORDER[: len(r["auto_trials"])])
+    picked = r["auto_trials"][-1]
+    assert picked["passed"] and picked["mode"] == r["quantization"] and picked["size_mb"] < limit
+    assert all(t["size_mb"] >= limit for t in r["auto_trials"][:-1])  # every earlier one: too big
+    assert f"rejected: fp16: bundle {limit} MB is not < the {limit} MB limit" in r["quantization_reason"]
+    assert r["model_size_mb"] == r[f"{r['quantization']}_size_mb"]
+    want = {"mixed": {"float16", "uint8"}, "uint8": {"uint8"}}[r["quantization"]]
+    assert _weight_dtypes(b) == want
+    assert json.loads((b / "preprocessing.json").read_text())["quantization"] == r["quantization"]
     assert not list(b.parent.glob(".bundle-*"))
+
+
+@needs_tools
+def test_auto_with_parity_that_no_mode_meets_keeps_uint8_and_says_why(auto_bundles):
+    r = auto_bundles["strict"]
+    assert [t["mode"] for t in r["auto_trials"]] == ["fp16", "mixed", "uint8"]
+    assert not any(t["passed"] for t in r["auto_trials"]) and r["quantization"] == "uint8"
+    for t in r["auto_trials"]:
+        assert f"{t['mode']}: {t['size_mb']} MB, but parity fails" in r["quantization_reason"]
+        assert t["logits_correlation"] > 0.99 and t["images"] == 12  # fine figures, an impossible bound
+    assert r["fp16_size_mb"] > r["mixed_size_mb"] > r["uint8_size_mb"]
+    assert r["head_uint8_weights"] if r["quantization"] == "mixed" else "head_uint8_weights" not in r
 
 
 @pytest.fixture(scope="module")
@@ -242,25 +335,26 @@ def test_a_latency_bound_of_a_microsecond_fails_the_latency_gate(auto_bundles, t
 @needs_tools
 def test_a_bundle_at_or_over_the_size_limit_fails_the_size_gate(auto_bundles, tiny_checkpoint):
     d, paths = tiny_checkpoint
-    u8 = auto_bundles["tight"]
+    small = auto_bundles["tight"]  # mixed or uint8, whichever auto picked
     # exactly the bundle's size is not under it (strict, like the plan's "< 20MB")
     r = validate_tfjs_bundle(
-        u8["bundle"],
+        small["bundle"],
         str(d / "student.pt"),
         paths[:4],
         repeats=1,
-        max_size_mb=u8["uint8_size_mb"],
+        max_size_mb=small["model_size_mb"],
         latency_runtime="node-wasm",
         latency_runs=3,
     )
     assert not r["passed"] and r["reasons"] == [
-        f"model size {u8['uint8_size_mb']:.6g} MB is not < {u8['uint8_size_mb']:g} MB (model.json + weight shards)"
+        f"model size {small['model_size_mb']:.6g} MB is not < {small['model_size_mb']:g} MB "
+        "(model.json + weight shards)"
     ]
     size = next(g for g in r["gates"] if g["gate"] == "model_size_mb")
     assert (size["value"], size["operator"], size["bound"], size["passed"]) == (
-        pytest.approx(u8["uint8_size_mb"]),
+        pytest.approx(small["model_size_mb"]),
         "<",
-        u8["uint8_size_mb"],
+        small["model_size_mb"],
         False,
     )
 
