@@ -310,16 +310,17 @@ def kept_mass_shortfall_bound(sl: SoftLabels, teachers: list[TeacherSpec], rows:
 
 
 def effective_weights(teachers: list[TeacherSpec], rows: np.ndarray) -> list[dict]:
-    """Each distinct pattern of applicable teachers, most samples first: the teachers, their
-    weights renormalised over the pattern (what each sample's soft label actually uses) and how
-    many samples have it."""
+    """Each distinct pattern of applicable teachers, most samples first (then most teachers):
+    the teachers, their weights renormalised over the pattern (what each sample's soft label
+    actually uses) and how many samples have it."""
     names = [t.logits.name or f"teacher{i}" for i, t in enumerate(teachers)]
     covered = (rows >= 0).T  # (N, teachers)
     if not len(covered):
         return []
     patterns, counts = np.unique(covered, axis=0, return_counts=True)
     table = []
-    for pattern, count in sorted(zip(patterns, counts, strict=True), key=lambda pc: -int(pc[1])):
+    by_size = sorted(zip(patterns, counts, strict=True), key=lambda pc: (-int(pc[1]), -int(pc[0].sum())))
+    for pattern, count in by_size:
         on = [i for i in range(len(teachers)) if pattern[i]]
         total = sum(teachers[i].weight for i in on)
         table.append(
