@@ -223,7 +223,11 @@ KEY_METRICS: dict[str, TaskView] = {
     ),
     "combine-soft-labels": TaskView(
         None,
-        lambda o: f"{o.metrics[K.SAMPLES]:.0f} soft labels, teacher agreement {o.metrics[K.TEACHER_AGREEMENT]:.2f}",
+        lambda o: (
+            f"{o.metrics[K.SAMPLES]:.0f} soft labels at T={o.metrics[K.TEMPERATURE]:g} (top-k mass mean "
+            f"{o.metrics[K.TOPK_MASS_MEAN]:.3f}, min {o.metrics[K.TOPK_MASS_MIN]:.3f}), "
+            f"teacher agreement {o.metrics[K.TEACHER_AGREEMENT]:.2f}"
+        ),
     ),
     "train-student": TaskView(None, _student),
     "calibrate": TaskView(None, _calibrate),

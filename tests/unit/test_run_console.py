@@ -115,6 +115,21 @@ def test_key_metrics_from_executor_output(tmp_path):
         {"blessed": True, "reason": "blessed: ..."},
     )
     assert key_metric("calibrate", TaskOutputs.read(d)).endswith("plan criteria NOT met; gate (local bounds): blessed")
+    d = _executor_output(
+        tmp_path / "combine-soft-labels",
+        {
+            "metrics": {
+                "samples": 348.0,
+                "temperature": 3.0,
+                "topk_mass_mean": 0.6178,
+                "topk_mass_min": 0.5092,
+                "teacher_agreement": 0.836,
+            }
+        },
+    )
+    assert key_metric("combine-soft-labels", TaskOutputs.read(d)) == (
+        "348 soft labels at T=3 (top-k mass mean 0.618, min 0.509), teacher agreement 0.84"
+    )
     d = _executor_output(tmp_path / "export-skipped", {}, {"Output": {"status": "skipped", "reason": "not blessed"}})
     assert key_metric("export-skipped", TaskOutputs.read(d)) == "not blessed"
     d = _executor_output(
