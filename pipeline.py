@@ -307,9 +307,9 @@ def build_pipeline(cfg: dict, local: bool = False):
             max_ece=gate_max_ece,
             min_coverage=gate_min_coverage,
             min_precision=gate_min_precision,
+            gate_profile=cfg["export"]["gates"]["profile"],
         )
         cal.set_display_name("calibrate + quality gate (5)")
-            gate_profile=cfg["export"]["gates"]["profile"],
         # Phase 6: only a blessed student is exported (TFX-style: blessed, then pushed).
         with dsl.If(cal.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (a KFP condition)
             ex = c["export_tfjs"](
@@ -364,20 +364,20 @@ def build_pipeline(cfg: dict, local: bool = False):
             student_metrics=st.outputs["metrics"],
             calibration=cal.outputs["calibration"],
             export_summary=dsl.OneOf(va.outputs["Output"], sk.output),
+            failure={},  # every input named: ignore_upstream_failure() reads each (kfp 2.17.3)
             global_teacher_weights=teacher_weights,
             student_weights=student_weights,
             baseline_weights=baseline_weights,
         )
         mf.set_display_name("training manifest (7)")
+        if not local:  # a manifest whatever happens upstream: the run itself still ends failed
+            mf.ignore_upstream_failure()
 
-            failure={},  # every input named: ignore_upstream_failure() reads each (kfp 2.17.3)
         # Kubernetes settings of every task (resources, GPUs, node pools, PVC, secrets,
         # caching, retries); the pod's GPU count follows the torchrun process count.
         apply_platform_to_pipeline(
             cfg["cluster"], accelerator_limits={"train_teacher": gpus_per_teacher, "train_student": gpus_per_student}
         )
-        if not local:  # a manifest whatever happens upstream: the run itself still ends failed
-            mf.ignore_upstream_failure()
         # Each task's image from this config (registry and tag, or digests), not from import time.
         apply_images_to_pipeline(cfg["pipeline"]["images"])
 
@@ -414,36 +414,30 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
     out = Path(output).resolve()
     root = out / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
+    # a previous run's bundle and manifest must not pass for this run's
+    shutil.rmtree(out / "tfjs_model", ignore_errors=True)
+    for stale in ("TRAINING_MANIFEST.yaml", "run_summary.json"):
+        (out / stale).unlink(missing_ok=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     # tasks print through a pipe: unbuffered, the log shows each line when it happens, and a
     # task killed mid-way still leaves its last lines for the failure report
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     runner = runner if runner is not None else local.SubprocessRunner(use_venv=False)
     console = RunConsole(out / RUN_LOG)
-    # a previous run's bundle and manifest must not pass for this run's
-    shutil.rmtree(out / "tfjs_model", ignore_errors=True)
-    for stale in ("TRAINING_MANIFEST.yaml", "run_summary.json"):
-        (out / stale).unlink(missing_ok=True)
     console.say(
         f"{cfg['pipeline']['name']}: running the DAG with kfp.local ({type(runner).__name__}); "
         f"full log: {console.log_path}"
     )
     t0 = time.time()
+    pipe = build_pipeline(cfg, local=True)
     try:
         with console.capture():
             local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
             pipe()
     except Exception as err:
         console.failure_report(err)
-    pipe = build_pipeline(cfg, local=True)
         manifest = _manifest_after_failure(pipe, console, out, err)
         failed = console.failed[0].name if console.failed else "the run"
-        raise LocalRunFailed(f"{failed} failed; see {console.log_path}") from err
-    run_dir = _latest_run_dir(root, cfg["pipeline"]["name"])
-    summary = {"run_dir": str(run_dir), "seconds": round(time.time() - t0, 1), "outputs": {}}
-    if run_dir:
-        # A task's directory holds executor_output.json; ParallelFor iterations nest them.
-        for marker in sorted(run_dir.rglob("executor_output.json")):
         (out / "run_summary.json").write_text(
             json.dumps({"failed": failed, "training_manifest": manifest, "seconds": round(time.time() - t0, 1)}) + "\n"
         )
@@ -452,6 +446,12 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
         for line in verdict_of_manifest(manifest):
             console.say(line)
         console.close()
+        raise LocalRunFailed(f"{failed} failed; see {console.log_path}") from err
+    run_dir = _latest_run_dir(root, cfg["pipeline"]["name"])
+    summary = {"run_dir": str(run_dir), "seconds": round(time.time() - t0, 1), "outputs": {}}
+    if run_dir:
+        # A task's directory holds executor_output.json; ParallelFor iterations nest them.
+        for marker in sorted(run_dir.rglob("executor_output.json")):
             task = marker.parent
             summary["outputs"][str(task.relative_to(run_dir))] = {
                 f.name: str(f)
@@ -484,12 +484,6 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
     return summary
 
 
-def run_containers(cfg: dict, output: str, data_dir: str) -> dict:
-    """run_local with kfp.local.DockerRunner: each task in the image the config names for it, with
-    the checks and podman handling of components/container_run.py."""
-    from kfp import local
-
-    from components.container_run import ContainerRunError, container_session
 def _manifest_after_failure(pipe, console, out: Path, error: BaseException) -> str | None:
     """After a failed local run, the training-manifest step run here on whatever the tasks that
     ran left (the same component, inputs from shared.manifest.after_failure), with the failed
@@ -531,6 +525,12 @@ def _manifest_after_failure(pipe, console, out: Path, error: BaseException) -> s
     return str(out / MANIFEST_NAME)
 
 
+def run_containers(cfg: dict, output: str, data_dir: str) -> dict:
+    """run_local with kfp.local.DockerRunner: each task in the image the config names for it, with
+    the checks and podman handling of components/container_run.py."""
+    from kfp import local
+
+    from components.container_run import ContainerRunError, container_session
     from components.images import image_refs
 
     # the references apply_images_to_pipeline gives the tasks (the pipeline uses all three images)
