@@ -707,11 +707,11 @@ def build_training_manifest(
     environment: dict | None,
     timestamp: _dt.datetime | None = None,
     staged_weights: dict | None = None,
+    failure: dict | None = None,
 ) -> dict:
     """The manifest as a dict (see module doc).
 
     config: {"global_teacher": teacher config, "regional_teachers": [{"teacher",
-    failure: dict | None = None,
         "regions", "weight", "config"}], "student": student config, "pipeline": the
         pipeline config (calibration/export gates, cache, teachers ...)}; all optional.
     phase_results: keys in PHASES, each a step's result dict (its JSON output merged
@@ -736,12 +736,12 @@ def build_training_manifest(
         "git_commit": git_commit,
         "seed": int(seed),
         "data": data,
+        "run": run,
+        "verdict": _verdict_section(phases, run, results["calibration"]),
         "phases": phases,
         "environment": _environment_section(environment, phases["phase_6"].get("toolchain")),
         "models": _models_section(staged_weights, config),
         "hyperparameters": collect_hyperparameters(config),
-        "run": run,
-        "verdict": _verdict_section(phases, run, results["calibration"]),
     }
     return _plain(manifest)
 
@@ -1112,16 +1112,16 @@ def summary_markdown(manifest: dict) -> str:
         return "-" if v is None else str(v)
 
     gate = p5.get("gate") or {}
+    verdict = manifest.get("verdict") or {}
     lines = [
         f"# Training run {manifest.get('timestamp', '')} (commit {manifest.get('git_commit') or 'unknown'})",
         "",
+        *[f"- {line}" for line in verdict.get("lines") or []],
+        "",
         f"Export gate: {gate.get('label', 'not run')}" + (f"; {gate['reason']}" if gate.get("reason") else ""),
-    verdict = manifest.get("verdict") or {}
         "",
         "| phase | figure | value | plan criterion | met |",
         "| --- | --- | --- | --- | --- |",
-        *[f"- {line}" for line in verdict.get("lines") or []],
-        "",
     ]
     lines += [
         f"| {p} | {f} | {show(v)} | {c or '-'} | {'-' if m is None else ('yes' if m else 'NO')} |"
