@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
 from shared.config.pipeline import load_pipeline_config  # noqa: E402
+from shared.run_console import LocalRunFailed  # noqa: E402
 
 PHASE0_TASKS = {"ingest", "cache-images", "split", "baseline"}
 
@@ -51,7 +52,11 @@ def test_local_run_console_is_short_and_the_log_holds_the_detail(local_run_conso
     lines = console.splitlines()
     assert len(lines) < 80, console
     log_path = out / "run.log"
-    assert str(log_path) in lines[0] and lines[-1].endswith(str(log_path))
+    assert str(log_path) in lines[0] and lines[-3].endswith(str(log_path))
+    # the last lines: the verdict the manifest computed, the gate's bounds named, the plan's apart
+    m = yaml.safe_load(Path(summary["training_manifest"]).read_text())
+    assert lines[-2:] == m["verdict"]["lines"] and lines[-2] == "gate (local bounds): blessed"
+    assert lines[-1].startswith("plan criteria: ")
     # a start and an end line per task that ran, the end with its seconds and key metric
     tasks = [key.rsplit("/", 1)[-1] for key in summary["outputs"]]
     ends = [line for line in lines if re.match(r"\d\d:\d\d:\d\d  ok ", line)]
@@ -64,7 +69,7 @@ def test_local_run_console_is_short_and_the_log_holds_the_detail(local_run_conso
     }
     assert "records kept" in metric["ingest"] and "val top-1" in metric["train-teacher [global]"]
     assert "val top-1" in metric["train-teacher-2 [EU_SW]"] and "val top-1" in metric["train-teacher-2 [EU_CORE]"]
-    assert "gate: blessed" in metric["calibrate"] and " MB (fp16)" in metric["export-tfjs"]
+    assert "gate (local bounds): blessed" in metric["calibrate"] and " MB (fp16)" in metric["export-tfjs"]
     assert re.search(r"parity r (0\.99|1\.00)\d+.*gates passed", metric["validate-export"])
     assert "images train" in metric["split"]
     assert summary["tfjs_model"] in console and summary["training_manifest"] in console
@@ -175,6 +180,17 @@ def test_local_run_exports_blessed_student_and_writes_manifest(local_run):
     assert p4["final_stage"] and p4["final_test_top1"] is not None and p4["stages"]["finetuning"]["test_top1"] >= 0
     assert p5["test_ece"] is not None and "test_coverage>=0.8" in p5["criteria"]
     assert p5["gate"]["profile"] == "local" and "not the plan's criteria" in p5["gate"]["label"]
+    assert p5["gate"]["bounds"] == "local" and p5["gate"]["deviations"]["max_ece"] == {"used": 0.5, "plan": 0.1}
+    # one verdict: the bundle's calibration.json, the manifest and the calibrate step's metrics agree
+    v = m["verdict"]
+    assert m["run"]["status"] == "completed" and v["blessed"] is True
+    assert cal["plan_criteria"] == {"met": v["plan_criteria_met"], "criteria": v["plan_criteria"]}
+    assert cal["gate_bounds"]["kind"] == "local" and cal["blessed"] is True
+    cal_metrics = json.loads(
+        (Path(summary["outputs"]["calibrate"]["metrics"]).parent / "executor_output.json").read_text()
+    )
+    logged = cal_metrics["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert logged["plan_criteria_met"] == float(v["plan_criteria_met"] is True)
     summary_md = Path(summary["outputs"]["training-manifest"]["summary"]).read_text()
     assert "| 4 student | test top-1 |" in summary_md and "LOCAL smoke-test thresholds" in summary_md
     # every model's starting weights: the local configs train from scratch on purpose, and say so
@@ -216,6 +232,47 @@ def test_failed_gate_ends_green_without_export(strict_gate_run):
     m = yaml.safe_load(Path(strict_gate_run["training_manifest"]).read_text())
     p6 = m["phases"]["phase_6"]
     assert p6["status"] == "skipped" and "not blessed" in p6["reason"] and "0.99" in p6["reason"]
+
+
+@pytest.fixture(scope="module")
+def gate_failed_run(sample_catalogue, tmp_path_factory, local_run):
+    """A quick run (1 epoch each) whose student is blessed and whose TF.js export then fails its
+    size gate (`--set export.gates.max_bundle_mb=0.001`): (the exception, --output, console)."""
+    out = tmp_path_factory.mktemp("run_gatefail")
+    (out / "tfjs_model").mkdir()  # a previous run's bundle must not survive
+    cfg = load_pipeline_config(
+        ROOT / "config" / "local.yaml",
+        {
+            "data.records_uri": str(sample_catalogue / "records.jsonl"),
+            "cache.dir": local_run[0]["cache"]["dir"],
+            "teachers.overrides": {"training.epochs": 1},
+            "student.overrides": {"training.distillation_epochs": 1, "training.finetune_epochs": 1},
+            "student.train_ce_control": False,
+            "export.gates.min_val_top1": 0.0,
+            "export.gates.max_ece": 1.0,
+            "export.gates.max_bundle_mb": 0.001,
+        },
+    )
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console), pytest.raises(LocalRunFailed) as failed:
+        pipeline.run_local(cfg, str(out))
+    return failed.value, out, console.getvalue().splitlines()
+
+
+def test_a_failed_export_gate_writes_the_manifest_and_leaves_no_bundle(gate_failed_run):
+    err, out, console = gate_failed_run
+    assert "validate-export failed" in str(err)
+    assert not (out / "tfjs_model").exists()
+    m = yaml.safe_load((out / "TRAINING_MANIFEST.yaml").read_text())
+    run = m["run"]
+    assert (run["status"], run["failed_task"], run["failed_phase"]) == ("failed", "validate-export", "phase_6")
+    assert "fails its gates" in run["error"] and "0.001" in run["error"]
+    p6 = m["phases"]["phase_6"]
+    assert p6["status"] == "failed" and p6["model_size_mb"] > 0.001
+    assert [g["passed"] for g in p6["gates"] if g["gate"] == "model_size_mb"] == [False]  # the gate, named
+    assert all(m["phases"][f"phase_{i}"]["status"] == "completed" for i in range(6))
+    assert console[-1] == m["verdict"]["lines"][-1] and console[-1].startswith("run: FAILED at validate-export")
+    assert "TF.js model: none (the run failed)" in console
 
 
 def test_same_seed_same_splits(local_run, strict_gate_run):
