@@ -435,11 +435,8 @@ class CheckpointSaver:
         else:
             why = f"ended after {ran} of {s.epochs} epochs"
         guard = self.first_eligible_epoch
-        held = (
-            f"; epochs 1-{guard} were not eligible (warm-up {s.warmup_epochs:g} + min_epochs {s.min_epochs})"
-            if guard
-            else ""
-        )
+        span = "epoch 1 was" if guard == 1 else f"epochs 1-{guard} were"
+        held = f"; {span} not eligible (warm-up {s.warmup_epochs:g} + min_epochs {s.min_epochs})" if guard else ""
         if self.best_epoch >= 0 and self.best is not None:
             return f"{why}; best checkpoint: epoch {self.best_epoch + 1} ({metric} {self.best:.4f}){held}"
         return f"{why}; no epoch had a finite {metric}{held}"

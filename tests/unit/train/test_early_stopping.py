@@ -86,6 +86,8 @@ def test_no_guard_without_warm_up_and_a_resume_keeps_the_count(tmp_path):
     assert again.resume(lambda _: None) == 2 and again.bad_epochs == 1 and again.best_epoch == 0
     assert again.stop_reason().startswith("ended after 2 of 5 epochs; best checkpoint: epoch 1 (top1_acc 0.5000)")
     assert "not eligible" not in again.stop_reason()
+    one = _saver(tmp_path / "one", TrainSettings(epochs=5, warmup_epochs=1))
+    assert one.stop_reason().endswith("; epoch 1 was not eligible (warm-up 1 + min_epochs 0)")
 
 
 def test_teacher_config_keys_reach_the_loop():
