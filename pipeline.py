@@ -442,6 +442,12 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
             json.dumps({"failed": failed, "training_manifest": manifest, "seconds": round(time.time() - t0, 1)}) + "\n"
         )
         console.say(f"TRAINING_MANIFEST.yaml: {manifest or 'not written (see the log)'}")
+        # nothing under --output passes for a model: a bundle that did not pass validate_export goes
+        validated = any(r.task == "validate-export" and r.status == "SUCCESS" for r in console.runs)
+        for run in console.runs:
+            if run.task == "export-tfjs" and not validated and run.task_dir and (run.task_dir / "bundle").exists():
+                shutil.rmtree(run.task_dir / "bundle")
+                console.log(f"removed the unvalidated TF.js bundle {run.task_dir / 'bundle'}")
         console.say("TF.js model: none (the run failed)")
         for line in verdict_of_manifest(manifest):
             console.say(line)

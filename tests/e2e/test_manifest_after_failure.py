@@ -78,10 +78,9 @@ def mini_pipeline(
     student_config: dict = {},  # noqa: B006
     pipeline_settings: dict = {"export": {"gates": {"profile": "local", "min_val_top1": 0.3}}},  # noqa: B006
 ):
-    ingest()
-    split()
-    calibrate()
-    validate_export(bundle=export_tfjs().outputs["bundle"])
+    # in order: without control flow kfp.local stops at the first failure
+    done = [ingest(), split(), calibrate()]
+    validate_export(bundle=export_tfjs().after(*done).outputs["bundle"])
 
 
 def test_a_failed_export_gate_leaves_a_manifest_naming_it_exit_1_and_no_bundle(tmp_path, monkeypatch, capsys):
@@ -95,7 +94,8 @@ def test_a_failed_export_gate_leaves_a_manifest_naming_it_exit_1_and_no_bundle(t
     console = capsys.readouterr().out.splitlines()
 
     assert code == 1
-    assert not stale.exists() and not list(out.rglob("tfjs_model"))
+    # no TF.js model anywhere under --output: neither a previous run's nor this run's unvalidated one
+    assert not stale.exists() and not list(out.rglob("model.json"))
     m = yaml.safe_load((out / "TRAINING_MANIFEST.yaml").read_text())
     assert m["seed"] == 7 and m["data"]["snapshot"] == "mini"
     assert m["run"]["status"] == "failed" and m["run"]["failed_task"] == "validate-export"

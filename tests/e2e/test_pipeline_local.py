@@ -262,7 +262,7 @@ def gate_failed_run(sample_catalogue, tmp_path_factory, local_run):
 def test_a_failed_export_gate_writes_the_manifest_and_leaves_no_bundle(gate_failed_run):
     err, out, console = gate_failed_run
     assert "validate-export failed" in str(err)
-    assert not (out / "tfjs_model").exists()
+    assert not (out / "tfjs_model").exists() and not list(out.rglob("model.json"))
     m = yaml.safe_load((out / "TRAINING_MANIFEST.yaml").read_text())
     run = m["run"]
     assert (run["status"], run["failed_task"], run["failed_phase"]) == ("failed", "validate-export", "phase_6")
