@@ -7,7 +7,8 @@ latency gate measures it). The mode quantization "auto" picks is found by the ex
 rule (choose_quantization on these figures, against the plan's 20 MB bound and 6.4 parity
 bounds). Figures go to bench/results.json under "export_9000" (other keys are kept):
 {mode, bundle_mb, parity_correlation, top1_agreement, images, chromium_wasm_ms} for the mode
-auto picks, and every mode's figures under "modes".
+auto picks, and every mode's figures under "modes" (plus "none", the float32 bundle: what
+the conversion alone costs, so that the quantization's share of any flip is visible).
 
 Why the model is trained this way: agreement after quantization depends on the top-1
 margins (a flip needs the quantization error to exceed the gap between the two best
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -218,13 +220,15 @@ def measure_modes(ckpt_path: Path, work: Path, x: np.ndarray, labels: np.ndarray
 
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt)
+    for stale in [work / "saved_model", *work.glob("tfjs_*")]:  # a --workdir's earlier bundles are another model's
+        shutil.rmtree(stale, ignore_errors=True)
     onnx_path = work / "model.onnx"
     export_onnx(model, IMAGE_SIZE, onnx_path)
     onnx_diff = check_onnx(model, onnx_path, x[:4])
     onnx_to_saved_model(onnx_path, work / "saved_model", unnormalize(ckpt, x[:8]))
     modes = TfjsModes(work / "saved_model", work, CLASSES, shard_mb=30.0)
     out = {}
-    for q in AUTO_ORDER:
+    for q in (*AUTO_ORDER, "none"):  # none (float32): the reference that separates quantization from conversion
         t0 = time.time()
         d = modes.build(q)
         write_bundle_assets(d, ckpt, None, q)
