@@ -174,6 +174,17 @@ def eval_transform_for(ckpt: dict):
     )
 
 
+def records_as_trained(ckpt: dict[str, Any], records: list[dict]) -> list[dict]:
+    """The records as the checkpoint's model was validated on them: a student trained on the
+    cache's student rendition (its config's data.student_rendition) is scored on that
+    rendition too, so calibrate's and the gate's val top-1 is the figure training reported
+    and chose its checkpoint by (the main file resized gives slightly other pixels)."""
+    from shared.data.image_cache import student_records
+
+    short = int(((ckpt.get("config") or {}).get("data") or {}).get("student_rendition") or 0)
+    return student_records(records, short, "student evaluation records") if short > 0 else records
+
+
 def evaluate_checkpoint(
     checkpoint_path: str,
     records: list[dict],
@@ -192,6 +203,7 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(checkpoint_path)
     model = build_model(ckpt)
     classes = list(ckpt["classes"])
+    records = records_as_trained(ckpt, records)
     ds = CachedImageDataset(records, cache_dir, classes, eval_transform_for(ckpt), label_missing="ignore")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loader = inference_loader(ds, batch_size, device, num_workers)

@@ -173,3 +173,35 @@ def test_evaluate_checkpoint_with_worker_processes_matches_one_process(cached_sp
     two = evaluate_checkpoint(str(ckpt), test, cache, batch_size=8, num_workers=2)
     assert np.array_equal(one[1], two[1]) and np.array_equal(one[2], two[2]) and one[0] == two[0]
     assert one[0]["samples"] == len(test) and one[1].shape == (len(test), len(classes))
+
+
+def test_a_student_trained_on_its_rendition_is_scored_on_it(cached_splits, tmp_path):
+    """calibrate and the gate score the student on the files training validated it on (the
+    cache's student rendition), and a record without one is an error naming it."""
+    import shutil
+
+    import timm
+
+    from shared.evaluate.evaluation import evaluate_checkpoint, records_as_trained
+    from shared.io.checkpoint import save_checkpoint
+    from shared.vision.image_dataset import class_list
+
+    classes = class_list(cached_splits["train"])
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=len(classes))
+    ckpt = tmp_path / "m.pt"
+    config = {"data": {"student_rendition": 24}}
+    save_checkpoint(ckpt, model, model_name="test_resnet", classes=classes, image_size=32, config=config)
+    test, cache = cached_splits["test"][:4], cached_splits["cache_dir"]
+    # each record's rendition: here a copy of its main file under another name
+    rendition = []
+    for r in test:
+        copy = f"{r['cache_path']}.student.jpg"
+        shutil.copyfile(f"{cache}/{r['cache_path']}", f"{cache}/{copy}")
+        rendition.append({**r, "student_cache_path": copy, "student_resize": 24})
+    assert [r["cache_path"] for r in records_as_trained({"config": config}, rendition)] == [
+        r["student_cache_path"] for r in rendition
+    ]
+    assert records_as_trained({"config": {}}, test) == test  # a teacher: the main files
+    assert evaluate_checkpoint(str(ckpt), rendition, cache)[0]["samples"] == 4
+    with pytest.raises(ValueError, match=str(test[0]["image_id"])):
+        evaluate_checkpoint(str(ckpt), test, cache)
