@@ -42,3 +42,17 @@ def test_results_keep_other_benchmarks_keys(tmp_path):
     out.write_text(json.dumps({"scale": {"x": 1}, "export_9000": {"old": True}}))
     be.merge_results(out, {"mode": "mixed"})
     assert json.loads(out.read_text()) == {"scale": {"x": 1}, "export_9000": {"mode": "mixed"}}
+
+
+def test_backbone_training_learns_and_leaves_the_9000_way_head():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=be.CLASSES)
+    stem = model.conv_stem.weight.detach().clone()
+    fig = be.train_backbone(model, seed=0, steps=40, size=32)
+    print(fig)
+    assert model.classifier.out_features == be.CLASSES and not model.training
+    assert not torch.equal(stem, model.conv_stem.weight)  # the whole network trains, not just a head
+    assert fig["steps"] == 40 and fig["image_size"] == 32 and fig["classes"] == be.TRAIN_CLASSES
+    assert fig["final_loss"] < np.log(be.TRAIN_CLASSES)  # below chance-level cross-entropy
