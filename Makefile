@@ -39,8 +39,8 @@ compile: $(VENV)/.stamp
 bench-scale: $(VENV)/.stamp
 	$(PY) -m bench.bench_scale --output bench/results.json
 
-# The plan's student at its real size (MobileNetV2-224, 9,000 classes, head fitted on synthetic
-# classes) exported in every quantization mode: bundle MB, parity on 1,000 images, Chromium WASM
+# The plan's student at its real size (MobileNetV2-224, 9,000 classes, backbone trained briefly
+# on synthetic images, head fitted on synthetic classes) exported in every quantization mode: bundle MB, parity on 1,000 images, Chromium WASM
 # latency, and the mode quantization auto picks -> bench/results.json (key "export_9000").
 # About 20 minutes on 2 cores.
 bench-export: setup
