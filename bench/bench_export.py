@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -351,19 +350,9 @@ def run(tmp: str | None = None, images: int = PARITY_MIN_IMAGES, seed: int = 0) 
 
 def merge_results(path: Path, figures: dict) -> None:
     """Write `figures` under "export_9000" of the JSON file, keeping its other keys."""
-    data: dict = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
-    data["export_9000"] = figures
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    from bench.results_file import merge_key
+
+    merge_key(path, "export_9000", figures)
 
 
 def main(argv: list[str] | None = None) -> int:

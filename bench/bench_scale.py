@@ -1281,19 +1281,9 @@ def report_text(res: dict) -> str:
 
 def merge_results(path: Path, scale: dict) -> None:
     """Write `scale` under the key "scale" of the JSON file, keeping its other keys."""
-    data: dict = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
-    data["scale"] = scale
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    from bench.results_file import merge_key
+
+    merge_key(path, "scale", scale)
 
 
 def bench(
