@@ -1,6 +1,6 @@
 """`make bench-export`: the plan's student at its real size (timm mobilenetv2_100, 224 px,
-9,000 classes) exported to TF.js in every quantization mode (fp16, mixed = fp16 backbone +
-uint8 head, uint8), each measured: bundle MB and shards, parity with PyTorch (logits
+9,000 classes) exported to TF.js in every quantization mode (fp16; mixed = fp16 backbone +
+per-class uint8 classifier kernel; uint8), each measured: bundle MB and shards, parity with PyTorch (logits
 correlation, top-1 agreement with its 95 % Wilson interval) on 1,000 images, and the median
 single-image latency in headless Chromium with the WASM backend (browser_latency, as the
 latency gate measures it). The mode quantization "auto" picks is found by the export's own
@@ -36,7 +36,7 @@ of trained MobileNetV2s keep ~99.9 %). So:
     median top-1/top-2 logit gap are reported so the margins can be judged.
 Takes about 15-25 minutes on 2 cores (recorded as bench_seconds), of which the backbone's
 training is ~2-3 minutes on idle cores (0.26 s a step) and was 27 minutes on cores shared with
-a test suite; --workdir keeps it for reruns."""
+a test suite; --workdir keeps it for reruns (a rerun took 282 s)."""
 
 from __future__ import annotations
 

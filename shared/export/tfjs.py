@@ -16,17 +16,21 @@ no CDN.
 
 Quantization (tensorflowjs_converter weight quantization; activations stay
 float32): fp16 (default, --quantize_float16), mixed (fp16 backbone, uint8
-classifier head: bare --quantize_float16 is the converter's fallthrough dtype and
---quantize_uint8=<head weights> names the head; a '*' for fp16 would clash with
-the head's names, which the converter refuses), uint8 (--quantize_uint8, affine
+classifier kernel: bare --quantize_float16 is the converter's fallthrough dtype and
+--quantize_uint8=<kernel> names the head's kernel; a '*' for fp16 would clash with
+that name, which the converter refuses), uint8 (--quantize_uint8, affine
 per-tensor 8-bit weights, depthwise convolutions included); "int8" is accepted
 as an alias of uint8 since TF.js has no signed 8-bit weight format; "none"
 keeps float32; "auto" tries fp16, then mixed, then uint8 (AUTO_ORDER: least
 loss first) and ships the first that passes every gate it can check at export
 time: bundle size < max_size_mb and, given parity images, logits correlation and
 top-1 agreement with PyTorch (parity_figures); each rejected mode is recorded
-with why. At 9,000 classes the head is ~11.5M of MobileNetV2's ~13.7M weights,
-so mixed is ~60 % of the fp16 bundle while the backbone stays fp16.
+with why. The classifier is exported per-class scaled (per_class_head: kernel
+W / s, then * s + b), so the per-tensor uint8 kernel has per-class resolution and
+its scale and bias stay fp16. At 9,000 classes the head is ~11.5M of MobileNetV2's
+~13.7M weights, so mixed is ~60 % of the fp16 bundle while the backbone stays fp16;
+on `make bench-export`'s model mixed keeps top-1 agreement 0.994 (0.972 with one
+uint8 range for the whole head and a uint8 bias).
 
 Weight shards: WEIGHT_SHARD_MB (30 MB) per shard instead of the converter's
 4 MB, so any bundle up to 180 MB (above the 150 MB size bound) has at most 6
@@ -73,6 +77,7 @@ import numpy as np
 import torch
 
 from shared import artifact_keys as K
+from shared.export.per_class_head import with_per_class_scaled_head
 from shared.io.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[2]  # shared/export/tfjs.py -> the repository
@@ -160,8 +165,10 @@ def _run(cmd: list[str], cwd: str | None = None, what: str = "") -> None:
 
 
 def export_onnx(model: torch.nn.Module, image_size: int, path: str | os.PathLike) -> None:
-    """Static batch 1 (onnx2tf fails on a dynamic batch axis), opset 13, TorchScript exporter."""
-    model = model.eval()
+    """Static batch 1 (onnx2tf fails on a dynamic batch axis), opset 13, TorchScript exporter;
+    the classifier is exported as a per-class scaled kernel (per_class_head: per-class
+    resolution when the converter quantises the kernel per tensor)."""
+    model = with_per_class_scaled_head(model)
     dummy = torch.zeros(1, 3, image_size, image_size)
     torch.onnx.export(
         model, (dummy,), str(path), opset_version=13, dynamo=False, input_names=["input"], output_names=["logits"]
@@ -253,12 +260,17 @@ def saved_model_to_tfjs(
 
 
 def head_weight_names(model_json: str | os.PathLike, num_classes: int) -> list[str]:
-    """The classifier head's weights in a converted graph model: the weights whose last
-    dimension is the class count (onnx2tf's MatMul kernel, in_features x classes, and its
-    bias). ExportError when there is none, naming the shapes seen."""
+    """The classifier head's kernel in a converted graph model: the weights whose last
+    dimension is the class count and that hold more than one value per class (onnx2tf's
+    MatMul kernel, in_features x classes); the per-class scale and bias vectors
+    (per_class_head) stay fp16. ExportError when there is none, naming the shapes seen."""
     manifest = json.loads(Path(model_json).read_text())["weightsManifest"]
     weights = [w for group in manifest for w in group["weights"]]
-    names = [w["name"] for w in weights if w["shape"] and int(w["shape"][-1]) == int(num_classes)]
+    names = [
+        w["name"]
+        for w in weights
+        if w["shape"] and int(w["shape"][-1]) == int(num_classes) and int(np.prod(w["shape"])) > int(num_classes)
+    ]
     if not names:
         shapes = sorted({tuple(w["shape"]) for w in weights}, key=len)[-5:]
         raise ExportError(

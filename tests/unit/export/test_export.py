@@ -145,9 +145,15 @@ def test_mixed_quantises_only_the_classifier_head_to_uint8(bundles):
     r, b = bundles["mixed"], Path(bundles["mixed"]["bundle"])
     head = set(r["head_uint8_weights"])
     dtypes = {w["name"]: w.get("quantization", {}).get("dtype") for w in _weights(b) if w["dtype"] == "float32"}
-    assert head and {dtypes[n] for n in head} == {"uint8"}  # the head: the weights ending in the class count
+    assert len(head) == 1 and {dtypes[n] for n in head} == {"uint8"}  # the head's kernel only
     assert {dt for n, dt in dtypes.items() if n not in head} == {"float16"}  # everything else fp16
-    assert all(w["shape"][-1] == len(CLASSES) for w in _weights(b) if w["name"] in head)
+    kernel = next(w for w in _weights(b) if w["name"] in head)
+    assert kernel["shape"][-1] == len(CLASSES) and kernel["shape"][0] > 1
+    # per_class_head: every class on [-1, 1], so the one uint8 range is each class's own
+    assert -1.01 < kernel["quantization"]["min"] <= -0.99 and kernel["quantization"]["scale"] < 2.02 / 255
+    vectors = [w for w in _weights(b) if w["name"] not in head and w["shape"][-1] == len(CLASSES)]
+    # the per-class scale, and the bias unless it is all zero (timm's init: the converter drops it)
+    assert 1 <= len(vectors) <= 2 and {dtypes[w["name"]] for w in vectors} == {"float16"}
     assert r["quantization"] == "mixed" and r["mixed_size_mb"] == r["model_size_mb"]
     assert json.loads((b / "preprocessing.json").read_text())["quantization"] == "mixed"
     assert head_weight_names(b / "model.json", len(CLASSES)) == r["head_uint8_weights"]
