@@ -66,7 +66,20 @@ STEPS: dict[str, StepNeeds] = {
     "training_manifest": StepNeeds("cpu", None, cache_pvc=False),
 }
 
+TENANCY_MODES = ("multi-user", "standalone")
+# KFP backend releases the compiler knows (cluster.kfp_backend); platform features by the
+# first release that accepts them: KFP_BACKEND_FEATURES.
+KFP_BACKENDS = ("2.14", "2.15", "2.16", "2.17")
+
 CLUSTER_DEFAULTS: dict[str, Any] = {
+    # multi-user: runs go to `namespace`, a KFP Profile namespace (the manifests make the
+    # Profile, owner `profile_owner`); standalone: runs go to KFP's own namespace
+    # (`kfp_namespace`, usually kubeflow), where the service account is then created.
+    "mode": "multi-user",
+    "kfp_namespace": "kubeflow",
+    "profile_owner": "",
+    # The KFP backend the pipeline is compiled for: features newer than it are left out (and said).
+    "kfp_backend": "2.17",
     "namespace": "plantid",
     "service_account": "plantid-pipeline",
     # Workload Identity: the Google service account the Kubernetes one acts as
@@ -274,7 +287,19 @@ def load_cluster_config(section: dict | None) -> dict:
             raise _error(f"cluster.retry.{key}: expected seconds like '120s', got {r[key]!r}")
     if r["num_retries"] < 0:
         raise _error("cluster.retry.num_retries: must be >= 0")
-    for key, pattern in (("namespace", _DNS_LABEL), ("service_account", _DNS_SUBDOMAIN)):
+    if cfg["mode"] not in TENANCY_MODES:
+        raise _error(f"cluster.mode: must be one of {', '.join(TENANCY_MODES)}, got {cfg['mode']!r}")
+    if str(cfg["kfp_backend"]) not in KFP_BACKENDS:
+        raise _error(
+            f"cluster.kfp_backend: {cfg['kfp_backend']!r} is not a KFP backend release this compiler knows; "
+            f"known: {', '.join(KFP_BACKENDS)} (older backends cannot run KFP v2 Kubernetes-native pipelines)"
+        )
+    cfg["kfp_backend"] = str(cfg["kfp_backend"])
+    if cfg["profile_owner"] and "@" not in cfg["profile_owner"]:
+        raise _error(
+            f"cluster.profile_owner: expected the owner's e-mail (a KFP Profile owner), got {cfg['profile_owner']!r}"
+        )
+    for key, pattern in (("namespace", _DNS_LABEL), ("kfp_namespace", _DNS_LABEL), ("service_account", _DNS_SUBDOMAIN)):
         if not pattern.match(cfg[key]):
             raise _error(f"cluster.{key}: {cfg[key]!r} is not a valid Kubernetes name")
     if not _DNS_SUBDOMAIN.match(cfg["cache_pvc"]["name"]):
@@ -294,6 +319,12 @@ def load_cluster_config(section: dict | None) -> dict:
             f"cluster.image_pull_policy: must be Always, IfNotPresent or Never, got {cfg['image_pull_policy']!r}"
         )
     return cfg
+
+
+def run_namespace(cluster: dict) -> str:
+    """The namespace a run executes in: the Profile namespace (multi-user) or KFP's own
+    namespace (standalone)."""
+    return cluster["namespace"] if cluster["mode"] == "multi-user" else cluster["kfp_namespace"]
 
 
 def _known_step(step: str, where: str) -> None:

@@ -26,6 +26,10 @@ DEFAULTS: dict[str, Any] = {
         # digests: {data|train|export: "sha256:<64 hex>"} references that image by digest instead
         # of by tag (immutable: what was pushed is what runs); images without one keep the tag.
         "images": {"registry": "ghcr.io/plantid", "tag": "0.1.0", "digests": {}},
+        # Where each run's artifacts go on the cluster (gs://bucket/prefix, s3:// or minio://):
+        # compiled as the pipeline's default root and written into the namespace's kfp-launcher
+        # ConfigMap. "" = the KFP installation's default (its MinIO / the launcher's setting).
+        "root": "",
     },
     "data": {
         "source": "jsonl",  # jsonl | mongo
@@ -172,6 +176,20 @@ def _check_images(images: dict) -> None:
             raise ConfigError(f"{where}: expected 'sha256:' and 64 lowercase hex digits, got {digest!r}")
 
 
+PIPELINE_ROOT_SCHEMES = ("gs://", "s3://", "minio://")
+
+
+def _check_pipeline_root(root: Any) -> None:
+    """pipeline.root: "" or an object-store URI KFP's launcher can write (bucket and prefix)."""
+    if not isinstance(root, str):
+        raise ConfigError(f'pipeline.root: expected text (gs://bucket/prefix or ""), got {root!r}')
+    if root and (not root.startswith(PIPELINE_ROOT_SCHEMES) or not root.split("://", 1)[1].strip("/")):
+        raise ConfigError(
+            f"pipeline.root: {root!r} is not an object-store URI; expected one of "
+            f'{", ".join(s + "bucket/prefix" for s in PIPELINE_ROOT_SCHEMES)} or "" (the installation\'s default)'
+        )
+
+
 def _check_ranges(cfg: dict) -> None:
     """Values that would change a run silently: out of range is an error naming the key."""
     checks = [
@@ -260,6 +278,7 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     _check_teacher_names(cfg["teachers"]["regional"])
     _check_ranges(cfg)
     _check_images(cfg["pipeline"]["images"])
+    _check_pipeline_root(cfg["pipeline"]["root"])
     if "://" in cfg["teachers"]["checkpoint_dir"]:
         raise ConfigError(
             f"teachers.checkpoint_dir: must be a path (on the checkpoint volume), got "
