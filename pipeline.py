@@ -9,6 +9,7 @@ Everything a phase does lives in shared/; components/ wrap it; this file only
 wires the DAG, with the config's values as pipeline-parameter defaults."""
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ def _import_components() -> dict:
         evaluate_teacher,
         export_tfjs,
         ingest,
+        run_parameters,
         split,
         stage_weights,
         teacher_logits,
@@ -48,6 +50,7 @@ def _import_components() -> dict:
 
     return {
         "ingest": ingest.ingest,
+        "run_parameters": run_parameters.run_parameters,
         "cache_images": cache_images.cache_images,
         "split": split.split,
         "regional_split": split.regional_split,
@@ -87,6 +90,7 @@ def build_pipeline(cfg: dict, local: bool = False):
 
     d, ca, b, t = cfg["data"], cfg["cache"], cfg["baseline"], cfg["teachers"]
     global_teacher_cfg, regional_teachers_default = teacher_parameters(cfg)
+    from shared.config.pipeline_parameters import RUN_PARAMETER_NAMES, described_docstring
     from shared.config.student import load_student_config
 
     # the student reads the cache's student rendition (cache.student_resize; 0: the main files)
@@ -96,8 +100,8 @@ def build_pipeline(cfg: dict, local: bool = False):
     cl = cfg["cluster"] if isinstance(cfg["cluster"], dict) else {}
     gpus_default, student_gpus_default = int(cl.get("gpus_per_teacher", 1)), int(cl.get("gpus_per_student", 1))
     settings_default = {k: cfg[k] for k in ("data", "cache", "split", "calibration", "export", "weights")}
+    parallel_regional = int(cl.get("max_parallel_regional_teachers", 0))
 
-    @dsl.pipeline(name=cfg["pipeline"]["name"], description=cfg["pipeline"]["description"])
     def plantid_pipeline(
         source: str = d["source"],
         records_uri: str = d["records_uri"],
@@ -144,6 +148,12 @@ def build_pipeline(cfg: dict, local: bool = False):
         seed: int = cfg["pipeline"]["seed"],
         pipeline_settings: dict = settings_default,
     ):
+        given = dict(locals())  # the run's parameters (channels), before any other local
+        rp = c["run_parameters"](
+            **{n: given[n] for n in RUN_PARAMETER_NAMES},
+            compiled_defaults={n: defaults[n] for n in RUN_PARAMETER_NAMES},
+        )
+        rp.set_display_name("run parameters")
         ing = c["ingest"](
             source=source,
             records_uri=records_uri,
@@ -225,7 +235,9 @@ def build_pipeline(cfg: dict, local: bool = False):
         gl.set_display_name("teacher logits: global (1.5)")
 
         # Phases 2 / 2b: regional teachers in parallel, each from the global one.
-        with dsl.ParallelFor(items=regional_teachers, name="regional-teachers") as item:
+        with dsl.ParallelFor(
+            items=regional_teachers, name="regional-teachers", parallelism=parallel_regional or None
+        ) as item:
             rs = c["regional_split"](
                 global_train=sp.outputs["train"],
                 global_val=sp.outputs["val"],
@@ -365,6 +377,7 @@ def build_pipeline(cfg: dict, local: bool = False):
             calibration=cal.outputs["calibration"],
             export_summary=dsl.OneOf(va.outputs["Output"], sk.output),
             failure={},  # every input named: ignore_upstream_failure() reads each (kfp 2.17.3)
+            run_parameters=rp.output,
             global_teacher_weights=teacher_weights,
             student_weights=student_weights,
             baseline_weights=baseline_weights,
@@ -381,12 +394,24 @@ def build_pipeline(cfg: dict, local: bool = False):
         # Each task's image from this config (registry and tag, or digests), not from import time.
         apply_images_to_pipeline(cfg["pipeline"]["images"])
 
-    return plantid_pipeline
+    defaults = {n: p.default for n, p in inspect.signature(plantid_pipeline).parameters.items()}
+    # the compiled spec describes every parameter (the KFP UI's run form shows it)
+    plantid_pipeline.__doc__ = described_docstring(cfg["pipeline"]["description"], list(defaults))
+    return dsl.pipeline(
+        name=cfg["pipeline"]["name"],
+        description=cfg["pipeline"]["description"],
+        pipeline_root=cfg["pipeline"]["root"] or None,
+    )(plantid_pipeline)
 
 
 def compile_pipeline(cfg: dict, output: str) -> str:
+    """Compile for cfg's cluster (cluster.kfp_backend); says on stderr what that backend leaves out."""
     from kfp import compiler
 
+    from shared.config.cluster import dropped_features, load_cluster_config
+
+    for note in dropped_features(load_cluster_config(cfg.get("cluster"))):
+        print(f"compile: left out {note}", file=sys.stderr)
     compiler.Compiler().compile(build_pipeline(cfg), output)
     return output
 
@@ -396,9 +421,12 @@ def _latest_run_dir(root: Path, name: str) -> "Path | None":
     return runs[-1] if runs else None
 
 
-def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner | None" = None) -> dict:
+def run_local(
+    cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner | None" = None, params: dict | None = None
+) -> dict:
     """Run the whole DAG with a kfp.local runner (default: SubprocessRunner(use_venv=False));
-    return where outputs are.
+    return where outputs are. params: run parameters over the compiled defaults (as `submit
+    --param` gives them; the manifest records them as overridden).
 
     The console gets one line per task as it starts and ends (seconds, status, key metric) and
     a closing summary ending with the verdict (the gate, the plan's criteria); everything kfp and
@@ -433,10 +461,10 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
     try:
         with console.capture():
             local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
-            pipe()
+            pipe(**(params or {}))
     except Exception as err:
         console.failure_report(err)
-        manifest = _manifest_after_failure(pipe, console, out, err)
+        manifest = _manifest_after_failure(pipe, console, out, err, params or {})
         failed = console.failed[0].name if console.failed else "the run"
         (out / "run_summary.json").write_text(
             json.dumps({"failed": failed, "training_manifest": manifest, "seconds": round(time.time() - t0, 1)}) + "\n"
@@ -490,7 +518,7 @@ def run_local(cfg: dict, output: str, runner: "SubprocessRunner | DockerRunner |
     return summary
 
 
-def _manifest_after_failure(pipe, console, out: Path, error: BaseException) -> str | None:
+def _manifest_after_failure(pipe, console, out: Path, error: BaseException, params: dict) -> str | None:
     """After a failed local run, the training-manifest step run here on whatever the tasks that
     ran left (the same component, inputs from shared.manifest.after_failure), with the failed
     task and its error's last line; returns <out>/TRAINING_MANIFEST.yaml, or None when even
@@ -498,6 +526,7 @@ def _manifest_after_failure(pipe, console, out: Path, error: BaseException) -> s
     from kfp import dsl
 
     from components.training_manifest import training_manifest
+    from shared.config.pipeline_parameters import RUN_PARAMETER_NAMES, overridden
     from shared.manifest.after_failure import FinishedTask, error_line, manifest_inputs
     from shared.manifest.training_manifest import MANIFEST_NAME, phase_of_task
 
@@ -508,20 +537,23 @@ def _manifest_after_failure(pipe, console, out: Path, error: BaseException) -> s
         "error": error_line(list(run.lines)) if run else f"{type(error).__name__}: {error}",
     }
     tasks = [FinishedTask(r.task, r.label, r.status, r.task_dir) for r in console.runs]
-    params = ("seed", "snapshot_id", "global_teacher_config", "regional_teachers", "student_config")
+    manifest_params = ("seed", "snapshot_id", "global_teacher_config", "regional_teachers", "student_config")
     dest = out / "manifest_after_failure"
     shutil.rmtree(dest, ignore_errors=True)
     try:
         defaults = {name: spec.default for name, spec in (pipe.component_spec.inputs or {}).items()}
+        given = {**defaults, **params}
+        values = {n: given[n] for n in RUN_PARAMETER_NAMES}
         with console.capture():  # its lines go to the log
             training_manifest.python_func(
                 git_commit="",
-                pipeline_settings=defaults["pipeline_settings"],
-                **{k: defaults[k] for k in params},
+                pipeline_settings=given["pipeline_settings"],
+                **{k: given[k] for k in manifest_params},
+                run_parameters={"values": values, "overridden": overridden(values, defaults)},
                 **manifest_inputs(tasks),
                 manifest=dsl.Artifact(uri=str(dest / "manifest")),
                 summary=dsl.Markdown(uri=str(dest / "summary.md")),
-                metrics=dsl.Metrics(uri=str(dest / "metrics")),
+                run_summary=dsl.Metrics(uri=str(dest / "run_summary")),
                 failure=failure,
             )
         shutil.copyfile(dest / "manifest" / MANIFEST_NAME, out / MANIFEST_NAME)
@@ -531,7 +563,7 @@ def _manifest_after_failure(pipe, console, out: Path, error: BaseException) -> s
     return str(out / MANIFEST_NAME)
 
 
-def run_containers(cfg: dict, output: str, data_dir: str) -> dict:
+def run_containers(cfg: dict, output: str, data_dir: str, params: dict | None = None) -> dict:
     """run_local with kfp.local.DockerRunner: each task in the image the config names for it, with
     the checks and podman handling of components/container_run.py."""
     from kfp import local
@@ -543,7 +575,7 @@ def run_containers(cfg: dict, output: str, data_dir: str) -> dict:
     images = set(image_refs(cfg["pipeline"]["images"]).values())
     try:
         with container_session(cfg, Path(output).resolve(), Path(data_dir).resolve(), images) as run_cfg:
-            return run_local(run_cfg, output, runner=local.DockerRunner())
+            return run_local(run_cfg, output, runner=local.DockerRunner(), params=params)
     except ContainerRunError as e:
         raise SystemExit(f"run-containers: {e}") from None
 
@@ -563,6 +595,14 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--records", help="a records JSONL to use instead of the bundled data")
     k.add_argument("--output", default="outputs/containers")
     k.add_argument("--data-dir", default="data", help="mounted read-only: records and their images live here")
+    for sp_ in (r, k):
+        sp_.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a run parameter over the config's value, as submit --param gives it (the manifest records it)",
+        )
     for p in (r, k):
         p.add_argument(
             "--set",
@@ -641,13 +681,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("submitted run:", run_id)
     elif args.cmd in ("run-local", "run-containers"):
+        from components.submission import parse_params
         from shared.run_console import LocalRunFailed
 
         try:  # run_local prints the task lines and the closing summary (where the results are)
             if args.cmd == "run-containers":
-                run_containers(cfg, args.output, args.data_dir)
+                run_containers(cfg, args.output, args.data_dir, parse_params(args.param))
             else:
-                run_local(cfg, args.output)
+                run_local(cfg, args.output, params=parse_params(args.param))
         except LocalRunFailed:
             return 1  # the console already names the failed task, its last lines and the log
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 
 from kfp import kubernetes
 
-from shared.config.cluster import STEPS, load_cluster_config, step_settings
+from shared.config.cluster import STEPS, backend_supports, load_cluster_config, step_settings
 
 # The table of steps -> kind and needs (re-exported for the pipeline code).
 STEP_NEEDS = STEPS
@@ -74,9 +74,13 @@ def apply_platform(task: Any, step: str, cluster: dict, *, accelerator_limit: An
     if s["retry"]:
         task.set_retry(**s["retry"])
     sec = s["security"]
-    kubernetes.set_security_context(
-        task, run_as_user=sec["run_as_user"], run_as_group=sec["run_as_group"], run_as_non_root=sec["run_as_non_root"]
-    )
+    if backend_supports(cl, "security_context"):  # else dropped, and compile_pipeline says so
+        kubernetes.set_security_context(
+            task,
+            run_as_user=sec["run_as_user"],
+            run_as_group=sec["run_as_group"],
+            run_as_non_root=sec["run_as_non_root"],
+        )
     if res.get("timeout_s"):
         kubernetes.set_timeout(task, int(res["timeout_s"]))
     kubernetes.set_image_pull_policy(task, cl["image_pull_policy"])

@@ -23,7 +23,7 @@ def training_manifest(
     pipeline_settings: dict,
     manifest: Output[Artifact],
     summary: Output[Markdown],
-    metrics: Output[Metrics],
+    run_summary: Output[Metrics],
     ingest_audit: Input[Artifact] = None,
     split_stats: Input[Artifact] = None,
     cache_report: Input[Artifact] = None,
@@ -41,6 +41,7 @@ def training_manifest(
     student_weights: Input[Model] = None,
     baseline_weights: Input[Model] = None,
     failure: dict = {},  # noqa: B006 (a KFP parameter default: a constant in the spec)
+    run_parameters: dict = {},  # noqa: B006
 ):
     """Write the reproducibility manifest (plan 7.1); absent phases are 'skipped' with the reason.
 
@@ -74,16 +75,22 @@ def training_manifest(
         baseline_weights: The baseline's staged pretrained weights (stage_weights).
         failure: {"task", "error", "phase"} of the task that failed, when the caller knows it (the
             local runner); {} lets the manifest name the first phase left without a result.
+        run_parameters: The run's parameters as submitted (run_parameters: {"values", "overridden"}),
+            recorded under the manifest's `parameters`.
 
     Returns:
         manifest: A directory holding TRAINING_MANIFEST.yaml; its metadata carries the commit, the
             timestamp, the run's status (and failed task), the gate's bounds, blessed, whether the
             plan's criteria were met and each phase's status.
         summary: The run's figures as a table (Markdown) to compare runs, under the verdict lines.
-        metrics: plan_criteria_met and blessed (1/0) and run_status as 1 completed / 0 failed.
+        run_summary: The run's headline figures under stable keys, one row per run in KFP's compare
+            page (shared/manifest/run_summary.py): run_completed, plan_criteria_met and blessed
+            (1/0), the baseline's, teachers' (teacher_<name>_test_top1, _top1_own_regions,
+            _min_gain_vs_global), student's, calibration's and export's figures; absent when a
+            phase did not produce them.
     """
-    from shared import artifact_keys as K
     from shared.manifest import training_manifest as tm
+    from shared.manifest.run_summary import run_summary_metrics
 
     m = tm.build_training_manifest(
         config={
@@ -113,9 +120,9 @@ def training_manifest(
             global_teacher=global_teacher_weights, student=student_weights, baseline=baseline_weights
         ),
         failure=failure or None,
+        run_parameters=run_parameters or None,
     )
     meta = tm.write_training_manifest(manifest.path, summary.path, m)
     manifest.metadata.update(meta)
-    metrics.log_metric(K.PLAN_CRITERIA_MET, float(meta[K.PLAN_CRITERIA_MET] is True))
-    metrics.log_metric(K.BLESSED, float(meta[K.BLESSED] is True))
-    metrics.log_metric(K.RUN_STATUS, float(meta[K.RUN_STATUS] == "completed"))
+    for key, value in run_summary_metrics(m).items():
+        run_summary.log_metric(key, value)

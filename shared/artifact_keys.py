@@ -94,7 +94,8 @@ TOP5_ACCURACY = "top5_accuracy"
 CHANCE_TOP1 = "chance_top1"
 LOSS = "loss"
 SHARE_CLASSES_RECALL_ABOVE_THRESHOLD = "share_classes_recall_above_threshold"
-REGION_TOP1_PREFIX = "top1_"  # evaluate_teacher: top1_<region> on the common test set
+REGION_TOP1_PREFIX = "region_top1:"  # evaluate_teacher: region_top1:<region> on the common test set
+# (":" is in no fixed metric name, so no region or teacher name can overwrite one: METRIC_NAMESPACES)
 BASELINE_METRICS = (TOP1_ACCURACY, TOP5_ACCURACY, CHANCE_TOP1)
 TEACHER_TEST_METRICS = (TOP1_ACCURACY, TOP5_ACCURACY, LOSS, SHARE_CLASSES_RECALL_ABOVE_THRESHOLD)
 
@@ -113,7 +114,7 @@ BYTES_PER_SAMPLE = "bytes_per_sample"  # also combine_soft_labels'
 MEAN_ENTROPY = "mean_entropy"
 TEACHER_AGREEMENT = "teacher_agreement"
 MAX_ROW_SUM_ERROR = "max_row_sum_error"
-COVERAGE_PREFIX = "coverage_"  # coverage_<teacher>: samples that teacher labelled
+COVERAGE_PREFIX = "coverage:"  # coverage:<teacher>: samples that teacher labelled
 TEMPERATURES = "temperatures"  # teacher_logits (logits: temperatures whose log-sum-exp is stored) -> UI
 EFFECTIVE_WEIGHTS = "effective_weights"  # combine_soft_labels (per coverage pattern) -> training_manifest
 TOPK_MASS_MEAN = "topk_mass_mean"  # combine_soft_labels (metric, metadata: kept T-mass) -> training_manifest
@@ -149,7 +150,7 @@ CE_CONTROL_VAL_TOP1 = "ce_control_val_top1"
 CE_CONTROL_TEST_TOP1 = "ce_control_test_top1"
 DISTILLATION_GAIN_TOP1 = "distillation_gain_top1"
 DISTILLATION_GAIN_TEST_TOP1 = "distillation_gain_test_top1"
-TEST_REGION_TOP1_PREFIX = "test_top1_"  # test_top1_<region>
+TEST_REGION_TOP1_PREFIX = "test_region_top1:"  # test_region_top1:<region>
 STUDENT_STAGES = ("distillation", "finetuning")  # <stage>_val_top1, <stage>_test_top1
 STUDENT_METRICS = (VAL_TOP1, VAL_TOP5, VAL_LOSS, TEST_TOP1, TEST_TOP5, TRAIN_TOP1, PARAMETERS, SIZE_MB_FP32)
 
@@ -215,3 +216,7 @@ VALIDATION_METRICS = (
     PYTORCH_TEST_TOP1,
     EXPORTED_TEST_TOP1,
 )
+
+# Metric names built from a user's name (a region, a teacher): each prefix ends in ":", which no
+# fixed metric name contains (tests/unit/test_artifact_keys.py), so the namespaces cannot collide.
+METRIC_NAMESPACES = (REGION_TOP1_PREFIX, COVERAGE_PREFIX, TEST_REGION_TOP1_PREFIX)

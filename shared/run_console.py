@@ -241,6 +241,9 @@ KEY_METRICS: dict[str, TaskView] = {
         ),
     ),
     "export-skipped": TaskView(None, lambda o: str(o.params.Output.get("reason", o.params.Output))),
+    "run-parameters": TaskView(
+        None, lambda o: "overridden: " + (", ".join(o.params.Output.get("overridden") or []) or "none")
+    ),
     "training-manifest": TaskView(None, _manifest),
 }
 

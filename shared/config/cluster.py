@@ -20,7 +20,7 @@ from typing import Any
 from shared.config.models import offline_problems
 from shared.config.schema import ConfigError, merge_checked
 
-KINDS = ("cpu", "gpu")
+KINDS = ("cpu", "gpu", "gpu_light")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,11 @@ class StepNeeds:
     cache_pvc: mounts the image/checkpoint volume (reads or writes images there).
     mongo_secret: gets the MongoDB URI as an env variable.
     hub_secret: gets the Hugging Face token (HF_TOKEN) as an env variable.
-    deterministic: its output is a function of its inputs (KFP caching safe)."""
+    deterministic: its output is a function of its inputs (KFP caching safe).
+    reuse: KFP caching on although the output is not a pure function of the inputs: re-running
+        it for the same inputs would redo hours of work for an equivalent result (training), or
+        would refetch what the cache volume already holds (cache_images, keyed by the ingested
+        records: a new data.snapshot_id refetches). None: follow `deterministic`."""
 
     kind: str
     gpus: str | None
@@ -41,29 +45,42 @@ class StepNeeds:
     mongo_secret: bool = False
     deterministic: bool = False
     hub_secret: bool = False
+    reuse: bool | None = None
+
+    @property
+    def cached(self) -> bool:
+        """KFP caching by default (cluster.caching overrides it per step)."""
+        return self.deterministic if self.reuse is None else self.reuse
 
 
 # Every step of the DAG by its component function name.
 STEPS: dict[str, StepNeeds] = {
     # ingest is deterministic for a given snapshot_id (a pipeline parameter, so in the cache key).
     "ingest": StepNeeds("cpu", None, cache_pvc=False, mongo_secret=True, deterministic=True),
-    # Network fetches: the result depends on what the hosts answer today.
-    "cache_images": StepNeeds("cpu", None, cache_pvc=True),
+    # The run's parameter values, for the manifest: a function of its inputs.
+    "run_parameters": StepNeeds("cpu", None, cache_pvc=False, deterministic=True),
+    # Network fetches: the result depends on what the hosts answer today, but a re-run after a late
+    # failure must not refetch 741k images, and its output keys every later step's cache.
+    "cache_images": StepNeeds("cpu", None, cache_pvc=True, reuse=True),
     "split": StepNeeds("cpu", None, cache_pvc=False, deterministic=True),
     "regional_split": StepNeeds("cpu", None, cache_pvc=False, deterministic=True),
     # Weights for a model id + revision (+ pinned sha256) are the same bytes: cached by KFP.
     "stage_weights": StepNeeds("cpu", None, cache_pvc=True, deterministic=True, hub_secret=True),
-    "baseline": StepNeeds("gpu", "one", cache_pvc=True),
-    "train_teacher": StepNeeds("gpu", "teacher", cache_pvc=True),
-    "evaluate_teacher": StepNeeds("gpu", "one", cache_pvc=True),
-    "teacher_logits": StepNeeds("gpu", "one", cache_pvc=True, deterministic=True),
+    # gpu_light: minutes-long inference on one GPU (evaluation, logits, calibration, baseline)
+    "baseline": StepNeeds("gpu_light", "one", cache_pvc=True, reuse=True),
+    "train_teacher": StepNeeds("gpu", "teacher", cache_pvc=True, reuse=True),
+    "evaluate_teacher": StepNeeds("gpu_light", "one", cache_pvc=True, reuse=True),
+    "teacher_logits": StepNeeds("gpu_light", "one", cache_pvc=True, deterministic=True),
     "combine_soft_labels": StepNeeds("cpu", None, cache_pvc=False, deterministic=True),
-    "train_student": StepNeeds("gpu", "student", cache_pvc=True),
-    "calibrate": StepNeeds("gpu", "one", cache_pvc=True),
-    "export_tfjs": StepNeeds("cpu", None, cache_pvc=True),
-    "validate_export": StepNeeds("cpu", None, cache_pvc=True),
-    "export_skipped": StepNeeds("cpu", None, cache_pvc=False),  # the gate's Else branch: a reason only
-    "training_manifest": StepNeeds("cpu", None, cache_pvc=False),
+    "train_student": StepNeeds("gpu", "student", cache_pvc=True, reuse=True),
+    "calibrate": StepNeeds("gpu_light", "one", cache_pvc=True, reuse=True),
+    "export_tfjs": StepNeeds("cpu", None, cache_pvc=True, reuse=True),
+    "validate_export": StepNeeds("cpu", None, cache_pvc=True, reuse=True),
+    "export_skipped": StepNeeds(
+        "cpu", None, cache_pvc=False, deterministic=True
+    ),  # the gate's Else branch: a reason only
+    # Never cached: it records this run (its timestamp, status and failure).
+    "training_manifest": StepNeeds("cpu", None, cache_pvc=False, reuse=False),
 }
 
 TENANCY_MODES = ("multi-user", "standalone")
@@ -80,6 +97,8 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
     "profile_owner": "",
     # The KFP backend the pipeline is compiled for: features newer than it are left out (and said).
     "kfp_backend": "2.17",
+    # At most this many regional teachers train at once (the ParallelFor's parallelism; 0 = all).
+    "max_parallel_regional_teachers": 2,
     "namespace": "plantid",
     "service_account": "plantid-pipeline",
     # Workload Identity: the Google service account the Kubernetes one acts as
@@ -111,6 +130,19 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
             # /dev/shm for DataLoader workers and NCCL (a container's default is 64 MiB).
             "shm_size": "16Gi",
         },
+        # Per GPU of a training pod (train_teacher, train_student): requests and limits are
+        # multiplied by gpus_per_teacher / gpus_per_student. The light kind is one GPU's inference.
+        "gpu_light": {
+            "cpu_request": "4",
+            "cpu_limit": "8",
+            "memory_request": "16Gi",
+            "memory_limit": "32Gi",
+            "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "accelerator_type": "nvidia.com/gpu",
+            "timeout_s": 21600,
+            "shm_size": "8Gi",
+        },
     },
     # Per-step overrides of the kind's resources, e.g. {cache_images: {cpu_request: "8"}}.
     "steps": {},
@@ -130,7 +162,8 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
     # Step -> KFP caching; steps not listed follow StepNeeds.deterministic.
     "caching": {},
     "retry": {
-        "steps": ["train_teacher", "train_student"],  # preemptible GPU nodes: resume from checkpoint
+        # every GPU step (spot nodes): training resumes from its checkpoint, the others are minutes
+        "steps": ["baseline", "train_teacher", "evaluate_teacher", "teacher_logits", "train_student", "calibrate"],
         "num_retries": 3,
         "backoff_duration": "120s",
         "backoff_factor": 2.0,
@@ -251,8 +284,12 @@ def load_cluster_config(section: dict | None) -> dict:
         _check_resources(kind, where)
         if name == "cpu" and kind.get("shm_size") == "":
             kind.pop("shm_size")
-    if cfg["kinds"]["gpu"]["accelerator_type"] == "":
-        raise _error("cluster.kinds.gpu.accelerator_type: must name the GPU resource, e.g. nvidia.com/gpu")
+    for name in ("gpu", "gpu_light"):
+        if cfg["kinds"][name]["accelerator_type"] == "":
+            raise _error(f"cluster.kinds.{name}.accelerator_type: must name the GPU resource, e.g. nvidia.com/gpu")
+    n = cfg["max_parallel_regional_teachers"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise _error(f"cluster.max_parallel_regional_teachers: expected a whole number >= 0 (0 = all), got {n!r}")
     sec = cfg["security"]
     # Least privilege is not a setting: the images' USER is non-root and so must the pods be.
     if not sec["run_as_non_root"]:
@@ -321,6 +358,50 @@ def load_cluster_config(section: dict | None) -> dict:
     return cfg
 
 
+SCALED_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size")
+_QUANTITY = re.compile(r"^([0-9]*\.?[0-9]+)(m|[KMGTPE]i?|k)?$")
+
+
+def scale_quantity(quantity: str, factor: int) -> str:
+    """A Kubernetes quantity times a whole factor, in the same unit ("8" x 2 = "16", "48Gi" x 4 =
+    "192Gi", "500m" x 3 = "1500m")."""
+    m = _QUANTITY.match(str(quantity))
+    if not m:
+        raise _error(f"cannot scale the quantity {quantity!r}")
+    value = float(m.group(1)) * factor
+    text = str(int(value)) if value.is_integer() else f"{value:g}"
+    return text + (m.group(2) or "")
+
+
+# Platform features by the first KFP backend release that runs them: compiling for an older
+# backend (cluster.kfp_backend) leaves the feature out and says so (dropped_features).
+KFP_BACKEND_FEATURES = {
+    "security_context": (
+        "2.17",
+        "pod security context run_as_user / run_as_group / run_as_non_root (kfp-kubernetes "
+        "set_security_context, kubeflow/pipelines#12832); older backends refuse the run's platform spec",
+    ),
+}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(text).split("."))
+
+
+def backend_supports(cluster: dict, feature: str) -> bool:
+    """Whether the configured KFP backend (cluster.kfp_backend) runs `feature`."""
+    return _version(cluster["kfp_backend"]) >= _version(KFP_BACKEND_FEATURES[feature][0])
+
+
+def dropped_features(cluster: dict) -> list[str]:
+    """What compiling for the configured backend leaves out, each with the release it needs."""
+    return [
+        f"{what} (needs KFP backend >= {since}; compiling for {cluster['kfp_backend']})"
+        for feature, (since, what) in KFP_BACKEND_FEATURES.items()
+        if not backend_supports(cluster, feature)
+    ]
+
+
 def run_namespace(cluster: dict) -> str:
     """The namespace a run executes in: the Profile namespace (multi-user) or KFP's own
     namespace (standalone)."""
@@ -339,10 +420,13 @@ def step_settings(step: str, cluster: dict) -> dict:
         raise KeyError(f"unknown step {step!r}; shared.config.cluster.STEPS has {sorted(STEPS)}")
     needs = STEPS[step]
     kind = cluster["kinds"][needs.kind]
-    res = {**{k: kind[k] for k in RESOURCE_KEYS if k in kind}, **cluster["steps"].get(step, {})}
     gpus = {"teacher": cluster["gpus_per_teacher"], "student": cluster["gpus_per_student"], "one": 1, None: 0}[
         needs.gpus
     ]
+    res = {k: kind[k] for k in RESOURCE_KEYS if k in kind}
+    if needs.gpus in ("teacher", "student") and gpus > 1:  # the kind is per GPU of a training pod
+        res.update({k: scale_quantity(res[k], gpus) for k in SCALED_KEYS if k in res})
+    res.update(cluster["steps"].get(step, {}))
     r = cluster["retry"]
     return {
         "step": step,
@@ -352,7 +436,7 @@ def step_settings(step: str, cluster: dict) -> dict:
         "accelerator_type": kind["accelerator_type"] if gpus else "",
         "node_selector": dict(kind["node_selector"]),
         "tolerations": list(kind["tolerations"]),
-        "caching": cluster["caching"].get(step, needs.deterministic),
+        "caching": cluster["caching"].get(step, needs.cached),
         "retry": (
             {k: r[k] for k in ("num_retries", "backoff_duration", "backoff_factor", "backoff_max_duration")}
             if step in r["steps"] and r["num_retries"] > 0

@@ -474,14 +474,15 @@ def _regional_teacher(r: dict, item: dict, global_per_region: dict, crit: dict) 
     e["regions"] = e["regions"] or item.get("regions", "")
     # Every teacher is scored on the common (global) test set: the plan's 2.4 figures
     # are on the images of the teacher's own regions, the same images for both teachers.
-    gains = {}
+    gains, by_region = {}, {}
     own = region_list(str(e["regions"]))
     for region in own:
         mine = _num(e["per_region"], region)
         theirs = _num(global_per_region, region)
-        e[f"top1_{region.lower()}"] = mine
+        by_region[region] = mine  # its own key: a region's name never becomes one of the entry's keys
         if mine is not None and theirs is not None:
             gains[region] = round(mine - theirs, 6)
+    e["top1_by_own_region"] = by_region
     e["gain_vs_global"] = gains
     e["top1_own_regions"] = _own_regions_top1(r, own)
     e["test_set"] = "the common global test set (per_region: the same images for every teacher)"
@@ -708,6 +709,7 @@ def build_training_manifest(
     timestamp: _dt.datetime | None = None,
     staged_weights: dict | None = None,
     failure: dict | None = None,
+    run_parameters: dict | None = None,
 ) -> dict:
     """The manifest as a dict (see module doc).
 
@@ -722,7 +724,9 @@ def build_training_manifest(
     environment: versions (environment_versions()); None collects them here.
     staged_weights: role -> the stage_weights record of that model's pretrained weights.
     failure: {"task", "error", optional "phase"} when the run failed and the caller knows where
-        (the local runner); None infers it from the phases that have no result."""
+        (the local runner); None infers it from the phases that have no result.
+    run_parameters: the run_parameters step's {"values", "overridden"}: the run's parameters as
+        submitted, under `parameters` (omitted when None)."""
     _check_phase_results(phase_results)
     crit = _criteria(config)
     ts = (timestamp or _dt.datetime.now(_dt.UTC)).astimezone(_dt.UTC)
@@ -743,7 +747,24 @@ def build_training_manifest(
         "models": _models_section(staged_weights, config),
         "hyperparameters": collect_hyperparameters(config),
     }
+    if run_parameters is not None:
+        manifest["parameters"] = _parameters_section(run_parameters)
     return _plain(manifest)
+
+
+def _parameters_section(run_parameters: dict) -> dict:
+    """The run's parameters as submitted: `overridden` names those that differ from the compiled
+    defaults (a `--param` at submit time), `values` every value."""
+    if not isinstance(run_parameters, dict) or not isinstance(run_parameters.get("values"), dict):
+        raise ManifestError(
+            f"run_parameters: expected {{'values': {{...}}, 'overridden': [...]}}, got {run_parameters!r}"
+        )
+    over = list(run_parameters.get("overridden") or [])
+    vals = run_parameters["values"]
+    return {
+        "overridden": {k: vals.get(k) for k in over},
+        "values": dict(sorted(vals.items())),
+    }
 
 
 def _own_regions_top1(result: dict, regions: list[str]) -> float | None:

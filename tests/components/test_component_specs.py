@@ -209,3 +209,45 @@ def test_a_component_with_a_foreign_base_image_fails_the_build():
         def p():
             foreign(x=1)
             images.apply_images_to_pipeline({"registry": "r", "tag": "t"})
+
+
+def test_every_pipeline_parameter_is_described_and_the_root_is_the_configs(cluster_spec):
+    from shared.config.pipeline_parameters import PARAMETER_DOCS
+
+    params = cluster_spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == set(PARAMETER_DOCS)  # a new parameter needs its description
+    assert not [n for n, p in params.items() if not p.get("description")]
+    assert params["quantization"]["description"] == PARAMETER_DOCS["quantization"]
+    assert cluster_spec["defaultPipelineRoot"] == load_pipeline_config(CLUSTER)["pipeline"]["root"]
+
+
+def test_a_config_without_a_root_compiles_without_one(tmp_path):
+    cfg = load_pipeline_config(ROOT / "config" / "local.yaml")
+    assert cfg["pipeline"]["root"] == "" and "defaultPipelineRoot" not in compiled(cfg, tmp_path / "p.yaml")
+    with pytest.raises(ConfigError, match=r"pipeline.root: 'plantid-bucket/runs' is not an object-store URI"):
+        load_pipeline_config(CLUSTER, {"pipeline.root": "plantid-bucket/runs"})
+
+
+def test_run_parameters_takes_every_pipeline_parameter_the_manifest_does_not(cluster_spec):
+    from shared.config.pipeline_parameters import RECORDED_BY_MANIFEST, RUN_PARAMETER_NAMES
+
+    params = cluster_spec["root"]["inputDefinitions"]["parameters"]
+    task = cluster_spec["root"]["dag"]["tasks"]["run-parameters"]["inputs"]["parameters"]
+    wired = {n: v.get("componentInputParameter") for n, v in task.items() if n != "compiled_defaults"}
+    assert set(RUN_PARAMETER_NAMES) == set(params) - set(RECORDED_BY_MANIFEST)
+    assert wired == {n: n for n in RUN_PARAMETER_NAMES}  # each from the run's own parameter
+    defaults = task["compiled_defaults"]["runtimeValue"]["constant"]
+    assert defaults["quantization"] == params["quantization"]["defaultValue"]
+    manifest_inputs = cluster_spec["root"]["dag"]["tasks"]["training-manifest"]["inputs"]["parameters"]
+    assert manifest_inputs["run_parameters"]["taskOutputParameter"]["producerTask"] == "run-parameters"
+
+
+def test_run_parameters_names_what_differs_from_the_compiled_defaults():
+    from components.run_parameters import run_parameters
+    from shared.config.pipeline_parameters import RUN_PARAMETER_NAMES
+
+    defaults = {n: 1 for n in RUN_PARAMETER_NAMES} | {"quantization": "auto", "train_ce_control": True}
+    given = {**defaults, "quantization": "uint8", "gate_min_val_top1": 0.72, "cache_workers": 1.0}
+    out = run_parameters.python_func(**given, compiled_defaults=defaults)
+    assert out["overridden"] == ["gate_min_val_top1", "quantization"]  # 1.0 == 1: KFP's numbers
+    assert out["values"]["quantization"] == "uint8" and set(out["values"]) == set(RUN_PARAMETER_NAMES)

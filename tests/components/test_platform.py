@@ -132,9 +132,16 @@ def test_step_settings_follow_the_table():
     t = step_settings("train_teacher", cl)
     assert (t["kind"], t["gpus"], t["accelerator_type"]) == ("gpu", 4, "nvidia.com/gpu")
     assert t["retry"]["num_retries"] == 3 and t["cache_pvc"]["name"] == "plantid-cache"
-    assert t["caching"] is False and t["mongo_secret"] is None
+    assert t["caching"] is True and t["mongo_secret"] is None  # reused: a late failure must not retrain
     assert step_settings("train_student", cl)["gpus"] == 2
     assert step_settings("teacher_logits", cl)["gpus"] == 1
+    # a training pod's kind is per GPU: 4 GPUs, 4 x the CPU and memory; light GPU steps their own kind
+    gpu = CLUSTER_DEFAULTS["kinds"]["gpu"]
+    assert t["resources"]["cpu_request"] == str(4 * int(gpu["cpu_request"]))
+    assert t["resources"]["memory_limit"] == f"{4 * int(gpu['memory_limit'][:-2])}Gi"
+    assert step_settings("train_student", cl)["resources"]["cpu_limit"] == str(2 * int(gpu["cpu_limit"]))
+    lt = step_settings("evaluate_teacher", cl)
+    assert lt["kind"] == "gpu_light" and lt["resources"]["memory_limit"] == "32Gi" and lt["retry"]
     ing = step_settings("ingest", cl)
     assert ing["caching"] is True and ing["mongo_secret"]["env"] == "MONGO_URI" and ing["cache_pvc"] is None
     assert ing["gpus"] == 0 and ing["accelerator_type"] == "" and ing["retry"] is None
@@ -190,9 +197,9 @@ def test_every_step_gets_its_platform_settings(tmp_path):
         env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][execs[step]]["container"]["env"]}
         assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/secrets/google/key.json"
         assert ("accelerator" in res) == (needs.gpus is not None), step
-        assert ("tolerations" in k8s) == (needs.kind == "gpu"), step
-        assert tasks[step].get("cachingOptions", {}).get("enableCache", False) == needs.deterministic, step
-        assert ("retryPolicy" in tasks[step]) == (step in ("train_teacher", "train_student")), step
+        assert ("tolerations" in k8s) == needs.kind.startswith("gpu"), step
+        assert tasks[step].get("cachingOptions", {}).get("enableCache", False) == needs.cached, step
+        assert ("retryPolicy" in tasks[step]) == (needs.gpus is not None), step  # every GPU step: spot nodes
         assert int(k8s["activeDeadlineSeconds"]) == kind["timeout_s"]
     teacher = spec["deploymentSpec"]["executors"][execs["train_teacher"]]["container"]["resources"]["accelerator"]
     # the GPU count is the pipeline parameter the component also receives
@@ -313,3 +320,62 @@ def test_apply_platform_to_pipeline_refuses_a_component_without_settings():
         def p():
             echo(x=1)
             apply_platform_to_pipeline({})
+
+
+def test_scale_quantity_keeps_the_unit():
+    from shared.config.cluster import scale_quantity
+
+    assert [scale_quantity(q, n) for q, n in (("8", 2), ("48Gi", 4), ("500m", 3), ("1.5", 2), ("16Gi", 1))] == [
+        "16",
+        "192Gi",
+        "1500m",
+        "3",
+        "16Gi",
+    ]
+
+
+def test_an_older_kfp_backend_leaves_the_security_context_out_and_says_so(tmp_path):
+    from shared.config.cluster import dropped_features
+
+    old = load_cluster_config({"kfp_backend": "2.15"})
+    assert dropped_features(old) and "needs KFP backend >= 2.17" in dropped_features(old)[0]
+    assert dropped_features(load_cluster_config({})) == []
+    spec, platform = compile_spec(one_task_per_step(old), tmp_path)
+    assert platform and not any("securityContext" in k8s for k8s in platform.values())
+    with pytest.raises(ConfigError, match="cluster.kfp_backend: '2.9' is not a KFP backend release"):
+        load_cluster_config({"kfp_backend": "2.9"})
+    with pytest.raises(ConfigError, match="cluster.mode: must be one of multi-user, standalone"):
+        load_cluster_config({"mode": "single"})
+
+
+def test_a_rerun_after_a_late_failure_reuses_every_step_before_it(tmp_path):
+    """KFP's cache key is the component spec plus its inputs (parameters, upstream artifacts):
+    every step from ingest to validate_export caches, so a re-run whose inputs did not change
+    reuses each one up to the step that failed; only the manifest (it records this run) reruns."""
+    import pipeline
+
+    cfg = load_pipeline_config(ROOT / "config" / "cluster.yaml")
+    specs = []
+    for i in range(2):
+        pipeline.compile_pipeline(cfg, str(tmp_path / f"p{i}.yaml"))
+        specs.append(next(d for d in yaml.safe_load_all((tmp_path / f"p{i}.yaml").read_text()) if "root" in d))
+    assert specs[0] == specs[1]  # the same config compiles to the same keys
+
+    def tasks(dag: dict) -> dict:
+        out = {}
+        for name, t in dag["tasks"].items():
+            out[name] = t
+        return out
+
+    everything = dict(tasks(specs[0]["root"]["dag"]))
+    for comp in specs[0]["components"].values():
+        if "dag" in comp:
+            everything.update(tasks(comp["dag"]))
+    caching = {
+        n: t.get("cachingOptions", {}).get("enableCache", False)
+        for n, t in everything.items()
+        if "componentRef" in t and not n.startswith(("for-loop", "condition"))
+    }
+    uncached = sorted(n for n, on in caching.items() if not on)
+    assert uncached == ["training-manifest"], uncached
+    assert caching["train-teacher"] and caching["cache-images"] and caching["train-student"]

@@ -220,10 +220,10 @@ def strict_gate_run(sample_catalogue, tmp_path_factory, local_run):
             "teachers.overrides": {"training.epochs": 1},
             "student.overrides": {"training.distillation_epochs": 1, "training.finetune_epochs": 1},
             "student.train_ce_control": False,
-            "export.gates.min_val_top1": 0.99,
         },
     )
-    return pipeline.run_local(cfg, str(out))
+    # the 99 % gate as a run parameter (as `submit --param` gives it), not a config value
+    return pipeline.run_local(cfg, str(out), params={"gate_min_val_top1": 0.99})
 
 
 def test_failed_gate_ends_green_without_export(strict_gate_run):
@@ -234,6 +234,11 @@ def test_failed_gate_ends_green_without_export(strict_gate_run):
     m = yaml.safe_load(Path(strict_gate_run["training_manifest"]).read_text())
     p6 = m["phases"]["phase_6"]
     assert p6["status"] == "skipped" and "not blessed" in p6["reason"] and "0.99" in p6["reason"]
+    # the manifest records the run's parameters as submitted, the override named as such
+    assert m["parameters"]["overridden"] == {"gate_min_val_top1": 0.99}
+    assert (
+        m["parameters"]["values"]["gate_min_val_top1"] == 0.99 and m["parameters"]["values"]["quantization"] == "fp16"
+    )
 
 
 @pytest.fixture(scope="module")

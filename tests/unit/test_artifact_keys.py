@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 IRREGULAR = {
     "TOP_K": "k",
     "TEACHER_VAL_TOP1": "val_top1_acc",
-    "REGION_TOP1_PREFIX": "top1_",
-    "TEST_REGION_TOP1_PREFIX": "test_top1_",
+    "REGION_TOP1_PREFIX": "region_top1:",
+    "TEST_REGION_TOP1_PREFIX": "test_region_top1:",
+    "COVERAGE_PREFIX": "coverage:",
     "TEACHER_VAL_PREFIX": "val_",
 }
 
@@ -67,6 +68,7 @@ LOGGED = {
         "size_mb_fp32",
     ),
     "STUDENT_STAGES": ("distillation", "finetuning"),
+    "METRIC_NAMESPACES": ("region_top1:", "coverage:", "test_region_top1:"),
     "CALIBRATION_METRICS": (
         "temperature",
         "ece_before",
@@ -118,6 +120,28 @@ def test_every_name_keeps_its_value():
         else:
             want = name.lower()
         assert value == want, f"{name} = {value!r}: a metric or metadata name changed (expected {want!r})"
+
+
+def test_no_region_or_teacher_name_can_overwrite_a_fixed_metric():
+    """A region called "accuracy" once logged top1_accuracy over the teacher's headline figure."""
+    from shared.manifest.run_summary import RUN_SUMMARY_KEYS, regional_teacher_keys
+
+    fixed = [v for n, v in vars(K).items() if n.isupper() and isinstance(v, str) and n not in IRREGULAR]
+    fixed += [v for n, v in vars(K).items() if n.isupper() and isinstance(v, tuple) and n != "METRIC_NAMESPACES"]
+    fixed = [x for v in fixed for x in (v if isinstance(v, tuple) else (v,)) if isinstance(x, str)]
+    fixed += list(RUN_SUMMARY_KEYS)
+    assert all(p.endswith(":") for p in K.METRIC_NAMESPACES)
+    assert not [f for f in fixed if ":" in f], "a fixed metric name uses the namespaces' separator"
+    for hostile in ("accuracy", "top1_accuracy", "", "a:b"):
+        for prefix in K.METRIC_NAMESPACES:
+            assert prefix + hostile not in fixed
+    # run_summary: teacher_<name>_<figure> never equals a fixed key ("global" is refused as a
+    # regional teacher's name by the config: RESERVED_TEACHER_DIRS)
+    from shared.config.pipeline import RESERVED_TEACHER_DIRS
+
+    assert "global" in RESERVED_TEACHER_DIRS
+    for name in ("Global", "global_test", "student", "x", "EU SW", "a/b", "val"):
+        assert set(regional_teacher_keys(name).values()).isdisjoint(RUN_SUMMARY_KEYS)
 
 
 def test_the_logged_metric_lists_are_unchanged():

@@ -175,7 +175,7 @@ def test_full_manifest_has_the_plan_shape_and_checks_the_criteria(plan_config):
     )
     assert p1["criteria"] == {"top1>=0.7": True, "top5>=0.85": False}  # 0.84 misses the plan's 85 %
     sw, core = ph["phase_2"]["teachers"]["EU_SW"], ph["phase_2"]["teachers"]["EU_CORE"]
-    assert sw["top1_eu_sw"] == 0.85 and sw["gain_vs_global"] == {"EU_SW": pytest.approx(0.15)}
+    assert sw["top1_by_own_region"] == {"EU_SW": 0.85} and sw["gain_vs_global"] == {"EU_SW": pytest.approx(0.15)}
     assert sw["criteria"] == {"top1_own_regions>=0.8": True, "gain_vs_global>=0.1": True}
     assert sw["teacher"] == "vit_base_patch16_384" and "weight" not in sw  # weights: once, in phase_3
     assert core["gain_vs_global"] == {"EU_NORTH": pytest.approx(0.14), "EU_EAST": pytest.approx(0.04)}
@@ -824,3 +824,50 @@ def test_the_gate_label_comes_from_the_bounds_used_not_the_profile(plan_config):
     assert v["lines"][1].startswith("plan criteria: NOT met (val coverage 0.780 < 0.8")
     md = tm.summary_markdown(m)
     assert "- gate (NON-plan bounds): blessed" in md and "Export gate: the plan's criteria" not in md
+
+
+# --- run_summary: one row per run in KFP's compare page ------------------------------------
+
+
+def test_run_summary_has_stable_keys_with_teacher_names(plan_config):
+    from shared.manifest.run_summary import RUN_SUMMARY_KEYS, run_summary_metrics
+
+    m = build(plan_config, full_results())
+    s = run_summary_metrics(m)
+    print(s)
+    assert set(s) - set(RUN_SUMMARY_KEYS) == {
+        f"teacher_{n}_{f}"
+        for n in ("EU_SW", "EU_CORE")
+        for f in ("test_top1", "top1_own_regions", "min_gain_vs_global")
+    } & set(s)
+    assert s["teacher_EU_SW_top1_own_regions"] == m["phases"]["phase_2"]["teachers"]["EU_SW"]["top1_own_regions"]
+    assert s["teacher_EU_SW_min_gain_vs_global"] == pytest.approx(0.15)
+    assert s["teacher_global_test_top1"] == m["phases"]["phase_1"]["top1"]
+    assert s["student_val_top1"] == m["phases"]["phase_4"]["final_top1"]
+    assert s["plan_criteria_met"] in (0.0, 1.0) and s["run_completed"] == 1.0
+    assert all(isinstance(v, float) for v in s.values())
+
+
+def test_run_summary_leaves_out_what_a_failed_run_did_not_reach(plan_config):
+    from shared.manifest.run_summary import run_summary_metrics
+
+    r = full_results()
+    for key in ("student", "calibration", "export", "export_validation"):
+        r[key] = None
+    m = build(plan_config, r, failure={"task": "train-student", "error": "RuntimeError: out of memory"})
+    s = run_summary_metrics(m)
+    assert s["run_completed"] == 0.0 and s["blessed"] == 0.0
+    assert "teacher_global_test_top1" in s  # what it reached stays
+    assert not {"student_val_top1", "student_test_ece", "bundle_mb", "parity_correlation"} & set(s)  # never 0
+
+
+def test_the_runs_parameters_are_recorded_with_the_overrides_named(plan_config):
+    rp = {"values": {"quantization": "uint8", "gate_min_val_top1": 0.72, "seed": 1}, "overridden": ["quantization"]}
+    m = build(plan_config, full_results(), run_parameters=rp)
+    assert m["parameters"] == {
+        "overridden": {"quantization": "uint8"},
+        "values": {"gate_min_val_top1": 0.72, "quantization": "uint8", "seed": 1},
+    }
+    assert "parameters" not in build(plan_config, full_results())
+    with pytest.raises(tm.ManifestError, match="run_parameters: expected"):
+        build(plan_config, full_results(), run_parameters={"quantization": "uint8"})
