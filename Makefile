@@ -55,7 +55,9 @@ stage-weights: $(VENV)/.stamp
 bench: setup
 	$(PY) -m bench.run --output bench/results.json
 
-# GitOps: regenerate manifests/ (Pipeline + PipelineVersion from the compiled DAG, configs).
+# GitOps: regenerate manifests/overlays/*/{tenancy,pipeline}.yaml (tenancy objects by cluster.mode,
+# Pipeline + PipelineVersion from the compiled DAG). Images by the digests of images/digests.yaml
+# (make images PUSH=1); prod only when every image has one (otherwise it says which to push).
 manifests: $(VENV)/.stamp
 	$(PY) scripts/render_manifests.py --config $(CLUSTER_CONFIG)
 

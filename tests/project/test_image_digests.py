@@ -1,5 +1,6 @@
-"""Image digests: `make images PUSH=1` records them (images/digests.yaml) and `make manifests`
-pins an overlay's images by digest when its registry and tag were pushed."""
+"""Image digests: `make images PUSH=1` records them (images/digests.yaml), `make manifests`
+pins an overlay's images by digest when its registry and tag were pushed, and an overlay that
+requires digests (prod) is not compiled without them."""
 
 import subprocess
 import sys
@@ -51,3 +52,22 @@ def test_build_script_merges_digests_per_tag(tmp_path):
     data = yaml.safe_load(path.read_text())
     assert data["ghcr.io/plantid"]["0.1.0"] == {**D, "commit": "c0ffee"}
     assert data["ghcr.io/plantid"]["0.2.0"]["train"] == "sha256:" + "d" * 64
+
+
+def test_overlay_requiring_digests_refuses_without_them(tmp_path, monkeypatch):
+    """prod (render.yaml require_digests: true) is compiled by digest or not at all; the error
+    names every image that has no digest."""
+    f = tmp_path / "digests.yaml"
+    f.write_text(yaml.safe_dump({"ghcr.io/plantid": {"0.1.0": {"train": D["train"], "commit": "abc"}}}))
+    monkeypatch.setattr(render_manifests, "DIGESTS_FILE", f)
+    out = tmp_path / "pipeline.yaml"
+    overlay = ROOT / "manifests" / "overlays" / "prod"
+    try:
+        render_manifests.compile_overlay_pipeline(ROOT / "config" / "cluster.yaml", overlay, out)
+    except render_manifests.MissingDigests as e:
+        message = str(e)
+    else:
+        raise AssertionError("prod compiled without digests")
+    assert "ghcr.io/plantid/plantid-data:0.1.0" in message and "ghcr.io/plantid/plantid-export:0.1.0" in message
+    assert "plantid-train:" not in message
+    assert not out.exists() and not (tmp_path / "tenancy.yaml").exists()
