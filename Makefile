@@ -8,8 +8,10 @@ CLUSTER_CONFIG ?= config/cluster.yaml
 OUTPUT ?= outputs/local
 KFP_HOST ?=
 PARAMS ?=
+# PARAMS and CRON reach the command through the environment, so their quotes and spaces stay as given.
+export PARAMS CRON
 
-.PHONY: setup export-env run run-containers test compile submit images bench bench-scale bench-export sample-data manifests stage-weights clean
+.PHONY: setup export-env run run-containers test compile submit schedule images bench bench-scale bench-export sample-data manifests stage-weights clean
 
 setup: $(VENV)/.stamp export-env
 
@@ -77,9 +79,20 @@ run-containers: setup sample-data
 	CONFIG=$(CONFIG) bash scripts/build_images.sh
 	$(PY) pipeline.py run-containers --config $(CONFIG) --output $(CONTAINER_OUTPUT) --data-dir data
 
-# make submit KFP_HOST=https://.../pipeline [EXPERIMENT=...] [PARAMS="regional_teachers=[...] quantization=uint8"]
+# make submit [KFP_HOST=https://.../pipeline] [EXPERIMENT=...] [RUN_NAME=...] [NAMESPACE=...] [SERVICE_ACCOUNT=...]
+#             [PARAMS='quantization=uint8 regional_teachers=[{"teacher": "EU_SW", ...}]'] [DRY_RUN=1] [WAIT=1 [TIMEOUT=s]]
+# No KFP_HOST: $$KF_PIPELINES_ENDPOINT. PARAMS: NAME=VALUE items split on spaces outside brackets and quotes.
+# DRY_RUN=1 compiles, checks and prints what would be sent; WAIT=1 follows the run and fails when it fails.
+SUBMIT_ARGS = --config $(CLUSTER_CONFIG) $(if $(KFP_HOST),--host "$(KFP_HOST)") \
+	$(if $(EXPERIMENT),--experiment "$(EXPERIMENT)") $(if $(RUN_NAME),--run-name "$(RUN_NAME)") \
+	$(if $(NAMESPACE),--namespace "$(NAMESPACE)") $(if $(SERVICE_ACCOUNT),--service-account "$(SERVICE_ACCOUNT)") \
+	--params "$$PARAMS" $(if $(DRY_RUN),--dry-run)
 submit: $(VENV)/.stamp
-	$(PY) pipeline.py submit --config $(CLUSTER_CONFIG) --host $(KFP_HOST) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(foreach p,$(PARAMS),--param $(p))
+	$(PY) pipeline.py submit $(SUBMIT_ARGS) $(if $(WAIT),--wait) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+
+# make schedule CRON="0 3 * * 0" [the submit variables but WAIT]: a recurring run (5-field cron, or KFP's 6 fields).
+schedule: $(VENV)/.stamp
+	$(PY) pipeline.py schedule $(SUBMIT_ARGS) --cron "$$CRON"
 
 clean:
 	rm -rf outputs data/sample

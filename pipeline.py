@@ -4,6 +4,8 @@
     python pipeline.py run-local --config config/local.yaml [--records PATH] [--output DIR]
     python pipeline.py compile   --config config/cluster.yaml --output pipeline.yaml
     python pipeline.py stage-weights --config config/cluster.yaml [--cache DIR]
+    python pipeline.py submit   --config config/cluster.yaml [--host URL] [--param K=V ...] [--dry-run] [--wait]
+    python pipeline.py schedule --config config/cluster.yaml [--host URL] --cron "0 3 * * 0" [--dry-run]
 
 Everything a phase does lives in shared/; components/ wrap it; this file only
 wires the DAG, with the config's values as pipeline-parameter defaults."""
@@ -580,6 +582,91 @@ def run_containers(cfg: dict, output: str, data_dir: str, params: dict | None = 
         raise SystemExit(f"run-containers: {e}") from None
 
 
+def _add_submission_parsers(sub: "argparse._SubParsersAction") -> None:
+    """The `submit` and `schedule` subcommands (components/submission.py does the work)."""
+    s = sub.add_parser("submit", help="compile and submit a run to a KFP server (--dry-run: only show it)")
+    h = sub.add_parser("schedule", help="compile and create a recurring run on a KFP server (--dry-run: only show it)")
+    for p in (s, h):
+        _add_submission_arguments(p)
+    s.add_argument("--wait", action="store_true", help="follow the run to its end: exit 0 on SUCCEEDED, else 1")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="with --wait: stop waiting after this long (exit 1; the run goes on); 0 (default) = until it ends",
+    )
+    h.add_argument(
+        "--cron",
+        required=True,
+        help="when to run: 5-field cron ('0 3 * * 0': Sundays 03:00; a '0 ' seconds field is put in front) "
+        "or KFP's 6-field form with seconds first ('0 0 3 * * 0')",
+    )
+
+
+def _add_submission_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments `submit` and `schedule` share."""
+    p.add_argument("--config", default="config/cluster.yaml")
+    p.add_argument(
+        "--host",
+        help="KFP API endpoint, e.g. https://kubeflow.example.org/pipeline (default: $KF_PIPELINES_ENDPOINT)",
+    )
+    p.add_argument("--experiment", default="plantid")
+    p.add_argument("--run-name", help="the run's (or schedule's) name (default: the pipeline's name and the time)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a pipeline parameter (YAML/JSON value); repeatable",
+    )
+    p.add_argument(
+        "--params",
+        action="append",
+        default=[],
+        metavar="'NAME=VALUE ...'",
+        help="several parameters in one string, split on spaces outside brackets and quotes "
+        '(make\'s PARAMS): \'quantization=uint8 regional_teachers=[{"teacher": "EU_SW", ...}]\'',
+    )
+    p.add_argument("--namespace", help="where the run goes (default: the config's, per cluster.mode)")
+    p.add_argument("--service-account", help="the run's Kubernetes service account (default: cluster.service_account)")
+    p.add_argument("--package", default="pipeline.yaml", help="where the compiled pipeline is written")
+    p.add_argument(
+        "--dry-run", action="store_true", help="compile, check and print what would be sent; contact nothing"
+    )
+
+
+def _submission_command(args: argparse.Namespace, cfg: dict) -> int:
+    """`submit` / `schedule`: compile, plan (components/submission.py), then print or send."""
+    from components import submission
+    from shared.config.cluster import cluster_problems
+
+    problems = cluster_problems(cfg)
+    if problems:
+        raise SystemExit("config not fit for the cluster:\n  " + "\n  ".join(problems))
+    compile_pipeline(cfg, args.package)
+    try:
+        items = [i for text in args.params for i in submission.split_params(text)] + args.param
+        plan = submission.plan_submission(
+            cfg,
+            args.package,
+            host=args.host,
+            experiment=args.experiment,
+            run_name=args.run_name or f"{cfg['pipeline']['name']} {time.strftime('%Y-%m-%d %H:%M')}",
+            params=submission.raw_params(items),
+            namespace=args.namespace,
+            service_account=args.service_account,
+            cron=getattr(args, "cron", None),
+        )
+        if args.dry_run:
+            print(submission.format_plan(plan))
+            print("dry run: nothing was sent")
+            return 0
+        return submission.execute_plan(plan, wait=getattr(args, "wait", False), timeout_s=getattr(args, "timeout", 0))
+    except submission.SubmissionError as e:
+        raise SystemExit(f"{args.cmd}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -622,20 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     w.add_argument("--config", default="config/cluster.yaml")
     w.add_argument("--cache", help="the weights cache to fill (default: the config's weights.cache_dir)")
-    s = sub.add_parser("submit", help="compile and submit a run to a KFP server")
-    s.add_argument("--config", default="config/cluster.yaml")
-    s.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.org/pipeline")
-    s.add_argument("--experiment", default="plantid")
-    s.add_argument("--run-name")
-    s.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a pipeline parameter (JSON values allowed); repeatable",
-    )
-    s.add_argument("--namespace", help="the KFP profile namespace (multi-user installs only)")
-    s.add_argument("--package", default="pipeline.yaml")
+    _add_submission_parsers(sub)
     args = ap.parse_args(argv)
 
     overrides = {}
@@ -662,24 +736,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             else:
                 print(f"{r['role']:15s} {r['model_id']}: {r['source']}")
-    elif args.cmd == "submit":
-        from components.submission import parse_params, submit_run
-        from shared.config.cluster import cluster_problems
-
-        problems = cluster_problems(cfg)
-        if problems:
-            raise SystemExit("config not fit for the cluster:\n  " + "\n  ".join(problems))
-        compile_pipeline(cfg, args.package)
-        run_id = submit_run(
-            args.host,
-            args.package,
-            experiment=args.experiment,
-            run_name=args.run_name or f"{cfg['pipeline']['name']} {time.strftime('%Y-%m-%d %H:%M')}",
-            params=parse_params(args.param),
-            namespace=args.namespace,
-            service_account=cfg["cluster"]["service_account"],
-        )
-        print("submitted run:", run_id)
+    elif args.cmd in ("submit", "schedule"):
+        return _submission_command(args, cfg)
     elif args.cmd in ("run-local", "run-containers"):
         from components.submission import parse_params
         from shared.run_console import LocalRunFailed
