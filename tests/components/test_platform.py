@@ -379,3 +379,21 @@ def test_a_rerun_after_a_late_failure_reuses_every_step_before_it(tmp_path):
     uncached = sorted(n for n, on in caching.items() if not on)
     assert uncached == ["training-manifest"], uncached
     assert caching["train-teacher"] and caching["cache-images"] and caching["train-student"]
+
+
+def test_the_cluster_smoke_config_is_the_real_setup_with_tiny_models(tmp_path):
+    """config/cluster-smoke.yaml proves a cluster's set-up in minutes: the same namespace, service
+    account, volume, Secrets and GPU pool as config/cluster.yaml, timm's tiny test models."""
+    import pipeline
+
+    smoke = load_pipeline_config(ROOT / "config" / "cluster-smoke.yaml")
+    real = load_pipeline_config(ROOT / "config" / "cluster.yaml")
+    assert cluster_problems(smoke) == []
+    same = ("mode", "namespace", "service_account", "gcp_service_account", "cache_pvc", "kfp_backend")
+    assert {k: smoke["cluster"][k] for k in same} == {k: real["cluster"][k] for k in same}
+    assert smoke["cluster"]["kinds"]["gpu"]["node_selector"] == real["cluster"]["kinds"]["gpu"]["node_selector"]
+    assert smoke["data"]["source"] == "mongo" and 0 < smoke["data"]["mongo"]["limit"] <= 1000
+    assert smoke["export"]["gates"]["profile"] == "local"  # its bounds are never the plan's
+    pipeline.compile_pipeline(smoke, str(tmp_path / "smoke.yaml"))
+    text = (tmp_path / "smoke.yaml").read_text()
+    assert "test_resnet" in text and "test_efficientnet" in text and "vit_base_patch16_384" not in text
