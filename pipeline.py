@@ -418,9 +418,18 @@ def compile_pipeline(cfg: dict, output: str) -> str:
     return output
 
 
-def _latest_run_dir(root: Path, name: str) -> "Path | None":
-    runs = sorted((p for p in root.glob(f"{name}-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    return runs[-1] if runs else None
+def _run_dirs(root: Path, name: str) -> set[Path]:
+    return {p for p in root.glob(f"{name}-*") if p.is_dir()}
+
+
+def this_run_dir(root: Path, name: str, before: set[Path]) -> Path:
+    """The run directory kfp.local made for this run: the one that was not there before it
+    started (never the newest folder, which an earlier run's touched file could be).
+    RuntimeError naming what was found when there is not exactly one."""
+    new = sorted(_run_dirs(root, name) - before)
+    if len(new) != 1:
+        raise RuntimeError(f"expected one new run directory {name}-* under {root} after the run, found {new}")
+    return new[0]
 
 
 def run_local(
@@ -460,6 +469,7 @@ def run_local(
     )
     t0 = time.time()
     pipe = build_pipeline(cfg, local=True)
+    earlier_runs = _run_dirs(root, cfg["pipeline"]["name"])
     try:
         with console.capture():
             local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
@@ -483,7 +493,7 @@ def run_local(
             console.say(line)
         console.close()
         raise LocalRunFailed(f"{failed} failed; see {console.log_path}") from err
-    run_dir = _latest_run_dir(root, cfg["pipeline"]["name"])
+    run_dir = this_run_dir(root, cfg["pipeline"]["name"], earlier_runs)
     summary = {"run_dir": str(run_dir), "seconds": round(time.time() - t0, 1), "outputs": {}}
     if run_dir:
         # A task's directory holds executor_output.json; ParallelFor iterations nest them.
