@@ -79,6 +79,13 @@ run-containers: setup sample-data
 	CONFIG=$(CONFIG) bash scripts/build_images.sh
 	$(PY) pipeline.py run-containers --config $(CONFIG) --output $(CONTAINER_OUTPUT) --data-dir data
 
+# The last local run's TF.js bundle served with cross-origin isolation (WASM threads) and the
+# wasm content type: http://127.0.0.1:8000/ (BUNDLE=dir, PORT=n for another).
+BUNDLE ?= outputs/local/tfjs_model
+PORT ?= 8000
+demo: $(VENV)/.stamp
+	$(PY) pipeline.py serve-demo --bundle $(BUNDLE) --port $(PORT)
+
 # make submit [KFP_HOST=https://.../pipeline] [EXPERIMENT=...] [RUN_NAME=...] [NAMESPACE=...] [SERVICE_ACCOUNT=...]
 #             [PARAMS='quantization=uint8 regional_teachers=[{"teacher": "EU_SW", ...}]'] [DRY_RUN=1] [WAIT=1 [TIMEOUT=s]]
 # No KFP_HOST: $$KF_PIPELINES_ENDPOINT. PARAMS: NAME=VALUE items split on spaces outside brackets and quotes.

@@ -594,6 +594,10 @@ def run_containers(cfg: dict, output: str, data_dir: str, params: dict | None = 
 
 def _add_submission_parsers(sub: "argparse._SubParsersAction") -> None:
     """The `submit` and `schedule` subcommands (components/submission.py does the work)."""
+    d = sub.add_parser("serve-demo", help="serve a TF.js bundle's demo page with cross-origin isolation (WASM threads)")
+    d.add_argument("--bundle", default="outputs/local/tfjs_model")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8000)
     s = sub.add_parser("submit", help="compile and submit a run to a KFP server (--dry-run: only show it)")
     h = sub.add_parser("schedule", help="compile and create a recurring run on a KFP server (--dry-run: only show it)")
     for p in (s, h):
@@ -732,6 +736,16 @@ def main(argv: list[str] | None = None) -> int:
         import yaml
 
         overrides[key] = yaml.safe_load(value)
+    if args.cmd == "serve-demo":
+        from shared.export.demo_server import demo_server
+
+        httpd = demo_server(args.bundle, args.host, args.port)
+        print(f"demo page: http://{args.host}:{httpd.server_address[1]}/ (cross-origin isolated; Ctrl-C stops it)")
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        return 0
     cfg = load_pipeline_config(args.config, overrides)
     if args.cmd == "compile":
         print("compiled:", compile_pipeline(cfg, args.output))

@@ -77,6 +77,7 @@ import numpy as np
 import torch
 
 from shared import artifact_keys as K
+from shared.export.offline import write_service_worker
 from shared.export.per_class_head import with_per_class_scaled_head
 from shared.io.atomic import write_json
 
@@ -410,7 +411,8 @@ def bundle_calibration(calibration: dict | None, ckpt: dict) -> dict[str, Any]:
 
 def write_bundle_assets(bundle_dir: str | os.PathLike, ckpt: dict, calibration: dict | None, quantization: str) -> None:
     """Everything beside the converted model: labels.json, calibration.json,
-    preprocessing.json, the demo page, tf.min.js and the WASM backend."""
+    preprocessing.json, the demo page, tf.min.js, the WASM backend and sw.js (the page's offline
+    copy, shared/export/offline.py)."""
     d = Path(bundle_dir)
     missing = [str(f) for f in [TFJS_MIN] + [WASM_DIST / n for n in WASM_FILES] if not f.exists()]
     if missing:
@@ -443,6 +445,7 @@ def write_bundle_assets(bundle_dir: str | os.PathLike, ckpt: dict, calibration: 
     shutil.copyfile(TFJS_MIN, d / "tf.min.js")
     for name in WASM_FILES:
         shutil.copyfile(WASM_DIST / name, d / name)
+    write_service_worker(d, WASM_FILES)  # last: it lists every file above and the model's
 
 
 def choose_quantization(

@@ -18,14 +18,14 @@ try {
   page.on('pageerror', (e) => errors.push(String(e)));
   page.on('requestfailed', (r) => errors.push(`request failed: ${r.url()}`));
   await page.goto(url);
-  await page.waitForSelector('#status[data-state="ready"], #status[data-state="error"]', { timeout: 120000 });
+  await page.waitForSelector('#status[data-state="ready"], #status[data-state="error"]', { timeout: Number(process.env.PAGE_TIMEOUT_MS || 600000) });
   const results = [];
   const init = await page.$eval('#status', (s) => ({ state: s.dataset.state, status: s.textContent }));
   // A page that could not load the model classifies nothing: report its error for every image.
   for (const image of init.state === 'error' ? [] : images) {
     await page.evaluate(() => { document.getElementById('status').dataset.state = 'ready'; });
     await page.setInputFiles('#file', image);
-    await page.waitForSelector('#status[data-state="done"], #status[data-state="error"]', { timeout: 120000 });
+    await page.waitForSelector('#status[data-state="done"], #status[data-state="error"]', { timeout: Number(process.env.PAGE_TIMEOUT_MS || 600000) });
     const r = await page.evaluate(() => {
       const v = document.getElementById('verdict');
       const s = document.getElementById('status');

@@ -34,6 +34,7 @@ pytestmark = [
 ]
 CLASSES = [f"Species {i}" for i in range(6)]
 TEMPERATURE = 1.5
+SITE_DIRS: dict[str, Path] = {}  # the site fixture's served directory
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def site(tmp_path_factory):
         p = d / f"photo{i}.png"
         render_species_image(i % 6, rng, (36, 36)).save(p)
         paths.append(str(p))
-    root = d / "www"
+    root = SITE_DIRS["root"] = d / "www"
     export_tfjs_bundle(
         str(d / "student.pt"), str(root / "low"), paths, "fp16", {"temperature": TEMPERATURE, "threshold": 0.3}
     )
@@ -74,7 +75,7 @@ def site(tmp_path_factory):
 
 def _page(url: str, images: list[str]) -> list[dict]:
     r = subprocess.run(
-        ["node", "page_check.mjs", url, *images], cwd=TFJS_DIR, capture_output=True, text=True, timeout=240
+        ["node", "page_check.mjs", url, *images], cwd=TFJS_DIR, capture_output=True, text=True, timeout=1500
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -110,3 +111,36 @@ def test_page_says_no_concluyente_below_threshold(site):
     assert not page["conclusive"] and page["label"] == "no concluyente"
     assert page["text"].lower().startswith("no concluyente")
     assert page["top1"] == CLASSES[int(logits[1].argmax())]  # still named as the best candidate
+
+
+def test_page_picks_wasm_over_software_webgl_isolated_and_works_offline(site, tmp_path):
+    """Served as `make demo` serves it (cross-origin isolated), the page opened with no forced
+    backend must not pick WebGL on a software rasteriser (headless Chromium without a GPU), must
+    say why, and after the first visit must classify with the network cut (its service worker)."""
+    from shared.export.demo_server import demo_server
+    from shared.export.offline import bundle_version
+
+    base, paths, logits = site
+    bundle = SITE_DIRS["root"] / "low"
+    httpd = demo_server(bundle, port=0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        r = subprocess.run(
+            ["node", "offline_check.mjs", f"http://127.0.0.1:{httpd.server_address[1]}/", paths[2]],
+            cwd=TFJS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=1500,
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    print(out)
+    first = out["first"]
+    assert first["state"] == "ready" and first["backend"] == "wasm", first
+    assert "software-rendered" in first["reason"] or "no WebGL" in first["reason"], first
+    assert first["isolated"] is True and first["threads"] >= 1
+    assert out["caches"] == [f"plantid-{bundle_version(bundle)}"]
+    assert out["offline"]["state"] == "done" and out["top1"] == CLASSES[int(logits[2].argmax())], out
