@@ -144,3 +144,37 @@ def test_page_picks_wasm_over_software_webgl_isolated_and_works_offline(site, tm
     assert first["isolated"] is True and first["threads"] >= 1
     assert out["caches"] == [f"plantid-{bundle_version(bundle)}"]
     assert out["offline"]["state"] == "done" and out["top1"] == CLASSES[int(logits[2].argmax())], out
+
+
+def test_a_six_shard_bundle_loads_from_a_server_that_sends_no_store(site, tmp_path):
+    """Chromium stalled for good on the 7th shard of a 7-shard model served with
+    Cache-Control: no-store (it fetched 6 and never asked for the 7th); the export keeps a
+    plan-sized bundle to one shard and any bundle up to 180 MB to 6, so 6 must load."""
+    base, paths, logits = site
+    d = tmp_path / "six"
+    low = SITE_DIRS["root"] / "low"
+    weights = sum(f.stat().st_size for f in low.glob("*.bin"))
+    ckpt = low.parents[1] / "student.pt"
+    # a shard size that gives this tiny model exactly 6 shards, as 180 MB would give the 30 MB ones
+    r = export_tfjs_bundle(
+        str(ckpt), str(d), paths, "fp16", {"temperature": TEMPERATURE, "threshold": 0.3}, shard_mb=(weights / 5.5) / 1e6
+    )
+    assert r["shards"] == 6, r["shards"]
+
+    class NoStore(SimpleHTTPRequestHandler):
+        def end_headers(self):
+            self.send_header("Cache-Control", "no-store")
+            super().end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(NoStore, directory=str(d)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        [page] = _page(f"http://127.0.0.1:{httpd.server_address[1]}/index.html", [paths[4]])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert page["state"] == "done" and not page["errors"], page
+    assert page["top1"] == CLASSES[int(logits[4].argmax())]
