@@ -14,7 +14,7 @@ from shared.io.atomic import write_text
 
 SW_TEMPLATE = Path(__file__).resolve().parent / "web" / "sw.js"
 SW_NAME = "sw.js"
-PAGE_FILES = ("./", "index.html", "labels.json", "calibration.json", "preprocessing.json", "tf.min.js")
+PAGE_FILES = ("./", "index.html", "backend.js", "labels.json", "calibration.json", "preprocessing.json", "tf.min.js")
 
 
 def model_files(bundle_dir: str | os.PathLike) -> list[str]:

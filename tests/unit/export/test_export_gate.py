@@ -44,6 +44,7 @@ STRICT = {
     "top1_agreement": ">=",
     "model_size_mb": "<",
     "latency_ms_median": "<",
+    "default_backend_vs_fastest": "<=",
     "labels_match_checkpoint": "==",
     "input_size_matches_checkpoint": "==",
 }
@@ -253,12 +254,19 @@ def chromium_report(auto_bundles, tiny_checkpoint):
 
 
 @needs_tools
-def test_latency_is_measured_in_chromium_with_wasm(chromium_report):
+def test_latency_is_measured_on_the_page_as_it_opens(chromium_report):
+    """No forced backend: the page's own choice (WASM over SwiftShader's software WebGL in headless
+    Chromium without a GPU), its cold start, and each backend forced beside it; the gate bounds
+    the page's median at 1.5x the fastest backend's."""
     r = chromium_report
-    print("Chromium WASM latency median ms:", r["latency_ms_median"], "times:", r["latency_times_ms"])
+    print("Chromium page latency median ms:", r["latency_ms_median"], "by backend:", r["latency_by_backend_ms"])
     assert r["passed"] and not r["reasons"], r["reasons"]
     assert r["latency_runtime"] == "chromium-wasm" and r["latency_backend"] == "wasm"
-    assert r["latency_runtime_label"] == "headless Chromium, TF.js WASM backend"
+    assert r["latency_runtime_label"].startswith("headless Chromium, the demo page's own backend choice")
+    assert "software-rendered" in r["latency_backend_reason"] or "no WebGL" in r["latency_backend_reason"]
+    assert r["latency_cross_origin_isolated"] is True and r["latency_cold_start_ms"] > r["latency_ms_median"]
+    assert r["latency_by_backend_ms"]["wasm"] == r["latency_ms_median"]
+    assert r["latency_default_vs_fastest"] <= 1.5
     assert r["latency_browser"].startswith("Chromium ") and r["latency_error"] is None
     assert len(r["latency_times_ms"]) == r["latency_runs"] == 20 and r["latency_warmup"] == 3
     assert r["latency_ms_median"] == pytest.approx(float(np.median(r["latency_times_ms"])))
@@ -396,7 +404,8 @@ def test_validate_export_component_reports_every_gate_and_raises_with_every_reas
 
     s = run("ok", max_size_mb=20.0)  # the student budget (plan 3.3); defaults: 5000 ms, node-wasm
     assert s["passed"] and s["latency_runtime"] == "node-wasm" and s["quantization"] == "fp16"
-    assert {g["gate"]: g["operator"] for g in s["gates"]} == STRICT
+    node_gates = {k: v for k, v in STRICT.items() if k != "default_backend_vs_fastest"}  # Chromium only
+    assert {g["gate"]: g["operator"] for g in s["gates"]} == node_gates
     with pytest.raises(RuntimeError) as e:
         run("bad", max_size_mb=0.01, max_latency_ms=0.001)
     assert "model size" in str(e.value) and "latency median" in str(e.value) and "(Node" in str(e.value)
