@@ -56,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
             "retries": 4,
             "per_host_concurrency": 4,
             "per_host_rate": 10.0,
+            # gs:// image URLs are read with the pod's credentials: only from buckets listed here
+            "gcs_bucket_allowlist": [],
         },
     },
     "split": {"seed": 42},

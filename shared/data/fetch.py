@@ -14,7 +14,13 @@ a backslash, whitespace, control characters or percent-encoding in its host,
 is refused as `ambiguous_url`; what is sent is the URL re-serialised from the
 judged parse. `host_allowlist` matches the normalised host (lowercase, no
 trailing dot, IDNA): an entry is that host exactly, `*.example.org` its
-subdomains at a dot boundary, never a substring."""
+subdomains at a dot boundary, never a substring.
+
+gs:// image URLs are read with the pod's own credentials, which can read far more than
+the catalogue's photos (the pipeline's artifacts, other teams' buckets): they are refused
+unless their bucket is in `gcs_bucket_allowlist` (empty by default), and a failure is
+reported by a short reason (not_found, permission_denied, ...), never the API's error text
+(which names projects, service accounts and request URLs)."""
 
 from __future__ import annotations
 
@@ -65,9 +71,11 @@ class FetchPolicy:
     max_retry_after_s: float = 30.0
     per_host_concurrency: int = 4
     per_host_rate: float = 10.0  # requests per second per host; 0 = unlimited
+    gcs_bucket_allowlist: list = field(default_factory=list)  # empty: no gs:// image URL at all
 
     def __post_init__(self) -> None:
         HostAllowlist(self.host_allowlist)  # a bad entry fails here, naming it, not per URL later
+        check_bucket_allowlist(self.gcs_bucket_allowlist)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> FetchPolicy:
@@ -86,6 +94,42 @@ class FetchPolicy:
                     raise ValueError(f"cache.fetch.{f.name}: expected a whole number, got {v!r}")
                 d[f.name] = int(v)
         return cls(**d)
+
+
+# GCS bucket names: 3-63 characters (up to 222 with dots), lowercase letters, digits, -, _ and .
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+# Google API errors by HTTP status -> the short reason a per-record report carries.
+_GCS_REASONS = {
+    400: "bad_request",
+    401: "permission_denied",
+    403: "permission_denied",
+    404: "not_found",
+    412: "precondition_failed",
+    416: "empty_object",
+    429: "rate_limited",
+}
+
+
+def check_bucket_allowlist(entries: object) -> set[str]:
+    """FetchPolicy.gcs_bucket_allowlist as a set of bucket names; ValueError naming a bad entry."""
+    if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
+        raise ValueError(f"cache.fetch.gcs_bucket_allowlist: expected a list of bucket names, got {entries!r}")
+    names = set()
+    for entry in entries:
+        if not isinstance(entry, str) or not _BUCKET_RE.fullmatch(entry):
+            raise ValueError(
+                f"cache.fetch.gcs_bucket_allowlist: {entry!r} is not a bucket name (lowercase, no gs:// or path)"
+            )
+        names.add(entry)
+    return names
+
+
+def gcs_reason(error: BaseException) -> str:
+    """The short reason for a Google API error (its HTTP status), without its message."""
+    code = getattr(error, "code", None)
+    if isinstance(code, int):
+        return _GCS_REASONS.get(code, "gcs_unavailable" if code >= 500 else f"gcs_http_{code}")
+    return "gcs_error"
 
 
 def check_address(host: str, url: str, allow_private: bool) -> None:
@@ -418,6 +462,7 @@ class Fetcher:
             for prefix in ("http://", "https://"):
                 self._session.mount(prefix, _PeerCheckedAdapter())
         self._allowlist = HostAllowlist(self.policy.host_allowlist)
+        self._buckets = check_bucket_allowlist(self.policy.gcs_bucket_allowlist)
         self._gcs = None
         self.stats = {"requests": 0, "retries": 0}
 
@@ -464,6 +509,13 @@ class Fetcher:
         bucket, blob_name = parsed.netloc, parsed.path.lstrip("/")
         if not bucket or not blob_name:
             raise FetchError("bad_url", url, "expected gs://bucket/object")
+        if bucket not in self._buckets:  # before any client exists: the pod's credentials read nothing
+            raise FetchError(
+                "blocked_bucket",
+                url,
+                f"bucket {bucket!r} is not in cache.fetch.gcs_bucket_allowlist "
+                f"({sorted(self._buckets) or 'empty: gs:// image URLs are refused'})",
+            )
         if self._gcs is None:
             self._gcs = gcs.client()
         from google.api_core import exceptions as gexc
@@ -477,12 +529,10 @@ class Fetcher:
             # ranged read: an object replaced by a bigger one after get_blob is still cut at the cap
             data = blob.download_as_bytes(start=0, end=self.policy.max_bytes)
         except gexc.GoogleAPICallError as e:  # one object's failure, not the run's
-            code = getattr(e, "code", None)
-            raise FetchError(
-                "not_found" if code == 404 else f"http_{code}" if code else "gcs_error", url, str(e)[:200]
-            ) from None
+            # the reason and status only: the API's text names projects, accounts and request URLs
+            raise FetchError(gcs_reason(e), url, f"{type(e).__name__} (HTTP {getattr(e, 'code', '?')})") from None
         except (ConnectionError, TimeoutError, gexc.RetryError) as e:
-            raise FetchError("connection_error", url, str(e)[:200]) from None
+            raise FetchError("connection_error", url, type(e).__name__) from None
         if len(data) > self.policy.max_bytes:
             raise FetchError("too_large", url, f"> {self.policy.max_bytes} bytes")
         return data

@@ -23,15 +23,23 @@ cache fetches nothing again), written atomically, and recorded in the index entr
 was made from), so a missing, replaced or stale one (made from an older main file or
 at another size) is rebuilt. An image already no larger than that keeps one file:
 its rendition is the main file. Cached records then carry `student_cache_path`,
-`student_width`, `student_height` and `student_resize` (read by `student_records`)."""
+`student_width`, `student_height` and `student_resize` (read by `student_records`).
+
+Issue 22: each cached image's perceptual hash (perceptual_hash.dhash64 of the cached file,
+`phash`) is kept in its index entry and record, computed from the cached file for entries
+that lack it (nothing refetched); images carrying an ICC profile are converted to sRGB
+and transparency goes onto image_colour.BACKGROUND_RGB (image_colour); decoding is held
+to a pixel budget across the workers, JPEGs draft-decoded near the target size
+(decode_budget); writes never follow a link out of the cache, and a partial index line
+left by a kill is ignored, never merged with the next entry (cache_store)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import io
-import json
 import os
 import threading
 import time
@@ -46,9 +54,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from shared.data.cache_store import CacheIndex, write_cache_file
+from shared.data.decode_budget import PixelBudget
 from shared.data.fetch import Fetcher, FetchError, FetchPolicy
+from shared.data.image_colour import on_background, to_srgb
+from shared.data.perceptual_hash import PHASH_FIELD, PHASH_VERSION, dhash64, to_hex
 from shared.data.remote_cache import RemoteCache, RemoteCacheError
-from shared.io.atomic import sha256_file, write_bytes, write_json
+from shared.io.atomic import sha256_file, write_json
 from shared.io.gcs import is_gs_uri
 from shared.io.records import Record, load_jsonl, write_jsonl
 
@@ -62,8 +74,16 @@ JPEG_MAX_SIDE = 65_500
 # Bump whenever the same bytes and settings would give another stored rendition
 # (decoding, conversion or encoding changed): older entries are then re-rendered.
 # 2: high-bit-depth and float images scaled instead of saturated.
-RENDITION_VERSION = 2
+# 3: ICC profiles converted to sRGB; JPEGs draft-decoded (libjpeg's DCT scaling) before resizing.
+RENDITION_VERSION = 3
 INDEX_VERSION = 2
+# The pixel cap on a source image (its header, before decoding). A 448 px cache needs no
+# more than a 50 MP camera's photo (45 MP full frame passes); PIL's own bomb limit is
+# 89 MP, and each such decode held ~270 MB (RGB) per worker.
+MAX_PIXELS = 50_000_000
+# Pixels the workers may hold decoded at once (decode_budget.PixelBudget): ~600 MB of RGB
+# and its conversions, whatever cache.workers is; a JPEG holds only its draft size.
+DECODE_PIXEL_BUDGET = 100_000_000
 # Settings that decide the stored bytes: an entry made under others is re-rendered.
 RENDITION_KEYS = ("resize", "jpeg_quality", "rendition")
 # Settings that only decide acceptance: re-judged from the source size the entry records.
@@ -115,6 +135,15 @@ class CacheReport:
     # stale (made from another main file), missing_file, size_mismatch, checksum_mismatch,
     # unreadable_file, bad_entry.
     student_renditions: dict[str, int] = field(default_factory=dict)
+    # How each cached entry got its perceptual hash: computed_new (a fresh rendition),
+    # from_cached_file (an older entry, hashed from its file), indexed (already there).
+    phashes: dict[str, int] = field(default_factory=dict)
+    # Index lines skipped on reading (a partial last line left by a kill, junk): line and why.
+    index_lines_ignored: list[dict] = field(default_factory=list)
+    # The decode pixel budget (decode_budget.PixelBudget): its size, peak use and waits.
+    decode_pixels: dict[str, int] = field(default_factory=dict)
+    # Cached records whose image was converted from an embedded ICC profile to sRGB.
+    colour_converted: int = 0
 
     @property
     def fail_counts(self) -> dict[str, int]:
@@ -148,6 +177,10 @@ class CacheReport:
             "settings": self.settings,
             "index_checks": self.index_checks,
             "student_renditions": self.student_renditions,
+            "phashes": self.phashes,
+            "index_lines_ignored": self.index_lines_ignored,
+            "decode_pixels": self.decode_pixels,
+            "colour_converted": self.colour_converted,
             "fail_counts": counts,
             "seconds": round(self.seconds, 2),
             "images_per_second": round(self.attempted / self.seconds, 2) if self.seconds else 0.0,
@@ -230,6 +263,7 @@ class Rendition:
     source_height: int
     source_mode: str
     value_range: tuple[float, float] | None = None  # the source values mapped to 0..255
+    colour: str | None = None  # what was done about an embedded ICC profile (image_colour.to_srgb)
 
 
 def _is_unsigned32_tiff(img: Image.Image) -> bool:
@@ -292,35 +326,72 @@ def to_8bit(img: Image.Image, unsigned32: bool = False) -> tuple[Image.Image, tu
     return Image.fromarray(_stretch(arr, lo, hi)), (lo, hi)
 
 
-def render_image(data: bytes, resize: int, min_side: int, max_pixels: int) -> Rendition:
+def _source_size(header: tuple[int, int], decoded: tuple[int, int], shown: tuple[int, int]) -> tuple[int, int]:
+    """The source's size as shown (after EXIF rotation): the header's size, swapped when
+    the rotation swapped the decoded image's sides (a draft decode is smaller than the header)."""
+    w, h = header
+    return (h, w) if shown != decoded else (w, h)
+
+
+def _decode(data: bytes, resize: int, max_pixels: int, budget: PixelBudget | None) -> Any:
+    """Open, check the header's size, draft-decode a JPEG at the smallest scale whose short
+    side is still >= resize (libjpeg scales by 1/2, 1/4 or 1/8 while decoding: a 24 MP photo
+    for a 448 px cache decodes as 1.5 MP), reserve its pixels in the budget and decode.
+    A context manager yielding (image, header size, unsigned32 TIFF); the budget is held
+    until the block ends (the caller renders inside it)."""
+    img = Image.open(io.BytesIO(data))
+    w, h = img.size
+    if w * h > max_pixels:  # before decoding: the header is the weapon
+        raise ImageRejected("decompression_bomb", f"{w}x{h} > {max_pixels} pixels")
+    if resize and img.format == "JPEG":
+        img.draft("RGB", (resize, resize))
+    # modes with more than 8 bits or 4 channels per pixel decode into more memory; pixels stay the unit
+    return img, (w, h), (budget.reserve(img.width * img.height) if budget else contextlib.nullcontext())
+
+
+def render_image(
+    data: bytes, resize: int, min_side: int, max_pixels: int, budget: PixelBudget | None = None
+) -> Rendition:
     """Decode, check, convert and resize image bytes into the JPEG the cache stores.
     Every way this can fail is an ImageRejected naming the reason: nothing here
-    touches the disk, so no error from it may pass for a cache-disk problem."""
+    touches the disk, so no error from it may pass for a cache-disk problem. With a
+    budget, the decoded pixels are reserved in it while the image is in memory."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:  # before decoding: the header is the weapon
-                raise ImageRejected("decompression_bomb", f"{w}x{h} > {max_pixels} pixels")
-            img.load()
-            unsigned32 = _is_unsigned32_tiff(img)
-            img = ImageOps.exif_transpose(img)
+            img, header, hold = _decode(data, resize, max_pixels, budget)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageRejected("decompression_bomb", str(e)) from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a corrupt file
+        raise ImageRejected("decode_error", f"{type(e).__name__}: {e}") from None
+    with hold:
+        return _render_decoded(img, header, resize, min_side, max_pixels)
+
+
+def _render_decoded(
+    img: Image.Image, header: tuple[int, int], resize: int, min_side: int, max_pixels: int
+) -> Rendition:
+    """The rest of render_image, on an opened image whose decode is budgeted."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+            unsigned32 = _is_unsigned32_tiff(img)
+            decoded = img.size
+            img = ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected("decompression_bomb", str(e)) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a corrupt file or EXIF block
         raise ImageRejected("decode_error", f"{type(e).__name__}: {e}") from None
-    source_mode, (sw, sh) = img.mode, img.size
+    source_mode = img.mode
+    sw, sh = _source_size(header, decoded, img.size)
     judge_size(sw, sh, min_side, max_pixels)
     try:
         img, value_range = to_8bit(img, unsigned32)
-        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P") or "transparency" in img.info:
-            rgba = img.convert("RGBA")  # transparent areas onto white, not black
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.split()[-1])
-        img = img.convert("RGB")
+        img, colour = to_srgb(img)
+        img = on_background(img)  # transparent areas onto BACKGROUND_RGB, as the demo page draws them
         short = min(img.size)
         if resize and short > resize:  # never upscale: a small image stays as it is
             scale = resize / short
@@ -342,7 +413,7 @@ def render_image(data: bytes, resize: int, min_side: int, max_pixels: int) -> Re
         raise ImageRejected(
             "encode_error", f"{img.width}x{img.height} mode {source_mode}: {type(e).__name__}: {e}"
         ) from None
-    return Rendition(buf.getvalue(), img.width, img.height, sw, sh, source_mode, value_range)
+    return Rendition(buf.getvalue(), img.width, img.height, sw, sh, source_mode, value_range, colour)
 
 
 def render_student(main_jpeg: bytes, short_side: int) -> tuple[bytes, int, int] | None:
@@ -370,52 +441,6 @@ def process_image(data: bytes, resize: int, min_side: int, max_pixels: int) -> t
     """Decode, check and resize image bytes; return (jpeg bytes, width, height)."""
     r = render_image(data, resize, min_side, max_pixels)
     return r.jpeg, r.width, r.height
-
-
-class CacheIndex:
-    """Append-only JSONL in the cache dir: URL -> entry; the last line for a URL wins.
-
-    An entry (INDEX_VERSION 2): url, sha256 (of the source bytes), cache_path, bytes,
-    cached_width, cached_height, resize (also kept at the top level for older readers),
-    settings (cache_settings() it was made under), source_width, source_height,
-    source_mode, value_range (high-bit-depth sources), file_sha256 and file_md5 (base64,
-    as GCS lists it) of the cached file, and for a local cache stat = [size, mtime_ns,
-    ctime_ns, inode] of that file when last verified; with a student rendition, student =
-    {resize, version, from_file_sha256 (the main file it was made from), cache_path, width,
-    height, bytes, file_sha256, file_md5, stat}. Entries of version 1 (no settings)
-    are re-rendered once. A truncated last line (a kill mid-write) is ignored."""
-
-    def __init__(self, cache_dir: Path):
-        self.path = cache_dir / INDEX_NAME
-        self.entries: dict[str, dict] = {}
-        self.lock = threading.Lock()
-        if self.path.exists():
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        e = json.loads(line)
-                        self.entries[e["url"]] = e
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue
-        self._fh = None
-
-    def get(self, url: str) -> dict | None:
-        return self.entries.get(url)
-
-    def add(self, entry: dict) -> None:
-        with self.lock:
-            if self._fh is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "a", encoding="utf-8")
-            self._fh.write(json.dumps(entry, sort_keys=True) + "\n")
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self.entries[entry["url"]] = entry
-
-    def close(self) -> None:
-        if self._fh:
-            self._fh.close()
-            self._fh = None
 
 
 def _stat_key(st: os.stat_result) -> list[int]:
@@ -494,18 +519,6 @@ def _student_valid(
     return _file_valid(cache_dir, st, remote_objects)
 
 
-def _write_if_changed(path: Path, data: bytes) -> os.stat_result:
-    """Write `data` atomically unless the file already holds exactly it (a duplicate
-    image): rewriting would change its inode and send other entries to a rehash."""
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return path.stat()
-    except FileNotFoundError:
-        pass
-    write_bytes(path, data)
-    return path.stat()
-
-
 def _describe_os_error(err: BaseException) -> str:
     """The error and, for an OSError anywhere in its chain, its errno name (ENOSPC, EROFS, EIO)."""
     e: BaseException | None = err
@@ -522,82 +535,212 @@ def cache_images(
     *,
     resize: int = 448,
     min_side: int = 100,
-    max_pixels: int = 89_478_485,
+    max_pixels: int = MAX_PIXELS,
     policy: FetchPolicy | None = None,
     workers: int = 8,
     max_fail_rate: float = 0.05,
     progress: Callable[[int, int], None] | None = None,
     fetcher: Fetcher | None = None,
     student_resize: int = 0,
+    decode_pixel_budget: int = 0,
 ) -> CacheReport:
     """Cache every record's image; see the module docstring. student_resize > 0 also
     stores each image's student rendition at that short side (render_student). A record
     whose image cannot be fetched, decoded or rendered is reported and skipped; raises
     CacheWriteError when the cache itself cannot be written. The caller enforces
-    the fail rate (check_fail_rate), after writing its outputs.
-
-    Long: the per-record workers (cache_one, student_part, store) are closures over one
-    run's index, counters, lock and remote cache, run by the thread pool below."""
-    t0 = time.monotonic()
-    remote = RemoteCache(str(cache_dir)) if is_gs_uri(str(cache_dir)) else None
-    root = remote.local if remote else Path(cache_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CacheWriteError(f"cannot write to the image cache {cache_dir}: {_describe_os_error(err)}") from err
-    recs = [r.to_dict() if isinstance(r, Record) else dict(r) for r in records]
-    settings = cache_settings(resize, min_side, max_pixels)
+    the fail rate (check_fail_rate), after writing its outputs. decode_pixel_budget: the
+    pixels the workers may decode at once (0: DECODE_PIXEL_BUDGET, at least max_pixels)."""
     student_resize = int(student_resize or 0)
     if student_resize < 0 or (student_resize and resize and student_resize > resize):
         raise ValueError(f"student_resize: {student_resize} must be 0 (off) or in [1, resize={resize}]")
-    remote_objects = None
-    if remote:
-        remote.refresh(INDEX_NAME)
-        remote_objects = remote.objects()
-    index = CacheIndex(root)
-    fetcher = fetcher or Fetcher(policy)
-    results: list[Any] = [None] * len(recs)
-    counters: Counter = Counter()
-    checks: Counter = Counter()
-    student_checks: Counter = Counter()
-    done = [0]
-    lock = threading.Lock()
-    progress = progress or _log_progress(len(recs))
+    run = _CacheRun(
+        cache_dir,
+        cache_settings(resize, min_side, max_pixels),
+        student_resize,
+        fetcher or Fetcher(policy),
+        PixelBudget(decode_pixel_budget or max(DECODE_PIXEL_BUDGET, max_pixels)),
+    )
+    return run.run([r.to_dict() if isinstance(r, Record) else dict(r) for r in records], workers, progress)
 
-    def store(write: Callable[[], Any]) -> Any:
+
+class _CacheRun:
+    """One cache_images run: its cache location, index, settings, fetcher, decode budget and
+    counters, shared by the worker threads (each caches one record at a time: cache_one)."""
+
+    def __init__(
+        self, cache_dir: str | os.PathLike, settings: dict, student_resize: int, fetcher: Fetcher, budget: PixelBudget
+    ):
+        self.cache_dir = cache_dir
+        self.remote = RemoteCache(str(cache_dir)) if is_gs_uri(str(cache_dir)) else None
+        self.root = self.remote.local if self.remote else Path(cache_dir)
+        self.settings, self.student_resize, self.fetcher, self.budget = settings, student_resize, fetcher, budget
+        self.checks: Counter = Counter()
+        self.student_checks: Counter = Counter()
+        self.phashes: Counter = Counter()
+        self.lock = threading.Lock()
+        self.remote_objects: dict[str, tuple[int, str | None]] | None = None
+        self.store(lambda: self.root.mkdir(parents=True, exist_ok=True))
+        if self.remote:
+            self.remote.refresh(INDEX_NAME)
+            self.remote_objects = self.remote.objects()
+        self.index = self.store(lambda: CacheIndex(self.root, INDEX_NAME))
+
+    def count(self, counter: Counter, key: str) -> None:
+        with self.lock:
+            counter[key] += 1
+
+    def store(self, write: Callable[[], Any]) -> Any:
         """Writes to the cache: their failures are the cache's, and stop the step."""
         try:
             return write()
         except (OSError, RemoteCacheError) as err:
-            raise CacheWriteError(f"cannot write to the image cache {cache_dir}: {_describe_os_error(err)}") from err
+            raise CacheWriteError(
+                f"cannot write to the image cache {self.cache_dir}: {_describe_os_error(err)}"
+            ) from err
 
-    def student_part(e: dict, main_jpeg: bytes | None, why: str) -> dict:
+    def write_file(self, rel: str, data: bytes) -> os.stat_result:
+        """A file into the cache (temp file + rename, never through a link), uploaded to a
+        gs:// cache before any index line names it."""
+        st = self.store(lambda: write_cache_file(self.root, rel, data))
+        if self.remote:
+            self.store(lambda: self.remote.upload(rel))
+        return st
+
+    def read_file(self, rel: str) -> bytes:
+        """A cached file's bytes (a gs:// cache downloads it; failing, like the disk, stops the step)."""
+        return self.store(lambda: Path(self.remote.fetch(rel) if self.remote else self.root / rel).read_bytes())
+
+    def run(self, recs: list[dict], workers: int, progress: Callable[[int, int], None] | None) -> CacheReport:
+        t0 = time.monotonic()
+        results: list[Any] = [None] * len(recs)
+        done = [0]
+        progress = progress or _log_progress(len(recs))
+
+        def work(i: int) -> None:
+            url = str(recs[i].get("image_url", ""))
+            try:
+                results[i] = self.cache_one(url)
+            except FetchError as err:
+                results[i] = ("fail", err.reason, str(err))
+            except ImageRejected as err:
+                results[i] = ("fail", err.reason, f"{url}: {err.detail}")
+            with self.lock:
+                done[0] += 1
+                progress(done[0], len(recs))
+
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                list(pool.map(work, range(len(recs))))
+        finally:
+            self.index.close()
+            if self.remote and (self.root / INDEX_NAME).exists():
+                self.remote.upload(INDEX_NAME)
+        report = _build_report(recs, results, self.student_resize)
+        s = self.settings
+        report.settings = {**s, "student_resize": self.student_resize} if self.student_resize else s
+        report.index_checks = dict(sorted(self.checks.items()))
+        report.student_renditions = dict(sorted(self.student_checks.items()))
+        report.phashes = dict(sorted(self.phashes.items()))
+        report.index_lines_ignored = self.index.ignored
+        report.decode_pixels = {"budget": self.budget.total, "peak": self.budget.peak, "waits": self.budget.waits}
+        report.seconds = time.monotonic() - t0
+        return report
+
+    def cache_one(self, url: str) -> tuple[str, dict, str]:
+        """One record's URL: its valid index entry brought up to date, else fetched and rendered."""
+        e = self.index.get(url)
+        if e and "error" not in e:
+            ok, how = _entry_valid(self.root, e, self.settings, self.remote_objects)
+            self.count(self.checks, how)
+            if ok:
+                return "ok", self.reuse(e, how), "reused"
+        return "ok", self.fetch_new(url), "fetched"
+
+    def reuse(self, e: dict, how: str) -> dict:
+        """A valid entry, completed where it lacks something this run needs (its stat after a
+        rehash, a student rendition, a perceptual hash) from the cached file, never refetched;
+        then re-judged (min_side / max_pixels may have changed since it was made)."""
+        before = e
+        if how == "rehashed":  # verified by content: record the new stat, the next run trusts it
+            e = {**e, "stat": _stat_key(self.store(lambda: (self.root / e["cache_path"]).stat()))}
+        if self.student_resize:
+            s_ok, s_how = _student_valid(self.root, e, self.student_resize, self.remote_objects)
+            if not s_ok:
+                e = {**e, "student": self.student_part(e, None, s_how)}
+            else:
+                if s_how == "rehashed":
+                    st = self.store(lambda: (self.root / e["student"]["cache_path"]).stat())
+                    e = {**e, "student": {**e["student"], "stat": _stat_key(st)}}
+                self.count(self.student_checks, s_how)
+        if e.get(PHASH_FIELD) is None or e.get("phash_version") != PHASH_VERSION:
+            e = {**e, **_phash_part(self.read_file(e["cache_path"]), e["cache_path"])}
+            self.count(self.phashes, "from_cached_file")
+        else:
+            self.count(self.phashes, "indexed")
+        if e is not before:
+            self.store(lambda: self.index.add(e))
+        try:
+            judge_size(e["source_width"], e["source_height"], self.settings["min_side"], self.settings["max_pixels"])
+        except ImageRejected as err:
+            raise ImageRejected(err.reason, f"{err.detail} (source size from the cache index)") from None
+        return e
+
+    def fetch_new(self, url: str) -> dict:
+        """Fetch, render and store one image, then index it (after its files are written)."""
+        data = self.fetcher.fetch(url)
+        sha = hashlib.sha256(data).hexdigest()
+        s = self.settings
+        r = render_image(data, s["resize"], s["min_side"], s["max_pixels"], self.budget)
+        rel = cache_path_for(sha)
+        e = {
+            "url": url,
+            "sha256": sha,
+            "cache_path": rel,
+            "cached_width": r.width,
+            "cached_height": r.height,
+            "bytes": len(r.jpeg),
+            "resize": s["resize"],
+            "v": INDEX_VERSION,
+            "settings": s,
+            "source_width": r.source_width,
+            "source_height": r.source_height,
+            "source_mode": r.source_mode,
+            "file_sha256": hashlib.sha256(r.jpeg).hexdigest(),
+            "file_md5": _md5_b64(r.jpeg),
+            **_phash_part(r.jpeg, rel),
+        }
+        self.count(self.phashes, "computed_new")
+        if r.value_range is not None:
+            e["value_range"] = list(r.value_range)
+        if r.colour is not None:
+            e["colour"] = r.colour
+        st = self.write_file(rel, r.jpeg)
+        if not self.remote:
+            e["stat"] = _stat_key(st)
+        if self.student_resize:  # written (and uploaded) before the index line that names it
+            e["student"] = self.student_part(e, r.jpeg, "built_new")
+        self.store(lambda: self.index.add(e))
+        if self.remote:
+            self.store(lambda: self.remote.upload(INDEX_NAME, at_most_every=INDEX_PUSH_SECONDS))
+        return e
+
+    def student_part(self, e: dict, main_jpeg: bytes | None, why: str) -> dict:
         """Build, store and describe the student rendition of entry e (its main file
         valid): from main_jpeg, else read back from the cache (why: the reason, counted)."""
-        with lock:
-            student_checks[why] += 1
-        if main_jpeg is None:  # a gs:// cache downloads it (its failures, like the disk's, stop the step)
-            main_jpeg = store(
-                lambda: Path(remote.fetch(e["cache_path"]) if remote else root / e["cache_path"]).read_bytes()
-            )
-        made = render_student(main_jpeg, student_resize)
+        self.count(self.student_checks, why)
+        if main_jpeg is None:
+            main_jpeg = self.read_file(e["cache_path"])
+        made = render_student(main_jpeg, self.student_resize)
         part: dict[str, Any] = {
-            "resize": student_resize,
+            "resize": self.student_resize,
             "version": STUDENT_RENDITION_VERSION,
             "from_file_sha256": e["file_sha256"],
         }
         if made is None:  # no larger than the rendition: the main file serves
-            return {
-                **part,
-                "cache_path": e["cache_path"],
-                "width": e["cached_width"],
-                "height": e["cached_height"],
-                "bytes": e["bytes"],
-                "file_sha256": e["file_sha256"],
-                "file_md5": e.get("file_md5"),
-            }
+            keys = ("cache_path", "bytes", "file_sha256", "file_md5")
+            return {**part, **{k: e.get(k) for k in keys}, "width": e["cached_width"], "height": e["cached_height"]}
         jpeg, w, h = made
-        rel = student_cache_path_for(e["sha256"], student_resize)
+        rel = student_cache_path_for(e["sha256"], self.student_resize)
         part.update(
             {
                 "cache_path": rel,
@@ -608,109 +751,31 @@ def cache_images(
                 "file_md5": _md5_b64(jpeg),
             }
         )
-        st = store(lambda: _write_if_changed(root / rel, jpeg))  # temp file + rename
-        if remote:
-            store(lambda: remote.upload(rel))
-        else:
+        st = self.write_file(rel, jpeg)
+        if not self.remote:
             part["stat"] = _stat_key(st)
         return part
 
-    def cache_one(url: str) -> tuple[str, dict, str]:
-        e = index.get(url)
-        if e and "error" not in e:
-            ok, how = _entry_valid(root, e, settings, remote_objects)
-            with lock:
-                checks[how] += 1
-            if ok:
-                changed = False
-                if how == "rehashed":  # verified by content: record the new stat, the next run trusts it
-                    e = {**e, "stat": _stat_key(store(lambda: (root / e["cache_path"]).stat()))}
-                    changed = True
-                if student_resize:
-                    s_ok, s_how = _student_valid(root, e, student_resize, remote_objects)
-                    if not s_ok:
-                        e = {**e, "student": student_part(e, None, s_how)}
-                        changed = True
-                    else:
-                        if s_how == "rehashed":
-                            e = {
-                                **e,
-                                "student": {
-                                    **e["student"],
-                                    "stat": _stat_key(store(lambda: (root / e["student"]["cache_path"]).stat())),
-                                },
-                            }
-                            changed = True
-                        with lock:
-                            student_checks[s_how] += 1
-                if changed:
-                    store(lambda: index.add(e))
-                try:  # min_side / max_pixels may have changed since the entry was made
-                    judge_size(e["source_width"], e["source_height"], min_side, max_pixels)
-                except ImageRejected as err:
-                    raise ImageRejected(err.reason, f"{err.detail} (source size from the cache index)") from None
-                return "ok", e, "reused"
-        data = fetcher.fetch(url)
-        sha = hashlib.sha256(data).hexdigest()
-        r = render_image(data, resize, min_side, max_pixels)
-        rel = cache_path_for(sha)
-        e = {
-            "url": url,
-            "sha256": sha,
-            "cache_path": rel,
-            "cached_width": r.width,
-            "cached_height": r.height,
-            "bytes": len(r.jpeg),
-            "resize": resize,
-            "v": INDEX_VERSION,
-            "settings": settings,
-            "source_width": r.source_width,
-            "source_height": r.source_height,
-            "source_mode": r.source_mode,
-            "file_sha256": hashlib.sha256(r.jpeg).hexdigest(),
-            "file_md5": _md5_b64(r.jpeg),
-        }
-        if r.value_range is not None:
-            e["value_range"] = list(r.value_range)
-        st = store(lambda: _write_if_changed(root / rel, r.jpeg))
-        if remote:  # the file is in the bucket before the index names it
-            store(lambda: remote.upload(rel))
-        else:
-            e["stat"] = _stat_key(st)
-        if student_resize:  # written (and uploaded) before the index line that names it
-            e["student"] = student_part(e, r.jpeg, "built_new")
-        store(lambda: index.add(e))
-        if remote:
-            store(lambda: remote.upload(INDEX_NAME, at_most_every=INDEX_PUSH_SECONDS))
-        return "ok", e, "fetched"
 
-    def work(i: int) -> None:
-        url = str(recs[i].get("image_url", ""))
-        try:
-            results[i] = cache_one(url)
-        except FetchError as err:
-            results[i] = ("fail", err.reason, str(err))
-        except ImageRejected as err:
-            results[i] = ("fail", err.reason, f"{url}: {err.detail}")
-        with lock:
-            done[0] += 1
-            progress(done[0], len(recs))
-
+def _phash_part(jpeg: bytes, rel: str) -> dict[str, Any]:
+    """The perceptual hash fields of an index entry, from the cached file's bytes (the image
+    as training reads it). A cached file that no longer decodes is that record's rejection."""
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            list(pool.map(work, range(len(recs))))
-    finally:
-        index.close()
-        if remote and (root / INDEX_NAME).exists():
-            remote.upload(INDEX_NAME)
-    report = CacheReport(
-        settings={**settings, "student_resize": student_resize} if student_resize else settings,
-        index_checks=dict(sorted(checks.items())),
-        student_renditions=dict(sorted(student_checks.items())),
-    )
+        with Image.open(io.BytesIO(jpeg)) as img:
+            value = dhash64(img)
+    except Exception as e:  # noqa: BLE001 - our own file, unreadable: corrupt, reported per record
+        raise ImageRejected("cached_file_unreadable", f"{rel}: {type(e).__name__}: {e}") from None
+    return {PHASH_FIELD: to_hex(value), "phash_version": PHASH_VERSION}
+
+
+def _build_report(recs: list[dict], results: list[Any], student_resize: int) -> CacheReport:
+    """The cached records and failures of a run, in input order: the same bytes under two
+    taxa excluded as label conflicts, the same bytes again under one taxon as duplicates."""
+    report = CacheReport()
     conflicts = _label_conflicts(recs, results)
     seen: dict[str, str] = {}
     deep: Counter = Counter()
+    counters: Counter = Counter()
     for rec, res in zip(recs, results, strict=True):
         failure = {"image_id": rec.get("image_id"), "image_url": rec.get("image_url"), "field": "image_url"}
         if res[0] == "fail":
@@ -720,15 +785,10 @@ def cache_images(
         counters[how] += 1
         group = conflicts.get(e["sha256"])
         if group:  # one image, two names: which is right is for a curator, not for input order
+            named = ", ".join(f"{g['taxon']!r} in {g['image_id']}" for g in group)
+            detail = f"the same image (sha256 {e['sha256'][:12]}) is labelled {named}"
             report.failures.append(
-                {
-                    **failure,
-                    "field": "taxon",
-                    "reason": "label_conflict",
-                    "conflict": group,
-                    "detail": f"the same image (sha256 {e['sha256'][:12]}) is labelled "
-                    + ", ".join(f"{g['taxon']!r} in {g['image_id']}" for g in group),
-                }
+                {**failure, "field": "taxon", "reason": "label_conflict", "conflict": group, "detail": detail}
             )
             continue
         if e["sha256"] in seen:  # same bytes and taxon as an earlier record: keep the first
@@ -737,31 +797,38 @@ def cache_images(
             )
             continue
         seen[e["sha256"]] = str(rec.get("image_id"))
-        report.cached.append(
-            {
-                **rec,
-                "sha256": e["sha256"],
-                "cache_path": e["cache_path"],
-                "cached_width": e["cached_width"],
-                "cached_height": e["cached_height"],
-            }
-        )
-        if student_resize:
-            sp = e["student"]
-            report.cached[-1].update(
-                {
-                    "student_cache_path": sp["cache_path"],
-                    "student_width": sp["width"],
-                    "student_height": sp["height"],
-                    "student_resize": student_resize,
-                }
-            )
+        report.cached.append(_cached_record(rec, e, student_resize))
         if e.get("value_range") is not None:
             deep[str(e.get("source_mode"))] += 1
+        if e.get("colour", "").startswith("converted"):
+            counters["colour_converted"] += 1
     report.fetched, report.reused = counters["fetched"], counters["reused"]
+    report.colour_converted = counters["colour_converted"]
     report.high_bit_depth = dict(sorted(deep.items()))
-    report.seconds = time.monotonic() - t0
     return report
+
+
+def _cached_record(rec: dict, e: dict, student_resize: int) -> dict:
+    """A cached record as the later steps read it: the input record plus its cache fields."""
+    out = {
+        **rec,
+        "sha256": e["sha256"],
+        "cache_path": e["cache_path"],
+        "cached_width": e["cached_width"],
+        "cached_height": e["cached_height"],
+        PHASH_FIELD: e[PHASH_FIELD],
+    }
+    if student_resize:
+        sp = e["student"]
+        out.update(
+            {
+                "student_cache_path": sp["cache_path"],
+                "student_width": sp["width"],
+                "student_height": sp["height"],
+                "student_resize": student_resize,
+            }
+        )
+    return out
 
 
 def _label_conflicts(recs: list[dict], results: list[Any]) -> dict[str, list[dict]]:
@@ -811,7 +878,7 @@ def run_cache_images(
     fetch_policy: dict,
     out_cached: str,
     out_report: str,
-    max_pixels: int = 89_478_485,
+    max_pixels: int = MAX_PIXELS,
     student_resize: int = 0,
 ) -> dict[str, Any]:
     """The cache step: cache, write cached records + report, then enforce the fail rate."""

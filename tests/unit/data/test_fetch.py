@@ -238,7 +238,7 @@ def test_gcs_failures_named():
             }
         }
     )
-    f = Fetcher(FetchPolicy(max_bytes=len(img)))
+    f = Fetcher(FetchPolicy(max_bytes=len(img), gcs_bucket_allowlist=["plants"]))
     f._gcs = fake
     assert f.fetch("gs://plants/a.jpg") == img
     reasons = {}
@@ -249,10 +249,10 @@ def test_gcs_failures_named():
     assert reasons == {
         "missing.jpg": "not_found",
         "big.jpg": "too_large",
-        "denied.jpg": "http_403",
-        "busy.jpg": "http_503",
+        "denied.jpg": "permission_denied",
+        "busy.jpg": "gcs_unavailable",
     }
-    small = Fetcher(FetchPolicy(max_bytes=50))
+    small = Fetcher(FetchPolicy(max_bytes=50, gcs_bucket_allowlist=["plants"]))
     small._gcs = fake
     with pytest.raises(FetchError, match="too_large"):  # metadata said 10 bytes: the ranged read still cuts
         small.fetch("gs://plants/lying.jpg")

@@ -107,7 +107,7 @@ def test_process_image_modes_bombs_and_no_upscale():
 
 
 def test_index_records_settings_source_size_and_checksums(server, tmp_path):
-    from shared.data.image_cache import INDEX_NAME, cache_settings
+    from shared.data.image_cache import INDEX_NAME, RENDITION_VERSION, cache_settings
     from shared.io.atomic import sha256_file
 
     url = server.add("s.jpg", jpeg_bytes(300, 220, seed=5))
@@ -116,7 +116,7 @@ def test_index_records_settings_source_size_and_checksums(server, tmp_path):
     assert (
         e["settings"]
         == cache_settings(100, 100, 10**7)
-        == {"resize": 100, "min_side": 100, "max_pixels": 10**7, "jpeg_quality": 90, "rendition": 2}
+        == {"resize": 100, "min_side": 100, "max_pixels": 10**7, "jpeg_quality": 90, "rendition": RENDITION_VERSION}
     )
     assert (e["source_width"], e["source_height"], e["source_mode"]) == (300, 220, "RGB")
     assert (e["cached_width"], e["cached_height"], e["resize"]) == (136, 100, 100)  # old readers' keys kept

@@ -16,6 +16,9 @@ from shared.vision.image_dataset import CachedImageDataset
 from tests.gcs_emulator import gcs_emulator
 from tests.image_server import jpeg_bytes
 
+# gs:// image URLs are refused unless their bucket is listed (cache.fetch.gcs_bucket_allowlist)
+PLANTS = FetchPolicy(gcs_bucket_allowlist=["plants"])
+
 
 @pytest.fixture(scope="module")
 def bucket():
@@ -26,12 +29,12 @@ def bucket():
 def test_fetch_images_from_bucket(bucket):
     img = jpeg_bytes(200, 150, seed=3)
     bucket.blob("photos/a.jpg").upload_from_string(img)
-    assert Fetcher(FetchPolicy()).fetch("gs://plants/photos/a.jpg") == img
+    assert Fetcher(FetchPolicy(gcs_bucket_allowlist=["plants"])).fetch("gs://plants/photos/a.jpg") == img
     with pytest.raises(FetchError) as e:
-        Fetcher(FetchPolicy()).fetch("gs://plants/photos/missing.jpg")
+        Fetcher(FetchPolicy(gcs_bucket_allowlist=["plants"])).fetch("gs://plants/photos/missing.jpg")
     assert e.value.reason == "not_found"
     with pytest.raises(FetchError) as e:
-        Fetcher(FetchPolicy(max_bytes=len(img) - 1)).fetch("gs://plants/photos/a.jpg")
+        Fetcher(FetchPolicy(max_bytes=len(img) - 1, gcs_bucket_allowlist=["plants"])).fetch("gs://plants/photos/a.jpg")
     assert e.value.reason == "too_large"
 
 
@@ -64,7 +67,7 @@ def test_cache_in_bucket_resumes_on_a_fresh_pod_and_is_read_on_demand(bucket, tm
     uri = "gs://plants/cache"
 
     monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod1"))
-    first = cache_images(recs, uri, resize=120, min_side=100, workers=3, progress=lambda d, t: None)
+    first = cache_images(recs, uri, resize=120, min_side=100, policy=PLANTS, workers=3, progress=lambda d, t: None)
     assert (first.fetched, first.reused, len(first.cached)) == (6, 0, 6)
     objects = {b.name: b.size for b in gcs.client().list_blobs("plants", prefix="cache/")}
     for r in first.cached:  # every file and the index are in the bucket, with the local sizes
@@ -82,7 +85,7 @@ def test_cache_in_bucket_resumes_on_a_fresh_pod_and_is_read_on_demand(bucket, tm
     gone = first.cached[0]
     bucket.blob("cache/" + gone["cache_path"]).delete()
     monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod3"))
-    third = cache_images(recs, uri, resize=120, min_side=100, workers=2, progress=lambda d, t: None)
+    third = cache_images(recs, uri, resize=120, min_side=100, policy=PLANTS, workers=2, progress=lambda d, t: None)
     assert (third.fetched, third.reused) == (1, 5)
 
     # a training pod reads through the bucket: files arrive on first use, byte for byte
@@ -113,7 +116,7 @@ def test_student_renditions_in_a_bucket_are_made_from_it_listed_and_read(bucket,
         bucket.blob(u.removeprefix("gs://plants/")).upload_from_string(data)
     uri = "gs://plants/student-cache"
     monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod1"))
-    cache_images(recs, uri, resize=120, min_side=100, progress=lambda d, t: None)
+    cache_images(recs, uri, resize=120, min_side=100, policy=PLANTS, progress=lambda d, t: None)
     monkeypatch.setenv("PLANTID_LOCAL_CACHE", str(tmp_path / "pod2"))
     a = cache_images(
         recs, uri, resize=120, min_side=100, student_resize=90, fetcher=_NoFetch(), progress=lambda d, t: None
