@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # kfp is imported where it is used: the CLI starts fast
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from shared.config.pipeline import load_pipeline_config  # noqa: E402
+from shared.config.pipeline import ingest_checks, load_pipeline_config  # noqa: E402
 
 
 def _import_components() -> dict:
@@ -163,6 +163,7 @@ def build_pipeline(cfg: dict, local: bool = False):
             license_allow=license_allow,
             min_side=min_side,
             snapshot_id=snapshot_id,
+            checks=ingest_checks(cfg),
         )
         ing.set_display_name("ingest (phase 0)")
         cached = c["cache_images"](

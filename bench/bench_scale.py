@@ -42,7 +42,14 @@ Targets (2 cores): each step's peak under 16 GiB; split + combine_soft_labels un
 quarter, records and species both scaled) the time ratio of each step is printed and
 flagged above 1.5x the size ratio (6x for 4x the records).
 
-Figures are merged into --output under the key "scale" (other keys are kept)."""
+Figures are merged into --output under the key "scale" (other keys are kept).
+
+`--near-duplicates` (also run by `make bench-scale`, after the sizes; `--near-duplicates-only`
+runs it alone) times the split's near-duplicate grouping (issue 22,
+shared.data.near_duplicates.record_near_duplicates) over FULL_RECORDS records holding random
+64-bit phash values with planted clusters of renditions (2-6 hashes within NEAR_DUPLICATE_BITS
+of a photo), in its own child process, against the split step's memory limit (cluster kind
+cpu: 8 GiB); figures under the key "near_duplicates"."""
 
 from __future__ import annotations
 
@@ -1013,6 +1020,70 @@ STEP_FUNCS: dict[str, Callable[[dict], dict]] = {
 }
 
 
+# ---------------------------------------------------------------- near-duplicates -----
+
+ND_STEP = "near_duplicates"
+ND_MEMORY_LIMIT_MIB = 8 * 1024  # config/cluster.yaml: kinds.cpu.memory_limit, the split step's pod
+ND_CLUSTERS = 20_000
+
+
+def near_duplicates(ctx: dict) -> dict:
+    """The split's near-duplicate grouping over ctx["records"] synthetic records (the figure's
+    seconds are the grouping's own; peak RSS includes the records)."""
+    import numpy as np
+
+    from shared.data.near_duplicates import record_near_duplicates
+    from shared.data.perceptual_hash import NEAR_DUPLICATE_BITS, to_hex
+
+    n, rng = ctx["records"], np.random.default_rng(ctx["seed"])
+    hashes = rng.integers(0, 2**64, size=n, dtype=np.uint64)
+    planted, pos = 0, 0
+    for _ in range(ND_CLUSTERS):  # each cluster: a photo and 1-5 renditions a few bits away
+        size = int(rng.integers(2, 7))
+        for k in range(1, size):
+            flips = rng.choice(64, int(rng.integers(1, NEAR_DUPLICATE_BITS // 2 + 1)), replace=False)
+            hashes[pos + k] = hashes[pos] ^ np.uint64(sum(1 << int(b) for b in flips))
+        planted, pos = planted + size, pos + size
+    records = [
+        {"image_id": f"i{i:07d}", "taxon": f"t{i % 9000}", "phash": to_hex(int(h))} for i, h in enumerate(hashes)
+    ]
+    t0, c0 = time.perf_counter(), time.process_time()
+    nd = record_near_duplicates(records)
+    sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "seconds": sec,
+        "cpu_seconds": cpu,
+        "records": n,
+        "planted_clusters": ND_CLUSTERS,
+        "planted_records": planted,
+        "groups_found": nd.stats["groups"],
+        "records_in_groups": nd.stats["records_in_groups"],
+        "pairs_verified": nd.stats["pairs_verified"],
+        "skipped_buckets": len(nd.stats["skipped_buckets"]),
+    }
+
+
+def near_duplicates_bench(records: int, seed: int, log: Callable[[str], None] = print) -> dict:
+    """The near-duplicate figure in a child process, checked against the split pod's memory limit."""
+    work = Path(tempfile.mkdtemp(prefix="bench_nd_"))
+    try:
+        fig = run_step(ND_STEP, {"records": records, "seed": seed}, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if "error" not in fig:
+        peak = max(fig["peak_rss_mib"], fig.get("ru_maxrss_mib", 0.0))
+        fig["memory_limit_mib"] = ND_MEMORY_LIMIT_MIB
+        fig["within_memory_limit"] = peak <= ND_MEMORY_LIMIT_MIB
+        log(
+            f"near-duplicate grouping, {records} records ({fig['planted_records']} in {ND_CLUSTERS} planted "
+            f"clusters): {fig['seconds']:.1f} s, {peak:.0f} MiB peak (limit {ND_MEMORY_LIMIT_MIB} MiB), "
+            f"{fig['groups_found']} groups, {fig['pairs_verified']:,} pairs verified"
+        )
+    else:
+        log(f"near-duplicate grouping failed: {fig['error']}\n{fig.get('stderr_tail', '')}")
+    return fig
+
+
 # ---------------------------------------------------------------- the child -----
 
 
@@ -1027,7 +1098,7 @@ def _vm_hwm_mib() -> float:
 def child(step: str, ctx_path: str, result_path: str, profile: str | None = None) -> None:
     """Run one step in this (fresh) process and write its figures to result_path."""
     ctx = json.loads(Path(ctx_path).read_text())
-    fn = STEP_FUNCS[step]
+    fn = near_duplicates if step == ND_STEP else STEP_FUNCS[step]
     t0, c0 = time.perf_counter(), time.process_time()
     if profile:
         import cProfile
@@ -1351,7 +1422,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", nargs="*", default=[], choices=STEP_NAMES, help="cProfile these steps")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     # the child side
-    ap.add_argument("--child", choices=STEP_NAMES, help=argparse.SUPPRESS)
+    ap.add_argument("--near-duplicates-only", action="store_true", help="only the near-duplicate grouping figure")
+    ap.add_argument("--child", choices=[*STEP_NAMES, ND_STEP], help=argparse.SUPPRESS)
     ap.add_argument("--ctx", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", help=argparse.SUPPRESS)
@@ -1359,6 +1431,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         child(a.child, a.ctx, a.result, a.profile_out)
         return 0
+    nd = near_duplicates_bench(a.records, a.seed)
+    if not a.no_output:
+        from bench.results_file import merge_key
+
+        merge_key(Path(a.output), ND_STEP, nd)
+        print(f'wrote {a.output} (key "{ND_STEP}")')
+    if a.near_duplicates_only:
+        return 0 if "error" not in nd else 1
     scales = tuple(float(s) for s in a.scales.split(",") if s.strip())
     res = bench(
         a.records, a.species, scales, a.seed, a.mongo_slice, a.workdir, a.keep or bool(a.workdir), set(a.profile)

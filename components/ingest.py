@@ -14,6 +14,7 @@ def ingest(
     license_allow: list,
     min_side: int,
     snapshot_id: str,
+    checks: dict,
     records: Output[Dataset],
     audit: Output[Artifact],
     rejections: Output[Dataset],
@@ -29,17 +30,23 @@ def ingest(
         min_side: Records whose image is known to be smaller than this (pixels, short side) are dropped.
         snapshot_id: Names the catalogue snapshot, so KFP's cache reuses a result only for the same
             snapshot.
+        checks: Data-quality settings (shared.config.pipeline.ingest_checks): max_line_bytes,
+            placeholder_observation_ids, max_records_per_observation, unknown_regions (warn | fail)
+            and known_regions (data.known_regions plus the regional teachers' regions).
 
     Returns:
         records: The kept records (JSONL); its metadata carries snapshot_id and the count.
-        audit: Records read, valid and kept, per licence and region, class sizes, drops by reason (JSON).
+        audit: Records read, valid and kept, per licence and region, class sizes, drops by reason,
+            regions normalised and unknown, observation ids not used for grouping (JSON).
         rejections: Every dropped record with its reason (JSONL).
         metrics: Records read, valid, kept and dropped, unique images, classes, permissive share.
     """
     from shared import artifact_keys as K
     from shared.data.ingest import run_ingest
 
-    a = run_ingest(source, records_uri, mongo, license_allow, min_side, records.path, audit.path, rejections.path)
+    a = run_ingest(
+        source, records_uri, mongo, license_allow, min_side, records.path, audit.path, rejections.path, checks=checks
+    )
     records.metadata.update({K.SNAPSHOT_ID: snapshot_id, K.RECORDS: a["records_kept"]})
     for key in K.INGEST_METRICS:
         metrics.log_metric(key, a[key])

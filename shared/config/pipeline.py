@@ -38,6 +38,17 @@ DEFAULTS: dict[str, Any] = {
         "mongo": {"uri_env": "MONGO_URI", "database": "", "collection": "", "query": {}, "field_map": {}, "limit": 0},
         "license_allow": ["CC0", "CC-BY", "CC-BY-SA"],
         "min_side": 100,
+        # issue 22: a JSONL line over this many bytes is rejected unread (line and byte offset)
+        "max_line_bytes": 1_000_000,
+        # observation ids that name no observation (compared stripped, case-insensitively) and the
+        # most records one observation may hold: such ids (and ids under several species) are
+        # not used to group photos in the split; counted in the ingest audit
+        "placeholder_observation_ids": ["", "NA", "N/A", "NaN", "none", "null", "nil", "unknown", "-", "--", "0", "?"],
+        "max_records_per_observation": 50,
+        # regions the catalogue may use besides those teachers.regional[].regions name; a region
+        # neither names is reported by ingest, and with unknown_regions: fail stops the run
+        "known_regions": [],
+        "unknown_regions": "warn",  # warn | fail
     },
     "cache": {
         "dir": "data/image_cache",
@@ -199,6 +210,8 @@ def _check_ranges(cfg: dict) -> None:
         ("cache.workers", cfg["cache"]["workers"], 1, None),
         ("cache.max_fail_rate", cfg["cache"]["max_fail_rate"], 0, 1),
         ("data.min_side", cfg["data"]["min_side"], 1, None),
+        ("data.max_line_bytes", cfg["data"]["max_line_bytes"], 1, None),
+        ("data.max_records_per_observation", cfg["data"]["max_records_per_observation"], 0, None),
         ("teachers.logits_top_k", cfg["teachers"]["logits_top_k"], 1, None),
         ("baseline.image_size", cfg["baseline"]["image_size"], 1, None),
         ("calibration.ece_threshold", cfg["calibration"]["ece_threshold"], 0, 1),
@@ -305,4 +318,29 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
         raise ConfigError(f"calibration.objective: must be ece or nll, got {cfg['calibration']['objective']!r}")
     if cfg["data"]["source"] not in ("jsonl", "mongo"):
         raise ConfigError(f"data.source: must be jsonl or mongo, got {cfg['data']['source']!r}")
+    _check_data_lists(cfg["data"])
     return cfg
+
+
+def _check_data_lists(d: dict) -> None:
+    if d["unknown_regions"] not in ("warn", "fail"):
+        raise ConfigError(f"data.unknown_regions: warn or fail, got {d['unknown_regions']!r}")
+    for key in ("placeholder_observation_ids", "known_regions"):
+        if not isinstance(d[key], list) or not all(isinstance(v, str) for v in d[key]):
+            raise ConfigError(f"data.{key}: expected a list of text, got {d[key]!r}")
+
+
+def ingest_checks(cfg: dict) -> dict:
+    """The ingest step's data-quality settings (its `checks` input): the data.* keys, and the
+    known regions as data.known_regions plus every region a regional teacher names."""
+    d = cfg["data"]
+    known = list(d["known_regions"])
+    for t in cfg["teachers"]["regional"]:
+        known += [r for r in region_list(t["regions"]) if r not in known]
+    return {
+        "max_line_bytes": d["max_line_bytes"],
+        "placeholder_observation_ids": list(d["placeholder_observation_ids"]),
+        "max_records_per_observation": d["max_records_per_observation"],
+        "unknown_regions": d["unknown_regions"],
+        "known_regions": known,
+    }

@@ -3,7 +3,15 @@ field names, validate (species names normalised, see shared/io/records.py), keep
 allowed licences, drop exact duplicates, and audit the result. A bad record is
 counted and reported by reason and line (a line that is not UTF-8 also by byte
 offset), never fatal on its own; a run that keeps no record at all fails with
-NothingKeptError naming how many were read and the reasons that dominated."""
+NothingKeptError naming how many were read and the reasons that dominated.
+
+Catalogue data as it really comes (issue 22, settings in `checks`, DEFAULT_CHECKS): a JSONL
+line over `max_line_bytes` is rejected (`line_too_long`, line and byte offset) without being
+read into memory; regions are normalised like species names (regions.normalize_region, the
+catalogue's value kept in `region_raw`) and one that no teacher and no configured list names
+is reported (`unknown_regions`: warn, or fail the run naming it); observation ids that are
+placeholders, shared by species or on too many records are not used for grouping
+(observations.clear_unreliable_observations)."""
 
 from __future__ import annotations
 
@@ -15,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.data.licenses import DEFAULT_ALLOWED, allowed_set, parse_license
+from shared.data.observations import DEFAULT_PLACEHOLDERS, clear_unreliable_observations
+from shared.data.regions import normalize_region
 from shared.io import gcs
-from shared.io.records import NotUtf8Error, Record, RecordError, parse_record, read_jsonl
+from shared.io.records import LineTooLongError, NotUtf8Error, Record, RecordError, parse_record, read_jsonl
 
 # Map from our field names to the catalogue's (dotted paths reach into sub-documents).
 DEFAULT_FIELD_MAP = {
@@ -30,6 +40,19 @@ DEFAULT_FIELD_MAP = {
     "width": "width",
     "height": "height",
 }
+
+# The data-quality settings (config data.*; the ingest component's `checks` input).
+DEFAULT_CHECKS: dict[str, Any] = {
+    "max_line_bytes": 1_000_000,
+    "placeholder_observation_ids": list(DEFAULT_PLACEHOLDERS),
+    "max_records_per_observation": 50,
+    "unknown_regions": "warn",  # warn | fail
+    "known_regions": [],  # regions teachers and data.known_regions name; [] = no check
+}
+
+
+class UnknownRegionError(ValueError):
+    """Records name a region no teacher and no configured list knows (data.unknown_regions: fail)."""
 
 
 # What to check first when a reason empties a whole run.
@@ -124,12 +147,16 @@ def map_fields(doc: dict, field_map: dict[str, str] | None) -> dict:
     return out
 
 
-def iter_jsonl_source(path: str | os.PathLike, field_map: dict | None = None) -> Iterator[tuple[str, Any]]:
+def iter_jsonl_source(
+    path: str | os.PathLike, field_map: dict | None = None, max_line_bytes: int | None = None
+) -> Iterator[tuple[str, Any]]:
     """Yield (locator, mapped raw record or an Exception) from a JSONL file."""
     name = os.path.basename(str(path))
-    for n, obj in read_jsonl(path):
+    for n, obj in read_jsonl(path, max_line_bytes):
         loc = f"{name}:{n}"
-        if isinstance(obj, NotUtf8Error):
+        if isinstance(obj, LineTooLongError):
+            yield loc, RecordError("line_too_long", "<line>", str(obj), byte_offset=obj.byte_offset)
+        elif isinstance(obj, NotUtf8Error):
             yield loc, RecordError("not_utf8", "<line>", str(obj), byte_offset=obj.byte_offset)
         elif isinstance(obj, Exception):
             yield loc, RecordError("invalid_json", "<line>", str(obj))
@@ -167,8 +194,22 @@ def mongo_collection(uri_env: str, database: str, collection: str, timeout_ms: i
     return client[database][collection]
 
 
+def _normalise_region(rec: Record, loc: str) -> Rejection | None:
+    """The record's region in canonical form (the catalogue's kept in region_raw), or why not."""
+    region = normalize_region(rec.region)
+    if not region:
+        return Rejection(loc, "missing_field", "region", "nothing left once invisible characters are removed")
+    if region != rec.region:
+        rec.extra.setdefault("region_raw", rec.region)
+        rec.region = region
+    return None
+
+
 def ingest(
-    source: Iterable[tuple[str, Any]], allowed_licenses: Iterable[str] | None = DEFAULT_ALLOWED, min_side: int = 0
+    source: Iterable[tuple[str, Any]],
+    allowed_licenses: Iterable[str] | None = DEFAULT_ALLOWED,
+    min_side: int = 0,
+    checks: dict | None = None,
 ) -> IngestResult:
     """Validate, licence-filter and de-duplicate records from a source iterator.
 
@@ -190,6 +231,10 @@ def ingest(
             rec = parse_record(raw)
         except RecordError as e:
             rejections.append(Rejection(loc, e.reason, e.field, str(e)))
+            continue
+        bad_region = _normalise_region(rec, loc)
+        if bad_region:
+            rejections.append(bad_region)
             continue
         lic = parse_license(rec.license)
         canon = lic.family
@@ -215,10 +260,42 @@ def ingest(
         seen_urls.add(rec.image_url)
         rec.extra["license_family"] = canon
         kept.append(rec)
+    ck = {**DEFAULT_CHECKS, **(checks or {})}
+    observations = clear_unreliable_observations(
+        kept, ck["placeholder_observation_ids"], int(ck["max_records_per_observation"])
+    )
     result = IngestResult(kept, rejections, audit_records(kept, rejections, read, license_counts_all))
+    result.audit["observation_ids_not_grouped"] = observations
+    result.audit.update(_region_audit(kept, ck["known_regions"]))
     if not kept:
         raise NothingKeptError(result)
     return result
+
+
+def _region_audit(kept: list[Record], known_regions: Iterable[str]) -> dict[str, Any]:
+    """Regions rewritten to canonical form (with examples) and regions no list names."""
+    known = {normalize_region(r) for r in known_regions or []} - {""}
+    rewritten = {r.extra["region_raw"]: r.region for r in kept if "region_raw" in r.extra}
+    unknown = Counter(r.region for r in kept if known and r.region not in known)
+    return {
+        "records_region_normalised": sum(1 for r in kept if "region_raw" in r.extra),
+        "region_normalised_examples": dict(list(rewritten.items())[:10]),
+        "known_regions": sorted(known),
+        "unknown_regions": dict(sorted(unknown.items())),
+    }
+
+
+def check_unknown_regions(audit: dict[str, Any], policy: str) -> None:
+    """data.unknown_regions: 'fail' raises UnknownRegionError naming each unknown region."""
+    if policy not in ("warn", "fail"):
+        raise ValueError(f"data.unknown_regions: warn or fail, got {policy!r}")
+    unknown = audit.get("unknown_regions") or {}
+    if unknown and policy == "fail":
+        named = ", ".join(f"{r!r} ({n} records)" for r, n in unknown.items())
+        raise UnknownRegionError(
+            f"ingest: region(s) {named} named by no teacher (teachers.regional[].regions) and not in "
+            f"data.known_regions {audit.get('known_regions')}; add them, or set data.unknown_regions: warn"
+        )
 
 
 def audit_records(
@@ -293,6 +370,7 @@ def run_ingest(
     out_audit: str,
     out_rejections: str,
     workdir: str = "/tmp",
+    checks: dict | None = None,
 ) -> dict[str, Any]:
     """The ingest step: read from `source` ('jsonl' or 'mongo'), write records,
     audit JSON and rejections JSONL; return the audit. When no record is kept, the
@@ -300,8 +378,9 @@ def run_ingest(
     from shared.io.atomic import atomic_open, write_json
     from shared.io.records import write_jsonl
 
+    ck = {**DEFAULT_CHECKS, **(checks or {})}
     if source == "jsonl":
-        it = iter_jsonl_source(fetch_records_file(records_uri, workdir))
+        it = iter_jsonl_source(fetch_records_file(records_uri, workdir), None, int(ck["max_line_bytes"]) or None)
     elif source == "mongo":
         m = dict(mongo or {})
         unknown = set(m) - {"uri_env", "database", "collection", "query", "field_map", "limit"}
@@ -316,7 +395,7 @@ def run_ingest(
         raise ValueError(f"data.source must be 'jsonl' or 'mongo', got {source!r}")
     failed: NothingKeptError | None = None
     try:
-        result = ingest(it, license_allow, min_side)
+        result = ingest(it, license_allow, min_side, ck)
     except NothingKeptError as e:
         failed, result = e, e.result
     if failed is None:  # no records file when nothing was kept: no later step may read an empty one
@@ -329,4 +408,5 @@ def run_ingest(
     write_json(out_audit, result.audit)
     if failed is not None:
         raise failed
+    check_unknown_regions(result.audit, ck["unknown_regions"])
     return result.audit

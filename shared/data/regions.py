@@ -1,10 +1,31 @@
 """Region lists as configs and results write them ("EU_NORTH,EU_EAST"): one parser for
 every place that reads one (teacher region filters, the pipeline's regional teachers,
-the split's region filter, the student's teacher weights, the manifest's per-region figures)."""
+the split's region filter, the student's teacher weights, the manifest's per-region figures),
+and the one form a record's region takes (`normalize_region`, applied at ingest)."""
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable
+
+_SEPARATORS = re.compile(r"[\s\-_]+")
+
+
+def normalize_region(raw: str) -> str:
+    """A catalogue's region in the form teacher configs name it: invisible characters removed
+    (zero-width space, BOM, controls), NFKC (full-width letters, non-breaking spaces and
+    Unicode dashes become ASCII), upper case, runs of spaces, '-' and '_' one '_', none at
+    the ends: 'eu-sw', 'EU SW', 'ＥＵ＿ＳＷ' -> 'EU_SW'. "" when nothing visible is left."""
+    s = "".join(ch for ch in raw if not _invisible(ch))
+    s = unicodedata.normalize("NFKC", s)
+    s = "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in s)
+    return _SEPARATORS.sub("_", s).strip("_").upper()
+
+
+def _invisible(ch: str) -> bool:
+    cat = unicodedata.category(ch)
+    return cat == "Cf" or (cat == "Cc" and not ch.isspace())
 
 
 def region_list(regions: str | Iterable[str] | None) -> list[str]:

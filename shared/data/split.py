@@ -1,8 +1,14 @@
 """The plan's stratified split (steps 1.0 / 2.0 / 2b.0): per class, 1 image -> train
 only, 2 -> 1 train / 1 val, 3 or more -> 80/10/10; deterministic for a seed; an
-optional region filter for the regional teachers; a leakage check (no image hash
-or observation in two splits, every val/test class present in train); class
-balance statistics and an HTML histogram."""
+optional region filter for the regional teachers; a leakage check (no image hash,
+near-duplicate photo or observation in two splits, every val/test class present in
+train); class balance statistics and an HTML histogram.
+
+Near-duplicates (issue 22): records whose perceptual hashes (`phash`, set by
+cache_images) are within NEAR_DUPLICATE_BITS are one photo, grouped like identical bytes;
+one photo under two species is a label conflict: those records leave the split (neither
+name is trained or scored on) and stats["label_conflicts"] names them. Records without a
+phash (older caches) are grouped by observation and bytes only, as before."""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from shared import artifact_keys as K
+from shared.data.near_duplicates import RecordNearDuplicates, label_conflicts, record_near_duplicates
 from shared.data.regions import parse_regions
 
 SPLITS = ("train", "val", "test")
@@ -41,8 +48,9 @@ def _stable_u64(text: str, seed: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest(), "big")
 
 
-def _groups(records: list[dict]) -> list[int]:
-    """Union-find over observation_id and sha256: images sharing either stay together."""
+def _groups(records: list[dict], near: list[int | None] | None = None) -> list[int]:
+    """Union-find over observation_id, sha256 and near-duplicate group (`near[i]`, None when
+    record i has no phash): images sharing any stay together."""
     parent = list(range(len(records)))
 
     def find(i: int) -> int:
@@ -56,6 +64,7 @@ def _groups(records: list[dict]) -> list[int]:
         for key in (
             ("o:" + str(r["observation_id"])) if r.get("observation_id") else None,
             ("h:" + r["sha256"]) if r.get("sha256") else None,
+            f"n:{near[i]}" if near is not None and near[i] is not None else None,
         ):
             if key is None:
                 continue
@@ -92,7 +101,9 @@ def stratified_split(
     pool = [r for r in records if region_set is None or r.get("region") in region_set]
     # Sort by a stable key so the result does not depend on input order.
     pool.sort(key=lambda r: (str(r.get("taxon")), str(r.get("image_id"))))
-    group_of = _groups(pool)
+    nd = record_near_duplicates(pool)
+    pool, near, conflicts = _drop_label_conflicts(pool, nd)
+    group_of = _groups(pool, near)
     members: dict[int, list[int]] = defaultdict(list)
     for i, g in enumerate(group_of):
         members[g].append(i)
@@ -113,15 +124,39 @@ def stratified_split(
         out[name].append({**r, "split": name})
     for name in SPLITS:
         out[name].sort(key=lambda r: str(r.get("image_id")))
-    leakage = check_leakage(out)
+    leakage = check_leakage(out, near_groups={str(r.get("image_id")): g for r, g in zip(pool, near, strict=True)})
     stats = split_stats(
-        out, leakage, seed=seed, regions=sorted(region_set) if region_set else None, input_records=len(records)
+        out,
+        leakage,
+        seed=seed,
+        regions=sorted(region_set) if region_set else None,
+        input_records=len(records),
+        near_duplicates=nd.stats,
+        label_conflicts={
+            "groups": len(conflicts),
+            "records": sum(len(g) for g in conflicts),
+            "examples": conflicts[:10],
+        },
     )
     return SplitResult(out["train"], out["val"], out["test"], stats)
 
 
-def check_leakage(splits: dict[str, list[dict]]) -> dict[str, Any]:
-    """No image hash, image id or observation in two splits; val/test classes in train."""
+def _drop_label_conflicts(
+    pool: list[dict], nd: RecordNearDuplicates
+) -> tuple[list[dict], list[int | None], list[list[dict]]]:
+    """The pool without near-duplicate groups under two species, their near-duplicate groups,
+    and the conflicting groups (for the stats)."""
+    conflicts = label_conflicts(pool, nd)
+    if not conflicts:
+        return pool, nd.group, []
+    keep = [i for i, g in enumerate(nd.group) if g not in conflicts]
+    return [pool[i] for i in keep], [nd.group[i] for i in keep], list(conflicts.values())
+
+
+def check_leakage(splits: dict[str, list[dict]], near_groups: dict[str, int | None] | None = None) -> dict[str, Any]:
+    """No image hash, image id, observation or near-duplicate photo in two splits; val/test
+    classes in train. `near_groups` (image_id -> near-duplicate group) saves recomputing the
+    groups the split was made with; without it they are computed from the records' phash."""
     owners: dict[str, dict[str, str]] = {"sha256": {}, "observation_id": {}, "image_id": {}}
     conflicts: list[str] = []
     for name in SPLITS:
@@ -133,6 +168,7 @@ def check_leakage(splits: dict[str, list[dict]]) -> dict[str, Any]:
                 prev = owners[key].setdefault(str(v), name)
                 if prev != name and len(conflicts) < 20:
                     conflicts.append(f"{key}={v} in {prev} and {name}")
+    conflicts += _near_duplicate_leaks(splits, near_groups)[: max(0, 20 - len(conflicts))]
     train_classes = {r["taxon"] for r in splits.get("train", [])}
     missing = sorted({r["taxon"] for s in ("val", "test") for r in splits.get(s, [])} - train_classes)
     return {
@@ -141,6 +177,27 @@ def check_leakage(splits: dict[str, list[dict]]) -> dict[str, Any]:
         "eval_classes_missing_from_train": missing[:50],
         "eval_classes_missing_from_train_count": len(missing),
     }
+
+
+def _near_duplicate_leaks(splits: dict[str, list[dict]], near_groups: dict[str, int | None] | None) -> list[str]:
+    """Near-duplicate photos (phash within NEAR_DUPLICATE_BITS) held by two splits."""
+    rows = [(name, r) for name in SPLITS for r in splits.get(name, [])]
+    if near_groups is None:
+        labels = record_near_duplicates([r for _, r in rows]).group
+    else:
+        labels = [near_groups.get(str(r.get("image_id"))) for _, r in rows]
+    owner: dict[int, tuple[str, dict]] = {}
+    out: list[str] = []
+    for (name, r), g in zip(rows, labels, strict=True):
+        if g is None:
+            continue
+        prev_name, prev = owner.setdefault(g, (name, r))
+        if prev_name != name and len(out) < 20:
+            out.append(
+                f"near-duplicate images {prev.get('image_id')} ({prev_name}, phash {prev.get('phash')}) and "
+                f"{r.get('image_id')} ({name}, phash {r.get('phash')})"
+            )
+    return out
 
 
 def split_stats(splits: dict[str, list[dict]], leakage: dict, **extra: Any) -> dict[str, Any]:

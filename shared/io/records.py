@@ -204,18 +204,45 @@ def parse_record(raw: Any) -> Record:
     return rec
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+class LineTooLongError(ValueError):
+    """A JSONL line longer than the cap; it was skipped unread (never held in memory)."""
+
+    def __init__(self, line: int, byte_offset: int, length: int, cap: int):
+        self.line, self.byte_offset, self.length = line, byte_offset, length
+        super().__init__(f"line {line} at byte offset {byte_offset}: {length} bytes, over the cap of {cap}")
+
+
+def _skip_line(f: Any, chunk: bytes) -> tuple[int, int]:
+    """Read on to the end of the line `chunk` began, 1 MiB at a time: (bytes read in all, the
+    line's length without its newline)."""
+    n = len(chunk)
+    while chunk and not chunk.endswith(b"\n"):
+        chunk = f.readline(1 << 20)
+        n += len(chunk)
+    return n, n - (1 if chunk.endswith(b"\n") else 0)
+
+
+def read_jsonl(path: str | os.PathLike, max_line_bytes: int | None = None) -> Iterator[tuple[int, Any]]:
     """Yield (line_number, parsed JSON) for every non-blank line. A line that is not
     JSON yields (line_number, JSONDecodeError), one that is not UTF-8 (line_number,
-    NotUtf8Error), so callers can reject it by line and go on with the others."""
+    NotUtf8Error), one over `max_line_bytes` (newline excluded) (line_number,
+    LineTooLongError), so callers can reject it by line and go on with the others."""
     # Bytes, split at b"\n" only: JSONL lines end at \n, so line numbers match what editors
     # show even when a record carries a stray \r (CRLF files still parse: \r is JSON
     # whitespace), and the offset of a bad byte can be named. Each line is decoded
     # strictly: a replaced byte would have become part of a species name, a new class.
     offset = 0
+    # readline(limit): a 50 MB line is never read whole; the cap leaves room for the newline
+    limit = max_line_bytes + 2 if max_line_bytes else -1
     with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            start, offset = offset, offset + len(raw)
+        for n, raw in enumerate(iter(lambda: f.readline(limit), b""), 1):
+            start = offset
+            if max_line_bytes and len(raw.rstrip(b"\r\n")) > max_line_bytes:
+                read, length = _skip_line(f, raw)
+                offset += read
+                yield n, LineTooLongError(n, start, length, max_line_bytes)
+                continue
+            offset += len(raw)
             if n == 1 and raw.startswith(UTF8_BOM):  # written by some Windows tools; not part of the record
                 raw, start = raw[len(UTF8_BOM) :], start + len(UTF8_BOM)
             try:

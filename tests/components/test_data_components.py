@@ -35,6 +35,7 @@ def phase0(sample_catalogue, tmp_path_factory):
         license_allow=["CC0", "CC-BY", "CC-BY-SA"],
         min_side=100,
         snapshot_id="t1",
+        checks={},  # DEFAULT_CHECKS
         records=arts["records"],
         audit=arts["audit"],
         rejections=arts["rejections"],
