@@ -3,10 +3,11 @@ Hamming distances <= NEAR_DUPLICATE_BITS is one photo, found without comparing a
 
 Why not all pairs: 741k images are 2.7e11 pairs. Why not the plain pigeonhole (11 bands of ~6
 bits, exact match on one): 6-bit bands give buckets of ~11k random hashes each, 5e10 pairs.
-Instead the 64 bits are cut into BLOCKS = 14 blocks (8 of 5 bits, 6 of 4); two hashes within 10
-bits differ in at most 10 blocks, so they agree exactly on at least 4 (pigeonhole). For each of
-the C(14, 4) = 1001 choices of 4 blocks, the hashes are sorted by those blocks' bits (16-20 bit
-keys, ~2 random hashes a bucket) and only hashes sharing a key are compared; each candidate pair
+Instead the 64 bits are cut into max_bits + AGREEING_BLOCKS blocks (at the default bound of 6
+bits: 10 blocks of 6-7 bits); two hashes within max_bits differ in at most max_bits blocks, so
+they agree exactly on at least AGREEING_BLOCKS = 4 (pigeonhole). For each of the C(10, 4) = 210
+choices of 4 blocks, the hashes are sorted by those blocks' bits (24-28 bit keys, well under one
+random hash a bucket at 741k) and only hashes sharing a key are compared; each candidate pair
 is verified by its full Hamming distance. Every pair within the bound shares some key, so
 nothing is missed (exact, not probabilistic), and the work is ~1e9 cheap vector operations.
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from shared.data.perceptual_hash import NEAR_DUPLICATE_BITS, PHASH_FIELD, from_hex
 
-BLOCKS = 14
+AGREEING_BLOCKS = 4  # blocks two hashes within the bound must share: the key is their bits
 # Buckets up to this size are scanned by offset (cheap for the ~2-member buckets of real keys);
 # larger ones by a blocked distance matrix.
 _SCAN_OFFSETS = 32
@@ -40,11 +41,17 @@ class NearDuplicateGroups:
     skipped_buckets: list[int] = field(default_factory=list)  # sizes of buckets not compared
 
 
+def block_count(max_bits: int) -> int:
+    """Blocks the 64 bits are cut into for a bound of max_bits (AGREEING_BLOCKS of them agree)."""
+    if not 0 <= max_bits <= 64 - AGREEING_BLOCKS:
+        raise ValueError(f"max_bits {max_bits}: expected 0..{64 - AGREEING_BLOCKS}")
+    return max_bits + AGREEING_BLOCKS
+
+
 def _blocks(max_bits: int) -> list[tuple[int, int]]:
     """(shift, width) of each block, widest first, covering the 64 bits."""
-    if not 0 <= max_bits < BLOCKS:
-        raise ValueError(f"max_bits {max_bits}: expected 0..{BLOCKS - 1} for {BLOCKS} blocks")
-    widths = [64 // BLOCKS + (1 if i < 64 % BLOCKS else 0) for i in range(BLOCKS)]
+    n = block_count(max_bits)
+    widths = [64 // n + (1 if i < 64 % n else 0) for i in range(n)]
     out, shift = [], 0
     for w in widths:
         out.append((shift, w))
@@ -122,7 +129,7 @@ def near_duplicate_groups(
     parent = np.arange(len(u), dtype=np.int64)
     blocks = _blocks(max_bits)
     pending: list[np.ndarray] = []
-    for t, chosen in enumerate(combinations(range(BLOCKS), BLOCKS - max_bits)):
+    for t, chosen in enumerate(combinations(range(len(blocks)), AGREEING_BLOCKS)):
         keys = np.zeros(len(u), dtype=np.uint64)
         for k in chosen:
             shift, width = blocks[k]

@@ -113,13 +113,13 @@ def _brute_groups(h: list[int]) -> list[frozenset]:
 
 
 def test_multi_index_grouping_equals_all_pairs_at_the_bound():
-    """Planted pairs at exactly 10 bits are found, at 11 bits are not (unless chained), identical
-    hashes collapse, and the result equals the all-pairs answer."""
+    """Planted pairs at exactly the bound are found, one bit over it are not (unless chained),
+    identical hashes collapse, and the result equals the all-pairs answer."""
     rng = random.Random(RNG_SEED)
     h = [rng.getrandbits(64) for _ in range(600)]
     for k in range(100):
-        h.append(_flip(h[k], 10, rng))
-        h.append(_flip(h[100 + k], 11, rng))
+        h.append(_flip(h[k], NEAR_DUPLICATE_BITS, rng))
+        h.append(_flip(h[100 + k], NEAR_DUPLICATE_BITS + 1, rng))
         h.append(h[200 + k])
     found = near_duplicate_groups(h)
     labels = found.labels.tolist()
