@@ -146,20 +146,23 @@ def fake_digests(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    """Every overlay built by kustomize; from a copy rendered with test digests when an
-    overlay that requires digests (prod) has not been rendered in the repository."""
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed")
+def kustomize_all(tmp: Path) -> dict[str, list[dict]]:
+    """Every overlay built by kustomize; from a copy (under tmp) rendered with test digests when
+    an overlay that requires digests (prod) has not been rendered in the repository."""
     manifests = MANIFESTS
     if not all((MANIFESTS / "overlays" / o / "pipeline.yaml").exists() for o in OVERLAYS):
-        tmp = tmp_path_factory.mktemp("rendered")
         manifests = tmp / "manifests"
         shutil.copytree(MANIFESTS, manifests)
         proc = render(manifests, digests=fake_digests(tmp / "digests.yaml"))
         assert proc.returncode == 0 and "NOT rendered" not in proc.stderr, proc.stderr
     return {name: kustomize(manifests / "overlays" / name) for name in OVERLAYS}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    return kustomize_all(tmp_path_factory.mktemp("rendered"))
 
 
 @pytest.fixture(scope="module")

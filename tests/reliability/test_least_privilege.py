@@ -100,19 +100,17 @@ ALLOWED_RULES = {
 
 
 @pytest.fixture(scope="module")
-def rendered_roles():
+def rendered_roles(tmp_path_factory):
     """Roles of every overlay as `kubectl kustomize` renders them (what GitOps applies)."""
-    from tests.project.test_manifests import MANIFESTS, OVERLAYS, kustomize
+    from tests.project.test_manifests import kustomize_all
 
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")
-    return {
-        name: [d for d in kustomize(MANIFESTS / "overlays" / name) if d.get("kind") in ("Role", "ClusterRole")]
-        for name in OVERLAYS
-    }
+    built = kustomize_all(tmp_path_factory.mktemp("roles"))
+    return {name: [d for d in docs if d.get("kind") in ("Role", "ClusterRole")] for name, docs in built.items()}
 
 
-@pytest.mark.parametrize("overlay", ["dev", "prod"])
+@pytest.mark.parametrize("overlay", ["dev", "prod", "standalone"])
 def test_rbac_grants_exactly_the_reviewed_rules(rendered_roles, overlay):
     roles = rendered_roles[overlay]
     assert roles and all(r["kind"] == "Role" for r in roles)
