@@ -79,6 +79,8 @@ STEPS: dict[str, StepNeeds] = {
     "export_skipped": StepNeeds(
         "cpu", None, cache_pvc=False, deterministic=True
     ),  # the gate's Else branch: a reason only
+    # Never cached: its decision depends on the release current when it runs, not only its inputs.
+    "publish": StepNeeds("cpu", None, cache_pvc=True, reuse=False),
     # Never cached: it records this run (its timestamp, status and failure).
     "training_manifest": StepNeeds("cpu", None, cache_pvc=False, reuse=False),
 }
