@@ -60,15 +60,23 @@ def write_pointer(
 
 
 def list_versions(store: ReleaseStore) -> list[dict[str, Any]]:
-    """Every version with a release.json, oldest first: its headline figures, and whether current."""
+    """Every version with a release.json, oldest published first: its headline figures, and whether current."""
     pointer, _ = read_pointer(store)
     current = (pointer or {}).get("version")
     versions = sorted({n.split("/")[1] for n in store.list(MODELS + "/") if n.endswith("/" + RELEASE_FILE)})
     out = []
     for v in versions:
         r = read_release(store, v) or {}
-        out.append({"version": v, "current": v == current, "headline": r.get("headline") or {}, "run": r.get("run")})
-    return out
+        out.append(
+            {
+                "version": v,
+                "current": v == current,
+                "published_at": r.get("published_at") or "",
+                "headline": r.get("headline") or {},
+                "run": r.get("run"),
+            }
+        )
+    return sorted(out, key=lambda row: (row["published_at"], row["version"]))
 
 
 def rollback(store: ReleaseStore, version: str | None = None, reason: str = "") -> dict[str, Any]:

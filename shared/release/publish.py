@@ -137,7 +137,8 @@ def publish_release(
     files = _copy_bundle(store, Path(bundle_dir), version)
     release = {
         "version": version,
-        "published_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        # microseconds: list_versions orders by it (two versions can share a second)
+        "published_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         **result["candidate"],
         "replaces": result["current_version"],
         "decision": decision,

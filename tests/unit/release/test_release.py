@@ -232,3 +232,19 @@ def test_publish_scores_real_checkpoints(cached_splits, tmp_path):
     cmp_ = second["comparison"]
     assert second["published"] and cmp_["candidate"] == cmp_["current"]
     assert cmp_["candidate"]["images"] == len(cached_splits["test"])
+
+
+def test_the_release_command_lists_and_rolls_back(tmp_path, capsys):
+    import pipeline
+
+    uri = str(tmp_path / "releases")
+    v1 = publish(tmp_path, uri, student(tmp_path / "a.pt", 0.5), tag="a")["version"]
+    v2 = publish(tmp_path, uri, student(tmp_path / "b.pt", 0.9), tag="b")["version"]
+    args = ["release", "--config", "config/local.yaml", "--uri", uri]
+    assert pipeline.main([*args, "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"  {v1}") and lines[1].startswith(f"* {v2}") and "test_top1 0.5" in lines[1]
+    assert pipeline.main([*args, "--rollback", "--reason", "bad labels"]) == 0
+    assert f"points to {v1} (bad labels)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="nothing to roll back to"):
+        pipeline.main([*args, "--rollback"])
