@@ -49,7 +49,7 @@ def publish(
     from shared.io.atomic import write_json
     from shared.io.records import load_jsonl
     from shared.manifest.training_manifest import git_commit as checkout_commit
-    from shared.release.publish import publish_release
+    from shared.release.publish import publish_release, without_none
 
     settings = dict((pipeline_settings or {}).get("release") or {})
     if not settings.get("uri"):
@@ -66,6 +66,7 @@ def publish(
         "target_precision": cal.get("target_precision"),
         "bundle_mb": (export_summary or {}).get("model_size_mb"),
     }
+    headline = {k: v for k, v in headline.items() if v is not None}  # a figure not measured is absent
     record = {
         "run": run_id,
         "git_commit": git_commit or checkout_commit() or "",
@@ -93,4 +94,5 @@ def publish(
             value = (comparison.get(who) or {}).get(figure)
             if value is not None:
                 metrics.log_metric(f"{who}_shared_{figure}", float(value))
-    return json.loads(json.dumps(result, default=str))
+    # plain JSON without None: KFP passes it on to the manifest step as a parameter
+    return without_none(json.loads(json.dumps(result, default=str)))

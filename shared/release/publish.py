@@ -87,6 +87,16 @@ def _copy_bundle(store: ReleaseStore, bundle_dir: Path, version: str) -> list[di
     return files
 
 
+def without_none(obj: Any) -> Any:
+    """`obj` with every None dropped (dict values, list items): KFP cannot pass a None inside a
+    dict parameter to the next step (the manifest's release_summary)."""
+    if isinstance(obj, dict):
+        return {str(k): without_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return [without_none(v) for v in obj if v is not None]
+    return obj
+
+
 def publish_release(
     *,
     uri: str,
