@@ -6,6 +6,7 @@
     python pipeline.py stage-weights --config config/cluster.yaml [--cache DIR]
     python pipeline.py submit   --config config/cluster.yaml [--host URL] [--param K=V ...] [--dry-run] [--wait]
     python pipeline.py schedule --config config/cluster.yaml [--host URL] --cron "0 3 * * 0" [--dry-run]
+    python pipeline.py release  --config config/cluster.yaml (--list | --rollback [VERSION] [--reason TEXT])
 
 Everything a phase does lives in shared/; components/ wrap it; this file only
 wires the DAG, with the config's values as pipeline-parameter defaults."""
@@ -40,6 +41,7 @@ def _import_components() -> dict:
         evaluate_teacher,
         export_tfjs,
         ingest,
+        publish,
         run_parameters,
         split,
         stage_weights,
@@ -67,6 +69,7 @@ def _import_components() -> dict:
         "export_tfjs": export_tfjs.export_tfjs,
         "export_skipped": export_tfjs.export_skipped,
         "validate_export": validate_export.validate_export,
+        "publish": publish.publish,
         "training_manifest": training_manifest.training_manifest,
     }
 
@@ -101,7 +104,7 @@ def build_pipeline(cfg: dict, local: bool = False):
     )
     cl = cfg["cluster"] if isinstance(cfg["cluster"], dict) else {}
     gpus_default, student_gpus_default = int(cl.get("gpus_per_teacher", 1)), int(cl.get("gpus_per_student", 1))
-    settings_default = {k: cfg[k] for k in ("data", "cache", "split", "calibration", "export", "weights")}
+    settings_default = {k: cfg[k] for k in ("data", "cache", "split", "calibration", "export", "weights", "release")}
     parallel_regional = int(cl.get("max_parallel_regional_teachers", 0))
 
     def plantid_pipeline(
@@ -353,6 +356,18 @@ def build_pipeline(cfg: dict, local: bool = False):
                 latency_runtime=latency_runtime,
             )
             va.set_display_name("validate TF.js vs PyTorch (6.3)")
+            # Release: only a validated bundle, and only if the current release is not better.
+            pub = c["publish"](
+                bundle=ex.outputs["bundle"],
+                model=cal.outputs["calibrated"],
+                calibration=cal.outputs["calibration"],
+                test=sp.outputs["test"],
+                cache_dir=cache_dir,
+                export_summary=va.outputs["Output"],
+                pipeline_settings=pipeline_settings,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            )
+            pub.set_display_name("publish release (champion / challenger)")
         with dsl.Else(name="not-blessed"):
             sk = c["export_skipped"](reason=cal.outputs["reason"])
             sk.set_display_name("export skipped: not blessed")
@@ -379,6 +394,7 @@ def build_pipeline(cfg: dict, local: bool = False):
             student_metrics=st.outputs["metrics"],
             calibration=cal.outputs["calibration"],
             export_summary=dsl.OneOf(va.outputs["Output"], sk.output),
+            release_summary=dsl.OneOf(pub.outputs["Output"], sk.output),
             failure={},  # every input named: ignore_upstream_failure() reads each (kfp 2.17.3)
             run_parameters=rp.output,
             global_teacher_weights=teacher_weights,
@@ -682,6 +698,50 @@ def _submission_command(args: argparse.Namespace, cfg: dict) -> int:
         raise SystemExit(f"{args.cmd}: {e}") from None
 
 
+def _add_release_parser(sub: "argparse._SubParsersAction") -> None:
+    """The `release` subcommand: list the published versions or roll current.json back."""
+    rel = sub.add_parser("release", help="list published releases (--list) or repoint current.json (--rollback)")
+    rel.add_argument("--config", default="config/cluster.yaml")
+    rel.add_argument("--uri", help="the release location (default: the config's release.uri)")
+    what = rel.add_mutually_exclusive_group(required=True)
+    what.add_argument("--list", action="store_true", help="every version, its headline figures, which is current")
+    what.add_argument(
+        "--rollback",
+        nargs="?",
+        const="",
+        metavar="VERSION",
+        help="repoint current.json to VERSION (default: the version current before the present one)",
+    )
+    rel.add_argument("--reason", default="", help="why (recorded in current.json)")
+
+
+def _release_command(args: argparse.Namespace, cfg: dict) -> int:
+    """`release --list` / `release --rollback [VERSION]` (shared/release/pointer.py does the work)."""
+    from shared.release.pointer import list_versions, rollback
+    from shared.release.store import ReleaseStoreError, open_store
+
+    try:
+        store = open_store(args.uri or cfg["release"]["uri"])
+        if args.list:
+            rows = list_versions(store)
+            if not rows:
+                print(f"{store.uri}: no release yet")
+            for r in rows:
+                h = r["headline"]
+                figures = ", ".join(
+                    f"{k} {h[k]:.4g}"
+                    for k in ("test_top1", "test_ece", "test_coverage", "bundle_mb")
+                    if h.get(k) is not None
+                )
+                print(f"{'*' if r['current'] else ' '} {r['version']}  {figures}  run {r['run']}")
+            return 0
+        pointer = rollback(store, args.rollback or None, args.reason)
+        print(f"{store.uri}: current.json now points to {pointer['version']} ({pointer['reason']})")
+        return 0
+    except ReleaseStoreError as e:
+        raise SystemExit(f"release: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -725,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--config", default="config/cluster.yaml")
     w.add_argument("--cache", help="the weights cache to fill (default: the config's weights.cache_dir)")
     _add_submission_parsers(sub)
+    _add_release_parser(sub)
     args = ap.parse_args(argv)
 
     overrides = {}
@@ -763,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['role']:15s} {r['model_id']}: {r['source']}")
     elif args.cmd in ("submit", "schedule"):
         return _submission_command(args, cfg)
+    elif args.cmd == "release":
+        return _release_command(args, cfg)
     elif args.cmd in ("run-local", "run-containers"):
         from components.submission import parse_params
         from shared.run_console import LocalRunFailed

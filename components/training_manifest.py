@@ -37,6 +37,7 @@ def training_manifest(
     student_metrics: Input[Metrics] = None,
     calibration: Input[Artifact] = None,
     export_summary: dict = {},
+    release_summary: dict = {},
     global_teacher_weights: Input[Model] = None,
     student_weights: Input[Model] = None,
     baseline_weights: Input[Model] = None,
@@ -70,6 +71,9 @@ def training_manifest(
             through dsl.OneOf over the gates' If/Else, which the local runner supports for parameters
             but not for artifacts (kfp 2.17); no artifact inputs for the export, as every input must
             be passed for ignore_upstream_failure() and a constant None is refused.
+        release_summary: The publish step's result (decision, both models' figures, version) or
+            {"status": "skipped", "reason": ...} when not blessed, through dsl.OneOf like export_summary;
+            {} when it did not run. Recorded under the manifest's `release`.
         global_teacher_weights: The global teacher's staged pretrained weights (stage_weights).
         student_weights: The student's staged pretrained weights (stage_weights).
         baseline_weights: The baseline's staged pretrained weights (stage_weights).
@@ -86,8 +90,8 @@ def training_manifest(
         run_summary: The run's headline figures under stable keys, one row per run in KFP's compare
             page (shared/manifest/run_summary.py): run_completed, plan_criteria_met and blessed
             (1/0), the baseline's, teachers' (teacher_<name>_test_top1, _top1_own_regions,
-            _min_gain_vs_global), student's, calibration's and export's figures; absent when a
-            phase did not produce them.
+            _min_gain_vs_global), student's, calibration's and export's figures, release_published
+            (1/0); absent when a phase did not produce them.
     """
     from shared.manifest import training_manifest as tm
     from shared.manifest.run_summary import run_summary_metrics
@@ -121,6 +125,7 @@ def training_manifest(
         ),
         failure=failure or None,
         run_parameters=run_parameters or None,
+        release=release_summary or None,
     )
     meta = tm.write_training_manifest(manifest.path, summary.path, m)
     manifest.metadata.update(meta)

@@ -167,6 +167,20 @@ def _manifest(o: TaskOutputs) -> str:
     return text + (f" ({', '.join(odd)})" if odd else "")
 
 
+def _publish(o: TaskOutputs) -> str:
+    r = o.params.Output
+    if r.get("status") != "completed":
+        return f"not published: {r.get('reason', '')}"
+    cmp_ = r.get("comparison") or {}
+    figures = "; ".join(
+        f"{who} top-1 {(cmp_.get(who) or {}).get('top1', float('nan')):.3f}"
+        for who in ("candidate", "current")
+        if (cmp_.get(who) or {}).get("images")
+    )
+    head = f"published {r['version']}" if r.get("published") else "REFUSED (current release kept)"
+    return head + (f" ({figures})" if figures else " (first release)" if r.get("published") else "")
+
+
 @dataclass(frozen=True)
 class TaskView:
     """How a component's tasks show on the console. label: the input parameter that tells two
@@ -241,6 +255,7 @@ KEY_METRICS: dict[str, TaskView] = {
         ),
     ),
     "export-skipped": TaskView(None, lambda o: str(o.params.Output.get("reason", o.params.Output))),
+    "publish": TaskView(None, _publish),
     "run-parameters": TaskView(
         None, lambda o: "overridden: " + (", ".join(o.params.Output.get("overridden") or []) or "none")
     ),

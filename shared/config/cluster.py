@@ -79,6 +79,8 @@ STEPS: dict[str, StepNeeds] = {
     "export_skipped": StepNeeds(
         "cpu", None, cache_pvc=False, deterministic=True
     ),  # the gate's Else branch: a reason only
+    # Never cached: its decision depends on the release current when it runs, not only its inputs.
+    "publish": StepNeeds("cpu", None, cache_pvc=True, reuse=False),
     # Never cached: it records this run (its timestamp, status and failure).
     "training_manifest": StepNeeds("cpu", None, cache_pvc=False, reuse=False),
 }
@@ -477,6 +479,9 @@ def cluster_problems(cfg: dict) -> list[str]:
         problems.append("cache.fetch.allow_local_paths is true: pods must not read local paths named by records")
     if fetch.get("allow_private_networks"):
         problems.append("cache.fetch.allow_private_networks is true: record URLs could reach cluster services")
+    release_uri = str((cfg.get("release") or {}).get("uri") or "")
+    if release_uri and not release_uri.startswith("gs://"):
+        problems.append(f"release.uri = {release_uri!r} is a path: the publish pod's files are lost; use gs://")
     if "weights" in cfg and "teachers" in cfg:
         problems += offline_problems(cfg)
     return problems

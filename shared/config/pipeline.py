@@ -131,6 +131,17 @@ DEFAULTS: dict[str, Any] = {
         "weight_shard_mb": 30.0,
         "latency_runtime": "chromium-wasm",
     },
+    # Where a blessed, validated model is published for the web app (shared/release/): "" = nowhere,
+    # gs://bucket/prefix or a local directory. A candidate goes out only if, on this run's test
+    # images of the classes both know, it is not worse than the current release by more than the
+    # margins (top-1 and coverage may drop, ECE rise, by at most these); force: true (with a
+    # reason, recorded) publishes it anyway.
+    "release": {
+        "uri": "",
+        "margins": {"top1": 0.005, "ece": 0.02, "coverage": 0.01},
+        "force": False,
+        "reason": "",
+    },
     "cluster": {},
 }
 
@@ -143,6 +154,7 @@ PATH_KEYS = {
     ("student", "config"),
     ("baseline", "weights"),
     ("weights", "cache_dir"),
+    ("release", "uri"),
 }
 
 
@@ -250,6 +262,22 @@ def _check_ranges(cfg: dict) -> None:
         raise ConfigError(f"teachers.global_weight: must be > 0, got {cfg['teachers']['global_weight']}")
 
 
+def _check_release(release: dict) -> None:
+    """release: where to publish (gs:// or a path), margins in [0, 1], and force only with a reason."""
+    uri = release["uri"]
+    if not isinstance(uri, str) or ("://" in uri and not uri.startswith("gs://")):
+        raise ConfigError(f'release.uri: "", gs://bucket/prefix or a local path, got {uri!r}')
+    if uri.startswith("gs://") and not uri[5:].strip("/"):
+        raise ConfigError(f"release.uri: {uri!r} names no bucket")
+    for key, value in release["margins"].items():
+        if key not in ("top1", "ece", "coverage"):
+            raise ConfigError(f"release.margins.{key}: unknown margin; the margins are top1, ece, coverage")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ConfigError(f"release.margins.{key}: expected a number in [0, 1], got {value!r}")
+    if release["force"] and not str(release["reason"]).strip():
+        raise ConfigError("release.force: true needs release.reason (recorded with the release)")
+
+
 def load_pipeline_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     """Load and validate a pipeline config; resolve relative paths to absolute."""
     raw = read_config_source(path, "config file")
@@ -294,6 +322,7 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     _check_ranges(cfg)
     _check_images(cfg["pipeline"]["images"])
     _check_pipeline_root(cfg["pipeline"]["root"])
+    _check_release(cfg["release"])
     if "://" in cfg["teachers"]["checkpoint_dir"]:
         raise ConfigError(
             f"teachers.checkpoint_dir: must be a path (on the checkpoint volume), got "

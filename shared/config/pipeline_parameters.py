@@ -52,7 +52,10 @@ PARAMETER_DOCS: dict[str, str] = {
     "gate_max_latency_ms": "Export gate: largest median single-image latency in a CPU browser (plan 6.4: 5,000).",
     "latency_runtime": "Where latency is measured: chromium-wasm (headless Chromium) or node-wasm.",
     "seed": "The run's seed (plan 7.3: same seed, same model).",
-    "pipeline_settings": "The compiled config's data, cache, split, calibration, export and weights sections.",
+    "pipeline_settings": (
+        "The compiled config's data, cache, split, calibration, export, weights and release sections "
+        "(release: where the model is published, margins, force and reason)."
+    ),
 }
 
 # Recorded by the manifest step through its own inputs (configs, seed, snapshot): the

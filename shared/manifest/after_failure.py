@@ -112,6 +112,9 @@ def manifest_inputs(tasks: list[FinishedTask]) -> dict[str, Any]:
             bundle = arts.get("bundle")
         elif comp == "export-skipped":
             skipped = params.get("Output")
+            found["release_summary"] = params.get("Output")
+        elif comp == "publish":
+            found["release_summary"] = params.get("Output")
     found["export_summary"] = _export_summary(bundle, report, skipped)
     return {k: v for k, v in found.items() if v not in ([], None)}
 

@@ -31,6 +31,7 @@ from shared.evaluate.plan_criteria import PLAN_BOUNDS as PLAN_GATE_BOUNDS
 from shared.evaluate.plan_criteria import gate_bounds, plan_verdict, verdict_lines
 from shared.io.atomic import write_text
 from shared.io.environment import environment_versions
+from shared.manifest.release_section import release_section
 
 # The plan's success criteria (sections 0.2, 1.4, 2.4, 4.3, 5.4, 6.4); the
 # pipeline config's gates replace the ones it also defines.
@@ -224,6 +225,7 @@ TASK_PHASES = {
     "export-tfjs": "phase_6",
     "validate-export": "phase_6",
     "export-skipped": "phase_6",
+    "publish": "release",
     "training-manifest": "phase_7",
 }
 # build_training_manifest's phase results -> the manifest phase they fill
@@ -710,6 +712,7 @@ def build_training_manifest(
     staged_weights: dict | None = None,
     failure: dict | None = None,
     run_parameters: dict | None = None,
+    release: dict | None = None,
 ) -> dict:
     """The manifest as a dict (see module doc).
 
@@ -726,7 +729,8 @@ def build_training_manifest(
     failure: {"task", "error", optional "phase"} when the run failed and the caller knows where
         (the local runner); None infers it from the phases that have no result.
     run_parameters: the run_parameters step's {"values", "overridden"}: the run's parameters as
-        submitted, under `parameters` (omitted when None)."""
+        submitted, under `parameters` (omitted when None).
+    release: the publish step's result ({}/None: it did not run), under `release`."""
     _check_phase_results(phase_results)
     crit = _criteria(config)
     ts = (timestamp or _dt.datetime.now(_dt.UTC)).astimezone(_dt.UTC)
@@ -746,6 +750,7 @@ def build_training_manifest(
         "environment": _environment_section(environment, phases["phase_6"].get("toolchain")),
         "models": _models_section(staged_weights, config),
         "hyperparameters": collect_hyperparameters(config),
+        "release": release_section(release, phases["phase_6"].get("status") == "completed"),
     }
     if run_parameters is not None:
         manifest["parameters"] = _parameters_section(run_parameters)

@@ -29,6 +29,7 @@ def local_run_console(sample_catalogue, tmp_path_factory):
         ROOT / "config" / "local.yaml",
         {
             "data.records_uri": str(sample_catalogue / "records.jsonl"),
+            "release.uri": str(out / "releases"),  # not the repo's outputs/releases (make run's)
             "cache.dir": str(out / "cache"),
             # 24 val images of 12 species make ECE noisy: this run tests the blessed path
             # (the gate's other side is strict_gate_run below).
@@ -216,6 +217,7 @@ def strict_gate_run(sample_catalogue, tmp_path_factory, local_run):
         ROOT / "config" / "local.yaml",
         {
             "data.records_uri": str(sample_catalogue / "records.jsonl"),
+            "release.uri": str(out / "releases"),  # not the repo's outputs/releases (make run's)
             "cache.dir": local_run[0]["cache"]["dir"],  # shared cache: nothing is fetched again
             "teachers.overrides": {"training.epochs": 1},
             "student.overrides": {"training.distillation_epochs": 1, "training.finetune_epochs": 1},
@@ -251,6 +253,7 @@ def gate_failed_run(sample_catalogue, tmp_path_factory, local_run):
         ROOT / "config" / "local.yaml",
         {
             "data.records_uri": str(sample_catalogue / "records.jsonl"),
+            "release.uri": str(out / "releases"),  # not the repo's outputs/releases (make run's)
             "cache.dir": local_run[0]["cache"]["dir"],
             "teachers.overrides": {"training.epochs": 1},
             "student.overrides": {"training.distillation_epochs": 1, "training.finetune_epochs": 1},

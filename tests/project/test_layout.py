@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / "shared"
-LAYERS = ("io", "data", "config", "vision", "evaluate", "distill", "train", "export", "manifest")
+LAYERS = ("io", "data", "config", "vision", "evaluate", "distill", "train", "export", "manifest", "release")
 FOR_EVERY_LAYER = {"shared.artifact_keys"}  # constants: importable from any layer
 TOP_LEVEL = {"shared", "shared.artifact_keys", "shared.run_console"}  # modules outside the layers
 IMPORTS_ANYTHING = {"shared.run_console"}

@@ -62,6 +62,14 @@ def site(tmp_path_factory):
     shutil.copytree(root / "low", root / "high")
     cal = json.loads((root / "high" / "calibration.json").read_text())
     (root / "high" / "calibration.json").write_text(json.dumps({**cal, "threshold": 0.99}))
+    # a release location as the publish step leaves it: models/<version>/ (here a copy whose
+    # threshold 0 makes every answer conclusive) and current.json pointing to it
+    shutil.copytree(root / "low", root / "rel" / "models" / "v1")
+    rel_cal = root / "rel" / "models" / "v1" / "calibration.json"
+    rel_cal.write_text(json.dumps({**json.loads(rel_cal.read_text()), "threshold": 0.0}))
+    (root / "rel" / "current.json").write_text(json.dumps({"version": "v1", "base": "models/v1/"}))
+    shutil.copytree(root / "high", root / "beside")  # a page with a current.json next to it
+    (root / "beside" / "current.json").write_text(json.dumps({"version": "v1", "base": "../rel/models/v1/"}))
     handler = partial(SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *a: None
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -178,3 +186,14 @@ def test_a_six_shard_bundle_loads_from_a_server_that_sends_no_store(site, tmp_pa
         httpd.server_close()
     assert page["state"] == "done" and not page["errors"], page
     assert page["top1"] == CLASSES[int(logits[4].argmax())]
+
+
+@pytest.mark.parametrize("where", ["query", "beside"])
+def test_page_follows_the_release_pointer(site, where):
+    """?release=<base url> (or a current.json beside the page) loads the version current.json
+    names, not the bundle next to the page (whose threshold 0.99 would make it inconclusive)."""
+    base, paths, logits = site
+    url = f"{base}/high/index.html?release={base}/rel/" if where == "query" else f"{base}/beside/index.html"
+    [page] = _page(url, [paths[1]])
+    assert page["state"] == "done" and not page["errors"], page
+    assert page["conclusive"] and page["top1"] == CLASSES[int(logits[1].argmax())]

@@ -1,0 +1,1 @@
+"""Releases: publishing a blessed model where the web app loads it, champion/challenger, rollback."""
