@@ -572,7 +572,7 @@ def _manifest_after_failure(pipe, console, out: Path, error: BaseException, para
     try:
         defaults = {name: spec.default for name, spec in (pipe.component_spec.inputs or {}).items()}
         given = {**defaults, **params}
-        values = {n: given[n] for n in RUN_PARAMETER_NAMES}
+        values = {n: given[n] for n in RUN_PARAMETER_NAMES if n in given}  # a reduced pipeline has fewer
         with console.capture():  # its lines go to the log
             training_manifest.python_func(
                 git_commit="",

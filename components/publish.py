@@ -46,6 +46,7 @@ def publish(
     """
     import json
 
+    from shared import artifact_keys as K
     from shared.io.atomic import write_json
     from shared.io.records import load_jsonl
     from shared.manifest.training_manifest import git_commit as checkout_commit
@@ -55,7 +56,7 @@ def publish(
     if not settings.get("uri"):
         result = {"status": "skipped", "reason": "release.uri is empty: nothing is published", "published": False}
         write_json(report.path, result)
-        metrics.log_metric("release_published", 0.0)
+        metrics.log_metric(K.RELEASE_PUBLISHED, 0.0)
         print(result["reason"])
         return result
     cal = json.loads(open(calibration.path).read())
@@ -87,7 +88,7 @@ def publish(
         target_precision=float(cal.get("target_precision") or 0.95),
     )
     write_json(report.path, result)
-    metrics.log_metric("release_published", float(result["published"]))
+    metrics.log_metric(K.RELEASE_PUBLISHED, float(result["published"]))
     comparison = result.get("comparison") or {}
     for who in ("candidate", "current"):
         for figure in ("top1", "ece", "coverage"):

@@ -220,3 +220,6 @@ VALIDATION_METRICS = (
 # Metric names built from a user's name (a region, a teacher): each prefix ends in ":", which no
 # fixed metric name contains (tests/unit/test_artifact_keys.py), so the namespaces cannot collide.
 METRIC_NAMESPACES = (REGION_TOP1_PREFIX, COVERAGE_PREFIX, TEST_REGION_TOP1_PREFIX)
+
+# publish (metric) -> training_manifest's run_summary
+RELEASE_PUBLISHED = "release_published"

@@ -37,7 +37,7 @@ RUN_SUMMARY_KEYS = (
     "parity_correlation",
     "parity_top1_agreement",
     "latency_ms",
-    "release_published",
+    K.RELEASE_PUBLISHED,
 )
 # teacher_<name>_<figure> for each regional teacher
 REGIONAL_TEACHER_FIGURES = ("test_top1", "top1_own_regions", "min_gain_vs_global")
@@ -106,7 +106,7 @@ def run_summary_metrics(manifest: dict) -> dict[str, float]:
         "parity_top1_agreement": parity.get("top1_agreement"),
         "latency_ms": p6.get("latency_ms_median"),
         # 1 published, 0 refused or skipped; absent when the manifest has no release section
-        "release_published": (manifest.get("release") or {}).get("published"),
+        K.RELEASE_PUBLISHED: (manifest.get("release") or {}).get("published"),
     }
     figures.update(_regional_figures(ph))
     return {k: v for k, v in ((k, _num(v)) for k, v in figures.items()) if v is not None}

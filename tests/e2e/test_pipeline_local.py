@@ -31,6 +31,8 @@ def local_run_console(sample_catalogue, tmp_path_factory):
             "data.records_uri": str(sample_catalogue / "records.jsonl"),
             "release.uri": str(out / "releases"),  # not the repo's outputs/releases (make run's)
             "cache.dir": str(out / "cache"),
+            # its own checkpoints: a killed earlier run's last_checkpoint.pt would be resumed
+            "teachers.checkpoint_dir": str(out / "checkpoints"),
             # 24 val images of 12 species make ECE noisy: this run tests the blessed path
             # (the gate's other side is strict_gate_run below).
             "export.gates.max_ece": 0.5,
@@ -219,6 +221,7 @@ def strict_gate_run(sample_catalogue, tmp_path_factory, local_run):
             "data.records_uri": str(sample_catalogue / "records.jsonl"),
             "release.uri": str(out / "releases"),  # not the repo's outputs/releases (make run's)
             "cache.dir": local_run[0]["cache"]["dir"],  # shared cache: nothing is fetched again
+            "teachers.checkpoint_dir": str(out / "checkpoints"),
             "teachers.overrides": {"training.epochs": 1},
             "student.overrides": {"training.distillation_epochs": 1, "training.finetune_epochs": 1},
             "student.train_ce_control": False,
@@ -255,6 +258,7 @@ def gate_failed_run(sample_catalogue, tmp_path_factory, local_run):
             "data.records_uri": str(sample_catalogue / "records.jsonl"),
             "release.uri": str(out / "releases"),  # not the repo's outputs/releases (make run's)
             "cache.dir": local_run[0]["cache"]["dir"],
+            "teachers.checkpoint_dir": str(out / "checkpoints"),
             "teachers.overrides": {"training.epochs": 1},
             "student.overrides": {"training.distillation_epochs": 1, "training.finetune_epochs": 1},
             "student.train_ce_control": False,

@@ -241,6 +241,7 @@ def test_the_release_command_lists_and_rolls_back(tmp_path, capsys):
     v1 = publish(tmp_path, uri, student(tmp_path / "a.pt", 0.5), tag="a")["version"]
     v2 = publish(tmp_path, uri, student(tmp_path / "b.pt", 0.9), tag="b")["version"]
     args = ["release", "--config", "config/local.yaml", "--uri", uri]
+    capsys.readouterr()  # what publishing printed is not the listing
     assert pipeline.main([*args, "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"  {v1}") and lines[1].startswith(f"* {v2}") and "test_top1 0.5" in lines[1]
