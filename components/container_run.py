@@ -33,6 +33,7 @@ PATH_KEYS = (
     ("cache", "dir", True),
     ("weights", "cache_dir", True),
     ("teachers", "checkpoint_dir", True),
+    ("release", "uri", True),  # the publish step writes releases there
 )
 CONTAINER_USER = "1000:1000"  # the images' user, the uid the pods' security context asks for
 
@@ -50,7 +51,7 @@ def container_config(cfg: dict, output: Path, data_dir: Path) -> tuple[dict, lis
     moved, problems = [], []
     for section, key, writable in PATH_KEYS:
         value = cfg[section][key]
-        if "://" in str(value):  # gs:// and the like are reached by the task itself
+        if not value or "://" in str(value):  # unset, or gs:// and the like reached by the task itself
             continue
         if writable:
             target = out / "work" / Path(value).name
