@@ -243,8 +243,11 @@ def test_the_release_command_lists_and_rolls_back(tmp_path, capsys):
     args = ["release", "--config", "config/local.yaml", "--uri", uri]
     capsys.readouterr()  # what publishing printed is not the listing
     assert pipeline.main([*args, "--list"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"  {v1}") and lines[1].startswith(f"* {v2}") and "test_top1 0.5" in lines[1]
+    out = capsys.readouterr().out
+    # by version, not by line position: another test's background thread may write to stdout too
+    row = {v: next(line for line in out.splitlines() if v in line) for v in (v1, v2)}
+    assert out.index(v1) < out.index(v2)  # in publication order
+    assert f"* {v2}" in row[v2] and "*" not in row[v1] and "test_top1 0.5" in row[v2]
     assert pipeline.main([*args, "--rollback", "--reason", "bad labels"]) == 0
     assert f"points to {v1} (bad labels)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="nothing to roll back to"):
