@@ -90,6 +90,13 @@ TENANCY_MODES = ("multi-user", "standalone")
 # first release that accepts them: KFP_BACKEND_FEATURES.
 KFP_BACKENDS = ("2.14", "2.15", "2.16", "2.17")
 
+# Where both GPU kinds run: one node pool, its taint and GPU resource (copied per kind on load).
+_GPU_PLACEMENT: dict[str, Any] = {
+    "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "accelerator_type": "nvidia.com/gpu",
+}
+
 CLUSTER_DEFAULTS: dict[str, Any] = {
     # multi-user: runs go to `namespace`, a KFP Profile namespace (the manifests make the
     # Profile, owner `profile_owner`); standalone: runs go to KFP's own namespace
@@ -125,9 +132,7 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
             "cpu_limit": "12",
             "memory_request": "48Gi",
             "memory_limit": "64Gi",
-            "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            "accelerator_type": "nvidia.com/gpu",
+            **_GPU_PLACEMENT,
             "timeout_s": 259200,
             # /dev/shm for DataLoader workers and NCCL (a container's default is 64 MiB).
             "shm_size": "16Gi",
@@ -139,9 +144,7 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
             "cpu_limit": "8",
             "memory_request": "16Gi",
             "memory_limit": "32Gi",
-            "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            "accelerator_type": "nvidia.com/gpu",
+            **_GPU_PLACEMENT,
             "timeout_s": 21600,
             "shm_size": "8Gi",
         },

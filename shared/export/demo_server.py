@@ -23,8 +23,9 @@ ISOLATION_HEADERS = {
 NO_CACHE = ("", "/", "/index.html", "/sw.js", "/model.json")
 
 
-class DemoHandler(SimpleHTTPRequestHandler):
-    """The bundle directory, read-only, with the isolation and caching headers."""
+class IsolatedBundleHandler(SimpleHTTPRequestHandler):
+    """A bundle directory, read-only and quiet, cross-origin isolated, with the TF.js files'
+    content types (the export's latency page is served through it too)."""
 
     extensions_map: ClassVar[dict[str, str]] = {
         **SimpleHTTPRequestHandler.extensions_map,
@@ -37,12 +38,19 @@ class DemoHandler(SimpleHTTPRequestHandler):
     def end_headers(self) -> None:
         for name, value in ISOLATION_HEADERS.items():
             self.send_header(name, value)
-        path = urlsplit(self.path).path
-        self.send_header("Cache-Control", "no-cache" if path in NO_CACHE else "public, max-age=86400")
         super().end_headers()
 
     def log_message(self, *args) -> None:  # the console stays for the address line
         pass
+
+
+class DemoHandler(IsolatedBundleHandler):
+    """The bundle as `make demo` serves it: plus caching headers (a new model is seen)."""
+
+    def end_headers(self) -> None:
+        path = urlsplit(self.path).path
+        self.send_header("Cache-Control", "no-cache" if path in NO_CACHE else "public, max-age=86400")
+        super().end_headers()
 
 
 def demo_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:

@@ -68,16 +68,16 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 
 from shared import artifact_keys as K
-from shared.export.demo_server import ISOLATION_HEADERS
+from shared.export.demo_server import IsolatedBundleHandler
 from shared.export.offline import write_service_worker
 from shared.export.per_class_head import with_per_class_scaled_head
 from shared.io.atomic import write_json
@@ -716,29 +716,14 @@ def chromium_path(chromium: str | os.PathLike | None = None) -> Path:
     return Path(chromium or os.environ.get("CHROMIUM") or DEFAULT_CHROMIUM)
 
 
-class _BundleHandler(SimpleHTTPRequestHandler):
-    """Serves the bundle read-only, plus the latency page at /__latency__.html (from
-    shared/export/tfjs: the bundle itself is never written to)."""
-
-    extensions_map: ClassVar[dict[str, str]] = {
-        **SimpleHTTPRequestHandler.extensions_map,
-        ".wasm": "application/wasm",
-        ".js": "text/javascript",
-        ".json": "application/json",
-    }
-
-    def end_headers(self) -> None:  # served as `make demo` serves it: cross-origin isolated
-        for name, value in ISOLATION_HEADERS.items():
-            self.send_header(name, value)
-        super().end_headers()
+class _BundleHandler(IsolatedBundleHandler):
+    """Serves the bundle read-only and cross-origin isolated, as `make demo` does, plus the
+    latency page at /__latency__.html (from shared/export/tfjs: the bundle is never written to)."""
 
     def translate_path(self, path: str) -> str:
         if urlsplit(path).path == "/__latency__.html":
             return str(TFJS_DIR / "bench_page.html")
         return super().translate_path(path)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 def browser_latency(
